@@ -1,0 +1,43 @@
+# CLM — one entry point for people and CI. `make help` lists targets.
+SHELL := /bin/bash
+CARGO ?= cargo
+BUF_VERSION := 1.75.0
+BUF := .tools/node_modules/.bin/buf
+
+.PHONY: help run build test test-unit lint fmt fmt-check clippy lint-proto buf bench image deploy-check clean
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+run: ## run all four services in one process on 127.0.0.1:50051 (SQLite under ./data)
+	$(CARGO) run --bin clm -- serve
+
+build: ## build every binary (debug)
+	$(CARGO) build --workspace --bins
+
+test: ## run every test (PostgreSQL tests too when CLM_TEST_DATABASE_URL is set)
+	$(CARGO) test --workspace --no-fail-fast
+
+lint: fmt-check clippy lint-proto ## rustfmt check, clippy -D warnings, buf lint
+
+fmt: ## format the code
+	$(CARGO) fmt --all
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+$(BUF):
+	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION)
+
+buf: $(BUF)
+
+lint-proto: $(BUF) ## buf lint (DEFAULT rules) of proto/
+	$(BUF) lint proto
+	$(BUF) build proto -o /dev/null
+
+clean: ## remove build output and local data
+	$(CARGO) clean
+	rm -rf data

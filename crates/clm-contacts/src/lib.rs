@@ -1,0 +1,34 @@
+//! CLM contacts service: the single source of truth about who each customer is and where they
+//! came from. Rooms: `api` (gRPC handlers), `domain` (rules, no I/O), `store` (schema, queries).
+
+pub mod api;
+pub mod domain;
+pub mod store;
+
+use clm_platform::server::Shared;
+use sea_orm::DatabaseConnection;
+use tonic::service::RoutesBuilder;
+
+/// The contacts service as the process runtime sees it.
+#[derive(Debug)]
+pub struct ContactsService;
+
+impl clm_platform::runtime::Service for ContactsService {
+    const NAME: &'static str = "contacts";
+    type Migrator = store::migrations::Migrator;
+
+    async fn register(
+        shared: &Shared,
+        db: DatabaseConnection,
+        routes: &mut RoutesBuilder,
+    ) -> anyhow::Result<Vec<&'static str>> {
+        let max = shared.max_message_bytes();
+        let server = clm_proto::contacts::v1::contacts_service_server::ContactsServiceServer::new(
+            api::ContactsApi::new(db, shared.page_tokens.clone()),
+        )
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+        routes.add_service(server);
+        Ok(vec!["clm.contacts.v1.ContactsService"])
+    }
+}

@@ -1,0 +1,5 @@
+//! `clm-contacts`: the contacts service alone, for the distributed mode.
+
+fn main() -> std::process::ExitCode {
+    clm_platform::runtime::service_main::<clm_contacts::ContactsService>()
+}

@@ -1,0 +1,327 @@
+//! Schema migrations of the contacts database (sea-orm-migration). Times are BIGINT
+//! microseconds since the Unix epoch (portable, ordered, exact); ids are UUID text.
+
+use sea_orm_migration::prelude::*;
+
+#[derive(Debug)]
+pub struct Migrator;
+
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(M0001Contacts)]
+    }
+}
+
+#[derive(DeriveIden)]
+enum Contacts {
+    Table,
+    TenantId,
+    Id,
+    Email,
+    Phone,
+    GivenName,
+    FamilyName,
+    Company,
+    JobTitle,
+    BirthYear,
+    AgeBand,
+    Gender,
+    Locale,
+    CountryCode,
+    Region,
+    City,
+    Labels,
+    Attributes,
+    Consents,
+    AcqChannel,
+    AcqCampaign,
+    AcqSourceDetail,
+    AcqCostCurrency,
+    AcqCostMicros,
+    ReferredBy,
+    AcquiredAt,
+    LeadScore,
+    State,
+    MergedInto,
+    CreateTime,
+    UpdateTime,
+    DeleteTime,
+    Version,
+}
+
+#[derive(DeriveIden)]
+enum ContactLabels {
+    Table,
+    TenantId,
+    ContactId,
+    Kind,
+    Value,
+}
+
+#[derive(DeriveIden)]
+enum ContactAttributes {
+    Table,
+    TenantId,
+    ContactId,
+    Key,
+    TextValue,
+    NumberValue,
+    BoolValue,
+    TimeValue,
+}
+
+#[derive(DeriveIden)]
+enum Segments {
+    Table,
+    TenantId,
+    Id,
+    DisplayName,
+    Description,
+    Filter,
+    CreateTime,
+    UpdateTime,
+    Version,
+}
+
+#[derive(DeriveIden)]
+enum RequestIds {
+    Table,
+    TenantId,
+    Method,
+    RequestId,
+    ResourceId,
+    CreateTime,
+}
+
+#[derive(DeriveIden)]
+enum Erasures {
+    Table,
+    TenantId,
+    ContactId,
+    EraseTime,
+    Reason,
+    Actor,
+}
+
+struct M0001Contacts;
+
+impl MigrationName for M0001Contacts {
+    fn name(&self) -> &'static str {
+        "m0001_contacts"
+    }
+}
+
+fn text(c: impl IntoIden) -> ColumnDef {
+    ColumnDef::new(c).string().not_null().default("").to_owned()
+}
+
+fn text_null(c: impl IntoIden) -> ColumnDef {
+    ColumnDef::new(c).string().null().to_owned()
+}
+
+fn bigint(c: impl IntoIden) -> ColumnDef {
+    ColumnDef::new(c).big_integer().not_null().to_owned()
+}
+
+fn bigint_null(c: impl IntoIden) -> ColumnDef {
+    ColumnDef::new(c).big_integer().null().to_owned()
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0001Contacts {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.create_table(
+            Table::create()
+                .table(Contacts::Table)
+                .col(ColumnDef::new(Contacts::Id).string().not_null().primary_key())
+                .col(ColumnDef::new(Contacts::TenantId).string().not_null())
+                .col(text_null(Contacts::Email))
+                .col(text_null(Contacts::Phone))
+                .col(text(Contacts::GivenName))
+                .col(text(Contacts::FamilyName))
+                .col(text(Contacts::Company))
+                .col(text(Contacts::JobTitle))
+                .col(ColumnDef::new(Contacts::BirthYear).integer().null())
+                .col(text_null(Contacts::AgeBand))
+                .col(text_null(Contacts::Gender))
+                .col(text(Contacts::Locale))
+                .col(text_null(Contacts::CountryCode))
+                .col(text(Contacts::Region))
+                .col(text(Contacts::City))
+                .col(ColumnDef::new(Contacts::Labels).text().not_null())
+                .col(ColumnDef::new(Contacts::Attributes).text().not_null())
+                .col(ColumnDef::new(Contacts::Consents).text().not_null())
+                .col(text_null(Contacts::AcqChannel))
+                .col(text(Contacts::AcqCampaign))
+                .col(text(Contacts::AcqSourceDetail))
+                .col(text_null(Contacts::AcqCostCurrency))
+                .col(bigint_null(Contacts::AcqCostMicros))
+                .col(text_null(Contacts::ReferredBy))
+                .col(bigint_null(Contacts::AcquiredAt))
+                .col(ColumnDef::new(Contacts::LeadScore).integer().null())
+                .col(ColumnDef::new(Contacts::State).string().not_null())
+                .col(text_null(Contacts::MergedInto))
+                .col(bigint(Contacts::CreateTime))
+                .col(bigint(Contacts::UpdateTime))
+                .col(bigint_null(Contacts::DeleteTime))
+                .col(bigint(Contacts::Version))
+                .to_owned(),
+        )
+        .await?;
+        // Unique email per tenant (NULLs never collide); the usual sort keys per tenant.
+        m.create_index(
+            Index::create()
+                .name("ux_contacts_tenant_email")
+                .table(Contacts::Table)
+                .col(Contacts::TenantId)
+                .col(Contacts::Email)
+                .unique()
+                .to_owned(),
+        )
+        .await?;
+        for (name, col) in [
+            ("ix_contacts_tenant_create", Contacts::CreateTime),
+            ("ix_contacts_tenant_update", Contacts::UpdateTime),
+            ("ix_contacts_tenant_family", Contacts::FamilyName),
+            ("ix_contacts_tenant_score", Contacts::LeadScore),
+            ("ix_contacts_tenant_referred", Contacts::ReferredBy),
+        ] {
+            m.create_index(
+                Index::create()
+                    .name(name)
+                    .table(Contacts::Table)
+                    .col(Contacts::TenantId)
+                    .col(col)
+                    .col(Contacts::Id)
+                    .to_owned(),
+            )
+            .await?;
+        }
+
+        m.create_table(
+            Table::create()
+                .table(ContactLabels::Table)
+                .col(ColumnDef::new(ContactLabels::TenantId).string().not_null())
+                .col(ColumnDef::new(ContactLabels::ContactId).string().not_null())
+                .col(ColumnDef::new(ContactLabels::Kind).string().not_null())
+                .col(ColumnDef::new(ContactLabels::Value).string().not_null())
+                .primary_key(
+                    Index::create().col(ContactLabels::ContactId).col(ContactLabels::Kind).col(ContactLabels::Value),
+                )
+                .to_owned(),
+        )
+        .await?;
+        m.create_index(
+            Index::create()
+                .name("ix_labels_lookup")
+                .table(ContactLabels::Table)
+                .col(ContactLabels::TenantId)
+                .col(ContactLabels::Kind)
+                .col(ContactLabels::Value)
+                .to_owned(),
+        )
+        .await?;
+
+        m.create_table(
+            Table::create()
+                .table(ContactAttributes::Table)
+                .col(ColumnDef::new(ContactAttributes::TenantId).string().not_null())
+                .col(ColumnDef::new(ContactAttributes::ContactId).string().not_null())
+                .col(ColumnDef::new(ContactAttributes::Key).string().not_null())
+                .col(ColumnDef::new(ContactAttributes::TextValue).string().null())
+                .col(ColumnDef::new(ContactAttributes::NumberValue).double().null())
+                .col(ColumnDef::new(ContactAttributes::BoolValue).boolean().null())
+                .col(ColumnDef::new(ContactAttributes::TimeValue).big_integer().null())
+                .primary_key(Index::create().col(ContactAttributes::ContactId).col(ContactAttributes::Key))
+                .to_owned(),
+        )
+        .await?;
+        m.create_index(
+            Index::create()
+                .name("ix_attributes_text")
+                .table(ContactAttributes::Table)
+                .col(ContactAttributes::TenantId)
+                .col(ContactAttributes::Key)
+                .col(ContactAttributes::TextValue)
+                .to_owned(),
+        )
+        .await?;
+        m.create_index(
+            Index::create()
+                .name("ix_attributes_number")
+                .table(ContactAttributes::Table)
+                .col(ContactAttributes::TenantId)
+                .col(ContactAttributes::Key)
+                .col(ContactAttributes::NumberValue)
+                .to_owned(),
+        )
+        .await?;
+
+        m.create_table(
+            Table::create()
+                .table(Segments::Table)
+                .col(ColumnDef::new(Segments::Id).string().not_null().primary_key())
+                .col(ColumnDef::new(Segments::TenantId).string().not_null())
+                .col(ColumnDef::new(Segments::DisplayName).string().not_null())
+                .col(ColumnDef::new(Segments::Description).text().not_null())
+                .col(ColumnDef::new(Segments::Filter).text().not_null())
+                .col(bigint(Segments::CreateTime))
+                .col(bigint(Segments::UpdateTime))
+                .col(bigint(Segments::Version))
+                .to_owned(),
+        )
+        .await?;
+        m.create_index(
+            Index::create()
+                .name("ix_segments_tenant")
+                .table(Segments::Table)
+                .col(Segments::TenantId)
+                .col(Segments::CreateTime)
+                .col(Segments::Id)
+                .to_owned(),
+        )
+        .await?;
+
+        m.create_table(
+            Table::create()
+                .table(RequestIds::Table)
+                .col(ColumnDef::new(RequestIds::TenantId).string().not_null())
+                .col(ColumnDef::new(RequestIds::Method).string().not_null())
+                .col(ColumnDef::new(RequestIds::RequestId).string().not_null())
+                .col(ColumnDef::new(RequestIds::ResourceId).string().not_null())
+                .col(bigint(RequestIds::CreateTime))
+                .primary_key(
+                    Index::create().col(RequestIds::TenantId).col(RequestIds::Method).col(RequestIds::RequestId),
+                )
+                .to_owned(),
+        )
+        .await?;
+
+        m.create_table(
+            Table::create()
+                .table(Erasures::Table)
+                .col(ColumnDef::new(Erasures::ContactId).string().not_null().primary_key())
+                .col(ColumnDef::new(Erasures::TenantId).string().not_null())
+                .col(bigint(Erasures::EraseTime))
+                .col(ColumnDef::new(Erasures::Reason).string().not_null())
+                .col(ColumnDef::new(Erasures::Actor).string().not_null())
+                .to_owned(),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        for t in [
+            Erasures::Table.into_iden(),
+            RequestIds::Table.into_iden(),
+            Segments::Table.into_iden(),
+            ContactAttributes::Table.into_iden(),
+            ContactLabels::Table.into_iden(),
+            Contacts::Table.into_iden(),
+        ] {
+            m.drop_table(Table::drop().table(t).to_owned()).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,569 @@
+//! The contacts service's own schema and queries. Every function takes the tenant and every
+//! query is scoped to it. Writes take a transaction so a change and the events it causes are
+//! committed together.
+
+pub mod convert;
+pub mod entities;
+pub mod filter_sql;
+pub mod migrations;
+
+use clm_platform::{Error, Result, TenantId};
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, SimpleExpr};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, Order, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect,
+};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::domain::filter::Cond;
+use crate::domain::model::{AttrValue, Contact, ContactState};
+use entities::{attribute, contact, erasure, label, request_id, segment};
+
+/// Microseconds since the Unix epoch, now.
+pub fn now_micros() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+/// Sort orders of contact lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortKey {
+    CreateTime,
+    UpdateTime,
+    FamilyName,
+    LeadScore,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sort {
+    pub key: SortKey,
+    pub desc: bool,
+}
+
+impl Default for Sort {
+    fn default() -> Self {
+        Self { key: SortKey::CreateTime, desc: false }
+    }
+}
+
+/// Where the previous page ended: the sort value and id of its last row.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum Cursor {
+    Int(i64, String),
+    Text(String, String),
+}
+
+fn sort_expr(key: SortKey) -> SimpleExpr {
+    match key {
+        SortKey::CreateTime => Expr::col(contact::Column::CreateTime),
+        SortKey::UpdateTime => Expr::col(contact::Column::UpdateTime),
+        SortKey::FamilyName => Expr::col(contact::Column::FamilyName),
+        // Unscored contacts sort as -1 so the key is never NULL (keyset pages stay exact).
+        SortKey::LeadScore => Expr::col(contact::Column::LeadScore).if_null(-1),
+    }
+}
+
+fn cursor_of(sort: Sort, m: &contact::Model) -> Cursor {
+    match sort.key {
+        SortKey::CreateTime => Cursor::Int(m.create_time, m.id.clone()),
+        SortKey::UpdateTime => Cursor::Int(m.update_time, m.id.clone()),
+        SortKey::FamilyName => Cursor::Text(m.family_name.clone(), m.id.clone()),
+        SortKey::LeadScore => Cursor::Int(i64::from(m.lead_score.unwrap_or(-1)), m.id.clone()),
+    }
+}
+
+fn after(sort: Sort, cursor: &Cursor) -> SimpleExpr {
+    let key = sort_expr(sort.key);
+    let id = Expr::col(contact::Column::Id);
+    let (v, last_id): (sea_orm::Value, &str) = match cursor {
+        Cursor::Int(v, id) => ((*v).into(), id),
+        Cursor::Text(v, id) => (v.clone().into(), id),
+    };
+    if sort.desc {
+        key.clone().lt(v.clone()).or(key.eq(v).and(id.lt(last_id)))
+    } else {
+        key.clone().gt(v.clone()).or(key.eq(v).and(id.gt(last_id)))
+    }
+}
+
+/// What to list.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    pub filter: Option<Cond>,
+    pub sort: Sort,
+    pub show_deleted: bool,
+    /// Extra condition (e.g. referrals of one contact).
+    pub referred_by: Option<Uuid>,
+}
+
+fn base_condition(tenant: &TenantId, q: &ListQuery) -> sea_orm::Condition {
+    let mut cond = sea_orm::Condition::all()
+        .add(contact::Column::TenantId.eq(tenant.as_str()))
+        .add(filter_sql::condition(tenant.as_str(), q.filter.as_ref()));
+    cond = if q.show_deleted {
+        cond.add(contact::Column::State.ne(ContactState::Merged.key()))
+    } else {
+        cond.add(contact::Column::State.eq(ContactState::Active.key()))
+    };
+    if let Some(r) = q.referred_by {
+        cond = cond.add(contact::Column::ReferredBy.eq(r.to_string()));
+    }
+    cond
+}
+
+/// One page of contacts after `cursor`, and the cursor of the page after it (if any).
+pub async fn list_contacts(
+    db: &impl ConnectionTrait,
+    tenant: &TenantId,
+    q: &ListQuery,
+    cursor: Option<&Cursor>,
+    limit: u64,
+) -> Result<(Vec<Contact>, Option<Cursor>)> {
+    let mut cond = base_condition(tenant, q);
+    if let Some(c) = cursor {
+        cond = cond.add(after(q.sort, c));
+    }
+    let order = if q.sort.desc { Order::Desc } else { Order::Asc };
+    let rows = contact::Entity::find()
+        .filter(cond)
+        .order_by(sort_expr(q.sort.key), order.clone())
+        .order_by(contact::Column::Id, order)
+        .limit(limit + 1)
+        .all(db)
+        .await?;
+    let more = rows.len() as u64 > limit;
+    let rows: Vec<_> = rows.into_iter().take(limit as usize).collect();
+    let next = if more { rows.last().map(|m| cursor_of(q.sort, m)) } else { None };
+    let contacts = rows.into_iter().map(convert::to_domain).collect::<Result<Vec<_>>>()?;
+    Ok((contacts, next))
+}
+
+/// How many contacts match.
+pub async fn count_contacts(db: &impl ConnectionTrait, tenant: &TenantId, q: &ListQuery) -> Result<u64> {
+    Ok(contact::Entity::find().filter(base_condition(tenant, q)).count(db).await?)
+}
+
+/// The stored row of a contact (any state).
+pub async fn find_contact(db: &impl ConnectionTrait, tenant: &TenantId, id: Uuid) -> Result<Option<Contact>> {
+    contact::Entity::find()
+        .filter(contact::Column::TenantId.eq(tenant.as_str()))
+        .filter(contact::Column::Id.eq(id.to_string()))
+        .one(db)
+        .await?
+        .map(convert::to_domain)
+        .transpose()
+}
+
+/// A contact by id, following merges to the survivor. NOT_FOUND when missing or erased.
+pub async fn get_resolved(db: &impl ConnectionTrait, tenant: &TenantId, id: Uuid) -> Result<Contact> {
+    let mut current = id;
+    // Merge chains are short; the bound protects against a corrupt cycle.
+    for _ in 0..16 {
+        let c = find_contact(db, tenant, current).await?.ok_or_else(|| Error::not_found("contact", id.to_string()))?;
+        match (c.state, c.merged_into) {
+            (ContactState::Merged, Some(next)) => current = next,
+            _ => return Ok(c),
+        }
+    }
+    Err(Error::internal(anyhow::anyhow!("merge chain too long from {id}")))
+}
+
+/// Many contacts by id (merged ids resolve), in the order asked.
+pub async fn get_many(db: &impl ConnectionTrait, tenant: &TenantId, ids: &[Uuid]) -> Result<Vec<Option<Contact>>> {
+    let rows = contact::Entity::find()
+        .filter(contact::Column::TenantId.eq(tenant.as_str()))
+        .filter(contact::Column::Id.is_in(ids.iter().map(ToString::to_string)))
+        .all(db)
+        .await?;
+    let mut by_id = std::collections::HashMap::new();
+    for r in rows {
+        let c = convert::to_domain(r)?;
+        by_id.insert(c.id, c);
+    }
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        out.push(match by_id.get(id) {
+            Some(c) if c.state == ContactState::Merged => Some(get_resolved(db, tenant, *id).await?),
+            Some(c) => Some(c.clone()),
+            None => None,
+        });
+    }
+    Ok(out)
+}
+
+/// The id of the live contact holding `email`, if any.
+pub async fn find_id_by_email(db: &impl ConnectionTrait, tenant: &TenantId, email: &str) -> Result<Option<Uuid>> {
+    let row = contact::Entity::find()
+        .select_only()
+        .column(contact::Column::Id)
+        .filter(contact::Column::TenantId.eq(tenant.as_str()))
+        .filter(contact::Column::Email.eq(email))
+        .into_tuple::<String>()
+        .one(db)
+        .await?;
+    Ok(row.and_then(|s| Uuid::parse_str(&s).ok()))
+}
+
+/// Contacts with any of these emails (for import batches): email → contact.
+pub async fn find_by_emails(
+    db: &impl ConnectionTrait,
+    tenant: &TenantId,
+    emails: &[String],
+) -> Result<std::collections::HashMap<String, Contact>> {
+    if emails.is_empty() {
+        return Ok(std::collections::HashMap::new());
+    }
+    let rows = contact::Entity::find()
+        .filter(contact::Column::TenantId.eq(tenant.as_str()))
+        .filter(contact::Column::Email.is_in(emails.iter().cloned()))
+        .all(db)
+        .await?;
+    let mut out = std::collections::HashMap::new();
+    for r in rows {
+        let c = convert::to_domain(r)?;
+        if let Some(e) = &c.data.email {
+            out.insert(e.as_str().to_owned(), c);
+        }
+    }
+    Ok(out)
+}
+
+fn is_unique_violation(err: &sea_orm::DbErr) -> bool {
+    matches!(err.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))
+}
+
+async fn duplicate_email(db: &impl ConnectionTrait, tenant: &TenantId, c: &Contact) -> Error {
+    let email = c.data.email.as_ref().map(|e| e.as_str().to_owned()).unwrap_or_default();
+    match find_id_by_email(db, tenant, &email).await {
+        Ok(Some(existing)) => {
+            Error::AlreadyExists { message: format!("a contact with this email already exists: {existing}") }
+        }
+        _ => Error::AlreadyExists { message: "a contact with this email already exists".into() },
+    }
+}
+
+/// Insert a new contact with its label and attribute rows.
+pub async fn insert_contact(db: &impl ConnectionTrait, tenant: &TenantId, c: &Contact) -> Result<()> {
+    let model = convert::to_model(tenant.as_str(), c);
+    if let Err(e) = contact::Entity::insert(model.into_active_model()).exec_without_returning(db).await {
+        return Err(if is_unique_violation(&e) { duplicate_email(db, tenant, c).await } else { e.into() });
+    }
+    write_index_rows(db, tenant, c, true).await
+}
+
+/// Write `c` over the stored row if its version is still `expected_version` (optimistic
+/// concurrency): otherwise ABORTED and nothing changes. `c.version` must be the new version.
+pub async fn update_contact(
+    db: &impl ConnectionTrait,
+    tenant: &TenantId,
+    c: &Contact,
+    expected_version: i64,
+) -> Result<()> {
+    let mut am = convert::to_model(tenant.as_str(), c).into_active_model().reset_all();
+    // Every column is written; the key columns only select the row.
+    am.id = ActiveValue::Unchanged(c.id.to_string());
+    am.tenant_id = ActiveValue::Unchanged(tenant.as_str().to_owned());
+    let res = contact::Entity::update_many()
+        .set(am)
+        .filter(contact::Column::TenantId.eq(tenant.as_str()))
+        .filter(contact::Column::Id.eq(c.id.to_string()))
+        .filter(contact::Column::Version.eq(expected_version))
+        .exec(db)
+        .await;
+    match res {
+        Ok(r) if r.rows_affected == 1 => {}
+        Ok(_) => {
+            return Err(Error::Aborted(
+                "the contact changed since it was read (etag mismatch); re-read and retry".into(),
+            ));
+        }
+        Err(e) if is_unique_violation(&e) => return Err(duplicate_email(db, tenant, c).await),
+        Err(e) => return Err(e.into()),
+    }
+    write_index_rows(db, tenant, c, false).await
+}
+
+async fn delete_index_rows(db: &impl ConnectionTrait, tenant: &TenantId, id: &str) -> Result<()> {
+    label::Entity::delete_many()
+        .filter(label::Column::TenantId.eq(tenant.as_str()))
+        .filter(label::Column::ContactId.eq(id))
+        .exec(db)
+        .await?;
+    attribute::Entity::delete_many()
+        .filter(attribute::Column::TenantId.eq(tenant.as_str()))
+        .filter(attribute::Column::ContactId.eq(id))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+/// Replace the label and attribute rows that filters use (`fresh`: none exist yet).
+async fn write_index_rows(db: &impl ConnectionTrait, tenant: &TenantId, c: &Contact, fresh: bool) -> Result<()> {
+    let id = c.id.to_string();
+    if !fresh {
+        delete_index_rows(db, tenant, &id).await?;
+    }
+    if c.state == ContactState::Merged {
+        return Ok(());
+    }
+    let mut labels = Vec::new();
+    for (kind, list) in [("tag", &c.data.tags), ("interest", &c.data.interests), ("value", &c.data.values)] {
+        let mut seen = std::collections::HashSet::new();
+        for v in list {
+            let lower = v.to_lowercase();
+            if seen.insert(lower.clone()) {
+                labels.push(label::ActiveModel {
+                    contact_id: ActiveValue::Set(id.clone()),
+                    kind: ActiveValue::Set(kind.to_owned()),
+                    value: ActiveValue::Set(lower),
+                    tenant_id: ActiveValue::Set(tenant.as_str().to_owned()),
+                });
+            }
+        }
+    }
+    if !labels.is_empty() {
+        label::Entity::insert_many(labels).exec_without_returning(db).await?;
+    }
+    let attrs: Vec<_> = c
+        .data
+        .attributes
+        .iter()
+        .map(|(k, v)| {
+            let (t, n, b, ts) = match v {
+                AttrValue::Text(s) => (Some(s.clone()), None, None, None),
+                AttrValue::Number(x) => (None, Some(*x), None, None),
+                AttrValue::Bool(x) => (None, None, Some(*x), None),
+                AttrValue::Time(x) => (None, None, None, Some(*x)),
+            };
+            attribute::ActiveModel {
+                contact_id: ActiveValue::Set(id.clone()),
+                key: ActiveValue::Set(k.as_str().to_owned()),
+                tenant_id: ActiveValue::Set(tenant.as_str().to_owned()),
+                text_value: ActiveValue::Set(t),
+                number_value: ActiveValue::Set(n),
+                bool_value: ActiveValue::Set(b),
+                time_value: ActiveValue::Set(ts),
+            }
+        })
+        .collect();
+    if !attrs.is_empty() {
+        attribute::Entity::insert_many(attrs).exec_without_returning(db).await?;
+    }
+    Ok(())
+}
+
+/// Remove a contact's personal data for good and record the erasure (no personal data).
+/// Returns false when there was nothing to erase.
+pub async fn erase_contact(
+    db: &impl ConnectionTrait,
+    tenant: &TenantId,
+    id: Uuid,
+    reason: &str,
+    actor: &str,
+    at: i64,
+) -> Result<bool> {
+    let sid = id.to_string();
+    delete_index_rows(db, tenant, &sid).await?;
+    let deleted = contact::Entity::delete_many()
+        .filter(contact::Column::TenantId.eq(tenant.as_str()))
+        .filter(contact::Column::Id.eq(&sid))
+        .exec(db)
+        .await?
+        .rows_affected;
+    if deleted == 0 {
+        return Ok(false);
+    }
+    erasure::Entity::insert(erasure::ActiveModel {
+        contact_id: ActiveValue::Set(sid),
+        tenant_id: ActiveValue::Set(tenant.as_str().to_owned()),
+        erase_time: ActiveValue::Set(at),
+        reason: ActiveValue::Set(reason.to_owned()),
+        actor: ActiveValue::Set(actor.to_owned()),
+    })
+    .on_conflict(OnConflict::column(erasure::Column::ContactId).do_nothing().to_owned())
+    .exec_without_returning(db)
+    .await?;
+    Ok(true)
+}
+
+/// When a contact was erased, if it was.
+pub async fn erased_at(db: &impl ConnectionTrait, tenant: &TenantId, id: Uuid) -> Result<Option<i64>> {
+    Ok(erasure::Entity::find()
+        .filter(erasure::Column::TenantId.eq(tenant.as_str()))
+        .filter(erasure::Column::ContactId.eq(id.to_string()))
+        .one(db)
+        .await?
+        .map(|e| e.erase_time))
+}
+
+/// The resource an earlier call with this request id produced.
+pub async fn find_request(
+    db: &impl ConnectionTrait,
+    tenant: &TenantId,
+    method: &str,
+    request_id: &str,
+) -> Result<Option<String>> {
+    Ok(request_id::Entity::find()
+        .filter(request_id::Column::TenantId.eq(tenant.as_str()))
+        .filter(request_id::Column::Method.eq(method))
+        .filter(request_id::Column::RequestId.eq(request_id))
+        .one(db)
+        .await?
+        .map(|r| r.resource_id))
+}
+
+/// Remember what a request id produced (in the same transaction as the change).
+pub async fn record_request(
+    db: &impl ConnectionTrait,
+    tenant: &TenantId,
+    method: &str,
+    request_id: &str,
+    resource_id: &str,
+) -> Result<()> {
+    request_id::Entity::insert(request_id::ActiveModel {
+        tenant_id: ActiveValue::Set(tenant.as_str().to_owned()),
+        method: ActiveValue::Set(method.to_owned()),
+        request_id: ActiveValue::Set(request_id.to_owned()),
+        resource_id: ActiveValue::Set(resource_id.to_owned()),
+        create_time: ActiveValue::Set(now_micros()),
+    })
+    .exec_without_returning(db)
+    .await
+    .map_err(|e| {
+        if is_unique_violation(&e) {
+            Error::Aborted("a concurrent request with the same request_id is in progress; retry".into())
+        } else {
+            e.into()
+        }
+    })?;
+    Ok(())
+}
+
+// ---- segments ----
+
+/// A stored segment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Segment {
+    pub id: Uuid,
+    pub display_name: String,
+    pub description: String,
+    pub filter: String,
+    pub create_time: i64,
+    pub update_time: i64,
+    pub version: i64,
+}
+
+fn segment_from(m: segment::Model) -> Result<Segment> {
+    Ok(Segment {
+        id: Uuid::parse_str(&m.id).map_err(|_| Error::internal(anyhow::anyhow!("bad segment id {}", m.id)))?,
+        display_name: m.display_name,
+        description: m.description,
+        filter: m.filter,
+        create_time: m.create_time,
+        update_time: m.update_time,
+        version: m.version,
+    })
+}
+
+fn segment_model(tenant: &TenantId, s: &Segment) -> segment::Model {
+    segment::Model {
+        id: s.id.to_string(),
+        tenant_id: tenant.as_str().to_owned(),
+        display_name: s.display_name.clone(),
+        description: s.description.clone(),
+        filter: s.filter.clone(),
+        create_time: s.create_time,
+        update_time: s.update_time,
+        version: s.version,
+    }
+}
+
+pub async fn insert_segment(db: &impl ConnectionTrait, tenant: &TenantId, s: &Segment) -> Result<()> {
+    segment::Entity::insert(segment_model(tenant, s).into_active_model()).exec_without_returning(db).await?;
+    Ok(())
+}
+
+pub async fn get_segment(db: &impl ConnectionTrait, tenant: &TenantId, id: Uuid) -> Result<Segment> {
+    segment::Entity::find()
+        .filter(segment::Column::TenantId.eq(tenant.as_str()))
+        .filter(segment::Column::Id.eq(id.to_string()))
+        .one(db)
+        .await?
+        .map(segment_from)
+        .transpose()?
+        .ok_or_else(|| Error::not_found("segment", id.to_string()))
+}
+
+pub async fn update_segment(
+    db: &impl ConnectionTrait,
+    tenant: &TenantId,
+    s: &Segment,
+    expected_version: i64,
+) -> Result<()> {
+    let mut am = segment_model(tenant, s).into_active_model().reset_all();
+    am.id = ActiveValue::Unchanged(s.id.to_string());
+    am.tenant_id = ActiveValue::Unchanged(tenant.as_str().to_owned());
+    let r = segment::Entity::update_many()
+        .set(am)
+        .filter(segment::Column::TenantId.eq(tenant.as_str()))
+        .filter(segment::Column::Id.eq(s.id.to_string()))
+        .filter(segment::Column::Version.eq(expected_version))
+        .exec(db)
+        .await?;
+    if r.rows_affected == 1 {
+        Ok(())
+    } else {
+        Err(Error::Aborted("the segment changed since it was read (etag mismatch); re-read and retry".into()))
+    }
+}
+
+pub async fn delete_segment(db: &impl ConnectionTrait, tenant: &TenantId, id: Uuid) -> Result<bool> {
+    let r = segment::Entity::delete_many()
+        .filter(segment::Column::TenantId.eq(tenant.as_str()))
+        .filter(segment::Column::Id.eq(id.to_string()))
+        .exec(db)
+        .await?;
+    Ok(r.rows_affected > 0)
+}
+
+/// A page of segments after `(create_time, id)`.
+pub async fn list_segments(
+    db: &impl ConnectionTrait,
+    tenant: &TenantId,
+    after: Option<&(i64, String)>,
+    limit: u64,
+) -> Result<(Vec<Segment>, Option<(i64, String)>)> {
+    let mut q = segment::Entity::find().filter(segment::Column::TenantId.eq(tenant.as_str()));
+    if let Some((t, id)) = after {
+        q = q.filter(
+            Expr::col(segment::Column::CreateTime)
+                .gt(*t)
+                .or(Expr::col(segment::Column::CreateTime).eq(*t).and(Expr::col(segment::Column::Id).gt(id.clone()))),
+        );
+    }
+    let rows =
+        q.order_by_asc(segment::Column::CreateTime).order_by_asc(segment::Column::Id).limit(limit + 1).all(db).await?;
+    let more = rows.len() as u64 > limit;
+    let rows: Vec<_> = rows.into_iter().take(limit as usize).collect();
+    let next = if more { rows.last().map(|m| (m.create_time, m.id.clone())) } else { None };
+    Ok((rows.into_iter().map(segment_from).collect::<Result<Vec<_>>>()?, next))
+}
+
+/// After a merge, contacts referred by a merged contact count as referred by the survivor.
+pub async fn repoint_referrals(
+    db: &impl ConnectionTrait,
+    tenant: &TenantId,
+    merged: &[Uuid],
+    survivor: Uuid,
+) -> Result<()> {
+    if merged.is_empty() {
+        return Ok(());
+    }
+    contact::Entity::update_many()
+        .col_expr(contact::Column::ReferredBy, Expr::val(survivor.to_string()).into())
+        .filter(contact::Column::TenantId.eq(tenant.as_str()))
+        .filter(contact::Column::ReferredBy.is_in(merged.iter().map(ToString::to_string)))
+        .exec(db)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,5 @@
+//! `clm-lifecycle`: the lifecycle service alone, for the distributed mode.
+
+fn main() -> std::process::ExitCode {
+    clm_platform::runtime::service_main::<clm_lifecycle::LifecycleService>()
+}

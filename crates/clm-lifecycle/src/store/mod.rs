@@ -1,0 +1,3 @@
+//! The lifecycle service's own schema and queries. Every query takes the tenant.
+
+pub mod migrations;

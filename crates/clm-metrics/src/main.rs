@@ -1,0 +1,5 @@
+//! `clm-metrics`: the metrics service alone, for the distributed mode.
+
+fn main() -> std::process::ExitCode {
+    clm_platform::runtime::service_main::<clm_metrics::MetricsService>()
+}

@@ -1,0 +1,94 @@
+//! Database connections: one SeaORM pool per service database, SQLite or PostgreSQL by URL.
+
+use std::time::Duration;
+
+use sea_orm::{
+    ConnectOptions, Database, DatabaseConnection, DatabaseTransaction, SqliteTransactionMode, TransactionOptions,
+    TransactionTrait,
+};
+use sea_orm_migration::MigratorTrait;
+
+use crate::config::DatabaseSettings;
+
+/// Connect to `url` (`sqlite://path?mode=rwc` or `postgres://…`) with the pool settings.
+/// For SQLite the parent directory is created and WAL mode is used so readers do not block
+/// the writer.
+pub async fn connect(url: &str, settings: &DatabaseSettings) -> anyhow::Result<DatabaseConnection> {
+    if let Some(path) = sqlite_path(url)
+        && let Some(parent) = std::path::Path::new(&path).parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| anyhow::anyhow!("cannot create directory {} for SQLite: {e}", parent.display()))?;
+    }
+    let mut opts = ConnectOptions::new(url.to_owned());
+    opts.max_connections(settings.max_connections)
+        .min_connections(settings.min_connections)
+        .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
+        .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms))
+        .sqlx_logging(false)
+        .map_sqlx_sqlite_opts(|o| {
+            o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true)
+        });
+    Database::connect(opts).await.map_err(|e| anyhow::anyhow!("cannot connect to database {}: {e}", redact(url)))
+}
+
+/// Bring the schema up to date.
+pub async fn migrate<M: MigratorTrait>(db: &DatabaseConnection) -> anyhow::Result<()> {
+    M::up(db, None).await.map_err(|e| anyhow::anyhow!("migration failed: {e}"))
+}
+
+/// Begin a transaction that will write. On SQLite it takes the write lock up front
+/// (`BEGIN IMMEDIATE`), so concurrent writers queue on the busy timeout instead of failing
+/// when a read transaction tries to upgrade; PostgreSQL ignores the mode.
+pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction, crate::Error> {
+    Ok(db
+        .begin_with_options(TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..TransactionOptions::default()
+        })
+        .await?)
+}
+
+/// The file path of a SQLite URL, if it is one and not in-memory.
+fn sqlite_path(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    if path.is_empty() || path == ":memory:" { None } else { Some(path.to_owned()) }
+}
+
+/// A URL with any password replaced, for logs and errors.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{}:***{}", &url[..scheme_end + 3], user, &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact("postgres://u:pw@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("sqlite://data/x.db?mode=rwc"), "sqlite://data/x.db?mode=rwc");
+    }
+
+    #[test]
+    fn sqlite_paths() {
+        assert_eq!(sqlite_path("sqlite://data/x.db?mode=rwc").as_deref(), Some("data/x.db"));
+        assert_eq!(sqlite_path("sqlite::memory:"), None);
+        assert_eq!(sqlite_path("postgres://h/db"), None);
+    }
+}

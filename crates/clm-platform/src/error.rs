@@ -1,0 +1,187 @@
+//! One error type for every service, mapped to gRPC status codes in exactly one place.
+//!
+//! Domain and store code return [`Error`]; handlers turn it into a [`tonic::Status`] with `?`.
+//! Internal details (SQL text, paths) are logged with the current trace id and never sent to
+//! the client.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// A bad field in a request: `field` is the proto path (`contact.email`), `description` why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: String,
+    pub description: String,
+}
+
+impl FieldViolation {
+    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self { field: field.into(), description: description.into() }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{resource} {id} not found")]
+    NotFound { resource: &'static str, id: String },
+    #[error("{message}")]
+    AlreadyExists { message: String },
+    #[error("invalid argument: {}", .0.iter().map(|v| format!("{}: {}", v.field, v.description)).collect::<Vec<_>>().join("; "))]
+    InvalidArgument(Vec<FieldViolation>),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Aborted(String),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn not_found(resource: &'static str, id: impl Into<String>) -> Self {
+        Self::NotFound { resource, id: id.into() }
+    }
+
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self::InvalidArgument(vec![FieldViolation::new(field, description)])
+    }
+
+    pub fn internal(err: impl Into<anyhow::Error>) -> Self {
+        Self::Internal(err.into())
+    }
+
+    pub fn code(&self) -> Code {
+        match self {
+            Self::NotFound { .. } => Code::NotFound,
+            Self::AlreadyExists { .. } => Code::AlreadyExists,
+            Self::InvalidArgument(_) => Code::InvalidArgument,
+            Self::FailedPrecondition(_) => Code::FailedPrecondition,
+            Self::Aborted(_) => Code::Aborted,
+            Self::Unauthenticated(_) => Code::Unauthenticated,
+            Self::PermissionDenied(_) => Code::PermissionDenied,
+            Self::ResourceExhausted(_) => Code::ResourceExhausted,
+            Self::Unavailable(_) => Code::Unavailable,
+            Self::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+/// Collects field violations while validating a request, so a caller learns about every bad
+/// field at once rather than one per round trip.
+#[derive(Debug, Default)]
+pub struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push(FieldViolation::new(field, description));
+    }
+
+    /// Record the error of a `parse`, returning its value when it succeeded.
+    pub fn check<T>(&mut self, result: std::result::Result<T, FieldViolation>) -> Option<T> {
+        match result {
+            Ok(v) => Some(v),
+            Err(v) => {
+                self.0.push(v);
+                None
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `Ok(())` when nothing was recorded, else `InvalidArgument` with every violation.
+    pub fn finish(self) -> Result<()> {
+        if self.0.is_empty() { Ok(()) } else { Err(Error::InvalidArgument(self.0)) }
+    }
+}
+
+impl From<FieldViolation> for Error {
+    fn from(v: FieldViolation) -> Self {
+        Self::InvalidArgument(vec![v])
+    }
+}
+
+impl From<sea_orm::DbErr> for Error {
+    fn from(err: sea_orm::DbErr) -> Self {
+        use sea_orm::DbErr;
+        match &err {
+            DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => {
+                tracing::warn!(error = %err, "database unavailable");
+                Self::Unavailable("the database is unavailable; retry with backoff".into())
+            }
+            _ if is_connection_failure(&err) => {
+                tracing::warn!(error = %err, "database unavailable");
+                Self::Unavailable("the database is unavailable; retry with backoff".into())
+            }
+            _ => Self::Internal(anyhow::Error::new(err)),
+        }
+    }
+}
+
+/// sqlx reports a dropped connection or refused connect as an I/O error inside `Exec`/`Query`.
+fn is_connection_failure(err: &sea_orm::DbErr) -> bool {
+    let text = err.to_string();
+    [
+        "Connection refused",
+        "connection reset",
+        "broken pipe",
+        "PoolTimedOut",
+        "pool timed out",
+        "Io(",
+        "terminating connection",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle))
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        match err {
+            Error::InvalidArgument(violations) => {
+                let message = format!(
+                    "invalid argument: {}",
+                    violations.iter().map(|v| format!("{}: {}", v.field, v.description)).collect::<Vec<_>>().join("; ")
+                );
+                let mut details = ErrorDetails::new();
+                for v in violations {
+                    details.add_bad_request_violation(v.field, v.description);
+                }
+                Status::with_error_details(Code::InvalidArgument, message, details)
+            }
+            Error::Internal(source) => {
+                let trace_id = crate::telemetry::current_trace_id();
+                tracing::error!(error = ?source, trace_id = %trace_id, "internal error");
+                Status::internal(format!("internal error (trace id {trace_id})"))
+            }
+            other => Status::new(other.code(), other.to_string()),
+        }
+    }
+}
+
+/// Read the field violations back out of a status (for clients and tests).
+pub fn field_violations(status: &Status) -> Vec<FieldViolation> {
+    status
+        .get_details_bad_request()
+        .map(|br| {
+            br.field_violations
+                .into_iter()
+                .map(|v| FieldViolation { field: v.field, description: v.description })
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,20 @@
+//! What every CLM service shares: configuration, telemetry, the gRPC server (health,
+//! reflection, limits, shutdown), authentication and tenancy, errors, page tokens and
+//! database connections. Services depend on this crate and on `clm-proto`, never on each other.
+
+pub mod auth;
+pub mod client;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod filter;
+pub mod pagination;
+pub mod runtime;
+pub mod server;
+pub mod telemetry;
+
+pub use auth::{RequestContext, Scope, TenantId};
+pub use config::Settings;
+pub use error::{Error, FieldViolation, Result, Violations};
+#[cfg(feature = "testing")]
+pub mod testing;

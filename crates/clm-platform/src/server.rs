@@ -1,0 +1,219 @@
+//! The gRPC server every CLM process runs: the services of one or more modules behind
+//! health, reflection, tracing, authentication, a global concurrency limit with load shedding,
+//! a request timeout, and graceful shutdown.
+//!
+//! Layers, outermost first: tonic's error recovery (maps shed load to RESOURCE_EXHAUSTED) →
+//! request span (parent taken from `traceparent`) → load shed → global concurrency limit →
+//! auth → tonic's timeout (the smaller of `request_timeout_ms` and the client's deadline) →
+//! the service.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sea_orm::DatabaseConnection;
+use tokio::net::TcpListener;
+use tonic::service::RoutesBuilder;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use tower::ServiceBuilder;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::auth::{AuthLayer, Authenticator};
+use crate::config::Settings;
+use crate::pagination::PageTokens;
+
+/// Everything a service module needs from the process to build its handlers.
+#[derive(Clone, Debug)]
+pub struct Shared {
+    pub settings: Arc<Settings>,
+    pub page_tokens: PageTokens,
+}
+
+impl Shared {
+    pub fn new(settings: Settings) -> Self {
+        let page_tokens = PageTokens::new(&settings.server.page_token_secret);
+        Self { settings: Arc::new(settings), page_tokens }
+    }
+
+    /// The configured largest message, for the generated servers' encode/decode limits.
+    pub fn max_message_bytes(&self) -> usize {
+        self.settings.server.max_message_bytes
+    }
+}
+
+/// A service as the server sees it: its name, the gRPC services it answers for (health
+/// names) and the database whose reachability decides whether it is SERVING.
+#[derive(Debug, Clone)]
+pub struct ServiceModule {
+    /// Short name: `contacts`, `lifecycle`, `feedback`, `metrics`.
+    pub name: &'static str,
+    /// Fully-qualified gRPC service names reported by `grpc.health.v1`.
+    pub grpc_services: Vec<&'static str>,
+    pub db: DatabaseConnection,
+}
+
+/// Health reporting for a set of modules, driven by periodic database pings.
+#[derive(Clone, Debug)]
+pub struct Health {
+    reporter: HealthReporter,
+    modules: Arc<Vec<ServiceModule>>,
+}
+
+impl Health {
+    async fn set_all(&self, status: ServingStatus) {
+        for m in self.modules.iter() {
+            for svc in &m.grpc_services {
+                self.reporter.set_service_status(*svc, status).await;
+            }
+            self.reporter.set_service_status(m.name, status).await;
+        }
+        self.reporter.set_service_status("", status).await;
+    }
+
+    /// Ping each module's database now and publish the result.
+    pub async fn check_once(&self) {
+        let mut all_ok = true;
+        for m in self.modules.iter() {
+            let ok = tokio::time::timeout(Duration::from_secs(3), m.db.ping()).await.is_ok_and(|r| r.is_ok());
+            all_ok &= ok;
+            let status = if ok { ServingStatus::Serving } else { ServingStatus::NotServing };
+            for svc in &m.grpc_services {
+                self.reporter.set_service_status(*svc, status).await;
+            }
+            self.reporter.set_service_status(m.name, status).await;
+        }
+        let overall = if all_ok { ServingStatus::Serving } else { ServingStatus::NotServing };
+        self.reporter.set_service_status("", overall).await;
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received, shutting down"),
+        () = term => tracing::info!("SIGTERM received, shutting down"),
+    }
+}
+
+/// Serve `routes` on `listener` until `shutdown` resolves, then drain for at most
+/// `server.shutdown_grace_ms`: health turns NOT_SERVING, the listener closes, new calls on open
+/// connections are refused (HTTP/2 GOAWAY) and in-flight calls complete.
+pub async fn serve(
+    shared: &Shared,
+    listener: TcpListener,
+    mut routes: RoutesBuilder,
+    modules: Vec<ServiceModule>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let settings = &shared.settings;
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health = Health { reporter, modules: Arc::new(modules) };
+    health.set_all(ServingStatus::NotServing).await;
+    health.check_once().await;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let monitor = {
+        let health = health.clone();
+        let interval = Duration::from_millis(settings.server.health_check_interval_ms.max(100));
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    () = tokio::time::sleep(interval) => health.check_once().await,
+                }
+            }
+        })
+    };
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(clm_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(clm_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    routes.add_service(health_service).add_service(reflection_v1).add_service(reflection_v1alpha);
+
+    let auth = Arc::new(Authenticator::from_settings(&settings.auth)?);
+    let layers = ServiceBuilder::new()
+        .layer(TraceLayer::new_for_grpc().make_span_with(request_span::<tonic::body::Body>))
+        .load_shed()
+        .layer(GlobalConcurrencyLimitLayer::new(settings.server.max_concurrent_requests))
+        .layer(AuthLayer::new(auth));
+
+    let addr = listener.local_addr()?;
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let grace = Duration::from_millis(settings.server.shutdown_grace_ms);
+
+    let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal = {
+        let health = health.clone();
+        async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+            health.set_all(ServingStatus::NotServing).await;
+            tracing::info!(grace_ms = grace.as_millis() as u64, "draining in-flight calls");
+            let _ = draining_tx.send(());
+        }
+    };
+
+    tracing::info!(%addr, services = ?health.modules.iter().map(|m| m.name).collect::<Vec<_>>(), "serving gRPC");
+    let server = tonic::transport::Server::builder()
+        .timeout(Duration::from_millis(settings.server.request_timeout_ms))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .layer(layers)
+        .add_routes(routes.routes())
+        .serve_with_incoming_shutdown(incoming, signal);
+    tokio::pin!(server);
+
+    let result = tokio::select! {
+        r = &mut server => r.map_err(anyhow::Error::from),
+        _ = draining_rx => match tokio::time::timeout(grace, &mut server).await {
+            Ok(r) => r.map_err(anyhow::Error::from),
+            Err(_) => {
+                tracing::warn!("shutdown grace period elapsed; abandoning calls still in flight");
+                Ok(())
+            }
+        },
+    };
+    monitor.abort();
+    tracing::info!("server stopped");
+    result
+}
+
+/// The span of one call, named after the RPC, child of the caller's `traceparent` if any.
+fn request_span<B>(req: &http::Request<B>) -> tracing::Span {
+    let path = req.uri().path();
+    let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or((path, ""));
+    let span = tracing::info_span!(
+        "grpc.request",
+        otel.name = %path.trim_start_matches('/'),
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = %service,
+        rpc.method = %method,
+        tenant = tracing::field::Empty,
+    );
+    crate::telemetry::set_remote_parent(&span, crate::telemetry::extract_context(req.headers()));
+    span
+}

@@ -1,0 +1,130 @@
+//! `clm`: the single binary. `clm serve` runs all four services in one process on one port,
+//! each on its own database (SQLite files under `./data/` by default).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use clm_platform::Settings;
+use clm_platform::runtime::{Service, open_database, start};
+use clm_platform::server::{Shared, serve, shutdown_signal};
+use tonic::service::RoutesBuilder;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "clm",
+    version,
+    about = "CLM — customer lifecycle management: contacts, lifecycle stages, feedback and metrics over gRPC.",
+    long_about = "CLM — customer lifecycle management.\n\n\
+        `clm serve` (the default) runs the contacts, lifecycle, feedback and metrics services in one \
+        process on one port (127.0.0.1:50051), each with its own SQLite database under ./data/. \
+        gRPC health and reflection are always on, so `grpcurl -plaintext 127.0.0.1:50051 list` works.\n\n\
+        Settings come from built-in defaults, then config/default.toml, then config/<env>.toml, then \
+        CLM_* environment variables (CLM_SERVER__LISTEN_ADDR=0.0.0.0:50051, CLM_AUTH__MODE=jwt, …)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run all four services in this process (the default).
+    Serve,
+    /// Apply every service's schema migrations and exit.
+    Migrate,
+    /// Load and validate the configuration and exit.
+    CheckConfig,
+    /// Mint a bearer token signed with `auth.jwt_hs256_secret` (for trying jwt mode).
+    Token {
+        /// Tenant the token acts for.
+        #[arg(long)]
+        tenant: String,
+        /// Space-separated scopes: clm.read clm.write clm.admin.
+        #[arg(long, default_value = "clm.read clm.write")]
+        scope: String,
+        /// Subject (who the caller is).
+        #[arg(long, default_value = "cli")]
+        subject: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl_secs: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("clm: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("clm: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command.unwrap_or(Command::Serve), settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("clm: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
+    match command {
+        Command::CheckConfig => {
+            println!("configuration ok; listen_addr={}", settings.server.listen_addr);
+            Ok(())
+        }
+        Command::Token { tenant, scope, subject, ttl_secs } => {
+            anyhow::ensure!(
+                !settings.auth.jwt_hs256_secret.is_empty(),
+                "set auth.jwt_hs256_secret (CLM_AUTH__JWT_HS256_SECRET) to mint tokens"
+            );
+            let claims = clm_platform::auth::Claims {
+                sub: subject,
+                tenant,
+                scope,
+                exp: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() + ttl_secs,
+                nbf: None,
+                iss: (!settings.auth.jwt_issuer.is_empty()).then(|| settings.auth.jwt_issuer.clone()),
+                aud: (!settings.auth.jwt_audience.is_empty()).then(|| settings.auth.jwt_audience.clone()),
+            };
+            println!("{}", clm_platform::auth::mint_hs256(&settings.auth.jwt_hs256_secret, &claims)?);
+            Ok(())
+        }
+        Command::Migrate => {
+            let _telemetry = clm_platform::telemetry::init(&settings)?;
+            migrate::<clm_contacts::ContactsService>(&settings).await?;
+            migrate::<clm_lifecycle::LifecycleService>(&settings).await?;
+            migrate::<clm_feedback::FeedbackService>(&settings).await?;
+            migrate::<clm_metrics::MetricsService>(&settings).await?;
+            Ok(())
+        }
+        Command::Serve => {
+            let _telemetry = clm_platform::telemetry::init(&settings)?;
+            let listener = tokio::net::TcpListener::bind(settings.server.listen_addr).await.map_err(|e| {
+                anyhow::anyhow!("cannot listen on {} (key `server.listen_addr`): {e}", settings.server.listen_addr)
+            })?;
+            let shared = Shared::new(settings);
+            let mut routes = RoutesBuilder::default();
+            let modules = vec![
+                start::<clm_contacts::ContactsService>(&shared, &mut routes).await?,
+                start::<clm_lifecycle::LifecycleService>(&shared, &mut routes).await?,
+                start::<clm_feedback::FeedbackService>(&shared, &mut routes).await?,
+                start::<clm_metrics::MetricsService>(&shared, &mut routes).await?,
+            ];
+            serve(&shared, listener, routes, modules, shutdown_signal()).await
+        }
+    }
+}
+
+async fn migrate<S: Service>(settings: &Settings) -> anyhow::Result<()> {
+    open_database::<S>(settings, true).await.map(|_| ())
+}

@@ -17,32 +17,24 @@ pub mod contacts {
     }
 }
 
-#[cfg(any())]
-#[cfg(any())]
 pub mod lifecycle {
     pub mod v1 {
         tonic::include_proto!("clm.lifecycle.v1");
     }
 }
 
-#[cfg(any())]
-#[cfg(any())]
 pub mod feedback {
     pub mod v1 {
         tonic::include_proto!("clm.feedback.v1");
     }
 }
 
-#[cfg(any())]
-#[cfg(any())]
 pub mod metrics {
     pub mod v1 {
         tonic::include_proto!("clm.metrics.v1");
     }
 }
 
-#[cfg(any())]
-#[cfg(any())]
 pub mod events {
     pub mod v1 {
         tonic::include_proto!("clm.events.v1");

@@ -16,6 +16,7 @@ build: ## build every binary (debug)
 	$(CARGO) build --workspace --bins
 
 test: ## run every test (PostgreSQL tests too when CLM_TEST_DATABASE_URL is set)
+	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --no-fail-fast
 
 lint: fmt-check clippy lint-proto ## rustfmt check, clippy -D warnings, buf lint

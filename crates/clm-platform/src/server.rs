@@ -19,7 +19,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tower::ServiceBuilder;
 use tower::limit::GlobalConcurrencyLimitLayer;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
 
 use crate::auth::{AuthLayer, Authenticator};
 use crate::config::Settings;
@@ -155,7 +155,14 @@ pub async fn serve(
 
     let auth = Arc::new(Authenticator::from_settings(&settings.auth)?);
     let layers = ServiceBuilder::new()
-        .layer(TraceLayer::new_for_grpc().make_span_with(request_span::<tonic::body::Body>))
+        .layer(
+            TraceLayer::new_for_grpc()
+                .make_span_with(request_span::<tonic::body::Body>)
+                // A caller's mistake is not the server's error: details at debug, while internal
+                // errors are logged at error level where they are mapped (crate::error).
+                .on_response(DefaultOnResponse::new().level(tracing::Level::DEBUG))
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        )
         .load_shed()
         .layer(GlobalConcurrencyLimitLayer::new(settings.server.max_concurrent_requests))
         .layer(AuthLayer::new(auth));

@@ -61,7 +61,7 @@ impl TestDb {
                 admin.close().await.ok();
                 let url = match base.rfind('/') {
                     Some(i) if base[..i].contains("://") && i > base.find("://").unwrap() + 2 => {
-                        let query = base[i..].find('?').map(|q| &base[i + q..]).unwrap_or("");
+                        let query = base[i..].find('?').map_or("", |q| &base[i + q..]);
                         format!("{}/{name}{query}", &base[..i])
                     }
                     _ => format!("{base}/{name}"),

@@ -32,43 +32,35 @@ pub fn merge(survivor: &Contact, merged: &[Contact], prefer_merged: &HashSet<Str
     let mut out = survivor.data.clone();
 
     macro_rules! pick {
-        ($path:literal, $($field:ident).+, $empty:expr) => {{
-            let prefer = prefer_merged.contains($path);
-            let current_empty = { let v = &out.$($field).+; $empty(v) };
-            if prefer || current_empty {
-                if let Some(c) = newest_first.iter().find(|c| { let v = &c.data.$($field).+; !$empty(v) }) {
+        ($path:literal, $($field:ident).+) => {{
+            if prefer_merged.contains($path) || out.$($field).+.blank() {
+                if let Some(c) = newest_first.iter().find(|c| !c.data.$($field).+.blank()) {
                     out.$($field).+ = c.data.$($field).+.clone();
                 }
             }
         }};
     }
-    fn empty_str(s: &String) -> bool {
-        s.is_empty()
-    }
-    fn none<T>(o: &Option<T>) -> bool {
-        o.is_none()
-    }
 
-    pick!("email", email, none);
-    pick!("phone", phone, none);
-    pick!("given_name", given_name, empty_str);
-    pick!("family_name", family_name, empty_str);
-    pick!("company", company, empty_str);
-    pick!("job_title", job_title, empty_str);
-    pick!("demographics", birth_year, none);
-    pick!("demographics", age_band, none);
-    pick!("demographics", gender, none);
-    pick!("demographics", locale, empty_str);
-    pick!("demographics", country_code, none);
-    pick!("demographics", region, empty_str);
-    pick!("demographics", city, empty_str);
-    pick!("acquisition", acquisition.channel, none);
-    pick!("acquisition", acquisition.campaign, empty_str);
-    pick!("acquisition", acquisition.source_detail, empty_str);
-    pick!("acquisition", acquisition.cost, none);
-    pick!("acquisition", acquisition.referred_by, none);
-    pick!("acquisition", acquisition.acquired_at, none);
-    pick!("lead_score", lead_score, none);
+    pick!("email", email);
+    pick!("phone", phone);
+    pick!("given_name", given_name);
+    pick!("family_name", family_name);
+    pick!("company", company);
+    pick!("job_title", job_title);
+    pick!("demographics", birth_year);
+    pick!("demographics", age_band);
+    pick!("demographics", gender);
+    pick!("demographics", locale);
+    pick!("demographics", country_code);
+    pick!("demographics", region);
+    pick!("demographics", city);
+    pick!("acquisition", acquisition.channel);
+    pick!("acquisition", acquisition.campaign);
+    pick!("acquisition", acquisition.source_detail);
+    pick!("acquisition", acquisition.cost);
+    pick!("acquisition", acquisition.referred_by);
+    pick!("acquisition", acquisition.acquired_at);
+    pick!("lead_score", lead_score);
 
     for c in &newest_first {
         union(&mut out.tags, &c.data.tags);
@@ -104,6 +96,23 @@ pub fn merge(survivor: &Contact, merged: &[Contact], prefer_merged: &HashSet<Str
         out.acquisition.referred_by = None;
     }
     out
+}
+
+/// A field with nothing in it.
+trait Blank {
+    fn blank(&self) -> bool;
+}
+
+impl Blank for String {
+    fn blank(&self) -> bool {
+        self.is_empty()
+    }
+}
+
+impl<T> Blank for Option<T> {
+    fn blank(&self) -> bool {
+        self.is_none()
+    }
 }
 
 fn union(into: &mut Vec<String>, from: &[String]) {

@@ -101,7 +101,7 @@ pub fn to_sql(tenant: &str, cond: &Cond) -> SimpleExpr {
                 .and_where(label::Column::Kind.eq(kind.key()))
                 .to_owned(),
         ),
-        Cond::AttrPresent(key) => Expr::exists(attr_query(tenant, key.as_str()).to_owned()),
+        Cond::AttrPresent(key) => Expr::exists(attr_query(tenant, key.as_str())),
         Cond::Attr { key, cmp, value } => {
             let (col, v): (attribute::Column, sea_orm::Value) = match value {
                 AttrLiteral::Text(s) => (attribute::Column::TextValue, s.clone().into()),
@@ -113,11 +113,11 @@ pub fn to_sql(tenant: &str, cond: &Cond) -> SimpleExpr {
                 // "not equal" includes contacts without the attribute.
                 let mut q = attr_query(tenant, key.as_str());
                 q.and_where(col_expr.eq(v));
-                Expr::not_exists(q.to_owned())
+                Expr::not_exists(q)
             } else {
                 let mut q = attr_query(tenant, key.as_str());
                 q.and_where(compare(col_expr, *cmp, v));
-                Expr::exists(q.to_owned())
+                Expr::exists(q)
             }
         }
     }

@@ -560,7 +560,7 @@ pub async fn repoint_referrals(
         return Ok(());
     }
     contact::Entity::update_many()
-        .col_expr(contact::Column::ReferredBy, Expr::val(survivor.to_string()).into())
+        .col_expr(contact::Column::ReferredBy, Expr::val(survivor.to_string()))
         .filter(contact::Column::TenantId.eq(tenant.as_str()))
         .filter(contact::Column::ReferredBy.is_in(merged.iter().map(ToString::to_string)))
         .exec(db)

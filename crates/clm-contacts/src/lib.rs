@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod domain;
+pub mod events;
 pub mod store;
 
 use clm_platform::server::Shared;
@@ -23,8 +24,17 @@ impl clm_platform::runtime::Service for ContactsService {
         routes: &mut RoutesBuilder,
     ) -> anyhow::Result<Vec<&'static str>> {
         let max = shared.max_message_bytes();
+        let outbox = clm_platform::events::outbox::OutboxWriter::new(Self::NAME);
+        clm_platform::events::outbox::spawn_relay(
+            Self::NAME,
+            db.clone(),
+            shared.bus.clone(),
+            &outbox,
+            shared.relay_options(),
+            shared.stopping(),
+        );
         let server = clm_proto::contacts::v1::contacts_service_server::ContactsServiceServer::new(
-            api::ContactsApi::new(db, shared.page_tokens.clone()),
+            api::ContactsApi::new(db, shared.page_tokens.clone(), events::Publisher::new(outbox)),
         )
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);

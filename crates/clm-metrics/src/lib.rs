@@ -1,9 +1,11 @@
 //! CLM metrics service. Owns its own database schema (see `store`); talks to other services only
 //! through gRPC and events.
 //!
-//! Status: the service is wired into the server (database, migrations, health) and its
-//! contract is in `proto/clm/metrics/v1`; its handlers land with its own issue.
+//! Status: the service is wired into the server (database, migrations, health), consumes
+//! contact events into its read model (`events`), and its contract is in
+//! `proto/clm/metrics/v1`; its query handlers land with its own issue.
 
+pub mod events;
 pub mod store;
 
 use clm_platform::server::Shared;
@@ -19,10 +21,17 @@ impl clm_platform::runtime::Service for MetricsService {
     type Migrator = store::migrations::Migrator;
 
     async fn register(
-        _shared: &Shared,
-        _db: DatabaseConnection,
+        shared: &Shared,
+        db: DatabaseConnection,
         _routes: &mut RoutesBuilder,
     ) -> anyhow::Result<Vec<&'static str>> {
+        clm_platform::events::consumer::spawn_consumer(
+            shared.bus.clone(),
+            db,
+            events::consumer_spec(shared.settings.events.consumer_batch),
+            std::sync::Arc::new(events::MetricsHandler),
+            shared.stopping(),
+        );
         Ok(vec!["clm.metrics.v1.MetricsService"])
     }
 }

@@ -22,6 +22,7 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     pub auth: AuthSettings,
     pub database: DatabaseSettings,
+    pub events: EventSettings,
     pub contacts: ServiceSettings,
     pub lifecycle: ServiceSettings,
     pub feedback: ServiceSettings,
@@ -86,6 +87,28 @@ pub struct DatabaseSettings {
     pub connect_timeout_ms: u64,
     pub acquire_timeout_ms: u64,
     pub migrate_on_start: bool,
+}
+
+/// Which bus carries events between services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventTransport {
+    /// A durable log in a database (the single binary).
+    Log,
+    /// NATS JetStream (the distributed mode).
+    Nats,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventSettings {
+    pub transport: EventTransport,
+    pub log_database_url: String,
+    pub nats_url: String,
+    pub stream_prefix: String,
+    pub relay_batch: u64,
+    pub relay_poll_ms: u64,
+    pub consumer_batch: usize,
 }
 
 /// Settings owned by one service.
@@ -182,6 +205,12 @@ impl Settings {
         }
         if self.database.max_connections == 0 || self.database.min_connections > self.database.max_connections {
             return bad("database.max_connections", "must be ≥ 1 and ≥ database.min_connections");
+        }
+        if self.events.relay_batch == 0 || self.events.consumer_batch == 0 {
+            return bad("events.relay_batch", "relay_batch and consumer_batch must be at least 1");
+        }
+        if self.events.stream_prefix.is_empty() || !self.events.stream_prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return bad("events.stream_prefix", "letters, digits and _ only");
         }
         for (key, svc) in [
             ("contacts", &self.contacts),

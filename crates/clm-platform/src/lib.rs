@@ -7,6 +7,7 @@ pub mod client;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod events;
 pub mod filter;
 pub mod pagination;
 pub mod runtime;

@@ -103,7 +103,7 @@ pub fn service_main<S: Service>() -> ExitCode {
                 let listener = tokio::net::TcpListener::bind(settings.server.listen_addr).await.map_err(|e| {
                     anyhow::anyhow!("cannot listen on {} (key `server.listen_addr`): {e}", settings.server.listen_addr)
                 })?;
-                let shared = Shared::new(settings);
+                let shared = Shared::new(settings).await?;
                 let mut routes = RoutesBuilder::default();
                 let module = start::<S>(&shared, &mut routes).await?;
                 crate::server::serve(&shared, listener, routes, vec![module], crate::server::shutdown_signal()).await

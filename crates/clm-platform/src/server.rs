@@ -23,6 +23,7 @@ use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
 
 use crate::auth::{AuthLayer, Authenticator};
 use crate::config::Settings;
+use crate::events::EventBus;
 use crate::pagination::PageTokens;
 
 /// Everything a service module needs from the process to build its handlers.
@@ -30,12 +31,42 @@ use crate::pagination::PageTokens;
 pub struct Shared {
     pub settings: Arc<Settings>,
     pub page_tokens: PageTokens,
+    /// The event bus (one per process; every service in it shares it).
+    pub bus: Arc<dyn EventBus>,
+    stop: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Shared {
-    pub fn new(settings: Settings) -> Self {
+    /// Build the process-wide parts: page-token key and the event bus the settings name.
+    pub async fn new(settings: Settings) -> anyhow::Result<Self> {
+        let bus = crate::events::bus::from_settings(&settings.events, &settings.database).await?;
+        Ok(Self::with_bus(settings, bus))
+    }
+
+    /// As [`Shared::new`] with a given bus.
+    pub fn with_bus(settings: Settings, bus: Arc<dyn EventBus>) -> Self {
         let page_tokens = PageTokens::new(&settings.server.page_token_secret);
-        Self { settings: Arc::new(settings), page_tokens }
+        let (stop, _) = tokio::sync::watch::channel(false);
+        Self { settings: Arc::new(settings), page_tokens, bus, stop: Arc::new(stop) }
+    }
+
+    /// Background tasks (relays, consumers) stop when this turns true.
+    pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
+    /// Ask background tasks to stop.
+    pub fn stop_background(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Relay options from the settings.
+    pub fn relay_options(&self) -> crate::events::outbox::RelayOptions {
+        crate::events::outbox::RelayOptions {
+            batch: self.settings.events.relay_batch,
+            poll: Duration::from_millis(self.settings.events.relay_poll_ms),
+            ..Default::default()
+        }
     }
 
     /// The configured largest message, for the generated servers' encode/decode limits.
@@ -204,6 +235,7 @@ pub async fn serve(
         },
     };
     monitor.abort();
+    shared.stop_background();
     tracing::info!("server stopped");
     result
 }

@@ -92,10 +92,13 @@ pub fn settings(overrides: &[(&str, &str)]) -> Settings {
         ("CLM_AUTH__MODE", "jwt"),
         ("CLM_AUTH__JWT_HS256_SECRET", TEST_SECRET),
         ("CLM_DATABASE__MAX_CONNECTIONS", "5"),
+        ("CLM_EVENTS__RELAY_POLL_MS", "50"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
+    let events_log = std::env::temp_dir().join(format!("clm-test-events-{}.db", uuid::Uuid::new_v4().simple()));
+    env.insert("CLM_EVENTS__LOG_DATABASE_URL".into(), format!("sqlite://{}?mode=rwc", events_log.display()));
     for (k, v) in overrides {
         env.insert((*k).to_owned(), (*v).to_owned());
     }
@@ -178,14 +181,27 @@ impl tonic::service::Interceptor for BearerInterceptor {
 
 /// Start one service on a random port with `settings`.
 pub async fn spawn<S: Service>(settings: Settings) -> TestServer {
-    let listener = tokio::net::TcpListener::bind(settings.server.listen_addr).await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let shared = Shared::new(settings);
+    let shared = Shared::new(settings).await.expect("shared");
     let mut routes = RoutesBuilder::default();
     let module = start::<S>(&shared, &mut routes).await.expect("start service");
+    serve_modules(shared, routes, vec![module]).await
+}
+
+/// Start two services in one process (one port, one bus), as the single binary does.
+pub async fn spawn_pair<A: Service, B: Service>(settings: Settings) -> TestServer {
+    let shared = Shared::new(settings).await.expect("shared");
+    let mut routes = RoutesBuilder::default();
+    let a = start::<A>(&shared, &mut routes).await.expect("start service");
+    let b = start::<B>(&shared, &mut routes).await.expect("start service");
+    serve_modules(shared, routes, vec![a, b]).await
+}
+
+async fn serve_modules(shared: Shared, routes: RoutesBuilder, modules: Vec<crate::server::ServiceModule>) -> TestServer {
+    let listener = tokio::net::TcpListener::bind(shared.settings.server.listen_addr).await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(async move {
-        serve(&shared, listener, routes, vec![module], async move {
+        serve(&shared, listener, routes, modules, async move {
             let _ = rx.await;
         })
         .await

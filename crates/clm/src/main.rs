@@ -112,7 +112,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(settings.server.listen_addr).await.map_err(|e| {
                 anyhow::anyhow!("cannot listen on {} (key `server.listen_addr`): {e}", settings.server.listen_addr)
             })?;
-            let shared = Shared::new(settings);
+            let shared = Shared::new(settings).await?;
             let mut routes = RoutesBuilder::default();
             let modules = vec![
                 start::<clm_contacts::ContactsService>(&shared, &mut routes).await?,

@@ -16,6 +16,7 @@ use uuid::Uuid;
 use super::apply_fields;
 use super::convert::expand_mask;
 use crate::domain::model::{Contact, ContactData, ContactState};
+use crate::events::Publisher;
 use crate::store::{self, now_micros};
 
 /// Most rows in one request message.
@@ -55,6 +56,7 @@ fn validate(c: &pb::Contact, base: &ContactData) -> Result<ContactData, (String,
 /// Import one batch in one transaction. `Err` means the transaction failed as a whole.
 async fn batch_in_one_txn(
     db: &DatabaseConnection,
+    events: &Publisher,
     tenant: &TenantId,
     first_row: i64,
     rows: &[pb::Contact],
@@ -94,6 +96,8 @@ async fn batch_in_one_txn(
                 let updated =
                     Contact { data, update_time: now.max(cur.update_time), version: cur.version + 1, ..cur.clone() };
                 store::update_contact(&txn, tenant, &updated, cur.version).await?;
+                let paths = expand_mask(&[], c, "").unwrap_or_default();
+                events.updated(&txn, tenant, &updated, &paths).await?;
                 results.push(done(row, pb::ImportOutcome::Updated, updated.id));
                 updated
             }
@@ -111,6 +115,7 @@ async fn batch_in_one_txn(
                     version: 1,
                 };
                 store::insert_contact(&txn, tenant, &created).await?;
+                events.created(&txn, tenant, &created).await?;
                 results.push(done(row, pb::ImportOutcome::Created, created.id));
                 created
             }
@@ -120,17 +125,19 @@ async fn batch_in_one_txn(
         }
     }
     txn.commit().await?;
+    events.committed();
     Ok(results)
 }
 
 /// Import one batch: all at once, or row by row when the batch cannot commit as a whole.
 async fn import_batch(
     db: &DatabaseConnection,
+    events: &Publisher,
     tenant: &TenantId,
     first_row: i64,
     rows: &[pb::Contact],
 ) -> Result<Vec<Row>, Status> {
-    match batch_in_one_txn(db, tenant, first_row, rows).await {
+    match batch_in_one_txn(db, events, tenant, first_row, rows).await {
         Ok(r) => Ok(r),
         Err(Error::Unavailable(m)) => Err(Status::unavailable(m)),
         Err(batch_err) => {
@@ -138,7 +145,7 @@ async fn import_batch(
             let mut out = Vec::with_capacity(rows.len());
             for (i, c) in rows.iter().enumerate() {
                 let row = first_row + i as i64;
-                match batch_in_one_txn(db, tenant, row, std::slice::from_ref(c)).await {
+                match batch_in_one_txn(db, events, tenant, row, std::slice::from_ref(c)).await {
                     Ok(mut r) => out.append(&mut r),
                     Err(Error::Unavailable(m)) => return Err(Status::unavailable(m)),
                     Err(Error::AlreadyExists { message }) => out.push(skipped(row, "email", message)),
@@ -156,6 +163,7 @@ async fn import_batch(
 /// Drive an import stream: results per message, then the summary.
 pub fn run(
     db: DatabaseConnection,
+    events: Publisher,
     tenant: TenantId,
     mut input: Streaming<pb::ImportContactsRequest>,
 ) -> impl Stream<Item = Result<pb::ImportContactsResponse, Status>> + Send + 'static {
@@ -180,7 +188,7 @@ pub fn run(
                     .await;
                 return;
             }
-            let results = match import_batch(&db, &tenant, summary.received, &msg.contacts).await {
+            let results = match import_batch(&db, &events, &tenant, summary.received, &msg.contacts).await {
                 Ok(r) => r,
                 Err(status) => {
                     let _ = tx.send(Err(status)).await;

@@ -21,6 +21,7 @@ use crate::domain::filter::{self as cfilter, Cond};
 use crate::domain::merge::{MERGE_FIELDS, merge};
 use crate::domain::model::{Contact, ContactData, ContactState};
 use crate::domain::values;
+use crate::events::Publisher;
 use crate::store::{self, Cursor, ListQuery, Sort, SortKey, now_micros};
 use convert::{LEAF_PATHS, etag_version, expand_mask, patch_for, timestamp, to_pb, uuid};
 
@@ -34,11 +35,12 @@ pub const EXPORT_PAGE: u64 = 500;
 pub struct ContactsApi {
     db: DatabaseConnection,
     tokens: PageTokens,
+    events: Publisher,
 }
 
 impl ContactsApi {
-    pub fn new(db: DatabaseConnection, tokens: PageTokens) -> Self {
-        Self { db, tokens }
+    pub fn new(db: DatabaseConnection, tokens: PageTokens, events: Publisher) -> Self {
+        Self { db, tokens, events }
     }
 }
 
@@ -203,7 +205,9 @@ impl ContactsService for ContactsApi {
         if let Some(rid) = &rid {
             store::record_request(&txn, &ctx.tenant, "CreateContact", rid, &contact.id.to_string()).await?;
         }
+        self.events.created(&txn, &ctx.tenant, &contact).await?;
         txn.commit().await.map_err(Error::from)?;
+        self.events.committed();
         tracing::info!(contact_id = %contact.id, "contact created");
         Ok(Response::new(pb::CreateContactResponse { contact: Some(to_pb(&contact)) }))
     }
@@ -300,7 +304,9 @@ impl ContactsService for ContactsApi {
             ..current.clone()
         };
         store::update_contact(&txn, &ctx.tenant, &updated, current.version).await?;
+        self.events.updated(&txn, &ctx.tenant, &updated, &paths).await?;
         txn.commit().await.map_err(Error::from)?;
+        self.events.committed();
         Ok(Response::new(pb::UpdateContactResponse { contact: Some(to_pb(&updated)) }))
     }
 
@@ -337,7 +343,9 @@ impl ContactsService for ContactsApi {
             ..current.clone()
         };
         store::update_contact(&txn, &ctx.tenant, &deleted, current.version).await?;
+        self.events.deleted(&txn, &ctx.tenant, &deleted, false).await?;
         txn.commit().await.map_err(Error::from)?;
+        self.events.committed();
         Ok(Response::new(pb::DeleteContactResponse { contact: Some(to_pb(&deleted)) }))
     }
 
@@ -368,7 +376,9 @@ impl ContactsService for ContactsApi {
             ..current.clone()
         };
         store::update_contact(&txn, &ctx.tenant, &restored, current.version).await?;
+        self.events.deleted(&txn, &ctx.tenant, &restored, true).await?;
         txn.commit().await.map_err(Error::from)?;
+        self.events.committed();
         Ok(Response::new(pb::UndeleteContactResponse { contact: Some(to_pb(&restored)) }))
     }
 
@@ -391,7 +401,9 @@ impl ContactsService for ContactsApi {
         if !store::erase_contact(&txn, &ctx.tenant, id, &reason, &ctx.subject, now).await? {
             return Err(Error::not_found("contact", id.to_string()).into());
         }
+        self.events.erased(&txn, &ctx.tenant, id, now).await?;
         txn.commit().await.map_err(Error::from)?;
+        self.events.committed();
         tracing::info!(contact_id = %id, "contact erased");
         Ok(Response::new(pb::EraseContactResponse { id: id.to_string(), erase_time: Some(timestamp(now)) }))
     }
@@ -432,7 +444,7 @@ impl ContactsService for ContactsApi {
         req: Request<Streaming<pb::ImportContactsRequest>>,
     ) -> Result<Response<Self::ImportContactsStream>, Status> {
         let ctx = ctx(&req)?;
-        let stream = import::run(self.db.clone(), ctx.tenant, req.into_inner());
+        let stream = import::run(self.db.clone(), self.events.clone(), ctx.tenant, req.into_inner());
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -556,7 +568,9 @@ impl ContactsService for ContactsApi {
         if let Some(rid) = &rid {
             store::record_request(&txn, &ctx.tenant, "MergeContacts", rid, &survivor_id.to_string()).await?;
         }
+        self.events.merged(&txn, &ctx.tenant, &updated, &merged_ids).await?;
         txn.commit().await.map_err(Error::from)?;
+        self.events.committed();
         Ok(Response::new(pb::MergeContactsResponse {
             contact: Some(to_pb(&updated)),
             merged_ids: merged_ids.iter().map(ToString::to_string).collect(),

@@ -1,0 +1,94 @@
+//! What contacts publishes: ContactCreated/Updated/Deleted/Merged/Erased, through the
+//! platform outbox in the same transaction as the change. Payloads carry the contact's
+//! non-personal facts only (channel, campaign, cost, referrer, score, tags, country, bands).
+
+use clm_platform::events::outbox::OutboxWriter;
+use clm_platform::{Result, TenantId};
+use clm_proto::common::v1::Money as PbMoney;
+use clm_proto::events::v1 as ev;
+use clm_proto::events::v1::event_envelope::Payload;
+use sea_orm::ConnectionTrait;
+use uuid::Uuid;
+
+use crate::api::convert::timestamp;
+use crate::domain::model::Contact;
+
+pub const AGGREGATE: &str = "contact";
+
+/// The facts other services aggregate on.
+pub fn facts(c: &Contact) -> ev::ContactFacts {
+    let d = &c.data;
+    ev::ContactFacts {
+        acquisition_channel: d.acquisition.channel.map(|ch| ch.key().to_owned()).unwrap_or_default(),
+        campaign: d.acquisition.campaign.clone(),
+        acquisition_cost: d
+            .acquisition
+            .cost
+            .map(|m| PbMoney { currency_code: m.currency_code().to_owned(), units: m.units, nanos: m.nanos }),
+        referred_by_contact_id: d.acquisition.referred_by.map(|u| u.to_string()).unwrap_or_default(),
+        lead_score: d.lead_score.map_or(0, |s| i32::from(s.value())),
+        tags: d.tags.clone(),
+        country_code: d.country_code.map(|c| c.as_str().to_owned()).unwrap_or_default(),
+        age_band: d.age_band.map(|a| a.key().to_owned()).unwrap_or_default(),
+        gender: d.gender.map(|g| g.key().to_owned()).unwrap_or_default(),
+        acquire_time: d.acquisition.acquired_at.map(timestamp),
+    }
+}
+
+/// Appends contact events to the outbox.
+#[derive(Clone, Debug)]
+pub struct Publisher {
+    outbox: OutboxWriter,
+}
+
+impl Publisher {
+    pub fn new(outbox: OutboxWriter) -> Self {
+        Self { outbox }
+    }
+
+    /// Wake the relay after a commit.
+    pub fn committed(&self) {
+        self.outbox.committed();
+    }
+
+    async fn append(&self, txn: &impl ConnectionTrait, tenant: &TenantId, id: Uuid, at: i64, p: Payload) -> Result<()> {
+        self.outbox.append(txn, tenant, AGGREGATE, &id.to_string(), at, p).await.map(|_| ())
+    }
+
+    pub async fn created(&self, txn: &impl ConnectionTrait, tenant: &TenantId, c: &Contact) -> Result<()> {
+        let p = Payload::ContactCreated(ev::ContactCreated {
+            contact_id: c.id.to_string(),
+            facts: Some(facts(c)),
+            create_time: Some(timestamp(c.create_time)),
+        });
+        self.append(txn, tenant, c.id, c.create_time, p).await
+    }
+
+    pub async fn updated(&self, txn: &impl ConnectionTrait, tenant: &TenantId, c: &Contact, paths: &[&str]) -> Result<()> {
+        let p = Payload::ContactUpdated(ev::ContactUpdated {
+            contact_id: c.id.to_string(),
+            changed_paths: paths.iter().map(|p| (*p).to_owned()).collect(),
+            facts: Some(facts(c)),
+        });
+        self.append(txn, tenant, c.id, c.update_time, p).await
+    }
+
+    pub async fn deleted(&self, txn: &impl ConnectionTrait, tenant: &TenantId, c: &Contact, restored: bool) -> Result<()> {
+        let p = Payload::ContactDeleted(ev::ContactDeleted { contact_id: c.id.to_string(), restored });
+        self.append(txn, tenant, c.id, c.update_time, p).await
+    }
+
+    pub async fn merged(&self, txn: &impl ConnectionTrait, tenant: &TenantId, survivor: &Contact, merged: &[Uuid]) -> Result<()> {
+        let p = Payload::ContactMerged(ev::ContactMerged {
+            survivor_id: survivor.id.to_string(),
+            merged_ids: merged.iter().map(ToString::to_string).collect(),
+            facts: Some(facts(survivor)),
+        });
+        self.append(txn, tenant, survivor.id, survivor.update_time, p).await
+    }
+
+    pub async fn erased(&self, txn: &impl ConnectionTrait, tenant: &TenantId, id: Uuid, at: i64) -> Result<()> {
+        let p = Payload::ContactErased(ev::ContactErased { contact_id: id.to_string(), erase_time: Some(timestamp(at)) });
+        self.append(txn, tenant, id, at, p).await
+    }
+}

@@ -1,0 +1,69 @@
+//! The transport between services, behind one trait: NATS JetStream in the distributed mode,
+//! a durable database log in the single binary. Both are at-least-once and keep per-subject
+//! order for a single consumer instance.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+/// Acknowledges or rejects one delivery.
+#[async_trait]
+pub trait Acker: Send {
+    /// Done: never deliver again to this consumer.
+    async fn ack(self: Box<Self>) -> anyhow::Result<()>;
+    /// Failed: deliver again later.
+    async fn nak(self: Box<Self>) -> anyhow::Result<()>;
+}
+
+/// One message handed to a consumer.
+pub struct Delivery {
+    pub subject: String,
+    pub payload: Bytes,
+    acker: Box<dyn Acker>,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery").field("subject", &self.subject).field("bytes", &self.payload.len()).finish()
+    }
+}
+
+impl Delivery {
+    pub fn new(subject: String, payload: Bytes, acker: Box<dyn Acker>) -> Self {
+        Self { subject, payload, acker }
+    }
+
+    pub async fn ack(self) -> anyhow::Result<()> {
+        self.acker.ack().await
+    }
+
+    pub async fn nak(self) -> anyhow::Result<()> {
+        self.acker.nak().await
+    }
+}
+
+#[async_trait]
+pub trait EventBus: Send + Sync + std::fmt::Debug + 'static {
+    /// Publish one event. `Ok` means the bus has it durably; publishing the same `event_id`
+    /// twice is harmless (deduplicated by the bus where it can, by inboxes always).
+    async fn publish(&self, subject: &str, event_id: &str, payload: Bytes) -> anyhow::Result<()>;
+
+    /// Up to `max` deliveries for the durable consumer `consumer` of subjects starting with
+    /// `prefix`, waiting at most `wait` when none is ready.
+    async fn fetch(&self, consumer: &str, prefix: &str, max: usize, wait: Duration) -> anyhow::Result<Vec<Delivery>>;
+
+    /// Rewind `consumer` to the first event (replay).
+    async fn reset(&self, consumer: &str, prefix: &str) -> anyhow::Result<()>;
+}
+
+/// Build the bus the settings ask for.
+pub async fn from_settings(settings: &crate::config::EventSettings, db: &crate::config::DatabaseSettings) -> anyhow::Result<Arc<dyn EventBus>> {
+    match settings.transport {
+        crate::config::EventTransport::Log => {
+            Ok(Arc::new(super::log_bus::LogBus::connect(&settings.log_database_url, db).await?))
+        }
+        crate::config::EventTransport::Nats => Ok(Arc::new(super::nats::NatsBus::connect(settings).await?)),
+    }
+}

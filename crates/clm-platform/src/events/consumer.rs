@@ -1,0 +1,115 @@
+//! Running a consumer: fetch from the bus, apply each event through the inbox in order, ack.
+//! A failure naks the event and the rest of its batch (so order holds) and retries with
+//! backoff; an undecodable event is logged and acked (it can never succeed).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clm_proto::events::v1::EventEnvelope;
+use prost::Message;
+use sea_orm::DatabaseConnection;
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use super::bus::EventBus;
+use super::inbox::{EventHandler, apply_once};
+
+/// A consumer's identity and what it listens to.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    /// Durable name, e.g. `metrics`.
+    pub name: String,
+    /// Subject prefixes, e.g. `clm.contacts.`.
+    pub prefixes: Vec<String>,
+    pub batch: usize,
+    pub wait: Duration,
+}
+
+/// Process what is available once for `prefix`; returns events seen.
+pub async fn consume_once(
+    bus: &dyn EventBus,
+    db: &DatabaseConnection,
+    spec: &ConsumerSpec,
+    prefix: &str,
+    handler: &dyn EventHandler,
+) -> anyhow::Result<usize> {
+    let deliveries = bus.fetch(&spec.name, prefix, spec.batch, spec.wait).await?;
+    let n = deliveries.len();
+    let mut iter = deliveries.into_iter();
+    while let Some(d) = iter.next() {
+        let env = match EventEnvelope::decode(d.payload.clone()) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(subject = %d.subject, error = %e, "undecodable event skipped");
+                d.ack().await?;
+                continue;
+            }
+        };
+        let span = tracing::info_span!(
+            "event.consume",
+            otel.name = %format!("consume {}", env.event_type),
+            otel.kind = "consumer",
+            consumer = %spec.name,
+            event_id = %env.event_id,
+            tenant = %env.tenant_id,
+        );
+        crate::telemetry::set_remote_parent(&span, crate::telemetry::context_from_map(&env.trace_context));
+        match apply_once(db, &spec.name, &env, handler).instrument(span).await {
+            Ok(_) => d.ack().await?,
+            Err(e) => {
+                tracing::warn!(consumer = %spec.name, event_id = %env.event_id, error = %e, "event not applied; will retry");
+                d.nak().await?;
+                for rest in iter {
+                    rest.nak().await?;
+                }
+                anyhow::bail!("event {} not applied: {e}", env.event_id);
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// Run a consumer until `stop` turns true.
+pub fn spawn_consumer(
+    bus: Arc<dyn EventBus>,
+    db: DatabaseConnection,
+    spec: ConsumerSpec,
+    handler: Arc<dyn EventHandler>,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            for prefix in &spec.prefixes {
+                if *stop.borrow() {
+                    return;
+                }
+                let work = consume_once(bus.as_ref(), &db, &spec, prefix, handler.as_ref());
+                let result = tokio::select! {
+                    r = work => r,
+                    _ = stop.changed() => return,
+                };
+                match result {
+                    Ok(_) => backoff = Duration::from_millis(100),
+                    Err(e) => {
+                        tracing::warn!(consumer = %spec.name, error = %e, retry_in_ms = backoff.as_millis() as u64, "consumer backing off");
+                        tokio::select! {
+                            () = tokio::time::sleep(backoff) => {},
+                            _ = stop.changed() => return,
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Replay: clear the consumer's inbox and read model, then rewind it on the bus.
+pub async fn replay(bus: &dyn EventBus, db: &DatabaseConnection, spec: &ConsumerSpec, handler: &dyn EventHandler) -> anyhow::Result<()> {
+    super::inbox::reset(db, &spec.name, handler).await?;
+    for prefix in &spec.prefixes {
+        bus.reset(&spec.name, prefix).await?;
+    }
+    Ok(())
+}

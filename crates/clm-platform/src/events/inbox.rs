@@ -1,0 +1,110 @@
+//! The consumer side: apply each event exactly once in effect.
+//!
+//! The event id is inserted into the consumer's `inbox` in the same transaction as the
+//! consumer's own change; a redelivered event finds its id there and changes nothing.
+
+use async_trait::async_trait;
+use clm_proto::events::v1::EventEnvelope;
+use sea_orm::{ActiveValue, ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter};
+use sea_orm_migration::prelude::*;
+
+pub(crate) mod entity {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "inbox")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub consumer: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub event_id: String,
+        pub process_time: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+#[derive(DeriveIden)]
+enum Inbox {
+    Table,
+    Consumer,
+    EventId,
+    ProcessTime,
+}
+
+/// Migration creating `inbox`; consumers add it to their migrator.
+pub struct InboxMigration;
+
+impl MigrationName for InboxMigration {
+    fn name(&self) -> &'static str {
+        "platform_0002_inbox"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for InboxMigration {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.create_table(
+            Table::create()
+                .table(Inbox::Table)
+                .col(ColumnDef::new(Inbox::Consumer).string().not_null())
+                .col(ColumnDef::new(Inbox::EventId).string().not_null())
+                .col(ColumnDef::new(Inbox::ProcessTime).big_integer().not_null())
+                .primary_key(Index::create().col(Inbox::Consumer).col(Inbox::EventId))
+                .to_owned(),
+        )
+        .await
+    }
+
+    async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.drop_table(Table::drop().table(Inbox::Table).to_owned()).await
+    }
+}
+
+/// What a consumer does with one event, inside the inbox transaction.
+#[async_trait]
+pub trait EventHandler: Send + Sync + 'static {
+    /// Apply `event` using `txn` (the inbox row is already in it).
+    async fn handle(&self, txn: &DatabaseTransaction, event: &EventEnvelope) -> crate::Result<()>;
+
+    /// Clear the read model before a replay from the first event.
+    async fn reset(&self, txn: &DatabaseTransaction) -> crate::Result<()>;
+}
+
+/// Apply `event` once: `Ok(true)` when applied now, `Ok(false)` when it had been already.
+pub async fn apply_once(
+    db: &DatabaseConnection,
+    consumer: &str,
+    event: &EventEnvelope,
+    handler: &dyn EventHandler,
+) -> crate::Result<bool> {
+    let txn = crate::db::begin_write(db).await?;
+    let inserted = entity::Entity::insert(entity::ActiveModel {
+        consumer: ActiveValue::Set(consumer.to_owned()),
+        event_id: ActiveValue::Set(event.event_id.clone()),
+        process_time: ActiveValue::Set(chrono::Utc::now().timestamp_micros()),
+    })
+    .on_conflict(OnConflict::columns([entity::Column::Consumer, entity::Column::EventId]).do_nothing().to_owned())
+    .exec_without_returning(&txn)
+    .await?;
+    if inserted == 0 {
+        txn.rollback().await?;
+        return Ok(false);
+    }
+    handler.handle(&txn, event).await?;
+    txn.commit().await?;
+    Ok(true)
+}
+
+/// Forget what `consumer` applied and let the handler clear its read model (one transaction),
+/// ready for a replay from the first event.
+pub async fn reset(db: &DatabaseConnection, consumer: &str, handler: &dyn EventHandler) -> crate::Result<()> {
+    let txn = crate::db::begin_write(db).await?;
+    entity::Entity::delete_many().filter(entity::Column::Consumer.eq(consumer)).exec(&txn).await?;
+    handler.reset(&txn).await?;
+    txn.commit().await?;
+    Ok(())
+}

@@ -1,0 +1,253 @@
+//! A durable event log in a database: the bus of the single binary.
+//!
+//! Published events are appended to `bus_log` (deduplicated by event id); each consumer's
+//! position is a row in `bus_offsets`. A crash loses nothing: unacknowledged events are read
+//! again from the stored position, and consumers' inboxes drop what they already applied.
+//! Waiting consumers are woken in-process the moment something is appended.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
+use sea_orm::{ActiveValue, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm_migration::prelude::*;
+use tokio::sync::Notify;
+
+use super::bus::{Acker, Delivery, EventBus};
+use crate::config::DatabaseSettings;
+
+mod log_entry {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "bus_log")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub seq: i64,
+        #[sea_orm(unique)]
+        pub event_id: String,
+        pub subject: String,
+        pub payload: Vec<u8>,
+        pub append_time: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+mod offset {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "bus_offsets")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub consumer: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub prefix: String,
+        pub position: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+#[derive(DeriveIden)]
+enum BusLog {
+    Table,
+    Seq,
+    EventId,
+    Subject,
+    Payload,
+    AppendTime,
+}
+
+#[derive(DeriveIden)]
+enum BusOffsets {
+    Table,
+    Consumer,
+    Prefix,
+    Position,
+}
+
+struct CreateLog;
+
+impl MigrationName for CreateLog {
+    fn name(&self) -> &'static str {
+        "bus_0001_log"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for CreateLog {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.create_table(
+            Table::create()
+                .table(BusLog::Table)
+                .if_not_exists()
+                .col(ColumnDef::new(BusLog::Seq).big_integer().not_null().auto_increment().primary_key())
+                .col(ColumnDef::new(BusLog::EventId).string().not_null().unique_key())
+                .col(ColumnDef::new(BusLog::Subject).string().not_null())
+                .col(ColumnDef::new(BusLog::Payload).blob().not_null())
+                .col(ColumnDef::new(BusLog::AppendTime).big_integer().not_null())
+                .to_owned(),
+        )
+        .await?;
+        m.create_table(
+            Table::create()
+                .table(BusOffsets::Table)
+                .if_not_exists()
+                .col(ColumnDef::new(BusOffsets::Consumer).string().not_null())
+                .col(ColumnDef::new(BusOffsets::Prefix).string().not_null())
+                .col(ColumnDef::new(BusOffsets::Position).big_integer().not_null())
+                .primary_key(Index::create().col(BusOffsets::Consumer).col(BusOffsets::Prefix))
+                .to_owned(),
+        )
+        .await
+    }
+
+    async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.drop_table(Table::drop().table(BusOffsets::Table).to_owned()).await?;
+        m.drop_table(Table::drop().table(BusLog::Table).to_owned()).await
+    }
+}
+
+struct LogMigrator;
+
+impl MigratorTrait for LogMigrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(CreateLog)]
+    }
+
+    fn migration_table_name() -> sea_orm::DynIden {
+        "bus_migrations".into_iden()
+    }
+}
+
+/// The database-backed bus.
+#[derive(Debug, Clone)]
+pub struct LogBus {
+    db: DatabaseConnection,
+    appended: Arc<Notify>,
+}
+
+impl LogBus {
+    /// Open (and create) the log at `url`.
+    pub async fn connect(url: &str, settings: &DatabaseSettings) -> anyhow::Result<Self> {
+        let db = crate::db::connect(url, settings).await.map_err(|e| anyhow::anyhow!("{e} (key `events.log_database_url`)"))?;
+        crate::db::migrate::<LogMigrator>(&db).await?;
+        Ok(Self { db, appended: Arc::new(Notify::new()) })
+    }
+
+    async fn position(&self, consumer: &str, prefix: &str) -> anyhow::Result<i64> {
+        Ok(offset::Entity::find_by_id((consumer.to_owned(), prefix.to_owned()))
+            .one(&self.db)
+            .await?
+            .map_or(0, |o| o.position))
+    }
+
+    async fn read_after(&self, position: i64, prefix: &str, max: usize) -> anyhow::Result<Vec<log_entry::Model>> {
+        Ok(log_entry::Entity::find()
+            .filter(log_entry::Column::Seq.gt(position))
+            .filter(log_entry::Column::Subject.starts_with(prefix))
+            .order_by_asc(log_entry::Column::Seq)
+            .limit(max as u64)
+            .all(&self.db)
+            .await?)
+    }
+}
+
+struct LogAck {
+    db: DatabaseConnection,
+    consumer: String,
+    prefix: String,
+    seq: i64,
+}
+
+#[async_trait]
+impl Acker for LogAck {
+    async fn ack(self: Box<Self>) -> anyhow::Result<()> {
+        // Positions only move forward.
+        offset::Entity::insert(offset::ActiveModel {
+            consumer: ActiveValue::Set(self.consumer.clone()),
+            prefix: ActiveValue::Set(self.prefix.clone()),
+            position: ActiveValue::Set(self.seq),
+        })
+        .on_conflict(
+            OnConflict::columns([offset::Column::Consumer, offset::Column::Prefix])
+                .update_column(offset::Column::Position)
+                .action_and_where(Expr::col((offset::Entity, offset::Column::Position)).lt(self.seq))
+                .to_owned(),
+        )
+        .exec_without_returning(&self.db)
+        .await?;
+        Ok(())
+    }
+
+    async fn nak(self: Box<Self>) -> anyhow::Result<()> {
+        // The position stays: the next fetch returns this event again.
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl EventBus for LogBus {
+    async fn publish(&self, subject: &str, event_id: &str, payload: Bytes) -> anyhow::Result<()> {
+        log_entry::Entity::insert(log_entry::ActiveModel {
+            seq: ActiveValue::NotSet,
+            event_id: ActiveValue::Set(event_id.to_owned()),
+            subject: ActiveValue::Set(subject.to_owned()),
+            payload: ActiveValue::Set(payload.to_vec()),
+            append_time: ActiveValue::Set(chrono::Utc::now().timestamp_micros()),
+        })
+        .on_conflict(OnConflict::column(log_entry::Column::EventId).do_nothing().to_owned())
+        .exec_without_returning(&self.db)
+        .await?;
+        self.appended.notify_waiters();
+        Ok(())
+    }
+
+    async fn fetch(&self, consumer: &str, prefix: &str, max: usize, wait: Duration) -> anyhow::Result<Vec<Delivery>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Register interest before reading so an append between the read and the wait
+            // is not missed.
+            let notified = self.appended.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let position = self.position(consumer, prefix).await?;
+            let rows = self.read_after(position, prefix, max).await?;
+            if !rows.is_empty() {
+                return Ok(rows
+                    .into_iter()
+                    .map(|r| {
+                        Delivery::new(
+                            r.subject,
+                            Bytes::from(r.payload),
+                            Box::new(LogAck {
+                                db: self.db.clone(),
+                                consumer: consumer.to_owned(),
+                                prefix: prefix.to_owned(),
+                                seq: r.seq,
+                            }),
+                        )
+                    })
+                    .collect());
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    async fn reset(&self, consumer: &str, prefix: &str) -> anyhow::Result<()> {
+        offset::Entity::delete_by_id((consumer.to_owned(), prefix.to_owned())).exec(&self.db).await?;
+        Ok(())
+    }
+}

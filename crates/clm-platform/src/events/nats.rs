@@ -1,0 +1,166 @@
+//! NATS JetStream as the bus of the distributed mode.
+//!
+//! One stream per producing service (`<prefix>_<SERVICE>` over `clm.<service>.>`), file
+//! storage; publishes carry `Nats-Msg-Id` = event id so JetStream drops duplicates within its
+//! window. Each consuming service has a durable pull consumer per producer stream, so several
+//! replicas of a consumer share the work. Start-up does not wait for NATS: the client retries
+//! in the background while the outbox keeps every event.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::PullConsumer};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::Mutex;
+
+use super::bus::{Acker, Delivery, EventBus};
+use crate::config::EventSettings;
+
+pub struct NatsBus {
+    js: jetstream::Context,
+    stream_prefix: String,
+    streams: Mutex<HashMap<String, jetstream::stream::Stream>>,
+    consumers: Mutex<HashMap<(String, String), PullConsumer>>,
+}
+
+impl std::fmt::Debug for NatsBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsBus").field("stream_prefix", &self.stream_prefix).finish_non_exhaustive()
+    }
+}
+
+/// `clm.contacts.` or `clm.contacts.contact.ContactCreated` → `contacts`.
+fn service_of(subject: &str) -> anyhow::Result<&str> {
+    subject
+        .strip_prefix("clm.")
+        .and_then(|r| r.split('.').next())
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("subject {subject:?} is not clm.<service>.…"))
+}
+
+impl NatsBus {
+    pub async fn connect(settings: &EventSettings) -> anyhow::Result<Self> {
+        let client = async_nats::ConnectOptions::new()
+            .name("clm")
+            .connection_timeout(Duration::from_secs(5))
+            .retry_on_initial_connect()
+            .connect(settings.nats_url.as_str())
+            .await
+            .map_err(|e| anyhow::anyhow!("NATS at {} (key `events.nats_url`): {e}", settings.nats_url))?;
+        Ok(Self {
+            js: jetstream::new(client),
+            stream_prefix: settings.stream_prefix.clone(),
+            streams: Mutex::new(HashMap::new()),
+            consumers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    async fn stream(&self, service: &str) -> anyhow::Result<jetstream::stream::Stream> {
+        let mut streams = self.streams.lock().await;
+        if let Some(s) = streams.get(service) {
+            return Ok(s.clone());
+        }
+        let stream = self
+            .js
+            .get_or_create_stream(jetstream::stream::Config {
+                name: format!("{}_{}", self.stream_prefix, service.to_ascii_uppercase()),
+                subjects: vec![format!("clm.{service}.>")],
+                storage: jetstream::stream::StorageType::File,
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("JetStream stream for {service}: {e}"))?;
+        streams.insert(service.to_owned(), stream.clone());
+        Ok(stream)
+    }
+
+    async fn consumer(&self, consumer: &str, prefix: &str) -> anyhow::Result<PullConsumer> {
+        let service = service_of(prefix)?.to_owned();
+        let key = (consumer.to_owned(), service.clone());
+        if let Some(c) = self.consumers.lock().await.get(&key) {
+            return Ok(c.clone());
+        }
+        let stream = self.stream(&service).await?;
+        let durable = format!("{consumer}-from-{service}");
+        let c: PullConsumer = stream
+            .get_or_create_consumer(
+                &durable,
+                jetstream::consumer::pull::Config {
+                    durable_name: Some(durable.clone()),
+                    filter_subject: format!("clm.{service}.>"),
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    deliver_policy: jetstream::consumer::DeliverPolicy::All,
+                    ack_wait: Duration::from_secs(30),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("JetStream consumer {durable}: {e}"))?;
+        self.consumers.lock().await.insert(key, c.clone());
+        Ok(c)
+    }
+}
+
+struct NatsAck(jetstream::Message);
+
+#[async_trait]
+impl Acker for NatsAck {
+    async fn ack(self: Box<Self>) -> anyhow::Result<()> {
+        self.0.double_ack().await.map_err(|e| anyhow::anyhow!("ack: {e}"))
+    }
+
+    async fn nak(self: Box<Self>) -> anyhow::Result<()> {
+        self.0
+            .ack_with(jetstream::AckKind::Nak(Some(Duration::from_millis(500))))
+            .await
+            .map_err(|e| anyhow::anyhow!("nak: {e}"))
+    }
+}
+
+#[async_trait]
+impl EventBus for NatsBus {
+    async fn publish(&self, subject: &str, event_id: &str, payload: Bytes) -> anyhow::Result<()> {
+        self.stream(service_of(subject)?).await?;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", event_id);
+        let ack = self
+            .js
+            .publish_with_headers(subject.to_owned(), headers, payload)
+            .await
+            .map_err(|e| anyhow::anyhow!("publish: {e}"))?;
+        ack.await.map_err(|e| anyhow::anyhow!("publish ack: {e}"))?;
+        Ok(())
+    }
+
+    async fn fetch(&self, consumer: &str, prefix: &str, max: usize, wait: Duration) -> anyhow::Result<Vec<Delivery>> {
+        let c = self.consumer(consumer, prefix).await?;
+        let mut batch = c
+            .batch()
+            .max_messages(max)
+            .expires(wait.max(Duration::from_millis(10)))
+            .messages()
+            .await
+            .map_err(|e| anyhow::anyhow!("fetch: {e}"))?;
+        let mut out = Vec::new();
+        while let Some(msg) = batch.next().await {
+            let msg = msg.map_err(|e| anyhow::anyhow!("fetch: {e}"))?;
+            out.push(Delivery::new(msg.subject.to_string(), msg.payload.clone(), Box::new(NatsAck(msg))));
+        }
+        Ok(out)
+    }
+
+    async fn reset(&self, consumer: &str, prefix: &str) -> anyhow::Result<()> {
+        let service = service_of(prefix)?.to_owned();
+        let stream = self.stream(&service).await?;
+        let durable = format!("{consumer}-from-{service}");
+        self.consumers.lock().await.remove(&(consumer.to_owned(), service));
+        match stream.delete_consumer(&durable).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.to_string().contains("not found") => Ok(()),
+            Err(e) => Err(anyhow::anyhow!("reset {durable}: {e}")),
+        }
+    }
+}

@@ -1,0 +1,313 @@
+//! The transactional outbox and its relay.
+//!
+//! A service writes each event into its own `outbox` table in the same transaction as the
+//! change ([`Outbox::append`]). The [`relay`] publishes unsent rows in sequence order and marks
+//! them sent; if the bus is down it backs off and the outbox simply grows, and after a crash it
+//! resumes from the first unsent row (at-least-once; inboxes drop repeats). With several
+//! replicas, a lease row makes one relay active at a time so order is kept.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clm_proto::events::v1::EventEnvelope;
+use clm_proto::events::v1::event_envelope::Payload;
+use prost::Message;
+use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::{
+    ActiveValue, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+};
+use sea_orm_migration::prelude::*;
+use tokio::sync::{Notify, watch};
+use tracing::Instrument;
+
+use super::bus::EventBus;
+use crate::auth::TenantId;
+
+pub(crate) mod entity {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "outbox")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub seq: i64,
+        #[sea_orm(unique)]
+        pub event_id: String,
+        pub tenant_id: String,
+        pub subject: String,
+        pub payload: Vec<u8>,
+        pub create_time: i64,
+        pub publish_time: Option<i64>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+mod lease {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "outbox_lease")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub name: String,
+        pub holder: String,
+        pub expire_time: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+#[derive(DeriveIden)]
+enum Outbox {
+    Table,
+    Seq,
+    EventId,
+    TenantId,
+    Subject,
+    Payload,
+    CreateTime,
+    PublishTime,
+}
+
+#[derive(DeriveIden)]
+enum OutboxLease {
+    Table,
+    Name,
+    Holder,
+    ExpireTime,
+}
+
+/// Migration creating `outbox` and `outbox_lease`; producers add it to their migrator.
+pub struct OutboxMigration;
+
+impl MigrationName for OutboxMigration {
+    fn name(&self) -> &'static str {
+        "platform_0001_outbox"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for OutboxMigration {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.create_table(
+            Table::create()
+                .table(Outbox::Table)
+                .col(ColumnDef::new(Outbox::Seq).big_integer().not_null().auto_increment().primary_key())
+                .col(ColumnDef::new(Outbox::EventId).string().not_null().unique_key())
+                .col(ColumnDef::new(Outbox::TenantId).string().not_null())
+                .col(ColumnDef::new(Outbox::Subject).string().not_null())
+                .col(ColumnDef::new(Outbox::Payload).blob().not_null())
+                .col(ColumnDef::new(Outbox::CreateTime).big_integer().not_null())
+                .col(ColumnDef::new(Outbox::PublishTime).big_integer().null())
+                .to_owned(),
+        )
+        .await?;
+        m.create_index(
+            Index::create().name("ix_outbox_unsent").table(Outbox::Table).col(Outbox::PublishTime).col(Outbox::Seq).to_owned(),
+        )
+        .await?;
+        m.create_table(
+            Table::create()
+                .table(OutboxLease::Table)
+                .col(ColumnDef::new(OutboxLease::Name).string().not_null().primary_key())
+                .col(ColumnDef::new(OutboxLease::Holder).string().not_null())
+                .col(ColumnDef::new(OutboxLease::ExpireTime).big_integer().not_null())
+                .to_owned(),
+        )
+        .await
+    }
+
+    async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.drop_table(Table::drop().table(OutboxLease::Table).to_owned()).await?;
+        m.drop_table(Table::drop().table(Outbox::Table).to_owned()).await
+    }
+}
+
+/// A producer's handle on its outbox: append events inside a transaction, then poke the relay.
+#[derive(Clone, Debug)]
+pub struct OutboxWriter {
+    service: &'static str,
+    wake: Arc<Notify>,
+}
+
+impl OutboxWriter {
+    pub fn new(service: &'static str) -> Self {
+        Self { service, wake: Arc::new(Notify::new()) }
+    }
+
+    /// Append an event in `txn` (commit it with the change). Returns the envelope written.
+    pub async fn append(
+        &self,
+        txn: &impl ConnectionTrait,
+        tenant: &TenantId,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        occur_time_micros: i64,
+        payload: Payload,
+    ) -> crate::Result<EventEnvelope> {
+        let env = super::envelope(self.service, tenant, aggregate_type, aggregate_id, occur_time_micros, payload);
+        entity::Entity::insert(entity::ActiveModel {
+            seq: ActiveValue::NotSet,
+            event_id: ActiveValue::Set(env.event_id.clone()),
+            tenant_id: ActiveValue::Set(tenant.as_str().to_owned()),
+            subject: ActiveValue::Set(super::subject(&env)),
+            payload: ActiveValue::Set(env.encode_to_vec()),
+            create_time: ActiveValue::Set(chrono::Utc::now().timestamp_micros()),
+            publish_time: ActiveValue::Set(None),
+        })
+        .exec_without_returning(txn)
+        .await?;
+        Ok(env)
+    }
+
+    /// Tell the relay there is something new (call after commit; it also polls).
+    pub fn committed(&self) {
+        self.wake.notify_one();
+    }
+}
+
+/// Relay tuning.
+#[derive(Debug, Clone)]
+pub struct RelayOptions {
+    pub batch: u64,
+    pub poll: Duration,
+    pub max_backoff: Duration,
+    /// Identity of this replica for the lease.
+    pub holder: String,
+    pub lease: Duration,
+}
+
+impl Default for RelayOptions {
+    fn default() -> Self {
+        Self {
+            batch: 100,
+            poll: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(5),
+            holder: uuid::Uuid::new_v4().to_string(),
+            lease: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Take or renew the relay lease; true when this holder may relay now.
+async fn hold_lease(db: &DatabaseConnection, name: &str, holder: &str, lease: Duration) -> Result<bool, sea_orm::DbErr> {
+    let now = chrono::Utc::now().timestamp_micros();
+    let expire = now + lease.as_micros() as i64;
+    let updated = lease::Entity::update_many()
+        .col_expr(lease::Column::Holder, Expr::val(holder))
+        .col_expr(lease::Column::ExpireTime, Expr::val(expire))
+        .filter(lease::Column::Name.eq(name))
+        .filter(Expr::col(lease::Column::Holder).eq(holder).or(Expr::col(lease::Column::ExpireTime).lt(now)))
+        .exec(db)
+        .await?;
+    if updated.rows_affected == 1 {
+        return Ok(true);
+    }
+    let inserted = lease::Entity::insert(lease::ActiveModel {
+        name: ActiveValue::Set(name.to_owned()),
+        holder: ActiveValue::Set(holder.to_owned()),
+        expire_time: ActiveValue::Set(expire),
+    })
+    .on_conflict(sea_orm::sea_query::OnConflict::column(lease::Column::Name).do_nothing().to_owned())
+    .exec_without_returning(db)
+    .await?;
+    Ok(inserted == 1)
+}
+
+/// Publish one batch of unsent rows in order; returns how many were sent.
+pub async fn relay_once(db: &DatabaseConnection, bus: &dyn EventBus, batch: u64) -> anyhow::Result<usize> {
+    let rows = entity::Entity::find()
+        .filter(entity::Column::PublishTime.is_null())
+        .order_by_asc(entity::Column::Seq)
+        .limit(batch)
+        .all(db)
+        .await?;
+    let mut sent = 0;
+    for row in &rows {
+        let env = EventEnvelope::decode(row.payload.as_slice())?;
+        let span = tracing::info_span!("outbox.publish", otel.name = %format!("publish {}", row.subject), event_id = %row.event_id);
+        crate::telemetry::set_remote_parent(&span, crate::telemetry::context_from_map(&env.trace_context));
+        let result = bus.publish(&row.subject, &row.event_id, Bytes::from(row.payload.clone())).instrument(span).await;
+        if let Err(e) = result {
+            if sent > 0 {
+                mark_sent(db, &rows[..sent]).await?;
+            }
+            return Err(e);
+        }
+        sent += 1;
+    }
+    if sent > 0 {
+        mark_sent(db, &rows[..sent]).await?;
+    }
+    Ok(sent)
+}
+
+async fn mark_sent(db: &DatabaseConnection, rows: &[entity::Model]) -> Result<(), sea_orm::DbErr> {
+    entity::Entity::update_many()
+        .col_expr(entity::Column::PublishTime, Expr::val(chrono::Utc::now().timestamp_micros()))
+        .filter(entity::Column::Seq.is_in(rows.iter().map(|r| r.seq)))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+/// How many events wait in the outbox.
+pub async fn pending(db: &DatabaseConnection) -> Result<u64, sea_orm::DbErr> {
+    use sea_orm::PaginatorTrait;
+    entity::Entity::find().filter(entity::Column::PublishTime.is_null()).count(db).await
+}
+
+/// Run the relay until `stop` turns true.
+pub fn spawn_relay(
+    service: &'static str,
+    db: DatabaseConnection,
+    bus: Arc<dyn EventBus>,
+    writer: &OutboxWriter,
+    opts: RelayOptions,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let wake = writer.wake.clone();
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let step = async {
+                if !hold_lease(&db, service, &opts.holder, opts.lease).await? {
+                    return Ok::<usize, anyhow::Error>(0);
+                }
+                relay_once(&db, bus.as_ref(), opts.batch).await
+            };
+            match step.await {
+                Ok(n) if n as u64 == opts.batch => backoff = Duration::from_millis(100),
+                Ok(_) => {
+                    backoff = Duration::from_millis(100);
+                    tokio::select! {
+                        () = wake.notified() => {},
+                        () = tokio::time::sleep(opts.poll) => {},
+                        _ = stop.changed() => return,
+                    }
+                }
+                Err(e) => {
+                    // The bus (or the database) is down: writes keep landing in the outbox;
+                    // retry with exponential backoff, ignoring wake-ups meanwhile.
+                    tracing::warn!(service, error = %e, retry_in_ms = backoff.as_millis() as u64, "outbox relay: cannot publish, backing off");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {},
+                        _ = stop.changed() => return,
+                    }
+                    backoff = (backoff * 2).min(opts.max_backoff);
+                }
+            }
+        }
+    })
+}

@@ -102,3 +102,45 @@ async fn propagation_layer_injects_traceparent() {
     let header = seen.lock().unwrap().clone().expect("traceparent sent");
     assert_eq!(header, format!("00-{}-{}-01", cx.trace_id(), cx.span_id()));
 }
+
+/// One trace from the gRPC request through the outbox relay to the consumer in another service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_follows_the_event_to_the_consumer() {
+    let exporter = exporter();
+    let contacts_db = TestDb::create(Backend::Sqlite, "tc").await.unwrap();
+    let metrics_db = TestDb::create(Backend::Sqlite, "tm").await.unwrap();
+    let server =
+        testing::spawn_pair::<clm_contacts::ContactsService, clm_metrics::MetricsService>(testing::settings(&[
+            ("CLM_CONTACTS__DATABASE_URL", &contacts_db.url),
+            ("CLM_METRICS__DATABASE_URL", &metrics_db.url),
+        ]))
+        .await;
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let mut client = ContactsServiceClient::new(server.authed(&testing::token("acme", "clm.write")).await);
+    let mut req = tonic::Request::new(pb::CreateContactRequest {
+        contact: Some(pb::Contact { email: "traced@example.com".into(), ..Default::default() }),
+        request_id: String::new(),
+    });
+    req.metadata_mut().insert("traceparent", format!("00-{trace_id}-b7ad6b7169203331-01").parse().unwrap());
+    client.create_contact(req).await.unwrap();
+
+    let tid = TraceId::from_hex(trace_id).unwrap();
+    let mut names = Vec::new();
+    for _ in 0..200 {
+        names = exporter
+            .get_finished_spans()
+            .unwrap()
+            .into_iter()
+            .filter(|s| s.span_context.trace_id() == tid)
+            .map(|s| s.name.to_string())
+            .collect::<Vec<_>>();
+        if names.iter().any(|n| n.starts_with("consume ")) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(names.iter().any(|n| n.contains("CreateContact")), "request span: {names:?}");
+    assert!(names.iter().any(|n| n.starts_with("publish clm.contacts.")), "relay span: {names:?}");
+    assert!(names.iter().any(|n| n == "consume clm.events.v1.ContactCreated"), "consumer span: {names:?}");
+    server.stop().await.unwrap();
+}

@@ -105,6 +105,7 @@ pub struct EventSettings {
     pub transport: EventTransport,
     pub log_database_url: String,
     pub nats_url: String,
+    pub nats_namespace: String,
     pub stream_prefix: String,
     pub relay_batch: u64,
     pub relay_poll_ms: u64,
@@ -209,7 +210,9 @@ impl Settings {
         if self.events.relay_batch == 0 || self.events.consumer_batch == 0 {
             return bad("events.relay_batch", "relay_batch and consumer_batch must be at least 1");
         }
-        if self.events.stream_prefix.is_empty() || !self.events.stream_prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        if self.events.stream_prefix.is_empty()
+            || !self.events.stream_prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
             return bad("events.stream_prefix", "letters, digits and _ only");
         }
         for (key, svc) in [

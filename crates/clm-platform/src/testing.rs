@@ -196,7 +196,11 @@ pub async fn spawn_pair<A: Service, B: Service>(settings: Settings) -> TestServe
     serve_modules(shared, routes, vec![a, b]).await
 }
 
-async fn serve_modules(shared: Shared, routes: RoutesBuilder, modules: Vec<crate::server::ServiceModule>) -> TestServer {
+async fn serve_modules(
+    shared: Shared,
+    routes: RoutesBuilder,
+    modules: Vec<crate::server::ServiceModule>,
+) -> TestServer {
     let listener = tokio::net::TcpListener::bind(shared.settings.server.listen_addr).await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = oneshot::channel::<()>();

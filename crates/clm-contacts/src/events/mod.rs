@@ -21,10 +21,11 @@ pub fn facts(c: &Contact) -> ev::ContactFacts {
     ev::ContactFacts {
         acquisition_channel: d.acquisition.channel.map(|ch| ch.key().to_owned()).unwrap_or_default(),
         campaign: d.acquisition.campaign.clone(),
-        acquisition_cost: d
-            .acquisition
-            .cost
-            .map(|m| PbMoney { currency_code: m.currency_code().to_owned(), units: m.units, nanos: m.nanos }),
+        acquisition_cost: d.acquisition.cost.map(|m| PbMoney {
+            currency_code: m.currency_code().to_owned(),
+            units: m.units,
+            nanos: m.nanos,
+        }),
         referred_by_contact_id: d.acquisition.referred_by.map(|u| u.to_string()).unwrap_or_default(),
         lead_score: d.lead_score.map_or(0, |s| i32::from(s.value())),
         tags: d.tags.clone(),
@@ -64,7 +65,13 @@ impl Publisher {
         self.append(txn, tenant, c.id, c.create_time, p).await
     }
 
-    pub async fn updated(&self, txn: &impl ConnectionTrait, tenant: &TenantId, c: &Contact, paths: &[&str]) -> Result<()> {
+    pub async fn updated(
+        &self,
+        txn: &impl ConnectionTrait,
+        tenant: &TenantId,
+        c: &Contact,
+        paths: &[&str],
+    ) -> Result<()> {
         let p = Payload::ContactUpdated(ev::ContactUpdated {
             contact_id: c.id.to_string(),
             changed_paths: paths.iter().map(|p| (*p).to_owned()).collect(),
@@ -73,12 +80,24 @@ impl Publisher {
         self.append(txn, tenant, c.id, c.update_time, p).await
     }
 
-    pub async fn deleted(&self, txn: &impl ConnectionTrait, tenant: &TenantId, c: &Contact, restored: bool) -> Result<()> {
+    pub async fn deleted(
+        &self,
+        txn: &impl ConnectionTrait,
+        tenant: &TenantId,
+        c: &Contact,
+        restored: bool,
+    ) -> Result<()> {
         let p = Payload::ContactDeleted(ev::ContactDeleted { contact_id: c.id.to_string(), restored });
         self.append(txn, tenant, c.id, c.update_time, p).await
     }
 
-    pub async fn merged(&self, txn: &impl ConnectionTrait, tenant: &TenantId, survivor: &Contact, merged: &[Uuid]) -> Result<()> {
+    pub async fn merged(
+        &self,
+        txn: &impl ConnectionTrait,
+        tenant: &TenantId,
+        survivor: &Contact,
+        merged: &[Uuid],
+    ) -> Result<()> {
         let p = Payload::ContactMerged(ev::ContactMerged {
             survivor_id: survivor.id.to_string(),
             merged_ids: merged.iter().map(ToString::to_string).collect(),
@@ -88,7 +107,8 @@ impl Publisher {
     }
 
     pub async fn erased(&self, txn: &impl ConnectionTrait, tenant: &TenantId, id: Uuid, at: i64) -> Result<()> {
-        let p = Payload::ContactErased(ev::ContactErased { contact_id: id.to_string(), erase_time: Some(timestamp(at)) });
+        let p =
+            Payload::ContactErased(ev::ContactErased { contact_id: id.to_string(), erase_time: Some(timestamp(at)) });
         self.append(txn, tenant, id, at, p).await
     }
 }

@@ -25,7 +25,13 @@ fn money(m: Option<&clm_proto::common::v1::Money>) -> (Option<String>, Option<i6
     }
 }
 
-fn facts_model(tenant: &str, id: &str, f: &ev::ContactFacts, create_time: i64, state: &str) -> contact_facts::ActiveModel {
+fn facts_model(
+    tenant: &str,
+    id: &str,
+    f: &ev::ContactFacts,
+    create_time: i64,
+    state: &str,
+) -> contact_facts::ActiveModel {
     let (cur, micros_cost) = money(f.acquisition_cost.as_ref());
     contact_facts::ActiveModel {
         tenant_id: ActiveValue::Set(tenant.to_owned()),
@@ -46,7 +52,12 @@ fn facts_model(tenant: &str, id: &str, f: &ev::ContactFacts, create_time: i64, s
 
 /// Updates the facts of a contact already known; unknown contacts are ignored (their create
 /// event comes first per aggregate).
-async fn update_facts(txn: &DatabaseTransaction, tenant: &str, id: &str, f: &ev::ContactFacts) -> clm_platform::Result<()> {
+async fn update_facts(
+    txn: &DatabaseTransaction,
+    tenant: &str,
+    id: &str,
+    f: &ev::ContactFacts,
+) -> clm_platform::Result<()> {
     let (cur, cost) = money(f.acquisition_cost.as_ref());
     contact_facts::Entity::update_many()
         .set(contact_facts::ActiveModel {
@@ -54,7 +65,9 @@ async fn update_facts(txn: &DatabaseTransaction, tenant: &str, id: &str, f: &ev:
             campaign: ActiveValue::Set(f.campaign.clone()),
             cost_currency: ActiveValue::Set(cur),
             cost_micros: ActiveValue::Set(cost),
-            referred_by: ActiveValue::Set((!f.referred_by_contact_id.is_empty()).then(|| f.referred_by_contact_id.clone())),
+            referred_by: ActiveValue::Set(
+                (!f.referred_by_contact_id.is_empty()).then(|| f.referred_by_contact_id.clone()),
+            ),
             lead_score: ActiveValue::Set(f.lead_score),
             country_code: ActiveValue::Set(f.country_code.clone()),
             acquire_time: ActiveValue::Set(micros(f.acquire_time.as_ref())),
@@ -67,7 +80,13 @@ async fn update_facts(txn: &DatabaseTransaction, tenant: &str, id: &str, f: &ev:
     Ok(())
 }
 
-async fn set_state(txn: &DatabaseTransaction, tenant: &str, ids: &[String], state: &str, merged_into: Option<&str>) -> clm_platform::Result<()> {
+async fn set_state(
+    txn: &DatabaseTransaction,
+    tenant: &str,
+    ids: &[String],
+    state: &str,
+    merged_into: Option<&str>,
+) -> clm_platform::Result<()> {
     contact_facts::Entity::update_many()
         .set(contact_facts::ActiveModel {
             state: ActiveValue::Set(state.to_owned()),

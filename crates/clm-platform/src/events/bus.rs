@@ -59,7 +59,10 @@ pub trait EventBus: Send + Sync + std::fmt::Debug + 'static {
 }
 
 /// Build the bus the settings ask for.
-pub async fn from_settings(settings: &crate::config::EventSettings, db: &crate::config::DatabaseSettings) -> anyhow::Result<Arc<dyn EventBus>> {
+pub async fn from_settings(
+    settings: &crate::config::EventSettings,
+    db: &crate::config::DatabaseSettings,
+) -> anyhow::Result<Arc<dyn EventBus>> {
     match settings.transport {
         crate::config::EventTransport::Log => {
             Ok(Arc::new(super::log_bus::LogBus::connect(&settings.log_database_url, db).await?))

@@ -106,7 +106,12 @@ pub fn spawn_consumer(
 }
 
 /// Replay: clear the consumer's inbox and read model, then rewind it on the bus.
-pub async fn replay(bus: &dyn EventBus, db: &DatabaseConnection, spec: &ConsumerSpec, handler: &dyn EventHandler) -> anyhow::Result<()> {
+pub async fn replay(
+    bus: &dyn EventBus,
+    db: &DatabaseConnection,
+    spec: &ConsumerSpec,
+    handler: &dyn EventHandler,
+) -> anyhow::Result<()> {
     super::inbox::reset(db, &spec.name, handler).await?;
     for prefix in &spec.prefixes {
         bus.reset(&spec.name, prefix).await?;

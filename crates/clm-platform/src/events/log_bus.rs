@@ -140,7 +140,9 @@ pub struct LogBus {
 impl LogBus {
     /// Open (and create) the log at `url`.
     pub async fn connect(url: &str, settings: &DatabaseSettings) -> anyhow::Result<Self> {
-        let db = crate::db::connect(url, settings).await.map_err(|e| anyhow::anyhow!("{e} (key `events.log_database_url`)"))?;
+        let db = crate::db::connect(url, settings)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e} (key `events.log_database_url`)"))?;
         crate::db::migrate::<LogMigrator>(&db).await?;
         Ok(Self { db, appended: Arc::new(Notify::new()) })
     }

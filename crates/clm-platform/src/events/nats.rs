@@ -21,6 +21,7 @@ use crate::config::EventSettings;
 pub struct NatsBus {
     js: jetstream::Context,
     stream_prefix: String,
+    namespace: String,
     streams: Mutex<HashMap<String, jetstream::stream::Stream>>,
     consumers: Mutex<HashMap<(String, String), PullConsumer>>,
 }
@@ -52,9 +53,35 @@ impl NatsBus {
         Ok(Self {
             js: jetstream::new(client),
             stream_prefix: settings.stream_prefix.clone(),
+            namespace: settings.nats_namespace.clone(),
             streams: Mutex::new(HashMap::new()),
             consumers: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The NATS subject of a logical `clm.…` subject (namespaced when configured).
+    fn physical(&self, subject: &str) -> String {
+        if self.namespace.is_empty() { subject.to_owned() } else { format!("{}.{subject}", self.namespace) }
+    }
+
+    fn logical<'a>(&self, subject: &'a str) -> &'a str {
+        if self.namespace.is_empty() {
+            subject
+        } else {
+            subject.strip_prefix(&self.namespace).and_then(|s| s.strip_prefix('.')).unwrap_or(subject)
+        }
+    }
+
+    /// Delete the streams this bus created or used (tests, teardown of an environment).
+    pub async fn delete_streams(&self) -> anyhow::Result<()> {
+        let names: Vec<String> =
+            self.streams.lock().await.values().map(|s| s.cached_info().config.name.clone()).collect();
+        for name in names {
+            self.js.delete_stream(&name).await.map_err(|e| anyhow::anyhow!("delete stream {name}: {e}"))?;
+        }
+        self.streams.lock().await.clear();
+        self.consumers.lock().await.clear();
+        Ok(())
     }
 
     async fn stream(&self, service: &str) -> anyhow::Result<jetstream::stream::Stream> {
@@ -66,9 +93,9 @@ impl NatsBus {
             .js
             .get_or_create_stream(jetstream::stream::Config {
                 name: format!("{}_{}", self.stream_prefix, service.to_ascii_uppercase()),
-                subjects: vec![format!("clm.{service}.>")],
+                subjects: vec![self.physical(&format!("clm.{service}.>"))],
                 storage: jetstream::stream::StorageType::File,
-                duplicate_window: Duration::from_secs(120),
+                duplicate_window: Duration::from_mins(2),
                 ..Default::default()
             })
             .await
@@ -90,7 +117,7 @@ impl NatsBus {
                 &durable,
                 jetstream::consumer::pull::Config {
                     durable_name: Some(durable.clone()),
-                    filter_subject: format!("clm.{service}.>"),
+                    filter_subject: self.physical(&format!("clm.{service}.>")),
                     ack_policy: jetstream::consumer::AckPolicy::Explicit,
                     deliver_policy: jetstream::consumer::DeliverPolicy::All,
                     ack_wait: Duration::from_secs(30),
@@ -128,7 +155,7 @@ impl EventBus for NatsBus {
         headers.insert("Nats-Msg-Id", event_id);
         let ack = self
             .js
-            .publish_with_headers(subject.to_owned(), headers, payload)
+            .publish_with_headers(self.physical(subject), headers, payload)
             .await
             .map_err(|e| anyhow::anyhow!("publish: {e}"))?;
         ack.await.map_err(|e| anyhow::anyhow!("publish ack: {e}"))?;
@@ -147,7 +174,8 @@ impl EventBus for NatsBus {
         let mut out = Vec::new();
         while let Some(msg) = batch.next().await {
             let msg = msg.map_err(|e| anyhow::anyhow!("fetch: {e}"))?;
-            out.push(Delivery::new(msg.subject.to_string(), msg.payload.clone(), Box::new(NatsAck(msg))));
+            let logical = self.logical(&msg.subject).to_owned();
+            out.push(Delivery::new(logical, msg.payload.clone(), Box::new(NatsAck(msg))));
         }
         Ok(out)
     }

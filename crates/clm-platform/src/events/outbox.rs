@@ -111,7 +111,12 @@ impl MigrationTrait for OutboxMigration {
         )
         .await?;
         m.create_index(
-            Index::create().name("ix_outbox_unsent").table(Outbox::Table).col(Outbox::PublishTime).col(Outbox::Seq).to_owned(),
+            Index::create()
+                .name("ix_outbox_unsent")
+                .table(Outbox::Table)
+                .col(Outbox::PublishTime)
+                .col(Outbox::Seq)
+                .to_owned(),
         )
         .await?;
         m.create_table(
@@ -198,7 +203,12 @@ impl Default for RelayOptions {
 }
 
 /// Take or renew the relay lease; true when this holder may relay now.
-async fn hold_lease(db: &DatabaseConnection, name: &str, holder: &str, lease: Duration) -> Result<bool, sea_orm::DbErr> {
+async fn hold_lease(
+    db: &DatabaseConnection,
+    name: &str,
+    holder: &str,
+    lease: Duration,
+) -> Result<bool, sea_orm::DbErr> {
     let now = chrono::Utc::now().timestamp_micros();
     let expire = now + lease.as_micros() as i64;
     let updated = lease::Entity::update_many()

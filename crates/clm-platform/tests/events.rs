@@ -1,0 +1,475 @@
+//! Outbox → relay → bus → inbox, on the durable log bus and on NATS JetStream, against real
+//! SQLite and PostgreSQL: exactly-once effect, per-aggregate order, relay crash, broker outage,
+//! replay.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use clm_platform::TenantId;
+use clm_platform::config::{DatabaseSettings, EventSettings, EventTransport};
+use clm_platform::events::bus::{Delivery, EventBus};
+use clm_platform::events::consumer::{ConsumerSpec, consume_once, replay};
+use clm_platform::events::inbox::{EventHandler, InboxMigration};
+use clm_platform::events::log_bus::LogBus;
+use clm_platform::events::nats::NatsBus;
+use clm_platform::events::outbox::{OutboxMigration, OutboxWriter, pending, relay_once};
+use clm_platform::testing::{Backend, TestDb};
+use clm_proto::events::v1 as ev;
+use clm_proto::events::v1::event_envelope::Payload;
+use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, Statement};
+use sea_orm_migration::prelude::*;
+
+// ---- a small producer/consumer pair on one test database ----
+
+struct Applied;
+
+impl MigrationName for Applied {
+    fn name(&self) -> &'static str {
+        "test_0001_applied"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Applied {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.create_table(
+            Table::create()
+                .table("applied")
+                .col(ColumnDef::new("id").big_integer().not_null().auto_increment().primary_key())
+                .col(ColumnDef::new("aggregate_id").string().not_null())
+                .col(ColumnDef::new("n").big_integer().not_null())
+                .col(ColumnDef::new("event_id").string().not_null())
+                .to_owned(),
+        )
+        .await
+    }
+    async fn down(&self, _: &SchemaManager) -> Result<(), DbErr> {
+        Ok(())
+    }
+}
+
+struct TestMigrator;
+
+impl MigratorTrait for TestMigrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(OutboxMigration), Box::new(InboxMigration), Box::new(Applied)]
+    }
+}
+
+/// Records (aggregate, n) per applied event; `n` is the event's order within its aggregate.
+struct Recorder;
+
+#[async_trait]
+impl EventHandler for Recorder {
+    async fn handle(&self, txn: &DatabaseTransaction, e: &ev::EventEnvelope) -> clm_platform::Result<()> {
+        let Some(Payload::ContactUpdated(u)) = &e.payload else { return Ok(()) };
+        let n: i64 = u.changed_paths[0].parse().unwrap();
+        txn.execute_raw(Statement::from_sql_and_values(
+            txn.get_database_backend(),
+            match txn.get_database_backend() {
+                sea_orm::DbBackend::Postgres => "INSERT INTO applied (aggregate_id, n, event_id) VALUES ($1, $2, $3)",
+                _ => "INSERT INTO applied (aggregate_id, n, event_id) VALUES (?, ?, ?)",
+            },
+            [u.contact_id.clone().into(), n.into(), e.event_id.clone().into()],
+        ))
+        .await?;
+        Ok(())
+    }
+
+    async fn reset(&self, txn: &DatabaseTransaction) -> clm_platform::Result<()> {
+        txn.execute_unprepared("DELETE FROM applied").await?;
+        Ok(())
+    }
+}
+
+async fn applied(db: &DatabaseConnection) -> Vec<(String, i64)> {
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT aggregate_id, n FROM applied ORDER BY id",
+        ))
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|r| (r.try_get::<String>("", "aggregate_id").unwrap(), r.try_get::<i64>("", "n").unwrap()))
+        .collect()
+}
+
+/// Append `per_aggregate` events for each of `aggregates`, interleaved, one transaction each.
+async fn produce(
+    db: &DatabaseConnection,
+    outbox: &OutboxWriter,
+    aggregates: &[&str],
+    per_aggregate: usize,
+    start: usize,
+) {
+    let tenant = TenantId::parse("t1").unwrap();
+    for n in start..start + per_aggregate {
+        for agg in aggregates {
+            let txn = clm_platform::db::begin_write(db).await.unwrap();
+            outbox
+                .append(
+                    &txn,
+                    &tenant,
+                    "contact",
+                    agg,
+                    0,
+                    Payload::ContactUpdated(ev::ContactUpdated {
+                        contact_id: (*agg).to_string(),
+                        changed_paths: vec![n.to_string()],
+                        facts: None,
+                    }),
+                )
+                .await
+                .unwrap();
+            txn.commit().await.unwrap();
+        }
+    }
+}
+
+fn spec(name: &str, service: &str) -> ConsumerSpec {
+    ConsumerSpec {
+        name: name.into(),
+        prefixes: vec![format!("clm.{service}.")],
+        batch: 50,
+        wait: Duration::from_millis(200),
+    }
+}
+
+/// A service name of its own per test, so JetStream streams (one per service) never overlap.
+fn service_name() -> &'static str {
+    Box::leak(format!("svc{}", uuid::Uuid::new_v4().simple().to_string().get(..10).unwrap()).into_boxed_str())
+}
+
+async fn drain(bus: &dyn EventBus, db: &DatabaseConnection, spec: &ConsumerSpec) {
+    for _ in 0..200 {
+        if consume_once(bus, db, spec, &spec.prefixes[0], &Recorder).await.unwrap() == 0 {
+            return;
+        }
+    }
+    panic!("consumer did not drain");
+}
+
+fn assert_exactly_once_in_order(rows: &[(String, i64)], aggregates: &[&str], per_aggregate: usize) {
+    assert_eq!(rows.len(), aggregates.len() * per_aggregate, "each event applied exactly once");
+    let mut by_agg: HashMap<&str, Vec<i64>> = HashMap::new();
+    for (a, n) in rows {
+        by_agg.entry(a.as_str()).or_default().push(*n);
+    }
+    for a in aggregates {
+        let seq = &by_agg[a];
+        let expected: Vec<i64> = (0..per_aggregate as i64).collect();
+        assert_eq!(seq, &expected, "order within aggregate {a}");
+    }
+}
+
+// ---- transports ----
+
+#[derive(Clone, Copy, Debug)]
+enum Transport {
+    Log,
+    Nats,
+}
+
+fn nats_url() -> Option<String> {
+    let url = std::env::var("CLM_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let addr = url.trim_start_matches("nats://").to_owned();
+    if std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_millis(300)).is_ok() {
+        Some(url)
+    } else {
+        eprintln!("skipped: NATS test (no server at {url}; set CLM_TEST_NATS_URL)");
+        None
+    }
+}
+
+fn db_settings() -> DatabaseSettings {
+    DatabaseSettings {
+        max_connections: 5,
+        min_connections: 1,
+        connect_timeout_ms: 5000,
+        acquire_timeout_ms: 5000,
+        migrate_on_start: true,
+    }
+}
+
+fn event_settings(transport: EventTransport, nats_url: &str, log_url: &str, prefix: &str) -> EventSettings {
+    EventSettings {
+        transport,
+        log_database_url: log_url.into(),
+        nats_url: nats_url.into(),
+        nats_namespace: String::new(),
+        stream_prefix: prefix.into(),
+        relay_batch: 100,
+        relay_poll_ms: 50,
+        consumer_batch: 50,
+    }
+}
+
+/// Keeps what a test made; NATS streams are deleted when it ends.
+struct Env {
+    _dir: tempfile::TempDir,
+    nats: Option<Arc<NatsBus>>,
+}
+
+impl Env {
+    async fn cleanup(self) {
+        if let Some(n) = self.nats {
+            n.delete_streams().await.unwrap();
+        }
+    }
+}
+
+async fn make_bus(t: Transport, tag: &str) -> Option<(Arc<dyn EventBus>, Env)> {
+    let dir = tempfile::tempdir().unwrap();
+    match t {
+        Transport::Log => {
+            let url = format!("sqlite://{}/bus.db?mode=rwc", dir.path().display());
+            Some((Arc::new(LogBus::connect(&url, &db_settings()).await.unwrap()), Env { _dir: dir, nats: None }))
+        }
+        Transport::Nats => {
+            let url = nats_url()?;
+            // A fresh stream name per test so runs never see each other's events.
+            let prefix = format!(
+                "T{}_{}",
+                tag.to_uppercase(),
+                uuid::Uuid::new_v4().simple().to_string().get(..8).unwrap().to_uppercase()
+            );
+            let s = event_settings(EventTransport::Nats, &url, "", &prefix);
+            let bus = Arc::new(NatsBus::connect(&s).await.unwrap());
+            Some((bus.clone(), Env { _dir: dir, nats: Some(bus) }))
+        }
+    }
+}
+
+async fn setup(
+    backend: Backend,
+    t: Transport,
+    tag: &str,
+) -> Option<(TestDb, DatabaseConnection, Arc<dyn EventBus>, Env)> {
+    let (bus, dir) = make_bus(t, tag).await?;
+    let db = TestDb::create(backend, tag).await?;
+    let conn = clm_platform::db::connect(&db.url, &db_settings()).await.unwrap();
+    clm_platform::db::migrate::<TestMigrator>(&conn).await.unwrap();
+    Some((db, conn, bus, dir))
+}
+
+const AGGS: [&str; 3] = ["a", "b", "c"];
+
+async fn exactly_once_in_order(backend: Backend, t: Transport) {
+    let Some((testdb, db, bus, env)) = setup(backend, t, "once").await else { return };
+    let svc = service_name();
+    let outbox = OutboxWriter::new(svc);
+    produce(&db, &outbox, &AGGS, 20, 0).await;
+    assert_eq!(pending(&db).await.unwrap(), 60);
+    while relay_once(&db, bus.as_ref(), 25).await.unwrap() > 0 {}
+    assert_eq!(pending(&db).await.unwrap(), 0);
+    let s = spec("once", svc);
+    drain(bus.as_ref(), &db, &s).await;
+    assert_exactly_once_in_order(&applied(&db).await, &AGGS, 20);
+
+    // Everything delivered again (a rewound consumer, as after a lost ack): nothing changes.
+    bus.reset(&s.name, &s.prefixes[0]).await.unwrap();
+    drain(bus.as_ref(), &db, &s).await;
+    assert_exactly_once_in_order(&applied(&db).await, &AGGS, 20);
+
+    // Replay rebuilds the read model from the first event, to the same result.
+    replay(bus.as_ref(), &db, &s, &Recorder).await.unwrap();
+    assert!(applied(&db).await.is_empty());
+    drain(bus.as_ref(), &db, &s).await;
+    assert_exactly_once_in_order(&applied(&db).await, &AGGS, 20);
+    db.close().await.ok();
+    testdb.cleanup().await;
+    env.cleanup().await;
+}
+
+/// Wraps a real bus: can be "down" (publish fails), and can hang forever on the k-th publish
+/// so the relay can be killed between publishing and marking rows sent.
+#[derive(Debug)]
+struct Faulty {
+    inner: Arc<dyn EventBus>,
+    down: AtomicBool,
+    hang_after: AtomicUsize,
+    published: AtomicUsize,
+}
+
+#[async_trait]
+impl EventBus for Faulty {
+    async fn publish(&self, subject: &str, event_id: &str, payload: Bytes) -> anyhow::Result<()> {
+        if self.down.load(Ordering::SeqCst) {
+            anyhow::bail!("broker unreachable");
+        }
+        if self.published.load(Ordering::SeqCst) >= self.hang_after.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        self.inner.publish(subject, event_id, payload).await?;
+        self.published.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+    async fn fetch(&self, consumer: &str, prefix: &str, max: usize, wait: Duration) -> anyhow::Result<Vec<Delivery>> {
+        self.inner.fetch(consumer, prefix, max, wait).await
+    }
+    async fn reset(&self, consumer: &str, prefix: &str) -> anyhow::Result<()> {
+        self.inner.reset(consumer, prefix).await
+    }
+}
+
+async fn relay_killed_mid_batch(backend: Backend, t: Transport) {
+    let Some((testdb, db, bus, env)) = setup(backend, t, "kill").await else { return };
+    let svc = service_name();
+    let outbox = OutboxWriter::new(svc);
+    produce(&db, &outbox, &AGGS, 10, 0).await;
+    let faulty = Arc::new(Faulty {
+        inner: bus.clone(),
+        down: AtomicBool::new(false),
+        hang_after: AtomicUsize::new(7),
+        published: AtomicUsize::new(0),
+    });
+    // The relay publishes 7 events of its batch, then is killed before marking any as sent.
+    let f = faulty.clone();
+    let dbc = db.clone();
+    let task = tokio::spawn(async move { relay_once(&dbc, f.as_ref(), 100).await });
+    for _ in 0..100 {
+        if faulty.published.load(Ordering::SeqCst) == 7 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    task.abort();
+    let _ = task.await;
+    assert_eq!(faulty.published.load(Ordering::SeqCst), 7);
+    assert_eq!(pending(&db).await.unwrap(), 30, "nothing was marked sent");
+    // Restart: everything is published (7 of them twice), then consumed exactly once.
+    faulty.hang_after.store(usize::MAX, Ordering::SeqCst);
+    while relay_once(&db, faulty.as_ref(), 100).await.unwrap() > 0 {}
+    assert_eq!(faulty.published.load(Ordering::SeqCst), 37);
+    drain(bus.as_ref(), &db, &spec("kill", svc)).await;
+    assert_exactly_once_in_order(&applied(&db).await, &AGGS, 10);
+    db.close().await.ok();
+    testdb.cleanup().await;
+    env.cleanup().await;
+}
+
+async fn broker_down_then_back(backend: Backend, t: Transport) {
+    let Some((testdb, db, bus, env)) = setup(backend, t, "down").await else { return };
+    let svc = service_name();
+    let outbox = OutboxWriter::new(svc);
+    let faulty = Arc::new(Faulty {
+        inner: bus.clone(),
+        down: AtomicBool::new(true),
+        hang_after: AtomicUsize::new(usize::MAX),
+        published: AtomicUsize::new(0),
+    });
+    // The relay runs all along, backing off while the broker is down.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let opts = clm_platform::events::outbox::RelayOptions {
+        poll: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(200),
+        ..Default::default()
+    };
+    let relay = clm_platform::events::outbox::spawn_relay(svc, db.clone(), faulty.clone(), &outbox, opts, stop_rx);
+    produce(&db, &outbox, &AGGS, 5, 0).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(pending(&db).await.unwrap(), 15, "writes succeed while the broker is down; the outbox grows");
+    produce(&db, &outbox, &AGGS, 5, 5).await;
+    faulty.down.store(false, Ordering::SeqCst);
+    for _ in 0..100 {
+        if pending(&db).await.unwrap() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(pending(&db).await.unwrap(), 0, "caught up after the broker returned");
+    stop_tx.send(true).unwrap();
+    relay.await.unwrap();
+    drain(bus.as_ref(), &db, &spec("down", svc)).await;
+    assert_exactly_once_in_order(&applied(&db).await, &AGGS, 10);
+    db.close().await.ok();
+    testdb.cleanup().await;
+    env.cleanup().await;
+}
+
+macro_rules! matrix {
+    ($($name:ident),+) => {
+        mod log_sqlite { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Backend::Sqlite, super::Transport::Log).await; } )+ }
+        mod log_postgres { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Backend::Postgres, super::Transport::Log).await; } )+ }
+        mod nats_sqlite { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Backend::Sqlite, super::Transport::Nats).await; } )+ }
+        mod nats_postgres { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Backend::Postgres, super::Transport::Nats).await; } )+ }
+    };
+}
+
+matrix!(exactly_once_in_order, relay_killed_mid_batch, broker_down_then_back);
+
+/// A real NATS server stopped and restarted: publishing fails while it is down, the relay's
+/// outbox keeps the events, and after the restart everything arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_nats_restart() {
+    let bin = std::path::Path::new("/usr/sbin/nats-server");
+    if !bin.exists() {
+        eprintln!("skipped: real_nats_restart (no /usr/sbin/nats-server)");
+        return;
+    }
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let store = tempfile::tempdir().unwrap();
+    let start = || {
+        std::process::Command::new(bin)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(store.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let wait_up = || async {
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("nats-server did not start");
+    };
+    let mut server = start();
+    wait_up().await;
+    let url = format!("nats://127.0.0.1:{port}");
+    let nats = Arc::new(NatsBus::connect(&event_settings(EventTransport::Nats, &url, "", "RESTART")).await.unwrap());
+    let bus: Arc<dyn EventBus> = nats.clone();
+    let testdb = TestDb::create(Backend::Sqlite, "natsrestart").await.unwrap();
+    let db = clm_platform::db::connect(&testdb.url, &db_settings()).await.unwrap();
+    clm_platform::db::migrate::<TestMigrator>(&db).await.unwrap();
+    let svc = service_name();
+    let outbox = OutboxWriter::new(svc);
+    produce(&db, &outbox, &AGGS, 3, 0).await;
+    while relay_once(&db, bus.as_ref(), 100).await.unwrap() > 0 {}
+
+    server.kill().unwrap();
+    server.wait().unwrap();
+    produce(&db, &outbox, &AGGS, 3, 3).await;
+    let r = tokio::time::timeout(Duration::from_secs(20), relay_once(&db, bus.as_ref(), 100)).await;
+    assert!(!matches!(r, Ok(Ok(n)) if n > 0), "nothing can be published while NATS is down");
+    assert_eq!(pending(&db).await.unwrap(), 9);
+
+    let mut server = start();
+    wait_up().await;
+    let mut caught_up = false;
+    for _ in 0..100 {
+        match relay_once(&db, bus.as_ref(), 100).await {
+            Ok(_) if pending(&db).await.unwrap() == 0 => {
+                caught_up = true;
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    assert!(caught_up, "the outbox drains once NATS is back");
+    drain(bus.as_ref(), &db, &spec("restart", svc)).await;
+    assert_exactly_once_in_order(&applied(&db).await, &AGGS, 6);
+    server.kill().ok();
+    server.wait().ok();
+}

@@ -483,6 +483,11 @@ async fn tenants_are_isolated(backend: Backend) {
         .await);
     nf(b.delete_segment(pb::DeleteSegmentRequest { id: seg_a.id.clone(), etag: String::new() }).await);
     nf(b.list_referrals(pb::ListReferralsRequest { contact_id: alice.id.clone(), ..Default::default() }).await);
+    nf(b.update_segment(pb::UpdateSegmentRequest {
+        segment: Some(pb::Segment { id: seg_a.id.clone(), display_name: "mine".into(), ..Default::default() }),
+        update_mask: mask(&["display_name"]),
+    })
+    .await);
     nf(b.merge_contacts(pb::MergeContactsRequest {
         survivor_id: alice.id.clone(),
         merged_ids: vec![referred.id.clone()],
@@ -513,8 +518,19 @@ async fn tenants_are_isolated(backend: Backend) {
     assert_eq!(err.code(), Code::InvalidArgument, "a page token from another tenant is refused");
     let mut export = b.export_contacts(pb::ExportContactsRequest::default()).await.unwrap().into_inner();
     assert!(export.message().await.unwrap().is_none());
-    // The same email in tenant B is not a conflict (nothing to infer).
-    create(&mut b, contact("shared@example.com", "Bob", "B")).await;
+    // Importing tenant A's email in tenant B creates B's own contact; A's is untouched.
+    let mut out = b
+        .import_contacts(tokio_stream::iter(vec![pb::ImportContactsRequest {
+            contacts: vec![pb::Contact { given_name: "Imported".into(), ..contact("shared@example.com", "", "") }],
+        }]))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = out.message().await.unwrap().unwrap();
+    let Some(pb::import_contacts_response::Result::Rows(rows)) = first.result else { panic!("rows first") };
+    assert_eq!(rows.results[0].outcome, pb::ImportOutcome::Created as i32);
+    assert_ne!(rows.results[0].contact_id, alice.id);
+    while out.message().await.unwrap().is_some() {}
     // Referring across tenants is refused as "no such contact".
     let err = b
         .create_contact(pb::CreateContactRequest {

@@ -28,7 +28,7 @@ impl clm_platform::runtime::Service for MetricsService {
         clm_platform::events::consumer::spawn_consumer(
             shared.bus.clone(),
             db,
-            events::consumer_spec(shared.settings.events.consumer_batch),
+            events::consumer_spec(&shared.settings.events),
             std::sync::Arc::new(events::MetricsHandler),
             shared.stopping(),
         );

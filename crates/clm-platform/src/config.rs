@@ -107,6 +107,7 @@ pub struct EventSettings {
     pub nats_url: String,
     pub nats_namespace: String,
     pub stream_prefix: String,
+    pub consumer_prefix: String,
     pub relay_batch: u64,
     pub relay_poll_ms: u64,
     pub consumer_batch: usize,

@@ -203,6 +203,7 @@ fn event_settings(transport: EventTransport, nats_url: &str, log_url: &str, pref
         nats_url: nats_url.into(),
         nats_namespace: String::new(),
         stream_prefix: prefix.into(),
+        consumer_prefix: String::new(),
         relay_batch: 100,
         relay_poll_ms: 50,
         consumer_batch: 50,

@@ -34,6 +34,13 @@ enum Command {
     Migrate,
     /// Load and validate the configuration and exit.
     CheckConfig,
+    /// Rebuild a consumer's read model by replaying every event from the first (stop the
+    /// service that runs the consumer first; it resumes from the first event when it starts).
+    Replay {
+        /// The consumer to replay: `metrics`.
+        #[arg(long)]
+        consumer: String,
+    },
     /// Mint a bearer token signed with `auth.jwt_hs256_secret` (for trying jwt mode).
     Token {
         /// Tenant the token acts for.
@@ -97,6 +104,17 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 aud: (!settings.auth.jwt_audience.is_empty()).then(|| settings.auth.jwt_audience.clone()),
             };
             println!("{}", clm_platform::auth::mint_hs256(&settings.auth.jwt_hs256_secret, &claims)?);
+            Ok(())
+        }
+        Command::Replay { consumer } => {
+            let _telemetry = clm_platform::telemetry::init(&settings)?;
+            anyhow::ensure!(consumer == "metrics", "unknown consumer {consumer:?}; consumers: metrics");
+            let db = open_database::<clm_metrics::MetricsService>(&settings, true).await?;
+            let bus = clm_platform::events::bus::from_settings(&settings.events, &settings.database).await?;
+            let spec = clm_metrics::events::consumer_spec(&settings.events);
+            clm_platform::events::consumer::replay(bus.as_ref(), &db, &spec, &clm_metrics::events::MetricsHandler)
+                .await?;
+            println!("consumer {} reset: its read model is empty and it re-reads every event on next start", spec.name);
             Ok(())
         }
         Command::Migrate => {

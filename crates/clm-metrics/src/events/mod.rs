@@ -147,12 +147,12 @@ impl EventHandler for MetricsHandler {
     }
 }
 
-/// The consumer spec of metrics.
-pub fn consumer_spec(batch: usize) -> clm_platform::events::consumer::ConsumerSpec {
+/// The consumer spec of metrics (`events.consumer_prefix` + "metrics").
+pub fn consumer_spec(events: &clm_platform::config::EventSettings) -> clm_platform::events::consumer::ConsumerSpec {
     clm_platform::events::consumer::ConsumerSpec {
-        name: CONSUMER.to_owned(),
+        name: format!("{}{CONSUMER}", events.consumer_prefix),
         prefixes: vec![clm_platform::events::service_subjects("contacts")],
-        batch,
+        batch: events.consumer_batch,
         wait: std::time::Duration::from_millis(500),
     }
 }

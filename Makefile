@@ -39,6 +39,9 @@ lint-proto: $(BUF) ## buf lint (DEFAULT rules) of proto/
 	$(BUF) lint proto
 	$(BUF) build proto -o /dev/null
 
+bench: ## run the benchmarks (release build); results in bench/results/latest.{json,md}
+	$(CARGO) run --release -p clm-bench -- --duration $${BENCH_SECONDS:-10} --concurrency $${BENCH_CONCURRENCY:-16}
+
 clean: ## remove build output and local data
 	$(CARGO) clean
 	rm -rf data

@@ -1,0 +1,231 @@
+//! `clm-bench`: measure CLM against its own parts, in one run, as ratios.
+//!
+//! Each workload runs `--concurrency` client tasks for `--duration` seconds against a real
+//! server on 127.0.0.1 (real sockets, real database) and records every call's latency in an
+//! HDR histogram. References run in the same process on the same machine: the gRPC health
+//! check is "hello-world tonic" (same server stack and layers, no database, no auth), so
+//! `GetContact ÷ health` is the cost of our layers and the database read. Results go to
+//! `bench/results/latest.json` and `latest.md`. Benchmarks never fail a test run.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use clm_platform::testing::{self, Backend, TestDb};
+use clm_proto::contacts::v1 as pb;
+use clm_proto::contacts::v1::contacts_service_client::ContactsServiceClient;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+#[derive(Debug, Parser)]
+#[command(about = "CLM load generator")]
+struct Args {
+    /// Seconds per workload.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Concurrent client tasks (each with its own HTTP/2 stream).
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Where to write results.
+    #[arg(long, default_value = "bench/results")]
+    out: std::path::PathBuf,
+    /// Also run against PostgreSQL (admin URL; a fresh database is created). Default:
+    /// CLM_TEST_DATABASE_URL when set.
+    #[arg(long, env = "CLM_TEST_DATABASE_URL")]
+    postgres: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Figure {
+    workload: String,
+    backend: String,
+    calls: u64,
+    errors: u64,
+    throughput_per_s: f64,
+    p50_us: u64,
+    p90_us: u64,
+    p99_us: u64,
+    max_us: u64,
+}
+
+async fn run<F, Fut>(name: &str, backend: &str, args: &Args, make: F) -> Figure
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let make = Arc::new(make);
+    let errors = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(args.duration);
+    let mut tasks = Vec::new();
+    for worker in 0..args.concurrency {
+        let make = make.clone();
+        let errors = errors.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+            let mut i = 0usize;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                let ok = make(worker * 1_000_000 + i).await;
+                let us = t.elapsed().as_micros() as u64;
+                h.saturating_record(us.max(1));
+                if !ok {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+                i += 1;
+            }
+            h
+        }));
+    }
+    let started = Instant::now();
+    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+    for t in tasks {
+        all.add(t.await.expect("worker")).expect("merge");
+    }
+    let secs = started.elapsed().as_secs_f64().max(args.duration as f64);
+    let f = Figure {
+        workload: name.into(),
+        backend: backend.into(),
+        calls: all.len(),
+        errors: errors.load(Ordering::Relaxed),
+        throughput_per_s: all.len() as f64 / secs,
+        p50_us: all.value_at_quantile(0.50),
+        p90_us: all.value_at_quantile(0.90),
+        p99_us: all.value_at_quantile(0.99),
+        max_us: all.max(),
+    };
+    eprintln!(
+        "{:<14} {:<9} {:>9.0}/s  p50 {:>6}µs  p99 {:>7}µs  errors {}",
+        f.workload, f.backend, f.throughput_per_s, f.p50_us, f.p99_us, f.errors
+    );
+    f
+}
+
+async fn contacts_workloads(
+    args: &Args,
+    backend: Backend,
+    label: &str,
+    figures: &mut Vec<Figure>,
+) -> anyhow::Result<()> {
+    let Some(db) = TestDb::create(backend, "bench").await else { return Ok(()) };
+    let server = testing::spawn::<clm_contacts::ContactsService>(testing::settings(&[
+        ("CLM_CONTACTS__DATABASE_URL", &db.url),
+        ("CLM_DATABASE__MAX_CONNECTIONS", "16"),
+        ("CLM_TELEMETRY__LOG_FILTER", "warn"),
+    ]))
+    .await;
+    let client = ContactsServiceClient::new(server.authed(&testing::token("bench", "clm.read clm.write")).await);
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+
+    let c = client.clone();
+    let rid = run_id.clone();
+    figures.push(
+        run("CreateContact", label, args, move |n| {
+            let mut c = c.clone();
+            let email = format!("b{n}-{rid}@example.com");
+            async move {
+                c.create_contact(pb::CreateContactRequest {
+                    contact: Some(pb::Contact {
+                        email,
+                        given_name: "Bench".into(),
+                        family_name: "Mark".into(),
+                        tags: vec!["bench".into()],
+                        lead_score: 50,
+                        ..Default::default()
+                    }),
+                    request_id: String::new(),
+                })
+                .await
+                .is_ok()
+            }
+        })
+        .await,
+    );
+
+    // Ids to read: one page of what was just created.
+    let mut c = client.clone();
+    let ids: Arc<Vec<String>> = Arc::new(
+        c.list_contacts(pb::ListContactsRequest { page_size: 1000, ..Default::default() })
+            .await?
+            .into_inner()
+            .contacts
+            .into_iter()
+            .map(|x| x.id)
+            .collect(),
+    );
+    anyhow::ensure!(!ids.is_empty(), "nothing was created");
+    let c = client.clone();
+    figures.push(
+        run("GetContact", label, args, move |n| {
+            let mut c = c.clone();
+            let id = ids[n % ids.len()].clone();
+            async move { c.get_contact(pb::GetContactRequest { id }).await.is_ok() }
+        })
+        .await,
+    );
+
+    let health = HealthClient::new(server.channel().await);
+    figures.push(
+        run("HealthCheck", label, args, move |_| {
+            let mut h = health.clone();
+            async move { h.check(HealthCheckRequest { service: String::new() }).await.is_ok() }
+        })
+        .await,
+    );
+    server.stop().await?;
+    db.cleanup().await;
+    Ok(())
+}
+
+fn ratio(figures: &[Figure], a: &str, b: &str, backend: &str) -> Option<f64> {
+    let get = |w: &str| figures.iter().find(|f| f.workload == w && f.backend == backend).map(|f| f.throughput_per_s);
+    Some(get(a)? / get(b)?.max(f64::MIN_POSITIVE))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut figures = Vec::new();
+    contacts_workloads(&args, Backend::Sqlite, "sqlite", &mut figures).await?;
+    if args.postgres.is_some() {
+        contacts_workloads(&args, Backend::Postgres, "postgres", &mut figures).await?;
+    }
+    let mut ratios = Vec::new();
+    for backend in ["sqlite", "postgres"] {
+        if let Some(r) = ratio(&figures, "GetContact", "HealthCheck", backend) {
+            ratios.push((format!("GetContact ÷ HealthCheck ({backend})"), r));
+        }
+    }
+    std::fs::create_dir_all(&args.out)?;
+    let when = chrono::Utc::now().to_rfc3339();
+    let json = serde_json::json!({
+        "time": when,
+        "duration_s": args.duration,
+        "concurrency": args.concurrency,
+        "cores": std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        "figures": figures,
+        "ratios": ratios.iter().map(|(k, v)| serde_json::json!({"name": k, "value": v})).collect::<Vec<_>>(),
+    });
+    std::fs::write(args.out.join("latest.json"), serde_json::to_string_pretty(&json)?)?;
+    let mut md = format!(
+        "# CLM benchmark — {when}\n\n{} s per workload, {} concurrent clients, {} cores.\n\n| workload | backend | calls/s | p50 µs | p90 µs | p99 µs | max µs | errors |\n|---|---|---:|---:|---:|---:|---:|---:|\n",
+        args.duration, args.concurrency, json["cores"]
+    );
+    for f in &figures {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {} |",
+            f.workload, f.backend, f.throughput_per_s, f.p50_us, f.p90_us, f.p99_us, f.max_us, f.errors
+        );
+    }
+    md.push_str("\n| ratio | value |\n|---|---:|\n");
+    for (k, v) in &ratios {
+        let _ = writeln!(md, "| {k} | {v:.2} |");
+    }
+    std::fs::write(args.out.join("latest.md"), &md)?;
+    println!("{md}");
+    Ok(())
+}

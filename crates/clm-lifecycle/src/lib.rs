@@ -1,9 +1,11 @@
 //! CLM lifecycle service. Owns its own database schema (see `store`); talks to other services only
 //! through gRPC and events.
 //!
-//! Status: the service is wired into the server (database, migrations, health) and its
-//! contract is in `proto/clm/lifecycle/v1`; its handlers land with its own issue.
+//! Status: the service is wired into the server (database, migrations, health), its contract
+//! is in `proto/clm/lifecycle/v1`, and its rules are in `domain` (models, progression rules,
+//! dormancy, reactivation, history replay); its store and handlers land with its issue.
 
+pub mod domain;
 pub mod store;
 
 use clm_platform::server::Shared;

@@ -6,8 +6,6 @@ use std::collections::BTreeMap;
 use clm_platform::{FieldViolation, Violations};
 use clm_proto::common::v1::Money as PbMoney;
 use clm_proto::contacts::v1 as pb;
-use prost_types::Timestamp;
-use uuid::Uuid;
 
 use crate::domain::model::{
     AcquisitionChannel, AgeBand, AttrValue, Consent, ConsentChannel, ConsentStatus, Contact, ContactState, Gender,
@@ -44,34 +42,7 @@ pub const LEAF_PATHS: &[&str] = &[
     "lead_score",
 ];
 
-pub fn micros(ts: &Timestamp) -> Option<i64> {
-    if !(0..1_000_000_000).contains(&ts.nanos) {
-        return None;
-    }
-    ts.seconds.checked_mul(1_000_000)?.checked_add(i64::from(ts.nanos / 1000))
-}
-
-pub fn timestamp(micros: i64) -> Timestamp {
-    Timestamp { seconds: micros.div_euclid(1_000_000), nanos: (micros.rem_euclid(1_000_000) * 1000) as i32 }
-}
-
-/// Parse a UUID field.
-pub fn uuid(field: &str, raw: &str) -> Result<Uuid, FieldViolation> {
-    Uuid::parse_str(raw.trim())
-        .map_err(|_| FieldViolation::new(field, if raw.is_empty() { "is required (a UUID)" } else { "must be a UUID" }))
-}
-
-/// Parse an etag into the version it names; empty → `None` (no check).
-pub fn etag_version(field: &str, raw: &str) -> Result<Option<i64>, FieldViolation> {
-    if raw.is_empty() {
-        return Ok(None);
-    }
-    raw.strip_prefix("W/\"")
-        .and_then(|r| r.strip_suffix('"'))
-        .and_then(|v| v.parse::<i64>().ok())
-        .map(Some)
-        .ok_or_else(|| FieldViolation::new(field, "is not an etag this service issued"))
-}
+pub use clm_platform::convert::{etag_version, micros, timestamp, uuid};
 
 /// Expand a mask to leaf paths. Empty mask: every leaf whose value is set in `c`; `*`: all.
 pub fn expand_mask(paths: &[String], c: &pb::Contact, mask_field: &str) -> Result<Vec<&'static str>, FieldViolation> {
@@ -477,26 +448,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn timestamps_round_trip() {
-        for m in [0, 1, -1, 1_700_000_000_123_456, -1_500_000] {
-            assert_eq!(micros(&timestamp(m)), Some(m));
-        }
-        assert_eq!(micros(&Timestamp { seconds: 0, nanos: -1 }), None);
-    }
-
-    #[test]
     fn masks() {
         let c = pb::Contact { given_name: "Ada".into(), tags: vec!["x".into()], ..Default::default() };
         assert_eq!(expand_mask(&[], &c, "update_mask").unwrap(), vec!["given_name", "tags"]);
         assert_eq!(expand_mask(&["demographics".into()], &c, "m").unwrap().len(), 7);
         assert_eq!(expand_mask(&["*".into()], &c, "m").unwrap().len(), LEAF_PATHS.len());
         assert_eq!(expand_mask(&["id".into()], &c, "update_mask").unwrap_err().field, "update_mask");
-    }
-
-    #[test]
-    fn etags() {
-        assert_eq!(etag_version("etag", "W/\"7\"").unwrap(), Some(7));
-        assert_eq!(etag_version("etag", "").unwrap(), None);
-        assert!(etag_version("etag", "7").is_err());
     }
 }

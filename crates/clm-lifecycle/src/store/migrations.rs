@@ -1,4 +1,4 @@
-//! Schema migrations of the lifecycle database (sea-orm-migration).
+//! Schema migrations of the lifecycle database. Times are BIGINT µs since the epoch.
 
 use sea_orm_migration::prelude::*;
 
@@ -7,6 +7,176 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        Vec::new()
+        vec![
+            Box::new(clm_platform::events::outbox::OutboxMigration),
+            Box::new(clm_platform::events::inbox::InboxMigration),
+            Box::new(M0001Lifecycle),
+        ]
+    }
+}
+
+struct M0001Lifecycle;
+
+impl MigrationName for M0001Lifecycle {
+    fn name(&self) -> &'static str {
+        "m0001_lifecycle"
+    }
+}
+
+fn id(c: &'static str) -> ColumnDef {
+    ColumnDef::new(Alias::new(c)).string().not_null().primary_key().to_owned()
+}
+fn text(c: &'static str) -> ColumnDef {
+    ColumnDef::new(Alias::new(c)).string().not_null().to_owned()
+}
+fn text_null(c: &'static str) -> ColumnDef {
+    ColumnDef::new(Alias::new(c)).string().null().to_owned()
+}
+fn long_text(c: &'static str) -> ColumnDef {
+    ColumnDef::new(Alias::new(c)).text().not_null().to_owned()
+}
+fn big(c: &'static str) -> ColumnDef {
+    ColumnDef::new(Alias::new(c)).big_integer().not_null().to_owned()
+}
+fn big_null(c: &'static str) -> ColumnDef {
+    ColumnDef::new(Alias::new(c)).big_integer().null().to_owned()
+}
+fn flag(c: &'static str) -> ColumnDef {
+    ColumnDef::new(Alias::new(c)).boolean().not_null().to_owned()
+}
+
+async fn index(m: &SchemaManager<'_>, name: &str, table: &str, cols: &[&str], unique: bool) -> Result<(), DbErr> {
+    let mut i = Index::create();
+    i.name(name).table(Alias::new(table));
+    for c in cols {
+        i.col(Alias::new(*c));
+    }
+    if unique {
+        i.unique();
+    }
+    m.create_index(i).await
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0001Lifecycle {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.create_table(
+            Table::create()
+                .table(Alias::new("lifecycle_models"))
+                .col(id("id"))
+                .col(text("tenant_id"))
+                .col(text("display_name"))
+                .col(long_text("description"))
+                .col(long_text("stages"))
+                .col(long_text("allowed"))
+                .col(flag("is_default"))
+                .col(big("version"))
+                .col(big("create_time"))
+                .col(big("update_time"))
+                .to_owned(),
+        )
+        .await?;
+        index(m, "ix_models_tenant", "lifecycle_models", &["tenant_id", "create_time", "id"], false).await?;
+
+        m.create_table(
+            Table::create()
+                .table(Alias::new("journey_events"))
+                .col(id("id"))
+                .col(text("tenant_id"))
+                .col(text("contact_id"))
+                .col(text("model_id"))
+                .col(big("occur_time"))
+                .col(big("record_time"))
+                .col(text_null("idempotency_key"))
+                .col(text("kind"))
+                .col(ColumnDef::new(Alias::new("body")).blob().not_null())
+                .to_owned(),
+        )
+        .await?;
+        index(m, "ix_events_contact", "journey_events", &["tenant_id", "contact_id", "model_id", "occur_time"], false).await?;
+        index(m, "ux_events_idem", "journey_events", &["tenant_id", "idempotency_key"], true).await?;
+
+        m.create_table(
+            Table::create()
+                .table(Alias::new("manual_moves"))
+                .col(id("id"))
+                .col(text("tenant_id"))
+                .col(text("contact_id"))
+                .col(text("model_id"))
+                .col(text("to_stage"))
+                .col(big("at"))
+                .col(text("reason"))
+                .col(text("actor"))
+                .to_owned(),
+        )
+        .await?;
+        index(m, "ix_moves_contact", "manual_moves", &["tenant_id", "contact_id", "model_id"], false).await?;
+
+        m.create_table(
+            Table::create()
+                .table(Alias::new("journeys"))
+                .col(text("tenant_id"))
+                .col(text("contact_id"))
+                .col(text("model_id"))
+                .col(text_null("current_stage"))
+                .col(big("enter_time"))
+                .col(big_null("last_activity"))
+                .col(big("reactivations"))
+                .col(big("version"))
+                .primary_key(Index::create().col(Alias::new("tenant_id")).col(Alias::new("contact_id")).col(Alias::new("model_id")))
+                .to_owned(),
+        )
+        .await?;
+        index(m, "ix_journeys_stage", "journeys", &["tenant_id", "model_id", "current_stage", "enter_time"], false).await?;
+
+        m.create_table(
+            Table::create()
+                .table(Alias::new("transitions"))
+                .col(id("id"))
+                .col(text("tenant_id"))
+                .col(text("contact_id"))
+                .col(text("model_id"))
+                .col(big("seq"))
+                .col(text_null("from_stage"))
+                .col(text("to_stage"))
+                .col(big("at"))
+                .col(text("cause"))
+                .col(text("cause_ref"))
+                .col(text("actor"))
+                .col(text("reason"))
+                .col(flag("reactivation"))
+                .to_owned(),
+        )
+        .await?;
+        index(m, "ix_transitions_contact", "transitions", &["tenant_id", "contact_id", "model_id", "seq"], false).await?;
+
+        m.create_table(
+            Table::create()
+                .table(Alias::new("known_contacts"))
+                .col(text("tenant_id"))
+                .col(text("contact_id"))
+                .col(text("state"))
+                .primary_key(Index::create().col(Alias::new("tenant_id")).col(Alias::new("contact_id")))
+                .to_owned(),
+        )
+        .await?;
+
+        m.create_table(
+            Table::create()
+                .table(Alias::new("rule_settings"))
+                .col(id("tenant_id"))
+                .col(long_text("settings"))
+                .col(big("version"))
+                .to_owned(),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        for t in ["rule_settings", "known_contacts", "transitions", "journeys", "manual_moves", "journey_events", "lifecycle_models"] {
+            m.drop_table(Table::drop().table(Alias::new(t)).to_owned()).await?;
+        }
+        Ok(())
     }
 }

@@ -1,0 +1,216 @@
+//! SeaORM entities of the lifecycle schema (DDL in `migrations`).
+
+use serde::{Deserialize, Serialize};
+
+/// Rule switches as stored (JSON); missing fields take their defaults (all on).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+#[allow(clippy::struct_excessive_bools)]
+pub struct StoredRules {
+    pub first_touchpoint_awareness: bool,
+    pub lead_captured_acquisition: bool,
+    pub first_purchase_conversion: bool,
+    pub repeat_purchase_retention: bool,
+    pub customer_tenure_retention_micros: Option<i64>,
+    pub advocacy_loyalty: bool,
+    pub dormancy: bool,
+    pub reactivation: bool,
+    pub detractor_at_risk: bool,
+}
+
+impl Default for StoredRules {
+    fn default() -> Self {
+        Self {
+            first_touchpoint_awareness: true,
+            lead_captured_acquisition: true,
+            first_purchase_conversion: true,
+            repeat_purchase_retention: true,
+            customer_tenure_retention_micros: None,
+            advocacy_loyalty: true,
+            dormancy: true,
+            reactivation: true,
+            detractor_at_risk: true,
+        }
+    }
+}
+
+impl StoredRules {
+    pub fn to_domain(&self) -> crate::domain::journey::Rules {
+        crate::domain::journey::Rules {
+            first_touchpoint_awareness: self.first_touchpoint_awareness,
+            lead_captured_acquisition: self.lead_captured_acquisition,
+            first_purchase_conversion: self.first_purchase_conversion,
+            repeat_purchase_retention: self.repeat_purchase_retention,
+            customer_tenure_retention: self.customer_tenure_retention_micros,
+            advocacy_loyalty: self.advocacy_loyalty,
+            dormancy: self.dormancy,
+            reactivation: self.reactivation,
+        }
+    }
+}
+
+pub mod lifecycle_model {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "lifecycle_models")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub tenant_id: String,
+        pub display_name: String,
+        pub description: String,
+        pub stages: String,
+        pub allowed: String,
+        pub is_default: bool,
+        pub version: i64,
+        pub create_time: i64,
+        pub update_time: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod journey_event {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "journey_events")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub tenant_id: String,
+        pub contact_id: String,
+        pub model_id: String,
+        pub occur_time: i64,
+        pub record_time: i64,
+        pub idempotency_key: Option<String>,
+        /// touchpoint, purchase, referral, review, custom.
+        pub kind: String,
+        /// Encoded `clm.lifecycle.v1.JourneyEvent`.
+        pub body: Vec<u8>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod manual_move {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "manual_moves")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub tenant_id: String,
+        pub contact_id: String,
+        pub model_id: String,
+        pub to_stage: String,
+        pub at: i64,
+        pub reason: String,
+        pub actor: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod journey {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "journeys")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub contact_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub model_id: String,
+        pub current_stage: Option<String>,
+        pub enter_time: i64,
+        pub last_activity: Option<i64>,
+        pub reactivations: i64,
+        pub version: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod transition {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "transitions")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub tenant_id: String,
+        pub contact_id: String,
+        pub model_id: String,
+        pub seq: i64,
+        pub from_stage: Option<String>,
+        pub to_stage: String,
+        pub at: i64,
+        /// `rule:<name>` or `manual`.
+        pub cause: String,
+        pub cause_ref: String,
+        pub actor: String,
+        pub reason: String,
+        pub reactivation: bool,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod known_contact {
+    use sea_orm::entity::prelude::*;
+
+    /// A contact as known from contact events: active, deleted, merged or erased.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "known_contacts")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub contact_id: String,
+        pub state: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod rule_settings {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "rule_settings")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: String,
+        pub settings: String,
+        pub version: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

@@ -22,6 +22,8 @@ pub fn clm_binary() -> PathBuf {
 /// A `clm serve` child process and the address it listens on.
 pub struct ClmProcess {
     pub child: Child,
+    /// Working directory of the child (relative paths such as the event log land here).
+    _dir: tempfile::TempDir,
     pub addr: SocketAddr,
     pub logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
@@ -29,8 +31,10 @@ pub struct ClmProcess {
 impl ClmProcess {
     /// Start `clm serve` with `env` on a random port; waits until it logs its address.
     pub fn start(env: &[(String, String)]) -> ClmProcess {
+        let dir = tempfile::tempdir().expect("temp dir");
         let mut cmd = Command::new(clm_binary());
-        cmd.arg("serve")
+        cmd.current_dir(dir.path())
+            .arg("serve")
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("CLM_SERVER__LISTEN_ADDR", "127.0.0.1:0")
@@ -67,7 +71,7 @@ impl ClmProcess {
             }
             assert!(start.elapsed() < Duration::from_mins(1), "clm did not start in a minute");
         };
-        ClmProcess { child, addr, logs }
+        ClmProcess { child, _dir: dir, addr, logs }
     }
 
     pub fn url(&self) -> String {

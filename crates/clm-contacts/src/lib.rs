@@ -33,8 +33,21 @@ impl clm_platform::runtime::Service for ContactsService {
             shared.relay_options(),
             shared.stopping(),
         );
+        let publisher = events::Publisher::new(outbox);
+        clm_platform::events::consumer::spawn_consumer(
+            shared.bus.clone(),
+            db.clone(),
+            clm_platform::events::consumer::ConsumerSpec {
+                name: format!("{}contacts", shared.settings.events.consumer_prefix),
+                prefixes: vec![clm_platform::events::service_subjects("lifecycle")],
+                batch: shared.settings.events.consumer_batch,
+                wait: std::time::Duration::from_millis(500),
+            },
+            std::sync::Arc::new(events::AutomationRequests { publisher: publisher.clone() }),
+            shared.stopping(),
+        );
         let server = clm_proto::contacts::v1::contacts_service_server::ContactsServiceServer::new(
-            api::ContactsApi::new(db, shared.page_tokens.clone(), events::Publisher::new(outbox)),
+            api::ContactsApi::new(db, shared.page_tokens.clone(), publisher),
         )
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);

@@ -5,7 +5,9 @@
 //! is in `proto/clm/lifecycle/v1`, and its rules are in `domain` (models, progression rules,
 //! dormancy, reactivation, history replay); its store and handlers land with its issue.
 
+pub mod api;
 pub mod domain;
+pub mod events;
 pub mod store;
 
 use clm_platform::server::Shared;
@@ -21,10 +23,49 @@ impl clm_platform::runtime::Service for LifecycleService {
     type Migrator = store::migrations::Migrator;
 
     async fn register(
-        _shared: &Shared,
-        _db: DatabaseConnection,
-        _routes: &mut RoutesBuilder,
+        shared: &Shared,
+        db: DatabaseConnection,
+        routes: &mut RoutesBuilder,
     ) -> anyhow::Result<Vec<&'static str>> {
+        use clm_platform::events::{consumer, outbox};
+        let writer = outbox::OutboxWriter::new(Self::NAME);
+        outbox::spawn_relay(
+            Self::NAME,
+            db.clone(),
+            shared.bus.clone(),
+            &writer,
+            shared.relay_options(),
+            shared.stopping(),
+        );
+        let publisher = events::Publisher::new(writer);
+        consumer::spawn_consumer(
+            shared.bus.clone(),
+            db.clone(),
+            consumer::ConsumerSpec {
+                name: format!("{}lifecycle", shared.settings.events.consumer_prefix),
+                prefixes: vec![
+                    clm_platform::events::service_subjects("contacts"),
+                    clm_platform::events::service_subjects("feedback"),
+                ],
+                batch: shared.settings.events.consumer_batch,
+                wait: std::time::Duration::from_millis(500),
+            },
+            std::sync::Arc::new(events::LifecycleHandler { publisher: publisher.clone() }),
+            shared.stopping(),
+        );
+        events::scheduler::spawn(
+            db.clone(),
+            publisher.clone(),
+            std::time::Duration::from_millis(shared.settings.lifecycle.scheduler_interval_ms.max(100)),
+            shared.stopping(),
+        );
+        let max = shared.max_message_bytes();
+        let server = clm_proto::lifecycle::v1::lifecycle_service_server::LifecycleServiceServer::new(
+            api::LifecycleApi::new(db, shared.page_tokens.clone(), publisher),
+        )
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+        routes.add_service(server);
         Ok(vec!["clm.lifecycle.v1.LifecycleService"])
     }
 }

@@ -119,6 +119,13 @@ pub struct EventSettings {
 pub struct ServiceSettings {
     /// `sqlite://path?mode=rwc` or `postgres://user@host/db`.
     pub database_url: String,
+    /// How often time-based rules run (lifecycle: dormancy, inactivity automations), ms.
+    #[serde(default = "default_scheduler_interval")]
+    pub scheduler_interval_ms: u64,
+}
+
+fn default_scheduler_interval() -> u64 {
+    60_000
 }
 
 /// Why settings could not be loaded. The message names the offending key.

@@ -112,3 +112,61 @@ impl Publisher {
         self.append(txn, tenant, id, at, p).await
     }
 }
+
+/// Consumes lifecycle automation requests addressed to contacts: `contacts.add_tag` and
+/// `contacts.remove_tag` (payload `tag`). The change publishes ContactUpdated like any other.
+#[derive(Debug)]
+pub struct AutomationRequests {
+    pub publisher: Publisher,
+}
+
+#[async_trait::async_trait]
+impl clm_platform::events::inbox::EventHandler for AutomationRequests {
+    async fn handle(&self, txn: &sea_orm::DatabaseTransaction, e: &ev::EventEnvelope) -> Result<()> {
+        let Some(Payload::AutomationTriggered(a)) = &e.payload else { return Ok(()) };
+        let add = match a.topic.as_str() {
+            "contacts.add_tag" => true,
+            "contacts.remove_tag" => false,
+            _ => return Ok(()),
+        };
+        let (Ok(tenant), Ok(id), Some(tag)) =
+            (TenantId::parse(&e.tenant_id), Uuid::parse_str(&a.contact_id), a.payload.get("tag"))
+        else {
+            return Ok(());
+        };
+        let Some(current) = crate::store::find_contact(txn, &tenant, id).await? else { return Ok(()) };
+        if current.state != crate::domain::model::ContactState::Active {
+            return Ok(());
+        }
+        let mut data = current.data.clone();
+        let has = data.tags.iter().any(|t| t.eq_ignore_ascii_case(tag));
+        match (add, has) {
+            (true, false) => {
+                if data.tags.len() >= crate::domain::values::MAX_TAGS {
+                    tracing::warn!(contact_id = %id, "automation tag not added: tag limit reached");
+                    return Ok(());
+                }
+                let Ok(mut clean) = crate::domain::values::labels("tags", std::slice::from_ref(tag)) else {
+                    return Ok(());
+                };
+                data.tags.append(&mut clean);
+            }
+            (false, true) => data.tags.retain(|t| !t.eq_ignore_ascii_case(tag)),
+            _ => return Ok(()),
+        }
+        let updated = Contact {
+            data,
+            update_time: crate::store::now_micros().max(current.update_time),
+            version: current.version + 1,
+            ..current.clone()
+        };
+        crate::store::update_contact(txn, &tenant, &updated, current.version).await?;
+        self.publisher.updated(txn, &tenant, &updated, &["tags"]).await?;
+        Ok(())
+    }
+
+    async fn reset(&self, _txn: &sea_orm::DatabaseTransaction) -> Result<()> {
+        // Tag changes are applied to contacts' own data; a replay only re-checks them.
+        Ok(())
+    }
+}

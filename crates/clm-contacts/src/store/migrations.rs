@@ -8,7 +8,11 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(M0001Contacts), Box::new(clm_platform::events::outbox::OutboxMigration)]
+        vec![
+            Box::new(M0001Contacts),
+            Box::new(clm_platform::events::outbox::OutboxMigration),
+            Box::new(clm_platform::events::inbox::InboxMigration),
+        ]
     }
 }
 

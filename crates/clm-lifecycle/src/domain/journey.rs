@@ -22,6 +22,10 @@ pub enum Happening {
     Manual {
         to: StageKey,
     },
+    /// A tenant automation moved the contact.
+    Automated {
+        to: StageKey,
+    },
 }
 
 /// An item of the timeline: when, what, and its id (journey event id or transition request).
@@ -68,6 +72,7 @@ pub enum Cause {
     /// A built-in rule, by name.
     Rule(&'static str),
     Manual,
+    Automation,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,10 +170,11 @@ impl Journey {
         self.check_tenure(model, rules, item.at);
         self.check_dormancy(model, rules, item.at);
         let ms = model.milestones();
-        if let Happening::Manual { to } = &item.what {
+        if let Happening::Manual { to } | Happening::Automated { to } = &item.what {
+            let cause = if matches!(item.what, Happening::Manual { .. }) { Cause::Manual } else { Cause::Automation };
             let returning = self.in_category(model, Category::Lost)
                 && model.stage(to).is_some_and(|s| s.category != Category::Lost);
-            self.move_to(model, to.clone(), item.at, Cause::Manual, &item.id, returning);
+            self.move_to(model, to.clone(), item.at, cause, &item.id, returning);
             return;
         }
         // Any event from a lost contact is a return.
@@ -207,7 +213,7 @@ impl Journey {
                     None
                 }
             }
-            Happening::Manual { .. } => None,
+            Happening::Manual { .. } | Happening::Automated { .. } => None,
         };
         if let Some((to, rule)) = target {
             self.move_to(model, to, item.at, Cause::Rule(rule), &item.id, false);

@@ -189,6 +189,10 @@ pub mod known_contact {
         #[sea_orm(primary_key, auto_increment = false)]
         pub contact_id: String,
         pub state: String,
+        /// JSON list of the contact's tags (lower-cased), for automation conditions.
+        pub tags: String,
+        /// Acquisition channel key.
+        pub channel: String,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -207,6 +211,54 @@ pub mod rule_settings {
         pub tenant_id: String,
         pub settings: String,
         pub version: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod automation {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "automations")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub tenant_id: String,
+        pub display_name: String,
+        pub enabled: bool,
+        pub model_id: String,
+        /// Encoded `clm.lifecycle.v1.Automation` (trigger, conditions, actions).
+        pub body: Vec<u8>,
+        pub version: i64,
+        pub create_time: i64,
+        pub update_time: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod automation_run {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "automation_runs")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub tenant_id: String,
+        pub automation_id: String,
+        pub contact_id: String,
+        pub trigger_ref: String,
+        pub run_time: i64,
+        pub outcome: String,
+        pub message: String,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

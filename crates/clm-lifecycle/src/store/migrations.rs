@@ -93,7 +93,8 @@ impl MigrationTrait for M0001Lifecycle {
                 .to_owned(),
         )
         .await?;
-        index(m, "ix_events_contact", "journey_events", &["tenant_id", "contact_id", "model_id", "occur_time"], false).await?;
+        index(m, "ix_events_contact", "journey_events", &["tenant_id", "contact_id", "model_id", "occur_time"], false)
+            .await?;
         index(m, "ux_events_idem", "journey_events", &["tenant_id", "idempotency_key"], true).await?;
 
         m.create_table(
@@ -123,11 +124,17 @@ impl MigrationTrait for M0001Lifecycle {
                 .col(big_null("last_activity"))
                 .col(big("reactivations"))
                 .col(big("version"))
-                .primary_key(Index::create().col(Alias::new("tenant_id")).col(Alias::new("contact_id")).col(Alias::new("model_id")))
+                .primary_key(
+                    Index::create()
+                        .col(Alias::new("tenant_id"))
+                        .col(Alias::new("contact_id"))
+                        .col(Alias::new("model_id")),
+                )
                 .to_owned(),
         )
         .await?;
-        index(m, "ix_journeys_stage", "journeys", &["tenant_id", "model_id", "current_stage", "enter_time"], false).await?;
+        index(m, "ix_journeys_stage", "journeys", &["tenant_id", "model_id", "current_stage", "enter_time"], false)
+            .await?;
 
         m.create_table(
             Table::create()
@@ -148,7 +155,8 @@ impl MigrationTrait for M0001Lifecycle {
                 .to_owned(),
         )
         .await?;
-        index(m, "ix_transitions_contact", "transitions", &["tenant_id", "contact_id", "model_id", "seq"], false).await?;
+        index(m, "ix_transitions_contact", "transitions", &["tenant_id", "contact_id", "model_id", "seq"], false)
+            .await?;
 
         m.create_table(
             Table::create()
@@ -156,10 +164,44 @@ impl MigrationTrait for M0001Lifecycle {
                 .col(text("tenant_id"))
                 .col(text("contact_id"))
                 .col(text("state"))
+                .col(long_text("tags"))
+                .col(text("channel"))
                 .primary_key(Index::create().col(Alias::new("tenant_id")).col(Alias::new("contact_id")))
                 .to_owned(),
         )
         .await?;
+
+        m.create_table(
+            Table::create()
+                .table(Alias::new("automations"))
+                .col(id("id"))
+                .col(text("tenant_id"))
+                .col(text("display_name"))
+                .col(flag("enabled"))
+                .col(text("model_id"))
+                .col(ColumnDef::new(Alias::new("body")).blob().not_null())
+                .col(big("version"))
+                .col(big("create_time"))
+                .col(big("update_time"))
+                .to_owned(),
+        )
+        .await?;
+        index(m, "ix_automations_tenant", "automations", &["tenant_id", "create_time", "id"], false).await?;
+        m.create_table(
+            Table::create()
+                .table(Alias::new("automation_runs"))
+                .col(id("id"))
+                .col(text("tenant_id"))
+                .col(text("automation_id"))
+                .col(text("contact_id"))
+                .col(text("trigger_ref"))
+                .col(big("run_time"))
+                .col(text("outcome"))
+                .col(long_text("message"))
+                .to_owned(),
+        )
+        .await?;
+        index(m, "ix_runs_tenant", "automation_runs", &["tenant_id", "run_time", "id"], false).await?;
 
         m.create_table(
             Table::create()
@@ -174,7 +216,17 @@ impl MigrationTrait for M0001Lifecycle {
     }
 
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
-        for t in ["rule_settings", "known_contacts", "transitions", "journeys", "manual_moves", "journey_events", "lifecycle_models"] {
+        for t in [
+            "automation_runs",
+            "automations",
+            "rule_settings",
+            "known_contacts",
+            "transitions",
+            "journeys",
+            "manual_moves",
+            "journey_events",
+            "lifecycle_models",
+        ] {
             m.drop_table(Table::drop().table(Alias::new(t)).to_owned()).await?;
         }
         Ok(())

@@ -206,7 +206,12 @@ pub async fn insert_model(db: &impl ConnectionTrait, tenant: &TenantId, r: &Mode
     Ok(())
 }
 
-pub async fn update_model(db: &impl ConnectionTrait, tenant: &TenantId, r: &ModelRecord, expected_version: i64) -> Result<()> {
+pub async fn update_model(
+    db: &impl ConnectionTrait,
+    tenant: &TenantId,
+    r: &ModelRecord,
+    expected_version: i64,
+) -> Result<()> {
     let mut am = model_row(tenant, r).into_active_model().reset_all();
     am.id = ActiveValue::Unchanged(r.id.to_string());
     am.tenant_id = ActiveValue::Unchanged(tenant.as_str().to_owned());
@@ -252,9 +257,9 @@ pub async fn list_models(
     let mut q = lifecycle_model::Entity::find().filter(lifecycle_model::Column::TenantId.eq(tenant.as_str()));
     if let Some((t, id)) = after {
         q = q.filter(
-            Expr::col(lifecycle_model::Column::CreateTime)
-                .gt(*t)
-                .or(Expr::col(lifecycle_model::Column::CreateTime).eq(*t).and(Expr::col(lifecycle_model::Column::Id).gt(id.clone()))),
+            Expr::col(lifecycle_model::Column::CreateTime).gt(*t).or(Expr::col(lifecycle_model::Column::CreateTime)
+                .eq(*t)
+                .and(Expr::col(lifecycle_model::Column::Id).gt(id.clone()))),
         );
     }
     let rows = q
@@ -270,7 +275,12 @@ pub async fn list_models(
 }
 
 /// How many contacts of the model are currently in each of `stages`.
-pub async fn contacts_in_stages(db: &impl ConnectionTrait, tenant: &TenantId, model: Uuid, stages: &[StageKey]) -> Result<u64> {
+pub async fn contacts_in_stages(
+    db: &impl ConnectionTrait,
+    tenant: &TenantId,
+    model: Uuid,
+    stages: &[StageKey],
+) -> Result<u64> {
     if stages.is_empty() {
         return Ok(0);
     }
@@ -299,6 +309,8 @@ pub async fn set_contact_state(db: &impl ConnectionTrait, tenant: &str, contact:
         tenant_id: ActiveValue::Set(tenant.to_owned()),
         contact_id: ActiveValue::Set(contact.to_owned()),
         state: ActiveValue::Set(state.to_owned()),
+        tags: ActiveValue::Set("[]".to_owned()),
+        channel: ActiveValue::Set(String::new()),
     })
     .on_conflict(
         OnConflict::columns([known_contact::Column::TenantId, known_contact::Column::ContactId])
@@ -310,9 +322,50 @@ pub async fn set_contact_state(db: &impl ConnectionTrait, tenant: &str, contact:
     Ok(())
 }
 
+/// Remember a contact's tags and channel (from contact events) for automation conditions.
+pub async fn set_contact_facts(
+    db: &impl ConnectionTrait,
+    tenant: &str,
+    contact: &str,
+    tags: &[String],
+    channel: &str,
+) -> Result<()> {
+    let tags: Vec<String> = tags.iter().map(|t| t.to_lowercase()).collect();
+    known_contact::Entity::insert(known_contact::ActiveModel {
+        tenant_id: ActiveValue::Set(tenant.to_owned()),
+        contact_id: ActiveValue::Set(contact.to_owned()),
+        state: ActiveValue::Set("active".to_owned()),
+        tags: ActiveValue::Set(serde_json::to_string(&tags).expect("tags serialize")),
+        channel: ActiveValue::Set(channel.to_owned()),
+    })
+    .on_conflict(
+        OnConflict::columns([known_contact::Column::TenantId, known_contact::Column::ContactId])
+            .update_columns([known_contact::Column::Tags, known_contact::Column::Channel])
+            .to_owned(),
+    )
+    .exec_without_returning(db)
+    .await?;
+    Ok(())
+}
+
+/// A contact's tags and channel as known from contact events.
+pub async fn contact_facts(
+    db: &impl ConnectionTrait,
+    tenant: &TenantId,
+    contact: Uuid,
+) -> Result<(Vec<String>, String)> {
+    match known_contact::Entity::find_by_id((tenant.as_str().to_owned(), contact.to_string())).one(db).await? {
+        Some(k) => Ok((serde_json::from_str(&k.tags).unwrap_or_default(), k.channel)),
+        None => Ok((Vec::new(), String::new())),
+    }
+}
+
 /// The state of a contact as known from contact events (`None`: not heard of).
 pub async fn contact_state(db: &impl ConnectionTrait, tenant: &TenantId, contact: Uuid) -> Result<Option<String>> {
-    Ok(known_contact::Entity::find_by_id((tenant.as_str().to_owned(), contact.to_string())).one(db).await?.map(|k| k.state))
+    Ok(known_contact::Entity::find_by_id((tenant.as_str().to_owned(), contact.to_string()))
+        .one(db)
+        .await?
+        .map(|k| k.state))
 }
 
 /// Remove everything about a contact (erased upstream).
@@ -351,7 +404,12 @@ pub async fn rules(db: &impl ConnectionTrait, tenant: &TenantId) -> Result<(Stor
     }
 }
 
-pub async fn save_rules(db: &impl ConnectionTrait, tenant: &TenantId, rules: &StoredRules, expected_version: i64) -> Result<i64> {
+pub async fn save_rules(
+    db: &impl ConnectionTrait,
+    tenant: &TenantId,
+    rules: &StoredRules,
+    expected_version: i64,
+) -> Result<i64> {
     let json = serde_json::to_string(rules).expect("rules serialize");
     if expected_version == 0 {
         let inserted = rule_settings::Entity::insert(rule_settings::ActiveModel {
@@ -362,7 +420,11 @@ pub async fn save_rules(db: &impl ConnectionTrait, tenant: &TenantId, rules: &St
         .on_conflict(OnConflict::column(rule_settings::Column::TenantId).do_nothing().to_owned())
         .exec_without_returning(db)
         .await?;
-        return if inserted == 1 { Ok(1) } else { Err(Error::Aborted("rule settings changed; re-read and retry".into())) };
+        return if inserted == 1 {
+            Ok(1)
+        } else {
+            Err(Error::Aborted("rule settings changed; re-read and retry".into()))
+        };
     }
     let res = rule_settings::Entity::update_many()
         .col_expr(rule_settings::Column::Settings, Expr::val(json))
@@ -371,7 +433,11 @@ pub async fn save_rules(db: &impl ConnectionTrait, tenant: &TenantId, rules: &St
         .filter(rule_settings::Column::Version.eq(expected_version))
         .exec(db)
         .await?;
-    if res.rows_affected == 1 { Ok(expected_version + 1) } else { Err(Error::Aborted("rule settings changed; re-read and retry".into())) }
+    if res.rows_affected == 1 {
+        Ok(expected_version + 1)
+    } else {
+        Err(Error::Aborted("rule settings changed; re-read and retry".into()))
+    }
 }
 
 // ---- journeys ----
@@ -380,14 +446,20 @@ pub async fn save_rules(db: &impl ConnectionTrait, tenant: &TenantId, rules: &St
 pub async fn insert_event(db: &impl ConnectionTrait, row: journey_event::Model) -> Result<bool> {
     let inserted = journey_event::Entity::insert(row.into_active_model())
         .on_conflict(
-            OnConflict::columns([journey_event::Column::TenantId, journey_event::Column::IdempotencyKey]).do_nothing().to_owned(),
+            OnConflict::columns([journey_event::Column::TenantId, journey_event::Column::IdempotencyKey])
+                .do_nothing()
+                .to_owned(),
         )
         .exec_without_returning(db)
         .await?;
     Ok(inserted == 1)
 }
 
-pub async fn event_by_key(db: &impl ConnectionTrait, tenant: &TenantId, key: &str) -> Result<Option<journey_event::Model>> {
+pub async fn event_by_key(
+    db: &impl ConnectionTrait,
+    tenant: &TenantId,
+    key: &str,
+) -> Result<Option<journey_event::Model>> {
     Ok(journey_event::Entity::find()
         .filter(journey_event::Column::TenantId.eq(tenant.as_str()))
         .filter(journey_event::Column::IdempotencyKey.eq(key))
@@ -395,7 +467,12 @@ pub async fn event_by_key(db: &impl ConnectionTrait, tenant: &TenantId, key: &st
         .await?)
 }
 
-pub async fn events_of(db: &impl ConnectionTrait, tenant: &TenantId, contact: Uuid, model: Uuid) -> Result<Vec<journey_event::Model>> {
+pub async fn events_of(
+    db: &impl ConnectionTrait,
+    tenant: &TenantId,
+    contact: Uuid,
+    model: Uuid,
+) -> Result<Vec<journey_event::Model>> {
     Ok(journey_event::Entity::find()
         .filter(journey_event::Column::TenantId.eq(tenant.as_str()))
         .filter(journey_event::Column::ContactId.eq(contact.to_string()))
@@ -422,11 +499,9 @@ pub async fn list_events(
         q = q.filter(journey_event::Column::Kind.eq(k));
     }
     if let Some((t, id)) = after {
-        q = q.filter(
-            Expr::col(journey_event::Column::OccurTime)
-                .lt(*t)
-                .or(Expr::col(journey_event::Column::OccurTime).eq(*t).and(Expr::col(journey_event::Column::Id).lt(id.clone()))),
-        );
+        q = q.filter(Expr::col(journey_event::Column::OccurTime).lt(*t).or(
+            Expr::col(journey_event::Column::OccurTime).eq(*t).and(Expr::col(journey_event::Column::Id).lt(id.clone())),
+        ));
     }
     let rows = q
         .order_by(journey_event::Column::OccurTime, Order::Desc)
@@ -445,7 +520,12 @@ pub async fn insert_move(db: &impl ConnectionTrait, row: manual_move::Model) -> 
     Ok(())
 }
 
-pub async fn moves_of(db: &impl ConnectionTrait, tenant: &TenantId, contact: Uuid, model: Uuid) -> Result<Vec<manual_move::Model>> {
+pub async fn moves_of(
+    db: &impl ConnectionTrait,
+    tenant: &TenantId,
+    contact: Uuid,
+    model: Uuid,
+) -> Result<Vec<manual_move::Model>> {
     Ok(manual_move::Entity::find()
         .filter(manual_move::Column::TenantId.eq(tenant.as_str()))
         .filter(manual_move::Column::ContactId.eq(contact.to_string()))
@@ -458,6 +538,7 @@ fn cause_key(c: &Cause) -> String {
     match c {
         Cause::Rule(r) => format!("rule:{r}"),
         Cause::Manual => "manual".into(),
+        Cause::Automation => "automation".into(),
     }
 }
 
@@ -479,7 +560,12 @@ pub struct StoredTransition {
     pub reason: String,
 }
 
-pub async fn transitions_of(db: &impl ConnectionTrait, tenant: &TenantId, contact: Uuid, model: Uuid) -> Result<Vec<transition::Model>> {
+pub async fn transitions_of(
+    db: &impl ConnectionTrait,
+    tenant: &TenantId,
+    contact: Uuid,
+    model: Uuid,
+) -> Result<Vec<transition::Model>> {
     Ok(transition::Entity::find()
         .filter(transition::Column::TenantId.eq(tenant.as_str()))
         .filter(transition::Column::ContactId.eq(contact.to_string()))
@@ -512,7 +598,11 @@ pub async fn save_journey(
         .iter()
         .enumerate()
         .map(|(i, t)| {
-            let (actor, reason) = manual.get(&t.cause_ref).cloned().filter(|_| t.cause == Cause::Manual).unwrap_or_default();
+            let (actor, reason) = manual
+                .get(&t.cause_ref)
+                .cloned()
+                .filter(|_| matches!(t.cause, Cause::Manual | Cause::Automation))
+                .unwrap_or_default();
             transition::Model {
                 id: transition_id(contact, model, t).to_string(),
                 tenant_id: tenant.as_str().to_owned(),
@@ -531,7 +621,9 @@ pub async fn save_journey(
         })
         .collect();
     if !rows.is_empty() {
-        transition::Entity::insert_many(rows.iter().cloned().map(IntoActiveModel::into_active_model)).exec_without_returning(db).await?;
+        transition::Entity::insert_many(rows.iter().cloned().map(IntoActiveModel::into_active_model))
+            .exec_without_returning(db)
+            .await?;
     }
     let jrow = journey::Model {
         tenant_id: tenant.as_str().to_owned(),
@@ -560,8 +652,15 @@ pub async fn save_journey(
     Ok(rows.into_iter().filter(|r| !before.contains(&r.id)).collect())
 }
 
-pub async fn get_journey(db: &impl ConnectionTrait, tenant: &TenantId, contact: Uuid, model: Uuid) -> Result<Option<journey::Model>> {
-    Ok(journey::Entity::find_by_id((tenant.as_str().to_owned(), contact.to_string(), model.to_string())).one(db).await?)
+pub async fn get_journey(
+    db: &impl ConnectionTrait,
+    tenant: &TenantId,
+    contact: Uuid,
+    model: Uuid,
+) -> Result<Option<journey::Model>> {
+    Ok(journey::Entity::find_by_id((tenant.as_str().to_owned(), contact.to_string(), model.to_string()))
+        .one(db)
+        .await?)
 }
 
 /// Contacts in a stage, longest there first, after `(enter_time, contact_id)`.
@@ -580,13 +679,16 @@ pub async fn in_stage(
     let total = base.clone().count(db).await?;
     let mut q = base;
     if let Some((t, id)) = after {
-        q = q.filter(
-            Expr::col(journey::Column::EnterTime)
-                .gt(*t)
-                .or(Expr::col(journey::Column::EnterTime).eq(*t).and(Expr::col(journey::Column::ContactId).gt(id.clone()))),
-        );
+        q = q.filter(Expr::col(journey::Column::EnterTime).gt(*t).or(
+            Expr::col(journey::Column::EnterTime).eq(*t).and(Expr::col(journey::Column::ContactId).gt(id.clone())),
+        ));
     }
-    let rows = q.order_by_asc(journey::Column::EnterTime).order_by_asc(journey::Column::ContactId).limit(limit + 1).all(db).await?;
+    let rows = q
+        .order_by_asc(journey::Column::EnterTime)
+        .order_by_asc(journey::Column::ContactId)
+        .limit(limit + 1)
+        .all(db)
+        .await?;
     let more = rows.len() as u64 > limit;
     let rows: Vec<_> = rows.into_iter().take(limit as usize).collect();
     let next = if more { rows.last().map(|m| (m.enter_time, m.contact_id.clone())) } else { None };
@@ -595,11 +697,86 @@ pub async fn in_stage(
 
 /// Journeys whose contact may have become dormant by `now` (customer-stage journeys with
 /// activity older than `older_than`), for the scheduler.
-pub async fn dormancy_candidates(db: &impl ConnectionTrait, older_than: i64, limit: u64) -> Result<Vec<journey::Model>> {
+pub async fn dormancy_candidates(
+    db: &impl ConnectionTrait,
+    older_than: i64,
+    limit: u64,
+) -> Result<Vec<journey::Model>> {
     Ok(journey::Entity::find()
         .filter(journey::Column::LastActivity.lt(older_than))
         .order_by_asc(journey::Column::LastActivity)
         .limit(limit)
         .all(db)
         .await?)
+}
+
+/// Rebuild a contact's journey in a model from its timeline (events + manual moves) up to
+/// `now`, store it, and return the transitions that are new.
+pub async fn rebuild_journey(
+    db: &impl ConnectionTrait,
+    tenant: &TenantId,
+    contact: Uuid,
+    model: &ModelRecord,
+    rules: &crate::domain::journey::Rules,
+    now: i64,
+) -> Result<(Journey, Vec<transition::Model>)> {
+    use crate::domain::journey::{Happening, Item, replay};
+    use prost::Message;
+    let mut items = Vec::new();
+    for e in events_of(db, tenant, contact, model.id).await? {
+        let body =
+            clm_proto::lifecycle::v1::JourneyEvent::decode(e.body.as_slice()).map_err(|_| corrupt("journey event"))?;
+        items.push(Item { at: e.occur_time, id: e.id.clone(), what: crate::api::convert::happening(&body) });
+    }
+    let mut manual = std::collections::HashMap::new();
+    for m in moves_of(db, tenant, contact, model.id).await? {
+        // A move to a stage the model no longer has is skipped (the model was versioned).
+        if let Ok(to) = StageKey::parse("to_stage", &m.to_stage)
+            && model.model.stage(&to).is_some()
+        {
+            manual.insert(m.id.clone(), (m.actor.clone(), m.reason.clone()));
+            let what =
+                if m.actor.starts_with("automation:") { Happening::Automated { to } } else { Happening::Manual { to } };
+            items.push(Item { at: m.at, id: m.id, what });
+        }
+    }
+    let j = replay(&model.model, rules, &items, now);
+    let new = save_journey(db, tenant, contact, model.id, &j, &manual).await?;
+    Ok((j, new))
+}
+
+/// After a merge, the merged contacts' events and moves belong to the survivor.
+pub async fn reassign_contact(db: &impl ConnectionTrait, tenant: &str, from: &str, to: &str) -> Result<Vec<String>> {
+    let models: Vec<String> = journey_event::Entity::find()
+        .select_only()
+        .column(journey_event::Column::ModelId)
+        .distinct()
+        .filter(journey_event::Column::TenantId.eq(tenant))
+        .filter(journey_event::Column::ContactId.eq(from))
+        .into_tuple()
+        .all(db)
+        .await?;
+    journey_event::Entity::update_many()
+        .col_expr(journey_event::Column::ContactId, Expr::val(to))
+        .filter(journey_event::Column::TenantId.eq(tenant))
+        .filter(journey_event::Column::ContactId.eq(from))
+        .exec(db)
+        .await?;
+    manual_move::Entity::update_many()
+        .col_expr(manual_move::Column::ContactId, Expr::val(to))
+        .filter(manual_move::Column::TenantId.eq(tenant))
+        .filter(manual_move::Column::ContactId.eq(from))
+        .exec(db)
+        .await?;
+    transition::Entity::delete_many()
+        .filter(transition::Column::TenantId.eq(tenant))
+        .filter(transition::Column::ContactId.eq(from))
+        .exec(db)
+        .await?;
+    journey::Entity::delete_many()
+        .filter(journey::Column::TenantId.eq(tenant))
+        .filter(journey::Column::ContactId.eq(from))
+        .exec(db)
+        .await?;
+    Ok(models)
 }

@@ -202,8 +202,9 @@ impl Default for RelayOptions {
     }
 }
 
-/// Take or renew the relay lease; true when this holder may relay now.
-async fn hold_lease(
+/// Take or renew a named lease (relay, scheduler); true when `holder` has it now. Used so one
+/// replica at a time does work that must not run twice concurrently.
+pub async fn hold_lease(
     db: &DatabaseConnection,
     name: &str,
     holder: &str,

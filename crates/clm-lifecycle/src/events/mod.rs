@@ -1,0 +1,257 @@
+//! What lifecycle publishes (StageChanged, JourneyEventRecorded) and consumes (contact events,
+//! to know which contacts exist and to follow merges and erasures; ResponseSubmitted, so NPS
+//! promoters move to loyalty).
+
+pub mod scheduler;
+
+use async_trait::async_trait;
+use clm_platform::convert::timestamp;
+use clm_platform::events::inbox::EventHandler;
+use clm_platform::events::outbox::OutboxWriter;
+use clm_platform::{Result, TenantId};
+use clm_proto::events::v1 as ev;
+use clm_proto::events::v1::event_envelope::Payload;
+use clm_proto::lifecycle::v1 as pb;
+use sea_orm::{ConnectionTrait, DatabaseTransaction};
+use uuid::Uuid;
+
+use crate::api::convert::{SURVEY_RESPONSE, kind_key};
+use crate::store::entities::{journey_event, transition};
+use crate::store::{self, ModelRecord, now_micros};
+
+/// Appends lifecycle events to the outbox.
+#[derive(Clone, Debug)]
+pub struct Publisher {
+    outbox: OutboxWriter,
+}
+
+impl Publisher {
+    pub fn new(outbox: OutboxWriter) -> Self {
+        Self { outbox }
+    }
+
+    pub fn committed(&self) {
+        self.outbox.committed();
+    }
+
+    /// StageChanged for each new transition.
+    pub async fn stage_changes(
+        &self,
+        txn: &impl ConnectionTrait,
+        tenant: &TenantId,
+        model: &ModelRecord,
+        all: &[transition::Model],
+        new: &[transition::Model],
+    ) -> Result<()> {
+        let cat = |k: &Option<String>| {
+            k.as_deref()
+                .and_then(|k| crate::domain::model::StageKey::parse("k", k).ok())
+                .and_then(|k| model.model.stage(&k).map(|s| s.category))
+                .map(|c| match c {
+                    crate::domain::model::Category::Prospect => "prospect",
+                    crate::domain::model::Category::Customer => "customer",
+                    crate::domain::model::Category::Lost => "lost",
+                })
+                .unwrap_or_default()
+                .to_owned()
+        };
+        for t in new {
+            let prev_enter = all.iter().filter(|p| p.seq < t.seq).max_by_key(|p| p.seq).map(|p| p.at);
+            let cause = match crate::api::convert::cause_pb(&t.cause) {
+                pb::TransitionCause::Manual => ev::TransitionCause::Manual,
+                pb::TransitionCause::Automation => ev::TransitionCause::Automation,
+                _ => ev::TransitionCause::Rule,
+            };
+            let p = Payload::StageChanged(ev::StageChanged {
+                contact_id: t.contact_id.clone(),
+                model_id: t.model_id.clone(),
+                from_stage: t.from_stage.clone().unwrap_or_default(),
+                to_stage: t.to_stage.clone(),
+                to_category: cat(&Some(t.to_stage.clone())),
+                from_category: cat(&t.from_stage),
+                transition_id: t.id.clone(),
+                cause: cause as i32,
+                cause_ref: if t.cause_ref.is_empty() { t.cause.clone() } else { t.cause_ref.clone() },
+                reactivation: t.reactivation,
+                transition_time: Some(timestamp(t.at)),
+                from_stage_enter_time: prev_enter.map(timestamp),
+            });
+            self.outbox.append(txn, tenant, "journey", &t.contact_id, t.at, p).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn automation(
+        &self,
+        txn: &impl ConnectionTrait,
+        tenant: &TenantId,
+        a: ev::AutomationTriggered,
+    ) -> Result<()> {
+        let contact = a.contact_id.clone();
+        self.outbox.append(txn, tenant, "journey", &contact, now_micros(), Payload::AutomationTriggered(a)).await?;
+        Ok(())
+    }
+
+    pub async fn event_recorded(
+        &self,
+        txn: &impl ConnectionTrait,
+        tenant: &TenantId,
+        row: &journey_event::Model,
+        e: &pb::JourneyEvent,
+    ) -> Result<()> {
+        use pb::journey_event::Detail;
+        let kind = match kind_key(e) {
+            "touchpoint" => ev::JourneyEventKind::Touchpoint,
+            "purchase" => ev::JourneyEventKind::Purchase,
+            "referral" => ev::JourneyEventKind::Referral,
+            "review" => ev::JourneyEventKind::Review,
+            _ => ev::JourneyEventKind::Custom,
+        };
+        let mut out = ev::JourneyEventRecorded {
+            contact_id: row.contact_id.clone(),
+            journey_event_id: row.id.clone(),
+            kind: kind as i32,
+            occur_time: Some(timestamp(row.occur_time)),
+            ..Default::default()
+        };
+        match &e.detail {
+            Some(Detail::Touchpoint(t)) => {
+                out.channel =
+                    format!("{:?}", pb::TouchpointChannel::try_from(t.channel).unwrap_or_default()).to_lowercase();
+                out.detail = format!("{:?}", pb::TouchpointKind::try_from(t.kind).unwrap_or_default()).to_lowercase();
+            }
+            Some(Detail::Purchase(p)) => {
+                out.order_id.clone_from(&p.order_id);
+                out.amount.clone_from(&p.amount);
+                out.items = p.items;
+            }
+            Some(Detail::Referral(r)) => out.referred_contact_id.clone_from(&r.referred_contact_id),
+            Some(Detail::Review(r)) => out.rating = r.rating,
+            Some(Detail::Custom(c)) => out.detail.clone_from(&c.name),
+            None => {}
+        }
+        self.outbox
+            .append(txn, tenant, "journey", &row.contact_id, row.occur_time, Payload::JourneyEventRecorded(out))
+            .await?;
+        Ok(())
+    }
+}
+
+/// Consumes contact and feedback events.
+#[derive(Debug)]
+pub struct LifecycleHandler {
+    pub publisher: Publisher,
+}
+
+impl LifecycleHandler {
+    async fn rebuild_all_models(
+        &self,
+        txn: &DatabaseTransaction,
+        tenant: &TenantId,
+        contact: Uuid,
+        models: &[String],
+        extra: Option<crate::api::automations::Trigger>,
+    ) -> Result<()> {
+        let (rules, _) = store::rules(txn, tenant).await?;
+        for m in models {
+            let model = store::get_model(txn, tenant, m).await?;
+            let (_, new) =
+                store::rebuild_journey(txn, tenant, contact, &model, &rules.to_domain(), now_micros()).await?;
+            let all = store::transitions_of(txn, tenant, contact, model.id).await?;
+            self.publisher.stage_changes(txn, tenant, &model, &all, &new).await?;
+            let mut triggers = crate::api::automations::stage_triggers(&new);
+            triggers.extend(extra.clone());
+            crate::api::automations::run(txn, tenant, &self.publisher, &model, contact, triggers).await?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl EventHandler for LifecycleHandler {
+    async fn handle(&self, txn: &DatabaseTransaction, e: &ev::EventEnvelope) -> Result<()> {
+        let tenant_str = e.tenant_id.as_str();
+        let Ok(tenant) = TenantId::parse(tenant_str) else { return Ok(()) };
+        match &e.payload {
+            Some(Payload::ContactCreated(c)) => {
+                let f = c.facts.clone().unwrap_or_default();
+                store::set_contact_facts(txn, tenant_str, &c.contact_id, &f.tags, &f.acquisition_channel).await?;
+            }
+            Some(Payload::ContactUpdated(u)) => {
+                let f = u.facts.clone().unwrap_or_default();
+                store::set_contact_facts(txn, tenant_str, &u.contact_id, &f.tags, &f.acquisition_channel).await?;
+            }
+            Some(Payload::ContactDeleted(d)) => {
+                let state = if d.restored { "active" } else { "deleted" };
+                store::set_contact_state(txn, tenant_str, &d.contact_id, state).await?;
+            }
+            Some(Payload::ContactErased(x)) => {
+                store::erase_contact(txn, tenant_str, &x.contact_id).await?;
+                store::set_contact_state(txn, tenant_str, &x.contact_id, "erased").await?;
+            }
+            Some(Payload::ContactMerged(m)) => {
+                let Ok(survivor) = Uuid::parse_str(&m.survivor_id) else { return Ok(()) };
+                let mut models = Vec::new();
+                for merged in &m.merged_ids {
+                    store::set_contact_state(txn, tenant_str, merged, "merged").await?;
+                    for model in store::reassign_contact(txn, tenant_str, merged, &m.survivor_id).await? {
+                        if !models.contains(&model) {
+                            models.push(model);
+                        }
+                    }
+                }
+                self.rebuild_all_models(txn, &tenant, survivor, &models, None).await?;
+            }
+            Some(Payload::ResponseSubmitted(r)) if r.has_score && r.complete => {
+                let Ok(contact) = Uuid::parse_str(&r.contact_id) else { return Ok(()) };
+                let kind = match ev::SurveyKind::try_from(r.kind) {
+                    Ok(ev::SurveyKind::Nps) => "nps",
+                    Ok(ev::SurveyKind::Csat) => "csat",
+                    Ok(ev::SurveyKind::Ces) => "ces",
+                    _ => "custom",
+                };
+                let model = store::default_model(txn, &tenant).await?;
+                let body = pb::JourneyEvent {
+                    detail: Some(pb::journey_event::Detail::Custom(pb::CustomEvent {
+                        name: SURVEY_RESPONSE.into(),
+                        properties: [
+                            ("kind".to_string(), kind.to_string()),
+                            ("score".to_string(), r.score.to_string()),
+                            ("response_id".to_string(), r.response_id.clone()),
+                        ]
+                        .into(),
+                    })),
+                    ..Default::default()
+                };
+                let at = r.submit_time.as_ref().and_then(clm_platform::convert::micros).unwrap_or_else(now_micros);
+                let row = journey_event::Model {
+                    id: Uuid::now_v7().to_string(),
+                    tenant_id: tenant_str.to_owned(),
+                    contact_id: contact.to_string(),
+                    model_id: model.id.to_string(),
+                    occur_time: at,
+                    record_time: now_micros(),
+                    idempotency_key: Some(format!("response:{}", r.response_id)),
+                    kind: "custom".into(),
+                    body: prost::Message::encode_to_vec(&body),
+                };
+                if store::insert_event(txn, row).await? {
+                    let trigger = crate::api::automations::Trigger::SurveyResponse {
+                        kind: kind.to_owned(),
+                        score: r.score,
+                        response_id: r.response_id.clone(),
+                    };
+                    self.rebuild_all_models(txn, &tenant, contact, &[model.id.to_string()], Some(trigger)).await?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn reset(&self, txn: &DatabaseTransaction) -> Result<()> {
+        // Only the contact directory is rebuilt from events; journeys are lifecycle's own data.
+        txn.execute_unprepared("DELETE FROM known_contacts").await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,77 @@
+//! Time-based rules: contacts with no activity past their stage's dormancy threshold become
+//! dormant, and inactivity automations fire. Runs in every replica but acts in one at a time
+//! (a lease in the database); after downtime it catches up, because dormancy is computed from
+//! the last activity, not from when the check runs.
+
+use std::time::Duration;
+
+use clm_platform::TenantId;
+use clm_platform::events::outbox::{RelayOptions, hold_lease};
+use sea_orm::DatabaseConnection;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use super::Publisher;
+use crate::api::automations::{self, Trigger};
+use crate::store::{self, now_micros};
+
+/// Journeys examined per round.
+const BATCH: u64 = 500;
+
+/// One round at `now`: returns how many journeys changed.
+pub async fn tick(db: &DatabaseConnection, publisher: &Publisher, now: i64) -> clm_platform::Result<usize> {
+    // Anything idle for a minute is a candidate; the model decides the real threshold.
+    let candidates = store::dormancy_candidates(db, now - 60_000_000, BATCH).await?;
+    let mut changed = 0;
+    for j in candidates {
+        let (Ok(tenant), Ok(contact)) = (TenantId::parse(&j.tenant_id), Uuid::parse_str(&j.contact_id)) else {
+            continue;
+        };
+        let txn = clm_platform::db::begin_write(db).await?;
+        let model = store::get_model(&txn, &tenant, &j.model_id).await?;
+        let (rules, _) = store::rules(&txn, &tenant).await?;
+        let (_, new) = store::rebuild_journey(&txn, &tenant, contact, &model, &rules.to_domain(), now).await?;
+        let all = store::transitions_of(&txn, &tenant, contact, model.id).await?;
+        publisher.stage_changes(&txn, &tenant, &model, &all, &new).await?;
+        let mut triggers = automations::stage_triggers(&new);
+        if let Some(last) = j.last_activity {
+            triggers.push(Trigger::Inactive { idle_micros: now - last, since: last });
+        }
+        let more = automations::run(&txn, &tenant, publisher, &model, contact, triggers).await?;
+        txn.commit().await?;
+        if !new.is_empty() || !more.is_empty() {
+            changed += 1;
+        }
+    }
+    if changed > 0 {
+        publisher.committed();
+    }
+    Ok(changed)
+}
+
+/// Run the scheduler every `interval` until `stop`.
+pub fn spawn(
+    db: DatabaseConnection,
+    publisher: Publisher,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let holder = RelayOptions::default().holder;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(interval) => {},
+                _ = stop.changed() => return,
+            }
+            match hold_lease(&db, "lifecycle-scheduler", &holder, interval * 3).await {
+                Ok(true) => match tick(&db, &publisher, now_micros()).await {
+                    Ok(n) if n > 0 => tracing::info!(changed = n, "scheduler round"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "scheduler round failed"),
+                },
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "scheduler lease unavailable"),
+            }
+        }
+    })
+}

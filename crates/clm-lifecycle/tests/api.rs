@@ -1,0 +1,638 @@
+//! Lifecycle over real gRPC, with the contacts service in the same process (contacts' events
+//! tell lifecycle which contacts exist), on SQLite and PostgreSQL.
+
+use std::time::Duration;
+
+use clm_contacts::ContactsService;
+use clm_lifecycle::LifecycleService;
+use clm_platform::convert::timestamp;
+use clm_platform::testing::{self, Backend, BearerInterceptor, TestDb, TestServer};
+use clm_proto::common::v1::Money;
+use clm_proto::contacts::v1 as cpb;
+use clm_proto::contacts::v1::contacts_service_client::ContactsServiceClient;
+use clm_proto::lifecycle::v1 as pb;
+use clm_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
+use tonic::Code;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+type Lc = LifecycleServiceClient<InterceptedService<Channel, BearerInterceptor>>;
+type Ct = ContactsServiceClient<InterceptedService<Channel, BearerInterceptor>>;
+
+const DAY: i64 = 24 * 3600 * 1_000_000;
+
+struct Env {
+    server: TestServer,
+    dbs: Vec<TestDb>,
+}
+
+impl Env {
+    async fn start(backend: Backend, label: &str) -> Option<Env> {
+        let c = TestDb::create(backend, &format!("{label}c")).await?;
+        let l = TestDb::create(backend, &format!("{label}l")).await?;
+        let server = testing::spawn_pair::<ContactsService, LifecycleService>(testing::settings(&[
+            ("CLM_CONTACTS__DATABASE_URL", &c.url),
+            ("CLM_LIFECYCLE__DATABASE_URL", &l.url),
+            ("CLM_LIFECYCLE__SCHEDULER_INTERVAL_MS", "3600000"),
+        ]))
+        .await;
+        Some(Env { server, dbs: vec![c, l] })
+    }
+
+    async fn clients(&self, tenant: &str) -> (Ct, Lc) {
+        let ch = self.server.authed(&testing::token(tenant, "clm.admin")).await;
+        (ContactsServiceClient::new(ch.clone()), LifecycleServiceClient::new(ch))
+    }
+
+    fn lifecycle_url(&self) -> &str {
+        &self.dbs[1].url
+    }
+
+    async fn done(self) {
+        self.server.stop().await.unwrap();
+        for db in self.dbs {
+            db.cleanup().await;
+        }
+    }
+}
+
+async fn new_contact(c: &mut Ct, email: &str) -> String {
+    c.create_contact(cpb::CreateContactRequest {
+        contact: Some(cpb::Contact { email: email.into(), ..Default::default() }),
+        request_id: String::new(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .contact
+    .unwrap()
+    .id
+}
+
+fn touch(contact: &str, kind: pb::TouchpointKind, at: Option<i64>) -> pb::JourneyEvent {
+    pb::JourneyEvent {
+        contact_id: contact.into(),
+        occur_time: at.map(timestamp),
+        detail: Some(pb::journey_event::Detail::Touchpoint(pb::Touchpoint {
+            channel: pb::TouchpointChannel::Web as i32,
+            kind: kind as i32,
+            detail: String::new(),
+        })),
+        ..Default::default()
+    }
+}
+
+fn purchase(contact: &str, order: &str, at: Option<i64>) -> pb::JourneyEvent {
+    pb::JourneyEvent {
+        contact_id: contact.into(),
+        occur_time: at.map(timestamp),
+        detail: Some(pb::journey_event::Detail::Purchase(pb::Purchase {
+            order_id: order.into(),
+            amount: Some(Money { currency_code: "EUR".into(), units: 99, nanos: 0 }),
+            items: 1,
+        })),
+        ..Default::default()
+    }
+}
+
+async fn record(l: &mut Lc, e: pb::JourneyEvent) -> pb::RecordJourneyEventResponse {
+    l.record_journey_event(pb::RecordJourneyEventRequest {
+        model_id: String::new(),
+        event: Some(e),
+        idempotency_key: String::new(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
+async fn journey(l: &mut Lc, contact: &str) -> pb::Journey {
+    l.get_journey(pb::GetJourneyRequest { contact_id: contact.into(), model_id: String::new() })
+        .await
+        .unwrap()
+        .into_inner()
+        .journey
+        .unwrap()
+}
+
+fn stages(j: &pb::Journey) -> Vec<String> {
+    j.transitions.iter().map(|t| t.to_stage.clone()).collect()
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+async fn walk_the_whole_lifecycle(backend: Backend) {
+    let Some(env) = Env::start(backend, "walk").await else { return };
+    let (mut c, mut l) = env.clients("acme").await;
+    let id = new_contact(&mut c, "walker@example.com").await;
+    let r = record(&mut l, touch(&id, pb::TouchpointKind::Visit, None)).await;
+    assert_eq!(r.transitions.len(), 1);
+    assert_eq!(r.transitions[0].to_stage, "awareness");
+    assert_eq!(r.transitions[0].cause, pb::TransitionCause::Rule as i32);
+    record(&mut l, touch(&id, pb::TouchpointKind::FormSubmitted, None)).await;
+    let r = record(&mut l, purchase(&id, "o-1", None)).await;
+    assert_eq!(r.transitions[0].to_stage, "conversion", "first purchase → conversion");
+    record(&mut l, purchase(&id, "o-2", None)).await;
+    let r = record(
+        &mut l,
+        pb::JourneyEvent {
+            contact_id: id.clone(),
+            detail: Some(pb::journey_event::Detail::Referral(pb::Referral {
+                referred_contact_id: String::new(),
+                note: "told a friend".into(),
+            })),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(r.transitions[0].to_stage, "loyalty");
+    let j = journey(&mut l, &id).await;
+    assert_eq!(stages(&j), vec!["awareness", "acquisition", "conversion", "retention", "loyalty"]);
+    assert_eq!(j.current_stage, "loyalty");
+    assert!(j.transitions[1].time_in_previous_stage.is_some());
+
+    let in_stage = l
+        .list_contacts_in_stage(pb::ListContactsInStageRequest {
+            model_id: String::new(),
+            stage_key: "loyalty".into(),
+            page_size: 10,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(in_stage.total_size, 1);
+    assert_eq!(in_stage.contacts[0].contact_id, id);
+    let purchases = l
+        .list_journey_events(pb::ListJourneyEventsRequest {
+            contact_id: id.clone(),
+            filter: r#"kind = "purchase""#.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(purchases.events.len(), 2);
+
+    // By hand: back to acquisition, with a reason; without one it is refused.
+    let err = l
+        .transition_stage(pb::TransitionStageRequest {
+            contact_id: id.clone(),
+            to_stage: "acquisition".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let j = l
+        .transition_stage(pb::TransitionStageRequest {
+            contact_id: id.clone(),
+            to_stage: "acquisition".into(),
+            reason: "contract paused".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .journey
+        .unwrap();
+    assert_eq!(j.current_stage, "acquisition");
+    let last = j.transitions.last().unwrap();
+    assert_eq!(
+        (last.cause, last.reason.as_str(), last.actor.as_str()),
+        (pb::TransitionCause::Manual as i32, "contract paused", "test-acme")
+    );
+    let err = l
+        .transition_stage(pb::TransitionStageRequest {
+            contact_id: id.clone(),
+            to_stage: "nowhere".into(),
+            reason: "x".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    env.done().await;
+}
+
+async fn backdated_events_rewrite_history_and_keys_dedupe(backend: Backend) {
+    let Some(env) = Env::start(backend, "back").await else { return };
+    let (mut c, mut l) = env.clients("acme").await;
+    let id = new_contact(&mut c, "late@example.com").await;
+    record(&mut l, purchase(&id, "o-1", Some(now() - 10 * DAY))).await;
+    // Arrives later, happened earlier: history is rebuilt in time order.
+    record(&mut l, touch(&id, pb::TouchpointKind::LeadCaptured, Some(now() - 20 * DAY))).await;
+    let j = journey(&mut l, &id).await;
+    assert_eq!(stages(&j), vec!["acquisition", "conversion"]);
+    // The same idempotency key twice records once.
+    for _ in 0..2 {
+        l.record_journey_event(pb::RecordJourneyEventRequest {
+            model_id: String::new(),
+            event: Some(purchase(&id, "o-2", None)),
+            idempotency_key: "order-o-2".into(),
+        })
+        .await
+        .unwrap();
+    }
+    let all = l
+        .list_journey_events(pb::ListJourneyEventsRequest { contact_id: id.clone(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(all.events.len(), 3);
+    assert_eq!(stages(&journey(&mut l, &id).await), vec!["acquisition", "conversion", "retention"]);
+    // Bad input.
+    let err = l
+        .record_journey_event(pb::RecordJourneyEventRequest {
+            model_id: String::new(),
+            event: Some(pb::JourneyEvent { contact_id: id.clone(), ..Default::default() }),
+            idempotency_key: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(clm_platform::error::field_violations(&err)[0].field, "event.detail");
+    let err = l
+        .record_journey_event(pb::RecordJourneyEventRequest {
+            event: Some(purchase(&id, "o-3", Some(now() + 2 * DAY))),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(clm_platform::error::field_violations(&err)[0].field, "event.occur_time");
+    let unknown = uuid::Uuid::new_v4().to_string();
+    let err = l
+        .record_journey_event(pb::RecordJourneyEventRequest {
+            event: Some(purchase(&unknown, "o", None)),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    // Import: historical events for two contacts, one bad row, one duplicate.
+    let other = new_contact(&mut c, "imported@example.com").await;
+    let mut dup = purchase(&other, "h-1", Some(now() - 50 * DAY));
+    dup.metadata.insert("idempotency_key".into(), "hist-1".into());
+    let msgs = vec![pb::ImportJourneyEventsRequest {
+        model_id: String::new(),
+        events: vec![
+            dup.clone(),
+            touch(&other, pb::TouchpointKind::Visit, Some(now() - 60 * DAY)),
+            pb::JourneyEvent { contact_id: "nope".into(), ..Default::default() },
+            dup,
+        ],
+    }];
+    let summary = l.import_journey_events(tokio_stream::iter(msgs)).await.unwrap().into_inner();
+    assert_eq!((summary.received, summary.recorded, summary.duplicates, summary.errors.len()), (4, 2, 1, 1));
+    assert_eq!(summary.errors[0].index, 2);
+    assert_eq!(stages(&journey(&mut l, &other).await), vec!["awareness", "conversion"]);
+    env.done().await;
+}
+
+async fn models_are_validated_and_protected(backend: Backend) {
+    let Some(env) = Env::start(backend, "models").await else { return };
+    let (mut c, mut l) = env.clients("acme").await;
+    let default = l
+        .get_lifecycle_model(pb::GetLifecycleModelRequest { id: "default".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .lifecycle_model
+        .unwrap();
+    assert_eq!(default.stages.len(), 7);
+    assert!(default.is_default);
+    let st = |k: &str, c: pb::StageCategory| pb::Stage {
+        key: k.into(),
+        display_name: k.into(),
+        category: c as i32,
+        ..Default::default()
+    };
+    let saas = l
+        .create_lifecycle_model(pb::CreateLifecycleModelRequest {
+            lifecycle_model: Some(pb::LifecycleModel {
+                display_name: "SaaS".into(),
+                stages: vec![
+                    st("awareness", pb::StageCategory::Prospect),
+                    st("acquisition", pb::StageCategory::Prospect),
+                    st("onboarding", pb::StageCategory::Customer),
+                    st("engagement", pb::StageCategory::Customer),
+                    st("advocacy", pb::StageCategory::Customer),
+                ],
+                allowed_transitions: vec![
+                    pb::AllowedTransition { from_stage: "*".into(), to_stage: "awareness".into() },
+                    pb::AllowedTransition { from_stage: "awareness".into(), to_stage: "acquisition".into() },
+                    pb::AllowedTransition { from_stage: "acquisition".into(), to_stage: "onboarding".into() },
+                ],
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .lifecycle_model
+        .unwrap();
+    let id = new_contact(&mut c, "saas@example.com").await;
+    let move_to = |to: &str| pb::TransitionStageRequest {
+        contact_id: id.clone(),
+        model_id: saas.id.clone(),
+        to_stage: to.into(),
+        reason: "test".into(),
+        ..Default::default()
+    };
+    l.transition_stage(move_to("awareness")).await.unwrap();
+    let err = l.transition_stage(move_to("advocacy")).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "the model's moves are enforced");
+    l.transition_stage(move_to("acquisition")).await.unwrap();
+
+    // Removing a stage someone is in is refused; deleting a model in use too.
+    let mut fewer = saas.clone();
+    fewer.stages.retain(|s| s.key != "acquisition");
+    fewer.allowed_transitions.clear();
+    let err = l
+        .update_lifecycle_model(pb::UpdateLifecycleModelRequest {
+            lifecycle_model: Some(fewer),
+            update_mask: Some(prost_types::FieldMask { paths: vec!["stages".into(), "allowed_transitions".into()] }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let err = l
+        .delete_lifecycle_model(pb::DeleteLifecycleModelRequest { id: saas.id.clone(), etag: String::new() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let err = l
+        .delete_lifecycle_model(pb::DeleteLifecycleModelRequest { id: default.id.clone(), etag: String::new() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    // Renaming with a stale etag is ABORTED; with the current one it works.
+    let renamed = l
+        .update_lifecycle_model(pb::UpdateLifecycleModelRequest {
+            lifecycle_model: Some(pb::LifecycleModel {
+                id: saas.id.clone(),
+                etag: saas.etag.clone(),
+                display_name: "SaaS v2".into(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask { paths: vec!["display_name".into()] }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .lifecycle_model
+        .unwrap();
+    assert_eq!(renamed.display_name, "SaaS v2");
+    let err = l
+        .update_lifecycle_model(pb::UpdateLifecycleModelRequest {
+            lifecycle_model: Some(pb::LifecycleModel {
+                id: saas.id.clone(),
+                etag: saas.etag.clone(),
+                display_name: "x".into(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask { paths: vec!["display_name".into()] }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Aborted);
+    // Invalid models name the field.
+    let err = l
+        .create_lifecycle_model(pb::CreateLifecycleModelRequest {
+            lifecycle_model: Some(pb::LifecycleModel {
+                display_name: "bad".into(),
+                stages: vec![st("Bad Key", pb::StageCategory::Prospect), st("b", pb::StageCategory::Unspecified)],
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    let fields: Vec<String> = clm_platform::error::field_violations(&err).into_iter().map(|v| v.field).collect();
+    assert!(fields.contains(&"lifecycle_model.stages[0].key".to_string()), "{fields:?}");
+    assert!(fields.contains(&"lifecycle_model.stages[1].category".to_string()), "{fields:?}");
+    let list = l.list_lifecycle_models(pb::ListLifecycleModelsRequest::default()).await.unwrap().into_inner();
+    assert_eq!(list.lifecycle_models.len(), 2);
+    env.done().await;
+}
+
+async fn automations_run_are_logged_and_loops_are_bounded(backend: Backend) {
+    let Some(env) = Env::start(backend, "auto").await else { return };
+    let (mut c, mut l) = env.clients("acme").await;
+    let auto = |name: &str, trigger: pb::trigger::Kind, actions: Vec<pb::action::Kind>| pb::CreateAutomationRequest {
+        automation: Some(pb::Automation {
+            display_name: name.into(),
+            enabled: true,
+            trigger: Some(pb::Trigger { kind: Some(trigger) }),
+            actions: actions.into_iter().map(|k| pb::Action { kind: Some(k) }).collect(),
+            ..Default::default()
+        }),
+        request_id: String::new(),
+    };
+    // Converted customers get tagged (through contacts) …
+    l.create_automation(auto(
+        "tag customers",
+        pb::trigger::Kind::StageEntered("conversion".into()),
+        vec![pb::action::Kind::AddTag("customer".into())],
+    ))
+    .await
+    .unwrap();
+    // … and two automations that would bounce a contact forever.
+    let ping = l
+        .create_automation(auto(
+            "ping",
+            pb::trigger::Kind::StageEntered("retention".into()),
+            vec![pb::action::Kind::MoveToStage("loyalty".into())],
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .automation
+        .unwrap();
+    l.create_automation(auto(
+        "pong",
+        pb::trigger::Kind::StageEntered("loyalty".into()),
+        vec![pb::action::Kind::MoveToStage("retention".into())],
+    ))
+    .await
+    .unwrap();
+    let id = new_contact(&mut c, "auto@example.com").await;
+    record(&mut l, purchase(&id, "o-1", None)).await;
+    // The tag arrives in contacts through the bus.
+    let mut tagged = false;
+    for _ in 0..100 {
+        let ct = c.get_contact(cpb::GetContactRequest { id: id.clone() }).await.unwrap().into_inner().contact.unwrap();
+        if ct.tags.contains(&"customer".to_string()) {
+            tagged = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(tagged, "the automation's tag reached the contact");
+
+    // The loop: a repeat purchase moves to retention, then ping/pong bounce until the bound.
+    record(&mut l, purchase(&id, "o-2", None)).await;
+    let runs = l
+        .list_automation_runs(pb::ListAutomationRunsRequest {
+            contact_id: id.clone(),
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .runs;
+    assert!(runs.iter().any(|r| r.outcome == pb::RunOutcome::LoopLimited as i32), "{runs:?}");
+    assert!(runs.iter().any(|r| r.automation_id == ping.id && r.outcome == pb::RunOutcome::Succeeded as i32));
+    // Disabled automations do not run.
+    let upd = l
+        .update_automation(pb::UpdateAutomationRequest {
+            automation: Some(pb::Automation {
+                id: ping.id.clone(),
+                etag: ping.etag.clone(),
+                enabled: false,
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask { paths: vec!["enabled".into()] }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .automation
+        .unwrap();
+    assert!(!upd.enabled);
+    let err = l
+        .create_automation(auto("bad", pb::trigger::Kind::StageEntered("Not A Key".into()), vec![]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    env.done().await;
+}
+
+async fn tenants_are_isolated(backend: Backend) {
+    let Some(env) = Env::start(backend, "tenants").await else { return };
+    let (mut ca, mut la) = env.clients("tenant-a").await;
+    let (_, mut lb) = env.clients("tenant-b").await;
+    let id = new_contact(&mut ca, "a@example.com").await;
+    record(&mut la, purchase(&id, "o-1", None)).await;
+    let err =
+        lb.get_journey(pb::GetJourneyRequest { contact_id: id.clone(), model_id: String::new() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = lb
+        .record_journey_event(pb::RecordJourneyEventRequest {
+            event: Some(purchase(&id, "o-2", None)),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = lb
+        .transition_stage(pb::TransitionStageRequest {
+            contact_id: id.clone(),
+            to_stage: "loyalty".into(),
+            reason: "x".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let a_model = la
+        .get_lifecycle_model(pb::GetLifecycleModelRequest { id: "default".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .lifecycle_model
+        .unwrap();
+    let err = lb.get_lifecycle_model(pb::GetLifecycleModelRequest { id: a_model.id.clone() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let in_stage = lb
+        .list_contacts_in_stage(pb::ListContactsInStageRequest { stage_key: "conversion".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(in_stage.total_size, 0);
+    let events = lb
+        .list_journey_events(pb::ListJourneyEventsRequest { contact_id: id.clone(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(events.events.is_empty());
+    let runs = lb.list_automation_runs(pb::ListAutomationRunsRequest::default()).await.unwrap().into_inner();
+    assert!(runs.runs.is_empty());
+    env.done().await;
+}
+
+async fn erasure_upstream_erases_the_journey_and_dormancy_runs_on_the_clock(backend: Backend) {
+    let Some(env) = Env::start(backend, "erase").await else { return };
+    let (mut c, mut l) = env.clients("acme").await;
+    let gone = new_contact(&mut c, "gone@example.com").await;
+    let stays = new_contact(&mut c, "stays@example.com").await;
+    record(&mut l, purchase(&gone, "o-1", None)).await;
+    record(&mut l, purchase(&stays, "o-1", Some(now() - 80 * DAY))).await;
+    record(&mut l, purchase(&stays, "o-2", Some(now() - 79 * DAY))).await;
+    let sleeper = new_contact(&mut c, "sleeper@example.com").await;
+    record(&mut l, purchase(&sleeper, "o-1", Some(now() - 200 * DAY))).await;
+    record(&mut l, purchase(&sleeper, "o-2", Some(now() - 199 * DAY))).await;
+    assert_eq!(journey(&mut l, &sleeper).await.current_stage, "dormant", "inactive past the threshold when recorded");
+    assert_eq!(journey(&mut l, &stays).await.current_stage, "retention");
+
+    // Watch stage changes while the scheduler runs with a clock 100 days ahead.
+    let mut watch = l
+        .watch_stage_changes(pb::WatchStageChangesRequest { model_id: String::new(), to_stages: vec![] })
+        .await
+        .unwrap()
+        .into_inner();
+
+    c.erase_contact(cpb::EraseContactRequest { id: gone.clone(), reason: "gdpr".into() }).await.unwrap();
+    let mut erased = false;
+    for _ in 0..100 {
+        if l.get_journey(pb::GetJourneyRequest { contact_id: gone.clone(), model_id: String::new() }).await.is_err() {
+            erased = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(erased, "the journey of an erased contact is erased");
+
+    let db = clm_platform::db::connect(env.lifecycle_url(), &testing::settings(&[]).database).await.unwrap();
+    let publisher = clm_lifecycle::events::Publisher::new(clm_platform::events::outbox::OutboxWriter::new("lifecycle"));
+    // The scheduler, with a clock 20 days ahead: `stays` crosses the 90-day threshold.
+    let changed = clm_lifecycle::events::scheduler::tick(&db, &publisher, now() + 20 * DAY).await.unwrap();
+    assert_eq!(changed, 1);
+    let j = journey(&mut l, &stays).await;
+    assert_eq!(j.current_stage, "dormant");
+    let dormant = j.transitions.last().unwrap();
+    assert_eq!(dormant.cause_ref, "dormancy");
+    // The journey event rows of the erased contact are gone too.
+    use sea_orm::ConnectionTrait;
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            format!("SELECT COUNT(*) AS n FROM journey_events WHERE contact_id = '{gone}'"),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.try_get::<i64>("", "n").unwrap(), 0);
+    db.close().await.ok();
+    // A new event brings a dormant contact back (reactivation, into the stage it left);
+    // watchers see it.
+    let r = record(&mut l, touch(&sleeper, pb::TouchpointKind::Visit, None)).await;
+    assert!(r.transitions.iter().any(|t| t.reactivation && t.to_stage == "retention"), "{r:?}");
+    let seen = tokio::time::timeout(Duration::from_secs(5), watch.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!(seen.contact_id, sleeper);
+    assert_eq!(journey(&mut l, &sleeper).await.reactivation_count, 1);
+    env.done().await;
+}
+
+clm_platform::backend_tests!(
+    walk_the_whole_lifecycle,
+    backdated_events_rewrite_history_and_keys_dedupe,
+    models_are_validated_and_protected,
+    automations_run_are_logged_and_loops_are_bounded,
+    tenants_are_isolated,
+    erasure_upstream_erases_the_journey_and_dormancy_runs_on_the_clock,
+);

@@ -24,19 +24,20 @@ const DAY: i64 = 24 * 3600 * 1_000_000;
 struct Env {
     server: TestServer,
     dbs: Vec<TestDb>,
+    settings: clm_platform::Settings,
 }
 
 impl Env {
     async fn start(backend: Backend, label: &str) -> Option<Env> {
         let c = TestDb::create(backend, &format!("{label}c")).await?;
         let l = TestDb::create(backend, &format!("{label}l")).await?;
-        let server = testing::spawn_pair::<ContactsService, LifecycleService>(testing::settings(&[
+        let settings = testing::settings(&[
             ("CLM_CONTACTS__DATABASE_URL", &c.url),
             ("CLM_LIFECYCLE__DATABASE_URL", &l.url),
             ("CLM_LIFECYCLE__SCHEDULER_INTERVAL_MS", "3600000"),
-        ]))
-        .await;
-        Some(Env { server, dbs: vec![c, l] })
+        ]);
+        let server = testing::spawn_pair::<ContactsService, LifecycleService>(settings.clone()).await;
+        Some(Env { server, dbs: vec![c, l], settings })
     }
 
     async fn clients(&self, tenant: &str) -> (Ct, Lc) {
@@ -628,7 +629,69 @@ async fn erasure_upstream_erases_the_journey_and_dormancy_runs_on_the_clock(back
     env.done().await;
 }
 
+/// Survey responses (as feedback publishes them) move promoters to loyalty and flag detractors.
+async fn survey_responses_drive_the_journey(backend: Backend) {
+    use clm_platform::events::EventBus;
+    use clm_proto::events::v1 as ev;
+    let Some(env) = Env::start(backend, "nps").await else { return };
+    let (mut c, mut l) = env.clients("acme").await;
+    let promoter = new_contact(&mut c, "fan@example.com").await;
+    let detractor = new_contact(&mut c, "grumpy@example.com").await;
+    for id in [&promoter, &detractor] {
+        record(&mut l, purchase(id, "o-1", None)).await;
+    }
+    let bus =
+        clm_platform::events::log_bus::LogBus::connect(&env.settings.events.log_database_url, &env.settings.database)
+            .await
+            .unwrap();
+    let tenant = clm_platform::TenantId::parse("acme").unwrap();
+    for (id, score) in [(&promoter, 10), (&detractor, 2)] {
+        let env = clm_platform::events::envelope(
+            "feedback",
+            &tenant,
+            "response",
+            id,
+            now(),
+            ev::event_envelope::Payload::ResponseSubmitted(ev::ResponseSubmitted {
+                response_id: uuid::Uuid::new_v4().to_string(),
+                survey_id: uuid::Uuid::new_v4().to_string(),
+                contact_id: (*id).clone(),
+                kind: ev::SurveyKind::Nps as i32,
+                score,
+                has_score: true,
+                complete: true,
+                submit_time: Some(timestamp(now())),
+                stage_key: String::new(),
+            }),
+        );
+        bus.publish(&clm_platform::events::subject(&env), &env.event_id, prost::Message::encode_to_vec(&env).into())
+            .await
+            .unwrap();
+    }
+    let mut ok = (false, false);
+    for _ in 0..100 {
+        let j = journey(&mut l, &promoter).await;
+        let tags = c
+            .get_contact(cpb::GetContactRequest { id: detractor.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .contact
+            .unwrap()
+            .tags;
+        ok = (j.current_stage == "loyalty", tags.contains(&"at_risk".to_string()));
+        if ok == (true, true) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ok, (true, true), "promoter → loyalty, detractor tagged at_risk");
+    assert_eq!(journey(&mut l, &detractor).await.current_stage, "conversion");
+    env.done().await;
+}
+
 clm_platform::backend_tests!(
+    survey_responses_drive_the_journey,
     walk_the_whole_lifecycle,
     backdated_events_rewrite_history_and_keys_dedupe,
     models_are_validated_and_protected,

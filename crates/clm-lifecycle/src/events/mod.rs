@@ -235,6 +235,22 @@ impl EventHandler for LifecycleHandler {
                     kind: "custom".into(),
                     body: prost::Message::encode_to_vec(&body),
                 };
+                // NPS detractors are flagged at risk (a tag on the contact, through contacts).
+                let (rules, _) = store::rules(txn, &tenant).await?;
+                if kind == "nps" && r.score <= 6 && rules.detractor_at_risk {
+                    self.publisher
+                        .automation(
+                            txn,
+                            &tenant,
+                            ev::AutomationTriggered {
+                                automation_id: "rule:detractor_at_risk".into(),
+                                contact_id: contact.to_string(),
+                                topic: "contacts.add_tag".into(),
+                                payload: [("tag".to_string(), "at_risk".to_string())].into(),
+                            },
+                        )
+                        .await?;
+                }
                 if store::insert_event(txn, row).await? {
                     let trigger = crate::api::automations::Trigger::SurveyResponse {
                         kind: kind.to_owned(),

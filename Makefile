@@ -4,7 +4,7 @@ CARGO ?= cargo
 BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
 
-.PHONY: help run build test test-unit lint fmt fmt-check clippy lint-proto buf bench image deploy-check clean
+.PHONY: help run build test lint fmt fmt-check clippy lint-proto buf bench clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -41,6 +41,8 @@ lint-proto: $(BUF) ## buf lint (DEFAULT rules) of proto/
 
 bench: ## run the benchmarks (release build); results in bench/results/latest.{json,md}
 	$(CARGO) run --release -p clm-bench -- --duration $${BENCH_SECONDS:-10} --concurrency $${BENCH_CONCURRENCY:-16}
+
+include deploy/deploy.mk
 
 clean: ## remove build output and local data
 	$(CARGO) clean

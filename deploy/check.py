@@ -1,0 +1,120 @@
+#!/usr/bin/env python3
+"""deploy-check: render every overlay, validate each object against the Kubernetes schemas
+offline, and prove the manifests match what the binaries really read:
+
+* every Deployment's environment (ConfigMap literals + container env + Secret keys with
+  placeholder values) is loaded by the real binary (`clm-<svc> check-config`, env cleared):
+  an unknown or malformed key makes the binary exit non-zero;
+* the gRPC port of the probes, the containerPort and the Service targetPort are the port in
+  CLM_SERVER__LISTEN_ADDR;
+* each readiness probe asks for the gRPC service name the binary reports in health;
+* terminationGracePeriodSeconds exceeds CLM_SERVER__SHUTDOWN_GRACE_MS.
+
+Run from the repository root: deploy/check.py <target-dir> (binaries in <target-dir>/debug).
+"""
+import os
+import re
+import subprocess
+import sys
+
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OVERLAYS = ["dev", "prod"]
+K8S_VERSION = "1.31.0"
+SERVICES = ["contacts", "lifecycle", "feedback", "metrics"]
+
+
+def fail(msg):
+    print(f"deploy-check: FAIL: {msg}")
+    sys.exit(1)
+
+
+def grpc_name(service):
+    src = open(os.path.join(ROOT, "crates", f"clm-{service}", "src", "lib.rs")).read()
+    m = re.search(r'Ok\(vec!\["(clm\.[a-z]+\.v1\.[A-Za-z]+)"\]\)', src)
+    if not m:
+        fail(f"cannot find the health service name in crates/clm-{service}/src/lib.rs")
+    return m.group(1)
+
+
+def placeholder(key, service):
+    if key.endswith("__DATABASE_URL"):
+        return f"postgres://clm:secret@db.example:5432/clm_{service}"
+    if key.endswith("_PEM"):
+        return ""
+    return "placeholder-secret-value"
+
+
+def main():
+    target = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target")
+    validate = os.path.join(ROOT, ".tools", "venv", "bin", "kubernetes-validate")
+    checked = 0
+    for overlay in OVERLAYS:
+        path = os.path.join(ROOT, "deploy", "k8s", "overlays", overlay)
+        rendered = subprocess.run(["kubectl", "kustomize", path], check=True, capture_output=True, text=True).stdout
+        out = os.path.join(ROOT, ".tools", f"rendered-{overlay}.yaml")
+        with open(out, "w") as f:
+            f.write(rendered)
+        r = subprocess.run([validate, "--strict", "--quiet", "-k", K8S_VERSION, out], capture_output=True, text=True)
+        if r.returncode != 0:
+            print(r.stdout[-4000:], r.stderr[-4000:])
+            fail(f"overlay {overlay}: objects do not validate against Kubernetes {K8S_VERSION}")
+        docs = [d for d in yaml.safe_load_all(rendered) if d]
+        config_maps = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}
+        secrets = {d["metadata"]["name"]: d.get("data", {}) or d.get("stringData", {}) for d in docs if d["kind"] == "Secret"}
+        services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+        deployments = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].startswith("clm-")]
+        if sorted(d["metadata"]["name"] for d in deployments) != sorted(f"clm-{s}" for s in SERVICES):
+            fail(f"overlay {overlay}: expected a Deployment per service")
+        for dep in deployments:
+            svc = dep["metadata"]["name"].removeprefix("clm-")
+            pod = dep["spec"]["template"]["spec"]
+            c = pod["containers"][0]
+            env = {}
+            for src in c.get("envFrom", []):
+                if "configMapRef" in src:
+                    env.update(config_maps[src["configMapRef"]["name"]])
+                if "secretRef" in src:
+                    name = src["secretRef"]["name"]
+                    if name in secrets:
+                        env.update({k: placeholder(k, svc) for k in secrets[name]})
+                    elif name == f"clm-{svc}-db":
+                        env[f"CLM_{svc.upper()}__DATABASE_URL"] = placeholder("__DATABASE_URL", svc)
+                    elif name == "clm-auth":
+                        env["CLM_AUTH__JWT_HS256_SECRET"] = "placeholder-secret-value"
+                        env["CLM_SERVER__PAGE_TOKEN_SECRET"] = "placeholder-secret-value"
+            for e in c.get("env", []):
+                env[e["name"]] = str(e.get("value", ""))
+            binary = os.path.join(target, "debug", f"clm-{svc}")
+            if not os.path.exists(binary):
+                fail(f"{binary} is missing: build the binaries first (cargo build --bins)")
+            r = subprocess.run([binary, "check-config"], env={"PATH": os.environ.get("PATH", ""), "CLM_CONFIG_DIR": "/nonexistent", **env}, capture_output=True, text=True)
+            if r.returncode != 0:
+                fail(f"overlay {overlay}: clm-{svc} rejects its manifest configuration: {r.stderr.strip() or r.stdout.strip()}")
+            port = int(env["CLM_SERVER__LISTEN_ADDR"].rsplit(":", 1)[1])
+            if f"listen_addr=0.0.0.0:{port}" not in r.stdout:
+                fail(f"overlay {overlay}: clm-{svc} would not listen on 0.0.0.0:{port}: {r.stdout.strip()}")
+            ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+            if ports.get("grpc") != port:
+                fail(f"overlay {overlay}: clm-{svc} containerPort grpc != {port}")
+            for probe in ["startupProbe", "readinessProbe", "livenessProbe"]:
+                if c[probe]["grpc"]["port"] != port:
+                    fail(f"overlay {overlay}: clm-{svc} {probe} port != {port}")
+            if c["readinessProbe"]["grpc"]["service"] != grpc_name(svc):
+                fail(f"overlay {overlay}: clm-{svc} readiness probe asks for {c['readinessProbe']['grpc']['service']!r}, the binary reports {grpc_name(svc)!r}")
+            svc_obj = services.get(f"clm-{svc}")
+            if not svc_obj or svc_obj["spec"]["ports"][0]["targetPort"] not in ("grpc", port):
+                fail(f"overlay {overlay}: Service clm-{svc} does not target the grpc port")
+            grace_ms = int(env.get("CLM_SERVER__SHUTDOWN_GRACE_MS", "20000"))
+            if pod["terminationGracePeriodSeconds"] * 1000 <= grace_ms:
+                fail(f"overlay {overlay}: clm-{svc} terminationGracePeriodSeconds must exceed the drain time ({grace_ms} ms)")
+            if not c["securityContext"].get("readOnlyRootFilesystem") or not pod["securityContext"].get("runAsNonRoot"):
+                fail(f"overlay {overlay}: clm-{svc} must run non-root with a read-only root filesystem")
+            checked += 1
+        print(f"deploy-check: overlay {overlay}: {len(docs)} objects valid; {len(deployments)} Deployments match their binaries")
+    print(f"deploy-check: ok ({checked} deployments checked)")
+
+
+if __name__ == "__main__":
+    main()

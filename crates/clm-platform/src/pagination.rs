@@ -85,6 +85,15 @@ fn fingerprint(query: &str) -> String {
     URL_SAFE_NO_PAD.encode(&digest[..12])
 }
 
+/// Split rows fetched with `LIMIT limit + 1` into the page and the cursor of the next page
+/// (present only when there was an extra row, i.e. more to come).
+pub fn split_page<T, C>(mut rows: Vec<T>, limit: u64, cursor: impl Fn(&T) -> C) -> (Vec<T>, Option<C>) {
+    let more = rows.len() as u64 > limit;
+    rows.truncate(limit as usize);
+    let next = if more { rows.last().map(cursor) } else { None };
+    (rows, next)
+}
+
 /// Validate `page_size`: 0 → default, negative or over the max → INVALID_ARGUMENT.
 pub fn page_size(requested: i32) -> Result<u64, Error> {
     match requested {
@@ -140,6 +149,13 @@ mod tests {
                 other => prop_assert!(false, "unexpected {:?}", other.map(|_| ())),
             }
         }
+    }
+
+    #[test]
+    fn pages_split() {
+        assert_eq!(split_page(vec![1, 2, 3], 2, |x| *x), (vec![1, 2], Some(2)));
+        assert_eq!(split_page(vec![1, 2], 2, |x| *x), (vec![1, 2], None));
+        assert_eq!(split_page(Vec::<i32>::new(), 2, |x| *x), (vec![], None));
     }
 
     #[test]

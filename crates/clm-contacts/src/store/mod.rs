@@ -131,9 +131,7 @@ pub async fn list_contacts(
         .limit(limit + 1)
         .all(db)
         .await?;
-    let more = rows.len() as u64 > limit;
-    let rows: Vec<_> = rows.into_iter().take(limit as usize).collect();
-    let next = if more { rows.last().map(|m| cursor_of(q.sort, m)) } else { None };
+    let (rows, next) = clm_platform::pagination::split_page(rows, limit, |m| cursor_of(q.sort, m));
     let contacts = rows.into_iter().map(convert::to_domain).collect::<Result<Vec<_>>>()?;
     Ok((contacts, next))
 }
@@ -543,9 +541,7 @@ pub async fn list_segments(
     }
     let rows =
         q.order_by_asc(segment::Column::CreateTime).order_by_asc(segment::Column::Id).limit(limit + 1).all(db).await?;
-    let more = rows.len() as u64 > limit;
-    let rows: Vec<_> = rows.into_iter().take(limit as usize).collect();
-    let next = if more { rows.last().map(|m| (m.create_time, m.id.clone())) } else { None };
+    let (rows, next) = clm_platform::pagination::split_page(rows, limit, |m| (m.create_time, m.id.clone()));
     Ok((rows.into_iter().map(segment_from).collect::<Result<Vec<_>>>()?, next))
 }
 

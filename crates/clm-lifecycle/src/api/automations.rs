@@ -482,9 +482,7 @@ pub async fn list(
         .all(&api.db)
         .await
         .map_err(Error::from)?;
-    let more = rows.len() as u64 > limit;
-    let rows: Vec<_> = rows.into_iter().take(limit as usize).collect();
-    let next = if more { rows.last().map(|m| (m.create_time, m.id.clone())) } else { None };
+    let (rows, next) = clm_platform::pagination::split_page(rows, limit, |m| (m.create_time, m.id.clone()));
     Ok(Response::new(pb::ListAutomationsResponse {
         automations: rows.iter().map(to_pb).collect(),
         next_page_token: next.map(|n| api.tokens.encode(&ctx.tenant, "automations", &n)).unwrap_or_default(),
@@ -617,9 +615,7 @@ pub async fn list_runs(
         .all(&api.db)
         .await
         .map_err(Error::from)?;
-    let more = rows.len() as u64 > limit;
-    let rows: Vec<_> = rows.into_iter().take(limit as usize).collect();
-    let next = if more { rows.last().map(|m| (m.run_time, m.id.clone())) } else { None };
+    let (rows, next) = clm_platform::pagination::split_page(rows, limit, |m| (m.run_time, m.id.clone()));
     Ok(Response::new(pb::ListAutomationRunsResponse {
         runs: rows
             .iter()

@@ -268,9 +268,7 @@ pub async fn list_models(
         .limit(limit + 1)
         .all(db)
         .await?;
-    let more = rows.len() as u64 > limit;
-    let rows: Vec<_> = rows.into_iter().take(limit as usize).collect();
-    let next = if more { rows.last().map(|m| (m.create_time, m.id.clone())) } else { None };
+    let (rows, next) = clm_platform::pagination::split_page(rows, limit, |m| (m.create_time, m.id.clone()));
     Ok((rows.into_iter().map(model_from).collect::<Result<Vec<_>>>()?, next))
 }
 
@@ -509,9 +507,7 @@ pub async fn list_events(
         .limit(limit + 1)
         .all(db)
         .await?;
-    let more = rows.len() as u64 > limit;
-    let rows: Vec<_> = rows.into_iter().take(limit as usize).collect();
-    let next = if more { rows.last().map(|m| (m.occur_time, m.id.clone())) } else { None };
+    let (rows, next) = clm_platform::pagination::split_page(rows, limit, |m| (m.occur_time, m.id.clone()));
     Ok((rows, next))
 }
 
@@ -689,9 +685,7 @@ pub async fn in_stage(
         .limit(limit + 1)
         .all(db)
         .await?;
-    let more = rows.len() as u64 > limit;
-    let rows: Vec<_> = rows.into_iter().take(limit as usize).collect();
-    let next = if more { rows.last().map(|m| (m.enter_time, m.contact_id.clone())) } else { None };
+    let (rows, next) = clm_platform::pagination::split_page(rows, limit, |m| (m.enter_time, m.contact_id.clone()));
     Ok((rows, next, total))
 }
 

@@ -18,5 +18,5 @@ $(KUBE_VALIDATE):
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check kubernetes-validate==1.37.0 pyyaml
 
 deploy-check: $(KUBE_VALIDATE) ## render every overlay, validate offline, prove manifests match the binaries
-	$(CARGO) build --bins
+	$(CARGO) build --workspace --bins
 	$(VENV)/bin/python deploy/check.py $(DEPLOY_TARGET_DIR)

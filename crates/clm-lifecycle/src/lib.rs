@@ -6,6 +6,7 @@
 //! dormancy, reactivation, history replay); its store and handlers land with its issue.
 
 pub mod api;
+pub mod contacts_client;
 pub mod domain;
 pub mod events;
 pub mod store;
@@ -38,6 +39,14 @@ impl clm_platform::runtime::Service for LifecycleService {
             shared.stopping(),
         );
         let publisher = events::Publisher::new(writer);
+        let automator = contacts_client::Automator {
+            publisher: publisher.clone(),
+            contacts: contacts_client::ContactsProbe::new(
+                shared.settings.lifecycle.contacts_url.clone(),
+                shared.local_addr.clone(),
+                &shared.settings.auth,
+            ),
+        };
         consumer::spawn_consumer(
             shared.bus.clone(),
             db.clone(),
@@ -50,18 +59,18 @@ impl clm_platform::runtime::Service for LifecycleService {
                 batch: shared.settings.events.consumer_batch,
                 wait: std::time::Duration::from_millis(500),
             },
-            std::sync::Arc::new(events::LifecycleHandler { publisher: publisher.clone() }),
+            std::sync::Arc::new(events::LifecycleHandler { automator: automator.clone() }),
             shared.stopping(),
         );
         events::scheduler::spawn(
             db.clone(),
-            publisher.clone(),
+            automator.clone(),
             std::time::Duration::from_millis(shared.settings.lifecycle.scheduler_interval_ms.max(100)),
             shared.stopping(),
         );
         let max = shared.max_message_bytes();
         let server = clm_proto::lifecycle::v1::lifecycle_service_server::LifecycleServiceServer::new(
-            api::LifecycleApi::new(db, shared.page_tokens.clone(), publisher),
+            api::LifecycleApi::new(db, shared.page_tokens.clone(), automator),
         )
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);

@@ -599,9 +599,16 @@ async fn erasure_upstream_erases_the_journey_and_dormancy_runs_on_the_clock(back
     assert!(erased, "the journey of an erased contact is erased");
 
     let db = clm_platform::db::connect(env.lifecycle_url(), &testing::settings(&[]).database).await.unwrap();
-    let publisher = clm_lifecycle::events::Publisher::new(clm_platform::events::outbox::OutboxWriter::new("lifecycle"));
+    let automator = clm_lifecycle::contacts_client::Automator {
+        publisher: clm_lifecycle::events::Publisher::new(clm_platform::events::outbox::OutboxWriter::new("lifecycle")),
+        contacts: clm_lifecycle::contacts_client::ContactsProbe::new(
+            env.server.url(),
+            std::sync::Arc::default(),
+            &env.settings.auth,
+        ),
+    };
     // The scheduler, with a clock 20 days ahead: `stays` crosses the 90-day threshold.
-    let changed = clm_lifecycle::events::scheduler::tick(&db, &publisher, now() + 20 * DAY).await.unwrap();
+    let changed = clm_lifecycle::events::scheduler::tick(&db, &automator, now() + 20 * DAY).await.unwrap();
     assert_eq!(changed, 1);
     let j = journey(&mut l, &stays).await;
     assert_eq!(j.current_stage, "dormant");
@@ -626,6 +633,91 @@ async fn erasure_upstream_erases_the_journey_and_dormancy_runs_on_the_clock(back
     let seen = tokio::time::timeout(Duration::from_secs(5), watch.message()).await.unwrap().unwrap().unwrap();
     assert_eq!(seen.contact_id, sleeper);
     assert_eq!(journey(&mut l, &sleeper).await.reactivation_count, 1);
+    env.done().await;
+}
+
+/// Conditions on a contact filter and a segment are answered by the contacts service.
+async fn conditions_on_filters_and_segments(backend: Backend) {
+    let Some(env) = Env::start(backend, "cond").await else { return };
+    let (mut c, mut l) = env.clients("acme").await;
+    let seg = c
+        .create_segment(cpb::CreateSegmentRequest {
+            segment: Some(cpb::Segment {
+                display_name: "VIP".into(),
+                filter: r#"tags:"vip""#.into(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .segment
+        .unwrap();
+    let with = |name: &str, cond: pb::condition::Kind| pb::CreateAutomationRequest {
+        automation: Some(pb::Automation {
+            display_name: name.into(),
+            enabled: true,
+            trigger: Some(pb::Trigger { kind: Some(pb::trigger::Kind::StageEntered("conversion".into())) }),
+            conditions: vec![pb::Condition { kind: Some(cond) }],
+            actions: vec![pb::Action {
+                kind: Some(pb::action::Kind::PublishWebhook(pb::WebhookAction {
+                    topic: format!("test.{name}"),
+                    payload: std::collections::HashMap::default(),
+                })),
+            }],
+            ..Default::default()
+        }),
+        request_id: String::new(),
+    };
+    let by_segment = l
+        .create_automation(with("segment", pb::condition::Kind::SegmentId(seg.id.clone())))
+        .await
+        .unwrap()
+        .into_inner()
+        .automation
+        .unwrap();
+    let by_filter = l
+        .create_automation(with("filter", pb::condition::Kind::ContactFilter(r#"email:"vip""#.into())))
+        .await
+        .unwrap()
+        .into_inner()
+        .automation
+        .unwrap();
+    let vip = c
+        .create_contact(cpb::CreateContactRequest {
+            contact: Some(cpb::Contact {
+                email: "vip@example.com".into(),
+                tags: vec!["vip".into()],
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .contact
+        .unwrap()
+        .id;
+    let plain = new_contact(&mut c, "plain@example.com").await;
+    for id in [&vip, &plain] {
+        record(&mut l, purchase(id, "o-1", None)).await;
+    }
+    let outcome = |runs: &[pb::AutomationRun], auto: &str, contact: &str| {
+        runs.iter().find(|r| r.automation_id == auto && r.contact_id == contact).map(|r| r.outcome)
+    };
+    let runs = l
+        .list_automation_runs(pb::ListAutomationRunsRequest { page_size: 100, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .runs;
+    assert_eq!(outcome(&runs, &by_segment.id, &vip), Some(pb::RunOutcome::Succeeded as i32), "{runs:?}");
+    assert_eq!(outcome(&runs, &by_filter.id, &vip), Some(pb::RunOutcome::Succeeded as i32), "{runs:?}");
+    assert_eq!(outcome(&runs, &by_segment.id, &plain), Some(pb::RunOutcome::Skipped as i32), "{runs:?}");
+    assert_eq!(outcome(&runs, &by_filter.id, &plain), Some(pb::RunOutcome::Skipped as i32), "{runs:?}");
+    let err = l.create_automation(with("bad", pb::condition::Kind::ContactFilter("tags = ".into()))).await.unwrap_err();
+    assert_eq!(clm_platform::error::field_violations(&err)[0].field, "automation.conditions[0].contact_filter");
     env.done().await;
 }
 
@@ -691,6 +783,7 @@ async fn survey_responses_drive_the_journey(backend: Backend) {
 }
 
 clm_platform::backend_tests!(
+    conditions_on_filters_and_segments,
     survey_responses_drive_the_journey,
     walk_the_whole_lifecycle,
     backdated_events_rewrite_history_and_keys_dedupe,

@@ -122,6 +122,10 @@ pub struct ServiceSettings {
     /// How often time-based rules run (lifecycle: dormancy, inactivity automations), ms.
     #[serde(default = "default_scheduler_interval")]
     pub scheduler_interval_ms: u64,
+    /// Where this service calls the contacts service (lifecycle: automation conditions).
+    /// Empty: the contacts service in the same process.
+    #[serde(default)]
+    pub contacts_url: String,
 }
 
 fn default_scheduler_interval() -> u64 {

@@ -34,6 +34,9 @@ pub struct Shared {
     /// The event bus (one per process; every service in it shares it).
     pub bus: Arc<dyn EventBus>,
     stop: Arc<tokio::sync::watch::Sender<bool>>,
+    /// The address the server bound (known once `serve` runs), for calls to services in
+    /// the same process.
+    pub local_addr: Arc<std::sync::OnceLock<std::net::SocketAddr>>,
 }
 
 impl Shared {
@@ -47,7 +50,13 @@ impl Shared {
     pub fn with_bus(settings: Settings, bus: Arc<dyn EventBus>) -> Self {
         let page_tokens = PageTokens::new(&settings.server.page_token_secret);
         let (stop, _) = tokio::sync::watch::channel(false);
-        Self { settings: Arc::new(settings), page_tokens, bus, stop: Arc::new(stop) }
+        Self {
+            settings: Arc::new(settings),
+            page_tokens,
+            bus,
+            stop: Arc::new(stop),
+            local_addr: Arc::new(std::sync::OnceLock::new()),
+        }
     }
 
     /// Background tasks (relays, consumers) stop when this turns true.
@@ -199,6 +208,7 @@ pub async fn serve(
         .layer(AuthLayer::new(auth));
 
     let addr = listener.local_addr()?;
+    let _ = shared.local_addr.set(addr);
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let grace = Duration::from_millis(settings.server.shutdown_grace_ms);
 

@@ -10,6 +10,7 @@ use super::values::AttributeKey;
 /// Text columns a filter can name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TextField {
+    Id,
     Email,
     Phone,
     GivenName,
@@ -111,13 +112,14 @@ pub enum Cond {
 }
 
 /// The fields a filter may name, for error messages and docs.
-pub const FILTER_FIELDS: &str = "email, phone, given_name, family_name, company, job_title, demographics.locale \
+pub const FILTER_FIELDS: &str = "id, email, phone, given_name, family_name, company, job_title, demographics.locale \
      (or locale), country_code, region, city, gender, age_band, birth_year, lead_score, tags, interests, values, \
      acquisition.channel, acquisition.campaign, acquisition.source_detail, acquisition.referred_by_contact_id, \
      acquisition.acquire_time, create_time, update_time, attributes.<name>";
 
 fn text_field(path: &str) -> Option<TextField> {
     Some(match path {
+        "id" => TextField::Id,
         "email" => TextField::Email,
         "phone" => TextField::Phone,
         "given_name" => TextField::GivenName,
@@ -248,7 +250,7 @@ fn normalise(f: TextField, v: &str) -> Result<String, String> {
         if ok { Ok(v.to_ascii_lowercase()) } else { Err(format!("unknown {what} {v:?}; one of {}", all.join(", "))) }
     };
     match f {
-        TextField::Email => Ok(v.to_lowercase()),
+        TextField::Email | TextField::Id => Ok(v.to_lowercase()),
         TextField::CountryCode => Ok(v.to_ascii_uppercase()),
         TextField::Gender => enum_key(
             Gender::from_key(&v.to_ascii_lowercase()).is_some(),

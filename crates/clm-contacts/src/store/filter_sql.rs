@@ -11,6 +11,7 @@ use crate::domain::filter::{AttrLiteral, Cmp, Cond, IntField, TextField};
 fn text_col(f: TextField) -> contact::Column {
     use contact::Column as C;
     match f {
+        TextField::Id => C::Id,
         TextField::Email => C::Email,
         TextField::Phone => C::Phone,
         TextField::GivenName => C::GivenName,

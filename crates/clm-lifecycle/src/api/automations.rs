@@ -22,7 +22,6 @@ use uuid::Uuid;
 
 use super::LifecycleApi;
 use crate::domain::model::StageKey;
-use crate::events::Publisher;
 use crate::store::entities::{automation, automation_run, manual_move, transition};
 use crate::store::{self, ModelRecord, now_micros};
 
@@ -125,7 +124,7 @@ fn run_row(
 pub async fn run(
     txn: &impl ConnectionTrait,
     tenant: &TenantId,
-    publisher: &Publisher,
+    automator: &crate::contacts_client::Automator,
     model: &ModelRecord,
     contact: Uuid,
     mut triggers: Vec<Trigger>,
@@ -136,6 +135,7 @@ pub async fn run(
         .filter(automation::Column::ModelId.eq(model.id.to_string()))
         .all(txn)
         .await?;
+    let publisher = &automator.publisher;
     let mut all_new = Vec::new();
     if autos.is_empty() {
         return Ok(all_new);
@@ -182,12 +182,46 @@ pub async fn run(
                     .await?
                     .and_then(|j| j.current_stage)
                     .unwrap_or_default();
-                let holds = body.conditions.iter().all(|c| match &c.kind {
-                    Some(pb::condition::Kind::InStage(s)) => s == &current,
-                    Some(pb::condition::Kind::HasTag(t)) => tags.contains(&t.to_lowercase()),
-                    Some(pb::condition::Kind::AcquisitionChannel(ch)) => ch == &channel,
-                    None => true,
-                });
+                let mut holds = true;
+                let mut failed_check = None;
+                for c in &body.conditions {
+                    let ok = match &c.kind {
+                        Some(pb::condition::Kind::InStage(s)) => Ok(s == &current),
+                        Some(pb::condition::Kind::HasTag(t)) => Ok(tags.contains(&t.to_lowercase())),
+                        Some(pb::condition::Kind::AcquisitionChannel(ch)) => Ok(ch == &channel),
+                        Some(pb::condition::Kind::ContactFilter(f)) => {
+                            automator.contacts.matches(tenant, contact, f).await
+                        }
+                        Some(pb::condition::Kind::SegmentId(s)) => {
+                            automator.contacts.in_segment(tenant, contact, s).await
+                        }
+                        None => Ok(true),
+                    };
+                    match ok {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            holds = false;
+                            break;
+                        }
+                        Err(e) => {
+                            failed_check = Some(e.to_string());
+                            break;
+                        }
+                    }
+                }
+                if let Some(why) = failed_check {
+                    automation_run::Entity::insert(run_row(
+                        tenant,
+                        a,
+                        contact,
+                        &trig.reference(),
+                        pb::RunOutcome::Failed,
+                        &format!("condition not evaluated: {why}"),
+                    ))
+                    .exec_without_returning(txn)
+                    .await?;
+                    continue;
+                }
                 if !holds {
                     automation_run::Entity::insert(run_row(
                         tenant,
@@ -288,7 +322,7 @@ pub async fn run(
 
 async fn publish(
     txn: &impl ConnectionTrait,
-    publisher: &Publisher,
+    publisher: &crate::events::Publisher,
     tenant: &TenantId,
     a: &automation::Model,
     contact: Uuid,
@@ -360,6 +394,23 @@ fn check(a: &pb::Automation, v: &mut Violations) {
     }
     if a.conditions.len() > 10 {
         v.add("automation.conditions", "at most 10 conditions");
+    }
+    for (i, c) in a.conditions.iter().enumerate() {
+        match &c.kind {
+            None => v.add(format!("automation.conditions[{i}]"), "has no condition"),
+            Some(pb::condition::Kind::ContactFilter(f)) => {
+                if let Err(e) = clm_platform::filter::parse(f) {
+                    v.add(format!("automation.conditions[{i}].contact_filter"), e.to_string());
+                }
+            }
+            Some(pb::condition::Kind::SegmentId(s)) => {
+                v.check(uuid(&format!("automation.conditions[{i}].segment_id"), s));
+            }
+            Some(pb::condition::Kind::InStage(s)) => {
+                v.check(StageKey::parse(&format!("automation.conditions[{i}].in_stage"), s));
+            }
+            Some(_) => {}
+        }
     }
 }
 

@@ -33,13 +33,14 @@ pub struct LifecycleApi {
     pub(crate) db: DatabaseConnection,
     pub(crate) tokens: PageTokens,
     pub(crate) events: Publisher,
+    pub(crate) automator: crate::contacts_client::Automator,
     pub(crate) watch: broadcast::Sender<(String, pb::WatchStageChangesResponse)>,
 }
 
 impl LifecycleApi {
-    pub fn new(db: DatabaseConnection, tokens: PageTokens, events: Publisher) -> Self {
+    pub fn new(db: DatabaseConnection, tokens: PageTokens, automator: crate::contacts_client::Automator) -> Self {
         let (watch, _) = broadcast::channel(1024);
-        Self { db, tokens, events, watch }
+        Self { db, tokens, events: automator.publisher.clone(), automator, watch }
     }
 
     /// Tell watchers about new transitions (after commit).
@@ -433,7 +434,7 @@ impl LifecycleService for LifecycleApi {
                 custom_name,
                 event_id: row.id.clone(),
             });
-            new.extend(automations::run(&txn, &ctx.tenant, &self.events, &model, contact, triggers).await?);
+            new.extend(automations::run(&txn, &ctx.tenant, &self.automator, &model, contact, triggers).await?);
             (store::transitions_of(&txn, &ctx.tenant, contact, model.id).await?, new)
         } else {
             (store::transitions_of(&txn, &ctx.tenant, contact, model.id).await?, Vec::new())
@@ -610,7 +611,7 @@ impl LifecycleService for LifecycleApi {
         }
         let (_, mut new) = self.rebuild(&txn, &ctx.tenant, contact, &model).await?;
         new.extend(
-            automations::run(&txn, &ctx.tenant, &self.events, &model, contact, automations::stage_triggers(&new))
+            automations::run(&txn, &ctx.tenant, &self.automator, &model, contact, automations::stage_triggers(&new))
                 .await?,
         );
         let all = store::transitions_of(&txn, &ctx.tenant, contact, model.id).await?;

@@ -140,7 +140,7 @@ impl Publisher {
 /// Consumes contact and feedback events.
 #[derive(Debug)]
 pub struct LifecycleHandler {
-    pub publisher: Publisher,
+    pub automator: crate::contacts_client::Automator,
 }
 
 impl LifecycleHandler {
@@ -158,10 +158,10 @@ impl LifecycleHandler {
             let (_, new) =
                 store::rebuild_journey(txn, tenant, contact, &model, &rules.to_domain(), now_micros()).await?;
             let all = store::transitions_of(txn, tenant, contact, model.id).await?;
-            self.publisher.stage_changes(txn, tenant, &model, &all, &new).await?;
+            self.automator.publisher.stage_changes(txn, tenant, &model, &all, &new).await?;
             let mut triggers = crate::api::automations::stage_triggers(&new);
             triggers.extend(extra.clone());
-            crate::api::automations::run(txn, tenant, &self.publisher, &model, contact, triggers).await?;
+            crate::api::automations::run(txn, tenant, &self.automator, &model, contact, triggers).await?;
         }
         Ok(())
     }
@@ -238,7 +238,8 @@ impl EventHandler for LifecycleHandler {
                 // NPS detractors are flagged at risk (a tag on the contact, through contacts).
                 let (rules, _) = store::rules(txn, &tenant).await?;
                 if kind == "nps" && r.score <= 6 && rules.detractor_at_risk {
-                    self.publisher
+                    self.automator
+                        .publisher
                         .automation(
                             txn,
                             &tenant,

@@ -11,17 +11,18 @@ use sea_orm::DatabaseConnection;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use super::Publisher;
 use crate::api::automations::{self, Trigger};
+use crate::contacts_client::Automator;
 use crate::store::{self, now_micros};
 
 /// Journeys examined per round.
 const BATCH: u64 = 500;
 
 /// One round at `now`: returns how many journeys changed.
-pub async fn tick(db: &DatabaseConnection, publisher: &Publisher, now: i64) -> clm_platform::Result<usize> {
-    // Anything idle for a minute is a candidate; the model decides the real threshold.
-    let candidates = store::dormancy_candidates(db, now - 60_000_000, BATCH).await?;
+pub async fn tick(db: &DatabaseConnection, automator: &Automator, now: i64) -> clm_platform::Result<usize> {
+    // Journeys whose dormancy threshold or tenure rule has fallen due; each rebuild moves
+    // check_after forward (or clears it), so a round never sees the same journey twice.
+    let candidates = store::due_journeys(db, now, BATCH).await?;
     let mut changed = 0;
     for j in candidates {
         let (Ok(tenant), Ok(contact)) = (TenantId::parse(&j.tenant_id), Uuid::parse_str(&j.contact_id)) else {
@@ -32,19 +33,19 @@ pub async fn tick(db: &DatabaseConnection, publisher: &Publisher, now: i64) -> c
         let (rules, _) = store::rules(&txn, &tenant).await?;
         let (_, new) = store::rebuild_journey(&txn, &tenant, contact, &model, &rules.to_domain(), now).await?;
         let all = store::transitions_of(&txn, &tenant, contact, model.id).await?;
-        publisher.stage_changes(&txn, &tenant, &model, &all, &new).await?;
+        automator.publisher.stage_changes(&txn, &tenant, &model, &all, &new).await?;
         let mut triggers = automations::stage_triggers(&new);
         if let Some(last) = j.last_activity {
             triggers.push(Trigger::Inactive { idle_micros: now - last, since: last });
         }
-        let more = automations::run(&txn, &tenant, publisher, &model, contact, triggers).await?;
+        let more = automations::run(&txn, &tenant, automator, &model, contact, triggers).await?;
         txn.commit().await?;
         if !new.is_empty() || !more.is_empty() {
             changed += 1;
         }
     }
     if changed > 0 {
-        publisher.committed();
+        automator.publisher.committed();
     }
     Ok(changed)
 }
@@ -52,7 +53,7 @@ pub async fn tick(db: &DatabaseConnection, publisher: &Publisher, now: i64) -> c
 /// Run the scheduler every `interval` until `stop`.
 pub fn spawn(
     db: DatabaseConnection,
-    publisher: Publisher,
+    automator: Automator,
     interval: Duration,
     mut stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
@@ -64,7 +65,7 @@ pub fn spawn(
                 _ = stop.changed() => return,
             }
             match hold_lease(&db, "lifecycle-scheduler", &holder, interval * 3).await {
-                Ok(true) => match tick(&db, &publisher, now_micros()).await {
+                Ok(true) => match tick(&db, &automator, now_micros()).await {
                     Ok(n) if n > 0 => tracing::info!(changed = n, "scheduler round"),
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "scheduler round failed"),

@@ -138,6 +138,9 @@ pub mod journey {
         pub current_stage: Option<String>,
         pub enter_time: i64,
         pub last_activity: Option<i64>,
+        /// When the scheduler must look again (a dormancy threshold or tenure rule falls due);
+        /// `None`: nothing time-based can happen.
+        pub check_after: Option<i64>,
         pub reactivations: i64,
         pub version: i64,
     }

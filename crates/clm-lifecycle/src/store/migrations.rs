@@ -122,6 +122,7 @@ impl MigrationTrait for M0001Lifecycle {
                 .col(text_null("current_stage"))
                 .col(big("enter_time"))
                 .col(big_null("last_activity"))
+                .col(big_null("check_after"))
                 .col(big("reactivations"))
                 .col(big("version"))
                 .primary_key(

@@ -580,6 +580,7 @@ pub async fn save_journey(
     model: Uuid,
     j: &Journey,
     manual: &std::collections::HashMap<String, (String, String)>,
+    check_after: Option<i64>,
 ) -> Result<Vec<transition::Model>> {
     let before: std::collections::HashSet<String> =
         transitions_of(db, tenant, contact, model).await?.into_iter().map(|t| t.id).collect();
@@ -628,6 +629,7 @@ pub async fn save_journey(
         current_stage: j.current.as_ref().map(|s| s.as_str().to_owned()),
         enter_time: j.entered_at,
         last_activity: j.last_activity,
+        check_after,
         reactivations: i64::from(j.reactivations),
         version: 0,
     };
@@ -638,6 +640,7 @@ pub async fn save_journey(
                     journey::Column::CurrentStage,
                     journey::Column::EnterTime,
                     journey::Column::LastActivity,
+                    journey::Column::CheckAfter,
                     journey::Column::Reactivations,
                 ])
                 .value(journey::Column::Version, Expr::col((journey::Entity, journey::Column::Version)).add(1))
@@ -689,16 +692,12 @@ pub async fn in_stage(
     Ok((rows, next, total))
 }
 
-/// Journeys whose contact may have become dormant by `now` (customer-stage journeys with
-/// activity older than `older_than`), for the scheduler.
-pub async fn dormancy_candidates(
-    db: &impl ConnectionTrait,
-    older_than: i64,
-    limit: u64,
-) -> Result<Vec<journey::Model>> {
+/// Journeys a time-based rule may change by `now` (their `check_after` has passed), oldest
+/// first, for the scheduler.
+pub async fn due_journeys(db: &impl ConnectionTrait, now: i64, limit: u64) -> Result<Vec<journey::Model>> {
     Ok(journey::Entity::find()
-        .filter(journey::Column::LastActivity.lt(older_than))
-        .order_by_asc(journey::Column::LastActivity)
+        .filter(journey::Column::CheckAfter.lte(now))
+        .order_by_asc(journey::Column::CheckAfter)
         .limit(limit)
         .all(db)
         .await?)
@@ -735,7 +734,36 @@ pub async fn rebuild_journey(
         }
     }
     let j = replay(&model.model, rules, &items, now);
-    let new = save_journey(db, tenant, contact, model.id, &j, &manual).await?;
+    // When a time-based rule can next change this journey.
+    let dormancy = match (&j.current, j.last_activity) {
+        (Some(cur), Some(last)) if rules.dormancy => model.model.dormancy_of(cur).map(|d| last + d),
+        _ => None,
+    };
+    let tenure = match (rules.customer_tenure_retention, j.customer_since) {
+        (Some(t), Some(since)) if since + t > now => Some(since + t),
+        _ => None,
+    };
+    // Inactivity automations fall due `idle` after the last activity.
+    let mut idle_due = Vec::new();
+    if let Some(last) = j.last_activity {
+        for a in entities::automation::Entity::find()
+            .filter(entities::automation::Column::TenantId.eq(tenant.as_str()))
+            .filter(entities::automation::Column::ModelId.eq(model.id.to_string()))
+            .filter(entities::automation::Column::Enabled.eq(true))
+            .all(db)
+            .await?
+        {
+            let body = clm_proto::lifecycle::v1::Automation::decode(a.body.as_slice()).unwrap_or_default();
+            if let Some(clm_proto::lifecycle::v1::trigger::Kind::Inactivity(d)) = body.trigger.and_then(|t| t.kind)
+                && let Some(idle) = clm_platform::convert::duration_micros(&d)
+            {
+                idle_due.push(last + idle);
+            }
+        }
+    }
+    // The next moment after `now` at which something time-based can happen.
+    let check_after = dormancy.into_iter().chain(tenure).chain(idle_due).filter(|t| *t > now).min();
+    let new = save_journey(db, tenant, contact, model.id, &j, &manual, check_after).await?;
     Ok((j, new))
 }
 

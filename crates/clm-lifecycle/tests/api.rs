@@ -610,6 +610,11 @@ async fn erasure_upstream_erases_the_journey_and_dormancy_runs_on_the_clock(back
     // The scheduler, with a clock 20 days ahead: `stays` crosses the 90-day threshold.
     let changed = clm_lifecycle::events::scheduler::tick(&db, &automator, now() + 20 * DAY).await.unwrap();
     assert_eq!(changed, 1);
+    assert_eq!(
+        clm_lifecycle::events::scheduler::tick(&db, &automator, now() + 20 * DAY).await.unwrap(),
+        0,
+        "nothing is due twice"
+    );
     let j = journey(&mut l, &stays).await;
     assert_eq!(j.current_stage, "dormant");
     let dormant = j.transitions.last().unwrap();
@@ -782,7 +787,62 @@ async fn survey_responses_drive_the_journey(backend: Backend) {
     env.done().await;
 }
 
+/// An inactivity automation fires once per idle period, from the scheduler.
+async fn inactivity_automations_fire_once(backend: Backend) {
+    let Some(env) = Env::start(backend, "idle").await else { return };
+    let (mut c, mut l) = env.clients("acme").await;
+    let auto = l
+        .create_automation(pb::CreateAutomationRequest {
+            automation: Some(pb::Automation {
+                display_name: "win back".into(),
+                enabled: true,
+                trigger: Some(pb::Trigger {
+                    kind: Some(pb::trigger::Kind::Inactivity(clm_platform::convert::duration(30 * DAY))),
+                }),
+                actions: vec![pb::Action { kind: Some(pb::action::Kind::AddTag("lapsed".into())) }],
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .automation
+        .unwrap();
+    let idle = new_contact(&mut c, "idle@example.com").await;
+    let active = new_contact(&mut c, "active@example.com").await;
+    record(&mut l, purchase(&idle, "o-1", Some(now() - 40 * DAY))).await;
+    record(&mut l, purchase(&active, "o-1", None)).await;
+    let db = clm_platform::db::connect(env.lifecycle_url(), &env.settings.database).await.unwrap();
+    let automator = clm_lifecycle::contacts_client::Automator {
+        publisher: clm_lifecycle::events::Publisher::new(clm_platform::events::outbox::OutboxWriter::new("lifecycle")),
+        contacts: clm_lifecycle::contacts_client::ContactsProbe::new(
+            env.server.url(),
+            std::sync::Arc::default(),
+            &env.settings.auth,
+        ),
+    };
+    for _ in 0..3 {
+        clm_lifecycle::events::scheduler::tick(&db, &automator, now()).await.unwrap();
+    }
+    db.close().await.ok();
+    let runs = l
+        .list_automation_runs(pb::ListAutomationRunsRequest {
+            automation_id: auto.id.clone(),
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .runs;
+    assert_eq!(runs.len(), 1, "once per idle period: {runs:?}");
+    assert_eq!((runs[0].contact_id.as_str(), runs[0].outcome), (idle.as_str(), pb::RunOutcome::Succeeded as i32));
+    env.done().await;
+}
+
 clm_platform::backend_tests!(
+    inactivity_automations_fire_once,
     conditions_on_filters_and_segments,
     survey_responses_drive_the_journey,
     walk_the_whole_lifecycle,

@@ -757,12 +757,26 @@ pub async fn rebuild_journey(
             if let Some(clm_proto::lifecycle::v1::trigger::Kind::Inactivity(d)) = body.trigger.and_then(|t| t.kind)
                 && let Some(idle) = clm_platform::convert::duration_micros(&d)
             {
-                idle_due.push(last + idle);
+                if last + idle > now {
+                    idle_due.push(last + idle);
+                } else {
+                    // Already idle that long: due now, unless it ran for this idle period.
+                    let ran = entities::automation_run::Entity::find()
+                        .filter(entities::automation_run::Column::TenantId.eq(tenant.as_str()))
+                        .filter(entities::automation_run::Column::AutomationId.eq(a.id.clone()))
+                        .filter(entities::automation_run::Column::ContactId.eq(contact.to_string()))
+                        .filter(entities::automation_run::Column::RunTime.gt(last))
+                        .count(db)
+                        .await?;
+                    if ran == 0 {
+                        idle_due.push(now);
+                    }
+                }
             }
         }
     }
     // The next moment after `now` at which something time-based can happen.
-    let check_after = dormancy.into_iter().chain(tenure).chain(idle_due).filter(|t| *t > now).min();
+    let check_after = dormancy.into_iter().filter(|t| *t > now).chain(tenure).chain(idle_due).min();
     let new = save_journey(db, tenant, contact, model.id, &j, &manual, check_after).await?;
     Ok((j, new))
 }

@@ -1,9 +1,11 @@
 //! CLM feedback service. Owns its own database schema (see `store`); talks to other services only
 //! through gRPC and events.
 //!
-//! Status: the service is wired into the server (database, migrations, health) and its
-//! contract is in `proto/clm/feedback/v1`; its handlers land with its own issue.
+//! Status: the service is wired into the server (database, migrations, health), its contract
+//! is in `proto/clm/feedback/v1`, and its rules are in `domain` (questions and skip logic,
+//! answer validation, bands, NPS/CSAT/CES maths, throttling); store and handlers are next.
 
+pub mod domain;
 pub mod store;
 
 use clm_platform::server::Shared;

@@ -58,6 +58,7 @@ pub fn may_invite(last_invited: Option<i64>, now: i64, window: i64) -> Result<()
 }
 
 #[cfg(test)]
+#[allow(clippy::float_cmp)] // the expected values are exact in binary floating point
 mod tests {
     use super::*;
 

@@ -12,11 +12,7 @@ use clm_platform::{Error, TenantId, Violations};
 use clm_proto::events::v1 as ev;
 use clm_proto::lifecycle::v1 as pb;
 use prost::Message;
-use sea_orm::sea_query::{Expr, ExprTrait};
-use sea_orm::{
-    ActiveValue, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect, TryIntoModel,
-};
+use sea_orm::ConnectionTrait;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -107,16 +103,8 @@ fn run_row(
     outcome: pb::RunOutcome,
     message: &str,
 ) -> automation_run::ActiveModel {
-    automation_run::ActiveModel {
-        id: ActiveValue::Set(Uuid::now_v7().to_string()),
-        tenant_id: ActiveValue::Set(tenant.as_str().to_owned()),
-        automation_id: ActiveValue::Set(a.id.clone()),
-        contact_id: ActiveValue::Set(contact.to_string()),
-        trigger_ref: ActiveValue::Set(trigger_ref.to_owned()),
-        run_time: ActiveValue::Set(now_micros()),
-        outcome: ActiveValue::Set(outcome.as_str_name().trim_start_matches("RUN_OUTCOME_").to_lowercase()),
-        message: ActiveValue::Set(message.to_owned()),
-    }
+    let outcome = outcome.as_str_name().trim_start_matches("RUN_OUTCOME_").to_lowercase();
+    store::automations::run_row(tenant, &a.id, contact, trigger_ref, &outcome, message)
 }
 
 /// Run the automations `triggers` fire for `contact` in `model`, inside `txn`. Moves they make
@@ -129,12 +117,7 @@ pub async fn run(
     contact: Uuid,
     mut triggers: Vec<Trigger>,
 ) -> Result<Vec<transition::Model>, Error> {
-    let autos: Vec<automation::Model> = automation::Entity::find()
-        .filter(automation::Column::TenantId.eq(tenant.as_str()))
-        .filter(automation::Column::Enabled.eq(true))
-        .filter(automation::Column::ModelId.eq(model.id.to_string()))
-        .all(txn)
-        .await?;
+    let autos = store::automations::enabled(txn, tenant, model.id).await?;
     let publisher = &automator.publisher;
     let mut all_new = Vec::new();
     if autos.is_empty() {
@@ -152,28 +135,23 @@ pub async fn run(
                     continue;
                 }
                 // An inactivity automation fires once per idle period.
-                if let Trigger::Inactive { since, .. } = trig {
-                    let ran = automation_run::Entity::find()
-                        .filter(automation_run::Column::TenantId.eq(tenant.as_str()))
-                        .filter(automation_run::Column::AutomationId.eq(a.id.clone()))
-                        .filter(automation_run::Column::ContactId.eq(contact.to_string()))
-                        .filter(automation_run::Column::RunTime.gt(*since))
-                        .count(txn)
-                        .await?;
-                    if ran > 0 {
-                        continue;
-                    }
+                if let Trigger::Inactive { since, .. } = trig
+                    && store::automations::ran_since(txn, tenant, &a.id, contact, *since).await?
+                {
+                    continue;
                 }
                 if depth == MAX_CHAIN {
-                    automation_run::Entity::insert(run_row(
-                        tenant,
-                        a,
-                        contact,
-                        &trig.reference(),
-                        pb::RunOutcome::LoopLimited,
-                        "chain of automation moves too long; stopped",
-                    ))
-                    .exec_without_returning(txn)
+                    store::automations::log_run(
+                        txn,
+                        run_row(
+                            tenant,
+                            a,
+                            contact,
+                            &trig.reference(),
+                            pb::RunOutcome::LoopLimited,
+                            "chain of automation moves too long; stopped",
+                        ),
+                    )
                     .await?;
                     continue;
                 }
@@ -210,28 +188,32 @@ pub async fn run(
                     }
                 }
                 if let Some(why) = failed_check {
-                    automation_run::Entity::insert(run_row(
-                        tenant,
-                        a,
-                        contact,
-                        &trig.reference(),
-                        pb::RunOutcome::Failed,
-                        &format!("condition not evaluated: {why}"),
-                    ))
-                    .exec_without_returning(txn)
+                    store::automations::log_run(
+                        txn,
+                        run_row(
+                            tenant,
+                            a,
+                            contact,
+                            &trig.reference(),
+                            pb::RunOutcome::Failed,
+                            &format!("condition not evaluated: {why}"),
+                        ),
+                    )
                     .await?;
                     continue;
                 }
                 if !holds {
-                    automation_run::Entity::insert(run_row(
-                        tenant,
-                        a,
-                        contact,
-                        &trig.reference(),
-                        pb::RunOutcome::Skipped,
-                        "conditions did not hold",
-                    ))
-                    .exec_without_returning(txn)
+                    store::automations::log_run(
+                        txn,
+                        run_row(
+                            tenant,
+                            a,
+                            contact,
+                            &trig.reference(),
+                            pb::RunOutcome::Skipped,
+                            "conditions did not hold",
+                        ),
+                    )
                     .await?;
                     continue;
                 }
@@ -310,8 +292,7 @@ pub async fn run(
                     Some(f) => (pb::RunOutcome::Failed, f),
                     None => (pb::RunOutcome::Succeeded, notes.join("; ")),
                 };
-                automation_run::Entity::insert(run_row(tenant, a, contact, &trig.reference(), outcome, &message))
-                    .exec_without_returning(txn)
+                store::automations::log_run(txn, run_row(tenant, a, contact, &trig.reference(), outcome, &message))
                     .await?;
             }
         }
@@ -437,12 +418,7 @@ fn body(a: &pb::Automation) -> Vec<u8> {
 }
 
 async fn find(db: &impl ConnectionTrait, tenant: &TenantId, id: Uuid) -> Result<automation::Model, Error> {
-    automation::Entity::find()
-        .filter(automation::Column::TenantId.eq(tenant.as_str()))
-        .filter(automation::Column::Id.eq(id.to_string()))
-        .one(db)
-        .await?
-        .ok_or_else(|| Error::not_found("automation", id.to_string()))
+    store::automations::find(db, tenant, id).await
 }
 
 pub async fn create(
@@ -467,11 +443,7 @@ pub async fn create(
     {
         return Ok(Response::new(pb::CreateAutomationResponse { automation: Some(to_pb(&existing)) }));
     }
-    let count = automation::Entity::find()
-        .filter(automation::Column::TenantId.eq(ctx.tenant.as_str()))
-        .count(&txn)
-        .await
-        .map_err(Error::from)?;
+    let count = store::automations::count(&txn, &ctx.tenant).await?;
     if count >= MAX_AUTOMATIONS {
         return Err(Error::ResourceExhausted(format!("at most {MAX_AUTOMATIONS} automations per tenant")).into());
     }
@@ -494,10 +466,7 @@ pub async fn create(
         create_time: now,
         update_time: now,
     };
-    automation::Entity::insert(row.clone().into_active_model())
-        .exec_without_returning(&txn)
-        .await
-        .map_err(Error::from)?;
+    store::automations::insert(&txn, row.clone()).await?;
     txn.commit().await.map_err(Error::from)?;
     Ok(Response::new(pb::CreateAutomationResponse { automation: Some(to_pb(&row)) }))
 }
@@ -520,20 +489,7 @@ pub async fn list(
     let req = req.into_inner();
     let limit = page_size(req.page_size)?;
     let after: Option<(i64, String)> = api.tokens.decode(&req.page_token, &ctx.tenant, "automations")?;
-    let mut q = automation::Entity::find().filter(automation::Column::TenantId.eq(ctx.tenant.as_str()));
-    if let Some((t, id)) = &after {
-        q = q.filter(Expr::col(automation::Column::CreateTime).gt(*t).or(
-            Expr::col(automation::Column::CreateTime).eq(*t).and(Expr::col(automation::Column::Id).gt(id.clone())),
-        ));
-    }
-    let rows = q
-        .order_by_asc(automation::Column::CreateTime)
-        .order_by_asc(automation::Column::Id)
-        .limit(limit + 1)
-        .all(&api.db)
-        .await
-        .map_err(Error::from)?;
-    let (rows, next) = clm_platform::pagination::split_page(rows, limit, |m| (m.create_time, m.id.clone()));
+    let (rows, next) = store::automations::list(&api.db, &ctx.tenant, after.as_ref(), limit).await?;
     Ok(Response::new(pb::ListAutomationsResponse {
         automations: rows.iter().map(to_pb).collect(),
         next_page_token: next.map(|n| api.tokens.encode(&ctx.tenant, "automations", &n)).unwrap_or_default(),
@@ -583,25 +539,16 @@ pub async fn update(
     let mut v = Violations::new();
     check(&next, &mut v);
     v.finish()?;
-    let mut am = current.clone().into_active_model();
-    am.display_name = ActiveValue::Set(next.display_name.trim().to_owned());
-    am.enabled = ActiveValue::Set(next.enabled);
-    am.body = ActiveValue::Set(body(&next));
-    am.version = ActiveValue::Set(current.version + 1);
-    am.update_time = ActiveValue::Set(now_micros());
-    let res = automation::Entity::update_many()
-        .set(am.clone())
-        .filter(automation::Column::TenantId.eq(ctx.tenant.as_str()))
-        .filter(automation::Column::Id.eq(current.id.clone()))
-        .filter(automation::Column::Version.eq(current.version))
-        .exec(&txn)
-        .await
-        .map_err(Error::from)?;
-    if res.rows_affected != 1 {
-        return Err(Error::Aborted("the automation changed; re-read and retry".into()).into());
-    }
+    let saved = automation::Model {
+        display_name: next.display_name.trim().to_owned(),
+        enabled: next.enabled,
+        body: body(&next),
+        version: current.version + 1,
+        update_time: now_micros(),
+        ..current.clone()
+    };
+    store::automations::update(&txn, &ctx.tenant, &saved, current.version).await?;
     txn.commit().await.map_err(Error::from)?;
-    let saved = am.try_into_model().map_err(|e| Error::internal(anyhow::anyhow!("{e}")))?;
     Ok(Response::new(pb::UpdateAutomationResponse { automation: Some(to_pb(&saved)) }))
 }
 
@@ -620,12 +567,7 @@ pub async fn delete(
     if expected.is_some_and(|e| e != current.version) {
         return Err(Error::Aborted("etag mismatch: the automation changed; re-read and retry".into()).into());
     }
-    automation::Entity::delete_many()
-        .filter(automation::Column::TenantId.eq(ctx.tenant.as_str()))
-        .filter(automation::Column::Id.eq(current.id))
-        .exec(&txn)
-        .await
-        .map_err(Error::from)?;
+    store::automations::delete(&txn, &ctx.tenant, &current.id).await?;
     txn.commit().await.map_err(Error::from)?;
     Ok(Response::new(pb::DeleteAutomationResponse {}))
 }
@@ -646,27 +588,9 @@ pub async fn list_runs(
     v.finish()?;
     let fp = format!("runs|{}|{}", req.automation_id, req.contact_id);
     let after: Option<(i64, String)> = api.tokens.decode(&req.page_token, &ctx.tenant, &fp)?;
-    let mut q = automation_run::Entity::find().filter(automation_run::Column::TenantId.eq(ctx.tenant.as_str()));
-    if let Some(a) = auto {
-        q = q.filter(automation_run::Column::AutomationId.eq(a.to_string()));
-    }
-    if let Some(c) = contact {
-        q = q.filter(automation_run::Column::ContactId.eq(c.to_string()));
-    }
-    if let Some((t, id)) = &after {
-        q = q.filter(Expr::col(automation_run::Column::RunTime).lt(*t).or(
-            Expr::col(automation_run::Column::RunTime).eq(*t).and(Expr::col(automation_run::Column::Id).lt(id.clone())),
-        ));
-    }
-    let limit = limit.expect("checked");
-    let rows = q
-        .order_by_desc(automation_run::Column::RunTime)
-        .order_by_desc(automation_run::Column::Id)
-        .limit(limit + 1)
-        .all(&api.db)
-        .await
-        .map_err(Error::from)?;
-    let (rows, next) = clm_platform::pagination::split_page(rows, limit, |m| (m.run_time, m.id.clone()));
+    let (rows, next) =
+        store::automations::list_runs(&api.db, &ctx.tenant, auto, contact, after.as_ref(), limit.expect("checked"))
+            .await?;
     Ok(Response::new(pb::ListAutomationRunsResponse {
         runs: rows
             .iter()

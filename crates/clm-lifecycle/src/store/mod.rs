@@ -5,6 +5,7 @@
 //! or an import rewrites the history it implies. Transition ids are derived from what they are
 //! (contact, model, cause, stage, time), so a rebuild keeps the ids of unchanged transitions.
 
+pub mod automations;
 pub mod entities;
 pub mod migrations;
 

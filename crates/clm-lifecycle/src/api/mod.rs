@@ -162,6 +162,11 @@ impl LifecycleApi {
             record_time: now,
             idempotency_key: key,
             kind: kind_key(e).to_owned(),
+            lead: matches!(convert::happening(e), crate::domain::journey::Happening::Touchpoint { lead: true }),
+            score: match convert::happening(e) {
+                crate::domain::journey::Happening::NpsScore(s) => Some(s),
+                _ => None,
+            },
             body: prost::Message::encode_to_vec(&body),
         };
         if !store::insert_event(txn, row.clone()).await? {
@@ -428,13 +433,15 @@ impl LifecycleService for LifecycleApi {
                 Some(pb::journey_event::Detail::Custom(c)) => c.name.clone(),
                 _ => String::new(),
             };
-            let mut triggers = automations::stage_triggers(&new);
-            triggers.push(automations::Trigger::JourneyEvent {
+            let mut triggers = crate::events::automations::stage_triggers(&new);
+            triggers.push(crate::events::automations::Trigger::JourneyEvent {
                 kind: row.kind.clone(),
                 custom_name,
                 event_id: row.id.clone(),
             });
-            new.extend(automations::run(&txn, &ctx.tenant, &self.automator, &model, contact, triggers).await?);
+            new.extend(
+                crate::events::automations::run(&txn, &ctx.tenant, &self.automator, &model, contact, triggers).await?,
+            );
             (store::transitions_of(&txn, &ctx.tenant, contact, model.id).await?, new)
         } else {
             (store::transitions_of(&txn, &ctx.tenant, contact, model.id).await?, Vec::new())
@@ -611,8 +618,15 @@ impl LifecycleService for LifecycleApi {
         }
         let (_, mut new) = self.rebuild(&txn, &ctx.tenant, contact, &model).await?;
         new.extend(
-            automations::run(&txn, &ctx.tenant, &self.automator, &model, contact, automations::stage_triggers(&new))
-                .await?,
+            crate::events::automations::run(
+                &txn,
+                &ctx.tenant,
+                &self.automator,
+                &model,
+                contact,
+                crate::events::automations::stage_triggers(&new),
+            )
+            .await?,
         );
         let all = store::transitions_of(&txn, &ctx.tenant, contact, model.id).await?;
         txn.commit().await.map_err(Error::from)?;

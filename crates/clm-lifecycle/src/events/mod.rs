@@ -2,6 +2,7 @@
 //! to know which contacts exist and to follow merges and erasures; ResponseSubmitted, so NPS
 //! promoters move to loyalty).
 
+pub mod automations;
 pub mod scheduler;
 
 use async_trait::async_trait;
@@ -150,7 +151,7 @@ impl LifecycleHandler {
         tenant: &TenantId,
         contact: Uuid,
         models: &[String],
-        extra: Option<crate::api::automations::Trigger>,
+        extra: Option<crate::events::automations::Trigger>,
     ) -> Result<()> {
         let (rules, _) = store::rules(txn, tenant).await?;
         for m in models {
@@ -159,9 +160,9 @@ impl LifecycleHandler {
                 store::rebuild_journey(txn, tenant, contact, &model, &rules.to_domain(), now_micros()).await?;
             let all = store::transitions_of(txn, tenant, contact, model.id).await?;
             self.automator.publisher.stage_changes(txn, tenant, &model, &all, &new).await?;
-            let mut triggers = crate::api::automations::stage_triggers(&new);
+            let mut triggers = crate::events::automations::stage_triggers(&new);
             triggers.extend(extra.clone());
-            crate::api::automations::run(txn, tenant, &self.automator, &model, contact, triggers).await?;
+            crate::events::automations::run(txn, tenant, &self.automator, &model, contact, triggers).await?;
         }
         Ok(())
     }
@@ -233,6 +234,8 @@ impl EventHandler for LifecycleHandler {
                     record_time: now_micros(),
                     idempotency_key: Some(format!("response:{}", r.response_id)),
                     kind: "custom".into(),
+                    lead: false,
+                    score: (kind == "nps").then_some(r.score),
                     body: prost::Message::encode_to_vec(&body),
                 };
                 // NPS detractors are flagged at risk (a tag on the contact, through contacts).
@@ -253,7 +256,7 @@ impl EventHandler for LifecycleHandler {
                         .await?;
                 }
                 if store::insert_event(txn, row).await? {
-                    let trigger = crate::api::automations::Trigger::SurveyResponse {
+                    let trigger = crate::events::automations::Trigger::SurveyResponse {
                         kind: kind.to_owned(),
                         score: r.score,
                         response_id: r.response_id.clone(),

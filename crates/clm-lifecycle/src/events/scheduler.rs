@@ -11,8 +11,8 @@ use sea_orm::DatabaseConnection;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::api::automations::{self, Trigger};
 use crate::contacts_client::Automator;
+use crate::events::automations::{self, Trigger};
 use crate::store::{self, now_micros};
 
 /// Journeys examined per round.

@@ -90,6 +90,10 @@ pub mod journey_event {
         pub idempotency_key: Option<String>,
         /// touchpoint, purchase, referral, review, custom.
         pub kind: String,
+        /// A touchpoint that captures a lead (what the rules need to know of it).
+        pub lead: bool,
+        /// An NPS score (survey responses recorded from feedback's events).
+        pub score: Option<i32>,
         /// Encoded `clm.lifecycle.v1.JourneyEvent`.
         pub body: Vec<u8>,
     }

@@ -89,6 +89,8 @@ impl MigrationTrait for M0001Lifecycle {
                 .col(big("record_time"))
                 .col(text_null("idempotency_key"))
                 .col(text("kind"))
+                .col(flag("lead"))
+                .col(ColumnDef::new(Alias::new("score")).integer().null())
                 .col(ColumnDef::new(Alias::new("body")).blob().not_null())
                 .to_owned(),
         )

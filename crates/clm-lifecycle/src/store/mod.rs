@@ -715,12 +715,17 @@ pub async fn rebuild_journey(
     now: i64,
 ) -> Result<(Journey, Vec<transition::Model>)> {
     use crate::domain::journey::{Happening, Item, replay};
-    use prost::Message;
     let mut items = Vec::new();
     for e in events_of(db, tenant, contact, model.id).await? {
-        let body =
-            clm_proto::lifecycle::v1::JourneyEvent::decode(e.body.as_slice()).map_err(|_| corrupt("journey event"))?;
-        items.push(Item { at: e.occur_time, id: e.id.clone(), what: crate::api::convert::happening(&body) });
+        let what = match (e.kind.as_str(), e.score) {
+            ("touchpoint", _) => Happening::Touchpoint { lead: e.lead },
+            ("purchase", _) => Happening::Purchase,
+            ("referral", _) => Happening::Referral,
+            ("review", _) => Happening::Review,
+            (_, Some(score)) => Happening::NpsScore(score),
+            _ => Happening::Custom,
+        };
+        items.push(Item { at: e.occur_time, id: e.id.clone(), what });
     }
     let mut manual = std::collections::HashMap::new();
     for m in moves_of(db, tenant, contact, model.id).await? {
@@ -754,7 +759,8 @@ pub async fn rebuild_journey(
             .all(db)
             .await?
         {
-            let body = clm_proto::lifecycle::v1::Automation::decode(a.body.as_slice()).unwrap_or_default();
+            let body =
+                <clm_proto::lifecycle::v1::Automation as prost::Message>::decode(a.body.as_slice()).unwrap_or_default();
             if let Some(clm_proto::lifecycle::v1::trigger::Kind::Inactivity(d)) = body.trigger.and_then(|t| t.kind)
                 && let Some(idle) = clm_platform::convert::duration_micros(&d)
             {

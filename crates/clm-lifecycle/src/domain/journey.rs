@@ -294,6 +294,21 @@ mod tests {
     }
 
     #[test]
+    fn reviews_and_referrals_make_customers_advocates() {
+        let m = Model::default_model();
+        for what in [Happening::Review, Happening::Referral, Happening::NpsScore(9)] {
+            let j = replay(&m, &Rules::default(), &[item(1, Happening::Purchase), item(2, what.clone())], 3 * DAY);
+            assert_eq!(stages(&j), vec!["conversion", "loyalty"], "{what:?}");
+            assert_eq!(j.transitions[1].cause, Cause::Rule("advocacy_loyalty"));
+        }
+        let off = Rules { advocacy_loyalty: false, ..Rules::default() };
+        assert_eq!(
+            stages(&replay(&m, &off, &[item(1, Happening::Purchase), item(2, Happening::Review)], 3 * DAY)),
+            vec!["conversion"]
+        );
+    }
+
+    #[test]
     fn detractors_and_prospect_referrals_do_not_make_advocates() {
         let m = Model::default_model();
         let j = replay(

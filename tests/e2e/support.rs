@@ -1,4 +1,6 @@
-//! Running the real `clm` binary as a child process.
+//! Running the real `clm` binary as a child process (shared by several test binaries, each
+//! using part of it).
+#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

@@ -1,0 +1,129 @@
+//! Reliability and privacy checks against the real binary: no personal data in logs,
+//! oversized messages refused, overload shed with RESOURCE_EXHAUSTED instead of queueing.
+
+mod support;
+
+use clm_proto::contacts::v1 as pb;
+use clm_proto::contacts::v1::contacts_service_client::ContactsServiceClient;
+use support::ClmProcess;
+use tonic::Code;
+
+fn sqlite_env(dir: &std::path::Path, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = ["contacts", "lifecycle", "feedback", "metrics"]
+        .iter()
+        .map(|s| {
+            (format!("CLM_{}__DATABASE_URL", s.to_uppercase()), format!("sqlite://{}/{s}.db?mode=rwc", dir.display()))
+        })
+        .collect();
+    env.push(("CLM_TELEMETRY__LOG_FILTER".into(), "debug,h2=info,hyper=info,tower=info,sqlx=warn".into()));
+    env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    env
+}
+
+async fn client(clm: &ClmProcess) -> ContactsServiceClient<tonic::transport::Channel> {
+    let ch = tonic::transport::Channel::from_shared(clm.url()).unwrap().connect().await.unwrap();
+    ContactsServiceClient::new(ch)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_hold_no_emails_or_phone_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let clm = ClmProcess::start(&sqlite_env(dir.path(), &[]));
+    let mut c = client(&clm).await;
+    let created = c
+        .create_contact(pb::CreateContactRequest {
+            contact: Some(pb::Contact {
+                email: "secret.person@example.com".into(),
+                phone: "+14155550123".into(),
+                given_name: "Zelda".into(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .contact
+        .unwrap();
+    // A duplicate and a malformed address go through the error paths too.
+    let _ = c
+        .create_contact(pb::CreateContactRequest {
+            contact: Some(pb::Contact { email: "SECRET.person@example.com".into(), ..Default::default() }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    let _ = c
+        .create_contact(pb::CreateContactRequest {
+            contact: Some(pb::Contact { email: "leaky-address@".into(), ..Default::default() }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    c.list_contacts(pb::ListContactsRequest {
+        filter: r#"email = "secret.person@example.com""#.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    c.erase_contact(pb::EraseContactRequest { id: created.id.clone(), reason: "request".into() }).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let logs = clm.logs.lock().unwrap().join("\n");
+    assert!(logs.contains(&created.id), "the logs were captured (they name the contact id)");
+    for secret in ["secret.person", "4155550123", "415 555", "leaky-address", "Zelda"] {
+        assert!(!logs.to_lowercase().contains(&secret.to_lowercase()), "logs leak {secret:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_messages_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let clm = ClmProcess::start(&sqlite_env(dir.path(), &[("CLM_SERVER__MAX_MESSAGE_BYTES", "65536")]));
+    let mut c = client(&clm).await;
+    let big = pb::Contact {
+        email: "big@example.com".into(),
+        tags: (0..2000).map(|i| format!("tag-{i:060}")).collect(),
+        ..Default::default()
+    };
+    let err =
+        c.create_contact(pb::CreateContactRequest { contact: Some(big), request_id: String::new() }).await.unwrap_err();
+    assert!(matches!(err.code(), Code::OutOfRange | Code::ResourceExhausted), "{err:?}");
+    // The server is fine afterwards.
+    c.list_contacts(pb::ListContactsRequest::default()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_shed_not_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let clm = ClmProcess::start(&sqlite_env(
+        dir.path(),
+        &[("CLM_SERVER__MAX_CONCURRENT_REQUESTS", "2"), ("CLM_TELEMETRY__LOG_FILTER", "info")],
+    ));
+    let mut c = client(&clm).await;
+    let rows: Vec<pb::Contact> =
+        (0..1000).map(|i| pb::Contact { email: format!("load{i}@example.com"), ..Default::default() }).collect();
+    let mut out = c
+        .import_contacts(tokio_stream::iter(vec![pb::ImportContactsRequest { contacts: rows }]))
+        .await
+        .unwrap()
+        .into_inner();
+    while out.message().await.unwrap().is_some() {}
+    // 48 concurrent page reads of 1000 contacts against a limit of 2 in flight.
+    let mut tasks = Vec::new();
+    for _ in 0..48 {
+        let mut c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            c.list_contacts(pb::ListContactsRequest { page_size: 1000, ..Default::default() }).await.map(|_| ())
+        }));
+    }
+    let (mut ok, mut shed) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(()) => ok += 1,
+            Err(e) if e.code() == Code::ResourceExhausted => shed += 1,
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert!(ok >= 2, "admitted calls complete ({ok} ok, {shed} shed)");
+    assert!(shed > 0, "excess calls are refused at once with RESOURCE_EXHAUSTED ({ok} ok)");
+}

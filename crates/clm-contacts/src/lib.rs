@@ -37,12 +37,7 @@ impl clm_platform::runtime::Service for ContactsService {
         clm_platform::events::consumer::spawn_consumer(
             shared.bus.clone(),
             db.clone(),
-            clm_platform::events::consumer::ConsumerSpec {
-                name: format!("{}contacts", shared.settings.events.consumer_prefix),
-                prefixes: vec![clm_platform::events::service_subjects("lifecycle")],
-                batch: shared.settings.events.consumer_batch,
-                wait: std::time::Duration::from_millis(500),
-            },
+            clm_platform::events::consumer::ConsumerSpec::new(&shared.settings.events, "contacts", &["lifecycle"]),
             std::sync::Arc::new(events::AutomationRequests { publisher: publisher.clone() }),
             shared.stopping(),
         );

@@ -50,15 +50,7 @@ impl clm_platform::runtime::Service for LifecycleService {
         consumer::spawn_consumer(
             shared.bus.clone(),
             db.clone(),
-            consumer::ConsumerSpec {
-                name: format!("{}lifecycle", shared.settings.events.consumer_prefix),
-                prefixes: vec![
-                    clm_platform::events::service_subjects("contacts"),
-                    clm_platform::events::service_subjects("feedback"),
-                ],
-                batch: shared.settings.events.consumer_batch,
-                wait: std::time::Duration::from_millis(500),
-            },
+            consumer::ConsumerSpec::new(&shared.settings.events, "lifecycle", &["contacts", "feedback"]),
             std::sync::Arc::new(events::LifecycleHandler { automator: automator.clone() }),
             shared.stopping(),
         );

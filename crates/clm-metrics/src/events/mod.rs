@@ -149,10 +149,5 @@ impl EventHandler for MetricsHandler {
 
 /// The consumer spec of metrics (`events.consumer_prefix` + "metrics").
 pub fn consumer_spec(events: &clm_platform::config::EventSettings) -> clm_platform::events::consumer::ConsumerSpec {
-    clm_platform::events::consumer::ConsumerSpec {
-        name: format!("{}{CONSUMER}", events.consumer_prefix),
-        prefixes: vec![clm_platform::events::service_subjects("contacts")],
-        batch: events.consumer_batch,
-        wait: std::time::Duration::from_millis(500),
-    }
+    clm_platform::events::consumer::ConsumerSpec::new(events, CONSUMER, &["contacts"])
 }

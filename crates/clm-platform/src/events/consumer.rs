@@ -25,6 +25,19 @@ pub struct ConsumerSpec {
     pub wait: Duration,
 }
 
+impl ConsumerSpec {
+    /// The durable consumer `name` (after `events.consumer_prefix`) of everything the
+    /// `producers` services publish, batch size from the settings.
+    pub fn new(settings: &crate::config::EventSettings, name: &str, producers: &[&str]) -> Self {
+        Self {
+            name: format!("{}{name}", settings.consumer_prefix),
+            prefixes: producers.iter().map(|p| super::service_subjects(p)).collect(),
+            batch: settings.consumer_batch,
+            wait: Duration::from_millis(500),
+        }
+    }
+}
+
 /// Process what is available once for `prefix`; returns events seen.
 pub async fn consume_once(
     bus: &dyn EventBus,

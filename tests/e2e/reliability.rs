@@ -116,6 +116,17 @@ async fn overload_is_shed_not_queued() {
             c.list_contacts(pb::ListContactsRequest { page_size: 1000, ..Default::default() }).await.map(|_| ())
         }));
     }
+    // Health checks are never shed: a busy server is not a dead one.
+    let health_ch = tonic::transport::Channel::from_shared(clm.url()).unwrap().connect().await.unwrap();
+    let mut probes = Vec::new();
+    for _ in 0..16 {
+        let mut h = tonic_health::pb::health_client::HealthClient::new(health_ch.clone());
+        probes.push(tokio::spawn(async move {
+            h.check(tonic_health::pb::HealthCheckRequest { service: "clm.contacts.v1.ContactsService".into() })
+                .await
+                .map(|r| r.into_inner().status)
+        }));
+    }
     let (mut ok, mut shed) = (0, 0);
     for t in tasks {
         match t.await.unwrap() {
@@ -123,6 +134,10 @@ async fn overload_is_shed_not_queued() {
             Err(e) if e.code() == Code::ResourceExhausted => shed += 1,
             Err(e) => panic!("unexpected {e:?}"),
         }
+    }
+    for p in probes {
+        let status = p.await.unwrap().expect("a health check during overload is answered, not shed");
+        assert_eq!(status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
     }
     assert!(ok >= 2, "admitted calls complete ({ok} ok, {shed} shed)");
     assert!(shed > 0, "excess calls are refused at once with RESOURCE_EXHAUSTED ({ok} ok)");

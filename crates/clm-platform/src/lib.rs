@@ -13,6 +13,7 @@ pub mod filter;
 pub mod pagination;
 pub mod runtime;
 pub mod server;
+pub mod shed;
 pub mod telemetry;
 
 pub use auth::{RequestContext, Scope, TenantId};

@@ -3,8 +3,8 @@
 //! a request timeout, and graceful shutdown.
 //!
 //! Layers, outermost first: tonic's error recovery (maps shed load to RESOURCE_EXHAUSTED) →
-//! request span (parent taken from `traceparent`) → load shed → global concurrency limit →
-//! auth → tonic's timeout (the smaller of `request_timeout_ms` and the client's deadline) →
+//! request span (parent taken from `traceparent`) → load shed + global concurrency limit
+//! (health checks exempt, see `shed`) → auth → tonic's timeout (the smaller of `request_timeout_ms` and the client's deadline) →
 //! the service.
 
 use std::future::Future;
@@ -18,7 +18,6 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tower::ServiceBuilder;
-use tower::limit::GlobalConcurrencyLimitLayer;
 use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
 
 use crate::auth::{AuthLayer, Authenticator};
@@ -203,8 +202,7 @@ pub async fn serve(
                 .on_response(DefaultOnResponse::new().level(tracing::Level::DEBUG))
                 .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         )
-        .load_shed()
-        .layer(GlobalConcurrencyLimitLayer::new(settings.server.max_concurrent_requests))
+        .layer(crate::shed::ShedLayer::new(settings.server.max_concurrent_requests))
         .layer(AuthLayer::new(auth));
 
     let addr = listener.local_addr()?;

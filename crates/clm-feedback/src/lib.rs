@@ -1,11 +1,11 @@
-//! CLM feedback service. Owns its own database schema (see `store`); talks to other services only
-//! through gRPC and events.
-//!
-//! Status: the service is wired into the server (database, migrations, health), its contract
-//! is in `proto/clm/feedback/v1`, and its rules are in `domain` (questions and skip logic,
-//! answer validation, bands, NPS/CSAT/CES maths, throttling); store and handlers are next.
+//! CLM feedback service: surveys (NPS, CSAT, CES, custom), invitations with throttling,
+//! responses, results and closed-loop follow-up, reviews. Owns its own database schema (see
+//! `store`); talks to other services only through gRPC (contacts: segment members, contact
+//! checks) and events (consumes lifecycle and contact events, publishes its own).
 
+pub mod api;
 pub mod domain;
+pub mod events;
 pub mod store;
 
 use clm_platform::server::Shared;
@@ -21,10 +21,41 @@ impl clm_platform::runtime::Service for FeedbackService {
     type Migrator = store::migrations::Migrator;
 
     async fn register(
-        _shared: &Shared,
-        _db: DatabaseConnection,
-        _routes: &mut RoutesBuilder,
+        shared: &Shared,
+        db: DatabaseConnection,
+        routes: &mut RoutesBuilder,
     ) -> anyhow::Result<Vec<&'static str>> {
+        use clm_platform::events::{consumer, outbox};
+        let writer = outbox::OutboxWriter::new(Self::NAME);
+        outbox::spawn_relay(
+            Self::NAME,
+            db.clone(),
+            shared.bus.clone(),
+            &writer,
+            shared.relay_options(),
+            shared.stopping(),
+        );
+        let publisher = events::Publisher::new(writer);
+        consumer::spawn_consumer(
+            shared.bus.clone(),
+            db.clone(),
+            consumer::ConsumerSpec::new(&shared.settings.events, "feedback", &["contacts", "lifecycle"]),
+            std::sync::Arc::new(events::FeedbackHandler { publisher: publisher.clone() }),
+            shared.stopping(),
+        );
+        let contacts = clm_platform::contacts::ContactsClient::new(
+            "feedback",
+            shared.settings.feedback.contacts_url.clone(),
+            shared.local_addr.clone(),
+            &shared.settings.auth,
+        );
+        let max = shared.max_message_bytes();
+        let server = clm_proto::feedback::v1::feedback_service_server::FeedbackServiceServer::new(
+            api::FeedbackApi::new(db, shared.page_tokens.clone(), publisher, contacts),
+        )
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+        routes.add_service(server);
         Ok(vec!["clm.feedback.v1.FeedbackService"])
     }
 }

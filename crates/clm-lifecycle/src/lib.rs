@@ -42,6 +42,7 @@ impl clm_platform::runtime::Service for LifecycleService {
         let automator = contacts_client::Automator {
             publisher: publisher.clone(),
             contacts: contacts_client::ContactsProbe::new(
+                "lifecycle",
                 shared.settings.lifecycle.contacts_url.clone(),
                 shared.local_addr.clone(),
                 &shared.settings.auth,

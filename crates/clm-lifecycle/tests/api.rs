@@ -602,6 +602,7 @@ async fn erasure_upstream_erases_the_journey_and_dormancy_runs_on_the_clock(back
     let automator = clm_lifecycle::contacts_client::Automator {
         publisher: clm_lifecycle::events::Publisher::new(clm_platform::events::outbox::OutboxWriter::new("lifecycle")),
         contacts: clm_lifecycle::contacts_client::ContactsProbe::new(
+            "lifecycle",
             env.server.url(),
             std::sync::Arc::default(),
             &env.settings.auth,
@@ -817,6 +818,7 @@ async fn inactivity_automations_fire_once(backend: Backend) {
     let automator = clm_lifecycle::contacts_client::Automator {
         publisher: clm_lifecycle::events::Publisher::new(clm_platform::events::outbox::OutboxWriter::new("lifecycle")),
         contacts: clm_lifecycle::contacts_client::ContactsProbe::new(
+            "lifecycle",
             env.server.url(),
             std::sync::Arc::default(),
             &env.settings.auth,

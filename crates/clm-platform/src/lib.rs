@@ -5,11 +5,14 @@
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod contacts;
 pub mod convert;
 pub mod db;
 pub mod error;
 pub mod events;
 pub mod filter;
+pub mod filter_sql;
+pub mod idempotency;
 pub mod pagination;
 pub mod runtime;
 pub mod server;

@@ -196,6 +196,31 @@ pub async fn spawn_pair<A: Service, B: Service>(settings: Settings) -> TestServe
     serve_modules(shared, routes, vec![a, b]).await
 }
 
+/// Start any set of services in one process (one port, one bus), as the single binary does:
+/// `Services::new(settings).await.with::<A>().await.with::<B>().await.serve().await`.
+pub struct Services {
+    shared: Shared,
+    routes: RoutesBuilder,
+    modules: Vec<crate::server::ServiceModule>,
+}
+
+impl Services {
+    pub async fn new(settings: Settings) -> Self {
+        let shared = Shared::new(settings).await.expect("shared");
+        Self { shared, routes: RoutesBuilder::default(), modules: Vec::new() }
+    }
+
+    pub async fn with<S: Service>(mut self) -> Self {
+        let module = start::<S>(&self.shared, &mut self.routes).await.expect("start service");
+        self.modules.push(module);
+        self
+    }
+
+    pub async fn serve(self) -> TestServer {
+        serve_modules(self.shared, self.routes, self.modules).await
+    }
+}
+
 async fn serve_modules(
     shared: Shared,
     routes: RoutesBuilder,

@@ -3,3 +3,4 @@
 
 pub mod scores;
 pub mod survey;
+pub mod token;

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use clm_platform::FieldViolation;
+use serde::{Deserialize, Serialize};
 
 /// Most questions in a survey, choices in a question, characters in texts.
 pub const MAX_QUESTIONS: usize = 50;
@@ -38,9 +39,13 @@ impl Kind {
             Kind::Custom => "custom",
         }
     }
+
+    pub fn from_key(k: &str) -> Option<Kind> {
+        [Kind::Nps, Kind::Csat, Kind::Ces, Kind::Custom].into_iter().find(|c| c.key() == k)
+    }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum QuestionKind {
     Rating { min: i32, max: i32 },
     Choice { choices: Vec<String>, multiple: bool },
@@ -48,14 +53,14 @@ pub enum QuestionKind {
 }
 
 /// Show a question only when an earlier answer matches.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ShowIf {
     pub question_id: String,
     pub choice_ids: Vec<String>,
     pub rating: Option<(i32, i32)>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Question {
     pub id: String,
     pub text: String,
@@ -199,7 +204,7 @@ impl Questions {
 }
 
 /// One answer value.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Value {
     Rating(i32),
     Choices(Vec<String>),
@@ -274,6 +279,15 @@ pub fn check_answers(
     Ok((all, complete))
 }
 
+/// The shown, required questions `answers` leave unanswered (skip logic applied).
+pub fn missing_required(qs: &Questions, answers: &HashMap<String, Value>) -> Vec<String> {
+    qs.questions
+        .iter()
+        .filter(|q| q.required && shown(q, answers) && !answers.contains_key(&q.id))
+        .map(|q| q.id.clone())
+        .collect()
+}
+
 /// Bands of a primary score.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Band {
@@ -289,6 +303,36 @@ pub enum Band {
 }
 
 impl Band {
+    pub const ALL: [Band; 9] = [
+        Band::Promoter,
+        Band::Passive,
+        Band::Detractor,
+        Band::Satisfied,
+        Band::Neutral,
+        Band::Unsatisfied,
+        Band::LowEffort,
+        Band::MediumEffort,
+        Band::HighEffort,
+    ];
+
+    pub fn key(self) -> &'static str {
+        match self {
+            Band::Promoter => "promoter",
+            Band::Passive => "passive",
+            Band::Detractor => "detractor",
+            Band::Satisfied => "satisfied",
+            Band::Neutral => "neutral",
+            Band::Unsatisfied => "unsatisfied",
+            Band::LowEffort => "low_effort",
+            Band::MediumEffort => "medium_effort",
+            Band::HighEffort => "high_effort",
+        }
+    }
+
+    pub fn from_key(k: &str) -> Option<Band> {
+        Band::ALL.into_iter().find(|b| b.key() == k)
+    }
+
     pub fn of(kind: Kind, score: i32) -> Option<Band> {
         Some(match kind {
             Kind::Nps if score >= 9 => Band::Promoter,

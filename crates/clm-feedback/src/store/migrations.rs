@@ -1,4 +1,4 @@
-//! Schema migrations of the feedback database (sea-orm-migration).
+//! Schema migrations of the feedback database. Times are BIGINT µs since the epoch.
 
 use sea_orm_migration::prelude::*;
 
@@ -7,6 +7,226 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        Vec::new()
+        vec![
+            Box::new(clm_platform::events::outbox::OutboxMigration),
+            Box::new(clm_platform::events::inbox::InboxMigration),
+            Box::new(clm_platform::idempotency::IdempotencyMigration),
+            Box::new(M0001Feedback),
+        ]
+    }
+}
+
+struct M0001Feedback;
+
+impl MigrationName for M0001Feedback {
+    fn name(&self) -> &'static str {
+        "m0001_feedback"
+    }
+}
+
+fn id(c: &'static str) -> ColumnDef {
+    ColumnDef::new(Alias::new(c)).string().not_null().primary_key().to_owned()
+}
+fn text(c: &'static str) -> ColumnDef {
+    ColumnDef::new(Alias::new(c)).string().not_null().to_owned()
+}
+fn text_null(c: &'static str) -> ColumnDef {
+    ColumnDef::new(Alias::new(c)).string().null().to_owned()
+}
+fn long_text(c: &'static str) -> ColumnDef {
+    ColumnDef::new(Alias::new(c)).text().not_null().to_owned()
+}
+fn big(c: &'static str) -> ColumnDef {
+    ColumnDef::new(Alias::new(c)).big_integer().not_null().to_owned()
+}
+fn big_null(c: &'static str) -> ColumnDef {
+    ColumnDef::new(Alias::new(c)).big_integer().null().to_owned()
+}
+fn int(c: &'static str) -> ColumnDef {
+    ColumnDef::new(Alias::new(c)).integer().not_null().to_owned()
+}
+fn int_null(c: &'static str) -> ColumnDef {
+    ColumnDef::new(Alias::new(c)).integer().null().to_owned()
+}
+fn flag(c: &'static str) -> ColumnDef {
+    ColumnDef::new(Alias::new(c)).boolean().not_null().to_owned()
+}
+
+async fn index(m: &SchemaManager<'_>, name: &str, table: &str, cols: &[&str], unique: bool) -> Result<(), DbErr> {
+    let mut i = Index::create();
+    i.name(name).table(Alias::new(table));
+    for c in cols {
+        i.col(Alias::new(*c));
+    }
+    if unique {
+        i.unique();
+    }
+    m.create_index(i).await
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0001Feedback {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.create_table(
+            Table::create()
+                .table(Alias::new("surveys"))
+                .col(id("id"))
+                .col(text("tenant_id"))
+                .col(text("display_name"))
+                .col(text("kind"))
+                .col(text("status"))
+                .col(long_text("questions"))
+                .col(text("target_stage_key"))
+                .col(text("target_model_id"))
+                .col(big("invitation_ttl"))
+                .col(big("version"))
+                .col(big("create_time"))
+                .col(big("update_time"))
+                .to_owned(),
+        )
+        .await?;
+        index(m, "ix_surveys_tenant", "surveys", &["tenant_id", "create_time", "id"], false).await?;
+        index(m, "ix_surveys_stage", "surveys", &["tenant_id", "target_stage_key", "status"], false).await?;
+
+        m.create_table(
+            Table::create()
+                .table(Alias::new("invitations"))
+                .col(id("id"))
+                .col(text("tenant_id"))
+                .col(text("survey_id"))
+                .col(text("contact_id"))
+                .col(text("status"))
+                .col(text("source"))
+                .col(text("stage_key"))
+                .col(big("create_time"))
+                .col(big("expire_time"))
+                .col(big_null("respond_time"))
+                .to_owned(),
+        )
+        .await?;
+        index(m, "ix_invitations_survey", "invitations", &["tenant_id", "survey_id", "create_time"], false).await?;
+        index(m, "ix_invitations_contact", "invitations", &["tenant_id", "contact_id", "create_time"], false).await?;
+
+        m.create_table(
+            Table::create()
+                .table(Alias::new("contact_asks"))
+                .col(text("tenant_id"))
+                .col(text("contact_id"))
+                .col(big("last_invite_time"))
+                .primary_key(Index::create().col(Alias::new("tenant_id")).col(Alias::new("contact_id")))
+                .to_owned(),
+        )
+        .await?;
+
+        m.create_table(
+            Table::create()
+                .table(Alias::new("responses"))
+                .col(id("id"))
+                .col(text("tenant_id"))
+                .col(text("survey_id"))
+                .col(text_null("invitation_id"))
+                .col(text("contact_id"))
+                .col(long_text("answers"))
+                .col(flag("complete"))
+                .col(int_null("score"))
+                .col(text_null("band"))
+                .col(text("stage_key"))
+                .col(big("create_time"))
+                .col(big("update_time"))
+                .col(big_null("complete_time"))
+                .col(big("version"))
+                .to_owned(),
+        )
+        .await?;
+        index(m, "ix_responses_survey", "responses", &["tenant_id", "survey_id", "complete_time"], false).await?;
+        index(m, "ix_responses_tenant", "responses", &["tenant_id", "create_time", "id"], false).await?;
+        index(m, "ix_responses_contact", "responses", &["tenant_id", "contact_id"], false).await?;
+        index(m, "ux_responses_invitation", "responses", &["invitation_id"], true).await?;
+
+        m.create_table(
+            Table::create()
+                .table(Alias::new("follow_ups"))
+                .col(id("id"))
+                .col(text("tenant_id"))
+                .col(text("response_id"))
+                .col(text("survey_id"))
+                .col(text("contact_id"))
+                .col(text("reason"))
+                .col(text("status"))
+                .col(text("owner"))
+                .col(long_text("note"))
+                .col(big("open_time"))
+                .col(big_null("resolve_time"))
+                .col(big("version"))
+                .to_owned(),
+        )
+        .await?;
+        index(m, "ux_follow_ups_response", "follow_ups", &["response_id"], true).await?;
+        index(m, "ix_follow_ups_tenant", "follow_ups", &["tenant_id", "open_time", "id"], false).await?;
+
+        m.create_table(
+            Table::create()
+                .table(Alias::new("reviews"))
+                .col(id("id"))
+                .col(text("tenant_id"))
+                .col(text("contact_id"))
+                .col(int("rating"))
+                .col(long_text("text"))
+                .col(text("platform"))
+                .col(text("url"))
+                .col(big("create_time"))
+                .to_owned(),
+        )
+        .await?;
+        index(m, "ix_reviews_tenant", "reviews", &["tenant_id", "create_time", "id"], false).await?;
+
+        m.create_table(
+            Table::create()
+                .table(Alias::new("feedback_settings"))
+                .col(ColumnDef::new(Alias::new("tenant_id")).string().not_null().primary_key())
+                .col(big("throttle_window"))
+                .col(big("default_ttl"))
+                .col(int("ces_threshold"))
+                .col(text("token_secret"))
+                .col(big("version"))
+                .col(big("update_time"))
+                .to_owned(),
+        )
+        .await?;
+
+        m.create_table(
+            Table::create()
+                .table(Alias::new("contact_stages"))
+                .col(text("tenant_id"))
+                .col(text("contact_id"))
+                .col(text("model_id"))
+                .col(text("stage_key"))
+                .col(big("enter_time"))
+                .primary_key(
+                    Index::create()
+                        .col(Alias::new("tenant_id"))
+                        .col(Alias::new("contact_id"))
+                        .col(Alias::new("model_id")),
+                )
+                .to_owned(),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        for t in [
+            "contact_stages",
+            "feedback_settings",
+            "reviews",
+            "follow_ups",
+            "responses",
+            "contact_asks",
+            "invitations",
+            "surveys",
+        ] {
+            m.drop_table(Table::drop().table(Alias::new(t)).to_owned()).await?;
+        }
+        Ok(())
     }
 }

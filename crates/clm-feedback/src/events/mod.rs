@@ -1,0 +1,322 @@
+//! What feedback publishes (SurveyRequested, ResponseSubmitted, FollowUpOpened/Closed,
+//! ReviewRecorded) and consumes: StageChanged (remember stages; invite to surveys targeting the
+//! entered stage), lifecycle automations asking for a survey (`feedback.request_survey`), and
+//! contact merges and erasures.
+
+use async_trait::async_trait;
+use clm_platform::convert::timestamp;
+use clm_platform::events::inbox::EventHandler;
+use clm_platform::events::outbox::OutboxWriter;
+use clm_platform::{Result, TenantId};
+use clm_proto::events::v1 as ev;
+use clm_proto::events::v1::event_envelope::Payload;
+use sea_orm::{ConnectionTrait, DatabaseTransaction};
+use uuid::Uuid;
+
+use crate::domain::survey::Kind;
+use crate::domain::token;
+use crate::store::entities::{follow_up, invitation, response, review, settings, survey};
+use crate::store::{self, now_micros};
+
+/// Topic of the lifecycle automation action that asks feedback to send a survey; its payload
+/// carries `survey_id`.
+pub const REQUEST_SURVEY_TOPIC: &str = "feedback.request_survey";
+
+fn kind_ev(kind: &str) -> ev::SurveyKind {
+    match Kind::from_key(kind) {
+        Some(Kind::Nps) => ev::SurveyKind::Nps,
+        Some(Kind::Csat) => ev::SurveyKind::Csat,
+        Some(Kind::Ces) => ev::SurveyKind::Ces,
+        _ => ev::SurveyKind::Custom,
+    }
+}
+
+/// Appends feedback events to the outbox.
+#[derive(Clone, Debug)]
+pub struct Publisher {
+    outbox: OutboxWriter,
+}
+
+impl Publisher {
+    pub fn new(outbox: OutboxWriter) -> Self {
+        Self { outbox }
+    }
+
+    pub fn committed(&self) {
+        self.outbox.committed();
+    }
+
+    pub async fn survey_requested(
+        &self,
+        txn: &impl ConnectionTrait,
+        tenant: &TenantId,
+        inv: &invitation::Model,
+        token: &str,
+        kind: &str,
+    ) -> Result<()> {
+        let p = Payload::SurveyRequested(ev::SurveyRequested {
+            invitation_id: inv.id.clone(),
+            survey_id: inv.survey_id.clone(),
+            contact_id: inv.contact_id.clone(),
+            token: token.to_owned(),
+            expire_time: Some(timestamp(inv.expire_time)),
+            kind: kind_ev(kind) as i32,
+        });
+        self.outbox.append(txn, tenant, "invitation", &inv.id, inv.create_time, p).await?;
+        Ok(())
+    }
+
+    pub async fn response_submitted(
+        &self,
+        txn: &impl ConnectionTrait,
+        tenant: &TenantId,
+        r: &response::Model,
+        kind: &str,
+    ) -> Result<()> {
+        let at = r.complete_time.unwrap_or(r.update_time);
+        let p = Payload::ResponseSubmitted(ev::ResponseSubmitted {
+            response_id: r.id.clone(),
+            survey_id: r.survey_id.clone(),
+            contact_id: r.contact_id.clone(),
+            kind: kind_ev(kind) as i32,
+            score: r.score.unwrap_or_default(),
+            has_score: r.score.is_some(),
+            complete: r.complete,
+            submit_time: Some(timestamp(at)),
+            stage_key: r.stage_key.clone(),
+        });
+        self.outbox.append(txn, tenant, "response", &r.id, at, p).await?;
+        Ok(())
+    }
+
+    pub async fn follow_up_opened(
+        &self,
+        txn: &impl ConnectionTrait,
+        tenant: &TenantId,
+        f: &follow_up::Model,
+    ) -> Result<()> {
+        let p = Payload::FollowUpOpened(ev::FollowUpOpened {
+            follow_up_id: f.id.clone(),
+            response_id: f.response_id.clone(),
+            contact_id: f.contact_id.clone(),
+            reason: f.reason.clone(),
+            open_time: Some(timestamp(f.open_time)),
+        });
+        self.outbox.append(txn, tenant, "follow_up", &f.id, f.open_time, p).await?;
+        Ok(())
+    }
+
+    pub async fn follow_up_closed(
+        &self,
+        txn: &impl ConnectionTrait,
+        tenant: &TenantId,
+        f: &follow_up::Model,
+    ) -> Result<()> {
+        let at = f.resolve_time.unwrap_or_else(now_micros);
+        let p = Payload::FollowUpClosed(ev::FollowUpClosed {
+            follow_up_id: f.id.clone(),
+            contact_id: f.contact_id.clone(),
+            close_time: Some(timestamp(at)),
+            seconds_to_resolve: (at - f.open_time).max(0) / 1_000_000,
+        });
+        self.outbox.append(txn, tenant, "follow_up", &f.id, at, p).await?;
+        Ok(())
+    }
+
+    pub async fn review_recorded(
+        &self,
+        txn: &impl ConnectionTrait,
+        tenant: &TenantId,
+        r: &review::Model,
+    ) -> Result<()> {
+        let p = Payload::ReviewRecorded(ev::ReviewRecorded {
+            review_id: r.id.clone(),
+            contact_id: r.contact_id.clone(),
+            rating: r.rating,
+            platform: r.platform.clone(),
+            create_time: Some(timestamp(r.create_time)),
+        });
+        self.outbox.append(txn, tenant, "review", &r.id, r.create_time, p).await?;
+        Ok(())
+    }
+}
+
+/// Why a contact was not invited.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Skip {
+    /// Asked too recently; may be asked from this time (µs).
+    Throttled(i64),
+    /// A pending invitation to this survey exists.
+    AlreadyInvited,
+    /// Not a contact of the tenant.
+    UnknownContact,
+}
+
+/// Where an invitation comes from (stored key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Manual,
+    Batch,
+    StageTrigger,
+    Automation,
+}
+
+impl Source {
+    pub fn key(self) -> &'static str {
+        match self {
+            Source::Manual => "manual",
+            Source::Batch => "batch",
+            Source::StageTrigger => "stage_trigger",
+            Source::Automation => "automation",
+        }
+    }
+}
+
+/// Invite `contact` to `survey` (ACTIVE, checked by the caller) in `txn`: not twice while an
+/// invitation is pending, not more than once per throttling window across surveys. Publishes
+/// SurveyRequested. `id` fixes the invitation id (derived from the causing event, so a
+/// redelivered or replayed event does not invite twice); an existing invitation with that id
+/// is returned as is. Returns the invitation and its token.
+#[allow(clippy::too_many_arguments)]
+pub async fn invite(
+    txn: &impl ConnectionTrait,
+    publisher: &Publisher,
+    tenant: &TenantId,
+    settings: &settings::Model,
+    survey: &survey::Model,
+    contact: Uuid,
+    source: Source,
+    stage_key: Option<String>,
+    id: Option<Uuid>,
+    now: i64,
+) -> Result<std::result::Result<(invitation::Model, String), Skip>> {
+    let id = id.unwrap_or_else(Uuid::now_v7);
+    if let Some(existing) = store::invitations_by_ids(txn, tenant, &[id.to_string()]).await?.pop() {
+        let t = token::issue(&settings.token_secret, tenant.as_str(), id);
+        return Ok(Ok((existing, t)));
+    }
+    let survey_id = Uuid::parse_str(&survey.id).map_err(clm_platform::Error::internal)?;
+    if store::pending_invitation(txn, tenant, survey_id, contact, now).await?.is_some() {
+        return Ok(Err(Skip::AlreadyInvited));
+    }
+    if let Err(until) = store::claim_ask(txn, tenant, contact, now, settings.throttle_window).await? {
+        return Ok(Err(Skip::Throttled(until)));
+    }
+    let stage_key = match stage_key {
+        Some(s) => s,
+        None => store::stage_of(txn, tenant, contact).await?,
+    };
+    let ttl = if survey.invitation_ttl > 0 { survey.invitation_ttl } else { settings.default_ttl };
+    let row = invitation::Model {
+        id: id.to_string(),
+        tenant_id: tenant.as_str().to_owned(),
+        survey_id: survey.id.clone(),
+        contact_id: contact.to_string(),
+        status: "pending".into(),
+        source: source.key().into(),
+        stage_key,
+        create_time: now,
+        expire_time: now.saturating_add(ttl),
+        respond_time: None,
+    };
+    store::insert_invitation(txn, row.clone()).await?;
+    let t = token::issue(&settings.token_secret, tenant.as_str(), id);
+    publisher.survey_requested(txn, tenant, &row, &t, &survey.kind).await?;
+    Ok(Ok((row, t)))
+}
+
+/// Consumes lifecycle and contact events.
+#[derive(Debug)]
+pub struct FeedbackHandler {
+    pub publisher: Publisher,
+}
+
+impl FeedbackHandler {
+    #[allow(clippy::too_many_arguments)]
+    async fn invite_for_event(
+        &self,
+        txn: &DatabaseTransaction,
+        tenant: &TenantId,
+        event_id: &str,
+        survey: &survey::Model,
+        contact: Uuid,
+        source: Source,
+        stage: Option<String>,
+    ) -> Result<()> {
+        let settings = store::settings(txn, tenant).await?;
+        let id = Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("invite/{event_id}/{}", survey.id).as_bytes());
+        match invite(txn, &self.publisher, tenant, &settings, survey, contact, source, stage, Some(id), now_micros())
+            .await?
+        {
+            Ok((inv, _)) => tracing::info!(invitation = %inv.id, survey = %survey.id, source = source.key(), "invited"),
+            Err(skip) => tracing::info!(survey = %survey.id, ?skip, source = source.key(), "not invited"),
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl EventHandler for FeedbackHandler {
+    async fn handle(&self, txn: &DatabaseTransaction, e: &ev::EventEnvelope) -> Result<()> {
+        let tenant_str = e.tenant_id.as_str();
+        let Ok(tenant) = TenantId::parse(tenant_str) else { return Ok(()) };
+        match &e.payload {
+            Some(Payload::StageChanged(s)) => {
+                let at = s.transition_time.as_ref().and_then(clm_platform::convert::micros).unwrap_or_else(now_micros);
+                store::set_stage(txn, tenant_str, &s.contact_id, &s.model_id, &s.to_stage, at).await?;
+                let Ok(contact) = Uuid::parse_str(&s.contact_id) else { return Ok(()) };
+                // Only a current entry triggers a survey: an old transition rebuilt from a
+                // backdated event does not ask someone about a stage they left long ago.
+                if now_micros() - at > store::DAY_MICROS {
+                    return Ok(());
+                }
+                for survey in store::surveys_for_stage(txn, tenant_str, &s.to_stage, &s.model_id).await? {
+                    self.invite_for_event(
+                        txn,
+                        &tenant,
+                        &e.event_id,
+                        &survey,
+                        contact,
+                        Source::StageTrigger,
+                        Some(s.to_stage.clone()),
+                    )
+                    .await?;
+                }
+            }
+            Some(Payload::AutomationTriggered(a)) if a.topic == REQUEST_SURVEY_TOPIC => {
+                let (Ok(contact), Some(Ok(survey_id))) =
+                    (Uuid::parse_str(&a.contact_id), a.payload.get("survey_id").map(|s| Uuid::parse_str(s)))
+                else {
+                    tracing::warn!(automation = %a.automation_id, "survey request without a valid survey_id; ignored");
+                    return Ok(());
+                };
+                match store::get_survey(txn, &tenant, survey_id).await {
+                    Ok(survey) if survey.status == "active" => {
+                        self.invite_for_event(txn, &tenant, &e.event_id, &survey, contact, Source::Automation, None)
+                            .await?;
+                    }
+                    Ok(_) => tracing::info!(survey = %survey_id, "survey requested by automation is not active"),
+                    Err(clm_platform::Error::NotFound { .. }) => {
+                        tracing::warn!(survey = %survey_id, "survey requested by automation does not exist");
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
+            Some(Payload::ContactErased(x)) => store::erase_contact(txn, tenant_str, &x.contact_id).await?,
+            Some(Payload::ContactMerged(m)) => {
+                for merged in &m.merged_ids {
+                    store::reassign_contact(txn, tenant_str, merged, &m.survivor_id).await?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn reset(&self, txn: &DatabaseTransaction) -> Result<()> {
+        // Only the stage directory is derived from events; invitations are feedback's own data
+        // and their ids are derived from the causing event, so a replay does not invite twice.
+        txn.execute_unprepared("DELETE FROM contact_stages").await?;
+        Ok(())
+    }
+}

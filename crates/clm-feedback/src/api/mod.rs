@@ -408,7 +408,7 @@ impl FeedbackService for FeedbackApi {
         for p in &paths {
             match p.as_str() {
                 "display_name" => {
-                    row.display_name = text(&mut v, "survey.display_name", &s.display_name, MAX_NAME, true)
+                    row.display_name = text(&mut v, "survey.display_name", &s.display_name, MAX_NAME, true);
                 }
                 "questions" => {
                     let kind = Kind::from_key(&old.kind).unwrap_or(Kind::Custom);

@@ -138,6 +138,33 @@ impl Publisher {
     }
 }
 
+/// A journey event learnt from another service's event (idempotent by `key`).
+#[allow(clippy::too_many_arguments)]
+fn event_row(
+    tenant: &str,
+    contact: Uuid,
+    model: &ModelRecord,
+    at: i64,
+    key: String,
+    kind: &str,
+    score: Option<i32>,
+    body: &pb::JourneyEvent,
+) -> journey_event::Model {
+    journey_event::Model {
+        id: Uuid::now_v7().to_string(),
+        tenant_id: tenant.to_owned(),
+        contact_id: contact.to_string(),
+        model_id: model.id.to_string(),
+        occur_time: at,
+        record_time: now_micros(),
+        idempotency_key: Some(key),
+        kind: kind.to_owned(),
+        lead: false,
+        score,
+        body: prost::Message::encode_to_vec(body),
+    }
+}
+
 /// Consumes contact and feedback events.
 #[derive(Debug)]
 pub struct LifecycleHandler {
@@ -225,19 +252,16 @@ impl EventHandler for LifecycleHandler {
                     ..Default::default()
                 };
                 let at = r.submit_time.as_ref().and_then(clm_platform::convert::micros).unwrap_or_else(now_micros);
-                let row = journey_event::Model {
-                    id: Uuid::now_v7().to_string(),
-                    tenant_id: tenant_str.to_owned(),
-                    contact_id: contact.to_string(),
-                    model_id: model.id.to_string(),
-                    occur_time: at,
-                    record_time: now_micros(),
-                    idempotency_key: Some(format!("response:{}", r.response_id)),
-                    kind: "custom".into(),
-                    lead: false,
-                    score: (kind == "nps").then_some(r.score),
-                    body: prost::Message::encode_to_vec(&body),
-                };
+                let row = event_row(
+                    tenant_str,
+                    contact,
+                    &model,
+                    at,
+                    format!("response:{}", r.response_id),
+                    "custom",
+                    (kind == "nps").then_some(r.score),
+                    &body,
+                );
                 // NPS detractors are flagged at risk (a tag on the contact, through contacts).
                 let (rules, _) = store::rules(txn, &tenant).await?;
                 if kind == "nps" && r.score <= 6 && rules.detractor_at_risk {
@@ -262,6 +286,33 @@ impl EventHandler for LifecycleHandler {
                         response_id: r.response_id.clone(),
                     };
                     self.rebuild_all_models(txn, &tenant, contact, &[model.id.to_string()], Some(trigger)).await?;
+                }
+            }
+            Some(Payload::ReviewRecorded(r)) => {
+                // A public review is advocacy: recorded on the journey like RecordJourneyEvent would.
+                let Ok(contact) = Uuid::parse_str(&r.contact_id) else { return Ok(()) };
+                let model = store::default_model(txn, &tenant).await?;
+                let body = pb::JourneyEvent {
+                    detail: Some(pb::journey_event::Detail::Review(pb::Review {
+                        rating: r.rating,
+                        platform: r.platform.clone(),
+                        url: String::new(),
+                    })),
+                    ..Default::default()
+                };
+                let at = r.create_time.as_ref().and_then(clm_platform::convert::micros).unwrap_or_else(now_micros);
+                let row = event_row(
+                    tenant_str,
+                    contact,
+                    &model,
+                    at,
+                    format!("review:{}", r.review_id),
+                    "review",
+                    None,
+                    &body,
+                );
+                if store::insert_event(txn, row).await? {
+                    self.rebuild_all_models(txn, &tenant, contact, &[model.id.to_string()], None).await?;
                 }
             }
             _ => {}

@@ -380,6 +380,29 @@ async fn segment_invited_answered_nps_read_back_and_follow_up(backend: Backend) 
     assert_eq!(batch.invitations.len(), 3, "{batch:?}");
     assert!(batch.skipped.is_empty());
     let token_of = |who: &str| batch.invitations.iter().find(|i| i.contact_id == who).unwrap().token.clone();
+    // Each invitation is published (SurveyRequested, with its token) for a notifier to deliver.
+    let db = clm_platform::db::connect(env.feedback_url(), &testing::settings(&[]).database).await.unwrap();
+    let rows = sea_orm::ConnectionTrait::query_all_raw(
+        &db,
+        sea_orm::Statement::from_string(db.get_database_backend(), "SELECT payload FROM outbox".to_owned()),
+    )
+    .await
+    .unwrap();
+    let mut requested: Vec<String> = rows
+        .iter()
+        .filter_map(|r| {
+            let bytes: Vec<u8> = r.try_get("", "payload").ok()?;
+            match prost::Message::decode(bytes.as_slice()).ok().map(|e: clm_proto::events::v1::EventEnvelope| e.payload)
+            {
+                Some(Some(clm_proto::events::v1::event_envelope::Payload::SurveyRequested(r))) => Some(r.token),
+                _ => None,
+            }
+        })
+        .collect();
+    requested.sort();
+    let mut issued: Vec<String> = batch.invitations.iter().map(|i| i.token.clone()).collect();
+    issued.sort();
+    assert_eq!(requested, issued);
     // Asked again: nobody is invited twice, and each is reported.
     let again = f
         .batch_create_invitations(pb::BatchCreateInvitationsRequest {

@@ -1,12 +1,13 @@
-//! CLM metrics service. Owns its own database schema (see `store`); talks to other services only
-//! through gRPC and events.
-//!
-//! Status: the service is wired into the server (database, migrations, health), consumes
-//! contact events into its read model (`events`), and its contract is in
-//! `proto/clm/metrics/v1`; its query handlers land with its own issue.
+//! CLM metrics service: funnel, stage KPIs, channels, cohorts, lifecycle breakdown, customer
+//! value, goals and scorecard, KPI series and live updates. Its read model (see `store`) is
+//! fed only by events (contacts, lifecycle, feedback), kept current as they arrive, and
+//! rebuildable by replaying them (`clm replay --consumer metrics`).
 
+pub mod api;
+pub mod domain;
 pub mod events;
 pub mod store;
+pub mod watch;
 
 use clm_platform::server::Shared;
 use sea_orm::DatabaseConnection;
@@ -23,15 +24,23 @@ impl clm_platform::runtime::Service for MetricsService {
     async fn register(
         shared: &Shared,
         db: DatabaseConnection,
-        _routes: &mut RoutesBuilder,
+        routes: &mut RoutesBuilder,
     ) -> anyhow::Result<Vec<&'static str>> {
         clm_platform::events::consumer::spawn_consumer(
             shared.bus.clone(),
-            db,
+            db.clone(),
             events::consumer_spec(&shared.settings.events),
             std::sync::Arc::new(events::MetricsHandler),
             shared.stopping(),
         );
+        let max = shared.max_message_bytes();
+        let server = clm_proto::metrics::v1::metrics_service_server::MetricsServiceServer::new(api::MetricsApi::new(
+            db,
+            shared.page_tokens.clone(),
+        ))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+        routes.add_service(server);
         Ok(vec!["clm.metrics.v1.MetricsService"])
     }
 }

@@ -56,7 +56,14 @@ impl Publisher {
                 .unwrap_or_default()
                 .to_owned()
         };
+        let stage_of = |k: &str| {
+            crate::domain::model::StageKey::parse("k", k).ok().and_then(|k| {
+                let pos = model.model.stages().iter().position(|s| s.key == k)?;
+                Some((pos, model.model.stages()[pos].role))
+            })
+        };
         for t in new {
+            let (position, role) = stage_of(&t.to_stage).unwrap_or((0, crate::domain::model::Role::Normal));
             let prev_enter = all.iter().filter(|p| p.seq < t.seq).max_by_key(|p| p.seq).map(|p| p.at);
             let cause = match crate::api::convert::cause_pb(&t.cause) {
                 pb::TransitionCause::Manual => ev::TransitionCause::Manual,
@@ -76,6 +83,14 @@ impl Publisher {
                 reactivation: t.reactivation,
                 transition_time: Some(timestamp(t.at)),
                 from_stage_enter_time: prev_enter.map(timestamp),
+                to_role: match role {
+                    crate::domain::model::Role::Dormant => "dormant",
+                    crate::domain::model::Role::Churned => "churned",
+                    crate::domain::model::Role::Reactivated => "reactivated",
+                    crate::domain::model::Role::Normal => "",
+                }
+                .into(),
+                to_stage_position: i32::try_from(position).unwrap_or(i32::MAX),
             });
             self.outbox.append(txn, tenant, "journey", &t.contact_id, t.at, p).await?;
         }

@@ -1,15 +1,17 @@
-//! What metrics consumes. So far: contact events, kept as `contact_facts` (the acquisition
-//! side of the read model). Applied through the platform inbox, so a redelivered event changes
-//! nothing; replaying from the first event rebuilds the same rows.
+//! What metrics consumes: contact events (`contact_facts`, new contacts and acquisition cost),
+//! lifecycle's StageChanged and JourneyEventRecorded (funnel, leads, customers, revenue,
+//! cohorts, activity), feedback's ResponseSubmitted and ReviewRecorded (NPS/CSAT/CES,
+//! advocacy). Applied through the platform inbox, so a redelivered event changes nothing;
+//! replaying from the first event rebuilds the same rows (see `store::model`).
 
 use async_trait::async_trait;
 use clm_platform::events::inbox::EventHandler;
 use clm_proto::events::v1 as ev;
 use clm_proto::events::v1::event_envelope::Payload;
 use sea_orm::sea_query::OnConflict;
-use sea_orm::{ActiveValue, ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter};
+use sea_orm::{ActiveValue, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter};
 
-use crate::store::contact_facts;
+use crate::store::{contact_facts, model};
 
 /// Durable consumer name on the bus and in the inbox.
 pub const CONSUMER: &str = "metrics";
@@ -59,6 +61,31 @@ async fn update_facts(
     f: &ev::ContactFacts,
 ) -> clm_platform::Result<()> {
     let (cur, cost) = money(f.acquisition_cost.as_ref());
+    // A changed channel, campaign or cost moves the contact's acquisition counts with it.
+    if let Some(old) = contact_facts::Entity::find_by_id((tenant.to_owned(), id.to_owned())).one(txn).await? {
+        let at = old.acquire_time.unwrap_or(old.create_time);
+        let new_at = micros(f.acquire_time.as_ref()).unwrap_or(old.create_time);
+        if old.acquisition_channel != f.acquisition_channel
+            || old.campaign != f.campaign
+            || old.cost_micros != cost
+            || old.cost_currency != cur
+            || at != new_at
+        {
+            acquisition_counts(
+                txn,
+                tenant,
+                &old.acquisition_channel,
+                &old.campaign,
+                at,
+                old.cost_currency.as_deref(),
+                old.cost_micros,
+                -1,
+            )
+            .await?;
+            acquisition_counts(txn, tenant, &f.acquisition_channel, &f.campaign, new_at, cur.as_deref(), cost, 1)
+                .await?;
+        }
+    }
     contact_facts::Entity::update_many()
         .set(contact_facts::ActiveModel {
             acquisition_channel: ActiveValue::Set(f.acquisition_channel.clone()),
@@ -100,7 +127,27 @@ async fn set_state(
     Ok(())
 }
 
-/// Applies contact events to `contact_facts`.
+/// Count (sign 1) or uncount (−1) a new contact and its acquisition cost.
+#[allow(clippy::too_many_arguments)]
+async fn acquisition_counts(
+    txn: &DatabaseTransaction,
+    tenant: &str,
+    channel: &str,
+    campaign: &str,
+    at: i64,
+    currency: Option<&str>,
+    cost: Option<i64>,
+    sign: i64,
+) -> clm_platform::Result<()> {
+    let a = model::Attribution { channel: channel.to_owned(), campaign: campaign.to_owned(), create_time: None };
+    model::bump_kpi(txn, tenant, "new_contacts", "", at, &a, "", sign, 0).await?;
+    if let (Some(cur), Some(cost)) = (currency, cost) {
+        model::bump_kpi(txn, tenant, "acquisition_cost", "", at, &a, cur, sign, sign * cost).await?;
+    }
+    Ok(())
+}
+
+/// Applies contact, lifecycle and feedback events to the read model.
 #[derive(Debug, Default)]
 pub struct MetricsHandler;
 
@@ -112,7 +159,7 @@ impl EventHandler for MetricsHandler {
             Some(Payload::ContactCreated(c)) => {
                 let f = c.facts.clone().unwrap_or_default();
                 let created = micros(c.create_time.as_ref()).unwrap_or_default();
-                contact_facts::Entity::insert(facts_model(tenant, &c.contact_id, &f, created, "active"))
+                let inserted = contact_facts::Entity::insert(facts_model(tenant, &c.contact_id, &f, created, "active"))
                     .on_conflict(
                         OnConflict::columns([contact_facts::Column::TenantId, contact_facts::Column::ContactId])
                             .do_nothing()
@@ -120,6 +167,12 @@ impl EventHandler for MetricsHandler {
                     )
                     .exec_without_returning(txn)
                     .await?;
+                if inserted == 1 {
+                    let (cur, cost) = money(f.acquisition_cost.as_ref());
+                    let at = micros(f.acquire_time.as_ref()).unwrap_or(created);
+                    acquisition_counts(txn, tenant, &f.acquisition_channel, &f.campaign, at, cur.as_deref(), cost, 1)
+                        .await?;
+                }
             }
             Some(Payload::ContactUpdated(u)) => {
                 update_facts(txn, tenant, &u.contact_id, &u.facts.clone().unwrap_or_default()).await?;
@@ -136,6 +189,54 @@ impl EventHandler for MetricsHandler {
                 // The facts hold no personal data; the contact still counts in past periods.
                 set_state(txn, tenant, std::slice::from_ref(&x.contact_id), "erased", None).await?;
             }
+            Some(Payload::StageChanged(s)) => {
+                let Some(at) = micros(s.transition_time.as_ref()) else { return Ok(()) };
+                let change = model::StageChange {
+                    contact: &s.contact_id,
+                    model: &s.model_id,
+                    from_stage: &s.from_stage,
+                    to_stage: &s.to_stage,
+                    from_category: &s.from_category,
+                    to_category: &s.to_category,
+                    to_role: &s.to_role,
+                    position: s.to_stage_position,
+                    reactivation: s.reactivation,
+                    at,
+                    from_enter: micros(s.from_stage_enter_time.as_ref()),
+                };
+                model::apply_stage_change(txn, tenant, &change).await?;
+                crate::watch::touched(tenant);
+            }
+            Some(Payload::JourneyEventRecorded(j)) => {
+                let Some(at) = micros(j.occur_time.as_ref()) else { return Ok(()) };
+                let h = match ev::JourneyEventKind::try_from(j.kind).unwrap_or_default() {
+                    ev::JourneyEventKind::Purchase => {
+                        let (cur, amount) = money(j.amount.as_ref());
+                        model::Happening::Purchase { amount: amount.unwrap_or(0), currency: cur.unwrap_or_default() }
+                    }
+                    ev::JourneyEventKind::Referral => model::Happening::Referral,
+                    ev::JourneyEventKind::Review => model::Happening::Review,
+                    _ => model::Happening::Other,
+                };
+                model::apply_journey_event(txn, tenant, &j.contact_id, at, &h).await?;
+                crate::watch::touched(tenant);
+            }
+            Some(Payload::ResponseSubmitted(r)) if r.complete && r.has_score => {
+                let at = micros(r.submit_time.as_ref()).unwrap_or_else(|| chrono::Utc::now().timestamp_micros());
+                let kind = match ev::SurveyKind::try_from(r.kind).unwrap_or_default() {
+                    ev::SurveyKind::Nps => "nps",
+                    ev::SurveyKind::Csat => "csat",
+                    ev::SurveyKind::Ces => "ces",
+                    _ => "custom",
+                };
+                model::apply_score(txn, tenant, &r.contact_id, kind, r.score, at).await?;
+                crate::watch::touched(tenant);
+            }
+            Some(Payload::ReviewRecorded(r)) => {
+                let at = micros(r.create_time.as_ref()).unwrap_or_else(|| chrono::Utc::now().timestamp_micros());
+                model::apply_review(txn, tenant, &r.contact_id, at).await?;
+                crate::watch::touched(tenant);
+            }
             _ => {}
         }
         Ok(())
@@ -143,11 +244,14 @@ impl EventHandler for MetricsHandler {
 
     async fn reset(&self, txn: &DatabaseTransaction) -> clm_platform::Result<()> {
         contact_facts::Entity::delete_many().exec(txn).await?;
+        for t in crate::store::migrations::READ_MODEL_TABLES {
+            txn.execute_unprepared(&format!("DELETE FROM {t}")).await?;
+        }
         Ok(())
     }
 }
 
 /// The consumer spec of metrics (`events.consumer_prefix` + "metrics").
 pub fn consumer_spec(events: &clm_platform::config::EventSettings) -> clm_platform::events::consumer::ConsumerSpec {
-    clm_platform::events::consumer::ConsumerSpec::new(events, CONSUMER, &["contacts"])
+    clm_platform::events::consumer::ConsumerSpec::new(events, CONSUMER, &["contacts", "lifecycle", "feedback"])
 }

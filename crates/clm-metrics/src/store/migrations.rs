@@ -7,7 +7,12 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(clm_platform::events::inbox::InboxMigration), Box::new(M0001ContactFacts)]
+        vec![
+            Box::new(clm_platform::events::inbox::InboxMigration),
+            Box::new(M0001ContactFacts),
+            Box::new(clm_platform::idempotency::IdempotencyMigration),
+            Box::new(M0002ReadModel),
+        ]
     }
 }
 
@@ -74,5 +79,213 @@ impl MigrationTrait for M0001ContactFacts {
 
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
         m.drop_table(Table::drop().table(ContactFacts::Table).to_owned()).await
+    }
+}
+
+/// The read model's aggregates (see `store` for what each table holds).
+struct M0002ReadModel;
+
+impl MigrationName for M0002ReadModel {
+    fn name(&self) -> &'static str {
+        "m0002_read_model"
+    }
+}
+
+/// Table name, columns as (name, SQL type), primary key columns.
+type TableDef = (&'static str, &'static [(&'static str, &'static str)], &'static [&'static str]);
+
+const TABLES: &[TableDef] = &[
+    (
+        "kpi_daily",
+        &[
+            ("tenant_id", "s"),
+            ("name", "s"),
+            ("model_id", "s"),
+            ("day", "i"),
+            ("channel", "s"),
+            ("campaign", "s"),
+            ("currency", "s"),
+            ("n", "i"),
+            ("s", "i"),
+        ],
+        &["tenant_id", "name", "model_id", "day", "channel", "campaign", "currency"],
+    ),
+    (
+        "stage_daily",
+        &[
+            ("tenant_id", "s"),
+            ("model_id", "s"),
+            ("stage_key", "s"),
+            ("day", "i"),
+            ("channel", "s"),
+            ("campaign", "s"),
+            ("n", "i"),
+        ],
+        &["tenant_id", "model_id", "stage_key", "day", "channel", "campaign"],
+    ),
+    (
+        "model_stages",
+        &[
+            ("tenant_id", "s"),
+            ("model_id", "s"),
+            ("stage_key", "s"),
+            ("position", "i"),
+            ("category", "s"),
+            ("role", "s"),
+        ],
+        &["tenant_id", "model_id", "stage_key"],
+    ),
+    (
+        "time_hist",
+        &[("tenant_id", "s"), ("model_id", "s"), ("name", "s"), ("day", "i"), ("bucket", "i"), ("n", "i")],
+        &["tenant_id", "model_id", "name", "day", "bucket"],
+    ),
+    (
+        "stage_reach",
+        &[("tenant_id", "s"), ("model_id", "s"), ("contact_id", "s"), ("stage_key", "s"), ("first_time", "i")],
+        &["tenant_id", "model_id", "contact_id", "stage_key"],
+    ),
+    (
+        "contact_now",
+        &[
+            ("tenant_id", "s"),
+            ("model_id", "s"),
+            ("contact_id", "s"),
+            ("stage_key", "s"),
+            ("category", "s"),
+            ("enter_time", "i"),
+            ("lead_time", "i?"),
+            ("customer_time", "i?"),
+        ],
+        &["tenant_id", "model_id", "contact_id"],
+    ),
+    (
+        "customer_facts",
+        &[
+            ("tenant_id", "s"),
+            ("contact_id", "s"),
+            ("first_purchase", "i?"),
+            ("last_purchase", "i?"),
+            ("orders", "i"),
+            ("revenue", "i"),
+            ("currency", "s"),
+            ("referrals", "i"),
+            ("reviews", "i"),
+            ("last_nps", "i?"),
+        ],
+        &["tenant_id", "contact_id"],
+    ),
+    (
+        "contact_periods",
+        &[("tenant_id", "s"), ("contact_id", "s"), ("gran", "s"), ("period", "i"), ("revenue", "i")],
+        &["tenant_id", "contact_id", "gran", "period"],
+    ),
+    (
+        "period_counts",
+        &[("tenant_id", "s"), ("gran", "s"), ("period", "i"), ("active", "i"), ("returning", "i")],
+        &["tenant_id", "gran", "period"],
+    ),
+    (
+        "cohort_cells",
+        &[("tenant_id", "s"), ("gran", "s"), ("cohort", "i"), ("idx", "i"), ("n", "i"), ("revenue", "i")],
+        &["tenant_id", "gran", "cohort", "idx"],
+    ),
+    (
+        "cohort_sizes",
+        &[("tenant_id", "s"), ("gran", "s"), ("cohort", "i"), ("n", "i")],
+        &["tenant_id", "gran", "cohort"],
+    ),
+    (
+        "cohort_last",
+        &[("tenant_id", "s"), ("gran", "s"), ("cohort", "i"), ("last_idx", "i"), ("n", "i")],
+        &["tenant_id", "gran", "cohort", "last_idx"],
+    ),
+    (
+        "goals",
+        &[
+            ("id", "s"),
+            ("tenant_id", "s"),
+            ("display_name", "s"),
+            ("kpi", "i"),
+            ("scope", "t"),
+            ("stage_key", "s"),
+            ("target", "f"),
+            ("direction", "i"),
+            ("period", "i"),
+            ("tolerance", "f"),
+            ("version", "i"),
+            ("create_time", "i"),
+            ("update_time", "i"),
+        ],
+        &["id"],
+    ),
+];
+
+/// Names of the read-model tables a replay clears (goals are the tenant's own data).
+pub const READ_MODEL_TABLES: &[&str] = &[
+    "kpi_daily",
+    "stage_daily",
+    "model_stages",
+    "time_hist",
+    "stage_reach",
+    "contact_now",
+    "customer_facts",
+    "contact_periods",
+    "period_counts",
+    "cohort_cells",
+    "cohort_sizes",
+    "cohort_last",
+];
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0002ReadModel {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        for (name, cols, pk) in TABLES {
+            let mut t = Table::create();
+            t.table(Alias::new(*name));
+            for (c, ty) in *cols {
+                let mut col = ColumnDef::new(Alias::new(*c));
+                match *ty {
+                    "s" => col.string().not_null(),
+                    "t" => col.text().not_null(),
+                    "i" => col.big_integer().not_null(),
+                    "i?" => col.big_integer().null(),
+                    _ => col.double().not_null(),
+                };
+                t.col(col);
+            }
+            let mut p = Index::create();
+            for c in *pk {
+                p.col(Alias::new(*c));
+            }
+            t.primary_key(&mut p);
+            m.create_table(t).await?;
+        }
+        m.create_index(
+            Index::create()
+                .name("ix_goals_tenant")
+                .table(Alias::new("goals"))
+                .col(Alias::new("tenant_id"))
+                .col(Alias::new("create_time"))
+                .to_owned(),
+        )
+        .await?;
+        m.create_index(
+            Index::create()
+                .name("ix_contact_now_lead")
+                .table(Alias::new("contact_now"))
+                .col(Alias::new("tenant_id"))
+                .col(Alias::new("model_id"))
+                .col(Alias::new("lead_time"))
+                .to_owned(),
+        )
+        .await
+    }
+
+    async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        for (name, _, _) in TABLES {
+            m.drop_table(Table::drop().table(Alias::new(*name)).to_owned()).await?;
+        }
+        Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! The metrics service's own read model, built only from events. Every query takes the tenant.
 
 pub mod migrations;
+pub mod model;
 
 pub mod contact_facts {
     use sea_orm::entity::prelude::*;

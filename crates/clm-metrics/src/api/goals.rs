@@ -1,0 +1,334 @@
+//! Goals (a KPI, a scope, a target per period) and the scorecard that grades them.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use clm_platform::convert::{etag, etag_version, micros, timestamp, uuid};
+use clm_platform::pagination::page_size;
+use clm_platform::{Error, Violations, idempotency};
+use clm_proto::metrics::v1 as pb;
+use prost::Message;
+use sea_orm::Value;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use super::kpi::Snapshot;
+use super::{DEFAULT_LEAD_THRESHOLD, MetricsApi, ctx, gran, now_micros, slice};
+use crate::domain::{self, Gran};
+use crate::store::model::{exec, one, rows};
+
+const MAX_NAME: usize = 200;
+
+fn val<T: Into<Value>>(x: T) -> Value {
+    x.into()
+}
+
+struct Row {
+    goal: pb::Goal,
+    version: i64,
+}
+
+fn from_row(r: &sea_orm::QueryResult) -> Result<Row, Error> {
+    let scope: String = r.try_get("", "scope")?;
+    let scope = STANDARD
+        .decode(scope)
+        .ok()
+        .and_then(|b| pb::MetricsScope::decode(b.as_slice()).ok())
+        .ok_or_else(|| Error::internal(anyhow::anyhow!("stored goal scope is unreadable")))?;
+    let version: i64 = r.try_get("", "version")?;
+    let kpi: i64 = r.try_get("", "kpi")?;
+    let direction: i64 = r.try_get("", "direction")?;
+    let period: i64 = r.try_get("", "period")?;
+    Ok(Row {
+        goal: pb::Goal {
+            id: r.try_get("", "id")?,
+            display_name: r.try_get("", "display_name")?,
+            kpi: i32::try_from(kpi).unwrap_or_default(),
+            scope: Some(scope),
+            stage_key: r.try_get("", "stage_key")?,
+            target: r.try_get("", "target")?,
+            direction: i32::try_from(direction).unwrap_or_default(),
+            period: i32::try_from(period).unwrap_or_default(),
+            at_risk_tolerance: r.try_get("", "tolerance")?,
+            create_time: Some(timestamp(r.try_get("", "create_time")?)),
+            update_time: Some(timestamp(r.try_get("", "update_time")?)),
+            etag: etag(version),
+        },
+        version,
+    })
+}
+
+async fn load(api: &MetricsApi, tenant: &str, id: &str) -> Result<Row, Error> {
+    let uuid = Uuid::parse_str(id).map_err(|_| Error::invalid("id", "must be a UUID"))?;
+    let r =
+        one(&api.db, "SELECT * FROM goals WHERE tenant_id = ? AND id = ?", vec![val(tenant), val(uuid.to_string())])
+            .await?
+            .ok_or_else(|| Error::not_found("goal", id.to_owned()))?;
+    from_row(&r)
+}
+
+/// Check a goal's fields (all of them: the caller merged the mask first).
+fn check(tenant: &clm_platform::TenantId, g: &mut pb::Goal, v: &mut Violations) {
+    let name = g.display_name.trim().to_owned();
+    if name.is_empty() || name.chars().count() > MAX_NAME {
+        v.add("goal.display_name", format!("1 to {MAX_NAME} characters"));
+    }
+    g.display_name = name;
+    if pb::Kpi::try_from(g.kpi).unwrap_or_default() == pb::Kpi::Unspecified {
+        v.add("goal.kpi", "which KPI the goal is about");
+    }
+    if !g.target.is_finite() {
+        v.add("goal.target", "must be a number");
+    }
+    if pb::GoalDirection::try_from(g.direction).unwrap_or_default() == pb::GoalDirection::Unspecified {
+        v.add("goal.direction", "GOAL_DIRECTION_AT_LEAST or GOAL_DIRECTION_AT_MOST");
+    }
+    gran(v, "goal.period", g.period, Gran::Month, true);
+    if !(0.0..=1.0).contains(&g.at_risk_tolerance) {
+        v.add("goal.at_risk_tolerance", "a fraction of the target, 0 to 1 (default 0.1)");
+    }
+    if !g.stage_key.is_empty()
+        && !g.stage_key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        v.add("goal.stage_key", "a stage key: [a-z][a-z0-9_]{0,31}");
+    }
+    // The scope must be a valid slice (its time range is replaced by the goal's period).
+    let mut scope = g.scope.clone().unwrap_or_default();
+    scope.start_time = None;
+    scope.end_time = None;
+    slice(tenant, Some(&scope), "goal.scope.", v);
+    g.scope = Some(scope);
+}
+
+pub async fn create(
+    api: &MetricsApi,
+    req: Request<pb::CreateGoalRequest>,
+) -> Result<Response<pb::CreateGoalResponse>, Status> {
+    let ctx = ctx(&req)?;
+    let req = req.into_inner();
+    let mut v = Violations::new();
+    let rid = v.check(idempotency::check(&req.request_id)).flatten();
+    let mut g = req.goal.unwrap_or_default();
+    if g.at_risk_tolerance == 0.0 {
+        g.at_risk_tolerance = 0.1;
+    }
+    check(&ctx.tenant, &mut g, &mut v);
+    v.finish()?;
+    let tenant = ctx.tenant.as_str();
+    if let Some(rid) = &rid
+        && let Some(id) = idempotency::find(&api.db, &ctx.tenant, "CreateGoal", rid).await?
+    {
+        return Ok(Response::new(pb::CreateGoalResponse { goal: Some(load(api, tenant, &id).await?.goal) }));
+    }
+    let id = Uuid::now_v7().to_string();
+    let now = now_micros();
+    let txn = clm_platform::db::begin_write(&api.db).await?;
+    exec(
+        &txn,
+        "INSERT INTO goals (id, tenant_id, display_name, kpi, scope, stage_key, target, direction, period, tolerance, version, create_time, update_time) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)",
+        vec![
+            val(id.as_str()),
+            val(tenant),
+            val(g.display_name.as_str()),
+            val(i64::from(g.kpi)),
+            val(STANDARD.encode(g.scope.clone().unwrap_or_default().encode_to_vec())),
+            val(g.stage_key.as_str()),
+            val(g.target),
+            val(i64::from(g.direction)),
+            val(i64::from(g.period)),
+            val(g.at_risk_tolerance),
+            val(now),
+            val(now),
+        ],
+    )
+    .await?;
+    if let Some(rid) = &rid {
+        idempotency::record(&txn, &ctx.tenant, "CreateGoal", rid, &id).await?;
+    }
+    txn.commit().await.map_err(Error::from)?;
+    Ok(Response::new(pb::CreateGoalResponse { goal: Some(load(api, tenant, &id).await?.goal) }))
+}
+
+pub async fn get(api: &MetricsApi, req: Request<pb::GetGoalRequest>) -> Result<Response<pb::GetGoalResponse>, Status> {
+    let ctx = ctx(&req)?;
+    let id = uuid("id", &req.get_ref().id).map_err(|fv| Error::InvalidArgument(vec![fv]))?;
+    Ok(Response::new(pb::GetGoalResponse { goal: Some(load(api, ctx.tenant.as_str(), &id.to_string()).await?.goal) }))
+}
+
+pub async fn list(
+    api: &MetricsApi,
+    req: Request<pb::ListGoalsRequest>,
+) -> Result<Response<pb::ListGoalsResponse>, Status> {
+    let ctx = ctx(&req)?;
+    let req = req.into_inner();
+    let limit = page_size(req.page_size)?;
+    let after: Option<(i64, String)> = api.tokens.decode(&req.page_token, &ctx.tenant, "goals")?;
+    let (t, id) = after.unwrap_or((i64::MIN, String::new()));
+    let found = rows(
+        &api.db,
+        "SELECT * FROM goals WHERE tenant_id = ? AND (create_time > ? OR (create_time = ? AND id > ?)) ORDER BY create_time, id LIMIT ?",
+        vec![val(ctx.tenant.as_str()), val(t), val(t), val(id), val(i64::try_from(limit + 1).unwrap_or(1001))],
+    )
+    .await?
+    .iter()
+    .map(from_row)
+    .collect::<Result<Vec<_>, _>>()?;
+    let (page, next) = clm_platform::pagination::split_page(found, limit, |r| {
+        (r.goal.create_time.as_ref().and_then(micros).unwrap_or_default(), r.goal.id.clone())
+    });
+    Ok(Response::new(pb::ListGoalsResponse {
+        goals: page.into_iter().map(|r| r.goal).collect(),
+        next_page_token: next.map(|n| api.tokens.encode(&ctx.tenant, "goals", &n)).unwrap_or_default(),
+    }))
+}
+
+fn check_etag(raw: &str, version: i64) -> Result<(), Error> {
+    match etag_version("etag", raw) {
+        Err(fv) => Err(Error::InvalidArgument(vec![fv])),
+        Ok(Some(v)) if v != version => {
+            Err(Error::Aborted("etag does not match: the goal changed; read it again".into()))
+        }
+        Ok(_) => Ok(()),
+    }
+}
+
+pub async fn update(
+    api: &MetricsApi,
+    req: Request<pb::UpdateGoalRequest>,
+) -> Result<Response<pb::UpdateGoalResponse>, Status> {
+    let ctx = ctx(&req)?;
+    let req = req.into_inner();
+    let new = req.goal.ok_or_else(|| Error::invalid("goal", "is required"))?;
+    let tenant = ctx.tenant.as_str();
+    let old = load(api, tenant, &new.id).await?;
+    check_etag(&new.etag, old.version)?;
+    const FIELDS: [&str; 8] =
+        ["display_name", "kpi", "scope", "stage_key", "target", "direction", "period", "at_risk_tolerance"];
+    let paths: Vec<String> = match &req.update_mask {
+        Some(m) if !m.paths.is_empty() => m.paths.clone(),
+        _ => {
+            return Err(
+                Error::invalid("update_mask", format!("name the fields to change: {}", FIELDS.join(", "))).into()
+            );
+        }
+    };
+    let mut v = Violations::new();
+    let mut g = old.goal.clone();
+    for p in &paths {
+        match p.as_str() {
+            "display_name" => g.display_name.clone_from(&new.display_name),
+            "kpi" => g.kpi = new.kpi,
+            "scope" => g.scope.clone_from(&new.scope),
+            "stage_key" => g.stage_key.clone_from(&new.stage_key),
+            "target" => g.target = new.target,
+            "direction" => g.direction = new.direction,
+            "period" => g.period = new.period,
+            "at_risk_tolerance" => g.at_risk_tolerance = new.at_risk_tolerance,
+            other => v.add("update_mask", format!("cannot update {other:?}; updatable: {}", FIELDS.join(", "))),
+        }
+    }
+    check(&ctx.tenant, &mut g, &mut v);
+    v.finish()?;
+    let n = exec(
+        &api.db,
+        "UPDATE goals SET display_name = ?, kpi = ?, scope = ?, stage_key = ?, target = ?, direction = ?, period = ?, \
+         tolerance = ?, version = version + 1, update_time = ? WHERE tenant_id = ? AND id = ? AND version = ?",
+        vec![
+            val(g.display_name.as_str()),
+            val(i64::from(g.kpi)),
+            val(STANDARD.encode(g.scope.clone().unwrap_or_default().encode_to_vec())),
+            val(g.stage_key.as_str()),
+            val(g.target),
+            val(i64::from(g.direction)),
+            val(i64::from(g.period)),
+            val(g.at_risk_tolerance),
+            val(now_micros()),
+            val(tenant),
+            val(g.id.as_str()),
+            val(old.version),
+        ],
+    )
+    .await?;
+    if n != 1 {
+        return Err(Error::Aborted("the goal changed concurrently; read it again".into()).into());
+    }
+    Ok(Response::new(pb::UpdateGoalResponse { goal: Some(load(api, tenant, &g.id).await?.goal) }))
+}
+
+pub async fn delete(
+    api: &MetricsApi,
+    req: Request<pb::DeleteGoalRequest>,
+) -> Result<Response<pb::DeleteGoalResponse>, Status> {
+    let ctx = ctx(&req)?;
+    let req = req.into_inner();
+    let old = load(api, ctx.tenant.as_str(), &req.id).await?;
+    check_etag(&req.etag, old.version)?;
+    exec(
+        &api.db,
+        "DELETE FROM goals WHERE tenant_id = ? AND id = ? AND version = ?",
+        vec![val(ctx.tenant.as_str()), val(old.goal.id.as_str()), val(old.version)],
+    )
+    .await?;
+    Ok(Response::new(pb::DeleteGoalResponse {}))
+}
+
+/// Grade one goal in the period containing `as_of`.
+pub async fn grade(
+    api: &MetricsApi,
+    tenant: &clm_platform::TenantId,
+    g: &pb::Goal,
+    as_of: i64,
+) -> Result<pb::GoalStatus, Error> {
+    let mut v = Violations::new();
+    let period = gran(&mut v, "period", g.period, Gran::Month, true);
+    let start = domain::period_start(as_of, period);
+    let end = domain::next_period(start, period);
+    let mut scope = g.scope.clone().unwrap_or_default();
+    scope.start_time = Some(timestamp(start));
+    scope.end_time = Some(timestamp(as_of.min(end).max(start + 1)));
+    let s = slice(tenant, Some(&scope), "", &mut v);
+    let snap = Snapshot::load(&api.db, tenant.as_str(), &s, DEFAULT_LEAD_THRESHOLD).await?;
+    let (actual, _) = snap.kpi(pb::Kpi::try_from(g.kpi).unwrap_or_default());
+    let at_least = g.direction != pb::GoalDirection::AtMost as i32;
+    let health = match domain::health(actual, g.target, at_least, g.at_risk_tolerance) {
+        domain::Health::OnTrack => pb::GoalHealth::OnTrack,
+        domain::Health::AtRisk => pb::GoalHealth::AtRisk,
+        domain::Health::OffTrack => pb::GoalHealth::OffTrack,
+    };
+    Ok(pb::GoalStatus {
+        goal: Some(g.clone()),
+        actual,
+        target: g.target,
+        health: health as i32,
+        progress: domain::progress(actual, g.target, at_least),
+        period_start_time: Some(timestamp(start)),
+        period_end_time: Some(timestamp(end)),
+    })
+}
+
+pub async fn scorecard(
+    api: &MetricsApi,
+    req: Request<pb::GetScorecardRequest>,
+) -> Result<Response<pb::GetScorecardResponse>, Status> {
+    let ctx = ctx(&req)?;
+    let req = req.into_inner();
+    let as_of = match req.as_of_time.as_ref().map(micros) {
+        None => now_micros(),
+        Some(Some(t)) => t,
+        Some(None) => return Err(Error::invalid("as_of_time", "is not a valid time").into()),
+    };
+    let all = rows(
+        &api.db,
+        "SELECT * FROM goals WHERE tenant_id = ? ORDER BY create_time, id",
+        vec![val(ctx.tenant.as_str())],
+    )
+    .await?
+    .iter()
+    .map(from_row)
+    .collect::<Result<Vec<_>, _>>()?;
+    let mut goals = Vec::with_capacity(all.len());
+    for r in all {
+        goals.push(grade(api, &ctx.tenant, &r.goal, as_of).await?);
+    }
+    Ok(Response::new(pb::GetScorecardResponse { goals }))
+}

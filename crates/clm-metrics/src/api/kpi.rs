@@ -1,0 +1,244 @@
+//! KPI arithmetic over the aggregates of one slice (time range, model, channel, campaign): the
+//! numbers behind GetStageMetrics, ListKpiSeries, GetScorecard and WatchKpis. Definitions are
+//! in `docs/metrics.md`.
+
+use std::collections::HashMap;
+
+use clm_platform::Result;
+use clm_proto::metrics::v1 as pb;
+use sea_orm::ConnectionTrait;
+
+use crate::domain::{self, DAY, ratio};
+use crate::store::model::{self, KpiRow, Slice};
+
+/// Every counter a snapshot reads.
+pub const NAMES: &[&str] = &[
+    "new_contacts",
+    "acquisition_cost",
+    "leads",
+    "new_customers",
+    "revenue",
+    "repeat_orders",
+    "repeat_customers",
+    "first_purchases",
+    "customers_in",
+    "customers_out",
+    "dormant",
+    "churned",
+    "reactivated",
+    "nps_total",
+    "nps_promoters",
+    "nps_detractors",
+    "csat_total",
+    "csat_satisfied",
+    "ces_total",
+    "referrals",
+    "referrers",
+    "reviews",
+    "reviewers",
+];
+
+/// Counters of a slice: name → (count, sum) in the main currency, plus the currencies seen.
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    pub by_name: HashMap<String, (i64, i64)>,
+    pub currency: String,
+    pub other_currencies: Vec<String>,
+}
+
+impl Counters {
+    /// Fold rows; money rows of currencies other than the main one are left out (and listed).
+    pub fn from_rows(rows: &[KpiRow]) -> Self {
+        let mut money: HashMap<&str, i64> = HashMap::new();
+        for r in rows.iter().filter(|r| !r.currency.is_empty()) {
+            *money.entry(r.currency.as_str()).or_default() += r.s.abs();
+        }
+        let mut currencies: Vec<(&str, i64)> = money.into_iter().collect();
+        currencies.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        let currency = currencies.first().map(|c| c.0.to_owned()).unwrap_or_default();
+        let mut by_name: HashMap<String, (i64, i64)> = HashMap::new();
+        for r in rows.iter().filter(|r| r.currency.is_empty() || r.currency == currency) {
+            let e = by_name.entry(r.name.clone()).or_default();
+            e.0 += r.n;
+            e.1 += r.s;
+        }
+        Self { by_name, currency, other_currencies: currencies.iter().skip(1).map(|c| c.0.to_owned()).collect() }
+    }
+
+    pub fn n(&self, name: &str) -> f64 {
+        self.by_name.get(name).map_or(0.0, |v| v.0 as f64)
+    }
+
+    pub fn s(&self, name: &str) -> f64 {
+        self.by_name.get(name).map_or(0.0, |v| v.1 as f64)
+    }
+}
+
+/// Every KPI of a slice, as numbers (money in µ-units of `currency`).
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub c: Counters,
+    pub currency: String,
+    pub lead_quality_rate: f64,
+    pub median_time_to_close: Option<i64>,
+    pub p90_time_to_close: Option<i64>,
+    pub customers_at_start: f64,
+    pub customers_at_end: f64,
+    pub churn_rate: f64,
+    pub retention_rate: f64,
+    pub repeat_purchase_rate: f64,
+    pub purchase_frequency: f64,
+    pub referral_rate: f64,
+    pub historical_clv: f64,
+    pub predicted_clv: f64,
+    pub annual_churn: f64,
+}
+
+impl Snapshot {
+    pub async fn load(db: &impl ConnectionTrait, tenant: &str, slice: &Slice, lead_threshold: i32) -> Result<Self> {
+        let rows = model::kpis(db, tenant, slice, NAMES, "").await?;
+        let c = Counters::from_rows(&rows);
+        // Cumulative to the end (as-of figures: repeat rate, referral rate, historical CLV).
+        let to_end = Slice { start: i64::MIN / 2, ..slice.clone() };
+        let cum = Counters::from_rows(&model::kpis(db, tenant, &to_end, NAMES, "").await?);
+        // The year before the end (lifetime-value model).
+        let year = Slice { start: slice.end - 365 * DAY, ..slice.clone() };
+        let last_year = Counters::from_rows(&model::kpis(db, tenant, &year, NAMES, "").await?);
+        let (leads, good) = model::lead_quality(db, tenant, slice, lead_threshold).await?;
+        let close = model::histogram(db, tenant, &slice.model, "__time_to_close", slice.start, slice.end).await?;
+        let at_start = model::customers_at(db, tenant, &slice.model, slice.start).await? as f64;
+        let at_end = model::customers_at(db, tenant, &slice.model, slice.end).await? as f64;
+        let year_ago = model::customers_at(db, tenant, &slice.model, slice.end - 365 * DAY).await? as f64;
+        let annual_churn = ratio(last_year.n("customers_out"), year_ago.max(at_end));
+        let aov = ratio(last_year.s("revenue"), last_year.n("revenue"));
+        let per_year = ratio(last_year.n("revenue"), at_end.max(1.0));
+        let currency = c.currency.clone();
+        Ok(Self {
+            lead_quality_rate: ratio(good as f64, leads as f64),
+            median_time_to_close: domain::quantile(&close, 0.5),
+            p90_time_to_close: domain::quantile(&close, 0.9),
+            customers_at_start: at_start,
+            customers_at_end: at_end,
+            churn_rate: ratio(c.n("customers_out"), at_start),
+            retention_rate: if at_start > 0.0 {
+                ((at_end - c.n("customers_in")) / at_start).clamp(0.0, 1.0)
+            } else {
+                0.0
+            },
+            repeat_purchase_rate: ratio(cum.n("repeat_customers"), cum.n("first_purchases")),
+            purchase_frequency: ratio(c.n("revenue"), at_end),
+            referral_rate: ratio(cum.n("referrers"), at_end),
+            historical_clv: ratio(cum.s("revenue"), cum.n("first_purchases")),
+            predicted_clv: domain::predicted_clv(aov, per_year, domain::expected_lifespan_years(annual_churn)),
+            annual_churn,
+            currency,
+            c,
+        })
+    }
+
+    pub fn cac(&self) -> f64 {
+        ratio(self.c.s("acquisition_cost"), self.c.n("new_customers"))
+    }
+
+    pub fn nps(&self) -> f64 {
+        ratio((self.c.n("nps_promoters") - self.c.n("nps_detractors")) * 100.0, self.c.n("nps_total"))
+    }
+
+    pub fn csat(&self) -> f64 {
+        ratio(self.c.n("csat_satisfied") * 100.0, self.c.n("csat_total"))
+    }
+
+    pub fn ces(&self) -> f64 {
+        ratio(self.c.s("ces_total"), self.c.n("ces_total"))
+    }
+
+    /// One KPI's value and the sample it rests on (money in currency units, times in days).
+    pub fn kpi(&self, k: pb::Kpi) -> (f64, i64) {
+        let c = &self.c;
+        let units = |micros: f64| micros / 1e6;
+        let n = |name: &str| c.n(name) as i64;
+        match k {
+            pb::Kpi::NewContacts => (c.n("new_contacts"), n("new_contacts")),
+            pb::Kpi::Leads => (c.n("leads"), n("leads")),
+            pb::Kpi::CostPerLead => (units(ratio(c.s("acquisition_cost"), c.n("leads"))), n("leads")),
+            pb::Kpi::LeadQualityRate => (self.lead_quality_rate, n("leads")),
+            pb::Kpi::NewCustomers => (c.n("new_customers"), n("new_customers")),
+            pb::Kpi::CloseRate => (ratio(c.n("new_customers"), c.n("leads")), n("leads")),
+            pb::Kpi::Revenue => (units(c.s("revenue")), n("revenue")),
+            pb::Kpi::AverageDealSize | pb::Kpi::AverageOrderValue => {
+                (units(ratio(c.s("revenue"), c.n("revenue"))), n("revenue"))
+            }
+            pb::Kpi::TimeToCloseDays => {
+                (self.median_time_to_close.map_or(0.0, |t| t as f64 / DAY as f64), n("new_customers"))
+            }
+            pb::Kpi::Cac => (units(self.cac()), n("new_customers")),
+            pb::Kpi::ConversionRate => (ratio(c.n("new_customers"), c.n("new_contacts")), n("new_contacts")),
+            pb::Kpi::ChurnRate => (self.churn_rate, self.customers_at_start as i64),
+            pb::Kpi::RetentionRate => (self.retention_rate, self.customers_at_start as i64),
+            pb::Kpi::RepeatPurchaseRate => (self.repeat_purchase_rate, n("first_purchases")),
+            pb::Kpi::PurchaseFrequency => (self.purchase_frequency, self.customers_at_end as i64),
+            pb::Kpi::Nps => (self.nps(), n("nps_total")),
+            pb::Kpi::Csat => (self.csat(), n("csat_total")),
+            pb::Kpi::Ces => (self.ces(), n("ces_total")),
+            pb::Kpi::ReferralRate => (self.referral_rate, self.customers_at_end as i64),
+            pb::Kpi::CustomerLifetimeValue => (units(self.predicted_clv), self.customers_at_end as i64),
+            pb::Kpi::ClvToCacRatio => (ratio(self.predicted_clv, self.cac()), n("new_customers")),
+            pb::Kpi::Unspecified => (0.0, 0),
+        }
+    }
+}
+
+/// Money in `currency` from µ-units.
+pub fn money(micros: f64, currency: &str) -> Option<clm_proto::common::v1::Money> {
+    if currency.is_empty() {
+        return None;
+    }
+    let m = micros.round() as i64;
+    Some(clm_proto::common::v1::Money {
+        currency_code: currency.to_owned(),
+        units: m / 1_000_000,
+        nanos: i32::try_from((m % 1_000_000) * 1000).unwrap_or(0),
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::float_cmp)]
+mod tests {
+    use super::*;
+
+    fn row(name: &str, currency: &str, n: i64, s: i64) -> KpiRow {
+        KpiRow { name: name.into(), currency: currency.into(), group: String::new(), day: 0, n, s }
+    }
+
+    #[test]
+    fn stage_kpis_hand_checked() {
+        // 10 leads, 4 became customers, 2000 EUR spent, 3 orders worth 600 EUR.
+        let c = Counters::from_rows(&[
+            row("leads", "", 10, 0),
+            row("new_customers", "", 4, 0),
+            row("acquisition_cost", "EUR", 20, 2_000_000_000),
+            row("acquisition_cost", "USD", 1, 5_000_000),
+            row("revenue", "EUR", 3, 600_000_000),
+            row("nps_total", "", 10, 0),
+            row("nps_promoters", "", 5, 0),
+            row("nps_detractors", "", 2, 0),
+            row("csat_total", "", 4, 0),
+            row("csat_satisfied", "", 3, 0),
+            row("ces_total", "", 2, 9),
+        ]);
+        assert_eq!(c.currency, "EUR");
+        assert_eq!(c.other_currencies, vec!["USD"]);
+        let s = Snapshot { c, currency: "EUR".into(), ..Snapshot::default() };
+        assert_eq!(s.kpi(pb::Kpi::CostPerLead).0, 200.0);
+        assert_eq!(s.kpi(pb::Kpi::CloseRate).0, 0.4);
+        assert_eq!(s.kpi(pb::Kpi::Cac).0, 500.0);
+        assert_eq!(s.kpi(pb::Kpi::Revenue).0, 600.0);
+        assert_eq!(s.kpi(pb::Kpi::AverageDealSize).0, 200.0);
+        assert_eq!(s.kpi(pb::Kpi::Nps).0, 30.0);
+        assert_eq!(s.kpi(pb::Kpi::Csat).0, 75.0);
+        assert_eq!(s.kpi(pb::Kpi::Ces).0, 4.5);
+        let empty = Snapshot::default();
+        assert_eq!(empty.kpi(pb::Kpi::CloseRate).0, 0.0, "no leads: 0, not NaN");
+        assert_eq!(money(1_500_000.0, "EUR").unwrap().nanos, 500_000_000);
+    }
+}

@@ -1,0 +1,557 @@
+//! gRPC handlers of `clm.metrics.v1.MetricsService`: parse the scope into a slice of the
+//! aggregates, read them (`store::model`), compute (`kpi`, `domain`), map back.
+
+pub mod goals;
+pub mod kpi;
+
+use std::collections::HashMap;
+use std::pin::Pin;
+
+use clm_platform::convert::{duration, duration_micros, micros, timestamp, uuid};
+use clm_platform::pagination::PageTokens;
+use clm_platform::{Error, RequestContext, TenantId, Violations};
+use clm_proto::metrics::v1 as pb;
+use clm_proto::metrics::v1::metrics_service_server::MetricsService;
+use sea_orm::DatabaseConnection;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::domain::{self, DAY, Gran, ratio};
+use crate::store::model::{self, Slice};
+use kpi::{Snapshot, money};
+
+/// Default lead-quality threshold (lead score).
+const DEFAULT_LEAD_THRESHOLD: i32 = 50;
+/// Default range: the last 90 days.
+const DEFAULT_RANGE: i64 = 90 * DAY;
+
+#[derive(Clone, Debug)]
+pub struct MetricsApi {
+    pub(crate) db: DatabaseConnection,
+    pub(crate) tokens: PageTokens,
+}
+
+impl MetricsApi {
+    pub fn new(db: DatabaseConnection, tokens: PageTokens) -> Self {
+        Self { db, tokens }
+    }
+}
+
+fn ctx<T>(req: &Request<T>) -> Result<RequestContext, Status> {
+    clm_platform::auth::context(req)
+}
+
+/// The id lifecycle gives a tenant's default model (a UUID v5 of the tenant, a published
+/// contract), so metrics can default to it without asking.
+pub fn default_model_id(tenant: &TenantId) -> String {
+    Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("clm-default-model/{tenant}").as_bytes()).to_string()
+}
+
+pub fn now_micros() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+/// Check a scope into a slice; `prefix` names the field ("scope." or "goal.scope.").
+pub fn slice(tenant: &TenantId, scope: Option<&pb::MetricsScope>, prefix: &str, v: &mut Violations) -> Slice {
+    let s = scope.cloned().unwrap_or_default();
+    let end = match s.end_time.as_ref().map(micros) {
+        None => now_micros(),
+        Some(Some(t)) => t,
+        Some(None) => {
+            v.add(format!("{prefix}end_time"), "is not a valid time");
+            0
+        }
+    };
+    let start = match s.start_time.as_ref().map(micros) {
+        None => end - DEFAULT_RANGE,
+        Some(Some(t)) => t,
+        Some(None) => {
+            v.add(format!("{prefix}start_time"), "is not a valid time");
+            0
+        }
+    };
+    if start >= end {
+        v.add(format!("{prefix}end_time"), "must be after start_time");
+    }
+    if end - start > 20 * 366 * DAY {
+        v.add(format!("{prefix}start_time"), "a range of at most 20 years");
+    }
+    let model = if s.model_id.is_empty() || s.model_id == "default" {
+        default_model_id(tenant)
+    } else {
+        v.check(uuid(&format!("{prefix}model_id"), &s.model_id)).map(|u| u.to_string()).unwrap_or_default()
+    };
+    if !s.segment_filter.is_empty() {
+        v.add(
+            format!("{prefix}segment_filter"),
+            "not supported yet: metrics answer from pre-aggregated counters by channel and campaign",
+        );
+    }
+    Slice {
+        model,
+        start,
+        end,
+        channel: (!s.channel.is_empty()).then(|| s.channel.to_lowercase()),
+        campaign: (!s.campaign.is_empty()).then(|| s.campaign.clone()),
+    }
+}
+
+pub fn gran(v: &mut Violations, field: &str, raw: i32, default: Gran, allow_day: bool) -> Gran {
+    match pb::Granularity::try_from(raw) {
+        Ok(pb::Granularity::Unspecified) => default,
+        Ok(pb::Granularity::Day) if allow_day => Gran::Day,
+        Ok(pb::Granularity::Week) => Gran::Week,
+        Ok(pb::Granularity::Month) => Gran::Month,
+        Ok(pb::Granularity::Quarter) if allow_day => Gran::Quarter,
+        _ => {
+            v.add(field, if allow_day { "DAY, WEEK, MONTH or QUARTER" } else { "WEEK or MONTH" });
+            default
+        }
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchKpisResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl MetricsService for MetricsApi {
+    async fn get_funnel(&self, req: Request<pb::GetFunnelRequest>) -> Result<Response<pb::GetFunnelResponse>, Status> {
+        let ctx = ctx(&req)?;
+        let req = req.into_inner();
+        let mut v = Violations::new();
+        let slice = slice(&ctx.tenant, req.scope.as_ref(), "scope.", &mut v);
+        let window = match req.conversion_window.as_ref().map(duration_micros) {
+            None => None,
+            Some(Some(w)) if w > 0 => Some(w),
+            Some(_) => {
+                v.add("conversion_window", "must be a positive duration");
+                None
+            }
+        };
+        v.finish()?;
+        let tenant = ctx.tenant.as_str();
+        let stages: Vec<(String, i64, String, String)> = model::model_stages(&self.db, tenant, &slice.model)
+            .await?
+            .into_iter()
+            .filter(|(_, _, cat, _)| cat != "lost")
+            .collect();
+        let reached: HashMap<String, i64> = match window {
+            None => model::stage_reaches(&self.db, tenant, &slice).await?.into_iter().collect(),
+            Some(w) => match stages.first() {
+                Some((first, ..)) => {
+                    model::windowed_reaches(&self.db, tenant, &slice, first, w).await?.into_iter().collect()
+                }
+                None => HashMap::new(),
+            },
+        };
+        let mut out = Vec::new();
+        let first_n = stages.first().map_or(0, |s| reached.get(&s.0).copied().unwrap_or(0));
+        let mut prev: Option<i64> = None;
+        for (key, ..) in &stages {
+            let n = reached.get(key).copied().unwrap_or(0);
+            let hist = model::histogram(&self.db, tenant, &slice.model, key, slice.start, slice.end).await?;
+            out.push(pb::FunnelStage {
+                stage_key: key.clone(),
+                reached: n,
+                conversion_rate_from_previous: prev.map_or(1.0, |p| ratio(n as f64, p as f64)),
+                conversion_rate_from_first: ratio(n as f64, first_n as f64),
+                median_time_from_previous: domain::quantile(&hist, 0.5).map(duration),
+                p90_time_from_previous: domain::quantile(&hist, 0.9).map(duration),
+            });
+            prev = Some(n);
+        }
+        let overall = out.last().map_or(0.0, |l| ratio(l.reached as f64, first_n as f64));
+        Ok(Response::new(pb::GetFunnelResponse {
+            funnel: Some(pb::Funnel { stages: out, overall_conversion_rate: overall }),
+        }))
+    }
+
+    async fn get_stage_metrics(
+        &self,
+        req: Request<pb::GetStageMetricsRequest>,
+    ) -> Result<Response<pb::GetStageMetricsResponse>, Status> {
+        let ctx = ctx(&req)?;
+        let req = req.into_inner();
+        let mut v = Violations::new();
+        let slice = slice(&ctx.tenant, req.scope.as_ref(), "scope.", &mut v);
+        if !(0..=100).contains(&req.lead_quality_threshold) {
+            v.add("lead_quality_threshold", "must be 0 to 100");
+        }
+        v.finish()?;
+        let threshold =
+            if req.lead_quality_threshold == 0 { DEFAULT_LEAD_THRESHOLD } else { req.lead_quality_threshold };
+        let tenant = ctx.tenant.as_str();
+        let s = Snapshot::load(&self.db, tenant, &slice, threshold).await?;
+        let by_channel = model::kpis(&self.db, tenant, &slice, &["new_contacts"], "channel").await?;
+        let c = &s.c;
+        let cur = s.currency.as_str();
+        let n = |name: &str| c.n(name) as i64;
+        Ok(Response::new(pb::GetStageMetricsResponse {
+            acquisition: Some(pb::AcquisitionMetrics {
+                new_contacts: n("new_contacts"),
+                leads: n("leads"),
+                acquisition_cost: money(c.s("acquisition_cost"), cur),
+                cost_per_lead: money(ratio(c.s("acquisition_cost"), c.n("leads")), cur),
+                lead_quality_rate: s.lead_quality_rate,
+                new_contacts_by_channel: by_channel.into_iter().map(|r| (r.group, r.n)).collect(),
+            }),
+            conversion: Some(pb::ConversionMetrics {
+                new_customers: n("new_customers"),
+                close_rate: ratio(c.n("new_customers"), c.n("leads")),
+                revenue: money(c.s("revenue"), cur),
+                average_deal_size: money(ratio(c.s("revenue"), c.n("revenue")), cur),
+                median_time_to_close: s.median_time_to_close.map(duration),
+                p90_time_to_close: s.p90_time_to_close.map(duration),
+                cac: money(s.cac(), cur),
+            }),
+            retention: Some(pb::RetentionMetrics {
+                churn_rate: s.churn_rate,
+                retention_rate: s.retention_rate,
+                repeat_purchase_rate: s.repeat_purchase_rate,
+                purchase_frequency: s.purchase_frequency,
+                average_order_value: money(ratio(c.s("revenue"), c.n("revenue")), cur),
+                dormant: n("dormant"),
+                reactivated: n("reactivated"),
+                nps: s.nps(),
+                csat: s.csat(),
+                ces: s.ces(),
+                customers_at_start: s.customers_at_start as i64,
+            }),
+            loyalty: Some(pb::LoyaltyMetrics {
+                referral_rate: s.referral_rate,
+                advocates: n("nps_promoters") + n("reviewers"),
+                promoters: n("nps_promoters"),
+                reviewers: n("reviewers"),
+                historical_clv: money(s.historical_clv, cur),
+                predicted_clv: money(s.predicted_clv, cur),
+                clv_to_cac_ratio: ratio(s.predicted_clv, s.cac()),
+            }),
+            other_currencies: s.c.other_currencies.clone(),
+        }))
+    }
+
+    async fn get_channel_metrics(
+        &self,
+        req: Request<pb::GetChannelMetricsRequest>,
+    ) -> Result<Response<pb::GetChannelMetricsResponse>, Status> {
+        let ctx = ctx(&req)?;
+        let req = req.into_inner();
+        let mut v = Violations::new();
+        let slice = slice(&ctx.tenant, req.scope.as_ref(), "scope.", &mut v);
+        v.finish()?;
+        let group = if req.by_campaign { "channel,campaign" } else { "channel" };
+        let rows = model::kpis(
+            &self.db,
+            ctx.tenant.as_str(),
+            &slice,
+            &["new_contacts", "leads", "new_customers", "acquisition_cost", "revenue"],
+            group,
+        )
+        .await?;
+        let mut groups: std::collections::BTreeMap<String, Vec<model::KpiRow>> = std::collections::BTreeMap::new();
+        for r in rows {
+            groups.entry(r.group.clone()).or_default().push(r);
+        }
+        let channels = groups
+            .into_iter()
+            .map(|(g, rows)| {
+                let c = kpi::Counters::from_rows(&rows);
+                let (channel, campaign) = match g.split_once('/') {
+                    Some((a, b)) if req.by_campaign => (a.to_owned(), b.to_owned()),
+                    _ => (g.clone(), String::new()),
+                };
+                let cur = c.currency.as_str();
+                pb::ChannelMetrics {
+                    channel,
+                    campaign,
+                    new_contacts: c.n("new_contacts") as i64,
+                    leads: c.n("leads") as i64,
+                    customers: c.n("new_customers") as i64,
+                    close_rate: ratio(c.n("new_customers"), c.n("leads")),
+                    acquisition_cost: money(c.s("acquisition_cost"), cur),
+                    cost_per_lead: money(ratio(c.s("acquisition_cost"), c.n("leads")), cur),
+                    cac: money(ratio(c.s("acquisition_cost"), c.n("new_customers")), cur),
+                    revenue: money(c.s("revenue"), cur),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::GetChannelMetricsResponse { channels }))
+    }
+
+    async fn get_cohort_retention(
+        &self,
+        req: Request<pb::GetCohortRetentionRequest>,
+    ) -> Result<Response<pb::GetCohortRetentionResponse>, Status> {
+        let ctx = ctx(&req)?;
+        let req = req.into_inner();
+        let mut v = Violations::new();
+        let mut slice = slice(&ctx.tenant, req.scope.as_ref(), "scope.", &mut v);
+        let g = gran(&mut v, "granularity", req.granularity, Gran::Month, false);
+        if slice.channel.is_some() || slice.campaign.is_some() {
+            v.add("scope.channel", "cohorts are not split by channel or campaign");
+        }
+        let periods = match req.periods {
+            0 => 12,
+            p if (1..=60).contains(&p) => i64::from(p),
+            _ => {
+                v.add("periods", "1 to 60");
+                12
+            }
+        };
+        let measure = pb::CohortMeasure::try_from(req.measure).unwrap_or_else(|_| {
+            v.add("measure", "ACTIVE, RETAINED or REVENUE");
+            pb::CohortMeasure::Active
+        });
+        v.finish()?;
+        if req.scope.as_ref().and_then(|s| s.start_time.as_ref()).is_none() {
+            // Default: the last year of cohorts.
+            slice.start = slice.end - 365 * DAY;
+        }
+        let (sizes, cells, last) =
+            model::cohorts(&self.db, ctx.tenant.as_str(), g, domain::period_start(slice.start, g), slice.end).await?;
+        let now = now_micros();
+        let rows = sizes
+            .into_iter()
+            .map(|(cohort, size)| {
+                let elapsed = domain::period_index(cohort, now, g) + 1;
+                let cells = (0..periods.min(elapsed))
+                    .map(|idx| {
+                        let (n, revenue) =
+                            cells.iter().find(|c| c.0 == cohort && c.1 == idx).map_or((0, 0), |c| (c.2, c.3));
+                        let retained: i64 = last.iter().filter(|l| l.0 == cohort && l.1 >= idx).map(|l| l.2).sum();
+                        let (count, value) = match measure {
+                            pb::CohortMeasure::Retained => (retained, ratio(retained as f64, size as f64)),
+                            pb::CohortMeasure::Revenue => (n, revenue as f64 / 1e6),
+                            _ => (n, ratio(n as f64, size as f64)),
+                        };
+                        pb::CohortCell {
+                            period_index: i32::try_from(idx).unwrap_or(i32::MAX),
+                            value,
+                            count,
+                            revenue: None,
+                        }
+                    })
+                    .collect();
+                pb::CohortRow { cohort_start_time: Some(timestamp(cohort)), cohort_size: size, cells }
+            })
+            .collect();
+        Ok(Response::new(pb::GetCohortRetentionResponse { rows }))
+    }
+
+    async fn get_lifecycle_breakdown(
+        &self,
+        req: Request<pb::GetLifecycleBreakdownRequest>,
+    ) -> Result<Response<pb::GetLifecycleBreakdownResponse>, Status> {
+        let ctx = ctx(&req)?;
+        let req = req.into_inner();
+        let mut v = Violations::new();
+        let slice = slice(&ctx.tenant, req.scope.as_ref(), "scope.", &mut v);
+        let g = gran(&mut v, "granularity", req.granularity, Gran::Week, true);
+        if g == Gran::Quarter {
+            v.add("granularity", "DAY, WEEK or MONTH");
+        }
+        v.finish()?;
+        let tenant = ctx.tenant.as_str();
+        let start = domain::period_start(slice.start, g);
+        let wide = Slice { start, ..slice.clone() };
+        let rows =
+            model::kpis(&self.db, tenant, &wide, &["new_contacts", "reactivated", "dormant", "churned"], "day").await?;
+        let counts = model::period_counts(&self.db, tenant, g, start, slice.end).await?;
+        let periods = domain::periods(start, slice.end, g)
+            .into_iter()
+            .map(|p| {
+                let sum = |name: &str| -> i64 {
+                    rows.iter().filter(|r| r.name == name && domain::period_start(r.day, g) == p).map(|r| r.n).sum()
+                };
+                let returning = counts.iter().find(|c| c.0 == p).map_or(0, |c| c.2);
+                pb::BreakdownPeriod {
+                    period_start_time: Some(timestamp(p)),
+                    new: sum("new_contacts"),
+                    returning,
+                    reactivated: sum("reactivated"),
+                    dormant: sum("dormant"),
+                    churned: sum("churned"),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::GetLifecycleBreakdownResponse { periods }))
+    }
+
+    async fn get_customer_value(
+        &self,
+        req: Request<pb::GetCustomerValueRequest>,
+    ) -> Result<Response<pb::GetCustomerValueResponse>, Status> {
+        let ctx = ctx(&req)?;
+        let id = uuid("contact_id", &req.get_ref().contact_id).map_err(|fv| Error::InvalidArgument(vec![fv]))?;
+        let tenant = ctx.tenant.as_str();
+        let contact = id.to_string();
+        let attribution = model::attribution(&self.db, tenant, &contact).await?;
+        let facts = model::customer_facts(&self.db, tenant, &contact).await?;
+        if attribution.create_time.is_none() && facts.is_none() {
+            return Err(Error::not_found("contact", contact).into());
+        }
+        let f = facts.unwrap_or_default();
+        let now = now_micros();
+        let all =
+            Slice { model: default_model_id(&ctx.tenant), start: now - 365 * DAY, end: now + DAY, ..Slice::default() };
+        let tenant_view = Snapshot::load(&self.db, tenant, &all, DEFAULT_LEAD_THRESHOLD).await?;
+        // The contact's own order value and frequency (orders per year since the first, at
+        // least a month of tenure), times the tenant's expected lifespan.
+        let predicted = f.first_purchase.map(|first| {
+            let years = ((now - first).max(30 * DAY) as f64) / (365.0 * DAY as f64);
+            domain::predicted_clv(
+                ratio(f.revenue as f64, f.orders as f64),
+                f.orders as f64 / years,
+                domain::expected_lifespan_years(tenant_view.annual_churn),
+            )
+        });
+        let cost = model::acquisition_cost(&self.db, tenant, &contact).await?;
+        Ok(Response::new(pb::GetCustomerValueResponse {
+            customer_value: Some(pb::CustomerValue {
+                contact_id: contact.clone(),
+                historical_revenue: money(f.revenue as f64, &f.currency),
+                orders: f.orders,
+                first_purchase_time: f.first_purchase.map(timestamp),
+                last_purchase_time: f.last_purchase.map(timestamp),
+                predicted_clv: predicted.and_then(|p| money(p, &f.currency)),
+                acquisition_cost: cost.and_then(|(m, c)| money(m as f64, &c)),
+                current_stage: model::current_stage(&self.db, tenant, &default_model_id(&ctx.tenant), &contact)
+                    .await?
+                    .unwrap_or_default(),
+            }),
+        }))
+    }
+
+    async fn create_goal(
+        &self,
+        req: Request<pb::CreateGoalRequest>,
+    ) -> Result<Response<pb::CreateGoalResponse>, Status> {
+        goals::create(self, req).await
+    }
+
+    async fn get_goal(&self, req: Request<pb::GetGoalRequest>) -> Result<Response<pb::GetGoalResponse>, Status> {
+        goals::get(self, req).await
+    }
+
+    async fn list_goals(&self, req: Request<pb::ListGoalsRequest>) -> Result<Response<pb::ListGoalsResponse>, Status> {
+        goals::list(self, req).await
+    }
+
+    async fn update_goal(
+        &self,
+        req: Request<pb::UpdateGoalRequest>,
+    ) -> Result<Response<pb::UpdateGoalResponse>, Status> {
+        goals::update(self, req).await
+    }
+
+    async fn delete_goal(
+        &self,
+        req: Request<pb::DeleteGoalRequest>,
+    ) -> Result<Response<pb::DeleteGoalResponse>, Status> {
+        goals::delete(self, req).await
+    }
+
+    async fn get_scorecard(
+        &self,
+        req: Request<pb::GetScorecardRequest>,
+    ) -> Result<Response<pb::GetScorecardResponse>, Status> {
+        goals::scorecard(self, req).await
+    }
+
+    async fn list_kpi_series(
+        &self,
+        req: Request<pb::ListKpiSeriesRequest>,
+    ) -> Result<Response<pb::ListKpiSeriesResponse>, Status> {
+        let ctx = ctx(&req)?;
+        let req = req.into_inner();
+        let mut v = Violations::new();
+        let slice = slice(&ctx.tenant, req.scope.as_ref(), "scope.", &mut v);
+        let g = gran(&mut v, "granularity", req.granularity, Gran::Week, true);
+        let k = pb::Kpi::try_from(req.kpi).unwrap_or_default();
+        if k == pb::Kpi::Unspecified {
+            v.add("kpi", "which KPI (KPI_NEW_CONTACTS, KPI_NPS, …)");
+        }
+        let periods = domain::periods(slice.start, slice.end, g);
+        if periods.len() > 400 {
+            v.add("granularity", "at most 400 periods per series; use a coarser granularity");
+        }
+        v.finish()?;
+        let mut points = Vec::with_capacity(periods.len());
+        for p in periods {
+            let s = Slice { start: p, end: domain::next_period(p, g), ..slice.clone() };
+            let snap = Snapshot::load(&self.db, ctx.tenant.as_str(), &s, DEFAULT_LEAD_THRESHOLD).await?;
+            let (value, sample_size) = snap.kpi(k);
+            points.push(pb::KpiPoint { period_start_time: Some(timestamp(p)), value, sample_size });
+        }
+        Ok(Response::new(pb::ListKpiSeriesResponse { points }))
+    }
+
+    type WatchKpisStream = WatchStream;
+
+    async fn watch_kpis(&self, req: Request<pb::WatchKpisRequest>) -> Result<Response<Self::WatchKpisStream>, Status> {
+        let ctx = ctx(&req)?;
+        let req = req.into_inner();
+        let mut v = Violations::new();
+        let slice = slice(&ctx.tenant, req.scope.as_ref(), "scope.", &mut v);
+        let kpis: Vec<pb::Kpi> = req.kpis.iter().map(|k| pb::Kpi::try_from(*k).unwrap_or_default()).collect();
+        if kpis.is_empty() || kpis.len() > 22 || kpis.contains(&pb::Kpi::Unspecified) {
+            v.add("kpis", "1 to 22 KPIs, each specified");
+        }
+        v.finish()?;
+        let follow_end = req.scope.as_ref().and_then(|s| s.end_time.as_ref()).is_none();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let db = self.db.clone();
+        let tenant = ctx.tenant.clone();
+        let mut changes = crate::watch::subscribe();
+        tokio::spawn(async move {
+            let mut last: HashMap<i32, f64> = HashMap::new();
+            loop {
+                let mut s = slice.clone();
+                if follow_end {
+                    s.end = now_micros() + 1;
+                }
+                match Snapshot::load(&db, tenant.as_str(), &s, DEFAULT_LEAD_THRESHOLD).await {
+                    Ok(snap) => {
+                        for k in &kpis {
+                            let (value, _) = snap.kpi(*k);
+                            if last.get(&(*k as i32)).is_none_or(|old| (old - value).abs() > f64::EPSILON) {
+                                last.insert(*k as i32, value);
+                                let msg = pb::WatchKpisResponse {
+                                    kpi: *k as i32,
+                                    value,
+                                    update_time: Some(timestamp(now_micros())),
+                                };
+                                if tx.send(Ok(msg)).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::from(e))).await;
+                        return;
+                    }
+                }
+                // Wait for a change of this tenant (or a few seconds), then let the writer commit.
+                let wait = async {
+                    loop {
+                        match changes.recv().await {
+                            Ok(t) if t == tenant.as_str() => return,
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                                futures::future::pending::<()>().await;
+                            }
+                            _ => {}
+                        }
+                    }
+                };
+                tokio::select! {
+                    () = wait => {}
+                    () = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+                    () = tx.closed() => return,
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,882 @@
+//! The read model, updated incrementally by events (`apply_*`), and the queries the API asks of
+//! it. Every KPI query reads pre-aggregated daily rows (`kpi_daily`, `stage_daily`,
+//! `time_hist`, `cohort_*`, `period_counts`), so its cost grows with the number of days and
+//! dimensions in range, not with the number of contacts or transitions.
+//!
+//! Tables (all keyed by tenant):
+//! - `kpi_daily` (name, model, day, channel, campaign, currency) → count `n`, sum `s`
+//! - `stage_daily` (model, stage, day, channel, campaign) → first reaches
+//! - `time_hist` (model, name, day, bucket) → durations (stage-to-stage, time to close)
+//! - `stage_reach`, `contact_now`, `customer_facts`, `contact_periods`: per-contact state the
+//!   updates need (first reach per stage, current stage, purchases, active periods)
+//! - `cohort_sizes`, `cohort_cells`, `cohort_last`, `period_counts`: cohort matrix and
+//!   new/returning counts per period
+
+use clm_platform::Result;
+use sea_orm::{ConnectionTrait, DbBackend, QueryResult, Statement, Value};
+
+use crate::domain::{self, Gran};
+
+/// A statement with `?` placeholders, numbered for PostgreSQL.
+pub fn stmt(b: DbBackend, sql: &str, vals: Vec<Value>) -> Statement {
+    let sql = if b == DbBackend::Postgres {
+        let mut out = String::with_capacity(sql.len() + 16);
+        let mut i = 0;
+        for c in sql.chars() {
+            if c == '?' {
+                i += 1;
+                out.push('$');
+                out.push_str(&i.to_string());
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    } else {
+        sql.to_owned()
+    };
+    Statement::from_sql_and_values(b, sql, vals)
+}
+
+pub async fn exec(db: &impl ConnectionTrait, sql: &str, vals: Vec<Value>) -> Result<u64> {
+    Ok(db.execute_raw(stmt(db.get_database_backend(), sql, vals)).await?.rows_affected())
+}
+
+pub async fn rows(db: &impl ConnectionTrait, sql: &str, vals: Vec<Value>) -> Result<Vec<QueryResult>> {
+    Ok(db.query_all_raw(stmt(db.get_database_backend(), sql, vals)).await?)
+}
+
+pub async fn one(db: &impl ConnectionTrait, sql: &str, vals: Vec<Value>) -> Result<Option<QueryResult>> {
+    Ok(db.query_one_raw(stmt(db.get_database_backend(), sql, vals)).await?)
+}
+
+fn v<T: Into<Value>>(x: T) -> Value {
+    x.into()
+}
+
+/// Where a contact came from, for per-channel aggregates ("unknown" before its event).
+#[derive(Debug, Clone, Default)]
+pub struct Attribution {
+    pub channel: String,
+    pub campaign: String,
+    pub create_time: Option<i64>,
+}
+
+pub async fn attribution(db: &impl ConnectionTrait, tenant: &str, contact: &str) -> Result<Attribution> {
+    let r = one(
+        db,
+        "SELECT acquisition_channel, campaign, create_time, acquire_time FROM contact_facts WHERE tenant_id = ? AND contact_id = ?",
+        vec![v(tenant), v(contact)],
+    )
+    .await?;
+    Ok(match r {
+        Some(r) => Attribution {
+            channel: r.try_get::<String>("", "acquisition_channel")?,
+            campaign: r.try_get::<String>("", "campaign")?,
+            create_time: r.try_get::<Option<i64>>("", "acquire_time")?.or(Some(r.try_get::<i64>("", "create_time")?)),
+        },
+        None => Attribution { channel: "unknown".into(), ..Attribution::default() },
+    })
+}
+
+/// Add to a daily KPI counter.
+#[allow(clippy::too_many_arguments)]
+pub async fn bump_kpi(
+    db: &impl ConnectionTrait,
+    tenant: &str,
+    name: &str,
+    model: &str,
+    at: i64,
+    a: &Attribution,
+    currency: &str,
+    n: i64,
+    s: i64,
+) -> Result<()> {
+    exec(
+        db,
+        "INSERT INTO kpi_daily (tenant_id, name, model_id, day, channel, campaign, currency, n, s) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant_id, name, model_id, day, channel, campaign, currency) \
+         DO UPDATE SET n = kpi_daily.n + excluded.n, s = kpi_daily.s + excluded.s",
+        vec![
+            v(tenant),
+            v(name),
+            v(model),
+            v(domain::day(at)),
+            v(a.channel.as_str()),
+            v(a.campaign.as_str()),
+            v(currency),
+            v(n),
+            v(s),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn bump_stage(
+    db: &impl ConnectionTrait,
+    tenant: &str,
+    model: &str,
+    stage: &str,
+    at: i64,
+    a: &Attribution,
+    n: i64,
+) -> Result<()> {
+    exec(
+        db,
+        "INSERT INTO stage_daily (tenant_id, model_id, stage_key, day, channel, campaign, n) VALUES (?, ?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (tenant_id, model_id, stage_key, day, channel, campaign) DO UPDATE SET n = stage_daily.n + excluded.n",
+        vec![v(tenant), v(model), v(stage), v(domain::day(at)), v(a.channel.as_str()), v(a.campaign.as_str()), v(n)],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn bump_hist(db: &impl ConnectionTrait, tenant: &str, model: &str, name: &str, at: i64, took: i64) -> Result<()> {
+    exec(
+        db,
+        "INSERT INTO time_hist (tenant_id, model_id, name, day, bucket, n) VALUES (?, ?, ?, ?, ?, 1) \
+         ON CONFLICT (tenant_id, model_id, name, day, bucket) DO UPDATE SET n = time_hist.n + 1",
+        vec![v(tenant), v(model), v(name), v(domain::day(at)), v(domain::bucket(took))],
+    )
+    .await?;
+    Ok(())
+}
+
+/// A contact's stage change (lifecycle's StageChanged), with its attribution.
+#[derive(Debug, Clone)]
+pub struct StageChange<'a> {
+    pub contact: &'a str,
+    pub model: &'a str,
+    pub from_stage: &'a str,
+    pub to_stage: &'a str,
+    pub from_category: &'a str,
+    pub to_category: &'a str,
+    pub to_role: &'a str,
+    pub position: i32,
+    pub reactivation: bool,
+    pub at: i64,
+    pub from_enter: Option<i64>,
+}
+
+#[allow(clippy::too_many_lines)]
+pub async fn apply_stage_change(db: &impl ConnectionTrait, tenant: &str, c: &StageChange<'_>) -> Result<()> {
+    let a = attribution(db, tenant, c.contact).await?;
+    exec(
+        db,
+        "INSERT INTO model_stages (tenant_id, model_id, stage_key, position, category, role) VALUES (?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (tenant_id, model_id, stage_key) DO UPDATE SET position = excluded.position, \
+         category = excluded.category, role = excluded.role",
+        vec![v(tenant), v(c.model), v(c.to_stage), v(i64::from(c.position)), v(c.to_category), v(c.to_role)],
+    )
+    .await?;
+    // First reach of the stage (funnel); a backdated earlier reach moves the count.
+    let reach = one(
+        db,
+        "SELECT first_time FROM stage_reach WHERE tenant_id = ? AND model_id = ? AND contact_id = ? AND stage_key = ?",
+        vec![v(tenant), v(c.model), v(c.contact), v(c.to_stage)],
+    )
+    .await?;
+    match reach.map(|r| r.try_get::<i64>("", "first_time")).transpose()? {
+        None => {
+            exec(
+                db,
+                "INSERT INTO stage_reach (tenant_id, model_id, contact_id, stage_key, first_time) VALUES (?, ?, ?, ?, ?)",
+                vec![v(tenant), v(c.model), v(c.contact), v(c.to_stage), v(c.at)],
+            )
+            .await?;
+            bump_stage(db, tenant, c.model, c.to_stage, c.at, &a, 1).await?;
+            if let Some(from) = c.from_enter
+                && !c.from_stage.is_empty()
+            {
+                bump_hist(db, tenant, c.model, c.to_stage, c.at, c.at - from).await?;
+            }
+        }
+        Some(first) if c.at < first => {
+            exec(
+                db,
+                "UPDATE stage_reach SET first_time = ? WHERE tenant_id = ? AND model_id = ? AND contact_id = ? AND stage_key = ?",
+                vec![v(c.at), v(tenant), v(c.model), v(c.contact), v(c.to_stage)],
+            )
+            .await?;
+            bump_stage(db, tenant, c.model, c.to_stage, first, &a, -1).await?;
+            bump_stage(db, tenant, c.model, c.to_stage, c.at, &a, 1).await?;
+        }
+        Some(_) => {}
+    }
+    // Current stage, lead and customer times.
+    let now = one(
+        db,
+        "SELECT enter_time, lead_time, customer_time FROM contact_now WHERE tenant_id = ? AND model_id = ? AND contact_id = ?",
+        vec![v(tenant), v(c.model), v(c.contact)],
+    )
+    .await?;
+    let (lead, customer) = match &now {
+        None => {
+            exec(
+                db,
+                "INSERT INTO contact_now (tenant_id, model_id, contact_id, stage_key, category, enter_time) VALUES (?, ?, ?, ?, ?, ?)",
+                vec![v(tenant), v(c.model), v(c.contact), v(c.to_stage), v(c.to_category), v(c.at)],
+            )
+            .await?;
+            (None, None)
+        }
+        Some(r) => {
+            if c.at >= r.try_get::<i64>("", "enter_time")? {
+                exec(
+                    db,
+                    "UPDATE contact_now SET stage_key = ?, category = ?, enter_time = ? WHERE tenant_id = ? AND model_id = ? AND contact_id = ?",
+                    vec![v(c.to_stage), v(c.to_category), v(c.at), v(tenant), v(c.model), v(c.contact)],
+                )
+                .await?;
+            }
+            (r.try_get::<Option<i64>>("", "lead_time")?, r.try_get::<Option<i64>>("", "customer_time")?)
+        }
+    };
+    let set_time = async |col: &str, at: i64| {
+        exec(
+            db,
+            &format!("UPDATE contact_now SET {col} = ? WHERE tenant_id = ? AND model_id = ? AND contact_id = ?"),
+            vec![v(at), v(tenant), v(c.model), v(c.contact)],
+        )
+        .await
+    };
+    // A lead: the first move past the model's entry stage.
+    if !c.from_stage.is_empty() {
+        match lead {
+            None => {
+                set_time("lead_time", c.at).await?;
+                bump_kpi(db, tenant, "leads", c.model, c.at, &a, "", 1, 0).await?;
+            }
+            Some(old) if c.at < old => {
+                set_time("lead_time", c.at).await?;
+                bump_kpi(db, tenant, "leads", c.model, old, &a, "", -1, 0).await?;
+                bump_kpi(db, tenant, "leads", c.model, c.at, &a, "", 1, 0).await?;
+            }
+            Some(_) => {}
+        }
+    }
+    // A new customer: the first entry into a customer stage; time to close from lead (or creation).
+    if c.to_category == "customer" {
+        match customer {
+            None => {
+                set_time("customer_time", c.at).await?;
+                let base = lead.map(|l| l.min(c.at)).or(a.create_time).unwrap_or(c.at);
+                let took = (c.at - base).max(0);
+                bump_kpi(db, tenant, "new_customers", c.model, c.at, &a, "", 1, took).await?;
+                bump_hist(db, tenant, c.model, "__time_to_close", c.at, took).await?;
+            }
+            Some(old) if c.at < old => {
+                set_time("customer_time", c.at).await?;
+                bump_kpi(db, tenant, "new_customers", c.model, old, &a, "", -1, 0).await?;
+                bump_kpi(db, tenant, "new_customers", c.model, c.at, &a, "", 1, 0).await?;
+            }
+            Some(_) => {}
+        }
+    }
+    if c.from_category != "customer" && c.to_category == "customer" {
+        bump_kpi(db, tenant, "customers_in", c.model, c.at, &a, "", 1, 0).await?;
+    }
+    if c.from_category == "customer" && c.to_category != "customer" {
+        bump_kpi(db, tenant, "customers_out", c.model, c.at, &a, "", 1, 0).await?;
+    }
+    match c.to_role {
+        "dormant" => bump_kpi(db, tenant, "dormant", c.model, c.at, &a, "", 1, 0).await?,
+        "churned" => bump_kpi(db, tenant, "churned", c.model, c.at, &a, "", 1, 0).await?,
+        _ => {}
+    }
+    if c.reactivation {
+        bump_kpi(db, tenant, "reactivated", c.model, c.at, &a, "", 1, 0).await?;
+    }
+    Ok(())
+}
+
+/// Per-contact purchase and advocacy facts.
+#[derive(Debug, Clone, Default)]
+pub struct CustomerFacts {
+    pub first_purchase: Option<i64>,
+    pub last_purchase: Option<i64>,
+    pub orders: i64,
+    pub revenue: i64,
+    pub currency: String,
+    pub referrals: i64,
+    pub reviews: i64,
+    pub last_nps: Option<i64>,
+}
+
+pub async fn customer_facts(db: &impl ConnectionTrait, tenant: &str, contact: &str) -> Result<Option<CustomerFacts>> {
+    let r = one(db, "SELECT * FROM customer_facts WHERE tenant_id = ? AND contact_id = ?", vec![v(tenant), v(contact)])
+        .await?;
+    r.map(|r| {
+        Ok(CustomerFacts {
+            first_purchase: r.try_get("", "first_purchase")?,
+            last_purchase: r.try_get("", "last_purchase")?,
+            orders: r.try_get("", "orders")?,
+            revenue: r.try_get("", "revenue")?,
+            currency: r.try_get("", "currency")?,
+            referrals: r.try_get("", "referrals")?,
+            reviews: r.try_get("", "reviews")?,
+            last_nps: r.try_get("", "last_nps")?,
+        })
+    })
+    .transpose()
+}
+
+async fn save_customer_facts(db: &impl ConnectionTrait, tenant: &str, contact: &str, f: &CustomerFacts) -> Result<()> {
+    exec(
+        db,
+        "INSERT INTO customer_facts (tenant_id, contact_id, first_purchase, last_purchase, orders, revenue, currency, referrals, reviews, last_nps) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant_id, contact_id) DO UPDATE SET \
+         first_purchase = excluded.first_purchase, last_purchase = excluded.last_purchase, orders = excluded.orders, \
+         revenue = excluded.revenue, currency = excluded.currency, referrals = excluded.referrals, \
+         reviews = excluded.reviews, last_nps = excluded.last_nps",
+        vec![
+            v(tenant),
+            v(contact),
+            v(f.first_purchase),
+            v(f.last_purchase),
+            v(f.orders),
+            v(f.revenue),
+            v(f.currency.as_str()),
+            v(f.referrals),
+            v(f.reviews),
+            v(f.last_nps),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+const COHORT_GRANS: [Gran; 2] = [Gran::Week, Gran::Month];
+const ACTIVITY_GRANS: [Gran; 3] = [Gran::Day, Gran::Week, Gran::Month];
+
+async fn bump_cohort(
+    db: &impl ConnectionTrait,
+    tenant: &str,
+    g: Gran,
+    cohort: i64,
+    idx: i64,
+    n: i64,
+    revenue: i64,
+) -> Result<()> {
+    exec(
+        db,
+        "INSERT INTO cohort_cells (tenant_id, gran, cohort, idx, n, revenue) VALUES (?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (tenant_id, gran, cohort, idx) DO UPDATE SET n = cohort_cells.n + excluded.n, revenue = cohort_cells.revenue + excluded.revenue",
+        vec![v(tenant), v(g.key()), v(cohort), v(idx), v(n), v(revenue)],
+    )
+    .await?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn bump_simple(
+    db: &impl ConnectionTrait,
+    table: &str,
+    key_col: &str,
+    tenant: &str,
+    g: Gran,
+    cohort: i64,
+    key: Option<i64>,
+    n: i64,
+) -> Result<()> {
+    let (cols, vals) = match key {
+        Some(k) => {
+            (format!("tenant_id, gran, cohort, {key_col}, n"), vec![v(tenant), v(g.key()), v(cohort), v(k), v(n)])
+        }
+        None => ("tenant_id, gran, cohort, n".to_owned(), vec![v(tenant), v(g.key()), v(cohort), v(n)]),
+    };
+    let conflict =
+        if key.is_some() { format!("tenant_id, gran, cohort, {key_col}") } else { "tenant_id, gran, cohort".into() };
+    let marks = vec!["?"; vals.len()].join(", ");
+    exec(
+        db,
+        &format!("INSERT INTO {table} ({cols}) VALUES ({marks}) ON CONFLICT ({conflict}) DO UPDATE SET n = {table}.n + excluded.n"),
+        vals,
+    )
+    .await?;
+    Ok(())
+}
+
+/// The contact's active periods at granularity `g`: (period start, revenue).
+async fn contact_periods(db: &impl ConnectionTrait, tenant: &str, contact: &str, g: Gran) -> Result<Vec<(i64, i64)>> {
+    rows(
+        db,
+        "SELECT period, revenue FROM contact_periods WHERE tenant_id = ? AND contact_id = ? AND gran = ?",
+        vec![v(tenant), v(contact), v(g.key())],
+    )
+    .await?
+    .into_iter()
+    .map(|r| Ok((r.try_get("", "period")?, r.try_get("", "revenue")?)))
+    .collect()
+}
+
+/// Add (`sign` = 1) or remove (−1) a contact's whole contribution to the cohort starting at
+/// `first_purchase`'s period.
+async fn cohort_contribution(
+    db: &impl ConnectionTrait,
+    tenant: &str,
+    contact: &str,
+    first_purchase: i64,
+    sign: i64,
+) -> Result<()> {
+    for g in COHORT_GRANS {
+        let cohort = domain::period_start(first_purchase, g);
+        bump_simple(db, "cohort_sizes", "", tenant, g, cohort, None, sign).await?;
+        let mut last = None;
+        for (p, revenue) in contact_periods(db, tenant, contact, g).await? {
+            let idx = domain::period_index(cohort, p, g);
+            if idx >= 0 {
+                bump_cohort(db, tenant, g, cohort, idx, sign, sign * revenue).await?;
+                last = last.max(Some(idx));
+            }
+        }
+        if let Some(l) = last {
+            bump_simple(db, "cohort_last", "last_idx", tenant, g, cohort, Some(l), sign).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Record activity of a contact at `at` (with `revenue` µ-units, 0 for non-purchases): active
+/// periods, new vs returning counts, and the cohort matrix.
+async fn activity(
+    db: &impl ConnectionTrait,
+    tenant: &str,
+    contact: &str,
+    at: i64,
+    revenue: i64,
+    first_purchase: Option<i64>,
+) -> Result<()> {
+    for g in ACTIVITY_GRANS {
+        let p = domain::period_start(at, g);
+        let existing = contact_periods(db, tenant, contact, g).await?;
+        let is_new = !existing.iter().any(|(q, _)| *q == p);
+        let cohort = first_purchase.filter(|_| g != Gran::Day).map(|f| domain::period_start(f, g));
+        if is_new {
+            exec(
+                db,
+                "INSERT INTO contact_periods (tenant_id, contact_id, gran, period, revenue) VALUES (?, ?, ?, ?, ?)",
+                vec![v(tenant), v(contact), v(g.key()), v(p), v(revenue)],
+            )
+            .await?;
+            let returning = i64::from(existing.iter().any(|(q, _)| *q < p));
+            exec(
+                db,
+                "INSERT INTO period_counts (tenant_id, gran, period, active, returning) VALUES (?, ?, ?, 1, ?) \
+                 ON CONFLICT (tenant_id, gran, period) DO UPDATE SET active = period_counts.active + 1, \
+                 returning = period_counts.returning + excluded.returning",
+                vec![v(tenant), v(g.key()), v(p), v(returning)],
+            )
+            .await?;
+        } else {
+            exec(
+                db,
+                "UPDATE contact_periods SET revenue = revenue + ? WHERE tenant_id = ? AND contact_id = ? AND gran = ? AND period = ?",
+                vec![v(revenue), v(tenant), v(contact), v(g.key()), v(p)],
+            )
+            .await?;
+        }
+        if let Some(cohort) = cohort {
+            let idx = domain::period_index(cohort, p, g);
+            if idx >= 0 {
+                bump_cohort(db, tenant, g, cohort, idx, i64::from(is_new), revenue).await?;
+                let old_last =
+                    existing.iter().map(|(q, _)| domain::period_index(cohort, *q, g)).filter(|i| *i >= 0).max();
+                if old_last.is_none_or(|l| idx > l) {
+                    if let Some(l) = old_last {
+                        bump_simple(db, "cohort_last", "last_idx", tenant, g, cohort, Some(l), -1).await?;
+                    }
+                    bump_simple(db, "cohort_last", "last_idx", tenant, g, cohort, Some(idx), 1).await?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A journey event (lifecycle's JourneyEventRecorded).
+#[derive(Debug, Clone)]
+pub enum Happening {
+    Purchase { amount: i64, currency: String },
+    Referral,
+    Review,
+    Other,
+}
+
+pub async fn apply_journey_event(
+    db: &impl ConnectionTrait,
+    tenant: &str,
+    contact: &str,
+    at: i64,
+    h: &Happening,
+) -> Result<()> {
+    let a = attribution(db, tenant, contact).await?;
+    let mut f = customer_facts(db, tenant, contact).await?.unwrap_or_default();
+    let mut revenue = 0;
+    match h {
+        Happening::Purchase { amount, currency } => {
+            revenue = *amount;
+            bump_kpi(db, tenant, "revenue", "", at, &a, currency, 1, *amount).await?;
+            if f.orders >= 1 {
+                bump_kpi(db, tenant, "repeat_orders", "", at, &a, "", 1, 0).await?;
+            }
+            if f.orders == 1 {
+                bump_kpi(db, tenant, "repeat_customers", "", at, &a, "", 1, 0).await?;
+            }
+            if f.orders == 0 {
+                bump_kpi(db, tenant, "first_purchases", "", at, &a, "", 1, 0).await?;
+            }
+            let old_first = f.first_purchase;
+            f.orders += 1;
+            f.revenue += amount;
+            currency.clone_into(&mut f.currency);
+            f.first_purchase = Some(old_first.map_or(at, |o| o.min(at)));
+            f.last_purchase = Some(f.last_purchase.map_or(at, |o| o.max(at)));
+            if old_first != f.first_purchase {
+                if let Some(old) = old_first {
+                    cohort_contribution(db, tenant, contact, old, -1).await?;
+                }
+                cohort_contribution(db, tenant, contact, at, 1).await?;
+            }
+        }
+        Happening::Referral => {
+            bump_kpi(db, tenant, "referrals", "", at, &a, "", 1, 0).await?;
+            if f.referrals == 0 {
+                bump_kpi(db, tenant, "referrers", "", at, &a, "", 1, 0).await?;
+            }
+            f.referrals += 1;
+        }
+        Happening::Review => return apply_review(db, tenant, contact, at).await,
+        Happening::Other => {}
+    }
+    save_customer_facts(db, tenant, contact, &f).await?;
+    activity(db, tenant, contact, at, revenue, f.first_purchase).await
+}
+
+pub async fn apply_review(db: &impl ConnectionTrait, tenant: &str, contact: &str, at: i64) -> Result<()> {
+    let a = attribution(db, tenant, contact).await?;
+    let mut f = customer_facts(db, tenant, contact).await?.unwrap_or_default();
+    bump_kpi(db, tenant, "reviews", "", at, &a, "", 1, 0).await?;
+    if f.reviews == 0 {
+        bump_kpi(db, tenant, "reviewers", "", at, &a, "", 1, 0).await?;
+    }
+    f.reviews += 1;
+    save_customer_facts(db, tenant, contact, &f).await?;
+    activity(db, tenant, contact, at, 0, f.first_purchase).await
+}
+
+/// A complete, scored survey response.
+pub async fn apply_score(
+    db: &impl ConnectionTrait,
+    tenant: &str,
+    contact: &str,
+    kind: &str,
+    score: i32,
+    at: i64,
+) -> Result<()> {
+    let a = attribution(db, tenant, contact).await?;
+    let s = i64::from(score);
+    match kind {
+        "nps" => {
+            bump_kpi(db, tenant, "nps_total", "", at, &a, "", 1, s).await?;
+            if score >= 9 {
+                bump_kpi(db, tenant, "nps_promoters", "", at, &a, "", 1, 0).await?;
+            } else if score <= 6 {
+                bump_kpi(db, tenant, "nps_detractors", "", at, &a, "", 1, 0).await?;
+            }
+            let mut f = customer_facts(db, tenant, contact).await?.unwrap_or_default();
+            f.last_nps = Some(s);
+            save_customer_facts(db, tenant, contact, &f).await?;
+        }
+        "csat" => {
+            bump_kpi(db, tenant, "csat_total", "", at, &a, "", 1, s).await?;
+            if score >= 4 {
+                bump_kpi(db, tenant, "csat_satisfied", "", at, &a, "", 1, 0).await?;
+            }
+        }
+        "ces" => bump_kpi(db, tenant, "ces_total", "", at, &a, "", 1, s).await?,
+        _ => {}
+    }
+    Ok(())
+}
+
+// ---- queries ----
+
+/// Which slice of the aggregates a query reads.
+#[derive(Debug, Clone, Default)]
+pub struct Slice {
+    pub model: String,
+    pub start: i64,
+    pub end: i64,
+    pub channel: Option<String>,
+    pub campaign: Option<String>,
+}
+
+impl Slice {
+    fn filters(&self, sql: &mut String, vals: &mut Vec<Value>) {
+        if let Some(c) = &self.channel {
+            sql.push_str(" AND channel = ?");
+            vals.push(v(c.as_str()));
+        }
+        if let Some(c) = &self.campaign {
+            sql.push_str(" AND campaign = ?");
+            vals.push(v(c.as_str()));
+        }
+    }
+}
+
+/// One aggregated KPI counter: (name, currency, group) → (count, sum).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KpiRow {
+    pub name: String,
+    pub currency: String,
+    /// The GROUP BY value: a day, a channel, a channel/campaign pair, or empty.
+    pub group: String,
+    pub day: i64,
+    pub n: i64,
+    pub s: i64,
+}
+
+/// KPI counters in the slice, grouped by `group` ("", "day", "channel" or "channel,campaign").
+pub async fn kpis(
+    db: &impl ConnectionTrait,
+    tenant: &str,
+    slice: &Slice,
+    names: &[&str],
+    group: &str,
+) -> Result<Vec<KpiRow>> {
+    let marks = vec!["?"; names.len()].join(", ");
+    let (select_group, group_by) = match group {
+        "day" => ("'' AS grp, day", ", day"),
+        "channel" => ("channel AS grp, 0 AS day", ", channel"),
+        "channel,campaign" => ("channel || '/' || campaign AS grp, 0 AS day", ", channel, campaign"),
+        _ => ("'' AS grp, 0 AS day", ""),
+    };
+    let mut sql = format!(
+        "SELECT name, currency, {select_group}, SUM(n) AS n, SUM(s) AS s FROM kpi_daily \
+         WHERE tenant_id = ? AND name IN ({marks}) AND model_id IN ('', ?) AND day >= ? AND day < ?"
+    );
+    let mut vals = vec![v(tenant)];
+    vals.extend(names.iter().map(|n| v(*n)));
+    vals.extend([v(slice.model.as_str()), v(slice.start), v(slice.end)]);
+    slice.filters(&mut sql, &mut vals);
+    sql.push_str(" GROUP BY name, currency");
+    sql.push_str(group_by);
+    rows(db, &sql, vals)
+        .await?
+        .into_iter()
+        .map(|r| {
+            Ok(KpiRow {
+                name: r.try_get("", "name")?,
+                currency: r.try_get("", "currency")?,
+                group: r.try_get("", "grp")?,
+                day: r.try_get("", "day")?,
+                n: r.try_get::<Option<i64>>("", "n")?.unwrap_or(0),
+                s: r.try_get::<Option<i64>>("", "s")?.unwrap_or(0),
+            })
+        })
+        .collect()
+}
+
+/// Running total of customers (in − out) before `at`: customers at that moment.
+pub async fn customers_at(db: &impl ConnectionTrait, tenant: &str, model: &str, at: i64) -> Result<i64> {
+    let r = one(
+        db,
+        "SELECT SUM(CASE WHEN name = 'customers_in' THEN n ELSE -n END) AS c FROM kpi_daily \
+         WHERE tenant_id = ? AND name IN ('customers_in', 'customers_out') AND model_id = ? AND day < ?",
+        vec![v(tenant), v(model), v(domain::day(at))],
+    )
+    .await?;
+    Ok(r.map(|r| r.try_get::<Option<i64>>("", "c")).transpose()?.flatten().unwrap_or(0))
+}
+
+/// A model's stages as seen in events: (key, position, category, role), in order.
+pub async fn model_stages(
+    db: &impl ConnectionTrait,
+    tenant: &str,
+    model: &str,
+) -> Result<Vec<(String, i64, String, String)>> {
+    rows(
+        db,
+        "SELECT stage_key, position, category, role FROM model_stages WHERE tenant_id = ? AND model_id = ? ORDER BY position",
+        vec![v(tenant), v(model)],
+    )
+    .await?
+    .into_iter()
+    .map(|r| Ok((r.try_get("", "stage_key")?, r.try_get("", "position")?, r.try_get("", "category")?, r.try_get("", "role")?)))
+    .collect()
+}
+
+/// First reaches per stage in the slice.
+pub async fn stage_reaches(db: &impl ConnectionTrait, tenant: &str, slice: &Slice) -> Result<Vec<(String, i64)>> {
+    let mut sql =
+        "SELECT stage_key, SUM(n) AS n FROM stage_daily WHERE tenant_id = ? AND model_id = ? AND day >= ? AND day < ?"
+            .to_owned();
+    let mut vals = vec![v(tenant), v(slice.model.as_str()), v(slice.start), v(slice.end)];
+    slice.filters(&mut sql, &mut vals);
+    sql.push_str(" GROUP BY stage_key");
+    rows(db, &sql, vals)
+        .await?
+        .into_iter()
+        .map(|r| Ok((r.try_get("", "stage_key")?, r.try_get::<Option<i64>>("", "n")?.unwrap_or(0))))
+        .collect()
+}
+
+/// The histogram of durations named `name` (a stage key, or `__time_to_close`) in the range.
+pub async fn histogram(
+    db: &impl ConnectionTrait,
+    tenant: &str,
+    model: &str,
+    name: &str,
+    start: i64,
+    end: i64,
+) -> Result<Vec<(i64, i64)>> {
+    rows(
+        db,
+        "SELECT bucket, SUM(n) AS n FROM time_hist WHERE tenant_id = ? AND model_id = ? AND name = ? AND day >= ? AND day < ? GROUP BY bucket",
+        vec![v(tenant), v(model), v(name), v(start), v(end)],
+    )
+    .await?
+    .into_iter()
+    .map(|r| Ok((r.try_get("", "bucket")?, r.try_get::<Option<i64>>("", "n")?.unwrap_or(0))))
+    .collect()
+}
+
+/// Cohorts starting in [start, end): (cohort, size), cells (cohort, idx, n, revenue), and
+/// last-active counts (cohort, last_idx, n).
+#[allow(clippy::type_complexity)]
+pub async fn cohorts(
+    db: &impl ConnectionTrait,
+    tenant: &str,
+    g: Gran,
+    start: i64,
+    end: i64,
+) -> Result<(Vec<(i64, i64)>, Vec<(i64, i64, i64, i64)>, Vec<(i64, i64, i64)>)> {
+    let base = vec![v(tenant), v(g.key()), v(start), v(end)];
+    let sizes = rows(db, "SELECT cohort, n FROM cohort_sizes WHERE tenant_id = ? AND gran = ? AND cohort >= ? AND cohort < ? AND n > 0 ORDER BY cohort", base.clone())
+        .await?
+        .into_iter()
+        .map(|r| Ok((r.try_get("", "cohort")?, r.try_get("", "n")?)))
+        .collect::<Result<Vec<_>>>()?;
+    let cells = rows(db, "SELECT cohort, idx, n, revenue FROM cohort_cells WHERE tenant_id = ? AND gran = ? AND cohort >= ? AND cohort < ?", base.clone())
+        .await?
+        .into_iter()
+        .map(|r| Ok((r.try_get("", "cohort")?, r.try_get("", "idx")?, r.try_get("", "n")?, r.try_get("", "revenue")?)))
+        .collect::<Result<Vec<_>>>()?;
+    let last = rows(
+        db,
+        "SELECT cohort, last_idx, n FROM cohort_last WHERE tenant_id = ? AND gran = ? AND cohort >= ? AND cohort < ?",
+        base,
+    )
+    .await?
+    .into_iter()
+    .map(|r| Ok((r.try_get("", "cohort")?, r.try_get("", "last_idx")?, r.try_get("", "n")?)))
+    .collect::<Result<Vec<_>>>()?;
+    Ok((sizes, cells, last))
+}
+
+/// Active and returning contacts per period of `g` in [start, end).
+pub async fn period_counts(
+    db: &impl ConnectionTrait,
+    tenant: &str,
+    g: Gran,
+    start: i64,
+    end: i64,
+) -> Result<Vec<(i64, i64, i64)>> {
+    rows(
+        db,
+        "SELECT period, active, returning FROM period_counts WHERE tenant_id = ? AND gran = ? AND period >= ? AND period < ? ORDER BY period",
+        vec![v(tenant), v(g.key()), v(start), v(end)],
+    )
+    .await?
+    .into_iter()
+    .map(|r| Ok((r.try_get("", "period")?, r.try_get("", "active")?, r.try_get("", "returning")?)))
+    .collect()
+}
+
+/// Leads in the range, and those of good quality (lead score ≥ `threshold`, or converted).
+pub async fn lead_quality(
+    db: &impl ConnectionTrait,
+    tenant: &str,
+    slice: &Slice,
+    threshold: i32,
+) -> Result<(i64, i64)> {
+    let mut sql = "SELECT COUNT(*) AS leads, SUM(CASE WHEN f.lead_score >= ? OR n.customer_time IS NOT NULL THEN 1 ELSE 0 END) AS good \
+         FROM contact_now n LEFT JOIN contact_facts f ON f.tenant_id = n.tenant_id AND f.contact_id = n.contact_id \
+         WHERE n.tenant_id = ? AND n.model_id = ? AND n.lead_time >= ? AND n.lead_time < ?"
+        .to_owned();
+    let mut vals = vec![v(threshold), v(tenant), v(slice.model.as_str()), v(slice.start), v(slice.end)];
+    if let Some(c) = &slice.channel {
+        sql.push_str(" AND f.acquisition_channel = ?");
+        vals.push(v(c.as_str()));
+    }
+    if let Some(c) = &slice.campaign {
+        sql.push_str(" AND f.campaign = ?");
+        vals.push(v(c.as_str()));
+    }
+    let r = one(db, &sql, vals).await?;
+    Ok(match r {
+        Some(r) => (r.try_get::<i64>("", "leads")?, r.try_get::<Option<i64>>("", "good")?.unwrap_or(0)),
+        None => (0, 0),
+    })
+}
+
+/// The contact's current stage in `model`, if known.
+pub async fn current_stage(
+    db: &impl ConnectionTrait,
+    tenant: &str,
+    model: &str,
+    contact: &str,
+) -> Result<Option<String>> {
+    Ok(one(
+        db,
+        "SELECT stage_key FROM contact_now WHERE tenant_id = ? AND model_id = ? AND contact_id = ?",
+        vec![v(tenant), v(model), v(contact)],
+    )
+    .await?
+    .map(|r| r.try_get("", "stage_key"))
+    .transpose()?)
+}
+
+/// A contact's acquisition cost (µ-units, currency).
+pub async fn acquisition_cost(db: &impl ConnectionTrait, tenant: &str, contact: &str) -> Result<Option<(i64, String)>> {
+    let r = one(
+        db,
+        "SELECT cost_micros, cost_currency FROM contact_facts WHERE tenant_id = ? AND contact_id = ?",
+        vec![v(tenant), v(contact)],
+    )
+    .await?;
+    Ok(match r {
+        Some(r) => r.try_get::<Option<i64>>("", "cost_micros")?.zip(r.try_get::<Option<String>>("", "cost_currency")?),
+        None => None,
+    })
+}
+
+/// Funnel with a conversion window (per-contact path): of the contacts who reached `first` in
+/// the range, how many reached each stage within `window` µs of that.
+pub async fn windowed_reaches(
+    db: &impl ConnectionTrait,
+    tenant: &str,
+    slice: &Slice,
+    first: &str,
+    window: i64,
+) -> Result<Vec<(String, i64)>> {
+    let mut sql = "SELECT r.stage_key AS stage_key, COUNT(*) AS n FROM stage_reach f \
+         JOIN stage_reach r ON r.tenant_id = f.tenant_id AND r.model_id = f.model_id AND r.contact_id = f.contact_id \
+         LEFT JOIN contact_facts c ON c.tenant_id = f.tenant_id AND c.contact_id = f.contact_id \
+         WHERE f.tenant_id = ? AND f.model_id = ? AND f.stage_key = ? AND f.first_time >= ? AND f.first_time < ? \
+         AND r.first_time >= f.first_time AND r.first_time <= f.first_time + ?"
+        .to_owned();
+    let mut vals = vec![v(tenant), v(slice.model.as_str()), v(first), v(slice.start), v(slice.end), v(window)];
+    if let Some(ch) = &slice.channel {
+        sql.push_str(" AND c.acquisition_channel = ?");
+        vals.push(v(ch.as_str()));
+    }
+    if let Some(ca) = &slice.campaign {
+        sql.push_str(" AND c.campaign = ?");
+        vals.push(v(ca.as_str()));
+    }
+    sql.push_str(" GROUP BY r.stage_key");
+    rows(db, &sql, vals).await?.into_iter().map(|r| Ok((r.try_get("", "stage_key")?, r.try_get("", "n")?))).collect()
+}

@@ -182,7 +182,7 @@ const TABLES: &[TableDef] = &[
     ),
     (
         "period_counts",
-        &[("tenant_id", "s"), ("gran", "s"), ("period", "i"), ("active", "i"), ("returning", "i")],
+        &[("tenant_id", "s"), ("gran", "s"), ("period", "i"), ("active", "i"), ("returners", "i")],
         &["tenant_id", "gran", "period"],
     ),
     (

@@ -463,9 +463,9 @@ async fn activity(
             let returning = i64::from(existing.iter().any(|(q, _)| *q < p));
             exec(
                 db,
-                "INSERT INTO period_counts (tenant_id, gran, period, active, returning) VALUES (?, ?, ?, 1, ?) \
+                "INSERT INTO period_counts (tenant_id, gran, period, active, returners) VALUES (?, ?, ?, 1, ?) \
                  ON CONFLICT (tenant_id, gran, period) DO UPDATE SET active = period_counts.active + 1, \
-                 returning = period_counts.returning + excluded.returning",
+                 returners = period_counts.returners + excluded.returners",
                 vec![v(tenant), v(g.key()), v(p), v(returning)],
             )
             .await?;
@@ -649,12 +649,12 @@ pub async fn kpis(
     let marks = vec!["?"; names.len()].join(", ");
     let (select_group, group_by) = match group {
         "day" => ("'' AS grp, day", ", day"),
-        "channel" => ("channel AS grp, 0 AS day", ", channel"),
-        "channel,campaign" => ("channel || '/' || campaign AS grp, 0 AS day", ", channel, campaign"),
-        _ => ("'' AS grp, 0 AS day", ""),
+        "channel" => ("channel AS grp, CAST(0 AS BIGINT) AS day", ", channel"),
+        "channel,campaign" => ("channel || '/' || campaign AS grp, CAST(0 AS BIGINT) AS day", ", channel, campaign"),
+        _ => ("'' AS grp, CAST(0 AS BIGINT) AS day", ""),
     };
     let mut sql = format!(
-        "SELECT name, currency, {select_group}, SUM(n) AS n, SUM(s) AS s FROM kpi_daily \
+        "SELECT name, currency, {select_group}, CAST(SUM(n) AS BIGINT) AS n, CAST(SUM(s) AS BIGINT) AS s FROM kpi_daily \
          WHERE tenant_id = ? AND name IN ({marks}) AND model_id IN ('', ?) AND day >= ? AND day < ?"
     );
     let mut vals = vec![v(tenant)];
@@ -683,7 +683,7 @@ pub async fn kpis(
 pub async fn customers_at(db: &impl ConnectionTrait, tenant: &str, model: &str, at: i64) -> Result<i64> {
     let r = one(
         db,
-        "SELECT SUM(CASE WHEN name = 'customers_in' THEN n ELSE -n END) AS c FROM kpi_daily \
+        "SELECT CAST(SUM(CASE WHEN name = 'customers_in' THEN n ELSE -n END) AS BIGINT) AS c FROM kpi_daily \
          WHERE tenant_id = ? AND name IN ('customers_in', 'customers_out') AND model_id = ? AND day < ?",
         vec![v(tenant), v(model), v(domain::day(at))],
     )
@@ -711,7 +711,7 @@ pub async fn model_stages(
 /// First reaches per stage in the slice.
 pub async fn stage_reaches(db: &impl ConnectionTrait, tenant: &str, slice: &Slice) -> Result<Vec<(String, i64)>> {
     let mut sql =
-        "SELECT stage_key, SUM(n) AS n FROM stage_daily WHERE tenant_id = ? AND model_id = ? AND day >= ? AND day < ?"
+        "SELECT stage_key, CAST(SUM(n) AS BIGINT) AS n FROM stage_daily WHERE tenant_id = ? AND model_id = ? AND day >= ? AND day < ?"
             .to_owned();
     let mut vals = vec![v(tenant), v(slice.model.as_str()), v(slice.start), v(slice.end)];
     slice.filters(&mut sql, &mut vals);
@@ -734,7 +734,7 @@ pub async fn histogram(
 ) -> Result<Vec<(i64, i64)>> {
     rows(
         db,
-        "SELECT bucket, SUM(n) AS n FROM time_hist WHERE tenant_id = ? AND model_id = ? AND name = ? AND day >= ? AND day < ? GROUP BY bucket",
+        "SELECT bucket, CAST(SUM(n) AS BIGINT) AS n FROM time_hist WHERE tenant_id = ? AND model_id = ? AND name = ? AND day >= ? AND day < ? GROUP BY bucket",
         vec![v(tenant), v(model), v(name), v(start), v(end)],
     )
     .await?
@@ -786,12 +786,12 @@ pub async fn period_counts(
 ) -> Result<Vec<(i64, i64, i64)>> {
     rows(
         db,
-        "SELECT period, active, returning FROM period_counts WHERE tenant_id = ? AND gran = ? AND period >= ? AND period < ? ORDER BY period",
+        "SELECT period, active, returners FROM period_counts WHERE tenant_id = ? AND gran = ? AND period >= ? AND period < ? ORDER BY period",
         vec![v(tenant), v(g.key()), v(start), v(end)],
     )
     .await?
     .into_iter()
-    .map(|r| Ok((r.try_get("", "period")?, r.try_get("", "active")?, r.try_get("", "returning")?)))
+    .map(|r| Ok((r.try_get("", "period")?, r.try_get("", "active")?, r.try_get("", "returners")?)))
     .collect()
 }
 
@@ -802,7 +802,7 @@ pub async fn lead_quality(
     slice: &Slice,
     threshold: i32,
 ) -> Result<(i64, i64)> {
-    let mut sql = "SELECT COUNT(*) AS leads, SUM(CASE WHEN f.lead_score >= ? OR n.customer_time IS NOT NULL THEN 1 ELSE 0 END) AS good \
+    let mut sql = "SELECT COUNT(*) AS leads, CAST(SUM(CASE WHEN f.lead_score >= ? OR n.customer_time IS NOT NULL THEN 1 ELSE 0 END) AS BIGINT) AS good \
          FROM contact_now n LEFT JOIN contact_facts f ON f.tenant_id = n.tenant_id AND f.contact_id = n.contact_id \
          WHERE n.tenant_id = ? AND n.model_id = ? AND n.lead_time >= ? AND n.lead_time < ?"
         .to_owned();

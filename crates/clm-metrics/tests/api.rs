@@ -1,0 +1,404 @@
+//! Metrics end to end: contacts → lifecycle → feedback driven over real gRPC, every KPI read
+//! back from the metrics service (fed only by their events), then the read model rebuilt by a
+//! replay and compared; on SQLite and PostgreSQL.
+
+use std::time::Duration;
+
+use clm_contacts::ContactsService;
+use clm_feedback::FeedbackService;
+use clm_lifecycle::LifecycleService;
+use clm_metrics::MetricsService;
+use clm_platform::testing::{self, Backend, BearerInterceptor, Services, TestDb, TestServer};
+use clm_proto::common::v1::Money;
+use clm_proto::contacts::v1 as cpb;
+use clm_proto::contacts::v1::contacts_service_client::ContactsServiceClient;
+use clm_proto::feedback::v1 as fpb;
+use clm_proto::feedback::v1::feedback_service_client::FeedbackServiceClient;
+use clm_proto::lifecycle::v1 as lpb;
+use clm_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
+use clm_proto::metrics::v1 as pb;
+use clm_proto::metrics::v1::metrics_service_client::MetricsServiceClient;
+use tonic::Code;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+type Ch = InterceptedService<Channel, BearerInterceptor>;
+
+struct Env {
+    server: Option<TestServer>,
+    dbs: Vec<TestDb>,
+    settings: clm_platform::Settings,
+}
+
+struct Clients {
+    c: ContactsServiceClient<Ch>,
+    l: LifecycleServiceClient<Ch>,
+    f: FeedbackServiceClient<Ch>,
+    m: MetricsServiceClient<Ch>,
+}
+
+async fn serve(settings: clm_platform::Settings) -> TestServer {
+    Services::new(settings)
+        .await
+        .with::<ContactsService>()
+        .await
+        .with::<LifecycleService>()
+        .await
+        .with::<FeedbackService>()
+        .await
+        .with::<MetricsService>()
+        .await
+        .serve()
+        .await
+}
+
+impl Env {
+    async fn start(backend: Backend, label: &str) -> Option<Env> {
+        let mut dbs = Vec::new();
+        for s in ["c", "l", "f", "m"] {
+            dbs.push(TestDb::create(backend, &format!("{label}{s}")).await?);
+        }
+        let settings = testing::settings(&[
+            ("CLM_CONTACTS__DATABASE_URL", &dbs[0].url),
+            ("CLM_LIFECYCLE__DATABASE_URL", &dbs[1].url),
+            ("CLM_FEEDBACK__DATABASE_URL", &dbs[2].url),
+            ("CLM_METRICS__DATABASE_URL", &dbs[3].url),
+            ("CLM_LIFECYCLE__SCHEDULER_INTERVAL_MS", "3600000"),
+        ]);
+        let server = serve(settings.clone()).await;
+        Some(Env { server: Some(server), dbs, settings })
+    }
+
+    async fn clients(&self, tenant: &str) -> Clients {
+        let ch = self.server.as_ref().unwrap().authed(&testing::token(tenant, "clm.admin")).await;
+        Clients {
+            c: ContactsServiceClient::new(ch.clone()),
+            l: LifecycleServiceClient::new(ch.clone()),
+            f: FeedbackServiceClient::new(ch.clone()),
+            m: MetricsServiceClient::new(ch),
+        }
+    }
+
+    async fn done(mut self) {
+        if let Some(s) = self.server.take() {
+            s.stop().await.unwrap();
+        }
+        for db in self.dbs {
+            db.cleanup().await;
+        }
+    }
+}
+
+async fn wait_for<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    for _ in 0..300 {
+        if let Some(v) = f().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what}: not reached in 15 s");
+}
+
+fn eur(units: i64) -> Money {
+    Money { currency_code: "EUR".into(), units, nanos: 0 }
+}
+
+fn units(m: Option<&Money>) -> f64 {
+    m.map_or(0.0, |m| m.units as f64 + f64::from(m.nanos) / 1e9)
+}
+
+async fn contact(
+    c: &mut ContactsServiceClient<Ch>,
+    email: &str,
+    channel: cpb::AcquisitionChannel,
+    cost: Option<i64>,
+) -> String {
+    c.create_contact(cpb::CreateContactRequest {
+        contact: Some(cpb::Contact {
+            email: email.into(),
+            acquisition: Some(cpb::Acquisition {
+                channel: channel as i32,
+                campaign: "spring".into(),
+                cost: cost.map(eur),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        request_id: String::new(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .contact
+    .unwrap()
+    .id
+}
+
+async fn record(l: &mut LifecycleServiceClient<Ch>, contact: &str, detail: lpb::journey_event::Detail) {
+    let e = lpb::JourneyEvent { contact_id: contact.into(), detail: Some(detail), ..Default::default() };
+    for _ in 0..100 {
+        match l
+            .record_journey_event(lpb::RecordJourneyEventRequest {
+                model_id: String::new(),
+                event: Some(e.clone()),
+                idempotency_key: String::new(),
+            })
+            .await
+        {
+            Ok(_) => return,
+            Err(s) if s.code() == Code::NotFound => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(s) => panic!("{s:?}"),
+        }
+    }
+    panic!("lifecycle never heard of {contact}");
+}
+
+fn touch(kind: lpb::TouchpointKind) -> lpb::journey_event::Detail {
+    lpb::journey_event::Detail::Touchpoint(lpb::Touchpoint {
+        channel: lpb::TouchpointChannel::Web as i32,
+        kind: kind as i32,
+        detail: String::new(),
+    })
+}
+
+fn purchase(order: &str, amount: i64) -> lpb::journey_event::Detail {
+    lpb::journey_event::Detail::Purchase(lpb::Purchase { order_id: order.into(), amount: Some(eur(amount)), items: 1 })
+}
+
+/// The figures a test compares before and after a replay.
+async fn figures(
+    m: &mut MetricsServiceClient<Ch>,
+) -> (pb::GetStageMetricsResponse, pb::Funnel, pb::GetCohortRetentionResponse) {
+    let stage = m.get_stage_metrics(pb::GetStageMetricsRequest::default()).await.unwrap().into_inner();
+    let funnel = m.get_funnel(pb::GetFunnelRequest::default()).await.unwrap().into_inner().funnel.unwrap();
+    let cohorts = m.get_cohort_retention(pb::GetCohortRetentionRequest::default()).await.unwrap().into_inner();
+    (stage, funnel, cohorts)
+}
+
+#[allow(clippy::too_many_lines, clippy::float_cmp)]
+async fn every_kpi_from_the_event_stream_and_a_replay_agrees(backend: Backend) {
+    let Some(mut env) = Env::start(backend, "mtall").await else { return };
+    let Clients { mut c, mut l, mut f, mut m } = env.clients("acme").await;
+    use cpb::AcquisitionChannel as A;
+    let c1 = contact(&mut c, "c1@example.com", A::PaidSearch, Some(100)).await;
+    let c2 = contact(&mut c, "c2@example.com", A::PaidSearch, Some(100)).await;
+    let c3 = contact(&mut c, "c3@example.com", A::Referral, None).await;
+    let c4 = contact(&mut c, "c4@example.com", A::OrganicSearch, None).await;
+    for id in [&c1, &c2, &c3, &c4] {
+        record(&mut l, id, touch(lpb::TouchpointKind::Visit)).await;
+    }
+    for id in [&c1, &c2, &c3] {
+        record(&mut l, id, touch(lpb::TouchpointKind::FormSubmitted)).await;
+    }
+    record(&mut l, &c1, purchase("o1", 100)).await;
+    record(&mut l, &c3, purchase("o2", 50)).await;
+    record(&mut l, &c1, purchase("o3", 100)).await;
+    let survey = f
+        .create_survey(fpb::CreateSurveyRequest {
+            survey: Some(fpb::Survey {
+                display_name: "NPS".into(),
+                kind: fpb::SurveyKind::Nps as i32,
+                status: fpb::SurveyStatus::Active as i32,
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .survey
+        .unwrap();
+    for (who, score) in [(&c1, 10), (&c3, 3)] {
+        f.submit_response(fpb::SubmitResponseRequest {
+            target: Some(fpb::submit_response_request::Target::InApp(fpb::InAppTarget {
+                survey_id: survey.id.clone(),
+                contact_id: who.clone(),
+            })),
+            answers: vec![fpb::Answer { question_id: "score".into(), value: Some(fpb::answer::Value::Rating(score)) }],
+            response_id: String::new(),
+            complete: true,
+        })
+        .await
+        .unwrap();
+    }
+    f.create_review(fpb::CreateReviewRequest {
+        review: Some(fpb::Review { contact_id: c1.clone(), rating: 5, platform: "g2".into(), ..Default::default() }),
+        request_id: String::new(),
+    })
+    .await
+    .unwrap();
+
+    // Wait until the last facts have arrived, then read every KPI.
+    let stage = wait_for("metrics catch up", async || {
+        let s = m.get_stage_metrics(pb::GetStageMetricsRequest::default()).await.ok()?.into_inner();
+        let done = s.retention.as_ref()?.nps != 0.0 || s.loyalty.as_ref()?.promoters == 1;
+        (done && s.loyalty.as_ref()?.reviewers == 1 && units(s.conversion.as_ref()?.revenue.as_ref()) == 250.0)
+            .then_some(s)
+    })
+    .await;
+    let acq = stage.acquisition.unwrap();
+    assert_eq!((acq.new_contacts, acq.leads), (4, 3));
+    assert_eq!(units(acq.acquisition_cost.as_ref()), 200.0);
+    assert!((units(acq.cost_per_lead.as_ref()) - 200.0 / 3.0).abs() < 0.01);
+    assert_eq!(acq.new_contacts_by_channel.get("paid_search"), Some(&2));
+    let conv = stage.conversion.unwrap();
+    assert_eq!(conv.new_customers, 2);
+    assert!((conv.close_rate - 2.0 / 3.0).abs() < 1e-9);
+    assert!((units(conv.average_deal_size.as_ref()) - 250.0 / 3.0).abs() < 0.01);
+    assert_eq!(units(conv.cac.as_ref()), 100.0);
+    assert!(conv.median_time_to_close.is_some());
+    let ret = stage.retention.unwrap();
+    assert_eq!(ret.nps, 0.0, "one promoter, one detractor");
+    assert_eq!(ret.repeat_purchase_rate, 0.5, "c1 bought twice, c3 once");
+    let loy = stage.loyalty.unwrap();
+    assert_eq!((loy.promoters, loy.reviewers), (1, 1));
+    assert_eq!(units(loy.historical_clv.as_ref()), 125.0, "250 EUR over 2 buyers");
+
+    let funnel = m.get_funnel(pb::GetFunnelRequest::default()).await.unwrap().into_inner().funnel.unwrap();
+    let reached: Vec<(String, i64)> = funnel.stages.iter().map(|s| (s.stage_key.clone(), s.reached)).collect();
+    assert_eq!(
+        reached[..4],
+        [("awareness".into(), 4), ("acquisition".into(), 3), ("conversion".into(), 2), ("retention".into(), 1)],
+        "{reached:?}"
+    );
+    assert!((funnel.stages[1].conversion_rate_from_previous - 0.75).abs() < 1e-9);
+    let windowed = m
+        .get_funnel(pb::GetFunnelRequest {
+            scope: None,
+            conversion_window: Some(prost_types::Duration { seconds: 3600, nanos: 0 }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .funnel
+        .unwrap();
+    assert_eq!(windowed.stages[2].reached, 2, "both conversions happened within the hour");
+
+    let channels = m.get_channel_metrics(pb::GetChannelMetricsRequest::default()).await.unwrap().into_inner().channels;
+    let paid = channels.iter().find(|ch| ch.channel == "paid_search").unwrap();
+    assert_eq!((paid.new_contacts, paid.leads, paid.customers), (2, 2, 1));
+    assert_eq!(units(paid.cac.as_ref()), 200.0, "one channel's leads convert worse");
+    let referral = channels.iter().find(|ch| ch.channel == "referral").unwrap();
+    assert_eq!((referral.customers, units(referral.revenue.as_ref())), (1, 50.0));
+
+    let cohorts = m.get_cohort_retention(pb::GetCohortRetentionRequest::default()).await.unwrap().into_inner();
+    let row = cohorts.rows.last().unwrap();
+    assert_eq!(row.cohort_size, 2);
+    assert_eq!((row.cells[0].count, row.cells[0].value), (2, 1.0));
+
+    let breakdown = m
+        .get_lifecycle_breakdown(pb::GetLifecycleBreakdownRequest {
+            scope: None,
+            granularity: pb::Granularity::Month as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(breakdown.periods.iter().map(|p| p.new).sum::<i64>(), 4);
+
+    let value = m
+        .get_customer_value(pb::GetCustomerValueRequest { contact_id: c1.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .customer_value
+        .unwrap();
+    assert_eq!((value.orders, units(value.historical_revenue.as_ref())), (2, 200.0));
+    assert_eq!(value.current_stage, "loyalty");
+    assert_eq!(units(value.acquisition_cost.as_ref()), 100.0);
+    assert!(units(value.predicted_clv.as_ref()) > 200.0);
+
+    let series = m
+        .list_kpi_series(pb::ListKpiSeriesRequest {
+            kpi: pb::Kpi::Revenue as i32,
+            scope: None,
+            granularity: pb::Granularity::Month as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(series.points.iter().map(|p| p.value).sum::<f64>(), 250.0);
+
+    // Goals: 3 new contacts a month (on track), CAC at most 50 (off track at 100).
+    for (kpi, target, direction) in
+        [(pb::Kpi::NewContacts, 3.0, pb::GoalDirection::AtLeast), (pb::Kpi::Cac, 50.0, pb::GoalDirection::AtMost)]
+    {
+        m.create_goal(pb::CreateGoalRequest {
+            goal: Some(pb::Goal {
+                display_name: format!("{kpi:?}"),
+                kpi: kpi as i32,
+                target,
+                direction: direction as i32,
+                period: pb::Granularity::Month as i32,
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    }
+    let card = m.get_scorecard(pb::GetScorecardRequest::default()).await.unwrap().into_inner().goals;
+    let health: Vec<(f64, i32)> = card.iter().map(|g| (g.actual, g.health)).collect();
+    assert_eq!(health, vec![(4.0, pb::GoalHealth::OnTrack as i32), (100.0, pb::GoalHealth::OffTrack as i32)]);
+
+    // Bad input.
+    let err = m
+        .get_funnel(pb::GetFunnelRequest {
+            scope: Some(pb::MetricsScope { model_id: "nope".into(), ..Default::default() }),
+            conversion_window: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = m
+        .create_goal(pb::CreateGoalRequest { goal: Some(pb::Goal::default()), request_id: String::new() })
+        .await
+        .unwrap_err();
+    let fields: Vec<String> = clm_platform::error::field_violations(&err).into_iter().map(|v| v.field).collect();
+    assert!(fields.contains(&"goal.kpi".to_owned()) && fields.contains(&"goal.direction".to_owned()), "{fields:?}");
+
+    // Another tenant sees nothing of it.
+    let Clients { m: mut other, .. } = env.clients("globex").await;
+    let theirs = other.get_stage_metrics(pb::GetStageMetricsRequest::default()).await.unwrap().into_inner();
+    assert_eq!(theirs.acquisition.unwrap().new_contacts, 0);
+    assert!(other.get_scorecard(pb::GetScorecardRequest::default()).await.unwrap().into_inner().goals.is_empty());
+    let err = other.get_customer_value(pb::GetCustomerValueRequest { contact_id: c1.clone() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    // Replay from the first event: exactly the same numbers.
+    let before = figures(&mut m).await;
+    env.server.take().unwrap().stop().await.unwrap();
+    let settings = env.settings.clone();
+    let bus = clm_platform::events::bus::from_settings(&settings.events, &settings.database).await.unwrap();
+    let db = clm_platform::db::connect(&env.dbs[3].url, &settings.database).await.unwrap();
+    clm_platform::events::consumer::replay(
+        bus.as_ref(),
+        &db,
+        &clm_metrics::events::consumer_spec(&settings.events),
+        &clm_metrics::events::MetricsHandler,
+    )
+    .await
+    .unwrap();
+    let zero = sea_orm::ConnectionTrait::query_one_raw(
+        &db,
+        sea_orm::Statement::from_string(db.get_database_backend(), "SELECT COUNT(*) AS n FROM kpi_daily".to_owned()),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .try_get::<i64>("", "n")
+    .unwrap();
+    assert_eq!(zero, 0, "the read model was cleared");
+    env.server = Some(serve(settings).await);
+    let Clients { mut m, .. } = env.clients("acme").await;
+    let after = wait_for("replay catches up", async || {
+        let now = figures(&mut m).await;
+        (now.0 == before.0 && now.1 == before.1).then_some(now)
+    })
+    .await;
+    assert_eq!(after.2, before.2, "cohorts");
+    let _ = (c2, c4);
+    env.done().await;
+}
+
+clm_platform::backend_tests!(every_kpi_from_the_event_stream_and_a_replay_agrees);

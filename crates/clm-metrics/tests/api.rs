@@ -244,12 +244,14 @@ async fn every_kpi_from_the_event_stream_and_a_replay_agrees(backend: Backend) {
     let conv = stage.conversion.unwrap();
     assert_eq!(conv.new_customers, 2);
     assert!((conv.close_rate - 2.0 / 3.0).abs() < 1e-9);
-    assert!((units(conv.average_deal_size.as_ref()) - 250.0 / 3.0).abs() < 0.01);
+    assert_eq!(units(conv.average_deal_size.as_ref()), 75.0, "first purchases: 100 and 50");
     assert_eq!(units(conv.cac.as_ref()), 100.0);
     assert!(conv.median_time_to_close.is_some());
     let ret = stage.retention.unwrap();
     assert_eq!(ret.nps, 0.0, "one promoter, one detractor");
     assert_eq!(ret.repeat_purchase_rate, 0.5, "c1 bought twice, c3 once");
+    assert_eq!(ret.purchase_frequency, 1.5, "3 orders by 2 buyers");
+    assert!((units(ret.average_order_value.as_ref()) - 250.0 / 3.0).abs() < 0.01);
     let loy = stage.loyalty.unwrap();
     assert_eq!((loy.promoters, loy.reviewers), (1, 1));
     assert_eq!(units(loy.historical_clv.as_ref()), 125.0, "250 EUR over 2 buyers");

@@ -66,11 +66,21 @@ async fn reaches_and_purchases_add_up(backend: Backend) {
     .unwrap();
     model::apply_review(&db, "acme", "a", day0 + 41 * DAY).await.unwrap();
     let all = Slice { model: "m".into(), start: 0, end: day0 + 100 * DAY, channel: None, campaign: None };
-    let mut reach = model::stage_reaches(&db, "acme", &all).await.unwrap();
+    let mut reach = model::funnel(&db, "acme", &all, 90).await.unwrap();
     reach.sort();
     assert_eq!(reach, vec![("acquisition".into(), 1), ("awareness".into(), 1), ("conversion".into(), 1)]);
-    let first_day = Slice { end: day0 + DAY, ..all.clone() };
-    assert_eq!(model::stage_reaches(&db, "acme", &first_day).await.unwrap().len(), 2, "acquisition moved to day 0");
+    // Within a window of 0 days only what happened on the entry day counts: awareness and the
+    // backdated acquisition (moved, not counted twice).
+    let mut same_day = model::funnel(&db, "acme", &all, 0).await.unwrap();
+    same_day.sort();
+    assert_eq!(same_day, vec![("acquisition".into(), 1), ("awareness".into(), 1)]);
+    // A backdated earlier entry moves the whole contribution to the earlier cohort day.
+    model::apply_stage_change(&db, "acme", &change("a", "", "awareness", "prospect", 0, day0 - 5 * DAY)).await.unwrap();
+    let old_cohort = Slice { start: day0, ..all.clone() };
+    assert!(model::funnel(&db, "acme", &old_cohort, 90).await.unwrap().is_empty());
+    let mut moved = model::funnel(&db, "acme", &all, 90).await.unwrap();
+    moved.sort();
+    assert_eq!(moved, vec![("acquisition".into(), 1), ("awareness".into(), 1), ("conversion".into(), 1)]);
     let kpis =
         model::kpis(&db, "acme", &all, &["leads", "new_customers", "revenue", "repeat_customers", "reviews"], "")
             .await

@@ -288,9 +288,18 @@ pub async fn grade(
     scope.end_time = Some(timestamp(as_of.min(end).max(start + 1)));
     let s = slice(tenant, Some(&scope), "", &mut v);
     let snap = Snapshot::load(&api.db, tenant.as_str(), &s, DEFAULT_LEAD_THRESHOLD).await?;
-    let (actual, _) = snap.kpi(pb::Kpi::try_from(g.kpi).unwrap_or_default());
+    let kpi = pb::Kpi::try_from(g.kpi).unwrap_or_default();
+    let (actual, _) = snap.kpi(kpi);
     let at_least = g.direction != pb::GoalDirection::AtMost as i32;
-    let health = match domain::health(actual, g.target, at_least, g.at_risk_tolerance) {
+    // Counts and sums accumulate over the period: judge them against the pace (the share of
+    // the target due by now); rates and averages against the target itself.
+    let additive = matches!(kpi, pb::Kpi::NewContacts | pb::Kpi::Leads | pb::Kpi::NewCustomers | pb::Kpi::Revenue);
+    let due = if additive && at_least && actual < g.target {
+        g.target * (((as_of - start) as f64) / ((end - start) as f64)).clamp(0.0, 1.0)
+    } else {
+        g.target
+    };
+    let health = match domain::health(actual, due, at_least, g.at_risk_tolerance) {
         domain::Health::OnTrack => pb::GoalHealth::OnTrack,
         domain::Health::AtRisk => pb::GoalHealth::AtRisk,
         domain::Health::OffTrack => pb::GoalHealth::OffTrack,

@@ -113,6 +113,7 @@ impl Snapshot {
         let aov = ratio(last_year.s("revenue"), last_year.n("revenue"));
         let per_year = ratio(last_year.n("revenue"), at_end.max(1.0));
         let currency = c.currency.clone();
+        let purchasers = model::purchasers(db, tenant, slice).await? as f64;
         Ok(Self {
             lead_quality_rate: ratio(good as f64, leads as f64),
             median_time_to_close: domain::quantile(&close, 0.5),
@@ -126,7 +127,7 @@ impl Snapshot {
                 0.0
             },
             repeat_purchase_rate: ratio(cum.n("repeat_customers"), cum.n("first_purchases")),
-            purchase_frequency: ratio(c.n("revenue"), at_end),
+            purchase_frequency: ratio(c.n("revenue"), purchasers),
             referral_rate: ratio(cum.n("referrers"), at_end),
             historical_clv: ratio(cum.s("revenue"), cum.n("first_purchases")),
             predicted_clv: domain::predicted_clv(aov, per_year, domain::expected_lifespan_years(annual_churn)),
@@ -134,6 +135,11 @@ impl Snapshot {
             currency,
             c,
         })
+    }
+
+    /// First purchases' revenue ÷ their count.
+    pub fn average_deal_size(&self) -> f64 {
+        ratio(self.c.s("first_purchases"), self.c.n("first_purchases"))
     }
 
     pub fn cac(&self) -> f64 {
@@ -165,9 +171,8 @@ impl Snapshot {
             pb::Kpi::NewCustomers => (c.n("new_customers"), n("new_customers")),
             pb::Kpi::CloseRate => (ratio(c.n("new_customers"), c.n("leads")), n("leads")),
             pb::Kpi::Revenue => (units(c.s("revenue")), n("revenue")),
-            pb::Kpi::AverageDealSize | pb::Kpi::AverageOrderValue => {
-                (units(ratio(c.s("revenue"), c.n("revenue"))), n("revenue"))
-            }
+            pb::Kpi::AverageDealSize => (units(self.average_deal_size()), n("first_purchases")),
+            pb::Kpi::AverageOrderValue => (units(ratio(c.s("revenue"), c.n("revenue"))), n("revenue")),
             pb::Kpi::TimeToCloseDays => {
                 (self.median_time_to_close.map_or(0.0, |t| t as f64 / DAY as f64), n("new_customers"))
             }
@@ -176,7 +181,7 @@ impl Snapshot {
             pb::Kpi::ChurnRate => (self.churn_rate, self.customers_at_start as i64),
             pb::Kpi::RetentionRate => (self.retention_rate, self.customers_at_start as i64),
             pb::Kpi::RepeatPurchaseRate => (self.repeat_purchase_rate, n("first_purchases")),
-            pb::Kpi::PurchaseFrequency => (self.purchase_frequency, self.customers_at_end as i64),
+            pb::Kpi::PurchaseFrequency => (self.purchase_frequency, n("revenue")),
             pb::Kpi::Nps => (self.nps(), n("nps_total")),
             pb::Kpi::Csat => (self.csat(), n("csat_total")),
             pb::Kpi::Ces => (self.ces(), n("ces_total")),
@@ -219,6 +224,7 @@ mod tests {
             row("acquisition_cost", "EUR", 20, 2_000_000_000),
             row("acquisition_cost", "USD", 1, 5_000_000),
             row("revenue", "EUR", 3, 600_000_000),
+            row("first_purchases", "EUR", 2, 500_000_000),
             row("nps_total", "", 10, 0),
             row("nps_promoters", "", 5, 0),
             row("nps_detractors", "", 2, 0),
@@ -233,7 +239,8 @@ mod tests {
         assert_eq!(s.kpi(pb::Kpi::CloseRate).0, 0.4);
         assert_eq!(s.kpi(pb::Kpi::Cac).0, 500.0);
         assert_eq!(s.kpi(pb::Kpi::Revenue).0, 600.0);
-        assert_eq!(s.kpi(pb::Kpi::AverageDealSize).0, 200.0);
+        assert_eq!(s.kpi(pb::Kpi::AverageDealSize).0, 250.0, "first purchases only");
+        assert_eq!(s.kpi(pb::Kpi::AverageOrderValue).0, 200.0);
         assert_eq!(s.kpi(pb::Kpi::Nps).0, 30.0);
         assert_eq!(s.kpi(pb::Kpi::Csat).0, 75.0);
         assert_eq!(s.kpi(pb::Kpi::Ces).0, 4.5);

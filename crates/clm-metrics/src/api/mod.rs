@@ -23,8 +23,10 @@ use kpi::{Snapshot, money};
 
 /// Default lead-quality threshold (lead score).
 const DEFAULT_LEAD_THRESHOLD: i32 = 50;
-/// Default range: the last 90 days.
-const DEFAULT_RANGE: i64 = 90 * DAY;
+/// Default range: the 30 days before the end.
+const DEFAULT_RANGE: i64 = 30 * DAY;
+/// Default funnel conversion window.
+const DEFAULT_WINDOW: i64 = 90 * DAY;
 
 #[derive(Clone, Debug)]
 pub struct MetricsApi {
@@ -135,15 +137,9 @@ impl MetricsService for MetricsApi {
             .into_iter()
             .filter(|(_, _, cat, _)| cat != "lost")
             .collect();
-        let reached: HashMap<String, i64> = match window {
-            None => model::stage_reaches(&self.db, tenant, &slice).await?.into_iter().collect(),
-            Some(w) => match stages.first() {
-                Some((first, ..)) => {
-                    model::windowed_reaches(&self.db, tenant, &slice, first, w).await?.into_iter().collect()
-                }
-                None => HashMap::new(),
-            },
-        };
+        let window_days = window.unwrap_or(DEFAULT_WINDOW) / DAY;
+        let reached: HashMap<String, i64> =
+            model::funnel(&self.db, tenant, &slice, window_days).await?.into_iter().collect();
         let mut out = Vec::new();
         let first_n = stages.first().map_or(0, |s| reached.get(&s.0).copied().unwrap_or(0));
         let mut prev: Option<i64> = None;
@@ -199,7 +195,7 @@ impl MetricsService for MetricsApi {
                 new_customers: n("new_customers"),
                 close_rate: ratio(c.n("new_customers"), c.n("leads")),
                 revenue: money(c.s("revenue"), cur),
-                average_deal_size: money(ratio(c.s("revenue"), c.n("revenue")), cur),
+                average_deal_size: money(s.average_deal_size(), cur),
                 median_time_to_close: s.median_time_to_close.map(duration),
                 p90_time_to_close: s.p90_time_to_close.map(duration),
                 cac: money(s.cac(), cur),
@@ -298,10 +294,14 @@ impl MetricsService for MetricsApi {
                 12
             }
         };
-        let measure = pb::CohortMeasure::try_from(req.measure).unwrap_or_else(|_| {
-            v.add("measure", "ACTIVE, RETAINED or REVENUE");
-            pb::CohortMeasure::Active
-        });
+        let measure = match pb::CohortMeasure::try_from(req.measure) {
+            Ok(pb::CohortMeasure::Unspecified) => pb::CohortMeasure::Retained,
+            Ok(m) => m,
+            Err(_) => {
+                v.add("measure", "ACTIVE, RETAINED or REVENUE");
+                pb::CohortMeasure::Retained
+            }
+        };
         v.finish()?;
         if req.scope.as_ref().and_then(|s| s.start_time.as_ref()).is_none() {
             // Default: the last year of cohorts.
@@ -321,7 +321,7 @@ impl MetricsService for MetricsApi {
                         let retained: i64 = last.iter().filter(|l| l.0 == cohort && l.1 >= idx).map(|l| l.2).sum();
                         let (count, value) = match measure {
                             pb::CohortMeasure::Retained => (retained, ratio(retained as f64, size as f64)),
-                            pb::CohortMeasure::Revenue => (n, revenue as f64 / 1e6),
+                            pb::CohortMeasure::Revenue => (n, ratio(revenue as f64 / 1e6, size as f64)),
                             _ => (n, ratio(n as f64, size as f64)),
                         };
                         pb::CohortCell {
@@ -346,7 +346,7 @@ impl MetricsService for MetricsApi {
         let req = req.into_inner();
         let mut v = Violations::new();
         let slice = slice(&ctx.tenant, req.scope.as_ref(), "scope.", &mut v);
-        let g = gran(&mut v, "granularity", req.granularity, Gran::Week, true);
+        let g = gran(&mut v, "granularity", req.granularity, Gran::Month, true);
         if g == Gran::Quarter {
             v.add("granularity", "DAY, WEEK or MONTH");
         }
@@ -354,8 +354,7 @@ impl MetricsService for MetricsApi {
         let tenant = ctx.tenant.as_str();
         let start = domain::period_start(slice.start, g);
         let wide = Slice { start, ..slice.clone() };
-        let rows =
-            model::kpis(&self.db, tenant, &wide, &["new_contacts", "reactivated", "dormant", "churned"], "day").await?;
+        let rows = model::kpis(&self.db, tenant, &wide, &["reactivated", "dormant", "churned"], "day").await?;
         let counts = model::period_counts(&self.db, tenant, g, start, slice.end).await?;
         let periods = domain::periods(start, slice.end, g)
             .into_iter()
@@ -363,10 +362,10 @@ impl MetricsService for MetricsApi {
                 let sum = |name: &str| -> i64 {
                     rows.iter().filter(|r| r.name == name && domain::period_start(r.day, g) == p).map(|r| r.n).sum()
                 };
-                let returning = counts.iter().find(|c| c.0 == p).map_or(0, |c| c.2);
+                let (returning, first) = counts.iter().find(|c| c.0 == p).map_or((0, 0), |c| (c.2, c.3));
                 pb::BreakdownPeriod {
                     period_start_time: Some(timestamp(p)),
-                    new: sum("new_contacts"),
+                    new: first,
                     returning,
                     reactivated: sum("reactivated"),
                     dormant: sum("dormant"),
@@ -466,7 +465,7 @@ impl MetricsService for MetricsApi {
         let req = req.into_inner();
         let mut v = Violations::new();
         let slice = slice(&ctx.tenant, req.scope.as_ref(), "scope.", &mut v);
-        let g = gran(&mut v, "granularity", req.granularity, Gran::Week, true);
+        let g = gran(&mut v, "granularity", req.granularity, Gran::Month, true);
         let k = pb::Kpi::try_from(req.kpi).unwrap_or_default();
         if k == pb::Kpi::Unspecified {
             v.add("kpi", "which KPI (KPI_NEW_CONTACTS, KPI_NPS, …)");

@@ -111,17 +111,18 @@ const TABLES: &[TableDef] = &[
         &["tenant_id", "name", "model_id", "day", "channel", "campaign", "currency"],
     ),
     (
-        "stage_daily",
+        "funnel_cells",
         &[
             ("tenant_id", "s"),
             ("model_id", "s"),
-            ("stage_key", "s"),
-            ("day", "i"),
+            ("cohort_day", "i"),
             ("channel", "s"),
             ("campaign", "s"),
+            ("stage_key", "s"),
+            ("delay_days", "i"),
             ("n", "i"),
         ],
-        &["tenant_id", "model_id", "stage_key", "day", "channel", "campaign"],
+        &["tenant_id", "model_id", "cohort_day", "channel", "campaign", "stage_key", "delay_days"],
     ),
     (
         "model_stages",
@@ -182,7 +183,7 @@ const TABLES: &[TableDef] = &[
     ),
     (
         "period_counts",
-        &[("tenant_id", "s"), ("gran", "s"), ("period", "i"), ("active", "i"), ("returners", "i")],
+        &[("tenant_id", "s"), ("gran", "s"), ("period", "i"), ("active", "i"), ("returners", "i"), ("firsts", "i")],
         &["tenant_id", "gran", "period"],
     ),
     (
@@ -224,7 +225,7 @@ const TABLES: &[TableDef] = &[
 /// Names of the read-model tables a replay clears (goals are the tenant's own data).
 pub const READ_MODEL_TABLES: &[&str] = &[
     "kpi_daily",
-    "stage_daily",
+    "funnel_cells",
     "model_stages",
     "time_hist",
     "stage_reach",

@@ -113,23 +113,68 @@ pub async fn bump_kpi(
     Ok(())
 }
 
-async fn bump_stage(
+/// Longest delay tracked per day in the funnel (longer ones count as this).
+const MAX_DELAY_DAYS: i64 = 3660;
+
+/// Add (`sign` 1) or remove (−1) a contact's funnel contribution: its cohort is the day it
+/// entered the model (its earliest reach), each reached stage counted with its delay in days.
+async fn funnel_contribution(
     db: &impl ConnectionTrait,
     tenant: &str,
     model: &str,
+    reaches: &[(String, i64)],
+    a: &Attribution,
+    sign: i64,
+) -> Result<()> {
+    let Some(entry) = reaches.iter().map(|r| r.1).min() else { return Ok(()) };
+    for (stage, t) in reaches {
+        bump_funnel(db, tenant, model, entry, stage, *t, a, sign).await?;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn bump_funnel(
+    db: &impl ConnectionTrait,
+    tenant: &str,
+    model: &str,
+    entry: i64,
     stage: &str,
     at: i64,
     a: &Attribution,
     n: i64,
 ) -> Result<()> {
+    let delay = ((at - entry).max(0) / domain::DAY).min(MAX_DELAY_DAYS);
     exec(
         db,
-        "INSERT INTO stage_daily (tenant_id, model_id, stage_key, day, channel, campaign, n) VALUES (?, ?, ?, ?, ?, ?, ?) \
-         ON CONFLICT (tenant_id, model_id, stage_key, day, channel, campaign) DO UPDATE SET n = stage_daily.n + excluded.n",
-        vec![v(tenant), v(model), v(stage), v(domain::day(at)), v(a.channel.as_str()), v(a.campaign.as_str()), v(n)],
+        "INSERT INTO funnel_cells (tenant_id, model_id, cohort_day, channel, campaign, stage_key, delay_days, n) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant_id, model_id, cohort_day, channel, campaign, stage_key, delay_days) \
+         DO UPDATE SET n = funnel_cells.n + excluded.n",
+        vec![
+            v(tenant),
+            v(model),
+            v(domain::day(entry)),
+            v(a.channel.as_str()),
+            v(a.campaign.as_str()),
+            v(stage),
+            v(delay),
+            v(n),
+        ],
     )
     .await?;
     Ok(())
+}
+
+async fn reaches_of(db: &impl ConnectionTrait, tenant: &str, model: &str, contact: &str) -> Result<Vec<(String, i64)>> {
+    rows(
+        db,
+        "SELECT stage_key, first_time FROM stage_reach WHERE tenant_id = ? AND model_id = ? AND contact_id = ?",
+        vec![v(tenant), v(model), v(contact)],
+    )
+    .await?
+    .into_iter()
+    .map(|r| Ok((r.try_get("", "stage_key")?, r.try_get("", "first_time")?)))
+    .collect()
 }
 
 async fn bump_hist(db: &impl ConnectionTrait, tenant: &str, model: &str, name: &str, at: i64, took: i64) -> Result<()> {
@@ -170,39 +215,41 @@ pub async fn apply_stage_change(db: &impl ConnectionTrait, tenant: &str, c: &Sta
         vec![v(tenant), v(c.model), v(c.to_stage), v(i64::from(c.position)), v(c.to_category), v(c.to_role)],
     )
     .await?;
-    // First reach of the stage (funnel); a backdated earlier reach moves the count.
-    let reach = one(
-        db,
-        "SELECT first_time FROM stage_reach WHERE tenant_id = ? AND model_id = ? AND contact_id = ? AND stage_key = ?",
-        vec![v(tenant), v(c.model), v(c.contact), v(c.to_stage)],
-    )
-    .await?;
-    match reach.map(|r| r.try_get::<i64>("", "first_time")).transpose()? {
-        None => {
+    // First reach of the stage (funnel); a backdated earlier reach moves the count, and an
+    // earlier entry into the model moves the contact's whole cohort contribution.
+    let before = reaches_of(db, tenant, c.model, c.contact).await?;
+    let first = before.iter().find(|r| r.0 == c.to_stage).map(|r| r.1);
+    if first.is_none_or(|f| c.at < f) {
+        let entry = before.iter().map(|r| r.1).min();
+        if first.is_none() {
             exec(
                 db,
                 "INSERT INTO stage_reach (tenant_id, model_id, contact_id, stage_key, first_time) VALUES (?, ?, ?, ?, ?)",
                 vec![v(tenant), v(c.model), v(c.contact), v(c.to_stage), v(c.at)],
             )
             .await?;
-            bump_stage(db, tenant, c.model, c.to_stage, c.at, &a, 1).await?;
             if let Some(from) = c.from_enter
                 && !c.from_stage.is_empty()
             {
                 bump_hist(db, tenant, c.model, c.to_stage, c.at, c.at - from).await?;
             }
-        }
-        Some(first) if c.at < first => {
+        } else {
             exec(
                 db,
                 "UPDATE stage_reach SET first_time = ? WHERE tenant_id = ? AND model_id = ? AND contact_id = ? AND stage_key = ?",
                 vec![v(c.at), v(tenant), v(c.model), v(c.contact), v(c.to_stage)],
             )
             .await?;
-            bump_stage(db, tenant, c.model, c.to_stage, first, &a, -1).await?;
-            bump_stage(db, tenant, c.model, c.to_stage, c.at, &a, 1).await?;
         }
-        Some(_) => {}
+        match (entry, first) {
+            // The common case: a new stage reached after entry; one more cell.
+            (Some(e), None) if c.at >= e => bump_funnel(db, tenant, c.model, e, c.to_stage, c.at, &a, 1).await?,
+            _ => {
+                funnel_contribution(db, tenant, c.model, &before, &a, -1).await?;
+                let after = reaches_of(db, tenant, c.model, c.contact).await?;
+                funnel_contribution(db, tenant, c.model, &after, &a, 1).await?;
+            }
+        }
     }
     // Current stage, lead and customer times.
     let now = one(
@@ -460,13 +507,16 @@ async fn activity(
                 vec![v(tenant), v(contact), v(g.key()), v(p), v(revenue)],
             )
             .await?;
-            let returning = i64::from(existing.iter().any(|(q, _)| *q < p));
+            // Returning: also active in the previous period; first: never active before.
+            let previous = domain::period_start(p - 1, g);
+            let returning = i64::from(existing.iter().any(|(q, _)| *q == previous));
+            let first = i64::from(!existing.iter().any(|(q, _)| *q < p));
             exec(
                 db,
-                "INSERT INTO period_counts (tenant_id, gran, period, active, returners) VALUES (?, ?, ?, 1, ?) \
+                "INSERT INTO period_counts (tenant_id, gran, period, active, returners, firsts) VALUES (?, ?, ?, 1, ?, ?) \
                  ON CONFLICT (tenant_id, gran, period) DO UPDATE SET active = period_counts.active + 1, \
-                 returners = period_counts.returners + excluded.returners",
-                vec![v(tenant), v(g.key()), v(p), v(returning)],
+                 returners = period_counts.returners + excluded.returners, firsts = period_counts.firsts + excluded.firsts",
+                vec![v(tenant), v(g.key()), v(p), v(returning), v(first)],
             )
             .await?;
         } else {
@@ -525,7 +575,7 @@ pub async fn apply_journey_event(
                 bump_kpi(db, tenant, "repeat_customers", "", at, &a, "", 1, 0).await?;
             }
             if f.orders == 0 {
-                bump_kpi(db, tenant, "first_purchases", "", at, &a, "", 1, 0).await?;
+                bump_kpi(db, tenant, "first_purchases", "", at, &a, currency, 1, *amount).await?;
             }
             let old_first = f.first_purchase;
             f.orders += 1;
@@ -708,18 +758,26 @@ pub async fn model_stages(
     .collect()
 }
 
-/// First reaches per stage in the slice.
-pub async fn stage_reaches(db: &impl ConnectionTrait, tenant: &str, slice: &Slice) -> Result<Vec<(String, i64)>> {
+/// The funnel of the contacts who entered the model in the slice: per stage, how many reached
+/// it within `window_days` of entering.
+pub async fn funnel(
+    db: &impl ConnectionTrait,
+    tenant: &str,
+    slice: &Slice,
+    window_days: i64,
+) -> Result<Vec<(String, i64)>> {
     let mut sql =
-        "SELECT stage_key, CAST(SUM(n) AS BIGINT) AS n FROM stage_daily WHERE tenant_id = ? AND model_id = ? AND day >= ? AND day < ?"
+        "SELECT stage_key, CAST(SUM(n) AS BIGINT) AS n FROM funnel_cells WHERE tenant_id = ? AND model_id = ? \
+         AND cohort_day >= ? AND cohort_day < ? AND delay_days <= ?"
             .to_owned();
-    let mut vals = vec![v(tenant), v(slice.model.as_str()), v(slice.start), v(slice.end)];
+    let mut vals = vec![v(tenant), v(slice.model.as_str()), v(domain::day(slice.start)), v(slice.end), v(window_days)];
     slice.filters(&mut sql, &mut vals);
     sql.push_str(" GROUP BY stage_key");
     rows(db, &sql, vals)
         .await?
         .into_iter()
         .map(|r| Ok((r.try_get("", "stage_key")?, r.try_get::<Option<i64>>("", "n")?.unwrap_or(0))))
+        .filter(|r: &Result<(String, i64)>| r.as_ref().map_or(true, |(_, n)| *n != 0))
         .collect()
 }
 
@@ -776,23 +834,43 @@ pub async fn cohorts(
     Ok((sizes, cells, last))
 }
 
-/// Active and returning contacts per period of `g` in [start, end).
+/// Per period of `g` in [start, end): (period, active, returning, first-time) contacts.
 pub async fn period_counts(
     db: &impl ConnectionTrait,
     tenant: &str,
     g: Gran,
     start: i64,
     end: i64,
-) -> Result<Vec<(i64, i64, i64)>> {
+) -> Result<Vec<(i64, i64, i64, i64)>> {
     rows(
         db,
-        "SELECT period, active, returners FROM period_counts WHERE tenant_id = ? AND gran = ? AND period >= ? AND period < ? ORDER BY period",
+        "SELECT period, active, returners, firsts FROM period_counts WHERE tenant_id = ? AND gran = ? AND period >= ? AND period < ? ORDER BY period",
         vec![v(tenant), v(g.key()), v(start), v(end)],
     )
     .await?
     .into_iter()
-    .map(|r| Ok((r.try_get("", "period")?, r.try_get("", "active")?, r.try_get("", "returners")?)))
+    .map(|r| {
+        Ok((r.try_get("", "period")?, r.try_get("", "active")?, r.try_get("", "returners")?, r.try_get("", "firsts")?))
+    })
     .collect()
+}
+
+/// Distinct contacts who purchased in the slice (days with revenue).
+pub async fn purchasers(db: &impl ConnectionTrait, tenant: &str, slice: &Slice) -> Result<i64> {
+    let mut sql = "SELECT COUNT(DISTINCT p.contact_id) AS n FROM contact_periods p \
+         LEFT JOIN contact_facts f ON f.tenant_id = p.tenant_id AND f.contact_id = p.contact_id \
+         WHERE p.tenant_id = ? AND p.gran = 'day' AND p.period >= ? AND p.period < ? AND p.revenue > 0"
+        .to_owned();
+    let mut vals = vec![v(tenant), v(domain::day(slice.start)), v(slice.end)];
+    if let Some(c) = &slice.channel {
+        sql.push_str(" AND f.acquisition_channel = ?");
+        vals.push(v(c.as_str()));
+    }
+    if let Some(c) = &slice.campaign {
+        sql.push_str(" AND f.campaign = ?");
+        vals.push(v(c.as_str()));
+    }
+    Ok(one(db, &sql, vals).await?.map(|r| r.try_get::<i64>("", "n")).transpose()?.unwrap_or(0))
 }
 
 /// Leads in the range, and those of good quality (lead score ≥ `threshold`, or converted).
@@ -851,32 +929,4 @@ pub async fn acquisition_cost(db: &impl ConnectionTrait, tenant: &str, contact: 
         Some(r) => r.try_get::<Option<i64>>("", "cost_micros")?.zip(r.try_get::<Option<String>>("", "cost_currency")?),
         None => None,
     })
-}
-
-/// Funnel with a conversion window (per-contact path): of the contacts who reached `first` in
-/// the range, how many reached each stage within `window` µs of that.
-pub async fn windowed_reaches(
-    db: &impl ConnectionTrait,
-    tenant: &str,
-    slice: &Slice,
-    first: &str,
-    window: i64,
-) -> Result<Vec<(String, i64)>> {
-    let mut sql = "SELECT r.stage_key AS stage_key, COUNT(*) AS n FROM stage_reach f \
-         JOIN stage_reach r ON r.tenant_id = f.tenant_id AND r.model_id = f.model_id AND r.contact_id = f.contact_id \
-         LEFT JOIN contact_facts c ON c.tenant_id = f.tenant_id AND c.contact_id = f.contact_id \
-         WHERE f.tenant_id = ? AND f.model_id = ? AND f.stage_key = ? AND f.first_time >= ? AND f.first_time < ? \
-         AND r.first_time >= f.first_time AND r.first_time <= f.first_time + ?"
-        .to_owned();
-    let mut vals = vec![v(tenant), v(slice.model.as_str()), v(first), v(slice.start), v(slice.end), v(window)];
-    if let Some(ch) = &slice.channel {
-        sql.push_str(" AND c.acquisition_channel = ?");
-        vals.push(v(ch.as_str()));
-    }
-    if let Some(ca) = &slice.campaign {
-        sql.push_str(" AND c.campaign = ?");
-        vals.push(v(ca.as_str()));
-    }
-    sql.push_str(" GROUP BY r.stage_key");
-    rows(db, &sql, vals).await?.into_iter().map(|r| Ok((r.try_get("", "stage_key")?, r.try_get("", "n")?))).collect()
 }

@@ -1,6 +1,10 @@
 //! `clm`: the single binary. `clm serve` runs all four services in one process on one port,
 //! each on its own database (SQLite files under `./data/` by default).
 
+mod client;
+mod report;
+mod seed;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -40,6 +44,38 @@ enum Command {
         /// The consumer to replay: `metrics`.
         #[arg(long)]
         consumer: String,
+    },
+    /// Fill a tenant of a running CLM with realistic demo data through its gRPC API: contacts
+    /// across channels over the last year, journeys, purchases, surveys and goals.
+    Seed {
+        /// CLM address (default: this configuration's server.listen_addr).
+        #[arg(long)]
+        addr: Option<String>,
+        /// Tenant (in jwt mode the CLI signs an admin token for it; dev mode: `dev`).
+        #[arg(long, default_value = "dev")]
+        tenant: String,
+        /// How many contacts.
+        #[arg(long, default_value_t = 2000)]
+        contacts: usize,
+        /// Random seed (the same seed gives the same data).
+        #[arg(long, default_value_t = 42)]
+        seed_value: u64,
+    },
+    /// Write a self-contained HTML page with the tenant's funnel, cohort heatmap, NPS trend,
+    /// CAC by channel, headline KPIs and goals, read from a running CLM.
+    Report {
+        /// CLM address (default: this configuration's server.listen_addr).
+        #[arg(long)]
+        addr: Option<String>,
+        /// Tenant (in jwt mode the CLI signs a token for it; dev mode: `dev`).
+        #[arg(long, default_value = "dev")]
+        tenant: String,
+        /// Days before now the report covers.
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+        /// Where to write the page.
+        #[arg(long, default_value = "clm-report.html")]
+        out: std::path::PathBuf,
     },
     /// Mint a bearer token signed with `auth.jwt_hs256_secret` (for trying jwt mode).
     Token {
@@ -104,6 +140,30 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 aud: (!settings.auth.jwt_audience.is_empty()).then(|| settings.auth.jwt_audience.clone()),
             };
             println!("{}", clm_platform::auth::mint_hs256(&settings.auth.jwt_hs256_secret, &claims)?);
+            Ok(())
+        }
+        Command::Seed { addr, tenant, contacts, seed_value } => {
+            anyhow::ensure!((1..=1_000_000).contains(&contacts), "--contacts must be 1 to 1000000");
+            let ch = client::connect(&settings, addr.as_deref(), &tenant).await?;
+            let started = std::time::Instant::now();
+            let s = seed::seed(ch, contacts, seed_value).await?;
+            println!(
+                "seeded tenant {tenant}: {} contacts, {} journey events, {} customers, {} survey responses, 4 goals in {:.1} s",
+                s.contacts,
+                s.events,
+                s.customers,
+                s.responses,
+                started.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+        Command::Report { addr, tenant, days, out } => {
+            anyhow::ensure!((1..=3660).contains(&days), "--days must be 1 to 3660");
+            let ch = client::connect(&settings, addr.as_deref(), &tenant).await?;
+            let data = report::fetch(ch, &tenant, days).await?;
+            std::fs::write(&out, report::render(&data))
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
+            println!("wrote {}", out.display());
             Ok(())
         }
         Command::Replay { consumer } => {

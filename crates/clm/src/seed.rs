@@ -1,0 +1,295 @@
+//! `clm seed`: a realistic demo tenant through the real write path (gRPC to a running CLM):
+//! contacts across channels with acquisition costs over the last year, their journeys
+//! (visits, leads, purchases, repeat purchases, referrals, reviews), NPS and CSAT surveys with
+//! responses, and a few goals. Deterministic for a given `--seed-value`.
+
+use clm_platform::convert::timestamp;
+use clm_proto::common::v1::Money;
+use clm_proto::contacts::v1 as cpb;
+use clm_proto::contacts::v1::contacts_service_client::ContactsServiceClient;
+use clm_proto::feedback::v1 as fpb;
+use clm_proto::feedback::v1::feedback_service_client::FeedbackServiceClient;
+use clm_proto::lifecycle::v1 as lpb;
+use clm_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
+use clm_proto::metrics::v1 as mpb;
+use clm_proto::metrics::v1::metrics_service_client::MetricsServiceClient;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::client::Authed;
+
+const DAY: i64 = 86_400_000_000;
+
+/// Channel, share of contacts, cost per contact (EUR), chance a lead converts.
+const CHANNELS: &[(cpb::AcquisitionChannel, f64, i64, f64)] = &[
+    (cpb::AcquisitionChannel::OrganicSearch, 0.28, 0, 0.32),
+    (cpb::AcquisitionChannel::PaidSearch, 0.25, 45, 0.18),
+    (cpb::AcquisitionChannel::Social, 0.15, 25, 0.12),
+    (cpb::AcquisitionChannel::Email, 0.10, 5, 0.30),
+    (cpb::AcquisitionChannel::Referral, 0.10, 0, 0.50),
+    (cpb::AcquisitionChannel::Event, 0.07, 80, 0.40),
+    (cpb::AcquisitionChannel::Partner, 0.05, 30, 0.35),
+];
+
+const GIVEN: &[&str] = &["Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Margaret", "Linus"];
+const FAMILY: &[&str] =
+    &["Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Allen", "Thompson", "Hamilton"];
+
+fn eur(units: i64) -> Money {
+    Money { currency_code: "EUR".into(), units, nanos: 0 }
+}
+
+fn pick_channel(rng: &mut StdRng) -> (cpb::AcquisitionChannel, i64, f64) {
+    let mut x: f64 = rng.random();
+    for (c, share, cost, conv) in CHANNELS {
+        if x < *share {
+            return (*c, *cost, *conv);
+        }
+        x -= share;
+    }
+    let (c, _, cost, conv) = CHANNELS[0];
+    (c, cost, conv)
+}
+
+fn campaign(at: i64) -> &'static str {
+    let month = chrono::DateTime::from_timestamp_micros(at).map_or(1, |t| chrono::Datelike::month(&t));
+    [
+        "winter", "winter", "spring", "spring", "spring", "summer", "summer", "summer", "autumn", "autumn", "autumn",
+        "winter",
+    ][(month as usize + 11) % 12]
+}
+
+fn touch(contact: &str, kind: lpb::TouchpointKind, at: i64) -> lpb::JourneyEvent {
+    lpb::JourneyEvent {
+        contact_id: contact.into(),
+        occur_time: Some(timestamp(at)),
+        detail: Some(lpb::journey_event::Detail::Touchpoint(lpb::Touchpoint {
+            channel: lpb::TouchpointChannel::Web as i32,
+            kind: kind as i32,
+            detail: String::new(),
+        })),
+        ..Default::default()
+    }
+}
+
+/// What was created.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub contacts: usize,
+    pub events: usize,
+    pub customers: usize,
+    pub responses: usize,
+}
+
+#[allow(clippy::too_many_lines)]
+pub async fn seed(ch: Authed, contacts: usize, seed_value: u64) -> anyhow::Result<Summary> {
+    let mut rng = StdRng::seed_from_u64(seed_value);
+    let now = chrono::Utc::now().timestamp_micros();
+    let mut c = ContactsServiceClient::new(ch.clone());
+    let mut l = LifecycleServiceClient::new(ch.clone());
+    let mut f = FeedbackServiceClient::new(ch.clone());
+    let mut m = MetricsServiceClient::new(ch);
+    let mut summary = Summary::default();
+
+    // Contacts, imported in batches; each remembers its channel's conversion odds.
+    struct Plan {
+        acquired: i64,
+        conversion: f64,
+    }
+    let mut plans = Vec::with_capacity(contacts);
+    let mut batches = Vec::new();
+    let run = rng.random::<u32>();
+    for i in 0..contacts {
+        let (channel, cost, conversion) = pick_channel(&mut rng);
+        let acquired = now - rng.random_range(0..365) * DAY - rng.random_range(0..DAY);
+        plans.push(Plan { acquired, conversion });
+        let mut tags = Vec::new();
+        if rng.random_bool(0.1) {
+            tags.push("vip".to_owned());
+        }
+        if rng.random_bool(0.4) {
+            tags.push("newsletter".to_owned());
+        }
+        let contact = cpb::Contact {
+            email: format!("demo-{run:08x}-{i}@example.com"),
+            given_name: GIVEN[rng.random_range(0..GIVEN.len())].into(),
+            family_name: FAMILY[rng.random_range(0..FAMILY.len())].into(),
+            tags,
+            lead_score: rng.random_range(0..=100),
+            acquisition: Some(cpb::Acquisition {
+                channel: channel as i32,
+                campaign: campaign(acquired).into(),
+                cost: (cost > 0).then(|| eur(cost + rng.random_range(0..=cost / 2))),
+                acquire_time: Some(timestamp(acquired)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        if batches.last().is_none_or(|b: &Vec<cpb::Contact>| b.len() >= 500) {
+            batches.push(Vec::new());
+        }
+        batches.last_mut().expect("a batch").push(contact);
+    }
+    let requests: Vec<cpb::ImportContactsRequest> =
+        batches.into_iter().map(|contacts| cpb::ImportContactsRequest { contacts }).collect();
+    let mut results = c.import_contacts(tokio_stream::iter(requests)).await?.into_inner();
+    let mut ids = vec![String::new(); contacts];
+    while let Some(msg) = results.message().await? {
+        if let Some(cpb::import_contacts_response::Result::Rows(rows)) = msg.result {
+            for r in rows.results {
+                if let Some(slot) = usize::try_from(r.row).ok().and_then(|i| ids.get_mut(i)) {
+                    slot.clone_from(&r.contact_id);
+                }
+            }
+        }
+    }
+    summary.contacts = ids.iter().filter(|i| !i.is_empty()).count();
+
+    // Journeys: a visit; maybe a lead; maybe a first purchase and repeats; referrals, reviews.
+    let mut events = Vec::new();
+    let mut customers = Vec::new();
+    for (id, plan) in ids.iter().zip(&plans) {
+        if id.is_empty() {
+            continue;
+        }
+        let mut t = plan.acquired;
+        events.push(touch(id, lpb::TouchpointKind::Visit, t));
+        if !rng.random_bool(0.6) {
+            continue;
+        }
+        t += rng.random_range(0..7 * DAY);
+        if t >= now {
+            continue;
+        }
+        events.push(touch(id, lpb::TouchpointKind::FormSubmitted, t));
+        if !rng.random_bool(plan.conversion) {
+            continue;
+        }
+        t += rng.random_range(DAY..30 * DAY);
+        let mut order = 0;
+        while t < now {
+            order += 1;
+            events.push(lpb::JourneyEvent {
+                contact_id: id.clone(),
+                occur_time: Some(timestamp(t)),
+                detail: Some(lpb::journey_event::Detail::Purchase(lpb::Purchase {
+                    order_id: format!("{id}-{order}"),
+                    amount: Some(eur(rng.random_range(20..300))),
+                    items: rng.random_range(1..5),
+                })),
+                ..Default::default()
+            });
+            if order == 1 {
+                customers.push(id.clone());
+            }
+            if rng.random_bool(0.08) {
+                events.push(lpb::JourneyEvent {
+                    contact_id: id.clone(),
+                    occur_time: Some(timestamp(t + DAY)),
+                    detail: Some(lpb::journey_event::Detail::Referral(lpb::Referral::default())),
+                    ..Default::default()
+                });
+            }
+            if rng.random_bool(0.05) {
+                events.push(lpb::JourneyEvent {
+                    contact_id: id.clone(),
+                    occur_time: Some(timestamp(t + 2 * DAY)),
+                    detail: Some(lpb::journey_event::Detail::Review(lpb::Review {
+                        rating: rng.random_range(3..=5),
+                        platform: "g2".into(),
+                        url: String::new(),
+                    })),
+                    ..Default::default()
+                });
+            }
+            if !rng.random_bool(0.55) {
+                break;
+            }
+            t += rng.random_range(15 * DAY..75 * DAY);
+        }
+    }
+    events.retain(|e| e.occur_time.as_ref().is_some_and(|o| o.seconds * 1_000_000 < now));
+    summary.events = events.len();
+    summary.customers = customers.len();
+    // One import call per 1000 events, so no call runs into the server's request timeout.
+    let mut refused = 0;
+    for chunk in events.chunks(1000) {
+        let req = lpb::ImportJourneyEventsRequest { model_id: String::new(), events: chunk.to_vec() };
+        let imported = l.import_journey_events(tokio_stream::iter([req])).await?.into_inner();
+        refused += imported.errors.len();
+        if let Some(first) = imported.errors.first() {
+            tracing::warn!(?first, "journey events refused");
+        }
+    }
+    anyhow::ensure!(refused * 100 <= events.len(), "{refused} of {} journey events were refused", events.len());
+
+    // Surveys: relationship NPS and post-purchase CSAT, answered by a share of customers.
+    let mut survey = async |name: &str, kind: fpb::SurveyKind| -> anyhow::Result<String> {
+        Ok(f.create_survey(fpb::CreateSurveyRequest {
+            survey: Some(fpb::Survey {
+                display_name: name.into(),
+                kind: kind as i32,
+                status: fpb::SurveyStatus::Active as i32,
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await?
+        .into_inner()
+        .survey
+        .map(|s| s.id)
+        .unwrap_or_default())
+    };
+    let nps = survey("Relationship NPS", fpb::SurveyKind::Nps).await?;
+    let csat = survey("Post-purchase CSAT", fpb::SurveyKind::Csat).await?;
+    for id in &customers {
+        for (survey_id, lo, hi, chance) in [(&nps, 0, 10, 0.5), (&csat, 1, 5, 0.3)] {
+            if !rng.random_bool(chance) {
+                continue;
+            }
+            // Skewed towards happy customers, with a tail of unhappy ones.
+            let score = if rng.random_bool(0.75) {
+                rng.random_range(hi - (hi - lo) / 3..=hi)
+            } else {
+                rng.random_range(lo..=hi)
+            };
+            f.submit_response(fpb::SubmitResponseRequest {
+                target: Some(fpb::submit_response_request::Target::InApp(fpb::InAppTarget {
+                    survey_id: survey_id.clone(),
+                    contact_id: id.clone(),
+                })),
+                answers: vec![fpb::Answer {
+                    question_id: "score".into(),
+                    value: Some(fpb::answer::Value::Rating(score)),
+                }],
+                response_id: String::new(),
+                complete: true,
+            })
+            .await?;
+            summary.responses += 1;
+        }
+    }
+
+    // Goals worth a scorecard.
+    let per_month = i64::try_from(contacts / 12).unwrap_or(0).max(1) as f64;
+    for (name, kpi, target, direction) in [
+        ("New contacts per month", mpb::Kpi::NewContacts, per_month, mpb::GoalDirection::AtLeast),
+        ("Close rate", mpb::Kpi::CloseRate, 0.3, mpb::GoalDirection::AtLeast),
+        ("CAC", mpb::Kpi::Cac, 120.0, mpb::GoalDirection::AtMost),
+        ("NPS", mpb::Kpi::Nps, 30.0, mpb::GoalDirection::AtLeast),
+    ] {
+        m.create_goal(mpb::CreateGoalRequest {
+            goal: Some(mpb::Goal {
+                display_name: name.into(),
+                kpi: kpi as i32,
+                target,
+                direction: direction as i32,
+                period: mpb::Granularity::Month as i32,
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await?;
+    }
+    Ok(summary)
+}

@@ -415,4 +415,62 @@ async fn every_kpi_from_the_event_stream_and_a_replay_agrees(backend: Backend) {
     env.done().await;
 }
 
-clm_platform::backend_tests!(every_kpi_from_the_event_stream_and_a_replay_agrees);
+async fn watch_streams_changes_and_bad_input_is_named(backend: Backend) {
+    let Some(env) = Env::start(backend, "mtwatch").await else { return };
+    let Clients { mut c, mut m, .. } = env.clients("acme").await;
+    let mut stream = m
+        .watch_kpis(pb::WatchKpisRequest { kpis: vec![pb::Kpi::NewContacts as i32], scope: None })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert_eq!((first.kpi, first.value), (pb::Kpi::NewContacts as i32, 0.0));
+    contact(&mut c, "watched@example.com", cpb::AcquisitionChannel::Email, None).await;
+    let next = tokio::time::timeout(Duration::from_secs(10), stream.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!(next.value, 1.0, "the new contact streams in");
+
+    let field = |s: tonic::Status| -> Vec<String> {
+        assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+        clm_platform::error::field_violations(&s).into_iter().map(|v| v.field).collect()
+    };
+    let bad_range = pb::MetricsScope {
+        start_time: Some(prost_types::Timestamp { seconds: 2_000_000_000, nanos: 0 }),
+        end_time: Some(prost_types::Timestamp { seconds: 1_000_000_000, nanos: 0 }),
+        ..Default::default()
+    };
+    let err = m
+        .get_stage_metrics(pb::GetStageMetricsRequest { scope: Some(bad_range), lead_quality_threshold: 101 })
+        .await
+        .unwrap_err();
+    assert_eq!(field(err), vec!["scope.end_time", "lead_quality_threshold"]);
+    let err = m
+        .get_cohort_retention(pb::GetCohortRetentionRequest {
+            periods: 61,
+            granularity: pb::Granularity::Day as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(field(err), vec!["granularity", "periods"]);
+    let err = m.list_kpi_series(pb::ListKpiSeriesRequest::default()).await.unwrap_err();
+    assert_eq!(field(err), vec!["kpi"]);
+    let err = m
+        .get_funnel(pb::GetFunnelRequest {
+            scope: Some(pb::MetricsScope { segment_filter: r#"tags:"vip""#.into(), ..Default::default() }),
+            conversion_window: Some(prost_types::Duration { seconds: -1, nanos: 0 }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(field(err), vec!["scope.segment_filter", "conversion_window"]);
+    let err = m.get_customer_value(pb::GetCustomerValueRequest { contact_id: "x".into() }).await.unwrap_err();
+    assert_eq!(field(err), vec!["contact_id"]);
+    let err = m.watch_kpis(pb::WatchKpisRequest { kpis: vec![], scope: None }).await.unwrap_err();
+    assert_eq!(field(err), vec!["kpis"]);
+    drop(stream);
+    env.done().await;
+}
+
+clm_platform::backend_tests!(
+    every_kpi_from_the_event_stream_and_a_replay_agrees,
+    watch_streams_changes_and_bad_input_is_named
+);

@@ -415,6 +415,7 @@ async fn every_kpi_from_the_event_stream_and_a_replay_agrees(backend: Backend) {
     env.done().await;
 }
 
+#[allow(clippy::float_cmp)]
 async fn watch_streams_changes_and_bad_input_is_named(backend: Backend) {
     let Some(env) = Env::start(backend, "mtwatch").await else { return };
     let Clients { mut c, mut m, .. } = env.clients("acme").await;

@@ -415,6 +415,107 @@ async fn every_kpi_from_the_event_stream_and_a_replay_agrees(backend: Backend) {
     env.done().await;
 }
 
+async fn score(f: &mut FeedbackServiceClient<Ch>, survey: &str, contact: &str, score: i32) {
+    f.submit_response(fpb::SubmitResponseRequest {
+        target: Some(fpb::submit_response_request::Target::InApp(fpb::InAppTarget {
+            survey_id: survey.into(),
+            contact_id: contact.into(),
+        })),
+        answers: vec![fpb::Answer { question_id: "score".into(), value: Some(fpb::answer::Value::Rating(score)) }],
+        response_id: String::new(),
+        complete: true,
+    })
+    .await
+    .unwrap();
+}
+
+async fn survey(f: &mut FeedbackServiceClient<Ch>, kind: fpb::SurveyKind) -> String {
+    f.create_survey(fpb::CreateSurveyRequest {
+        survey: Some(fpb::Survey {
+            display_name: format!("{kind:?}"),
+            kind: kind as i32,
+            status: fpb::SurveyStatus::Active as i32,
+            ..Default::default()
+        }),
+        request_id: String::new(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .survey
+    .unwrap()
+    .id
+}
+
+/// Churn, retention, dormancy, reactivation, referral rate, CSAT and CES on hand-computed data.
+#[allow(clippy::float_cmp)]
+async fn retention_and_loyalty_kpis_follow_the_journeys(backend: Backend) {
+    let Some(env) = Env::start(backend, "mtret").await else { return };
+    let Clients { mut c, mut l, mut f, mut m } = env.clients("acme").await;
+    let now = chrono::Utc::now().timestamp_micros();
+    let c1 = contact(&mut c, "r1@example.com", cpb::AcquisitionChannel::Email, None).await;
+    let c2 = contact(&mut c, "r2@example.com", cpb::AcquisitionChannel::Email, None).await;
+    // Both became customers 40 days ago: two customers when the 30-day range starts.
+    for (id, order) in [(&c1, "r-1"), (&c2, "r-2")] {
+        let e = lpb::JourneyEvent {
+            contact_id: id.clone(),
+            occur_time: Some(clm_platform::convert::timestamp(now - 40 * 86_400_000_000)),
+            detail: Some(purchase(order, 30)),
+            ..Default::default()
+        };
+        for _ in 0..100 {
+            match l
+                .record_journey_event(lpb::RecordJourneyEventRequest {
+                    model_id: String::new(),
+                    event: Some(e.clone()),
+                    idempotency_key: String::new(),
+                })
+                .await
+            {
+                Ok(_) => break,
+                Err(s) if s.code() == Code::NotFound => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(s) => panic!("{s:?}"),
+            }
+        }
+    }
+    // c2 goes dormant (by hand), then comes back (any activity reactivates); c1 refers a friend.
+    l.transition_stage(lpb::TransitionStageRequest {
+        contact_id: c2.clone(),
+        to_stage: "dormant".into(),
+        reason: "no reply for months".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    record(&mut l, &c2, touch(lpb::TouchpointKind::Visit)).await;
+    record(&mut l, &c1, lpb::journey_event::Detail::Referral(lpb::Referral::default())).await;
+    let csat = survey(&mut f, fpb::SurveyKind::Csat).await;
+    let ces = survey(&mut f, fpb::SurveyKind::Ces).await;
+    score(&mut f, &csat, &c1, 5).await;
+    score(&mut f, &csat, &c2, 2).await;
+    score(&mut f, &ces, &c1, 3).await;
+    score(&mut f, &ces, &c2, 6).await;
+    let ret = wait_for("retention figures", async || {
+        let s = m.get_stage_metrics(pb::GetStageMetricsRequest::default()).await.ok()?.into_inner();
+        let r = s.retention?;
+        (r.reactivated == 1 && r.ces != 0.0 && r.csat != 0.0 && s.loyalty?.referral_rate > 0.0).then_some(r)
+    })
+    .await;
+    assert_eq!(ret.customers_at_start, 2);
+    assert_eq!((ret.dormant, ret.reactivated), (1, 1));
+    assert_eq!(ret.churn_rate, 0.5, "one of two customers left in the range");
+    assert_eq!(ret.retention_rate, 0.5, "(2 at end − 1 regained) ÷ 2 at start");
+    assert_eq!(ret.csat, 50.0);
+    assert_eq!(ret.ces, 4.5);
+    let loyalty =
+        m.get_stage_metrics(pb::GetStageMetricsRequest::default()).await.unwrap().into_inner().loyalty.unwrap();
+    assert_eq!(loyalty.referral_rate, 0.5, "one referrer among two customers");
+    let breakdown = m.get_lifecycle_breakdown(pb::GetLifecycleBreakdownRequest::default()).await.unwrap().into_inner();
+    assert_eq!(breakdown.periods.iter().map(|p| p.dormant).sum::<i64>(), 1);
+    assert_eq!(breakdown.periods.iter().map(|p| p.reactivated).sum::<i64>(), 1);
+    env.done().await;
+}
+
 #[allow(clippy::float_cmp)]
 async fn watch_streams_changes_and_bad_input_is_named(backend: Backend) {
     let Some(env) = Env::start(backend, "mtwatch").await else { return };
@@ -473,5 +574,6 @@ async fn watch_streams_changes_and_bad_input_is_named(backend: Backend) {
 
 clm_platform::backend_tests!(
     every_kpi_from_the_event_stream_and_a_replay_agrees,
+    retention_and_loyalty_kpis_follow_the_journeys,
     watch_streams_changes_and_bad_input_is_named
 );

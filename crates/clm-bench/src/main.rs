@@ -7,6 +7,8 @@
 //! `GetContact ÷ health` is the cost of our layers and the database read. Results go to
 //! `bench/results/latest.json` and `latest.md`. Benchmarks never fail a test run.
 
+mod metrics_bench;
+
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,6 +39,10 @@ struct Args {
     /// CLM_TEST_DATABASE_URL when set.
     #[arg(long, env = "CLM_TEST_DATABASE_URL")]
     postgres: Option<String>,
+    /// Contacts for the metrics-at-scale workload (ten transitions each; PostgreSQL only;
+    /// 0 skips it).
+    #[arg(long, env = "BENCH_METRICS_CONTACTS", default_value_t = 1_000_000)]
+    metrics_contacts: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -271,6 +277,9 @@ async fn main() -> anyhow::Result<()> {
         contacts_workloads(&args, Backend::Postgres, "postgres", &mut figures).await?;
     }
     let mut ratios = Vec::new();
+    if args.postgres.is_some() && args.metrics_contacts > 0 {
+        metrics_bench::run(args.metrics_contacts, &mut figures, &mut ratios).await?;
+    }
     for backend in ["sqlite", "postgres"] {
         if let Some(r) = ratio(&figures, "GetContact", "HealthCheck", backend) {
             ratios.push((format!("GetContact ÷ HealthCheck ({backend}); target ≥ 0.5"), r));

@@ -9,6 +9,7 @@
 //! also fed event by event through the real handlers (`store::model::apply_*`), and the funnel
 //! (five windows) and the cohort tables must come out identical.
 
+use std::fmt::Write as _;
 use std::time::Instant;
 
 use clm_metrics::store::model::{self, Happening, Slice, StageChange};
@@ -84,6 +85,16 @@ async fn generate(db: &DatabaseConnection, tenant: &str, n: u64) -> anyhow::Resu
     .await
 }
 
+/// `model::delay_bucket` in SQL.
+fn delay_sql(days: &str) -> String {
+    let mut s = format!("CASE WHEN {days} <= 31 THEN GREATEST({days}, 0)");
+    for step in model::DELAY_STEPS {
+        let _ = write!(s, " WHEN {days} <= {step} THEN {step}");
+    }
+    s.push_str(" ELSE 3660 END");
+    s
+}
+
 /// The bulk path: the aggregates of `tenant`'s raw data, as the handlers would have kept them.
 async fn aggregate(db: &DatabaseConnection, raw: &str, tenant: &str, model: &str) -> anyhow::Result<()> {
     for (pos, (key, cat, role)) in STAGES.iter().enumerate() {
@@ -110,12 +121,30 @@ async fn aggregate(db: &DatabaseConnection, raw: &str, tenant: &str, model: &str
         &format!(
             "INSERT INTO funnel_cells (tenant_id, model_id, cohort_day, channel, campaign, stage_key, delay_days, n)
              SELECT '{tenant}', '{model}', (e.entry / {DAY}) * {DAY}, 'unknown', '', r.stage_key,
-                    LEAST((r.first_time - e.entry) / {DAY}, 3660), COUNT(*)
+                    {bucket}, COUNT(*)
              FROM stage_reach r
              JOIN (SELECT contact_id, MIN(first_time) AS entry FROM stage_reach
                    WHERE tenant_id = '{tenant}' AND model_id = '{model}' GROUP BY contact_id) e USING (contact_id)
              WHERE r.tenant_id = '{tenant}' AND r.model_id = '{model}'
-             GROUP BY 3, 6, 7"
+             GROUP BY 3, 6, 7",
+            bucket = delay_sql("((r.first_time - e.entry) / {DAY})".replace("{DAY}", &DAY.to_string()).as_str()),
+        ),
+    )
+    .await?;
+    // Stage-to-stage durations at first reaches (not compared in the check: PostgreSQL's log
+    // and Rust's may round a duration on a bucket edge differently).
+    sql(
+        db,
+        &format!(
+            "INSERT INTO time_hist (tenant_id, model_id, name, day, bucket, n)
+             SELECT '{tenant}', '{model}', stage_key, (at / {DAY}) * {DAY},
+                    floor(log(2, ((at - prev) / 1e6 + 1)::numeric) * 4)::bigint, COUNT(*)
+             FROM (SELECT stage_key, at, LAG(at) OVER (PARTITION BY contact_id ORDER BY seq) AS prev,
+                          ROW_NUMBER() OVER (PARTITION BY contact_id, stage_key ORDER BY seq) AS rn
+                   FROM bench_transitions WHERE tenant_id = '{raw}') t
+             WHERE rn = 1 AND prev IS NOT NULL
+             GROUP BY 3, 4, 5
+             ON CONFLICT (tenant_id, model_id, name, day, bucket) DO UPDATE SET n = time_hist.n + excluded.n"
         ),
     )
     .await?;

@@ -143,16 +143,17 @@ impl MetricsService for MetricsApi {
         let mut out = Vec::new();
         let first_n = stages.first().map_or(0, |s| reached.get(&s.0).copied().unwrap_or(0));
         let mut prev: Option<i64> = None;
+        let hists = model::histograms(&self.db, tenant, &slice.model, slice.start, slice.end).await?;
         for (key, ..) in &stages {
             let n = reached.get(key).copied().unwrap_or(0);
-            let hist = model::histogram(&self.db, tenant, &slice.model, key, slice.start, slice.end).await?;
+            let hist = hists.get(key).map_or(&[][..], Vec::as_slice);
             out.push(pb::FunnelStage {
                 stage_key: key.clone(),
                 reached: n,
                 conversion_rate_from_previous: prev.map_or(1.0, |p| ratio(n as f64, p as f64)),
                 conversion_rate_from_first: ratio(n as f64, first_n as f64),
-                median_time_from_previous: domain::quantile(&hist, 0.5).map(duration),
-                p90_time_from_previous: domain::quantile(&hist, 0.9).map(duration),
+                median_time_from_previous: domain::quantile(hist, 0.5).map(duration),
+                p90_time_from_previous: domain::quantile(hist, 0.9).map(duration),
             });
             prev = Some(n);
         }

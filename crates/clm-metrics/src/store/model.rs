@@ -113,8 +113,19 @@ pub async fn bump_kpi(
     Ok(())
 }
 
-/// Longest delay tracked per day in the funnel (longer ones count as this).
-const MAX_DELAY_DAYS: i64 = 3660;
+/// Funnel delays are kept per day up to a month, then at these boundaries (days), so a cohort
+/// day holds a few dozen cells per stage; longer delays count as the last.
+pub const DELAY_STEPS: [i64; 15] = [35, 42, 49, 56, 60, 70, 80, 90, 105, 120, 150, 180, 270, 365, 3660];
+
+/// The stored delay of a reach `days` after entry: exact to 31 days, else the next boundary.
+pub fn delay_bucket(days: i64) -> i64 {
+    if days <= 31 { days.max(0) } else { DELAY_STEPS.iter().copied().find(|s| *s >= days).unwrap_or(3660) }
+}
+
+/// The delays a window of `days` covers: exact to 31 days, else rounded down to a boundary.
+pub fn window_bucket(days: i64) -> i64 {
+    if days <= 31 { days.max(0) } else { DELAY_STEPS.iter().copied().filter(|s| *s <= days).max().unwrap_or(31) }
+}
 
 /// Add (`sign` 1) or remove (−1) a contact's funnel contribution: its cohort is the day it
 /// entered the model (its earliest reach), each reached stage counted with its delay in days.
@@ -144,7 +155,7 @@ async fn bump_funnel(
     a: &Attribution,
     n: i64,
 ) -> Result<()> {
-    let delay = ((at - entry).max(0) / domain::DAY).min(MAX_DELAY_DAYS);
+    let delay = delay_bucket((at - entry).max(0) / domain::DAY);
     exec(
         db,
         "INSERT INTO funnel_cells (tenant_id, model_id, cohort_day, channel, campaign, stage_key, delay_days, n) \
@@ -801,6 +812,29 @@ pub async fn histogram(
     .collect()
 }
 
+/// Several histograms at once: name → (bucket, count).
+pub async fn histograms(
+    db: &impl ConnectionTrait,
+    tenant: &str,
+    model: &str,
+    start: i64,
+    end: i64,
+) -> Result<std::collections::HashMap<String, Vec<(i64, i64)>>> {
+    let mut out: std::collections::HashMap<String, Vec<(i64, i64)>> = std::collections::HashMap::new();
+    for r in rows(
+        db,
+        "SELECT name, bucket, CAST(SUM(n) AS BIGINT) AS n FROM time_hist WHERE tenant_id = ? AND model_id = ? AND day >= ? AND day < ? GROUP BY name, bucket",
+        vec![v(tenant), v(model), v(start), v(end)],
+    )
+    .await?
+    {
+        out.entry(r.try_get("", "name")?)
+            .or_default()
+            .push((r.try_get("", "bucket")?, r.try_get::<Option<i64>>("", "n")?.unwrap_or(0)));
+    }
+    Ok(out)
+}
+
 /// Cohorts starting in [start, end): (cohort, size), cells (cohort, idx, n, revenue), and
 /// last-active counts (cohort, last_idx, n).
 #[allow(clippy::type_complexity)]
@@ -929,4 +963,29 @@ pub async fn acquisition_cost(db: &impl ConnectionTrait, tenant: &str, contact: 
         Some(r) => r.try_get::<Option<i64>>("", "cost_micros")?.zip(r.try_get::<Option<String>>("", "cost_currency")?),
         None => None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn funnel_delays_and_windows_agree() {
+        assert_eq!(delay_bucket(0), 0);
+        assert_eq!(delay_bucket(31), 31);
+        assert_eq!(delay_bucket(33), 35);
+        assert_eq!(delay_bucket(90), 90);
+        assert_eq!(delay_bucket(91), 105);
+        assert_eq!(delay_bucket(5000), 3660);
+        assert_eq!(window_bucket(90), 90);
+        assert_eq!(window_bucket(100), 90, "between boundaries: rounded down");
+        assert_eq!(window_bucket(34), 31);
+        // A reach is inside a window exactly when its bucket is at most the window's bucket,
+        // for windows on the boundaries.
+        for w in (0..=31).chain(DELAY_STEPS) {
+            for d in 0..400 {
+                assert_eq!(delay_bucket(d) <= window_bucket(w), d <= w, "delay {d}, window {w}");
+            }
+        }
+    }
 }

@@ -15,6 +15,7 @@ pub mod filter_sql;
 pub mod idempotency;
 pub mod pagination;
 pub mod runtime;
+pub mod schema;
 pub mod server;
 pub mod shed;
 pub mod telemetry;

@@ -1,5 +1,6 @@
 //! Schema migrations of the feedback database. Times are BIGINT µs since the epoch.
 
+use clm_platform::schema::{big, big_null, flag, id, index, int, int_null, long_text, text, text_null};
 use sea_orm_migration::prelude::*;
 
 #[derive(Debug)]
@@ -22,46 +23,6 @@ impl MigrationName for M0001Feedback {
     fn name(&self) -> &'static str {
         "m0001_feedback"
     }
-}
-
-fn id(c: &'static str) -> ColumnDef {
-    ColumnDef::new(Alias::new(c)).string().not_null().primary_key().to_owned()
-}
-fn text(c: &'static str) -> ColumnDef {
-    ColumnDef::new(Alias::new(c)).string().not_null().to_owned()
-}
-fn text_null(c: &'static str) -> ColumnDef {
-    ColumnDef::new(Alias::new(c)).string().null().to_owned()
-}
-fn long_text(c: &'static str) -> ColumnDef {
-    ColumnDef::new(Alias::new(c)).text().not_null().to_owned()
-}
-fn big(c: &'static str) -> ColumnDef {
-    ColumnDef::new(Alias::new(c)).big_integer().not_null().to_owned()
-}
-fn big_null(c: &'static str) -> ColumnDef {
-    ColumnDef::new(Alias::new(c)).big_integer().null().to_owned()
-}
-fn int(c: &'static str) -> ColumnDef {
-    ColumnDef::new(Alias::new(c)).integer().not_null().to_owned()
-}
-fn int_null(c: &'static str) -> ColumnDef {
-    ColumnDef::new(Alias::new(c)).integer().null().to_owned()
-}
-fn flag(c: &'static str) -> ColumnDef {
-    ColumnDef::new(Alias::new(c)).boolean().not_null().to_owned()
-}
-
-async fn index(m: &SchemaManager<'_>, name: &str, table: &str, cols: &[&str], unique: bool) -> Result<(), DbErr> {
-    let mut i = Index::create();
-    i.name(name).table(Alias::new(table));
-    for c in cols {
-        i.col(Alias::new(*c));
-    }
-    if unique {
-        i.unique();
-    }
-    m.create_index(i).await
 }
 
 #[async_trait::async_trait]

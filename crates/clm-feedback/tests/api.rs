@@ -1,13 +1,11 @@
 //! Feedback over real gRPC, with contacts and lifecycle in the same process (one port, one
 //! event bus, as the single binary runs them), on SQLite and PostgreSQL.
 
-use std::time::Duration;
-
 use clm_contacts::ContactsService;
 use clm_feedback::FeedbackService;
 use clm_lifecycle::LifecycleService;
 use clm_platform::convert::micros;
-use clm_platform::testing::{self, Backend, BearerInterceptor, Services, TestDb, TestServer};
+use clm_platform::testing::{self, Backend, BearerInterceptor, Services, TestDb, TestServer, wait_for};
 use clm_proto::common::v1::Money;
 use clm_proto::contacts::v1 as cpb;
 use clm_proto::contacts::v1::contacts_service_client::ContactsServiceClient;
@@ -80,16 +78,6 @@ impl Env {
             db.cleanup().await;
         }
     }
-}
-
-async fn wait_for<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    for _ in 0..200 {
-        if let Some(v) = f().await {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{what}: not reached in 10 s");
 }
 
 async fn new_contact(c: &mut Ct, email: &str, tags: &[&str]) -> String {

@@ -8,7 +8,7 @@ use clm_contacts::ContactsService;
 use clm_feedback::FeedbackService;
 use clm_lifecycle::LifecycleService;
 use clm_metrics::MetricsService;
-use clm_platform::testing::{self, Backend, BearerInterceptor, Services, TestDb, TestServer};
+use clm_platform::testing::{self, Backend, BearerInterceptor, Services, TestDb, TestServer, wait_for};
 use clm_proto::common::v1::Money;
 use clm_proto::contacts::v1 as cpb;
 use clm_proto::contacts::v1::contacts_service_client::ContactsServiceClient;
@@ -87,16 +87,6 @@ impl Env {
             db.cleanup().await;
         }
     }
-}
-
-async fn wait_for<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    for _ in 0..300 {
-        if let Some(v) = f().await {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{what}: not reached in 15 s");
 }
 
 fn eur(units: i64) -> Money {

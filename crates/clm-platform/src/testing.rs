@@ -196,6 +196,18 @@ pub async fn spawn_pair<A: Service, B: Service>(settings: Settings) -> TestServe
     serve_modules(shared, routes, vec![a, b]).await
 }
 
+/// Poll `f` every 50 ms until it gives a value (events arrive asynchronously); panics naming
+/// `what` after 15 s.
+pub async fn wait_for<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    for _ in 0..300 {
+        if let Some(v) = f().await {
+            return v;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{what}: not reached in 15 s");
+}
+
 /// Start any set of services in one process (one port, one bus), as the single binary does:
 /// `Services::new(settings).await.with::<A>().await.with::<B>().await.serve().await`.
 pub struct Services {

@@ -345,6 +345,37 @@ async fn every_kpi_from_the_event_stream_and_a_replay_agrees(backend: Backend) {
     let health: Vec<(f64, i32)> = card.iter().map(|g| (g.actual, g.health)).collect();
     assert_eq!(health, vec![(4.0, pb::GoalHealth::OnTrack as i32), (100.0, pb::GoalHealth::OffTrack as i32)]);
 
+    // Goals are listed, updated with their etag (a stale one is refused) and deleted.
+    let listed =
+        m.list_goals(pb::ListGoalsRequest { page_size: 1, page_token: String::new() }).await.unwrap().into_inner();
+    assert_eq!(listed.goals.len(), 1);
+    let second = m
+        .list_goals(pb::ListGoalsRequest { page_size: 1, page_token: listed.next_page_token })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut cac_goal = second.goals[0].clone();
+    assert_eq!(cac_goal.kpi, pb::Kpi::Cac as i32);
+    cac_goal.target = 150.0;
+    let updated = m
+        .update_goal(pb::UpdateGoalRequest {
+            goal: Some(cac_goal.clone()),
+            update_mask: Some(prost_types::FieldMask { paths: vec!["target".into()] }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .goal
+        .unwrap();
+    assert_eq!(updated.target, 150.0);
+    let card = m.get_scorecard(pb::GetScorecardRequest::default()).await.unwrap().into_inner().goals;
+    assert_eq!(card[1].health, pb::GoalHealth::OnTrack as i32, "CAC 100 ≤ 150");
+    let err =
+        m.delete_goal(pb::DeleteGoalRequest { id: updated.id.clone(), etag: cac_goal.etag.clone() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::Aborted, "stale etag");
+    m.delete_goal(pb::DeleteGoalRequest { id: updated.id.clone(), etag: updated.etag.clone() }).await.unwrap();
+    assert_eq!(m.get_goal(pb::GetGoalRequest { id: updated.id }).await.unwrap_err().code(), Code::NotFound);
+
     // Bad input.
     let err = m
         .get_funnel(pb::GetFunnelRequest {

@@ -1,69 +1,69 @@
 //! Goals (a KPI, a scope, a target per period) and the scorecard that grades them.
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use clm_platform::convert::{etag, etag_version, micros, timestamp, uuid};
 use clm_platform::pagination::page_size;
 use clm_platform::{Error, Violations, idempotency};
 use clm_proto::metrics::v1 as pb;
 use prost::Message;
-use sea_orm::Value;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use super::kpi::Snapshot;
 use super::{DEFAULT_LEAD_THRESHOLD, MetricsApi, ctx, gran, now_micros, slice};
 use crate::domain::{self, Gran};
-use crate::store::model::{exec, one, rows};
+use crate::store::goals::{self as store, GoalRecord};
 
 const MAX_NAME: usize = 200;
-
-fn val<T: Into<Value>>(x: T) -> Value {
-    x.into()
-}
 
 struct Row {
     goal: pb::Goal,
     version: i64,
 }
 
-fn from_row(r: &sea_orm::QueryResult) -> Result<Row, Error> {
-    let scope: String = r.try_get("", "scope")?;
-    let scope = STANDARD
-        .decode(scope)
-        .ok()
-        .and_then(|b| pb::MetricsScope::decode(b.as_slice()).ok())
-        .ok_or_else(|| Error::internal(anyhow::anyhow!("stored goal scope is unreadable")))?;
-    let version: i64 = r.try_get("", "version")?;
-    let kpi: i64 = r.try_get("", "kpi")?;
-    let direction: i64 = r.try_get("", "direction")?;
-    let period: i64 = r.try_get("", "period")?;
+fn to_pb(r: GoalRecord) -> Result<Row, Error> {
+    let scope = pb::MetricsScope::decode(r.scope.as_slice())
+        .map_err(|_| Error::internal(anyhow::anyhow!("stored goal scope is unreadable")))?;
     Ok(Row {
         goal: pb::Goal {
-            id: r.try_get("", "id")?,
-            display_name: r.try_get("", "display_name")?,
-            kpi: i32::try_from(kpi).unwrap_or_default(),
+            id: r.id,
+            display_name: r.display_name,
+            kpi: r.kpi,
             scope: Some(scope),
-            stage_key: r.try_get("", "stage_key")?,
-            target: r.try_get("", "target")?,
-            direction: i32::try_from(direction).unwrap_or_default(),
-            period: i32::try_from(period).unwrap_or_default(),
-            at_risk_tolerance: r.try_get("", "tolerance")?,
-            create_time: Some(timestamp(r.try_get("", "create_time")?)),
-            update_time: Some(timestamp(r.try_get("", "update_time")?)),
-            etag: etag(version),
+            stage_key: r.stage_key,
+            target: r.target,
+            direction: r.direction,
+            period: r.period,
+            at_risk_tolerance: r.tolerance,
+            create_time: Some(timestamp(r.create_time)),
+            update_time: Some(timestamp(r.update_time)),
+            etag: etag(r.version),
         },
-        version,
+        version: r.version,
     })
+}
+
+fn record(g: &pb::Goal, version: i64, create_time: i64, update_time: i64) -> GoalRecord {
+    GoalRecord {
+        id: g.id.clone(),
+        display_name: g.display_name.clone(),
+        kpi: g.kpi,
+        scope: g.scope.clone().unwrap_or_default().encode_to_vec(),
+        stage_key: g.stage_key.clone(),
+        target: g.target,
+        direction: g.direction,
+        period: g.period,
+        tolerance: g.at_risk_tolerance,
+        version,
+        create_time,
+        update_time,
+    }
 }
 
 async fn load(api: &MetricsApi, tenant: &str, id: &str) -> Result<Row, Error> {
     let uuid = Uuid::parse_str(id).map_err(|_| Error::invalid("id", "must be a UUID"))?;
     let r =
-        one(&api.db, "SELECT * FROM goals WHERE tenant_id = ? AND id = ?", vec![val(tenant), val(uuid.to_string())])
-            .await?
-            .ok_or_else(|| Error::not_found("goal", id.to_owned()))?;
-    from_row(&r)
+        store::get(&api.db, tenant, &uuid.to_string()).await?.ok_or_else(|| Error::not_found("goal", id.to_owned()))?;
+    to_pb(r)
 }
 
 /// Check a goal's fields (all of them: the caller merged the mask first).
@@ -119,29 +119,11 @@ pub async fn create(
     {
         return Ok(Response::new(pb::CreateGoalResponse { goal: Some(load(api, tenant, &id).await?.goal) }));
     }
-    let id = Uuid::now_v7().to_string();
     let now = now_micros();
+    g.id = Uuid::now_v7().to_string();
+    let id = g.id.clone();
     let txn = clm_platform::db::begin_write(&api.db).await?;
-    exec(
-        &txn,
-        "INSERT INTO goals (id, tenant_id, display_name, kpi, scope, stage_key, target, direction, period, tolerance, version, create_time, update_time) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)",
-        vec![
-            val(id.as_str()),
-            val(tenant),
-            val(g.display_name.as_str()),
-            val(i64::from(g.kpi)),
-            val(STANDARD.encode(g.scope.clone().unwrap_or_default().encode_to_vec())),
-            val(g.stage_key.as_str()),
-            val(g.target),
-            val(i64::from(g.direction)),
-            val(i64::from(g.period)),
-            val(g.at_risk_tolerance),
-            val(now),
-            val(now),
-        ],
-    )
-    .await?;
+    store::insert(&txn, tenant, &record(&g, 1, now, now)).await?;
     if let Some(rid) = &rid {
         idempotency::record(&txn, &ctx.tenant, "CreateGoal", rid, &id).await?;
     }
@@ -163,16 +145,11 @@ pub async fn list(
     let req = req.into_inner();
     let limit = page_size(req.page_size)?;
     let after: Option<(i64, String)> = api.tokens.decode(&req.page_token, &ctx.tenant, "goals")?;
-    let (t, id) = after.unwrap_or((i64::MIN, String::new()));
-    let found = rows(
-        &api.db,
-        "SELECT * FROM goals WHERE tenant_id = ? AND (create_time > ? OR (create_time = ? AND id > ?)) ORDER BY create_time, id LIMIT ?",
-        vec![val(ctx.tenant.as_str()), val(t), val(t), val(id), val(i64::try_from(limit + 1).unwrap_or(1001))],
-    )
-    .await?
-    .iter()
-    .map(from_row)
-    .collect::<Result<Vec<_>, _>>()?;
+    let found = store::list(&api.db, ctx.tenant.as_str(), after.as_ref(), limit)
+        .await?
+        .into_iter()
+        .map(to_pb)
+        .collect::<Result<Vec<_>, _>>()?;
     let (page, next) = clm_platform::pagination::split_page(found, limit, |r| {
         (r.goal.create_time.as_ref().and_then(micros).unwrap_or_default(), r.goal.id.clone())
     });
@@ -229,27 +206,9 @@ pub async fn update(
     }
     check(&ctx.tenant, &mut g, &mut v);
     v.finish()?;
-    let n = exec(
-        &api.db,
-        "UPDATE goals SET display_name = ?, kpi = ?, scope = ?, stage_key = ?, target = ?, direction = ?, period = ?, \
-         tolerance = ?, version = version + 1, update_time = ? WHERE tenant_id = ? AND id = ? AND version = ?",
-        vec![
-            val(g.display_name.as_str()),
-            val(i64::from(g.kpi)),
-            val(STANDARD.encode(g.scope.clone().unwrap_or_default().encode_to_vec())),
-            val(g.stage_key.as_str()),
-            val(g.target),
-            val(i64::from(g.direction)),
-            val(i64::from(g.period)),
-            val(g.at_risk_tolerance),
-            val(now_micros()),
-            val(tenant),
-            val(g.id.as_str()),
-            val(old.version),
-        ],
-    )
-    .await?;
-    if n != 1 {
+    let created = g.create_time.as_ref().and_then(micros).unwrap_or_default();
+    let n = store::update(&api.db, tenant, &record(&g, old.version + 1, created, now_micros()), old.version).await?;
+    if !n {
         return Err(Error::Aborted("the goal changed concurrently; read it again".into()).into());
     }
     Ok(Response::new(pb::UpdateGoalResponse { goal: Some(load(api, tenant, &g.id).await?.goal) }))
@@ -263,12 +222,9 @@ pub async fn delete(
     let req = req.into_inner();
     let old = load(api, ctx.tenant.as_str(), &req.id).await?;
     check_etag(&req.etag, old.version)?;
-    exec(
-        &api.db,
-        "DELETE FROM goals WHERE tenant_id = ? AND id = ? AND version = ?",
-        vec![val(ctx.tenant.as_str()), val(old.goal.id.as_str()), val(old.version)],
-    )
-    .await?;
+    if !store::delete(&api.db, ctx.tenant.as_str(), &old.goal.id, old.version).await? {
+        return Err(Error::Aborted("the goal changed concurrently; read it again".into()).into());
+    }
     Ok(Response::new(pb::DeleteGoalResponse {}))
 }
 
@@ -326,15 +282,11 @@ pub async fn scorecard(
         Some(Some(t)) => t,
         Some(None) => return Err(Error::invalid("as_of_time", "is not a valid time").into()),
     };
-    let all = rows(
-        &api.db,
-        "SELECT * FROM goals WHERE tenant_id = ? ORDER BY create_time, id",
-        vec![val(ctx.tenant.as_str())],
-    )
-    .await?
-    .iter()
-    .map(from_row)
-    .collect::<Result<Vec<_>, _>>()?;
+    let all = store::list(&api.db, ctx.tenant.as_str(), None, 10_000)
+        .await?
+        .into_iter()
+        .map(to_pb)
+        .collect::<Result<Vec<_>, _>>()?;
     let mut goals = Vec::with_capacity(all.len());
     for r in all {
         goals.push(grade(api, &ctx.tenant, &r.goal, as_of).await?);

@@ -9,7 +9,7 @@ use clm_platform::events::inbox::EventHandler;
 use clm_proto::events::v1 as ev;
 use clm_proto::events::v1::event_envelope::Payload;
 use sea_orm::sea_query::OnConflict;
-use sea_orm::{ActiveValue, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter};
+use sea_orm::{ActiveValue, ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter};
 
 use crate::store::{contact_facts, model};
 
@@ -244,10 +244,7 @@ impl EventHandler for MetricsHandler {
 
     async fn reset(&self, txn: &DatabaseTransaction) -> clm_platform::Result<()> {
         contact_facts::Entity::delete_many().exec(txn).await?;
-        for t in crate::store::migrations::READ_MODEL_TABLES {
-            txn.execute_unprepared(&format!("DELETE FROM {t}")).await?;
-        }
-        Ok(())
+        model::clear(txn).await
     }
 }
 

@@ -662,6 +662,14 @@ pub async fn apply_score(
     Ok(())
 }
 
+/// Empty every read-model table (before a replay from the first event; goals stay).
+pub async fn clear(db: &impl ConnectionTrait) -> Result<()> {
+    for t in super::migrations::READ_MODEL_TABLES {
+        db.execute_unprepared(&format!("DELETE FROM {t}")).await?;
+    }
+    Ok(())
+}
+
 // ---- queries ----
 
 /// Which slice of the aggregates a query reads.

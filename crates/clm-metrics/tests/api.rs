@@ -125,7 +125,12 @@ async fn contact(
 }
 
 async fn record(l: &mut LifecycleServiceClient<Ch>, contact: &str, detail: lpb::journey_event::Detail) {
-    let e = lpb::JourneyEvent { contact_id: contact.into(), detail: Some(detail), ..Default::default() };
+    record_event(l, lpb::JourneyEvent { contact_id: contact.into(), detail: Some(detail), ..Default::default() }).await;
+}
+
+/// Record `e`, waiting for lifecycle to hear of a just-created contact.
+async fn record_event(l: &mut LifecycleServiceClient<Ch>, e: lpb::JourneyEvent) {
+    let contact = e.contact_id.clone();
     for _ in 0..100 {
         match l
             .record_journey_event(lpb::RecordJourneyEventRequest {
@@ -484,20 +489,7 @@ async fn retention_and_loyalty_kpis_follow_the_journeys(backend: Backend) {
             detail: Some(purchase(order, 30)),
             ..Default::default()
         };
-        for _ in 0..100 {
-            match l
-                .record_journey_event(lpb::RecordJourneyEventRequest {
-                    model_id: String::new(),
-                    event: Some(e.clone()),
-                    idempotency_key: String::new(),
-                })
-                .await
-            {
-                Ok(_) => break,
-                Err(s) if s.code() == Code::NotFound => tokio::time::sleep(Duration::from_millis(50)).await,
-                Err(s) => panic!("{s:?}"),
-            }
-        }
+        record_event(&mut l, e).await;
     }
     // c2 goes dormant (by hand), then comes back (any activity reactivates); c1 refers a friend.
     l.transition_stage(lpb::TransitionStageRequest {

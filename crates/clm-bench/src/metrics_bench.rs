@@ -243,7 +243,7 @@ async fn check_bulk_path(db: &DatabaseConnection) -> anyhow::Result<()> {
     feed(db, "check", "check-fed", "m").await?;
     aggregate(db, "check", "check-bulk", "m").await?;
     for window in [0, 7, 30, 90, 10_000] {
-        let all = Slice { model: "m".into(), start: 0, end: i64::MAX / 4, channel: None, campaign: None };
+        let all = Slice { model: "m".into(), start: 0, end: i64::MAX / 4, ..Slice::default() };
         let mut fed = model::funnel(db, "check-fed", &all, window).await?;
         let mut bulk = model::funnel(db, "check-bulk", &all, window).await?;
         fed.sort();
@@ -251,8 +251,8 @@ async fn check_bulk_path(db: &DatabaseConnection) -> anyhow::Result<()> {
         anyhow::ensure!(fed == bulk, "bulk path differs from the handlers (window {window}): {fed:?} vs {bulk:?}");
     }
     let g = clm_metrics::domain::Gran::Month;
-    let fed = model::cohorts(db, "check-fed", g, 0, i64::MAX / 4).await?;
-    let bulk = model::cohorts(db, "check-bulk", g, 0, i64::MAX / 4).await?;
+    let fed = model::cohorts(db, "check-fed", &model::Slice::default(), g, 0, i64::MAX / 4).await?;
+    let bulk = model::cohorts(db, "check-bulk", &model::Slice::default(), g, 0, i64::MAX / 4).await?;
     type Cohorts = (Vec<(i64, i64)>, Vec<(i64, i64, i64, i64)>, Vec<(i64, i64, i64)>);
     let norm = |mut c: Cohorts| {
         c.0.sort_unstable();

@@ -33,10 +33,17 @@ impl clm_platform::runtime::Service for MetricsService {
             std::sync::Arc::new(events::MetricsHandler),
             shared.stopping(),
         );
+        let contacts = clm_platform::contacts::ContactsClient::new(
+            "metrics",
+            shared.settings.metrics.contacts_url.clone(),
+            shared.local_addr.clone(),
+            &shared.settings.auth,
+        );
         let max = shared.max_message_bytes();
         let server = clm_proto::metrics::v1::metrics_service_server::MetricsServiceServer::new(api::MetricsApi::new(
             db,
             shared.page_tokens.clone(),
+            contacts,
         ))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);

@@ -571,12 +571,21 @@ async fn watch_streams_changes_and_bad_input_is_named(backend: Backend) {
     assert_eq!(field(err), vec!["kpi"]);
     let err = m
         .get_funnel(pb::GetFunnelRequest {
-            scope: Some(pb::MetricsScope { segment_filter: r#"tags:"vip""#.into(), ..Default::default() }),
+            scope: Some(pb::MetricsScope { segment_filter: "x".repeat(5000), ..Default::default() }),
             conversion_window: Some(prost_types::Duration { seconds: -1, nanos: 0 }),
         })
         .await
         .unwrap_err();
     assert_eq!(field(err), vec!["scope.segment_filter", "conversion_window"]);
+    // A filter the contacts service cannot parse is named as the caller's field.
+    let err = m
+        .get_funnel(pb::GetFunnelRequest {
+            scope: Some(pb::MetricsScope { segment_filter: "tags ~ (".into(), ..Default::default() }),
+            conversion_window: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(field(err), vec!["scope.segment_filter"]);
     let err = m.get_customer_value(pb::GetCustomerValueRequest { contact_id: "x".into() }).await.unwrap_err();
     assert_eq!(field(err), vec!["contact_id"]);
     let err = m.watch_kpis(pb::WatchKpisRequest { kpis: vec![], scope: None }).await.unwrap_err();
@@ -585,7 +594,129 @@ async fn watch_streams_changes_and_bad_input_is_named(backend: Backend) {
     env.done().await;
 }
 
+/// A scope's segment filter (asked of the contacts service) narrows every KPI to its members.
+#[allow(clippy::float_cmp, clippy::too_many_lines)]
+async fn a_segment_filter_narrows_every_kpi(backend: Backend) {
+    let Some(env) = Env::start(backend, "mtseg").await else { return };
+    let Clients { mut c, mut l, mut m, .. } = env.clients("acme").await;
+    let mut ids = Vec::new();
+    for (i, vip) in [true, false, true].into_iter().enumerate() {
+        let id = contact(&mut c, &format!("s{i}@example.com"), cpb::AcquisitionChannel::Email, Some(10)).await;
+        if vip {
+            c.update_contact(cpb::UpdateContactRequest {
+                contact: Some(cpb::Contact { id: id.clone(), tags: vec!["vip".into()], ..Default::default() }),
+                update_mask: Some(prost_types::FieldMask { paths: vec!["tags".into()] }),
+            })
+            .await
+            .unwrap();
+        }
+        record(&mut l, &id, purchase(&format!("s-{i}"), 100 * (i64::try_from(i).unwrap() + 1))).await;
+        ids.push(id);
+    }
+    record(&mut l, &ids[2], purchase("s-2b", 50)).await;
+    let vip = pb::MetricsScope { segment_filter: r#"tags:"vip""#.into(), ..Default::default() };
+    let everyone = wait_for("all three purchases counted", async || {
+        let s = m.get_stage_metrics(pb::GetStageMetricsRequest::default()).await.ok()?.into_inner();
+        (units(s.conversion.as_ref()?.revenue.as_ref()) == 650.0).then_some(s)
+    })
+    .await;
+    assert_eq!(everyone.conversion.unwrap().new_customers, 3);
+    let s = m
+        .get_stage_metrics(pb::GetStageMetricsRequest { scope: Some(vip.clone()), lead_quality_threshold: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let conv = s.conversion.unwrap();
+    assert_eq!(conv.new_customers, 2);
+    assert_eq!(units(conv.revenue.as_ref()), 100.0 + 300.0 + 50.0);
+    assert_eq!(s.acquisition.as_ref().unwrap().new_contacts, 2);
+    assert_eq!(units(s.acquisition.unwrap().acquisition_cost.as_ref()), 20.0);
+    assert_eq!(units(conv.cac.as_ref()), 10.0);
+    assert_eq!(s.retention.unwrap().repeat_purchase_rate, 0.5, "one of the two VIPs bought twice");
+    let funnel = m
+        .get_funnel(pb::GetFunnelRequest { scope: Some(vip.clone()), conversion_window: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .funnel
+        .unwrap();
+    let reached: i64 = funnel.stages.iter().find(|st| st.stage_key == "conversion").map_or(0, |st| st.reached);
+    assert_eq!(reached, 2);
+    let cohorts = m
+        .get_cohort_retention(pb::GetCohortRetentionRequest { scope: Some(vip.clone()), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cohorts.rows.iter().map(|r| r.cohort_size).sum::<i64>(), 2);
+    let breakdown = m
+        .get_lifecycle_breakdown(pb::GetLifecycleBreakdownRequest { scope: Some(vip.clone()), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(breakdown.periods.iter().map(|p| p.new).sum::<i64>(), 2);
+    let channels = m
+        .get_channel_metrics(pb::GetChannelMetricsRequest { scope: Some(vip.clone()), by_campaign: false })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(channels.channels.iter().map(|ch| ch.customers).sum::<i64>(), 2);
+    let series = m
+        .list_kpi_series(pb::ListKpiSeriesRequest {
+            scope: Some(vip.clone()),
+            kpi: pb::Kpi::NewCustomers as i32,
+            granularity: pb::Granularity::Month as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(series.points.iter().map(|p| p.value).sum::<f64>(), 2.0);
+    // A goal scoped to the segment is graded on its members only.
+    m.create_goal(pb::CreateGoalRequest {
+        goal: Some(pb::Goal {
+            display_name: "VIP customers".into(),
+            kpi: pb::Kpi::NewCustomers as i32,
+            scope: Some(vip.clone()),
+            target: 2.0,
+            direction: pb::GoalDirection::AtLeast as i32,
+            period: pb::Granularity::Month as i32,
+            ..Default::default()
+        }),
+        request_id: String::new(),
+    })
+    .await
+    .unwrap();
+    let card = m.get_scorecard(pb::GetScorecardRequest::default()).await.unwrap().into_inner();
+    assert_eq!(card.goals.len(), 1);
+    assert_eq!(card.goals[0].actual, 2.0);
+    let err = m
+        .create_goal(pb::CreateGoalRequest {
+            goal: Some(pb::Goal {
+                display_name: "bad".into(),
+                kpi: pb::Kpi::NewCustomers as i32,
+                scope: Some(pb::MetricsScope { segment_filter: "nope ==".into(), ..Default::default() }),
+                target: 2.0,
+                direction: pb::GoalDirection::AtLeast as i32,
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(clm_platform::error::field_violations(&err)[0].field, "goal.scope.segment_filter");
+    // The same filter in another tenant selects none of acme's contacts.
+    let Clients { m: mut other, .. } = env.clients("globex").await;
+    let s = other
+        .get_stage_metrics(pb::GetStageMetricsRequest { scope: Some(vip), lead_quality_threshold: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.conversion.unwrap().new_customers, 0);
+    env.done().await;
+}
+
 clm_platform::backend_tests!(
+    a_segment_filter_narrows_every_kpi,
     every_kpi_from_the_event_stream_and_a_replay_agrees,
     retention_and_loyalty_kpis_follow_the_journeys,
     watch_streams_changes_and_bad_input_is_named

@@ -65,7 +65,7 @@ async fn reaches_and_purchases_add_up(backend: Backend) {
     .await
     .unwrap();
     model::apply_review(&db, "acme", "a", day0 + 41 * DAY).await.unwrap();
-    let all = Slice { model: "m".into(), start: 0, end: day0 + 100 * DAY, channel: None, campaign: None };
+    let all = Slice { model: "m".into(), start: 0, end: day0 + 100 * DAY, ..Slice::default() };
     let mut reach = model::funnel(&db, "acme", &all, 90).await.unwrap();
     reach.sort();
     assert_eq!(reach, vec![("acquisition".into(), 1), ("awareness".into(), 1), ("conversion".into(), 1)]);
@@ -92,12 +92,273 @@ async fn reaches_and_purchases_add_up(backend: Backend) {
     assert_eq!(get("revenue"), (2, 15_000_000));
     assert_eq!(get("repeat_customers").0, 1);
     assert_eq!(get("reviews").0, 1);
-    assert_eq!(model::customers_at(&db, "acme", "m", day0 + 10 * DAY).await.unwrap(), 1);
+    assert_eq!(model::customers_at(&db, "acme", &all, day0 + 10 * DAY).await.unwrap(), 1);
     let (sizes, cells, _) =
-        model::cohorts(&db, "acme", clm_metrics::domain::Gran::Month, 0, day0 + 100 * DAY).await.unwrap();
+        model::cohorts(&db, "acme", &all, clm_metrics::domain::Gran::Month, 0, day0 + 100 * DAY).await.unwrap();
     assert_eq!(sizes.len(), 1);
     assert_eq!(cells.iter().map(|c| c.3).sum::<i64>(), 15_000_000, "cohort revenue");
     t.cleanup().await;
 }
 
-clm_platform::backend_tests!(reaches_and_purchases_add_up);
+/// A small deterministic generator (no dependency, same stream on every run).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, n: i64) -> i64 {
+        self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        ((self.0 >> 33) % u64::try_from(n).unwrap()) as i64
+    }
+}
+
+/// One contact's history: stage changes in order, with a late backdated reach now and then,
+/// purchases (some late), a review, a score.
+async fn feed_contact(db: &sea_orm::DatabaseConnection, tenant: &str, id: &str, rng: &mut Lcg, day0: i64) {
+    let channel = ["web", "paid_search", "referral"][rng.next(3) as usize];
+    model::exec(
+        db,
+        "INSERT INTO contact_facts (tenant_id, contact_id, acquisition_channel, campaign, lead_score, country_code, create_time, state) \
+         VALUES (?, ?, ?, '', ?, '', ?, 'active')",
+        vec![tenant.into(), id.into(), channel.into(), rng.next(100).into(), day0.into()],
+    )
+    .await
+    .unwrap();
+    let t0 = day0 + rng.next(120) * DAY + rng.next(DAY);
+    let stages =
+        [("awareness", "prospect"), ("acquisition", "prospect"), ("conversion", "customer"), ("retention", "customer")];
+    let reach = 1 + rng.next(4) as usize;
+    let mut at = t0;
+    let mut enter = t0;
+    for i in 0..reach {
+        let (from, from_cat) = if i == 0 { ("", "") } else { stages[i - 1] };
+        let (to, cat) = stages[i];
+        let c = StageChange {
+            contact: id,
+            model: "m",
+            from_stage: from,
+            to_stage: to,
+            from_category: from_cat,
+            to_category: cat,
+            to_role: "",
+            position: i32::try_from(i).unwrap(),
+            reactivation: false,
+            at,
+            from_enter: (i > 0).then_some(enter),
+        };
+        model::apply_stage_change(db, tenant, &c).await.unwrap();
+        enter = at;
+        at += rng.next(40) * DAY + rng.next(DAY);
+    }
+    if reach >= 3 && rng.next(3) == 0 {
+        // Dormant, then back (reactivated) or churned.
+        let (to, cat, role) =
+            if rng.next(2) == 0 { ("dormant", "inactive", "dormant") } else { ("churned", "inactive", "churned") };
+        let c = StageChange {
+            contact: id,
+            model: "m",
+            from_stage: stages[reach - 1].0,
+            to_stage: to,
+            from_category: "customer",
+            to_category: cat,
+            to_role: role,
+            position: 9,
+            reactivation: false,
+            at,
+            from_enter: Some(enter),
+        };
+        model::apply_stage_change(db, tenant, &c).await.unwrap();
+        at += rng.next(30) * DAY;
+        if role == "dormant" && rng.next(2) == 0 {
+            let back = StageChange {
+                from_stage: to,
+                to_stage: "retention",
+                from_category: cat,
+                to_category: "customer",
+                to_role: "",
+                position: 3,
+                reactivation: true,
+                at,
+                from_enter: Some(at),
+                ..c
+            };
+            model::apply_stage_change(db, tenant, &back).await.unwrap();
+        }
+    }
+    if reach >= 2 && rng.next(2) == 0 {
+        // A late, backdated reach of acquisition (lifecycle re-derives history).
+        let c = StageChange {
+            contact: id,
+            model: "m",
+            from_stage: "awareness",
+            to_stage: "acquisition",
+            from_category: "prospect",
+            to_category: "prospect",
+            to_role: "",
+            position: 1,
+            reactivation: false,
+            at: t0 + rng.next(DAY),
+            from_enter: Some(t0),
+        };
+        model::apply_stage_change(db, tenant, &c).await.unwrap();
+    }
+    for _ in 0..rng.next(5) {
+        // Purchases in any order: later ones first, late ones in earlier periods.
+        let when = t0 + rng.next(200) * DAY;
+        let h = Happening::Purchase { amount: 1_000_000 * (1 + rng.next(50)), currency: "EUR".into() };
+        model::apply_journey_event(db, tenant, id, when, &h).await.unwrap();
+    }
+    match rng.next(4) {
+        0 => model::apply_review(db, tenant, id, t0 + rng.next(90) * DAY).await.unwrap(),
+        1 => model::apply_journey_event(db, tenant, id, t0 + rng.next(90) * DAY, &Happening::Referral).await.unwrap(),
+        _ => {}
+    }
+    model::apply_score(db, tenant, id, "nps", i32::try_from(rng.next(11)).unwrap(), t0 + rng.next(60) * DAY)
+        .await
+        .unwrap();
+}
+
+/// Every query of `slice` in tenant `a` equals the same query of `b`'s aggregates.
+async fn assert_same(db: &sea_orm::DatabaseConnection, a: &str, sa: &Slice, b: &str, sb: &Slice) {
+    use clm_metrics::domain::Gran;
+    for window in [0, 1, 7, 31, 45, 90, 3660] {
+        let mut x = model::funnel(db, a, sa, window).await.unwrap();
+        let mut y = model::funnel(db, b, sb, window).await.unwrap();
+        x.sort();
+        y.sort();
+        assert_eq!(x, y, "funnel, window {window}");
+    }
+    for group in ["", "day", "channel"] {
+        let names = [
+            "leads",
+            "new_customers",
+            "customers_in",
+            "customers_out",
+            "dormant",
+            "churned",
+            "reactivated",
+            "revenue",
+            "repeat_orders",
+            "repeat_customers",
+            "first_purchases",
+            "referrals",
+            "referrers",
+            "reviews",
+            "reviewers",
+            "nps_total",
+            "nps_promoters",
+            "nps_detractors",
+        ];
+        let x = model::kpis(db, a, sa, &names, group).await.unwrap();
+        let y = model::kpis(db, b, sb, &names, group).await.unwrap();
+        assert_eq!(x, y, "kpis by {group:?}");
+    }
+    for k in 0..12 {
+        let at = sa.start + k * 20 * DAY;
+        assert_eq!(
+            model::customers_at(db, a, sa, at).await.unwrap(),
+            model::customers_at(db, b, sb, at).await.unwrap(),
+            "customers at {k}"
+        );
+    }
+    let sorted = |mut h: std::collections::HashMap<String, Vec<(i64, i64)>>| {
+        for v in h.values_mut() {
+            v.sort_unstable();
+        }
+        let mut v: Vec<_> = h.into_iter().collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        sorted(model::histograms(db, a, sa).await.unwrap()),
+        sorted(model::histograms(db, b, sb).await.unwrap()),
+        "histograms"
+    );
+    for g in [Gran::Week, Gran::Month] {
+        let (mut s1, mut c1, mut l1) = model::cohorts(db, a, sa, g, sa.start, sa.end).await.unwrap();
+        let (mut s2, mut c2, mut l2) = model::cohorts(db, b, sb, g, sb.start, sb.end).await.unwrap();
+        for v in [&mut s1, &mut s2] {
+            v.sort_unstable();
+        }
+        for v in [&mut c1, &mut c2] {
+            v.retain(|c| c.2 != 0 || c.3 != 0);
+            v.sort_unstable();
+        }
+        for v in [&mut l1, &mut l2] {
+            v.retain(|c| c.2 != 0);
+            v.sort_unstable();
+        }
+        assert_eq!((s1, c1, l1), (s2, c2, l2), "cohorts by {g:?}");
+    }
+    for g in [Gran::Day, Gran::Week, Gran::Month] {
+        let mut x = model::period_counts(db, a, sa, g, sa.start, sa.end).await.unwrap();
+        let mut y = model::period_counts(db, b, sb, g, sb.start, sb.end).await.unwrap();
+        x.retain(|r| r.1 != 0);
+        y.retain(|r| r.1 != 0);
+        assert_eq!(x, y, "period counts by {g:?}");
+    }
+    assert_eq!(model::purchasers(db, a, sa).await.unwrap(), model::purchasers(db, b, sb).await.unwrap());
+    assert_eq!(model::lead_quality(db, a, sa, 50).await.unwrap(), model::lead_quality(db, b, sb, 50).await.unwrap());
+}
+
+/// A segment's numbers (read from the per-contact facts of its members) are the numbers of a
+/// tenant that only ever had those contacts; the segment of everyone gives the aggregates.
+async fn a_segment_counts_as_a_tenant_of_its_members(backend: Backend) {
+    let Some((t, db)) = db(backend, "mseg").await else { return };
+    let day0 = 20_000 * DAY;
+    let mut rng = Lcg(7);
+    let ids: Vec<String> = (0..40).map(|i| format!("c{i:02}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let seed = rng.next(1 << 30) as u64;
+        feed_contact(&db, "all", id, &mut Lcg(seed), day0).await;
+        if i % 3 == 0 {
+            feed_contact(&db, "third", id, &mut Lcg(seed), day0).await;
+        }
+    }
+    let whole = Slice { model: "m".into(), start: day0 - 30 * DAY, end: day0 + 400 * DAY, ..Slice::default() };
+    let everyone = Slice { contacts: Some(std::sync::Arc::new(ids.clone())), ..whole.clone() };
+    assert_same(&db, "all", &everyone, "all", &whole).await;
+    let members: Vec<String> = ids.iter().step_by(3).cloned().collect();
+    let segment = Slice { contacts: Some(std::sync::Arc::new(members)), ..whole.clone() };
+    assert_same(&db, "all", &segment, "third", &whole).await;
+    // Narrower ranges and a channel cut the same way.
+    let spring = Slice { start: day0 + 30 * DAY, end: day0 + 90 * DAY, ..segment.clone() };
+    assert_same(&db, "all", &spring, "third", &Slice { contacts: None, ..spring.clone() }).await;
+    let web = Slice { channel: Some("web".into()), ..segment.clone() };
+    let funnel_web = model::funnel(&db, "all", &web, 90).await.unwrap();
+    assert_eq!(funnel_web, {
+        let mut f = model::funnel(&db, "third", &Slice { contacts: None, ..web.clone() }, 90).await.unwrap();
+        f.sort();
+        f
+    });
+    // The segment is not everyone: it counts fewer contacts than the tenant.
+    let n = |f: Vec<(String, i64)>| f.iter().find(|r| r.0 == "awareness").map_or(0, |r| r.1);
+    let fewer = n(model::funnel(&db, "all", &segment, 3660).await.unwrap());
+    let all = n(model::funnel(&db, "all", &whole, 3660).await.unwrap());
+    assert!(fewer > 0 && fewer < all, "segment {fewer} of {all}");
+    // An empty segment counts nothing.
+    let none = Slice { contacts: Some(std::sync::Arc::new(Vec::new())), ..whole.clone() };
+    assert!(model::funnel(&db, "all", &none, 3660).await.unwrap().is_empty());
+    assert_eq!(model::customers_at(&db, "all", &none, whole.end).await.unwrap(), 0);
+    t.cleanup().await;
+}
+
+/// A late event of an earlier period: that period becomes the first, the next one returning.
+async fn late_activity_moves_first_and_returning(backend: Backend) {
+    use clm_metrics::domain::{Gran, period_start};
+    let Some((t, db)) = db(backend, "mlate").await else { return };
+    let march = 20_148 * DAY; // 2025-03-01
+    let feb = period_start(march - DAY, Gran::Month);
+    let buy = Happening::Purchase { amount: 1_000_000, currency: "EUR".into() };
+    model::apply_journey_event(&db, "acme", "a", march + DAY, &buy).await.unwrap();
+    model::apply_journey_event(&db, "acme", "a", feb + DAY, &buy).await.unwrap();
+    let all = Slice::default();
+    let counts = model::period_counts(&db, "acme", &all, Gran::Month, feb, march + 40 * DAY).await.unwrap();
+    // (period, active, returning, first)
+    assert_eq!(counts, vec![(feb, 1, 0, 1), (march, 1, 1, 0)]);
+    t.cleanup().await;
+}
+
+clm_platform::backend_tests!(
+    reaches_and_purchases_add_up,
+    a_segment_counts_as_a_tenant_of_its_members,
+    late_activity_moves_first_and_returning
+);

@@ -165,6 +165,45 @@ impl ContactsClient {
         }
     }
 
+    /// The ids of the contacts matching `filter` (the contacts filter language) now, at most
+    /// [`MAX_SEGMENT_MEMBERS`]. `field` names the request field for errors: a filter contacts
+    /// refuses is the caller's mistake (INVALID_ARGUMENT on that field).
+    pub async fn filter_members(&self, tenant: &TenantId, filter: &str, field: &str) -> Result<Vec<Uuid>, Error> {
+        let mut out = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let req = self.request(
+                tenant,
+                cpb::ListContactsRequest {
+                    page_size: 1000,
+                    page_token: page_token.clone(),
+                    filter: filter.to_owned(),
+                    ..Default::default()
+                },
+            )?;
+            let page = self
+                .client()?
+                .list_contacts(req)
+                .await
+                .map_err(|s| match s.code() {
+                    tonic::Code::InvalidArgument => Error::invalid(field, s.message().to_owned()),
+                    _ => Self::unavailable(&s),
+                })?
+                .into_inner();
+            if usize::try_from(page.total_size).unwrap_or(0) > MAX_SEGMENT_MEMBERS {
+                return Err(Error::invalid(
+                    field,
+                    format!("matches {} contacts; at most {MAX_SEGMENT_MEMBERS} (narrow the filter)", page.total_size),
+                ));
+            }
+            out.extend(page.contacts.iter().filter_map(|c| Uuid::parse_str(&c.id).ok()));
+            if page.next_page_token.is_empty() || out.len() > MAX_SEGMENT_MEMBERS {
+                return Ok(out);
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
     /// Which of `ids` are existing contacts (not deleted, erased or merged away).
     pub async fn existing(&self, tenant: &TenantId, ids: &[Uuid]) -> Result<HashSet<Uuid>, Error> {
         let mut out = HashSet::new();

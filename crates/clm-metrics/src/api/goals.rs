@@ -113,6 +113,8 @@ pub async fn create(
     }
     check(&ctx.tenant, &mut g, &mut v);
     v.finish()?;
+    // A segment filter the contacts service refuses is refused here, not at grading time.
+    api.members(&ctx.tenant, g.scope.as_ref(), "goal.scope.segment_filter").await?;
     let tenant = ctx.tenant.as_str();
     if let Some(rid) = &rid
         && let Some(id) = idempotency::find(&api.db, &ctx.tenant, "CreateGoal", rid).await?
@@ -206,6 +208,7 @@ pub async fn update(
     }
     check(&ctx.tenant, &mut g, &mut v);
     v.finish()?;
+    api.members(&ctx.tenant, g.scope.as_ref(), "goal.scope.segment_filter").await?;
     let created = g.create_time.as_ref().and_then(micros).unwrap_or_default();
     let n = store::update(&api.db, tenant, &record(&g, old.version + 1, created, now_micros()), old.version).await?;
     if !n {
@@ -242,7 +245,8 @@ pub async fn grade(
     let mut scope = g.scope.clone().unwrap_or_default();
     scope.start_time = Some(timestamp(start));
     scope.end_time = Some(timestamp(as_of.min(end).max(start + 1)));
-    let s = slice(tenant, Some(&scope), "", &mut v);
+    let mut s = slice(tenant, Some(&scope), "", &mut v);
+    s.contacts = api.members(tenant, Some(&scope), "goal.scope.segment_filter").await?;
     let snap = Snapshot::load(&api.db, tenant.as_str(), &s, DEFAULT_LEAD_THRESHOLD).await?;
     let kpi = pb::Kpi::try_from(g.kpi).unwrap_or_default();
     let (actual, _) = snap.kpi(kpi);

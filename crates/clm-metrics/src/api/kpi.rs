@@ -105,10 +105,10 @@ impl Snapshot {
         let year = Slice { start: slice.end - 365 * DAY, ..slice.clone() };
         let last_year = Counters::from_rows(&model::kpis(db, tenant, &year, NAMES, "").await?);
         let (leads, good) = model::lead_quality(db, tenant, slice, lead_threshold).await?;
-        let close = model::histogram(db, tenant, &slice.model, "__time_to_close", slice.start, slice.end).await?;
-        let at_start = model::customers_at(db, tenant, &slice.model, slice.start).await? as f64;
-        let at_end = model::customers_at(db, tenant, &slice.model, slice.end).await? as f64;
-        let year_ago = model::customers_at(db, tenant, &slice.model, slice.end - 365 * DAY).await? as f64;
+        let close = model::histogram(db, tenant, slice, "__time_to_close").await?;
+        let at_start = model::customers_at(db, tenant, slice, slice.start).await? as f64;
+        let at_end = model::customers_at(db, tenant, slice, slice.end).await? as f64;
+        let year_ago = model::customers_at(db, tenant, slice, slice.end - 365 * DAY).await? as f64;
         let annual_churn = ratio(last_year.n("customers_out"), year_ago.max(at_end));
         let aov = ratio(last_year.s("revenue"), last_year.n("revenue"));
         let per_year = ratio(last_year.n("revenue"), at_end.max(1.0));

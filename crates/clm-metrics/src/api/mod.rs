@@ -6,7 +6,9 @@ pub mod kpi;
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::Arc;
 
+use clm_platform::contacts::ContactsClient;
 use clm_platform::convert::{duration, duration_micros, micros, timestamp, uuid};
 use clm_platform::pagination::PageTokens;
 use clm_platform::{Error, RequestContext, TenantId, Violations};
@@ -25,6 +27,8 @@ use kpi::{Snapshot, money};
 const DEFAULT_LEAD_THRESHOLD: i32 = 50;
 /// Default range: the 30 days before the end.
 const DEFAULT_RANGE: i64 = 30 * DAY;
+/// Longest segment filter accepted (as the contacts service accepts).
+const MAX_FILTER_BYTES: usize = 4096;
 /// Default funnel conversion window.
 const DEFAULT_WINDOW: i64 = 90 * DAY;
 
@@ -32,11 +36,26 @@ const DEFAULT_WINDOW: i64 = 90 * DAY;
 pub struct MetricsApi {
     pub(crate) db: DatabaseConnection,
     pub(crate) tokens: PageTokens,
+    /// Asked which contacts a `segment_filter` selects (the contact data lives there).
+    pub(crate) contacts: ContactsClient,
 }
 
 impl MetricsApi {
-    pub fn new(db: DatabaseConnection, tokens: PageTokens) -> Self {
-        Self { db, tokens }
+    pub fn new(db: DatabaseConnection, tokens: PageTokens, contacts: ContactsClient) -> Self {
+        Self { db, tokens, contacts }
+    }
+
+    /// The members of the scope's segment filter now (`None` without one), as the contacts
+    /// service answers them; `field` names the filter in errors.
+    pub(crate) async fn members(
+        &self,
+        tenant: &TenantId,
+        scope: Option<&pb::MetricsScope>,
+        field: &str,
+    ) -> Result<Option<Arc<Vec<String>>>, Error> {
+        let Some(filter) = scope.map(|s| s.segment_filter.trim()).filter(|f| !f.is_empty()) else { return Ok(None) };
+        let ids = self.contacts.filter_members(tenant, filter, field).await?;
+        Ok(Some(Arc::new(ids.iter().map(Uuid::to_string).collect())))
     }
 }
 
@@ -84,11 +103,8 @@ pub fn slice(tenant: &TenantId, scope: Option<&pb::MetricsScope>, prefix: &str, 
     } else {
         v.check(uuid(&format!("{prefix}model_id"), &s.model_id)).map(|u| u.to_string()).unwrap_or_default()
     };
-    if !s.segment_filter.is_empty() {
-        v.add(
-            format!("{prefix}segment_filter"),
-            "not supported yet: metrics answer from pre-aggregated counters by channel and campaign",
-        );
+    if s.segment_filter.len() > MAX_FILTER_BYTES {
+        v.add(format!("{prefix}segment_filter"), format!("at most {MAX_FILTER_BYTES} bytes"));
     }
     Slice {
         model,
@@ -96,6 +112,7 @@ pub fn slice(tenant: &TenantId, scope: Option<&pb::MetricsScope>, prefix: &str, 
         end,
         channel: (!s.channel.is_empty()).then(|| s.channel.to_lowercase()),
         campaign: (!s.campaign.is_empty()).then(|| s.campaign.clone()),
+        contacts: None,
     }
 }
 
@@ -121,7 +138,7 @@ impl MetricsService for MetricsApi {
         let ctx = ctx(&req)?;
         let req = req.into_inner();
         let mut v = Violations::new();
-        let slice = slice(&ctx.tenant, req.scope.as_ref(), "scope.", &mut v);
+        let mut slice = slice(&ctx.tenant, req.scope.as_ref(), "scope.", &mut v);
         let window = match req.conversion_window.as_ref().map(duration_micros) {
             None => None,
             Some(Some(w)) if w > 0 => Some(w),
@@ -131,6 +148,7 @@ impl MetricsService for MetricsApi {
             }
         };
         v.finish()?;
+        slice.contacts = self.members(&ctx.tenant, req.scope.as_ref(), "scope.segment_filter").await?;
         let tenant = ctx.tenant.as_str();
         let stages: Vec<(String, i64, String, String)> = model::model_stages(&self.db, tenant, &slice.model)
             .await?
@@ -143,7 +161,7 @@ impl MetricsService for MetricsApi {
         let mut out = Vec::new();
         let first_n = stages.first().map_or(0, |s| reached.get(&s.0).copied().unwrap_or(0));
         let mut prev: Option<i64> = None;
-        let hists = model::histograms(&self.db, tenant, &slice.model, slice.start, slice.end).await?;
+        let hists = model::histograms(&self.db, tenant, &slice).await?;
         for (key, ..) in &stages {
             let n = reached.get(key).copied().unwrap_or(0);
             let hist = hists.get(key).map_or(&[][..], Vec::as_slice);
@@ -170,11 +188,12 @@ impl MetricsService for MetricsApi {
         let ctx = ctx(&req)?;
         let req = req.into_inner();
         let mut v = Violations::new();
-        let slice = slice(&ctx.tenant, req.scope.as_ref(), "scope.", &mut v);
+        let mut slice = slice(&ctx.tenant, req.scope.as_ref(), "scope.", &mut v);
         if !(0..=100).contains(&req.lead_quality_threshold) {
             v.add("lead_quality_threshold", "must be 0 to 100");
         }
         v.finish()?;
+        slice.contacts = self.members(&ctx.tenant, req.scope.as_ref(), "scope.segment_filter").await?;
         let threshold =
             if req.lead_quality_threshold == 0 { DEFAULT_LEAD_THRESHOLD } else { req.lead_quality_threshold };
         let tenant = ctx.tenant.as_str();
@@ -234,8 +253,9 @@ impl MetricsService for MetricsApi {
         let ctx = ctx(&req)?;
         let req = req.into_inner();
         let mut v = Violations::new();
-        let slice = slice(&ctx.tenant, req.scope.as_ref(), "scope.", &mut v);
+        let mut slice = slice(&ctx.tenant, req.scope.as_ref(), "scope.", &mut v);
         v.finish()?;
+        slice.contacts = self.members(&ctx.tenant, req.scope.as_ref(), "scope.segment_filter").await?;
         let group = if req.by_campaign { "channel,campaign" } else { "channel" };
         let rows = model::kpis(
             &self.db,
@@ -285,7 +305,10 @@ impl MetricsService for MetricsApi {
         let mut slice = slice(&ctx.tenant, req.scope.as_ref(), "scope.", &mut v);
         let g = gran(&mut v, "granularity", req.granularity, Gran::Month, false);
         if slice.channel.is_some() || slice.campaign.is_some() {
-            v.add("scope.channel", "cohorts are not split by channel or campaign");
+            v.add(
+                "scope.channel",
+                "cohorts are not split by channel or campaign (a segment filter can select contacts)",
+            );
         }
         let periods = match req.periods {
             0 => 12,
@@ -304,12 +327,14 @@ impl MetricsService for MetricsApi {
             }
         };
         v.finish()?;
+        slice.contacts = self.members(&ctx.tenant, req.scope.as_ref(), "scope.segment_filter").await?;
         if req.scope.as_ref().and_then(|s| s.start_time.as_ref()).is_none() {
             // Default: the last year of cohorts.
             slice.start = slice.end - 365 * DAY;
         }
         let (sizes, cells, last) =
-            model::cohorts(&self.db, ctx.tenant.as_str(), g, domain::period_start(slice.start, g), slice.end).await?;
+            model::cohorts(&self.db, ctx.tenant.as_str(), &slice, g, domain::period_start(slice.start, g), slice.end)
+                .await?;
         let now = now_micros();
         let rows = sizes
             .into_iter()
@@ -346,17 +371,18 @@ impl MetricsService for MetricsApi {
         let ctx = ctx(&req)?;
         let req = req.into_inner();
         let mut v = Violations::new();
-        let slice = slice(&ctx.tenant, req.scope.as_ref(), "scope.", &mut v);
+        let mut slice = slice(&ctx.tenant, req.scope.as_ref(), "scope.", &mut v);
         let g = gran(&mut v, "granularity", req.granularity, Gran::Month, true);
         if g == Gran::Quarter {
             v.add("granularity", "DAY, WEEK or MONTH");
         }
         v.finish()?;
+        slice.contacts = self.members(&ctx.tenant, req.scope.as_ref(), "scope.segment_filter").await?;
         let tenant = ctx.tenant.as_str();
         let start = domain::period_start(slice.start, g);
         let wide = Slice { start, ..slice.clone() };
         let rows = model::kpis(&self.db, tenant, &wide, &["reactivated", "dormant", "churned"], "day").await?;
-        let counts = model::period_counts(&self.db, tenant, g, start, slice.end).await?;
+        let counts = model::period_counts(&self.db, tenant, &slice, g, start, slice.end).await?;
         let periods = domain::periods(start, slice.end, g)
             .into_iter()
             .map(|p| {
@@ -465,7 +491,7 @@ impl MetricsService for MetricsApi {
         let ctx = ctx(&req)?;
         let req = req.into_inner();
         let mut v = Violations::new();
-        let slice = slice(&ctx.tenant, req.scope.as_ref(), "scope.", &mut v);
+        let mut slice = slice(&ctx.tenant, req.scope.as_ref(), "scope.", &mut v);
         let g = gran(&mut v, "granularity", req.granularity, Gran::Month, true);
         let k = pb::Kpi::try_from(req.kpi).unwrap_or_default();
         if k == pb::Kpi::Unspecified {
@@ -476,6 +502,7 @@ impl MetricsService for MetricsApi {
             v.add("granularity", "at most 400 periods per series; use a coarser granularity");
         }
         v.finish()?;
+        slice.contacts = self.members(&ctx.tenant, req.scope.as_ref(), "scope.segment_filter").await?;
         let mut points = Vec::with_capacity(periods.len());
         for p in periods {
             let s = Slice { start: p, end: domain::next_period(p, g), ..slice.clone() };
@@ -492,12 +519,13 @@ impl MetricsService for MetricsApi {
         let ctx = ctx(&req)?;
         let req = req.into_inner();
         let mut v = Violations::new();
-        let slice = slice(&ctx.tenant, req.scope.as_ref(), "scope.", &mut v);
+        let mut slice = slice(&ctx.tenant, req.scope.as_ref(), "scope.", &mut v);
         let kpis: Vec<pb::Kpi> = req.kpis.iter().map(|k| pb::Kpi::try_from(*k).unwrap_or_default()).collect();
         if kpis.is_empty() || kpis.len() > 22 || kpis.contains(&pb::Kpi::Unspecified) {
             v.add("kpis", "1 to 22 KPIs, each specified");
         }
         v.finish()?;
+        slice.contacts = self.members(&ctx.tenant, req.scope.as_ref(), "scope.segment_filter").await?;
         let follow_end = req.scope.as_ref().and_then(|s| s.end_time.as_ref()).is_none();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let db = self.db.clone();

@@ -74,6 +74,7 @@ async fn update_facts(
             acquisition_counts(
                 txn,
                 tenant,
+                id,
                 &old.acquisition_channel,
                 &old.campaign,
                 at,
@@ -82,7 +83,7 @@ async fn update_facts(
                 -1,
             )
             .await?;
-            acquisition_counts(txn, tenant, &f.acquisition_channel, &f.campaign, new_at, cur.as_deref(), cost, 1)
+            acquisition_counts(txn, tenant, id, &f.acquisition_channel, &f.campaign, new_at, cur.as_deref(), cost, 1)
                 .await?;
         }
     }
@@ -132,6 +133,7 @@ async fn set_state(
 async fn acquisition_counts(
     txn: &DatabaseTransaction,
     tenant: &str,
+    contact: &str,
     channel: &str,
     campaign: &str,
     at: i64,
@@ -139,7 +141,12 @@ async fn acquisition_counts(
     cost: Option<i64>,
     sign: i64,
 ) -> clm_platform::Result<()> {
-    let a = model::Attribution { channel: channel.to_owned(), campaign: campaign.to_owned(), create_time: None };
+    let a = model::Attribution {
+        contact: contact.to_owned(),
+        channel: channel.to_owned(),
+        campaign: campaign.to_owned(),
+        create_time: None,
+    };
     model::bump_kpi(txn, tenant, "new_contacts", "", at, &a, "", sign, 0).await?;
     if let (Some(cur), Some(cost)) = (currency, cost) {
         model::bump_kpi(txn, tenant, "acquisition_cost", "", at, &a, cur, sign, sign * cost).await?;
@@ -170,8 +177,18 @@ impl EventHandler for MetricsHandler {
                 if inserted == 1 {
                     let (cur, cost) = money(f.acquisition_cost.as_ref());
                     let at = micros(f.acquire_time.as_ref()).unwrap_or(created);
-                    acquisition_counts(txn, tenant, &f.acquisition_channel, &f.campaign, at, cur.as_deref(), cost, 1)
-                        .await?;
+                    acquisition_counts(
+                        txn,
+                        tenant,
+                        &c.contact_id,
+                        &f.acquisition_channel,
+                        &f.campaign,
+                        at,
+                        cur.as_deref(),
+                        cost,
+                        1,
+                    )
+                    .await?;
                 }
             }
             Some(Payload::ContactUpdated(u)) => {

@@ -12,6 +12,7 @@ impl MigratorTrait for Migrator {
             Box::new(M0001ContactFacts),
             Box::new(clm_platform::idempotency::IdempotencyMigration),
             Box::new(M0002ReadModel),
+            Box::new(M0003PerContact),
         ]
     }
 }
@@ -236,6 +237,7 @@ pub const READ_MODEL_TABLES: &[&str] = &[
     "cohort_cells",
     "cohort_sizes",
     "cohort_last",
+    "contact_kpis",
 ];
 
 #[async_trait::async_trait]
@@ -288,5 +290,55 @@ impl MigrationTrait for M0002ReadModel {
             m.drop_table(Table::drop().table(Alias::new(*name)).to_owned()).await?;
         }
         Ok(())
+    }
+}
+
+/// What a query restricted to a segment of contacts reads: the KPI counters per contact
+/// (`contact_kpis`, the same rows as `kpi_daily` with the contact in the key), and the
+/// durations the histograms counted, kept with the contact's reach and close.
+struct M0003PerContact;
+
+impl MigrationName for M0003PerContact {
+    fn name(&self) -> &'static str {
+        "m0003_per_contact"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0003PerContact {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        let mut t = Table::create();
+        t.table(Alias::new("contact_kpis"));
+        for c in ["tenant_id", "contact_id", "name", "model_id", "channel", "campaign", "currency"] {
+            t.col(ColumnDef::new(Alias::new(c)).string().not_null());
+        }
+        for c in ["day", "n", "s"] {
+            t.col(ColumnDef::new(Alias::new(c)).big_integer().not_null());
+        }
+        let mut p = Index::create();
+        for c in ["tenant_id", "contact_id", "name", "model_id", "day", "channel", "campaign", "currency"] {
+            p.col(Alias::new(c));
+        }
+        t.primary_key(&mut p);
+        m.create_table(t).await?;
+        for (table, col) in [
+            ("stage_reach", "took"),
+            ("stage_reach", "took_day"),
+            ("contact_now", "close_took"),
+            ("contact_now", "close_day"),
+        ] {
+            m.alter_table(
+                Table::alter()
+                    .table(Alias::new(table))
+                    .add_column(ColumnDef::new(Alias::new(col)).big_integer().null())
+                    .to_owned(),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.drop_table(Table::drop().table(Alias::new("contact_kpis")).to_owned()).await
     }
 }

@@ -57,6 +57,8 @@ fn v<T: Into<Value>>(x: T) -> Value {
 /// Where a contact came from, for per-channel aggregates ("unknown" before its event).
 #[derive(Debug, Clone, Default)]
 pub struct Attribution {
+    /// The contact the counts are about (empty: counted in the aggregates only).
+    pub contact: String,
     pub channel: String,
     pub campaign: String,
     pub create_time: Option<i64>,
@@ -71,11 +73,12 @@ pub async fn attribution(db: &impl ConnectionTrait, tenant: &str, contact: &str)
     .await?;
     Ok(match r {
         Some(r) => Attribution {
+            contact: contact.to_owned(),
             channel: r.try_get::<String>("", "acquisition_channel")?,
             campaign: r.try_get::<String>("", "campaign")?,
             create_time: r.try_get::<Option<i64>>("", "acquire_time")?.or(Some(r.try_get::<i64>("", "create_time")?)),
         },
-        None => Attribution { channel: "unknown".into(), ..Attribution::default() },
+        None => Attribution { contact: contact.to_owned(), channel: "unknown".into(), ..Attribution::default() },
     })
 }
 
@@ -110,6 +113,28 @@ pub async fn bump_kpi(
         ],
     )
     .await?;
+    if !a.contact.is_empty() {
+        exec(
+            db,
+            "INSERT INTO contact_kpis (tenant_id, contact_id, name, model_id, day, channel, campaign, currency, n, s) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (tenant_id, contact_id, name, model_id, day, channel, campaign, currency) \
+             DO UPDATE SET n = contact_kpis.n + excluded.n, s = contact_kpis.s + excluded.s",
+            vec![
+                v(tenant),
+                v(a.contact.as_str()),
+                v(name),
+                v(model),
+                v(domain::day(at)),
+                v(a.channel.as_str()),
+                v(a.campaign.as_str()),
+                v(currency),
+                v(n),
+                v(s),
+            ],
+        )
+        .await?;
+    }
     Ok(())
 }
 
@@ -233,16 +258,26 @@ pub async fn apply_stage_change(db: &impl ConnectionTrait, tenant: &str, c: &Sta
     if first.is_none_or(|f| c.at < f) {
         let entry = before.iter().map(|r| r.1).min();
         if first.is_none() {
+            // The time it took to get here (from entering the previous stage) goes to the
+            // stage's histogram, and stays with the reach for segment queries.
+            let took = c.from_enter.filter(|_| !c.from_stage.is_empty()).map(|from| c.at - from);
             exec(
                 db,
-                "INSERT INTO stage_reach (tenant_id, model_id, contact_id, stage_key, first_time) VALUES (?, ?, ?, ?, ?)",
-                vec![v(tenant), v(c.model), v(c.contact), v(c.to_stage), v(c.at)],
+                "INSERT INTO stage_reach (tenant_id, model_id, contact_id, stage_key, first_time, took, took_day) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+                vec![
+                    v(tenant),
+                    v(c.model),
+                    v(c.contact),
+                    v(c.to_stage),
+                    v(c.at),
+                    v(took),
+                    v(took.map(|_| domain::day(c.at))),
+                ],
             )
             .await?;
-            if let Some(from) = c.from_enter
-                && !c.from_stage.is_empty()
-            {
-                bump_hist(db, tenant, c.model, c.to_stage, c.at, c.at - from).await?;
+            if let Some(took) = took {
+                bump_hist(db, tenant, c.model, c.to_stage, c.at, took).await?;
             }
         } else {
             exec(
@@ -321,6 +356,12 @@ pub async fn apply_stage_change(db: &impl ConnectionTrait, tenant: &str, c: &Sta
                 set_time("customer_time", c.at).await?;
                 let base = lead.map(|l| l.min(c.at)).or(a.create_time).unwrap_or(c.at);
                 let took = (c.at - base).max(0);
+                exec(
+                    db,
+                    "UPDATE contact_now SET close_took = ?, close_day = ? WHERE tenant_id = ? AND model_id = ? AND contact_id = ?",
+                    vec![v(took), v(domain::day(c.at)), v(tenant), v(c.model), v(c.contact)],
+                )
+                .await?;
                 bump_kpi(db, tenant, "new_customers", c.model, c.at, &a, "", 1, took).await?;
                 bump_hist(db, tenant, c.model, "__time_to_close", c.at, took).await?;
             }
@@ -469,6 +510,27 @@ async fn contact_periods(db: &impl ConnectionTrait, tenant: &str, contact: &str,
     .collect()
 }
 
+#[allow(clippy::too_many_arguments)]
+async fn bump_period_counts(
+    db: &impl ConnectionTrait,
+    tenant: &str,
+    g: Gran,
+    period: i64,
+    active: i64,
+    returners: i64,
+    firsts: i64,
+) -> Result<()> {
+    exec(
+        db,
+        "INSERT INTO period_counts (tenant_id, gran, period, active, returners, firsts) VALUES (?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (tenant_id, gran, period) DO UPDATE SET active = period_counts.active + excluded.active, \
+         returners = period_counts.returners + excluded.returners, firsts = period_counts.firsts + excluded.firsts",
+        vec![v(tenant), v(g.key()), v(period), v(active), v(returners), v(firsts)],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Add (`sign` = 1) or remove (−1) a contact's whole contribution to the cohort starting at
 /// `first_purchase`'s period.
 async fn cohort_contribution(
@@ -518,18 +580,21 @@ async fn activity(
                 vec![v(tenant), v(contact), v(g.key()), v(p), v(revenue)],
             )
             .await?;
-            // Returning: also active in the previous period; first: never active before.
+            // Returning: also active in the previous period; first: never active before. A
+            // late event of an earlier period makes the next period returning, and takes
+            // "first" from the period that had it.
             let previous = domain::period_start(p - 1, g);
             let returning = i64::from(existing.iter().any(|(q, _)| *q == previous));
-            let first = i64::from(!existing.iter().any(|(q, _)| *q < p));
-            exec(
-                db,
-                "INSERT INTO period_counts (tenant_id, gran, period, active, returners, firsts) VALUES (?, ?, ?, 1, ?, ?) \
-                 ON CONFLICT (tenant_id, gran, period) DO UPDATE SET active = period_counts.active + 1, \
-                 returners = period_counts.returners + excluded.returners, firsts = period_counts.firsts + excluded.firsts",
-                vec![v(tenant), v(g.key()), v(p), v(returning), v(first)],
-            )
-            .await?;
+            let old_first = existing.iter().map(|(q, _)| *q).min();
+            let first = old_first.is_none_or(|f| f > p);
+            bump_period_counts(db, tenant, g, p, 1, returning, i64::from(first)).await?;
+            let next = domain::next_period(p, g);
+            if existing.iter().any(|(q, _)| *q == next) {
+                bump_period_counts(db, tenant, g, next, 0, 1, 0).await?;
+            }
+            if let Some(f) = old_first.filter(|_| first) {
+                bump_period_counts(db, tenant, g, f, 0, 0, -1).await?;
+            }
         } else {
             exec(
                 db,
@@ -671,6 +736,14 @@ pub async fn clear(db: &impl ConnectionTrait) -> Result<()> {
 }
 
 // ---- queries ----
+//
+// Without a segment, queries read the aggregates. With one (`Slice::contacts`, the members
+// contacts answered for the segment filter), they read the per-contact facts of the members,
+// a chunk of ids per statement, and add the chunks up: the same numbers the aggregates give
+// for those contacts, at a cost that grows with the segment, not with history.
+
+/// Most contact ids one statement binds.
+const ID_CHUNK: usize = 5_000;
 
 /// Which slice of the aggregates a query reads.
 #[derive(Debug, Clone, Default)]
@@ -680,6 +753,8 @@ pub struct Slice {
     pub end: i64,
     pub channel: Option<String>,
     pub campaign: Option<String>,
+    /// Only these contacts (a segment's members); `None`: every contact.
+    pub contacts: Option<std::sync::Arc<Vec<String>>>,
 }
 
 impl Slice {
@@ -692,6 +767,38 @@ impl Slice {
             sql.push_str(" AND campaign = ?");
             vals.push(v(c.as_str()));
         }
+    }
+
+    /// Channel and campaign as conditions on the contact's facts (`f`).
+    fn fact_filters(&self, sql: &mut String, vals: &mut Vec<Value>) {
+        if let Some(c) = &self.channel {
+            sql.push_str(" AND COALESCE(f.acquisition_channel, 'unknown') = ?");
+            vals.push(v(c.as_str()));
+        }
+        if let Some(c) = &self.campaign {
+            sql.push_str(" AND COALESCE(f.campaign, '') = ?");
+            vals.push(v(c.as_str()));
+        }
+    }
+
+    /// The statements to run: one over everything (`None`), or one per chunk of the segment.
+    fn chunks(&self) -> Vec<Option<&[String]>> {
+        match &self.contacts {
+            None => vec![None],
+            Some(ids) => ids.chunks(ID_CHUNK).map(Some).collect(),
+        }
+    }
+}
+
+/// `AND <col> IN (?, …)` for a chunk of contact ids.
+fn push_in(sql: &mut String, vals: &mut Vec<Value>, col: &str, ids: Option<&[String]>) {
+    if let Some(ids) = ids {
+        sql.push_str(" AND ");
+        sql.push_str(col);
+        sql.push_str(" IN (");
+        sql.push_str(&vec!["?"; ids.len()].join(", "));
+        sql.push(')');
+        vals.extend(ids.iter().map(|i| v(i.as_str())));
     }
 }
 
@@ -722,42 +829,56 @@ pub async fn kpis(
         "channel,campaign" => ("channel || '/' || campaign AS grp, CAST(0 AS BIGINT) AS day", ", channel, campaign"),
         _ => ("'' AS grp, CAST(0 AS BIGINT) AS day", ""),
     };
-    let mut sql = format!(
-        "SELECT name, currency, {select_group}, CAST(SUM(n) AS BIGINT) AS n, CAST(SUM(s) AS BIGINT) AS s FROM kpi_daily \
-         WHERE tenant_id = ? AND name IN ({marks}) AND model_id IN ('', ?) AND day >= ? AND day < ?"
-    );
-    let mut vals = vec![v(tenant)];
-    vals.extend(names.iter().map(|n| v(*n)));
-    vals.extend([v(slice.model.as_str()), v(slice.start), v(slice.end)]);
-    slice.filters(&mut sql, &mut vals);
-    sql.push_str(" GROUP BY name, currency");
-    sql.push_str(group_by);
-    rows(db, &sql, vals)
-        .await?
+    let table = if slice.contacts.is_some() { "contact_kpis" } else { "kpi_daily" };
+    let mut sum: std::collections::BTreeMap<(String, String, String, i64), (i64, i64)> =
+        std::collections::BTreeMap::new();
+    for ids in slice.chunks() {
+        let mut sql = format!(
+            "SELECT name, currency, {select_group}, CAST(SUM(n) AS BIGINT) AS n, CAST(SUM(s) AS BIGINT) AS s FROM {table} \
+             WHERE tenant_id = ? AND name IN ({marks}) AND model_id IN ('', ?) AND day >= ? AND day < ?"
+        );
+        let mut vals = vec![v(tenant)];
+        vals.extend(names.iter().map(|n| v(*n)));
+        vals.extend([v(slice.model.as_str()), v(slice.start), v(slice.end)]);
+        slice.filters(&mut sql, &mut vals);
+        push_in(&mut sql, &mut vals, "contact_id", ids);
+        sql.push_str(" GROUP BY name, currency");
+        sql.push_str(group_by);
+        for r in rows(db, &sql, vals).await? {
+            let e = sum
+                .entry((
+                    r.try_get("", "name")?,
+                    r.try_get("", "currency")?,
+                    r.try_get("", "grp")?,
+                    r.try_get("", "day")?,
+                ))
+                .or_default();
+            e.0 += r.try_get::<Option<i64>>("", "n")?.unwrap_or(0);
+            e.1 += r.try_get::<Option<i64>>("", "s")?.unwrap_or(0);
+        }
+    }
+    Ok(sum
         .into_iter()
-        .map(|r| {
-            Ok(KpiRow {
-                name: r.try_get("", "name")?,
-                currency: r.try_get("", "currency")?,
-                group: r.try_get("", "grp")?,
-                day: r.try_get("", "day")?,
-                n: r.try_get::<Option<i64>>("", "n")?.unwrap_or(0),
-                s: r.try_get::<Option<i64>>("", "s")?.unwrap_or(0),
-            })
-        })
-        .collect()
+        .map(|((name, currency, group, day), (n, s))| KpiRow { name, currency, group, day, n, s })
+        .collect())
 }
 
-/// Running total of customers (in − out) before `at`: customers at that moment.
-pub async fn customers_at(db: &impl ConnectionTrait, tenant: &str, model: &str, at: i64) -> Result<i64> {
-    let r = one(
-        db,
-        "SELECT CAST(SUM(CASE WHEN name = 'customers_in' THEN n ELSE -n END) AS BIGINT) AS c FROM kpi_daily \
-         WHERE tenant_id = ? AND name IN ('customers_in', 'customers_out') AND model_id = ? AND day < ?",
-        vec![v(tenant), v(model), v(domain::day(at))],
-    )
-    .await?;
-    Ok(r.map(|r| r.try_get::<Option<i64>>("", "c")).transpose()?.flatten().unwrap_or(0))
+/// Running total of customers (in − out) of the slice's model and contacts before `at`:
+/// customers at that moment.
+pub async fn customers_at(db: &impl ConnectionTrait, tenant: &str, slice: &Slice, at: i64) -> Result<i64> {
+    let table = if slice.contacts.is_some() { "contact_kpis" } else { "kpi_daily" };
+    let mut total = 0;
+    for ids in slice.chunks() {
+        let mut sql = format!(
+            "SELECT CAST(SUM(CASE WHEN name = 'customers_in' THEN n ELSE -n END) AS BIGINT) AS c FROM {table} \
+             WHERE tenant_id = ? AND name IN ('customers_in', 'customers_out') AND model_id = ? AND day < ?"
+        );
+        let mut vals = vec![v(tenant), v(slice.model.as_str()), v(domain::day(at))];
+        push_in(&mut sql, &mut vals, "contact_id", ids);
+        let r = one(db, &sql, vals).await?;
+        total += r.map(|r| r.try_get::<Option<i64>>("", "c")).transpose()?.flatten().unwrap_or(0);
+    }
+    Ok(total)
 }
 
 /// A model's stages as seen in events: (key, position, category, role), in order.
@@ -785,6 +906,9 @@ pub async fn funnel(
     slice: &Slice,
     window_days: i64,
 ) -> Result<Vec<(String, i64)>> {
+    if slice.contacts.is_some() {
+        return funnel_of_members(db, tenant, slice, window_days).await;
+    }
     let mut sql =
         "SELECT stage_key, CAST(SUM(n) AS BIGINT) AS n FROM funnel_cells WHERE tenant_id = ? AND model_id = ? \
          AND cohort_day >= ? AND cohort_day < ? AND delay_days <= ?"
@@ -800,59 +924,116 @@ pub async fn funnel(
         .collect()
 }
 
-/// The histogram of durations named `name` (a stage key, or `__time_to_close`) in the range.
-pub async fn histogram(
+/// The funnel from the members' first reaches, cell by cell as `funnel_cells` counts them.
+async fn funnel_of_members(
     db: &impl ConnectionTrait,
     tenant: &str,
-    model: &str,
-    name: &str,
-    start: i64,
-    end: i64,
-) -> Result<Vec<(i64, i64)>> {
-    rows(
-        db,
-        "SELECT bucket, CAST(SUM(n) AS BIGINT) AS n FROM time_hist WHERE tenant_id = ? AND model_id = ? AND name = ? AND day >= ? AND day < ? GROUP BY bucket",
-        vec![v(tenant), v(model), v(name), v(start), v(end)],
-    )
-    .await?
-    .into_iter()
-    .map(|r| Ok((r.try_get("", "bucket")?, r.try_get::<Option<i64>>("", "n")?.unwrap_or(0))))
-    .collect()
+    slice: &Slice,
+    window_days: i64,
+) -> Result<Vec<(String, i64)>> {
+    let mut counts: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
+    for ids in slice.chunks() {
+        let mut sql = "SELECT r.contact_id, r.stage_key, r.first_time FROM stage_reach r \
+             LEFT JOIN contact_facts f ON f.tenant_id = r.tenant_id AND f.contact_id = r.contact_id \
+             WHERE r.tenant_id = ? AND r.model_id = ?"
+            .to_owned();
+        let mut vals = vec![v(tenant), v(slice.model.as_str())];
+        slice.fact_filters(&mut sql, &mut vals);
+        push_in(&mut sql, &mut vals, "r.contact_id", ids);
+        let mut reaches: std::collections::HashMap<String, Vec<(String, i64)>> = std::collections::HashMap::new();
+        for r in rows(db, &sql, vals).await? {
+            reaches
+                .entry(r.try_get("", "contact_id")?)
+                .or_default()
+                .push((r.try_get("", "stage_key")?, r.try_get("", "first_time")?));
+        }
+        for stages in reaches.values() {
+            let Some(entry) = stages.iter().map(|r| r.1).min() else { continue };
+            let cohort = domain::day(entry);
+            if cohort < domain::day(slice.start) || cohort >= slice.end {
+                continue;
+            }
+            for (stage, t) in stages {
+                if delay_bucket((t - entry).max(0) / domain::DAY) <= window_days {
+                    *counts.entry(stage.clone()).or_default() += 1;
+                }
+            }
+        }
+    }
+    Ok(counts.into_iter().collect())
 }
 
-/// Several histograms at once: name → (bucket, count).
+/// The histogram of durations named `name` (a stage key, or `__time_to_close`) in the range.
+pub async fn histogram(db: &impl ConnectionTrait, tenant: &str, slice: &Slice, name: &str) -> Result<Vec<(i64, i64)>> {
+    Ok(histograms(db, tenant, slice).await?.remove(name).unwrap_or_default())
+}
+
+/// The duration histograms of the slice's model and range: name → (bucket, count).
 pub async fn histograms(
     db: &impl ConnectionTrait,
     tenant: &str,
-    model: &str,
-    start: i64,
-    end: i64,
+    slice: &Slice,
 ) -> Result<std::collections::HashMap<String, Vec<(i64, i64)>>> {
     let mut out: std::collections::HashMap<String, Vec<(i64, i64)>> = std::collections::HashMap::new();
-    for r in rows(
-        db,
-        "SELECT name, bucket, CAST(SUM(n) AS BIGINT) AS n FROM time_hist WHERE tenant_id = ? AND model_id = ? AND day >= ? AND day < ? GROUP BY name, bucket",
-        vec![v(tenant), v(model), v(start), v(end)],
-    )
-    .await?
-    {
-        out.entry(r.try_get("", "name")?)
-            .or_default()
-            .push((r.try_get("", "bucket")?, r.try_get::<Option<i64>>("", "n")?.unwrap_or(0)));
+    if slice.contacts.is_none() {
+        for r in rows(
+            db,
+            "SELECT name, bucket, CAST(SUM(n) AS BIGINT) AS n FROM time_hist WHERE tenant_id = ? AND model_id = ? AND day >= ? AND day < ? GROUP BY name, bucket",
+            vec![v(tenant), v(slice.model.as_str()), v(slice.start), v(slice.end)],
+        )
+        .await?
+        {
+            out.entry(r.try_get("", "name")?)
+                .or_default()
+                .push((r.try_get("", "bucket")?, r.try_get::<Option<i64>>("", "n")?.unwrap_or(0)));
+        }
+        return Ok(out);
+    }
+    // The members' own durations, bucketed as the histograms bucket them.
+    let mut cells: std::collections::BTreeMap<(String, i64), i64> = std::collections::BTreeMap::new();
+    for ids in slice.chunks() {
+        for (sql, name_col) in [
+            (
+                "SELECT stage_key AS name, took FROM stage_reach WHERE tenant_id = ? AND model_id = ? \
+                 AND took IS NOT NULL AND took_day >= ? AND took_day < ?",
+                true,
+            ),
+            (
+                "SELECT close_took AS took FROM contact_now WHERE tenant_id = ? AND model_id = ? \
+                 AND close_took IS NOT NULL AND close_day >= ? AND close_day < ?",
+                false,
+            ),
+        ] {
+            let mut sql = sql.to_owned();
+            let mut vals = vec![v(tenant), v(slice.model.as_str()), v(slice.start), v(slice.end)];
+            push_in(&mut sql, &mut vals, "contact_id", ids);
+            for r in rows(db, &sql, vals).await? {
+                let name = if name_col { r.try_get("", "name")? } else { "__time_to_close".to_owned() };
+                *cells.entry((name, domain::bucket(r.try_get("", "took")?))).or_default() += 1;
+            }
+        }
+    }
+    for ((name, bucket), n) in cells {
+        out.entry(name).or_default().push((bucket, n));
     }
     Ok(out)
 }
 
-/// Cohorts starting in [start, end): (cohort, size), cells (cohort, idx, n, revenue), and
-/// last-active counts (cohort, last_idx, n).
-#[allow(clippy::type_complexity)]
+/// Cohort sizes, cells (cohort, idx, n, revenue) and last-active counts (cohort, last_idx, n).
+pub type Cohorts = (Vec<(i64, i64)>, Vec<(i64, i64, i64, i64)>, Vec<(i64, i64, i64)>);
+
+/// Cohorts starting in [start, end) of the slice's contacts (all, or a segment's).
 pub async fn cohorts(
     db: &impl ConnectionTrait,
     tenant: &str,
+    slice: &Slice,
     g: Gran,
     start: i64,
     end: i64,
-) -> Result<(Vec<(i64, i64)>, Vec<(i64, i64, i64, i64)>, Vec<(i64, i64, i64)>)> {
+) -> Result<Cohorts> {
+    if slice.contacts.is_some() {
+        return cohorts_of_members(db, tenant, slice, g, start, end).await;
+    }
     let base = vec![v(tenant), v(g.key()), v(start), v(end)];
     let sizes = rows(db, "SELECT cohort, n FROM cohort_sizes WHERE tenant_id = ? AND gran = ? AND cohort >= ? AND cohort < ? AND n > 0 ORDER BY cohort", base.clone())
         .await?
@@ -876,43 +1057,135 @@ pub async fn cohorts(
     Ok((sizes, cells, last))
 }
 
-/// Per period of `g` in [start, end): (period, active, returning, first-time) contacts.
+/// The members' active periods at `g`: contact → [(period, revenue)].
+async fn member_periods(
+    db: &impl ConnectionTrait,
+    tenant: &str,
+    g: Gran,
+    ids: Option<&[String]>,
+) -> Result<std::collections::HashMap<String, Vec<(i64, i64)>>> {
+    let mut sql = "SELECT contact_id, period, revenue FROM contact_periods WHERE tenant_id = ? AND gran = ?".to_owned();
+    let mut vals = vec![v(tenant), v(g.key())];
+    push_in(&mut sql, &mut vals, "contact_id", ids);
+    let mut out: std::collections::HashMap<String, Vec<(i64, i64)>> = std::collections::HashMap::new();
+    for r in rows(db, &sql, vals).await? {
+        out.entry(r.try_get("", "contact_id")?)
+            .or_default()
+            .push((r.try_get("", "period")?, r.try_get("", "revenue")?));
+    }
+    Ok(out)
+}
+
+/// Cohorts from the members' first purchase and active periods, as `cohort_contribution` counts.
+async fn cohorts_of_members(
+    db: &impl ConnectionTrait,
+    tenant: &str,
+    slice: &Slice,
+    g: Gran,
+    start: i64,
+    end: i64,
+) -> Result<Cohorts> {
+    use std::collections::BTreeMap;
+    let mut sizes: BTreeMap<i64, i64> = BTreeMap::new();
+    let mut cells: BTreeMap<(i64, i64), (i64, i64)> = BTreeMap::new();
+    let mut last: BTreeMap<(i64, i64), i64> = BTreeMap::new();
+    for ids in slice.chunks() {
+        let mut sql =
+            "SELECT contact_id, first_purchase FROM customer_facts WHERE tenant_id = ? AND first_purchase IS NOT NULL"
+                .to_owned();
+        let mut vals = vec![v(tenant)];
+        push_in(&mut sql, &mut vals, "contact_id", ids);
+        let firsts = rows(db, &sql, vals).await?;
+        let periods = member_periods(db, tenant, g, ids).await?;
+        for r in firsts {
+            let contact: String = r.try_get("", "contact_id")?;
+            let cohort = domain::period_start(r.try_get("", "first_purchase")?, g);
+            if cohort < start || cohort >= end {
+                continue;
+            }
+            *sizes.entry(cohort).or_default() += 1;
+            let mut max_idx = None;
+            for (p, revenue) in periods.get(&contact).map_or(&[][..], Vec::as_slice) {
+                let idx = domain::period_index(cohort, *p, g);
+                if idx >= 0 {
+                    let c = cells.entry((cohort, idx)).or_default();
+                    c.0 += 1;
+                    c.1 += revenue;
+                    max_idx = max_idx.max(Some(idx));
+                }
+            }
+            if let Some(l) = max_idx {
+                *last.entry((cohort, l)).or_default() += 1;
+            }
+        }
+    }
+    Ok((
+        sizes.into_iter().collect(),
+        cells.into_iter().map(|((c, i), (n, r))| (c, i, n, r)).collect(),
+        last.into_iter().map(|((c, l), n)| (c, l, n)).collect(),
+    ))
+}
+
+/// Per period of `g` in [start, end): (period, active, returning, first-time) contacts of the
+/// slice (all, or a segment's).
 pub async fn period_counts(
     db: &impl ConnectionTrait,
     tenant: &str,
+    slice: &Slice,
     g: Gran,
     start: i64,
     end: i64,
 ) -> Result<Vec<(i64, i64, i64, i64)>> {
-    rows(
-        db,
-        "SELECT period, active, returners, firsts FROM period_counts WHERE tenant_id = ? AND gran = ? AND period >= ? AND period < ? ORDER BY period",
-        vec![v(tenant), v(g.key()), v(start), v(end)],
-    )
-    .await?
-    .into_iter()
-    .map(|r| {
-        Ok((r.try_get("", "period")?, r.try_get("", "active")?, r.try_get("", "returners")?, r.try_get("", "firsts")?))
-    })
-    .collect()
+    if slice.contacts.is_none() {
+        return rows(
+            db,
+            "SELECT period, active, returners, firsts FROM period_counts WHERE tenant_id = ? AND gran = ? AND period >= ? AND period < ? ORDER BY period",
+            vec![v(tenant), v(g.key()), v(start), v(end)],
+        )
+        .await?
+        .into_iter()
+        .map(|r| {
+            Ok((r.try_get("", "period")?, r.try_get("", "active")?, r.try_get("", "returners")?, r.try_get("", "firsts")?))
+        })
+        .collect();
+    }
+    let mut counts: std::collections::BTreeMap<i64, (i64, i64, i64)> = std::collections::BTreeMap::new();
+    for ids in slice.chunks() {
+        for periods in member_periods(db, tenant, g, ids).await?.values() {
+            let first = periods.iter().map(|p| p.0).min();
+            for (p, _) in periods.iter().filter(|(p, _)| (start..end).contains(p)) {
+                let c = counts.entry(*p).or_default();
+                c.0 += 1;
+                let previous = domain::period_start(p - 1, g);
+                c.1 += i64::from(periods.iter().any(|q| q.0 == previous));
+                c.2 += i64::from(first == Some(*p));
+            }
+        }
+    }
+    Ok(counts.into_iter().map(|(p, (a, r, f))| (p, a, r, f)).collect())
 }
 
 /// Distinct contacts who purchased in the slice (days with revenue).
 pub async fn purchasers(db: &impl ConnectionTrait, tenant: &str, slice: &Slice) -> Result<i64> {
-    let mut sql = "SELECT COUNT(DISTINCT p.contact_id) AS n FROM contact_periods p \
-         LEFT JOIN contact_facts f ON f.tenant_id = p.tenant_id AND f.contact_id = p.contact_id \
-         WHERE p.tenant_id = ? AND p.gran = 'day' AND p.period >= ? AND p.period < ? AND p.revenue > 0"
-        .to_owned();
-    let mut vals = vec![v(tenant), v(domain::day(slice.start)), v(slice.end)];
-    if let Some(c) = &slice.channel {
-        sql.push_str(" AND f.acquisition_channel = ?");
-        vals.push(v(c.as_str()));
+    let mut total = 0;
+    for ids in slice.chunks() {
+        let mut sql = "SELECT COUNT(DISTINCT p.contact_id) AS n FROM contact_periods p \
+             LEFT JOIN contact_facts f ON f.tenant_id = p.tenant_id AND f.contact_id = p.contact_id \
+             WHERE p.tenant_id = ? AND p.gran = 'day' AND p.period >= ? AND p.period < ? AND p.revenue > 0"
+            .to_owned();
+        let mut vals = vec![v(tenant), v(domain::day(slice.start)), v(slice.end)];
+        if let Some(c) = &slice.channel {
+            sql.push_str(" AND f.acquisition_channel = ?");
+            vals.push(v(c.as_str()));
+        }
+        if let Some(c) = &slice.campaign {
+            sql.push_str(" AND f.campaign = ?");
+            vals.push(v(c.as_str()));
+        }
+        push_in(&mut sql, &mut vals, "p.contact_id", ids);
+        total += one(db, &sql, vals).await?.map(|r| r.try_get::<i64>("", "n")).transpose()?.unwrap_or(0);
     }
-    if let Some(c) = &slice.campaign {
-        sql.push_str(" AND f.campaign = ?");
-        vals.push(v(c.as_str()));
-    }
-    Ok(one(db, &sql, vals).await?.map(|r| r.try_get::<i64>("", "n")).transpose()?.unwrap_or(0))
+    Ok(total)
 }
 
 /// Leads in the range, and those of good quality (lead score ≥ `threshold`, or converted).
@@ -922,24 +1195,28 @@ pub async fn lead_quality(
     slice: &Slice,
     threshold: i32,
 ) -> Result<(i64, i64)> {
-    let mut sql = "SELECT COUNT(*) AS leads, CAST(SUM(CASE WHEN f.lead_score >= ? OR n.customer_time IS NOT NULL THEN 1 ELSE 0 END) AS BIGINT) AS good \
-         FROM contact_now n LEFT JOIN contact_facts f ON f.tenant_id = n.tenant_id AND f.contact_id = n.contact_id \
-         WHERE n.tenant_id = ? AND n.model_id = ? AND n.lead_time >= ? AND n.lead_time < ?"
-        .to_owned();
-    let mut vals = vec![v(threshold), v(tenant), v(slice.model.as_str()), v(slice.start), v(slice.end)];
-    if let Some(c) = &slice.channel {
-        sql.push_str(" AND f.acquisition_channel = ?");
-        vals.push(v(c.as_str()));
+    let (mut leads, mut good) = (0, 0);
+    for ids in slice.chunks() {
+        let mut sql = "SELECT COUNT(*) AS leads, CAST(SUM(CASE WHEN f.lead_score >= ? OR n.customer_time IS NOT NULL THEN 1 ELSE 0 END) AS BIGINT) AS good \
+             FROM contact_now n LEFT JOIN contact_facts f ON f.tenant_id = n.tenant_id AND f.contact_id = n.contact_id \
+             WHERE n.tenant_id = ? AND n.model_id = ? AND n.lead_time >= ? AND n.lead_time < ?"
+            .to_owned();
+        let mut vals = vec![v(threshold), v(tenant), v(slice.model.as_str()), v(slice.start), v(slice.end)];
+        if let Some(c) = &slice.channel {
+            sql.push_str(" AND f.acquisition_channel = ?");
+            vals.push(v(c.as_str()));
+        }
+        if let Some(c) = &slice.campaign {
+            sql.push_str(" AND f.campaign = ?");
+            vals.push(v(c.as_str()));
+        }
+        push_in(&mut sql, &mut vals, "n.contact_id", ids);
+        if let Some(r) = one(db, &sql, vals).await? {
+            leads += r.try_get::<i64>("", "leads")?;
+            good += r.try_get::<Option<i64>>("", "good")?.unwrap_or(0);
+        }
     }
-    if let Some(c) = &slice.campaign {
-        sql.push_str(" AND f.campaign = ?");
-        vals.push(v(c.as_str()));
-    }
-    let r = one(db, &sql, vals).await?;
-    Ok(match r {
-        Some(r) => (r.try_get::<i64>("", "leads")?, r.try_get::<Option<i64>>("", "good")?.unwrap_or(0)),
-        None => (0, 0),
-    })
+    Ok((leads, good))
 }
 
 /// The contact's current stage in `model`, if known.

@@ -715,7 +715,66 @@ async fn a_segment_filter_narrows_every_kpi(backend: Backend) {
     env.done().await;
 }
 
+/// A late, backdated purchase moves a contact's dormancy later: lifecycle retracts the old
+/// dormant transition and metrics takes back what it counted for it.
+async fn a_retracted_transition_is_uncounted(backend: Backend) {
+    let Some(env) = Env::start(backend, "mtretract").await else { return };
+    let Clients { mut c, mut l, mut m, .. } = env.clients("acme").await;
+    let now = chrono::Utc::now().timestamp_micros();
+    let day = 86_400_000_000;
+    let id = contact(&mut c, "late@example.com", cpb::AcquisitionChannel::Email, None).await;
+    let bought = |order: &str, days_ago: i64| lpb::JourneyEvent {
+        contact_id: id.clone(),
+        occur_time: Some(clm_platform::convert::timestamp(now - days_ago * day)),
+        detail: Some(purchase(order, 10)),
+        ..Default::default()
+    };
+    record_event(&mut l, bought("o-1", 200)).await;
+    record_event(&mut l, bought("o-2", 199)).await;
+    let year =
+        pb::MetricsScope { start_time: Some(clm_platform::convert::timestamp(now - 365 * day)), ..Default::default() };
+    let breakdown = async |m: &mut MetricsServiceClient<Ch>| {
+        m.get_lifecycle_breakdown(pb::GetLifecycleBreakdownRequest {
+            scope: Some(year.clone()),
+            granularity: pb::Granularity::Day as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .periods
+        .into_iter()
+        .filter(|p| p.dormant != 0)
+        .map(|p| (p.period_start_time.unwrap().seconds * 1_000_000, p.dormant))
+        .collect::<Vec<_>>()
+    };
+    // Dormant 90 days after the last purchase.
+    let first = wait_for("dormant after 90 idle days", async || {
+        let d = breakdown(&mut m).await;
+        (!d.is_empty()).then_some(d)
+    })
+    .await;
+    assert_eq!(first.len(), 1);
+    assert!((first[0].0 - (now - 109 * day)).abs() <= 2 * day, "{first:?}");
+    // A purchase 150 days ago, recorded late: dormant from 60 days ago instead, counted once.
+    record_event(&mut l, bought("o-3", 150)).await;
+    let moved = wait_for("the dormancy moved", async || {
+        let d = breakdown(&mut m).await;
+        d.iter().any(|(t, _)| (t - (now - 60 * day)).abs() <= 2 * day).then_some(d)
+    })
+    .await;
+    assert_eq!(moved.len(), 1, "the old dormancy is retracted: {moved:?}");
+    assert_eq!(moved[0].1, 1);
+    let s = m
+        .get_stage_metrics(pb::GetStageMetricsRequest { scope: Some(year.clone()), lead_quality_threshold: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.retention.unwrap().dormant, 1);
+    env.done().await;
+}
+
 clm_platform::backend_tests!(
+    a_retracted_transition_is_uncounted,
     a_segment_filter_narrows_every_kpi,
     every_kpi_from_the_event_stream_and_a_replay_agrees,
     retention_and_loyalty_kpis_follow_the_journeys,

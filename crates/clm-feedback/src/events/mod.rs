@@ -263,6 +263,21 @@ impl EventHandler for FeedbackHandler {
         match &e.payload {
             Some(Payload::StageChanged(s)) => {
                 let at = s.transition_time.as_ref().and_then(clm_platform::convert::micros).unwrap_or_else(now_micros);
+                if s.retracted {
+                    let from_enter = s.from_stage_enter_time.as_ref().and_then(clm_platform::convert::micros);
+                    let (contact, model) = (&s.contact_id, &s.model_id);
+                    return store::unset_stage(
+                        txn,
+                        tenant_str,
+                        contact,
+                        model,
+                        &s.to_stage,
+                        at,
+                        &s.from_stage,
+                        from_enter,
+                    )
+                    .await;
+                }
                 store::set_stage(txn, tenant_str, &s.contact_id, &s.model_id, &s.to_stage, at).await?;
                 let Ok(contact) = Uuid::parse_str(&s.contact_id) else { return Ok(()) };
                 // Only a current entry triggers a survey: an old transition rebuilt from a

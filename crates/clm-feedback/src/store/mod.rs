@@ -542,6 +542,41 @@ pub async fn set_stage(
     Ok(())
 }
 
+/// A retracted transition: if it is the one last recorded, the contact is back in the stage it
+/// had left (entered at `from_enter`); a replacement transition, if any, follows as its own event.
+#[allow(clippy::too_many_arguments)]
+pub async fn unset_stage(
+    db: &impl ConnectionTrait,
+    tenant: &str,
+    contact: &str,
+    model: &str,
+    stage: &str,
+    at: i64,
+    from_stage: &str,
+    from_enter: Option<i64>,
+) -> Result<()> {
+    let Some(existing) =
+        contact_stage::Entity::find_by_id((tenant.to_owned(), contact.to_owned(), model.to_owned())).one(db).await?
+    else {
+        return Ok(());
+    };
+    if existing.stage_key != stage || existing.enter_time != at {
+        return Ok(());
+    }
+    match (from_stage.is_empty(), from_enter) {
+        (false, Some(enter)) => {
+            let row = contact_stage::Model { stage_key: from_stage.to_owned(), enter_time: enter, ..existing };
+            contact_stage::Entity::update(row.into_active_model().reset_all()).exec(db).await?;
+        }
+        _ => {
+            contact_stage::Entity::delete_by_id((tenant.to_owned(), contact.to_owned(), model.to_owned()))
+                .exec(db)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
 /// The stage the contact most recently entered (any model); empty when unknown.
 pub async fn stage_of(db: &impl ConnectionTrait, tenant: &TenantId, contact: Uuid) -> Result<String> {
     Ok(contact_stage::Entity::find()

@@ -96,9 +96,10 @@ impl LifecycleApi {
     ) -> Result<(Vec<crate::store::entities::transition::Model>, Vec<crate::store::entities::transition::Model>), Error>
     {
         let (rules, _) = store::rules(txn, tenant).await?;
-        let (_, new) = store::rebuild_journey(txn, tenant, contact, model, &rules.to_domain(), now_micros()).await?;
+        let (_, new, dropped) =
+            store::rebuild_journey(txn, tenant, contact, model, &rules.to_domain(), now_micros()).await?;
         let all = store::transitions_of(txn, tenant, contact, model.id).await?;
-        self.events.stage_changes(txn, tenant, model, &all, &new).await?;
+        self.events.stage_changes(txn, tenant, model, &all, &new, &dropped).await?;
         Ok((all, new))
     }
 

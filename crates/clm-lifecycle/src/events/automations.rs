@@ -246,11 +246,11 @@ pub async fn run(
                             )
                             .await?;
                             let (rules, _) = store::rules(txn, tenant).await?;
-                            let (_, new) =
+                            let (_, new, dropped) =
                                 store::rebuild_journey(txn, tenant, contact, model, &rules.to_domain(), now_micros())
                                     .await?;
                             let all = store::transitions_of(txn, tenant, contact, model.id).await?;
-                            publisher.stage_changes(txn, tenant, model, &all, &new).await?;
+                            publisher.stage_changes(txn, tenant, model, &all, &new, &dropped).await?;
                             next.extend(stage_triggers(&new));
                             all_new.extend(new);
                             notes.push(format!("moved to {s}"));

@@ -43,6 +43,7 @@ impl Publisher {
         model: &ModelRecord,
         all: &[transition::Model],
         new: &[transition::Model],
+        dropped: &crate::store::Dropped,
     ) -> Result<()> {
         let cat = |k: &Option<String>| {
             k.as_deref()
@@ -62,9 +63,12 @@ impl Publisher {
                 Some((pos, model.model.stages()[pos].role))
             })
         };
-        for t in new {
+        // Retractions first, so a consumer undoes the old history before it counts the new.
+        let retractions = dropped.iter().map(|(t, enter)| (t, *enter, true));
+        let additions =
+            new.iter().map(|t| (t, all.iter().filter(|p| p.seq < t.seq).max_by_key(|p| p.seq).map(|p| p.at), false));
+        for (t, prev_enter, retracted) in retractions.chain(additions) {
             let (position, role) = stage_of(&t.to_stage).unwrap_or((0, crate::domain::model::Role::Normal));
-            let prev_enter = all.iter().filter(|p| p.seq < t.seq).max_by_key(|p| p.seq).map(|p| p.at);
             let cause = match crate::api::convert::cause_pb(&t.cause) {
                 pb::TransitionCause::Manual => ev::TransitionCause::Manual,
                 pb::TransitionCause::Automation => ev::TransitionCause::Automation,
@@ -91,6 +95,7 @@ impl Publisher {
                 }
                 .into(),
                 to_stage_position: i32::try_from(position).unwrap_or(i32::MAX),
+                retracted,
             });
             self.outbox.append(txn, tenant, "journey", &t.contact_id, t.at, p).await?;
         }
@@ -198,10 +203,10 @@ impl LifecycleHandler {
         let (rules, _) = store::rules(txn, tenant).await?;
         for m in models {
             let model = store::get_model(txn, tenant, m).await?;
-            let (_, new) =
+            let (_, new, dropped) =
                 store::rebuild_journey(txn, tenant, contact, &model, &rules.to_domain(), now_micros()).await?;
             let all = store::transitions_of(txn, tenant, contact, model.id).await?;
-            self.automator.publisher.stage_changes(txn, tenant, &model, &all, &new).await?;
+            self.automator.publisher.stage_changes(txn, tenant, &model, &all, &new, &dropped).await?;
             let mut triggers = crate::events::automations::stage_triggers(&new);
             triggers.extend(extra.clone());
             crate::events::automations::run(txn, tenant, &self.automator, &model, contact, triggers).await?;

@@ -31,9 +31,9 @@ pub async fn tick(db: &DatabaseConnection, automator: &Automator, now: i64) -> c
         let txn = clm_platform::db::begin_write(db).await?;
         let model = store::get_model(&txn, &tenant, &j.model_id).await?;
         let (rules, _) = store::rules(&txn, &tenant).await?;
-        let (_, new) = store::rebuild_journey(&txn, &tenant, contact, &model, &rules.to_domain(), now).await?;
+        let (_, new, dropped) = store::rebuild_journey(&txn, &tenant, contact, &model, &rules.to_domain(), now).await?;
         let all = store::transitions_of(&txn, &tenant, contact, model.id).await?;
-        automator.publisher.stage_changes(&txn, &tenant, &model, &all, &new).await?;
+        automator.publisher.stage_changes(&txn, &tenant, &model, &all, &new, &dropped).await?;
         let mut triggers = automations::stage_triggers(&new);
         if let Some(last) = j.last_activity {
             triggers.push(Trigger::Inactive { idle_micros: now - last, since: last });

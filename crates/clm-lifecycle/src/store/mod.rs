@@ -572,8 +572,13 @@ pub async fn transitions_of(
         .await?)
 }
 
+/// Transitions a rebuild removed (no longer part of the history), each with the time the
+/// contact had entered the stage it left.
+pub type Dropped = Vec<(transition::Model, Option<i64>)>;
+
 /// Replace the derived journey and transitions of one contact in one model. Returns the
-/// transitions that are new (ids not stored before), for StageChanged events.
+/// transitions that are new (ids not stored before), for StageChanged events, and those the
+/// rebuild removed, for their retraction.
 pub async fn save_journey(
     db: &impl ConnectionTrait,
     tenant: &TenantId,
@@ -582,9 +587,9 @@ pub async fn save_journey(
     j: &Journey,
     manual: &std::collections::HashMap<String, (String, String)>,
     check_after: Option<i64>,
-) -> Result<Vec<transition::Model>> {
-    let before: std::collections::HashSet<String> =
-        transitions_of(db, tenant, contact, model).await?.into_iter().map(|t| t.id).collect();
+) -> Result<(Vec<transition::Model>, Dropped)> {
+    let previous = transitions_of(db, tenant, contact, model).await?;
+    let before: std::collections::HashSet<String> = previous.iter().map(|t| t.id.clone()).collect();
     transition::Entity::delete_many()
         .filter(transition::Column::TenantId.eq(tenant.as_str()))
         .filter(transition::Column::ContactId.eq(contact.to_string()))
@@ -649,7 +654,16 @@ pub async fn save_journey(
         )
         .exec_without_returning(db)
         .await?;
-    Ok(rows.into_iter().filter(|r| !before.contains(&r.id)).collect())
+    let kept: std::collections::HashSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+    let dropped = previous
+        .iter()
+        .filter(|t| !kept.contains(t.id.as_str()))
+        .map(|t| {
+            let enter = previous.iter().filter(|p| p.seq < t.seq).max_by_key(|p| p.seq).map(|p| p.at);
+            (t.clone(), enter)
+        })
+        .collect();
+    Ok((rows.into_iter().filter(|r| !before.contains(&r.id)).collect(), dropped))
 }
 
 pub async fn get_journey(
@@ -713,7 +727,7 @@ pub async fn rebuild_journey(
     model: &ModelRecord,
     rules: &crate::domain::journey::Rules,
     now: i64,
-) -> Result<(Journey, Vec<transition::Model>)> {
+) -> Result<(Journey, Vec<transition::Model>, Dropped)> {
     use crate::domain::journey::{Happening, Item, replay};
     let mut items = Vec::new();
     for e in events_of(db, tenant, contact, model.id).await? {
@@ -784,8 +798,8 @@ pub async fn rebuild_journey(
     }
     // The next moment after `now` at which something time-based can happen.
     let check_after = dormancy.into_iter().filter(|t| *t > now).chain(tenure).chain(idle_due).min();
-    let new = save_journey(db, tenant, contact, model.id, &j, &manual, check_after).await?;
-    Ok((j, new))
+    let (new, dropped) = save_journey(db, tenant, contact, model.id, &j, &manual, check_after).await?;
+    Ok((j, new, dropped))
 }
 
 /// After a merge, the merged contacts' events and moves belong to the survivor.

@@ -221,7 +221,11 @@ impl EventHandler for MetricsHandler {
                     at,
                     from_enter: micros(s.from_stage_enter_time.as_ref()),
                 };
-                model::apply_stage_change(txn, tenant, &change).await?;
+                if s.retracted {
+                    model::retract_stage_change(txn, tenant, &change).await?;
+                } else {
+                    model::apply_stage_change(txn, tenant, &change).await?;
+                }
                 crate::watch::touched(tenant);
             }
             Some(Payload::JourneyEventRecorded(j)) => {

@@ -390,6 +390,47 @@ pub async fn apply_stage_change(db: &impl ConnectionTrait, tenant: &str, c: &Sta
     Ok(())
 }
 
+/// Undo a transition lifecycle removed when it rebuilt a history (a late, backdated event):
+/// the counts of movements (customers in / out, dormant, churned, reactivated) on its day and
+/// the contact's current stage when it was the last one. First reaches, leads and new
+/// customers are firsts: the rebuilt history's transitions move them earlier when they are.
+pub async fn retract_stage_change(db: &impl ConnectionTrait, tenant: &str, c: &StageChange<'_>) -> Result<()> {
+    let a = attribution(db, tenant, c.contact).await?;
+    if c.from_category != "customer" && c.to_category == "customer" {
+        bump_kpi(db, tenant, "customers_in", c.model, c.at, &a, "", -1, 0).await?;
+    }
+    if c.from_category == "customer" && c.to_category != "customer" {
+        bump_kpi(db, tenant, "customers_out", c.model, c.at, &a, "", -1, 0).await?;
+    }
+    match c.to_role {
+        "dormant" => bump_kpi(db, tenant, "dormant", c.model, c.at, &a, "", -1, 0).await?,
+        "churned" => bump_kpi(db, tenant, "churned", c.model, c.at, &a, "", -1, 0).await?,
+        _ => {}
+    }
+    if c.reactivation {
+        bump_kpi(db, tenant, "reactivated", c.model, c.at, &a, "", -1, 0).await?;
+    }
+    if let Some(enter) = c.from_enter.filter(|_| !c.from_stage.is_empty()) {
+        exec(
+            db,
+            "UPDATE contact_now SET stage_key = ?, category = ?, enter_time = ? \
+             WHERE tenant_id = ? AND model_id = ? AND contact_id = ? AND stage_key = ? AND enter_time = ?",
+            vec![
+                v(c.from_stage),
+                v(c.from_category),
+                v(enter),
+                v(tenant),
+                v(c.model),
+                v(c.contact),
+                v(c.to_stage),
+                v(c.at),
+            ],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// Per-contact purchase and advocacy facts.
 #[derive(Debug, Clone, Default)]
 pub struct CustomerFacts {

@@ -225,3 +225,56 @@ async fn kill_9_loses_nothing_and_counts_nothing_twice() {
     let again = m.get_stage_metrics(mpb::GetStageMetricsRequest::default()).await.unwrap().into_inner();
     assert_eq!(again.acquisition.unwrap().new_contacts, i64::from(committed));
 }
+
+/// A client's deadline is the server's too: a read that cannot finish in time ends with
+/// DEADLINE_EXCEEDED (its work dropped), the same read without a deadline succeeds, and the
+/// server's own `request_timeout_ms` caps calls whose client set none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadlines_are_honoured() {
+    let dir = tempfile::tempdir().unwrap();
+    let clm = ClmProcess::start(&sqlite_env(dir.path(), &[("CLM_TELEMETRY__LOG_FILTER", "info")]));
+    let mut c = client(&clm).await;
+    let rows: Vec<pb::Contact> =
+        (0..1000).map(|i| pb::Contact { email: format!("slow{i}@example.com"), ..Default::default() }).collect();
+    let mut out = c
+        .import_contacts(tokio_stream::iter(vec![pb::ImportContactsRequest { contacts: rows }]))
+        .await
+        .unwrap()
+        .into_inner();
+    while out.message().await.unwrap().is_some() {}
+
+    let page = || pb::ListContactsRequest { page_size: 1000, ..Default::default() };
+    // tonic's Channel enforces a deadline on the client side too (answering CANCELLED itself);
+    // a plain HTTP/2 client only sends it, so the answer seen is the server's.
+    let plain = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<tonic::body::Body>();
+    let mut raw = ContactsServiceClient::with_origin(plain, clm.url().parse().unwrap());
+    let mut req = tonic::Request::new(page());
+    req.set_timeout(std::time::Duration::from_millis(1));
+    let err = raw.list_contacts(req).await.expect_err("1000 rows cannot be read in 1 ms");
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    let mut req = tonic::Request::new(page());
+    req.set_timeout(std::time::Duration::from_secs(30));
+    assert_eq!(c.list_contacts(req).await.unwrap().into_inner().contacts.len(), 1000);
+    drop(clm);
+
+    // The server's limit applies when the client sets no deadline.
+    let dir = tempfile::tempdir().unwrap();
+    let clm = ClmProcess::start(&sqlite_env(
+        dir.path(),
+        &[("CLM_TELEMETRY__LOG_FILTER", "info"), ("CLM_SERVER__REQUEST_TIMEOUT_MS", "1")],
+    ));
+    let mut c = client(&clm).await;
+    let rows: Vec<pb::Contact> =
+        (0..1000).map(|i| pb::Contact { email: format!("slow{i}@example.com"), ..Default::default() }).collect();
+    // An import streams: its limit covers the call until the stream starts, so it completes.
+    let mut out = c
+        .import_contacts(tokio_stream::iter(vec![pb::ImportContactsRequest { contacts: rows }]))
+        .await
+        .unwrap()
+        .into_inner();
+    while out.message().await.unwrap().is_some() {}
+    let err = c.list_contacts(page()).await.expect_err("the server's 1 ms limit applies");
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+}

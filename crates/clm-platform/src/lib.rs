@@ -8,6 +8,7 @@ pub mod config;
 pub mod contacts;
 pub mod convert;
 pub mod db;
+pub mod deadline;
 pub mod error;
 pub mod events;
 pub mod filter;

@@ -4,8 +4,8 @@
 //!
 //! Layers, outermost first: tonic's error recovery (maps shed load to RESOURCE_EXHAUSTED) →
 //! request span (parent taken from `traceparent`) → load shed + global concurrency limit
-//! (health checks exempt, see `shed`) → auth → tonic's timeout (the smaller of `request_timeout_ms` and the client's deadline) →
-//! the service.
+//! (health checks exempt, see `shed`) → auth → deadline (the smaller of `request_timeout_ms` and
+//! the client's `grpc-timeout`; DEADLINE_EXCEEDED past it, see `deadline`) → the service.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -203,7 +203,8 @@ pub async fn serve(
                 .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         )
         .layer(crate::shed::ShedLayer::new(settings.server.max_concurrent_requests))
-        .layer(AuthLayer::new(auth));
+        .layer(AuthLayer::new(auth))
+        .layer(crate::deadline::DeadlineLayer::new(Duration::from_millis(settings.server.request_timeout_ms)));
 
     let addr = listener.local_addr()?;
     let _ = shared.local_addr.set(addr);
@@ -224,7 +225,6 @@ pub async fn serve(
 
     tracing::info!(%addr, services = ?health.modules.iter().map(|m| m.name).collect::<Vec<_>>(), "serving gRPC");
     let server = tonic::transport::Server::builder()
-        .timeout(Duration::from_millis(settings.server.request_timeout_ms))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .layer(layers)

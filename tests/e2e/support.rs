@@ -10,12 +10,17 @@ use std::time::{Duration, Instant};
 
 /// Path of the `clm` binary next to this test executable (`make test` builds it first).
 pub fn clm_binary() -> PathBuf {
+    binary("clm")
+}
+
+/// Path of a workspace binary (`clm`, `clm-contacts`, …) next to this test executable.
+pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test exe");
     let dir = exe.parent().and_then(|p| p.parent()).expect("target dir");
-    let bin = dir.join(format!("clm{}", std::env::consts::EXE_SUFFIX));
+    let bin = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     assert!(
         bin.exists(),
-        "{} is missing: run `cargo build --bin clm` (make test does) before these tests",
+        "{} is missing: run `cargo build --workspace --bins` (make test does) before these tests",
         bin.display()
     );
     bin
@@ -33,8 +38,13 @@ pub struct ClmProcess {
 impl ClmProcess {
     /// Start `clm serve` with `env` on a random port; waits until it logs its address.
     pub fn start(env: &[(String, String)]) -> ClmProcess {
+        Self::start_bin("clm", env)
+    }
+
+    /// Start `<bin> serve` (the single binary or one service's) with `env`.
+    pub fn start_bin(bin: &str, env: &[(String, String)]) -> ClmProcess {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut cmd = Command::new(clm_binary());
+        let mut cmd = Command::new(binary(bin));
         cmd.current_dir(dir.path())
             .arg("serve")
             .env_clear()
@@ -103,5 +113,174 @@ impl Drop for ClmProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A PostgreSQL server of the test's own (initdb in a temp dir, a free port), so a test can stop
+/// and start it without disturbing anything else. `None` when PostgreSQL's binaries are absent.
+pub struct PrivatePostgres {
+    bindir: PathBuf,
+    data: tempfile::TempDir,
+    pub port: u16,
+    as_postgres: bool,
+}
+
+impl PrivatePostgres {
+    pub fn init() -> Option<PrivatePostgres> {
+        let out = Command::new("pg_config").arg("--bindir").output().ok()?;
+        let bindir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if !bindir.join("initdb").exists() {
+            return None;
+        }
+        // initdb refuses to run as root: run PostgreSQL as the `postgres` user then.
+        let uid = Command::new("id").arg("-u").output().ok()?;
+        let as_postgres = String::from_utf8_lossy(&uid.stdout).trim() == "0";
+        let data = tempfile::tempdir().expect("temp dir");
+        if as_postgres {
+            let ok = Command::new("chown").args(["-R", "postgres"]).arg(data.path()).status().expect("chown");
+            assert!(ok.success());
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let pg = PrivatePostgres { bindir, data, port, as_postgres };
+        let ok = pg
+            .command("initdb")
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+            .arg(pg.data.path().join("db"))
+            .stdout(Stdio::null())
+            .status()
+            .expect("initdb");
+        assert!(ok.success(), "initdb failed");
+        pg.start();
+        Some(pg)
+    }
+
+    fn command(&self, tool: &str) -> Command {
+        let exe = self.bindir.join(tool);
+        if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(exe);
+            c
+        } else {
+            Command::new(exe)
+        }
+    }
+
+    pub fn url(&self) -> String {
+        self.database_url("postgres")
+    }
+
+    pub fn database_url(&self, name: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+    }
+
+    pub fn create_database(&self, name: &str) {
+        let ok = self
+            .command("createdb")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", name])
+            .status()
+            .expect("createdb");
+        assert!(ok.success(), "createdb {name} failed");
+    }
+
+    pub fn start(&self) {
+        let opts = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off",
+            self.port,
+            self.data.path().display()
+        );
+        let ok = self
+            .command("pg_ctl")
+            .args(["-w", "-t", "60", "-o", &opts, "-l"])
+            .arg(self.data.path().join("log"))
+            .arg("-D")
+            .arg(self.data.path().join("db"))
+            .arg("start")
+            .stdout(Stdio::null())
+            .status()
+            .expect("pg_ctl start");
+        assert!(ok.success(), "pg_ctl start failed");
+    }
+
+    /// Stop it the way an operator's restart does (`-m fast`: sessions are terminated).
+    pub fn stop(&self) {
+        let ok = self
+            .command("pg_ctl")
+            .args(["-w", "-m", "fast", "-D"])
+            .arg(self.data.path().join("db"))
+            .arg("stop")
+            .stdout(Stdio::null())
+            .status()
+            .expect("pg_ctl stop");
+        assert!(ok.success(), "pg_ctl stop failed");
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = self
+            .command("pg_ctl")
+            .args(["-w", "-m", "immediate", "-D"])
+            .arg(self.data.path().join("db"))
+            .arg("stop")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A NATS server (JetStream on, its store in a temp dir) of the test's own on a free port, to
+/// kill and restart at will. `None` when `nats-server` is not installed.
+pub struct NatsServer {
+    bin: PathBuf,
+    store: tempfile::TempDir,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl NatsServer {
+    pub fn start() -> Option<NatsServer> {
+        let bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut n = NatsServer { bin, store: tempfile::tempdir().expect("temp dir"), port, child: None };
+        n.up();
+        Some(n)
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Start it again (same port, same store) and wait until it accepts connections.
+    pub fn up(&mut self) {
+        let child = Command::new(&self.bin)
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .arg(self.store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nats-server");
+        self.child = Some(child);
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(10), "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// kill -9 it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
     }
 }

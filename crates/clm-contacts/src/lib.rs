@@ -25,22 +25,22 @@ impl clm_platform::runtime::Service for ContactsService {
     ) -> anyhow::Result<Vec<&'static str>> {
         let max = shared.max_message_bytes();
         let outbox = clm_platform::events::outbox::OutboxWriter::new(Self::NAME);
-        clm_platform::events::outbox::spawn_relay(
+        shared.track(clm_platform::events::outbox::spawn_relay(
             Self::NAME,
             db.clone(),
             shared.bus.clone(),
             &outbox,
             shared.relay_options(),
             shared.stopping(),
-        );
+        ));
         let publisher = events::Publisher::new(outbox);
-        clm_platform::events::consumer::spawn_consumer(
+        shared.track(clm_platform::events::consumer::spawn_consumer(
             shared.bus.clone(),
             db.clone(),
             clm_platform::events::consumer::ConsumerSpec::new(&shared.settings.events, "contacts", &["lifecycle"]),
             std::sync::Arc::new(events::AutomationRequests { publisher: publisher.clone() }),
             shared.stopping(),
-        );
+        ));
         let server = clm_proto::contacts::v1::contacts_service_server::ContactsServiceServer::new(
             api::ContactsApi::new(db, shared.page_tokens.clone(), publisher),
         )

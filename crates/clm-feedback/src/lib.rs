@@ -27,22 +27,22 @@ impl clm_platform::runtime::Service for FeedbackService {
     ) -> anyhow::Result<Vec<&'static str>> {
         use clm_platform::events::{consumer, outbox};
         let writer = outbox::OutboxWriter::new(Self::NAME);
-        outbox::spawn_relay(
+        shared.track(outbox::spawn_relay(
             Self::NAME,
             db.clone(),
             shared.bus.clone(),
             &writer,
             shared.relay_options(),
             shared.stopping(),
-        );
+        ));
         let publisher = events::Publisher::new(writer);
-        consumer::spawn_consumer(
+        shared.track(consumer::spawn_consumer(
             shared.bus.clone(),
             db.clone(),
             consumer::ConsumerSpec::new(&shared.settings.events, "feedback", &["contacts", "lifecycle"]),
             std::sync::Arc::new(events::FeedbackHandler { publisher: publisher.clone() }),
             shared.stopping(),
-        );
+        ));
         let contacts = clm_platform::contacts::ContactsClient::new(
             "feedback",
             shared.settings.feedback.contacts_url.clone(),

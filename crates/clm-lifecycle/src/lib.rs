@@ -30,14 +30,14 @@ impl clm_platform::runtime::Service for LifecycleService {
     ) -> anyhow::Result<Vec<&'static str>> {
         use clm_platform::events::{consumer, outbox};
         let writer = outbox::OutboxWriter::new(Self::NAME);
-        outbox::spawn_relay(
+        shared.track(outbox::spawn_relay(
             Self::NAME,
             db.clone(),
             shared.bus.clone(),
             &writer,
             shared.relay_options(),
             shared.stopping(),
-        );
+        ));
         let publisher = events::Publisher::new(writer);
         let automator = contacts_client::Automator {
             publisher: publisher.clone(),
@@ -48,19 +48,19 @@ impl clm_platform::runtime::Service for LifecycleService {
                 &shared.settings.auth,
             ),
         };
-        consumer::spawn_consumer(
+        shared.track(consumer::spawn_consumer(
             shared.bus.clone(),
             db.clone(),
             consumer::ConsumerSpec::new(&shared.settings.events, "lifecycle", &["contacts", "feedback"]),
             std::sync::Arc::new(events::LifecycleHandler { automator: automator.clone() }),
             shared.stopping(),
-        );
-        events::scheduler::spawn(
+        ));
+        shared.track(events::scheduler::spawn(
             db.clone(),
             automator.clone(),
             std::time::Duration::from_millis(shared.settings.lifecycle.scheduler_interval_ms.max(100)),
             shared.stopping(),
-        );
+        ));
         let max = shared.max_message_bytes();
         let server = clm_proto::lifecycle::v1::lifecycle_service_server::LifecycleServiceServer::new(
             api::LifecycleApi::new(db, shared.page_tokens.clone(), automator),

@@ -26,13 +26,13 @@ impl clm_platform::runtime::Service for MetricsService {
         db: DatabaseConnection,
         routes: &mut RoutesBuilder,
     ) -> anyhow::Result<Vec<&'static str>> {
-        clm_platform::events::consumer::spawn_consumer(
+        shared.track(clm_platform::events::consumer::spawn_consumer(
             shared.bus.clone(),
             db.clone(),
             events::consumer_spec(&shared.settings.events),
             std::sync::Arc::new(events::MetricsHandler),
             shared.stopping(),
-        );
+        ));
         let contacts = clm_platform::contacts::ContactsClient::new(
             "metrics",
             shared.settings.metrics.contacts_url.clone(),

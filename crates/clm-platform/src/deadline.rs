@@ -99,7 +99,7 @@ mod tests {
     fn grpc_timeout_header() {
         assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
         assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
-        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_hours(1)));
         assert_eq!(parse_grpc_timeout("5u"), Some(Duration::from_micros(5)));
         for bad in ["", "m", "100", "123456789m", "-1S", "1x", "1.5S", "１S", "S１", "é"] {
             assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");

@@ -36,6 +36,9 @@ pub struct Shared {
     /// The address the server bound (known once `serve` runs), for calls to services in
     /// the same process.
     pub local_addr: Arc<std::sync::OnceLock<std::net::SocketAddr>>,
+    /// Background tasks to wait for (briefly) at shutdown, so they finish their batch and
+    /// give up their leases.
+    background: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 impl Shared {
@@ -55,6 +58,7 @@ impl Shared {
             bus,
             stop: Arc::new(stop),
             local_addr: Arc::new(std::sync::OnceLock::new()),
+            background: Arc::default(),
         }
     }
 
@@ -68,13 +72,39 @@ impl Shared {
         let _ = self.stop.send(true);
     }
 
-    /// Relay options from the settings.
+    /// Keep a background task's handle so shutdown waits for it (see [`Shared::join_background`]).
+    pub fn track(&self, task: tokio::task::JoinHandle<()>) {
+        self.background.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(task);
+    }
+
+    /// After [`Shared::stop_background`]: wait up to `grace` for the tracked tasks, then abort
+    /// what is left.
+    pub async fn join_background(&self, grace: Duration) {
+        let tasks: Vec<_> =
+            std::mem::take(&mut *self.background.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let aborts: Vec<_> = tasks.iter().map(tokio::task::JoinHandle::abort_handle).collect();
+        if tokio::time::timeout(grace, futures::future::join_all(tasks)).await.is_err() {
+            tracing::warn!("background tasks did not stop within {} ms; abandoning them", grace.as_millis());
+            aborts.iter().for_each(tokio::task::AbortHandle::abort);
+        }
+    }
+
+    /// Relay options from the settings. The relay's lease holder is this process's listening
+    /// slot (host and address) when the port is fixed, so a process restarted in the same slot
+    /// (a crashed container, kill -9) takes its relay back at once instead of waiting for its
+    /// own old lease to expire; two live processes can never share a slot (the port is bound
+    /// before any relay starts). With port 0 every process is a holder of its own.
     pub fn relay_options(&self) -> crate::events::outbox::RelayOptions {
-        crate::events::outbox::RelayOptions {
+        let mut opts = crate::events::outbox::RelayOptions {
             batch: self.settings.events.relay_batch,
             poll: Duration::from_millis(self.settings.events.relay_poll_ms),
             ..Default::default()
+        };
+        let addr = self.settings.server.listen_addr;
+        if addr.port() != 0 {
+            opts.holder = format!("{}/{addr}", host_name());
         }
+        opts
     }
 
     /// The configured largest message, for the generated servers' encode/decode limits.
@@ -244,6 +274,7 @@ pub async fn serve(
     };
     monitor.abort();
     shared.stop_background();
+    shared.join_background(Duration::from_secs(3)).await;
     tracing::info!("server stopped");
     result
 }
@@ -263,4 +294,13 @@ fn request_span<B>(req: &http::Request<B>) -> tracing::Span {
     );
     crate::telemetry::set_remote_parent(&span, crate::telemetry::extract_context(req.headers()));
     span
+}
+
+/// This machine's (or pod's) name: `HOSTNAME`, else the kernel's, else "localhost".
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.trim().is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map_or_else(|| "localhost".to_owned(), |h| h.trim().to_owned())
 }

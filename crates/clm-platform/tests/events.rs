@@ -474,3 +474,38 @@ async fn real_nats_restart() {
     server.kill().ok();
     server.wait().ok();
 }
+
+/// One relay at a time holds a service's lease; the holder renews it, a stranger waits for it
+/// to expire, and a released lease is free at once (graceful stop, or a restart in the same
+/// slot taking it back).
+async fn leases(backend: Backend) {
+    use clm_platform::events::outbox::{hold_lease, release_lease};
+    let Some(testdb) = TestDb::create(backend, "lease").await else { return };
+    let db = clm_platform::db::connect(&testdb.url, &db_settings()).await.unwrap();
+    clm_platform::db::migrate::<TestMigrator>(&db).await.unwrap();
+    let long = Duration::from_mins(1);
+    assert!(hold_lease(&db, "svc", "a", long).await.unwrap(), "a free lease is taken");
+    assert!(hold_lease(&db, "svc", "a", long).await.unwrap(), "the holder renews it");
+    assert!(!hold_lease(&db, "svc", "b", long).await.unwrap(), "another holder waits");
+    assert!(hold_lease(&db, "other", "b", long).await.unwrap(), "leases are per name");
+    release_lease(&db, "svc", "b").await.unwrap();
+    assert!(!hold_lease(&db, "svc", "b", long).await.unwrap(), "only the holder can release");
+    release_lease(&db, "svc", "a").await.unwrap();
+    assert!(hold_lease(&db, "svc", "b", long).await.unwrap(), "a released lease is free at once");
+    assert!(!hold_lease(&db, "svc", "a", long).await.unwrap());
+    assert!(hold_lease(&db, "short", "a", Duration::from_millis(1)).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(hold_lease(&db, "short", "b", long).await.unwrap(), "an expired lease is free");
+    db.close().await.ok();
+    testdb.cleanup().await;
+}
+
+#[tokio::test]
+async fn leases_sqlite() {
+    leases(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn leases_postgres() {
+    leases(Backend::Postgres).await;
+}

@@ -47,6 +47,17 @@ pub async fn consume_once(
     handler: &dyn EventHandler,
 ) -> anyhow::Result<usize> {
     let deliveries = bus.fetch(&spec.name, prefix, spec.batch, spec.wait).await?;
+    apply_batch(db, spec, deliveries, handler).await
+}
+
+/// Apply fetched deliveries in order through the inbox, acking each; on a failure nak it and
+/// the rest (so order holds) and return the error.
+async fn apply_batch(
+    db: &DatabaseConnection,
+    spec: &ConsumerSpec,
+    deliveries: Vec<super::bus::Delivery>,
+    handler: &dyn EventHandler,
+) -> anyhow::Result<usize> {
     let n = deliveries.len();
     let mut iter = deliveries.into_iter();
     while let Some(d) = iter.next() {
@@ -83,38 +94,58 @@ pub async fn consume_once(
 }
 
 /// Run a consumer until `stop` turns true.
+///
+/// Each subject prefix (producing service) is fetched by a task of its own, so a quiet producer's
+/// long poll never delays another's events; the batches are applied one at a time (a lock per
+/// consumer), so the read model has a single writer, as with one replica.
 pub fn spawn_consumer(
     bus: Arc<dyn EventBus>,
     db: DatabaseConnection,
     spec: ConsumerSpec,
     handler: Arc<dyn EventHandler>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
+    let spec = Arc::new(spec);
+    let writer = Arc::new(tokio::sync::Mutex::new(()));
     tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            for prefix in &spec.prefixes {
-                if *stop.borrow() {
-                    return;
-                }
-                let work = consume_once(bus.as_ref(), &db, &spec, prefix, handler.as_ref());
-                let result = tokio::select! {
-                    r = work => r,
-                    _ = stop.changed() => return,
-                };
-                match result {
-                    Ok(_) => backoff = Duration::from_millis(100),
-                    Err(e) => {
-                        tracing::warn!(consumer = %spec.name, error = %e, retry_in_ms = backoff.as_millis() as u64, "consumer backing off");
-                        tokio::select! {
-                            () = tokio::time::sleep(backoff) => {},
-                            _ = stop.changed() => return,
+        let mut tasks = tokio::task::JoinSet::new();
+        for prefix in spec.prefixes.clone() {
+            let (bus, db, spec, handler, writer) =
+                (bus.clone(), db.clone(), spec.clone(), handler.clone(), writer.clone());
+            let mut stop = stop.clone();
+            tasks.spawn(async move {
+                let mut backoff = Duration::from_millis(100);
+                loop {
+                    if *stop.borrow() {
+                        return;
+                    }
+                    let work = async {
+                        let deliveries = bus.fetch(&spec.name, &prefix, spec.batch, spec.wait).await?;
+                        if deliveries.is_empty() {
+                            return Ok(0);
                         }
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        let _writer = writer.lock().await;
+                        apply_batch(&db, &spec, deliveries, handler.as_ref()).await
+                    };
+                    let result = tokio::select! {
+                        r = work => r,
+                        _ = stop.changed() => return,
+                    };
+                    match result {
+                        Ok(_) => backoff = Duration::from_millis(100),
+                        Err(e) => {
+                            tracing::warn!(consumer = %spec.name, %prefix, error = %e, retry_in_ms = backoff.as_millis() as u64, "consumer backing off");
+                            tokio::select! {
+                                () = tokio::time::sleep(backoff) => {},
+                                _ = stop.changed() => return,
+                            }
+                            backoff = (backoff * 2).min(Duration::from_secs(2));
+                        }
                     }
                 }
-            }
+            });
         }
+        while tasks.join_next().await.is_some() {}
     })
 }
 

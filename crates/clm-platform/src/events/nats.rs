@@ -47,6 +47,11 @@ impl NatsBus {
             .name("clm")
             .connection_timeout(Duration::from_secs(5))
             .retry_on_initial_connect()
+            // Reconnect soon after the server is back: 50 ms doubling to at most 1 s (the
+            // library's default grows to 4 s, a long pause for a broker on the same network).
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis(50_u64.saturating_mul(1 << attempts.min(5)).min(1000))
+            })
             .connect(settings.nats_url.as_str())
             .await
             .map_err(|e| anyhow::anyhow!("NATS at {} (key `events.nats_url`): {e}", settings.nats_url))?;
@@ -120,7 +125,9 @@ impl NatsBus {
                     filter_subject: self.physical(&format!("clm.{service}.>")),
                     ack_policy: jetstream::consumer::AckPolicy::Explicit,
                     deliver_policy: jetstream::consumer::DeliverPolicy::All,
-                    ack_wait: Duration::from_secs(30),
+                    // A delivery whose consumer died (kill -9, or NATS itself restarted before the
+                    // ack arrived) is redelivered after this; a batch takes well under it to apply.
+                    ack_wait: Duration::from_secs(10),
                     ..Default::default()
                 },
             )
@@ -128,6 +135,18 @@ impl NatsBus {
             .map_err(|e| anyhow::anyhow!("JetStream consumer {durable}: {e}"))?;
         self.consumers.lock().await.insert(key, c.clone());
         Ok(c)
+    }
+}
+
+impl NatsBus {
+    async fn collect(&self, mut batch: jetstream::consumer::pull::Batch) -> anyhow::Result<Vec<Delivery>> {
+        let mut out = Vec::new();
+        while let Some(msg) = batch.next().await {
+            let msg = msg.map_err(|e| anyhow::anyhow!("fetch: {e}"))?;
+            let logical = self.logical(&msg.subject).to_owned();
+            out.push(Delivery::new(logical, msg.payload.clone(), Box::new(NatsAck(msg))));
+        }
+        Ok(out)
     }
 }
 
@@ -162,20 +181,22 @@ impl EventBus for NatsBus {
         Ok(())
     }
 
+    /// What is there now (up to `max`, no waiting); when nothing is, a long poll for one message
+    /// for up to `wait`. Either pull request completes on the server before this returns, so no
+    /// message is ever handed to a request nobody reads (it would sit out `ack_wait`).
     async fn fetch(&self, consumer: &str, prefix: &str, max: usize, wait: Duration) -> anyhow::Result<Vec<Delivery>> {
         let c = self.consumer(consumer, prefix).await?;
-        let mut batch = c
-            .batch()
-            .max_messages(max)
-            .expires(wait.max(Duration::from_millis(10)))
-            .messages()
-            .await
-            .map_err(|e| anyhow::anyhow!("fetch: {e}"))?;
-        let mut out = Vec::new();
-        while let Some(msg) = batch.next().await {
-            let msg = msg.map_err(|e| anyhow::anyhow!("fetch: {e}"))?;
-            let logical = self.logical(&msg.subject).to_owned();
-            out.push(Delivery::new(logical, msg.payload.clone(), Box::new(NatsAck(msg))));
+        let now = c.fetch().max_messages(max).messages().await.map_err(|e| anyhow::anyhow!("fetch: {e}"))?;
+        let mut out = self.collect(now).await?;
+        if out.is_empty() {
+            let poll = c
+                .batch()
+                .max_messages(1)
+                .expires(wait.max(Duration::from_millis(10)))
+                .messages()
+                .await
+                .map_err(|e| anyhow::anyhow!("fetch: {e}"))?;
+            out = self.collect(poll).await?;
         }
         Ok(out)
     }

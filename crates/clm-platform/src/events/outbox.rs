@@ -195,7 +195,7 @@ impl Default for RelayOptions {
         Self {
             batch: 100,
             poll: Duration::from_millis(250),
-            max_backoff: Duration::from_secs(5),
+            max_backoff: Duration::from_secs(2),
             holder: uuid::Uuid::new_v4().to_string(),
             lease: Duration::from_secs(15),
         }
@@ -231,6 +231,18 @@ pub async fn hold_lease(
     .exec_without_returning(db)
     .await?;
     Ok(inserted == 1)
+}
+
+/// Give a lease up (graceful stop), so another replica — or this one restarted — need not wait
+/// for it to expire.
+pub async fn release_lease(db: &DatabaseConnection, name: &str, holder: &str) -> Result<(), sea_orm::DbErr> {
+    lease::Entity::update_many()
+        .col_expr(lease::Column::ExpireTime, Expr::val(0_i64))
+        .filter(lease::Column::Name.eq(name))
+        .filter(lease::Column::Holder.eq(holder))
+        .exec(db)
+        .await?;
+    Ok(())
 }
 
 /// Publish one batch of unsent rows in order; returns how many were sent.
@@ -287,16 +299,33 @@ pub fn spawn_relay(
 ) -> tokio::task::JoinHandle<()> {
     let wake = writer.wake.clone();
     tokio::spawn(async move {
+        let holder = opts.holder.clone();
+        relay_loop(service, &db, bus.as_ref(), &wake, &opts, &mut stop).await;
+        if let Err(e) = release_lease(&db, service, &holder).await {
+            tracing::debug!(service, error = %e, "relay lease not released; it expires by itself");
+        }
+    })
+}
+
+async fn relay_loop(
+    service: &'static str,
+    db: &DatabaseConnection,
+    bus: &dyn EventBus,
+    wake: &tokio::sync::Notify,
+    opts: &RelayOptions,
+    stop: &mut watch::Receiver<bool>,
+) {
+    {
         let mut backoff = Duration::from_millis(100);
         loop {
             if *stop.borrow() {
                 return;
             }
             let step = async {
-                if !hold_lease(&db, service, &opts.holder, opts.lease).await? {
+                if !hold_lease(db, service, &opts.holder, opts.lease).await? {
                     return Ok::<usize, anyhow::Error>(0);
                 }
-                relay_once(&db, bus.as_ref(), opts.batch).await
+                relay_once(db, bus, opts.batch).await
             };
             match step.await {
                 Ok(n) if n as u64 == opts.batch => backoff = Duration::from_millis(100),
@@ -320,5 +349,5 @@ pub fn spawn_relay(
                 }
             }
         }
-    })
+    }
 }

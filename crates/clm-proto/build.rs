@@ -34,5 +34,10 @@ fn main() {
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
     std::fs::write(out.join("clm_descriptor.bin"), fds.encode_to_vec()).expect("write descriptor set");
 
-    tonic_prost_build::configure().build_server(true).build_client(true).compile_fds(fds).expect("generate code");
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .codec_path("crate::codec::ProstCodec")
+        .compile_fds(fds)
+        .expect("generate code");
 }

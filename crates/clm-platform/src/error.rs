@@ -4,6 +4,8 @@
 //! Internal details (SQL text, paths) are logged with the current trace id and never sent to
 //! the client.
 
+use std::fmt::Write as _;
+
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -153,23 +155,46 @@ impl From<Error> for Status {
     fn from(err: Error) -> Self {
         match err {
             Error::InvalidArgument(violations) => {
-                let message = format!(
+                // Statuses travel in HTTP/2 headers: keep them small whatever the input was
+                // (a description may quote it), or the client sees a protocol error instead.
+                let total = violations.len();
+                let shown: Vec<(String, String)> = violations
+                    .into_iter()
+                    .take(MAX_VIOLATIONS)
+                    .map(|v| (clip(&v.field, 200), clip(&v.description, 300)))
+                    .collect();
+                let mut message = format!(
                     "invalid argument: {}",
-                    violations.iter().map(|v| format!("{}: {}", v.field, v.description)).collect::<Vec<_>>().join("; ")
+                    shown.iter().map(|(f, d)| format!("{f}: {d}")).collect::<Vec<_>>().join("; ")
                 );
-                let mut details = ErrorDetails::new();
-                for v in violations {
-                    details.add_bad_request_violation(v.field, v.description);
+                if total > shown.len() {
+                    let _ = write!(message, " (and {} more)", total - shown.len());
                 }
-                Status::with_error_details(Code::InvalidArgument, message, details)
+                let mut details = ErrorDetails::new();
+                for (field, description) in shown {
+                    details.add_bad_request_violation(field, description);
+                }
+                Status::with_error_details(Code::InvalidArgument, clip(&message, MAX_MESSAGE), details)
             }
             Error::Internal(source) => {
                 let trace_id = crate::telemetry::current_trace_id();
                 tracing::error!(error = ?source, trace_id = %trace_id, "internal error");
                 Status::internal(format!("internal error (trace id {trace_id})"))
             }
-            other => Status::new(other.code(), other.to_string()),
+            other => Status::new(other.code(), clip(&other.to_string(), MAX_MESSAGE)),
         }
+    }
+}
+
+/// Most field violations a status lists; most characters of a status message.
+const MAX_VIOLATIONS: usize = 20;
+const MAX_MESSAGE: usize = 2000;
+
+/// `s` cut to at most `max` characters (on a character boundary), marked with "…" when cut.
+pub fn clip(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        None => s.to_owned(),
+        Some((at, _)) => format!("{}…", &s[..at]),
     }
 }
 
@@ -184,4 +209,25 @@ pub fn field_violations(status: &Status) -> Vec<FieldViolation> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_stay_small_whatever_the_input() {
+        assert_eq!(clip("héllo", 10), "héllo");
+        assert_eq!(clip("héllo", 2), "hé…");
+        let long = "x".repeat(100_000);
+        let violations: Vec<FieldViolation> =
+            (0..100).map(|i| FieldViolation { field: format!("f{i}.{long}"), description: long.clone() }).collect();
+        let status = Status::from(Error::InvalidArgument(violations));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().chars().count() <= MAX_MESSAGE + 1, "{}", status.message().len());
+        assert!(status.details().len() < 16_000, "details fit a header: {}", status.details().len());
+        assert_eq!(field_violations(&status).len(), MAX_VIOLATIONS);
+        let other = Status::from(Error::not_found("contact", long));
+        assert!(other.message().len() <= 4 * (MAX_MESSAGE + 1));
+    }
 }

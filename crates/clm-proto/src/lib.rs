@@ -3,6 +3,8 @@
 #![allow(clippy::pedantic, clippy::all, missing_docs)]
 
 /// Encoded `FileDescriptorSet` of all CLM protos (for gRPC server reflection).
+pub mod codec;
+
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/clm_descriptor.bin"));
 
 pub mod common {

@@ -50,7 +50,8 @@ async fn incoming_traceparent_parents_the_server_span_and_outgoing_calls_carry_i
 
     // 2. An outgoing call through the platform channel, made inside a span, carries that span's
     //    context: the server span lands in the same trace, as its child.
-    let channel = clm_platform::client::channel(&server.url()).unwrap();
+    let channel =
+        clm_platform::client::channel(&server.url(), &clm_platform::config::TlsSettings::default(), None).unwrap();
     let token = testing::token("acme", "clm.read");
     let caller = tracing::info_span!("caller");
     let caller_cx = caller.context().span().span_context().clone();

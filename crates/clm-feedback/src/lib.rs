@@ -47,7 +47,7 @@ impl clm_platform::runtime::Service for FeedbackService {
             "feedback",
             shared.settings.feedback.contacts_url.clone(),
             shared.local_addr.clone(),
-            &shared.settings.auth,
+            &shared.settings,
         );
         let max = shared.max_message_bytes();
         let server = clm_proto::feedback::v1::feedback_service_server::FeedbackServiceServer::new(

@@ -45,7 +45,7 @@ impl clm_platform::runtime::Service for LifecycleService {
                 "lifecycle",
                 shared.settings.lifecycle.contacts_url.clone(),
                 shared.local_addr.clone(),
-                &shared.settings.auth,
+                &shared.settings,
             ),
         };
         shared.track(consumer::spawn_consumer(

@@ -605,7 +605,7 @@ async fn erasure_upstream_erases_the_journey_and_dormancy_runs_on_the_clock(back
             "lifecycle",
             env.server.url(),
             std::sync::Arc::default(),
-            &env.settings.auth,
+            &env.settings,
         ),
     };
     // The scheduler, with a clock 20 days ahead: `stays` crosses the 90-day threshold.
@@ -821,7 +821,7 @@ async fn inactivity_automations_fire_once(backend: Backend) {
             "lifecycle",
             env.server.url(),
             std::sync::Arc::default(),
-            &env.settings.auth,
+            &env.settings,
         ),
     };
     for _ in 0..3 {

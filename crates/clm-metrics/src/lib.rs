@@ -37,7 +37,7 @@ impl clm_platform::runtime::Service for MetricsService {
             "metrics",
             shared.settings.metrics.contacts_url.clone(),
             shared.local_addr.clone(),
-            &shared.settings.auth,
+            &shared.settings,
         );
         let max = shared.max_message_bytes();
         let server = clm_proto::metrics::v1::metrics_service_server::MetricsServiceServer::new(api::MetricsApi::new(

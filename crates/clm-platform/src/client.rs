@@ -37,11 +37,15 @@ where
 /// A channel to another CLM service (lazy: connects on first use, reconnects as needed).
 pub type TracedChannel = TracePropagation<tonic::transport::Channel>;
 
-/// Connect lazily to `url` (e.g. `http://clm-contacts:50051`).
-pub fn channel(url: &str) -> anyhow::Result<TracedChannel> {
-    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
+/// Connect lazily to `url` (e.g. `http://clm-contacts:50051`; `https://…` uses TLS from
+/// `tls`, checking the name `domain` when given, else the URL's host).
+pub fn channel(url: &str, tls: &crate::config::TlsSettings, domain: Option<&str>) -> anyhow::Result<TracedChannel> {
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
         .map_err(|e| anyhow::anyhow!("invalid service URL {url:?}: {e}"))?
         .connect_timeout(std::time::Duration::from_secs(5))
         .tcp_nodelay(true);
+    if url.starts_with("https://") {
+        endpoint = endpoint.tls_config(crate::tls::client_config(tls, domain)?)?;
+    }
     Ok(TracePropagation::new(endpoint.connect_lazy()))
 }

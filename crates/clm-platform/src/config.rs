@@ -21,6 +21,7 @@ pub struct Settings {
     pub server: ServerSettings,
     pub telemetry: TelemetrySettings,
     pub auth: AuthSettings,
+    pub tls: TlsSettings,
     pub database: DatabaseSettings,
     pub events: EventSettings,
     pub contacts: ServiceSettings,
@@ -111,6 +112,20 @@ pub struct EventSettings {
     pub relay_batch: u64,
     pub relay_poll_ms: u64,
     pub consumer_batch: usize,
+}
+
+/// TLS of the gRPC port and of calls to other CLM services (see `crate::tls`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM certificate chain of this process. With `key_file`: the port speaks TLS only.
+    pub cert_file: String,
+    pub key_file: String,
+    /// PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS).
+    pub client_ca_file: String,
+    /// PEM CA bundle that signs the other services' certificates, for `https://` service URLs.
+    /// Empty: the system's roots.
+    pub ca_file: String,
 }
 
 /// Settings owned by one service.
@@ -215,6 +230,12 @@ impl Settings {
         }
         if self.auth.mode == AuthMode::Dev && self.auth.dev_tenant.is_empty() {
             return bad("auth.dev_tenant", "must not be empty in dev mode");
+        }
+        if self.tls.cert_file.is_empty() != self.tls.key_file.is_empty() {
+            return bad("tls.cert_file", "tls.cert_file and tls.key_file go together: set both or neither");
+        }
+        if !self.tls.client_ca_file.is_empty() && self.tls.cert_file.is_empty() {
+            return bad("tls.client_ca_file", "mutual TLS needs the server's own tls.cert_file and tls.key_file");
         }
         if self.database.max_connections == 0 || self.database.min_connections > self.database.max_connections {
             return bad("database.max_connections", "must be ≥ 1 and ≥ database.min_connections");
@@ -347,6 +368,15 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("server.listen_addr"), "{err}");
+
+        for (vars, key) in [
+            (&[("CLM_TLS__CERT_FILE", "/x.pem")][..], "tls.cert_file"),
+            (&[("CLM_TLS__CLIENT_CA_FILE", "/ca.pem")][..], "tls.client_ca_file"),
+        ] {
+            let err =
+                Settings::load_from(&Sources { dir: Some(dir.path().into()), env: env(vars) }).unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::auth::{Claims, mint_hs256};
 use crate::client::TracedChannel;
-use crate::config::{AuthMode, AuthSettings};
+use crate::config::{AuthMode, AuthSettings, Settings, TlsSettings};
 use crate::{Error, TenantId};
 
 /// Most members one segment read returns (bounds memory of a batch invitation).
@@ -25,6 +25,7 @@ pub struct ContactsClient {
     url: String,
     local: Arc<OnceLock<SocketAddr>>,
     auth: AuthSettings,
+    tls: TlsSettings,
     channel: Arc<OnceLock<TracedChannel>>,
 }
 
@@ -37,22 +38,34 @@ impl std::fmt::Debug for ContactsClient {
 impl ContactsClient {
     /// `caller` names the calling service (the token subject). `url` empty: the contacts
     /// service in this process, at `local` once the server listens.
-    pub fn new(caller: &'static str, url: String, local: Arc<OnceLock<SocketAddr>>, auth: &AuthSettings) -> Self {
-        Self { caller, url, local, auth: auth.clone(), channel: Arc::new(OnceLock::new()) }
+    pub fn new(caller: &'static str, url: String, local: Arc<OnceLock<SocketAddr>>, settings: &Settings) -> Self {
+        Self {
+            caller,
+            url,
+            local,
+            auth: settings.auth.clone(),
+            tls: settings.tls.clone(),
+            channel: Arc::new(OnceLock::new()),
+        }
     }
 
     fn channel(&self) -> Result<TracedChannel, Error> {
         if let Some(c) = self.channel.get() {
             return Ok(c.clone());
         }
-        let url = if self.url.is_empty() {
+        let (url, domain) = if self.url.is_empty() {
             let addr =
                 self.local.get().ok_or_else(|| Error::Unavailable("the local server is not listening yet".into()))?;
-            format!("http://127.0.0.1:{}", addr.port())
+            if crate::tls::enabled(&self.tls) {
+                (format!("https://127.0.0.1:{}", addr.port()), Some("localhost"))
+            } else {
+                (format!("http://127.0.0.1:{}", addr.port()), None)
+            }
         } else {
-            self.url.clone()
+            (self.url.clone(), None)
         };
-        let ch = crate::client::channel(&url).map_err(|e| Error::Unavailable(format!("contacts service: {e}")))?;
+        let ch = crate::client::channel(&url, &self.tls, domain)
+            .map_err(|e| Error::Unavailable(format!("contacts service: {e}")))?;
         Ok(self.channel.get_or_init(|| ch).clone())
     }
 

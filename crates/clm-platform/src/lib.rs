@@ -20,6 +20,7 @@ pub mod schema;
 pub mod server;
 pub mod shed;
 pub mod telemetry;
+pub mod tls;
 
 pub use auth::{RequestContext, Scope, TenantId};
 pub use config::Settings;

@@ -253,8 +253,14 @@ pub async fn serve(
         }
     };
 
-    tracing::info!(%addr, services = ?health.modules.iter().map(|m| m.name).collect::<Vec<_>>(), "serving gRPC");
-    let server = tonic::transport::Server::builder()
+    let tls = crate::tls::server_config(&shared.settings.tls)?;
+    let mutual = !shared.settings.tls.client_ca_file.is_empty();
+    tracing::info!(%addr, tls = tls.is_some(), mutual_tls = mutual, services = ?health.modules.iter().map(|m| m.name).collect::<Vec<_>>(), "serving gRPC");
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let server = builder
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .layer(layers)

@@ -40,6 +40,7 @@ lint-proto: $(BUF) ## buf lint (DEFAULT rules) of proto/
 	$(BUF) build proto -o /dev/null
 
 bench: ## run the benchmarks (release build); results in bench/results/latest.{json,md}
+	$(CARGO) build --release --workspace --bins
 	$(CARGO) run --release -p clm-bench -- --duration $${BENCH_SECONDS:-10} --concurrency $${BENCH_CONCURRENCY:-16}
 
 include deploy/deploy.mk

@@ -8,6 +8,8 @@
 //! `bench/results/latest.json` and `latest.md`. Benchmarks never fail a test run.
 
 mod metrics_bench;
+mod mixed;
+mod resources;
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -43,6 +45,16 @@ struct Args {
     /// 0 skips it).
     #[arg(long, env = "BENCH_METRICS_CONTACTS", default_value_t = 1_000_000)]
     metrics_contacts: u64,
+    /// Rows streamed by the ImportContacts workload (0 skips it).
+    #[arg(long, env = "BENCH_IMPORT_ROWS", default_value_t = 100_000)]
+    import_rows: usize,
+    /// Target writes a second of the mixed RecordJourneyEvent + SubmitResponse workload
+    /// (0 skips it).
+    #[arg(long, env = "BENCH_MIXED_RATE", default_value_t = 1000)]
+    mixed_rate: u64,
+    /// Seconds of load for the resource figures (0 skips them).
+    #[arg(long, env = "BENCH_RESOURCE_SECONDS", default_value_t = 5)]
+    resource_seconds: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -181,12 +193,127 @@ async fn contacts_workloads(
         })
         .await,
     );
+    if args.import_rows > 0 {
+        figures.push(import(client.clone(), label, args.import_rows, &run_id).await?);
+    }
     server.stop().await?;
+    if args.import_rows > 0 {
+        figures.push(bulk_reference(backend, &db.url, args.import_rows)?);
+    }
     if backend == Backend::Postgres {
         pgbench_references(args, &db.url, figures)?;
     }
     db.cleanup().await;
     Ok(())
+}
+
+/// Rows a second as a figure (one "call" per row; no latency distribution).
+fn rows_figure(workload: &str, backend: &str, rows: usize, took: Duration) -> Figure {
+    let per_s = rows as f64 / took.as_secs_f64().max(1e-9);
+    eprintln!("{workload:<14} {backend:<9} {per_s:>9.0} rows/s  ({rows} rows in {:.2} s)", took.as_secs_f64());
+    Figure {
+        workload: workload.into(),
+        backend: backend.into(),
+        calls: rows as u64,
+        errors: 0,
+        throughput_per_s: per_s,
+        p50_us: 0,
+        p90_us: 0,
+        p99_us: 0,
+        max_us: took.as_micros() as u64,
+    }
+}
+
+/// Workload 4: ImportContacts streaming `rows` contacts in messages of 1,000.
+async fn import(
+    mut client: ContactsServiceClient<
+        tonic::service::interceptor::InterceptedService<tonic::transport::Channel, testing::BearerInterceptor>,
+    >,
+    label: &str,
+    rows: usize,
+    run_id: &str,
+) -> anyhow::Result<Figure> {
+    let messages: Vec<pb::ImportContactsRequest> = (0..rows)
+        .collect::<Vec<_>>()
+        .chunks(1000)
+        .map(|chunk| pb::ImportContactsRequest {
+            contacts: chunk
+                .iter()
+                .map(|i| pb::Contact {
+                    email: format!("imp{i}-{run_id}@example.com"),
+                    given_name: "Bench".into(),
+                    family_name: "Mark".into(),
+                    tags: vec!["bench".into()],
+                    lead_score: 50,
+                    ..Default::default()
+                })
+                .collect(),
+        })
+        .collect();
+    let t = Instant::now();
+    let mut out = client.import_contacts(tokio_stream::iter(messages)).await?.into_inner();
+    let mut failed = 0usize;
+    while let Some(r) = out.message().await? {
+        if let Some(pb::import_contacts_response::Result::Rows(rows)) = r.result {
+            failed += rows.results.iter().filter(|x| x.outcome != pb::ImportOutcome::Created as i32).count();
+        }
+    }
+    let took = t.elapsed();
+    anyhow::ensure!(failed == 0, "{failed} imported rows failed");
+    Ok(rows_figure("ImportContacts", label, rows, took))
+}
+
+/// The database's own bulk load of the same rows: `COPY … FROM STDIN` (PostgreSQL, via psql)
+/// or one transaction of INSERTs (SQLite, via the sqlite3 shell), into the same table.
+fn bulk_reference(backend: Backend, url: &str, rows: usize) -> anyhow::Result<Figure> {
+    let dir = tempfile::tempdir()?;
+    let cols = "id, tenant_id, email, given_name, family_name, company, job_title, locale, region, city, labels, \
+                attributes, consents, acq_campaign, acq_source_detail, lead_score, state, create_time, update_time, version";
+    let labels = r#"{"tags":["bench"],"interests":[],"values":[]}"#;
+    let (name, took) = if backend == Backend::Postgres {
+        let csv = dir.path().join("rows.csv");
+        let mut text = String::with_capacity(rows * 160);
+        for i in 0..rows {
+            let _ = writeln!(
+                text,
+                "{},copy,copy{i}@example.com,Bench,Mark,,,,,,\"{}\",{{}},[],,,50,active,0,0,1",
+                uuid::Uuid::new_v4(),
+                labels.replace('"', "\"\"")
+            );
+        }
+        std::fs::write(&csv, text)?;
+        let t = Instant::now();
+        let out = std::process::Command::new("psql")
+            .arg(url)
+            .args(["-q", "-v", "ON_ERROR_STOP=1", "-c"])
+            .arg(format!("\\copy contacts ({cols}) FROM '{}' WITH (FORMAT csv)", csv.display()))
+            .output()?;
+        anyhow::ensure!(out.status.success(), "psql copy: {}", String::from_utf8_lossy(&out.stderr));
+        ("COPY (psql)", t.elapsed())
+    } else {
+        let path = url.trim_start_matches("sqlite://").split('?').next().unwrap_or_default().to_owned();
+        let sql = dir.path().join("rows.sql");
+        let mut text = String::with_capacity(rows * 220);
+        text.push_str("BEGIN;\n");
+        for i in 0..rows {
+            let _ = writeln!(
+                text,
+                "INSERT INTO contacts ({cols}) VALUES ('{}', 'copy', 'copy{i}@example.com', 'Bench', 'Mark', '', '', '', '', '', '{labels}', '{{}}', '[]', '', '', 50, 'active', 0, 0, 1);",
+                uuid::Uuid::new_v4()
+            );
+        }
+        text.push_str("COMMIT;\n");
+        std::fs::write(&sql, text)?;
+        let t = Instant::now();
+        let out = std::process::Command::new("sqlite3").arg(&path).arg(format!(".read {}", sql.display())).output()?;
+        anyhow::ensure!(
+            out.status.success() && out.stderr.is_empty(),
+            "sqlite3: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ("INSERT ×N, one transaction (sqlite3)", t.elapsed())
+    };
+    Ok(rows_figure(name, if backend == Backend::Postgres { "postgres" } else { "sqlite" }, rows, took))
 }
 
 /// The database's own speed on the same rows, measured by `pgbench` at the same concurrency:
@@ -276,6 +403,9 @@ async fn main() -> anyhow::Result<()> {
     if args.postgres.is_some() {
         contacts_workloads(&args, Backend::Postgres, "postgres", &mut figures).await?;
     }
+    if args.mixed_rate > 0 {
+        mixed::run(args.mixed_rate, args.duration, &mut figures).await?;
+    }
     let mut ratios = Vec::new();
     if args.postgres.is_some() && args.metrics_contacts > 0 {
         metrics_bench::run(args.metrics_contacts, &mut figures, &mut ratios).await?;
@@ -291,6 +421,13 @@ async fn main() -> anyhow::Result<()> {
     if let Some(r) = ratio(&figures, "GetContact", "pgbench SELECT", "postgres") {
         ratios.push(("GetContact ÷ pgbench SELECT (postgres); target ≥ 0.5".into(), r));
     }
+    if let Some(r) = ratio(&figures, "ImportContacts", "COPY (psql)", "postgres") {
+        ratios.push(("ImportContacts ÷ COPY (postgres)".into(), r));
+    }
+    if let Some(r) = ratio(&figures, "ImportContacts", "INSERT ×N, one transaction (sqlite3)", "sqlite") {
+        ratios.push(("ImportContacts ÷ one-transaction INSERT (sqlite)".into(), r));
+    }
+    let resources = if args.resource_seconds > 0 { resources::run(args.resource_seconds).await? } else { Vec::new() };
     std::fs::create_dir_all(&args.out)?;
     let when = chrono::Utc::now().to_rfc3339();
     let json = serde_json::json!({
@@ -300,6 +437,7 @@ async fn main() -> anyhow::Result<()> {
         "cores": std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
         "figures": figures,
         "ratios": ratios.iter().map(|(k, v)| serde_json::json!({"name": k, "value": v})).collect::<Vec<_>>(),
+        "resources": resources,
     });
     std::fs::write(args.out.join("latest.json"), serde_json::to_string_pretty(&json)?)?;
     let mut md = format!(
@@ -317,6 +455,23 @@ async fn main() -> anyhow::Result<()> {
     md.push_str("\n| ratio | value |\n|---|---:|\n");
     for (k, v) in &ratios {
         let _ = writeln!(md, "| {k} | {v:.2} |");
+    }
+    if !resources.is_empty() {
+        md.push_str(
+            "\n| binary | size MB | start → SERVING ms (fresh schema) | restart → SERVING ms | RSS idle MiB | RSS under load MiB |\n|---|---:|---:|---:|---:|---:|\n",
+        );
+        for r in &resources {
+            let _ = writeln!(
+                md,
+                "| {} | {:.1} | {:.0} | {:.0} | {:.1} | {:.1} |",
+                r.binary,
+                r.size_bytes as f64 / 1e6,
+                r.first_start_ms,
+                r.restart_ms,
+                r.rss_idle_kib as f64 / 1024.0,
+                r.rss_load_kib as f64 / 1024.0
+            );
+        }
     }
     std::fs::write(args.out.join("latest.md"), &md)?;
     println!("{md}");

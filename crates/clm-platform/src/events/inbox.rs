@@ -74,6 +74,29 @@ pub trait EventHandler: Send + Sync + 'static {
     async fn reset(&self, txn: &DatabaseTransaction) -> crate::Result<()>;
 }
 
+/// Apply `event` once inside `txn` (the caller's transaction, which may hold several events):
+/// `Ok(true)` when applied now, `Ok(false)` when it had been already.
+pub async fn apply_in(
+    txn: &DatabaseTransaction,
+    consumer: &str,
+    event: &EventEnvelope,
+    handler: &dyn EventHandler,
+) -> crate::Result<bool> {
+    let inserted = entity::Entity::insert(entity::ActiveModel {
+        consumer: ActiveValue::Set(consumer.to_owned()),
+        event_id: ActiveValue::Set(event.event_id.clone()),
+        process_time: ActiveValue::Set(chrono::Utc::now().timestamp_micros()),
+    })
+    .on_conflict(OnConflict::columns([entity::Column::Consumer, entity::Column::EventId]).do_nothing().to_owned())
+    .exec_without_returning(txn)
+    .await?;
+    if inserted == 0 {
+        return Ok(false);
+    }
+    handler.handle(txn, event).await?;
+    Ok(true)
+}
+
 /// Apply `event` once: `Ok(true)` when applied now, `Ok(false)` when it had been already.
 pub async fn apply_once(
     db: &DatabaseConnection,

@@ -1,0 +1,221 @@
+//! Workload 5: RecordJourneyEvent + SubmitResponse mixed load on the single binary (release,
+//! SQLite, in-process event log), paced at a target rate, and the time from a write's
+//! acknowledgement to the KPI changing in metrics (event → metric latency).
+//!
+//! The probe: every 100 ms a purchase for a dedicated contact; its latency is the time from
+//! RecordJourneyEvent returning to GetCustomerValue (polled every millisecond) showing one
+//! more order. It crosses lifecycle's outbox, the relay, the event log and the metrics
+//! consumer's transaction.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use clm_proto::common::v1::Money;
+use clm_proto::contacts::v1 as cpb;
+use clm_proto::contacts::v1::contacts_service_client::ContactsServiceClient;
+use clm_proto::feedback::v1 as fpb;
+use clm_proto::feedback::v1::feedback_service_client::FeedbackServiceClient;
+use clm_proto::lifecycle::v1 as lpb;
+use clm_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
+use clm_proto::metrics::v1 as mpb;
+use clm_proto::metrics::v1::metrics_service_client::MetricsServiceClient;
+use hdrhistogram::Histogram;
+use tonic::transport::Channel;
+
+use crate::Figure;
+use crate::resources::{binary, free_port, start};
+
+fn purchase(contact: &str, order: String, units: i64) -> lpb::RecordJourneyEventRequest {
+    lpb::RecordJourneyEventRequest {
+        event: Some(lpb::JourneyEvent {
+            contact_id: contact.into(),
+            detail: Some(lpb::journey_event::Detail::Purchase(lpb::Purchase {
+                order_id: order,
+                amount: Some(Money { currency_code: "EUR".into(), units, nanos: 0 }),
+                items: 1,
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn touch(contact: &str) -> lpb::RecordJourneyEventRequest {
+    lpb::RecordJourneyEventRequest {
+        event: Some(lpb::JourneyEvent {
+            contact_id: contact.into(),
+            detail: Some(lpb::journey_event::Detail::Touchpoint(lpb::Touchpoint {
+                channel: lpb::TouchpointChannel::Web as i32,
+                kind: lpb::TouchpointKind::Visit as i32,
+                detail: "/pricing".into(),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+async fn orders(m: &mut MetricsServiceClient<Channel>, contact: &str) -> i64 {
+    m.get_customer_value(mpb::GetCustomerValueRequest { contact_id: contact.into() })
+        .await
+        .ok()
+        .and_then(|r| r.into_inner().customer_value)
+        .map_or(-1, |v| v.orders)
+}
+
+pub async fn run(rate: u64, secs: u64, figures: &mut Vec<Figure>) -> anyhow::Result<()> {
+    let bin = binary("clm");
+    if !bin.exists() {
+        eprintln!("clm: not built in release (make bench builds it); mixed workload skipped");
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let port = free_port();
+    let (_proc, _) = start(&bin, dir.path(), port).await?;
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?.connect().await?;
+    let mut contacts = ContactsServiceClient::new(ch.clone());
+    let mut lifecycle = LifecycleServiceClient::new(ch.clone());
+    let mut feedback = FeedbackServiceClient::new(ch.clone());
+    let mut metrics = MetricsServiceClient::new(ch.clone());
+
+    // Contacts to act on: enough that each answers the survey once.
+    let n = (rate * secs / 2 + 1000) as usize;
+    let rows: Vec<cpb::Contact> =
+        (0..n).map(|i| cpb::Contact { email: format!("m{i}@example.com"), ..Default::default() }).collect();
+    let batches: Vec<cpb::ImportContactsRequest> =
+        rows.chunks(1000).map(|c| cpb::ImportContactsRequest { contacts: c.to_vec() }).collect();
+    let mut out = contacts.import_contacts(tokio_stream::iter(batches)).await?.into_inner();
+    let mut ids = Vec::with_capacity(n);
+    while let Some(r) = out.message().await? {
+        if let Some(cpb::import_contacts_response::Result::Rows(rows)) = r.result {
+            ids.extend(rows.results.into_iter().map(|x| x.contact_id));
+        }
+    }
+    anyhow::ensure!(ids.len() == n, "imported {} of {n} contacts", ids.len());
+    let survey = feedback
+        .create_survey(fpb::CreateSurveyRequest {
+            survey: Some(fpb::Survey {
+                display_name: "Bench NPS".into(),
+                kind: fpb::SurveyKind::Nps as i32,
+                status: fpb::SurveyStatus::Active as i32,
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await?
+        .into_inner()
+        .survey
+        .ok_or_else(|| anyhow::anyhow!("no survey"))?;
+    // Wait until every service has heard of the last contact.
+    let last = ids[n - 1].clone();
+    let t = Instant::now();
+    while lifecycle.record_journey_event(touch(&last)).await.is_err() || orders(&mut metrics, &last).await < 0 {
+        anyhow::ensure!(t.elapsed() < Duration::from_secs(300), "the contacts did not reach every service");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("mixed: {n} contacts known to every service after {:.1} s", t.elapsed().as_secs_f64());
+
+    let ids = Arc::new(ids);
+    let next_responder = Arc::new(AtomicUsize::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let stop = Instant::now() + Duration::from_secs(secs);
+    let workers = 16u64;
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let (ids, next, errors, ch, survey_id) =
+            (ids.clone(), next_responder.clone(), errors.clone(), ch.clone(), survey.id.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut l = LifecycleServiceClient::new(ch.clone());
+            let mut f = FeedbackServiceClient::new(ch);
+            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(workers as f64 / rate as f64));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut i = 0u64;
+            while Instant::now() < stop {
+                tick.tick().await;
+                i += 1;
+                let t = Instant::now();
+                let ok = if i % 2 == 0 {
+                    let who = &ids[(w * 7919 + i * 104_729) as usize % ids.len()];
+                    let req = if i % 6 == 0 { purchase(who, format!("o-{w}-{i}"), 40) } else { touch(who) };
+                    l.record_journey_event(req).await.is_ok()
+                } else {
+                    let who = ids[next.fetch_add(1, Ordering::Relaxed) % ids.len()].clone();
+                    f.submit_response(fpb::SubmitResponseRequest {
+                        target: Some(fpb::submit_response_request::Target::InApp(fpb::InAppTarget {
+                            survey_id: survey_id.clone(),
+                            contact_id: who,
+                        })),
+                        answers: vec![fpb::Answer {
+                            question_id: "score".into(),
+                            value: Some(fpb::answer::Value::Rating((i % 11) as i32)),
+                        }],
+                        response_id: String::new(),
+                        complete: true,
+                    })
+                    .await
+                    .is_ok()
+                };
+                h.saturating_record((t.elapsed().as_micros() as u64).max(1));
+                if !ok {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            h
+        }));
+    }
+    // The probe.
+    let probe = ids[0].clone();
+    let mut seen = orders(&mut metrics, &probe).await;
+    let mut lag = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut k = 0;
+    while Instant::now() + Duration::from_millis(500) < stop {
+        k += 1;
+        lifecycle.record_journey_event(purchase(&probe, format!("probe-{k}"), 10)).await?;
+        let t = Instant::now();
+        while orders(&mut metrics, &probe).await <= seen {
+            anyhow::ensure!(t.elapsed() < Duration::from_secs(30), "the probe purchase never reached metrics");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        lag.saturating_record((t.elapsed().as_micros() as u64).max(1));
+        seen += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let started = Instant::now();
+    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for t in tasks {
+        all.add(t.await?)?;
+    }
+    let elapsed = (secs as f64).max(started.elapsed().as_secs_f64());
+    let f = Figure {
+        workload: format!("RecordJourneyEvent + SubmitResponse at {rate}/s"),
+        backend: "sqlite (single binary)".into(),
+        calls: all.len(),
+        errors: errors.load(Ordering::Relaxed),
+        throughput_per_s: all.len() as f64 / elapsed,
+        p50_us: all.value_at_quantile(0.5),
+        p90_us: all.value_at_quantile(0.9),
+        p99_us: all.value_at_quantile(0.99),
+        max_us: all.max(),
+    };
+    eprintln!(
+        "mixed          {:>9.0}/s  p50 {:>6}µs  p99 {:>7}µs  errors {}",
+        f.throughput_per_s, f.p50_us, f.p99_us, f.errors
+    );
+    figures.push(f);
+    let f = Figure {
+        workload: "event → metric (purchase → GetCustomerValue)".into(),
+        backend: "sqlite (single binary)".into(),
+        calls: lag.len(),
+        errors: 0,
+        throughput_per_s: 0.0,
+        p50_us: lag.value_at_quantile(0.5),
+        p90_us: lag.value_at_quantile(0.9),
+        p99_us: lag.value_at_quantile(0.99),
+        max_us: lag.max(),
+    };
+    eprintln!("event → metric p50 {}µs  p99 {}µs  ({} probes)", f.p50_us, f.p99_us, f.calls);
+    figures.push(f);
+    Ok(())
+}

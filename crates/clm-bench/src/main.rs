@@ -52,6 +52,9 @@ struct Args {
     /// (0 skips it).
     #[arg(long, env = "BENCH_MIXED_RATE", default_value_t = 1000)]
     mixed_rate: u64,
+    /// Only the PostgreSQL contacts workloads (profiling).
+    #[arg(long)]
+    skip_sqlite: bool,
     /// Seconds of load for the resource figures (0 skips them).
     #[arg(long, env = "BENCH_RESOURCE_SECONDS", default_value_t = 5)]
     resource_seconds: u64,
@@ -399,7 +402,9 @@ fn ratio(figures: &[Figure], a: &str, b: &str, backend: &str) -> Option<f64> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut figures = Vec::new();
-    contacts_workloads(&args, Backend::Sqlite, "sqlite", &mut figures).await?;
+    if !args.skip_sqlite {
+        contacts_workloads(&args, Backend::Sqlite, "sqlite", &mut figures).await?;
+    }
     if args.postgres.is_some() {
         contacts_workloads(&args, Backend::Postgres, "postgres", &mut figures).await?;
     }

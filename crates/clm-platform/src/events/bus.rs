@@ -15,6 +15,33 @@ pub trait Acker: Send {
     async fn ack(self: Box<Self>) -> anyhow::Result<()>;
     /// Failed: deliver again later.
     async fn nak(self: Box<Self>) -> anyhow::Result<()>;
+    /// Whether acking this delivery also acknowledges every earlier one of its stream (a log
+    /// position), so a batch applied in order needs only its last ack.
+    fn covers_earlier(&self) -> bool {
+        false
+    }
+}
+
+/// Ack deliveries applied in order: only the last when its ack covers the earlier ones.
+pub async fn ack_all(mut deliveries: Vec<Delivery>) -> anyhow::Result<()> {
+    if deliveries.iter().all(|d| d.acker.covers_earlier()) {
+        if let Some(last) = deliveries.pop() {
+            last.ack().await?;
+        }
+        return Ok(());
+    }
+    for d in deliveries {
+        d.ack().await?;
+    }
+    Ok(())
+}
+
+/// One event for [`EventBus::publish_all`].
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing<'a> {
+    pub subject: &'a str,
+    pub event_id: &'a str,
+    pub payload: &'a [u8],
 }
 
 /// One message handed to a consumer.
@@ -49,6 +76,12 @@ pub trait EventBus: Send + Sync + std::fmt::Debug + 'static {
     /// Publish one event. `Ok` means the bus has it durably; publishing the same `event_id`
     /// twice is harmless (deduplicated by the bus where it can, by inboxes always).
     async fn publish(&self, subject: &str, event_id: &str, payload: Bytes) -> anyhow::Result<()>;
+
+    /// Publish several events in order, all or none, in one write: `Ok(true)` when done,
+    /// `Ok(false)` when this bus cannot (the caller publishes one by one).
+    async fn publish_all(&self, _events: &[Outgoing<'_>]) -> anyhow::Result<bool> {
+        Ok(false)
+    }
 
     /// Up to `max` deliveries for the durable consumer `consumer` of subjects starting with
     /// `prefix`, waiting at most `wait` when none is ready.

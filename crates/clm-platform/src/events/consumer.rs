@@ -95,9 +95,7 @@ async fn apply_batch(
         if let Some(envs) = decoded {
             match apply_together(db, spec, &envs, handler).await {
                 Ok(()) => {
-                    for d in deliveries {
-                        d.ack().await?;
-                    }
+                    super::bus::ack_all(deliveries).await?;
                     return Ok(n);
                 }
                 Err(e) => {

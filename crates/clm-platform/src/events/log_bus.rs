@@ -196,6 +196,10 @@ impl Acker for LogAck {
         // The position stays: the next fetch returns this event again.
         Ok(())
     }
+
+    fn covers_earlier(&self) -> bool {
+        true
+    }
 }
 
 #[async_trait]
@@ -213,6 +217,25 @@ impl EventBus for LogBus {
         .await?;
         self.appended.notify_waiters();
         Ok(())
+    }
+
+    async fn publish_all(&self, events: &[super::bus::Outgoing<'_>]) -> anyhow::Result<bool> {
+        if events.is_empty() {
+            return Ok(true);
+        }
+        let now = chrono::Utc::now().timestamp_micros();
+        log_entry::Entity::insert_many(events.iter().map(|e| log_entry::ActiveModel {
+            seq: ActiveValue::NotSet,
+            event_id: ActiveValue::Set(e.event_id.to_owned()),
+            subject: ActiveValue::Set(e.subject.to_owned()),
+            payload: ActiveValue::Set(e.payload.to_vec()),
+            append_time: ActiveValue::Set(now),
+        }))
+        .on_conflict(OnConflict::column(log_entry::Column::EventId).do_nothing().to_owned())
+        .exec_without_returning(&self.db)
+        .await?;
+        self.appended.notify_waiters();
+        Ok(true)
     }
 
     async fn fetch(&self, consumer: &str, prefix: &str, max: usize, wait: Duration) -> anyhow::Result<Vec<Delivery>> {

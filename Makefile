@@ -39,17 +39,16 @@ lint-proto: $(BUF) ## buf lint (DEFAULT rules) of proto/
 	$(BUF) lint proto
 	$(BUF) build proto -o /dev/null
 
-bench: ## run the benchmarks (release build); results in bench/results/latest.{json,md}
-	$(CARGO) build --release --workspace --bins
-	$(CARGO) run --release -p clm-bench -- --duration $${BENCH_SECONDS:-10} --concurrency $${BENCH_CONCURRENCY:-16}
+bench: ## run the benchmarks (release; starts PostgreSQL when it can); results in bench/results/latest.{json,md}
+	CARGO=$(CARGO) bash bench/run.sh
 
 PROFILE_SECONDS ?= 10
 profile: ## perf profile (whole machine: CLM and PostgreSQL) of CreateContact then GetContact on PostgreSQL; bench/results/profile-*.txt
 	$(CARGO) build --profile profiling -p clm-bench
 	perf record -a -F 499 -o /tmp/clm-perf.data -- $(or $(CARGO_TARGET_DIR),target)/profiling/clm-bench --skip-sqlite \
 	  --duration $(PROFILE_SECONDS) --import-rows 0 --mixed-rate 0 --resource-seconds 0 --metrics-contacts 0 --out /tmp/clm-profile
-	perf report -i /tmp/clm-perf.data --stdio --no-children --sort comm,dso --percent-limit 1 > bench/results/profile-by-process.txt 2>/dev/null
-	perf report -i /tmp/clm-perf.data --stdio --no-children --sort comm,symbol --percent-limit 0.4 > bench/results/profile-by-symbol.txt 2>/dev/null
+	perf report -i /tmp/clm-perf.data --stdio --no-children --sort comm,dso --percent-limit 1 2>/dev/null | sed "s/  */ /g" > bench/results/profile-by-process.txt
+	perf report -i /tmp/clm-perf.data --stdio --no-children --sort comm,symbol --percent-limit 0.2 2>/dev/null | sed "s/  */ /g" > bench/results/profile-by-symbol.txt
 	@head -40 bench/results/profile-by-process.txt
 
 include deploy/deploy.mk

@@ -279,7 +279,7 @@ fn bulk_reference(backend: Backend, url: &str, rows: usize) -> anyhow::Result<Fi
         for i in 0..rows {
             let _ = writeln!(
                 text,
-                "{},copy,copy{i}@example.com,Bench,Mark,,,,,,\"{}\",{{}},[],,,50,active,0,0,1",
+                "{},copy,copy{i}@example.com,Bench,Mark,\"\",\"\",\"\",\"\",\"\",\"{}\",{{}},[],\"\",\"\",50,active,0,0,1",
                 uuid::Uuid::new_v4(),
                 labels.replace('"', "\"\"")
             );

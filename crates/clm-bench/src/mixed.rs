@@ -111,7 +111,7 @@ pub async fn run(rate: u64, secs: u64, figures: &mut Vec<Figure>) -> anyhow::Res
     let last = ids[n - 1].clone();
     let t = Instant::now();
     while lifecycle.record_journey_event(touch(&last)).await.is_err() || orders(&mut metrics, &last).await < 0 {
-        anyhow::ensure!(t.elapsed() < Duration::from_secs(300), "the contacts did not reach every service");
+        anyhow::ensure!(t.elapsed() < Duration::from_mins(5), "the contacts did not reach every service");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     eprintln!("mixed: {n} contacts known to every service after {:.1} s", t.elapsed().as_secs_f64());
@@ -136,9 +136,9 @@ pub async fn run(rate: u64, secs: u64, figures: &mut Vec<Figure>) -> anyhow::Res
                 tick.tick().await;
                 i += 1;
                 let t = Instant::now();
-                let ok = if i % 2 == 0 {
+                let ok = if i.is_multiple_of(2) {
                     let who = &ids[(w * 7919 + i * 104_729) as usize % ids.len()];
-                    let req = if i % 6 == 0 { purchase(who, format!("o-{w}-{i}"), 40) } else { touch(who) };
+                    let req = if i.is_multiple_of(6) { purchase(who, format!("o-{w}-{i}"), 40) } else { touch(who) };
                     l.record_journey_event(req).await.is_ok()
                 } else {
                     let who = ids[next.fetch_add(1, Ordering::Relaxed) % ids.len()].clone();

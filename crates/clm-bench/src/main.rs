@@ -52,7 +52,10 @@ struct Args {
     /// (0 skips it).
     #[arg(long, env = "BENCH_MIXED_RATE", default_value_t = 1000)]
     mixed_rate: u64,
-    /// Only the PostgreSQL contacts workloads (profiling).
+    /// NATS JetStream for the mixed workload on PostgreSQL (skipped when unreachable).
+    #[arg(long, env = "CLM_TEST_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats: String,
+    /// Only the PostgreSQL workloads.
     #[arg(long)]
     skip_sqlite: bool,
     /// Seconds of load for the resource figures (0 skips them).
@@ -409,7 +412,13 @@ async fn main() -> anyhow::Result<()> {
         contacts_workloads(&args, Backend::Postgres, "postgres", &mut figures).await?;
     }
     if args.mixed_rate > 0 {
-        mixed::run(args.mixed_rate, args.duration, &mut figures).await?;
+        if !args.skip_sqlite {
+            mixed::run(mixed::Setup::Sqlite, args.mixed_rate, args.duration, &mut figures).await?;
+        }
+        if args.postgres.is_some() {
+            let nats_url = args.nats.clone();
+            mixed::run(mixed::Setup::PostgresNats { nats_url }, args.mixed_rate, args.duration, &mut figures).await?;
+        }
     }
     let mut ratios = Vec::new();
     if args.postgres.is_some() && args.metrics_contacts > 0 {

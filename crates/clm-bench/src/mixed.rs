@@ -1,6 +1,8 @@
-//! Workload 5: RecordJourneyEvent + SubmitResponse mixed load on the single binary (release,
-//! SQLite, in-process event log), paced at a target rate, and the time from a write's
-//! acknowledgement to the KPI changing in metrics (event → metric latency).
+//! Workload 5: RecordJourneyEvent + SubmitResponse mixed load on the single binary (release),
+//! paced at a target rate, and the time from a write's acknowledgement to the KPI changing in
+//! metrics (event → metric latency). Twice: on SQLite with the in-process event log (the
+//! embedded default), and on PostgreSQL (a database per service) with NATS JetStream carrying
+//! the events (the distributed settings, in one process).
 //!
 //! The probe: every 100 ms a purchase for a dedicated contact; its latency is the time from
 //! RecordJourneyEvent returning to GetCustomerValue (polled every millisecond) showing one
@@ -11,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use clm_platform::testing::{Backend, TestDb};
 use clm_proto::common::v1::Money;
 use clm_proto::contacts::v1 as cpb;
 use clm_proto::contacts::v1::contacts_service_client::ContactsServiceClient;
@@ -24,7 +27,16 @@ use hdrhistogram::Histogram;
 use tonic::transport::Channel;
 
 use crate::Figure;
-use crate::resources::{binary, free_port, start};
+use crate::resources::{binary, free_port, start_with};
+
+/// Where the mixed workload's services keep their data and send their events.
+pub enum Setup {
+    /// SQLite files and the event log (the embedded default).
+    Sqlite,
+    /// A PostgreSQL database per service (made on the server of `CLM_TEST_DATABASE_URL`) and
+    /// NATS JetStream at this URL.
+    PostgresNats { nats_url: String },
+}
 
 fn purchase(contact: &str, order: String, units: i64) -> lpb::RecordJourneyEventRequest {
     lpb::RecordJourneyEventRequest {
@@ -64,7 +76,7 @@ async fn orders(m: &mut MetricsServiceClient<Channel>, contact: &str) -> i64 {
         .map_or(-1, |v| v.orders)
 }
 
-pub async fn run(rate: u64, secs: u64, figures: &mut Vec<Figure>) -> anyhow::Result<()> {
+pub async fn run(setup: Setup, rate: u64, secs: u64, figures: &mut Vec<Figure>) -> anyhow::Result<()> {
     let bin = binary("clm");
     if !bin.exists() {
         eprintln!("clm: not built in release (make bench builds it); mixed workload skipped");
@@ -72,7 +84,51 @@ pub async fn run(rate: u64, secs: u64, figures: &mut Vec<Figure>) -> anyhow::Res
     }
     let dir = tempfile::tempdir()?;
     let port = free_port();
-    let (_proc, _) = start(&bin, dir.path(), port).await?;
+    let mut env = Vec::new();
+    let mut dbs = Vec::new();
+    let mut streams = None;
+    let backend = match &setup {
+        Setup::Sqlite => "sqlite (single binary)",
+        Setup::PostgresNats { nats_url } => {
+            let nats = match async_nats::connect(nats_url.as_str()).await {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("NATS at {nats_url} is not reachable ({e}); mixed workload on PostgreSQL skipped");
+                    return Ok(());
+                }
+            };
+            for svc in ["contacts", "lifecycle", "feedback", "metrics"] {
+                let Some(db) = TestDb::create(Backend::Postgres, &format!("mixed_{svc}")).await else { return Ok(()) };
+                env.push((format!("CLM_{}__DATABASE_URL", svc.to_uppercase()), db.url.clone()));
+                dbs.push(db);
+            }
+            // Streams and subjects of this run only, deleted at the end.
+            let prefix = format!("BENCH{}", uuid::Uuid::new_v4().simple().to_string()[..8].to_uppercase());
+            env.extend([
+                ("CLM_EVENTS__TRANSPORT".to_owned(), "nats".to_owned()),
+                ("CLM_EVENTS__NATS_URL".to_owned(), nats_url.clone()),
+                ("CLM_EVENTS__STREAM_PREFIX".to_owned(), prefix.clone()),
+                ("CLM_EVENTS__NATS_NAMESPACE".to_owned(), prefix.to_lowercase()),
+            ]);
+            streams = Some((async_nats::jetstream::new(nats), prefix));
+            "postgres + nats (single binary)"
+        }
+    };
+    let (proc, _) = start_with(&bin, dir.path(), port, &env).await?;
+    let result = measure(backend, port, rate, secs, figures).await;
+    drop(proc);
+    for db in dbs {
+        db.cleanup().await;
+    }
+    if let Some((js, prefix)) = streams {
+        for svc in ["CONTACTS", "LIFECYCLE", "FEEDBACK", "METRICS"] {
+            let _ = js.delete_stream(format!("{prefix}_{svc}")).await;
+        }
+    }
+    result
+}
+
+async fn measure(backend: &str, port: u16, rate: u64, secs: u64, figures: &mut Vec<Figure>) -> anyhow::Result<()> {
     let ch = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?.connect().await?;
     let mut contacts = ContactsServiceClient::new(ch.clone());
     let mut lifecycle = LifecycleServiceClient::new(ch.clone());
@@ -190,7 +246,7 @@ pub async fn run(rate: u64, secs: u64, figures: &mut Vec<Figure>) -> anyhow::Res
     let elapsed = (secs as f64).max(started.elapsed().as_secs_f64());
     let f = Figure {
         workload: format!("RecordJourneyEvent + SubmitResponse at {rate}/s"),
-        backend: "sqlite (single binary)".into(),
+        backend: backend.into(),
         calls: all.len(),
         errors: errors.load(Ordering::Relaxed),
         throughput_per_s: all.len() as f64 / elapsed,
@@ -200,13 +256,13 @@ pub async fn run(rate: u64, secs: u64, figures: &mut Vec<Figure>) -> anyhow::Res
         max_us: all.max(),
     };
     eprintln!(
-        "mixed          {:>9.0}/s  p50 {:>6}µs  p99 {:>7}µs  errors {}",
+        "mixed {backend}  {:>9.0}/s  p50 {:>6}µs  p99 {:>7}µs  errors {}",
         f.throughput_per_s, f.p50_us, f.p99_us, f.errors
     );
     figures.push(f);
     let f = Figure {
         workload: "event → metric (purchase → GetCustomerValue)".into(),
-        backend: "sqlite (single binary)".into(),
+        backend: backend.into(),
         calls: lag.len(),
         errors: 0,
         throughput_per_s: 0.0,

@@ -52,6 +52,11 @@ impl Drop for Proc {
 
 /// Start `bin` on `port` with its data in `dir`; returns the process and ms until SERVING.
 pub async fn start(bin: &Path, dir: &Path, port: u16) -> anyhow::Result<(Proc, f64)> {
+    start_with(bin, dir, port, &[]).await
+}
+
+/// [`start`] with settings of its own (`CLM_…` variables) over the SQLite defaults.
+pub async fn start_with(bin: &Path, dir: &Path, port: u16, env: &[(String, String)]) -> anyhow::Result<(Proc, f64)> {
     let mut cmd = Command::new(bin);
     cmd.arg("serve")
         .current_dir(dir)
@@ -70,6 +75,7 @@ pub async fn start(bin: &Path, dir: &Path, port: u16) -> anyhow::Result<(Proc, f
         );
     }
     cmd.env("CLM_EVENTS__LOG_DATABASE_URL", format!("sqlite://{}/events.db?mode=rwc", dir.display()));
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     let t = Instant::now();
     let child = Proc(cmd.spawn()?);
     let url = format!("http://127.0.0.1:{port}");

@@ -201,6 +201,35 @@ async fn idempotent_create_and_duplicate_email(backend: Backend) {
         .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
     assert!(err.message().contains(&first.id), "names the existing id: {}", err.message());
+
+    // Eight concurrent calls with one new request id: one contact, and every caller gets it
+    // (or ABORTED while the winner is still in flight), never a duplicate or another error.
+    let rid = uuid::Uuid::new_v4().to_string();
+    let calls = (0..8).map(|_| {
+        let mut c = c.clone();
+        let rid = rid.clone();
+        async move {
+            c.create_contact(pb::CreateContactRequest {
+                contact: Some(contact("ada@example.com", "Ada", "Lovelace")),
+                request_id: rid,
+            })
+            .await
+        }
+    });
+    let answers = futures::future::join_all(calls).await;
+    let ids: std::collections::HashSet<String> = answers
+        .iter()
+        .filter_map(|a| match a {
+            Ok(r) => Some(r.get_ref().contact.as_ref().unwrap().id.clone()),
+            Err(s) => {
+                assert_eq!(s.code(), Code::Aborted, "{s:?}");
+                None
+            }
+        })
+        .collect();
+    assert_eq!(ids.len(), 1, "one contact for one request id: {answers:?}");
+    let list = c.list_contacts(pb::ListContactsRequest::default()).await.unwrap().into_inner();
+    assert_eq!(list.total_size, 2);
     server.stop().await.unwrap();
     db.cleanup().await;
 }

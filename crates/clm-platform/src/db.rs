@@ -2,9 +2,10 @@
 
 use std::time::Duration;
 
+use sea_orm::sea_query::{Alias, CommonTableExpression, InsertStatement, WithClause};
 use sea_orm::{
-    ConnectOptions, Database, DatabaseConnection, DatabaseTransaction, SqliteTransactionMode, TransactionOptions,
-    TransactionTrait,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
+    SqliteTransactionMode, TransactionOptions, TransactionTrait,
 };
 use sea_orm_migration::MigratorTrait;
 
@@ -51,6 +52,38 @@ pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction,
             ..TransactionOptions::default()
         })
         .await?)
+}
+
+/// Run `inserts` as one atomic write: all of them land or none does. On PostgreSQL they go
+/// as one statement (every insert but the last a data-modifying CTE), so the write is a single
+/// round trip with no `BEGIN`/`COMMIT`; on SQLite (in process, no round trips) they run in one
+/// write transaction. The inserts must not depend on each other's effects: within one
+/// PostgreSQL statement they all see the same snapshot. A constraint violation by any of them
+/// fails the whole write and is returned as the database's error.
+pub async fn insert_all(db: &DatabaseConnection, mut inserts: Vec<InsertStatement>) -> Result<(), DbErr> {
+    let Some(last) = inserts.pop() else { return Ok(()) };
+    if db.get_database_backend() == DbBackend::Postgres {
+        if inserts.is_empty() {
+            db.execute(&last).await?;
+        } else {
+            let mut with = WithClause::new();
+            for (i, insert) in inserts.into_iter().enumerate() {
+                with.cte(CommonTableExpression::new().query(insert).table_name(Alias::new(format!("w{i}"))).to_owned());
+            }
+            db.execute(&last.with(with)).await?;
+        }
+        return Ok(());
+    }
+    let txn = db
+        .begin_with_options(TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..TransactionOptions::default()
+        })
+        .await?;
+    for insert in inserts.iter().chain(std::iter::once(&last)) {
+        txn.execute(insert).await?;
+    }
+    txn.commit().await
 }
 
 /// The file path of a SQLite URL, if it is one and not in-memory.

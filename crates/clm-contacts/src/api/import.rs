@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use clm_platform::{Error, TenantId, Violations};
 use clm_proto::contacts::v1 as pb;
-use sea_orm::DatabaseConnection;
+use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction};
 use tokio_stream::Stream;
 use tonic::{Status, Streaming};
 use uuid::Uuid;
@@ -66,10 +66,18 @@ async fn batch_in_one_txn(
         rows.iter().filter(|c| !c.email.trim().is_empty()).map(|c| c.email.trim().to_lowercase()).collect();
     let mut existing: HashMap<String, Contact> = store::find_by_emails(&txn, tenant, &emails).await?;
     let mut results = Vec::with_capacity(rows.len());
+    // New contacts are written together at the end (multi-row inserts), or earlier when a
+    // later row of the batch updates one of them.
+    let mut pending: Vec<Contact> = Vec::new();
     for (i, c) in rows.iter().enumerate() {
         let row = first_row + i as i64;
         let email_key = c.email.trim().to_lowercase();
         let current = if email_key.is_empty() { None } else { existing.get(&email_key).cloned() };
+        if let Some(cur) = &current
+            && pending.iter().any(|p| p.id == cur.id)
+        {
+            flush(&txn, events, tenant, &mut pending).await?;
+        }
         if let Some(cur) = &current
             && cur.state != ContactState::Active
         {
@@ -114,9 +122,8 @@ async fn batch_in_one_txn(
                     delete_time: None,
                     version: 1,
                 };
-                store::insert_contact(&txn, tenant, &created).await?;
-                events.created(&txn, tenant, &created).await?;
                 results.push(done(row, pb::ImportOutcome::Created, created.id));
+                pending.push(created.clone());
                 created
             }
         };
@@ -124,9 +131,28 @@ async fn batch_in_one_txn(
             existing.insert(e.as_str().to_owned(), saved);
         }
     }
+    flush(&txn, events, tenant, &mut pending).await?;
     txn.commit().await?;
     events.committed();
     Ok(results)
+}
+
+/// Write the batch's new contacts and their ContactCreated events.
+async fn flush(
+    txn: &DatabaseTransaction,
+    events: &Publisher,
+    tenant: &TenantId,
+    pending: &mut Vec<Contact>,
+) -> Result<(), Error> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    store::insert_contacts(txn, tenant, pending).await?;
+    for insert in events.created_inserts(tenant, pending) {
+        txn.execute(&insert).await?;
+    }
+    pending.clear();
+    Ok(())
 }
 
 /// Import one batch: all at once, or row by row when the batch cannot commit as a whole.

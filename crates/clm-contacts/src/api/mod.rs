@@ -42,6 +42,15 @@ impl ContactsApi {
     pub fn new(db: DatabaseConnection, tokens: PageTokens, events: Publisher) -> Self {
         Self { db, tokens, events }
     }
+
+    /// The contact an earlier CreateContact with this request id made, if there was one.
+    async fn created_by(&self, tenant: &TenantId, request_id: &str) -> Result<Option<pb::Contact>, Error> {
+        let Some(id) = store::find_request(&self.db, tenant, "CreateContact", request_id).await? else {
+            return Ok(None);
+        };
+        let id = Uuid::parse_str(&id).map_err(Error::internal)?;
+        Ok(Some(to_pb(&store::get_resolved(&self.db, tenant, id).await?)))
+    }
 }
 
 fn ctx<T>(req: &Request<T>) -> Result<RequestContext, Status> {
@@ -176,16 +185,12 @@ impl ContactsService for ContactsApi {
         let data = apply_fields(&ContactData::default(), c, LEAF_PATHS, "contact.", &mut v);
         v.finish()?;
 
-        let txn = clm_platform::db::begin_write(&self.db).await?;
         if let Some(rid) = &rid
-            && let Some(existing) = store::find_request(&txn, &ctx.tenant, "CreateContact", rid).await?
+            && let Some(existing) = self.created_by(&ctx.tenant, rid).await?
         {
-            let id = Uuid::parse_str(&existing).map_err(Error::internal)?;
-            let c = store::get_resolved(&txn, &ctx.tenant, id).await?;
-            return Ok(Response::new(pb::CreateContactResponse { contact: Some(to_pb(&c)) }));
+            return Ok(Response::new(pb::CreateContactResponse { contact: Some(existing) }));
         }
-        check_referrer(&txn, &ctx.tenant, &data, "contact.acquisition.referred_by_contact_id", None).await?;
-        ensure_email_free(&txn, &ctx.tenant, &data, None).await?;
+        check_referrer(&self.db, &ctx.tenant, &data, "contact.acquisition.referred_by_contact_id", None).await?;
         let now = now_micros();
         let mut data = data;
         if data.acquisition.acquired_at.is_none() {
@@ -201,12 +206,30 @@ impl ContactsService for ContactsApi {
             delete_time: None,
             version: 1,
         };
-        store::insert_contact(&txn, &ctx.tenant, &contact).await?;
+        // The contact, its index rows, the request id and the event: one atomic write (one
+        // statement on PostgreSQL). A taken email or request id fails it as a whole.
+        let mut inserts = store::contact_inserts(&ctx.tenant, &contact);
         if let Some(rid) = &rid {
-            store::record_request(&txn, &ctx.tenant, "CreateContact", rid, &contact.id.to_string()).await?;
+            inserts.push(store::request_insert(&ctx.tenant, "CreateContact", rid, &contact.id.to_string()));
         }
-        self.events.created(&txn, &ctx.tenant, &contact).await?;
-        txn.commit().await.map_err(Error::from)?;
+        inserts.push(self.events.created_insert(&ctx.tenant, &contact));
+        if let Err(e) = clm_platform::db::insert_all(&self.db, inserts).await {
+            if !store::is_unique_violation(&e) {
+                return Err(Error::from(e).into());
+            }
+            if let Some(rid) = &rid
+                && let Some(existing) = self.created_by(&ctx.tenant, rid).await?
+            {
+                return Ok(Response::new(pb::CreateContactResponse { contact: Some(existing) }));
+            }
+            if contact.data.email.is_none() {
+                return Err(Error::Aborted(
+                    "a concurrent request with the same request_id is in progress; retry".into(),
+                )
+                .into());
+            }
+            return Err(store::duplicate_email(&self.db, &ctx.tenant, &contact).await.into());
+        }
         self.events.committed();
         tracing::info!(contact_id = %contact.id, "contact created");
         Ok(Response::new(pb::CreateContactResponse { contact: Some(to_pb(&contact)) }))

@@ -8,6 +8,7 @@ use clm_proto::common::v1::Money as PbMoney;
 use clm_proto::events::v1 as ev;
 use clm_proto::events::v1::event_envelope::Payload;
 use sea_orm::ConnectionTrait;
+use sea_orm::sea_query::InsertStatement;
 use uuid::Uuid;
 
 use crate::api::convert::timestamp;
@@ -36,6 +37,14 @@ pub fn facts(c: &Contact) -> ev::ContactFacts {
     }
 }
 
+fn created_payload(c: &Contact) -> Payload {
+    Payload::ContactCreated(ev::ContactCreated {
+        contact_id: c.id.to_string(),
+        facts: Some(facts(c)),
+        create_time: Some(timestamp(c.create_time)),
+    })
+}
+
 /// Appends contact events to the outbox.
 #[derive(Clone, Debug)]
 pub struct Publisher {
@@ -56,13 +65,22 @@ impl Publisher {
         self.outbox.append(txn, tenant, AGGREGATE, &id.to_string(), at, p).await.map(|_| ())
     }
 
-    pub async fn created(&self, txn: &impl ConnectionTrait, tenant: &TenantId, c: &Contact) -> Result<()> {
-        let p = Payload::ContactCreated(ev::ContactCreated {
-            contact_id: c.id.to_string(),
-            facts: Some(facts(c)),
-            create_time: Some(timestamp(c.create_time)),
-        });
-        self.append(txn, tenant, c.id, c.create_time, p).await
+    /// ContactCreated's outbox row as an insert, to write with the contact in one statement.
+    pub fn created_insert(&self, tenant: &TenantId, c: &Contact) -> InsertStatement {
+        self.outbox.insert(tenant, AGGREGATE, &c.id.to_string(), c.create_time, created_payload(c)).0
+    }
+
+    /// ContactCreated for many contacts, as multi-row inserts of at most 1,000 rows.
+    pub fn created_inserts(&self, tenant: &TenantId, list: &[Contact]) -> Vec<InsertStatement> {
+        list.chunks(1000)
+            .filter_map(|chunk| {
+                self.outbox.insert_many(
+                    tenant,
+                    AGGREGATE,
+                    chunk.iter().map(|c| (c.id.to_string(), c.create_time, created_payload(c))),
+                )
+            })
+            .collect()
     }
 
     pub async fn updated(

@@ -8,10 +8,10 @@ pub mod filter_sql;
 pub mod migrations;
 
 use clm_platform::{Error, Result, TenantId};
-use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, SimpleExpr};
+use sea_orm::sea_query::{Expr, ExprTrait, InsertStatement, OnConflict, SimpleExpr};
 use sea_orm::{
     ActiveModelTrait, ActiveValue, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, Order, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect,
+    QueryFilter, QueryOrder, QuerySelect, QueryTrait,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -226,11 +226,11 @@ pub async fn find_by_emails(
     Ok(out)
 }
 
-fn is_unique_violation(err: &sea_orm::DbErr) -> bool {
+pub fn is_unique_violation(err: &sea_orm::DbErr) -> bool {
     matches!(err.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))
 }
 
-async fn duplicate_email(db: &impl ConnectionTrait, tenant: &TenantId, c: &Contact) -> Error {
+pub async fn duplicate_email(db: &impl ConnectionTrait, tenant: &TenantId, c: &Contact) -> Error {
     let email = c.data.email.as_ref().map(|e| e.as_str().to_owned()).unwrap_or_default();
     match find_id_by_email(db, tenant, &email).await {
         Ok(Some(existing)) => {
@@ -297,13 +297,58 @@ async fn delete_index_rows(db: &impl ConnectionTrait, tenant: &TenantId, id: &st
 
 /// Replace the label and attribute rows that filters use (`fresh`: none exist yet).
 async fn write_index_rows(db: &impl ConnectionTrait, tenant: &TenantId, c: &Contact, fresh: bool) -> Result<()> {
-    let id = c.id.to_string();
     if !fresh {
-        delete_index_rows(db, tenant, &id).await?;
+        delete_index_rows(db, tenant, &c.id.to_string()).await?;
     }
+    for insert in index_inserts(tenant, c) {
+        db.execute(&insert).await?;
+    }
+    Ok(())
+}
+
+/// The label and attribute rows of `c` (none for a merged contact), as inserts.
+fn index_inserts(tenant: &TenantId, c: &Contact) -> Vec<InsertStatement> {
+    let (labels, attrs) = index_models(tenant, c);
+    let mut inserts = Vec::new();
+    if !labels.is_empty() {
+        inserts.push(label::Entity::insert_many(labels).into_query());
+    }
+    if !attrs.is_empty() {
+        inserts.push(attribute::Entity::insert_many(attrs).into_query());
+    }
+    inserts
+}
+
+/// New contacts in bulk (an import batch): multi-row inserts of the contacts and of their
+/// label and attribute rows, in chunks that stay under the databases' bound-parameter caps.
+pub async fn insert_contacts(db: &impl ConnectionTrait, tenant: &TenantId, list: &[Contact]) -> Result<()> {
+    for chunk in list.chunks(500) {
+        let models = chunk.iter().map(|c| convert::to_model(tenant.as_str(), c).into_active_model());
+        contact::Entity::insert_many(models).exec_without_returning(db).await?;
+    }
+    let (mut labels, mut attrs) = (Vec::new(), Vec::new());
+    for c in list {
+        let (l, a) = index_models(tenant, c);
+        labels.extend(l);
+        attrs.extend(a);
+    }
+    while !labels.is_empty() {
+        let rest = labels.split_off(labels.len().min(2000));
+        label::Entity::insert_many(std::mem::replace(&mut labels, rest)).exec_without_returning(db).await?;
+    }
+    while !attrs.is_empty() {
+        let rest = attrs.split_off(attrs.len().min(1000));
+        attribute::Entity::insert_many(std::mem::replace(&mut attrs, rest)).exec_without_returning(db).await?;
+    }
+    Ok(())
+}
+
+/// The label and attribute rows of `c` (none for a merged contact).
+fn index_models(tenant: &TenantId, c: &Contact) -> (Vec<label::ActiveModel>, Vec<attribute::ActiveModel>) {
     if c.state == ContactState::Merged {
-        return Ok(());
+        return (Vec::new(), Vec::new());
     }
+    let id = c.id.to_string();
     let mut labels = Vec::new();
     for (kind, list) in [("tag", &c.data.tags), ("interest", &c.data.interests), ("value", &c.data.values)] {
         let mut seen = std::collections::HashSet::new();
@@ -318,9 +363,6 @@ async fn write_index_rows(db: &impl ConnectionTrait, tenant: &TenantId, c: &Cont
                 });
             }
         }
-    }
-    if !labels.is_empty() {
-        label::Entity::insert_many(labels).exec_without_returning(db).await?;
     }
     let attrs: Vec<_> = c
         .data
@@ -344,10 +386,28 @@ async fn write_index_rows(db: &impl ConnectionTrait, tenant: &TenantId, c: &Cont
             }
         })
         .collect();
-    if !attrs.is_empty() {
-        attribute::Entity::insert_many(attrs).exec_without_returning(db).await?;
-    }
-    Ok(())
+    (labels, attrs)
+}
+
+/// The rows of a new contact (the contact, its label and attribute rows) as inserts, to be
+/// written together with its outbox event by [`clm_platform::db::insert_all`].
+pub fn contact_inserts(tenant: &TenantId, c: &Contact) -> Vec<InsertStatement> {
+    let mut inserts =
+        vec![contact::Entity::insert(convert::to_model(tenant.as_str(), c).into_active_model()).into_query()];
+    inserts.extend(index_inserts(tenant, c));
+    inserts
+}
+
+/// A request id record (see [`record_request`]) as an insert.
+pub fn request_insert(tenant: &TenantId, method: &str, request_id: &str, resource_id: &str) -> InsertStatement {
+    request_id::Entity::insert(request_id::ActiveModel {
+        tenant_id: ActiveValue::Set(tenant.as_str().to_owned()),
+        method: ActiveValue::Set(method.to_owned()),
+        request_id: ActiveValue::Set(request_id.to_owned()),
+        resource_id: ActiveValue::Set(resource_id.to_owned()),
+        create_time: ActiveValue::Set(now_micros()),
+    })
+    .into_query()
 }
 
 /// Remove a contact's personal data for good and record the erasure (no personal data).

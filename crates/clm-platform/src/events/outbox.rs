@@ -158,8 +158,53 @@ impl OutboxWriter {
         occur_time_micros: i64,
         payload: Payload,
     ) -> crate::Result<EventEnvelope> {
+        let (insert, env) = self.insert(tenant, aggregate_type, aggregate_id, occur_time_micros, payload);
+        txn.execute(&insert).await?;
+        Ok(env)
+    }
+
+    /// The outbox row for an event as an insert statement, for callers that write it together
+    /// with the change in one statement ([`crate::db::insert_all`]) instead of in a transaction.
+    pub fn insert(
+        &self,
+        tenant: &TenantId,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        occur_time_micros: i64,
+        payload: Payload,
+    ) -> (sea_orm::sea_query::InsertStatement, EventEnvelope) {
+        let (model, env) = self.row(tenant, aggregate_type, aggregate_id, occur_time_micros, payload);
+        (sea_orm::QueryTrait::into_query(entity::Entity::insert(model)), env)
+    }
+
+    /// Several events of one aggregate type as one multi-row insert (`None` when there are
+    /// none). Keep a statement to a thousand rows or so: databases cap bound parameters.
+    pub fn insert_many(
+        &self,
+        tenant: &TenantId,
+        aggregate_type: &str,
+        events: impl IntoIterator<Item = (String, i64, Payload)>,
+    ) -> Option<sea_orm::sea_query::InsertStatement> {
+        let rows: Vec<_> = events
+            .into_iter()
+            .map(|(aggregate_id, at, payload)| self.row(tenant, aggregate_type, &aggregate_id, at, payload).0)
+            .collect();
+        if rows.is_empty() {
+            return None;
+        }
+        Some(sea_orm::QueryTrait::into_query(entity::Entity::insert_many(rows)))
+    }
+
+    fn row(
+        &self,
+        tenant: &TenantId,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        occur_time_micros: i64,
+        payload: Payload,
+    ) -> (entity::ActiveModel, EventEnvelope) {
         let env = super::envelope(self.service, tenant, aggregate_type, aggregate_id, occur_time_micros, payload);
-        entity::Entity::insert(entity::ActiveModel {
+        let model = entity::ActiveModel {
             seq: ActiveValue::NotSet,
             event_id: ActiveValue::Set(env.event_id.clone()),
             tenant_id: ActiveValue::Set(tenant.as_str().to_owned()),
@@ -167,10 +212,8 @@ impl OutboxWriter {
             payload: ActiveValue::Set(env.encode_to_vec()),
             create_time: ActiveValue::Set(chrono::Utc::now().timestamp_micros()),
             publish_time: ActiveValue::Set(None),
-        })
-        .exec_without_returning(txn)
-        .await?;
-        Ok(env)
+        };
+        (model, env)
     }
 
     /// Tell the relay there is something new (call after commit; it also polls).

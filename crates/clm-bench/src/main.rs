@@ -58,6 +58,9 @@ struct Args {
     /// Only the PostgreSQL workloads.
     #[arg(long)]
     skip_sqlite: bool,
+    /// Without the contacts workloads (CreateContact, GetContact, health, import, pgbench).
+    #[arg(long)]
+    skip_contacts: bool,
     /// Seconds of load for the resource figures (0 skips them).
     #[arg(long, env = "BENCH_RESOURCE_SECONDS", default_value_t = 5)]
     resource_seconds: u64,
@@ -405,10 +408,10 @@ fn ratio(figures: &[Figure], a: &str, b: &str, backend: &str) -> Option<f64> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut figures = Vec::new();
-    if !args.skip_sqlite {
+    if !args.skip_sqlite && !args.skip_contacts {
         contacts_workloads(&args, Backend::Sqlite, "sqlite", &mut figures).await?;
     }
-    if args.postgres.is_some() {
+    if args.postgres.is_some() && !args.skip_contacts {
         contacts_workloads(&args, Backend::Postgres, "postgres", &mut figures).await?;
     }
     if args.mixed_rate > 0 {

@@ -137,6 +137,16 @@ impl Snapshot {
         })
     }
 
+    /// The share of customers lost over the year before `slice.end` (the lifetime-value
+    /// model's churn), the way [`Snapshot::load`] computes it, from three aggregate reads.
+    pub async fn annual_churn(db: &impl ConnectionTrait, tenant: &str, slice: &Slice) -> Result<f64> {
+        let year = Slice { start: slice.end - 365 * DAY, ..slice.clone() };
+        let last_year = Counters::from_rows(&model::kpis(db, tenant, &year, &["customers_out"], "").await?);
+        let at_end = model::customers_at(db, tenant, slice, slice.end).await? as f64;
+        let year_ago = model::customers_at(db, tenant, slice, slice.end - 365 * DAY).await? as f64;
+        Ok(ratio(last_year.n("customers_out"), year_ago.max(at_end)))
+    }
+
     /// First purchases' revenue ÷ their count.
     pub fn average_deal_size(&self) -> f64 {
         ratio(self.c.s("first_purchases"), self.c.n("first_purchases"))

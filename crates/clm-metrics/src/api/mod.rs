@@ -420,17 +420,20 @@ impl MetricsService for MetricsApi {
         let now = now_micros();
         let all =
             Slice { model: default_model_id(&ctx.tenant), start: now - 365 * DAY, end: now + DAY, ..Slice::default() };
-        let tenant_view = Snapshot::load(&self.db, tenant, &all, DEFAULT_LEAD_THRESHOLD).await?;
         // The contact's own order value and frequency (orders per year since the first, at
         // least a month of tenure), times the tenant's expected lifespan.
-        let predicted = f.first_purchase.map(|first| {
-            let years = ((now - first).max(30 * DAY) as f64) / (365.0 * DAY as f64);
-            domain::predicted_clv(
-                ratio(f.revenue as f64, f.orders as f64),
-                f.orders as f64 / years,
-                domain::expected_lifespan_years(tenant_view.annual_churn),
-            )
-        });
+        let predicted = match f.first_purchase {
+            Some(first) => {
+                let annual_churn = Snapshot::annual_churn(&self.db, tenant, &all).await?;
+                let years = ((now - first).max(30 * DAY) as f64) / (365.0 * DAY as f64);
+                Some(domain::predicted_clv(
+                    ratio(f.revenue as f64, f.orders as f64),
+                    f.orders as f64 / years,
+                    domain::expected_lifespan_years(annual_churn),
+                ))
+            }
+            None => None,
+        };
         let cost = model::acquisition_cost(&self.db, tenant, &contact).await?;
         Ok(Response::new(pb::GetCustomerValueResponse {
             customer_value: Some(pb::CustomerValue {

@@ -15,6 +15,12 @@ pub trait Acker: Send {
     async fn ack(self: Box<Self>) -> anyhow::Result<()>;
     /// Failed: deliver again later.
     async fn nak(self: Box<Self>) -> anyhow::Result<()>;
+    /// Ack without waiting for the bus to confirm (used for all but the last delivery of an
+    /// applied batch, whose confirmed ack then follows on the same connection). A lost one
+    /// only means a redelivery, which the inbox drops.
+    async fn ack_unconfirmed(self: Box<Self>) -> anyhow::Result<()> {
+        self.ack().await
+    }
     /// Whether acking this delivery also acknowledges every earlier one of its stream (a log
     /// position), so a batch applied in order needs only its last ack.
     fn covers_earlier(&self) -> bool {
@@ -22,18 +28,16 @@ pub trait Acker: Send {
     }
 }
 
-/// Ack deliveries applied in order: only the last when its ack covers the earlier ones.
+/// Ack deliveries applied in order: only the last when its ack covers the earlier ones,
+/// else the earlier ones without waiting and the last confirmed.
 pub async fn ack_all(mut deliveries: Vec<Delivery>) -> anyhow::Result<()> {
-    if deliveries.iter().all(|d| d.acker.covers_earlier()) {
-        if let Some(last) = deliveries.pop() {
-            last.ack().await?;
+    let Some(last) = deliveries.pop() else { return Ok(()) };
+    if !(last.acker.covers_earlier() && deliveries.iter().all(|d| d.acker.covers_earlier())) {
+        for d in deliveries {
+            d.acker.ack_unconfirmed().await?;
         }
-        return Ok(());
     }
-    for d in deliveries {
-        d.ack().await?;
-    }
-    Ok(())
+    last.ack().await
 }
 
 /// One event for [`EventBus::publish_all`].

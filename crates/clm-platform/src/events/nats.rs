@@ -158,6 +158,10 @@ impl Acker for NatsAck {
         self.0.double_ack().await.map_err(|e| anyhow::anyhow!("ack: {e}"))
     }
 
+    async fn ack_unconfirmed(self: Box<Self>) -> anyhow::Result<()> {
+        self.0.ack().await.map_err(|e| anyhow::anyhow!("ack: {e}"))
+    }
+
     async fn nak(self: Box<Self>) -> anyhow::Result<()> {
         self.0
             .ack_with(jetstream::AckKind::Nak(Some(Duration::from_millis(500))))

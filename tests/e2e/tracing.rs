@@ -24,6 +24,26 @@ fn exporter() -> &'static InMemorySpanExporter {
         .0
 }
 
+/// The first finished span matching `want`, waiting up to 5 s for it to be exported.
+async fn finished_span(
+    exporter: &InMemorySpanExporter,
+    want: impl Fn(&opentelemetry_sdk::trace::SpanData) -> bool,
+) -> opentelemetry_sdk::trace::SpanData {
+    let start = std::time::Instant::now();
+    loop {
+        let spans = exporter.get_finished_spans().unwrap();
+        if let Some(s) = spans.iter().find(|s| want(s)) {
+            return s.clone();
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "no such span; got {:?}",
+            spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incoming_traceparent_parents_the_server_span_and_outgoing_calls_carry_it() {
     let exporter = exporter();
@@ -39,13 +59,11 @@ async fn incoming_traceparent_parents_the_server_span_and_outgoing_calls_carry_i
     let mut req = tonic::Request::new(pb::ListContactsRequest::default());
     req.metadata_mut().insert("traceparent", format!("00-{trace_id}-{parent_span}-01").parse().unwrap());
     client.list_contacts(req).await.unwrap();
-    let spans = exporter.get_finished_spans().unwrap();
-    let server_span = spans
-        .iter()
-        .find(|s| s.name.contains("ListContacts") && s.span_context.trace_id() == TraceId::from_hex(trace_id).unwrap())
-        .unwrap_or_else(|| {
-            panic!("no server span in trace; got {:?}", spans.iter().map(|s| &s.name).collect::<Vec<_>>())
-        });
+    // The server span ends (and is exported) a moment after the response is on its way.
+    let server_span = finished_span(exporter, |s| {
+        s.name.contains("ListContacts") && s.span_context.trace_id() == TraceId::from_hex(trace_id).unwrap()
+    })
+    .await;
     assert_eq!(server_span.parent_span_id, SpanId::from_hex(parent_span).unwrap());
 
     // 2. An outgoing call through the platform channel, made inside a span, carries that span's
@@ -64,11 +82,9 @@ async fn incoming_traceparent_parents_the_server_span_and_outgoing_calls_carry_i
         c2.get_contact(pb::GetContactRequest { id: uuid::Uuid::new_v4().to_string() }).await.unwrap_err();
     }
     drop(caller);
-    let spans = exporter.get_finished_spans().unwrap();
-    let child = spans
-        .iter()
-        .find(|s| s.name.contains("GetContact") && s.span_context.trace_id() == caller_cx.trace_id())
-        .expect("server span in the caller's trace");
+    let child =
+        finished_span(exporter, |s| s.name.contains("GetContact") && s.span_context.trace_id() == caller_cx.trace_id())
+            .await;
     assert_eq!(child.parent_span_id, caller_cx.span_id());
     server.stop().await.unwrap();
     db.cleanup().await;

@@ -72,9 +72,18 @@ async fn apply_together(
     handler: &dyn EventHandler,
 ) -> anyhow::Result<()> {
     let txn = crate::db::begin_write(db).await?;
+    // One inbox read and one inbox write for the batch, not one per event.
+    let ids: Vec<&str> = envs.iter().map(|e| e.event_id.as_str()).collect();
+    let mut seen = super::inbox::applied_among(&txn, &spec.name, &ids).await?;
+    let mut fresh = Vec::with_capacity(envs.len());
     for env in envs {
-        super::inbox::apply_in(&txn, &spec.name, env, handler).instrument(consume_span(spec, env)).await?;
+        if !seen.insert(env.event_id.clone()) {
+            continue;
+        }
+        handler.handle(&txn, env).instrument(consume_span(spec, env)).await?;
+        fresh.push(env.event_id.as_str());
     }
+    super::inbox::record_applied(&txn, &spec.name, &fresh).await?;
     txn.commit().await?;
     Ok(())
 }

@@ -5,7 +5,9 @@
 
 use async_trait::async_trait;
 use clm_proto::events::v1::EventEnvelope;
-use sea_orm::{ActiveValue, ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter};
+use sea_orm::{
+    ActiveValue, ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter, QuerySelect,
+};
 use sea_orm_migration::prelude::*;
 
 pub(crate) mod entity {
@@ -74,27 +76,41 @@ pub trait EventHandler: Send + Sync + 'static {
     async fn reset(&self, txn: &DatabaseTransaction) -> crate::Result<()>;
 }
 
-/// Apply `event` once inside `txn` (the caller's transaction, which may hold several events):
-/// `Ok(true)` when applied now, `Ok(false)` when it had been already.
-pub async fn apply_in(
+/// Which of `event_ids` `consumer` has applied already (one query, for a batch).
+pub async fn applied_among(
     txn: &DatabaseTransaction,
     consumer: &str,
-    event: &EventEnvelope,
-    handler: &dyn EventHandler,
-) -> crate::Result<bool> {
-    let inserted = entity::Entity::insert(entity::ActiveModel {
-        consumer: ActiveValue::Set(consumer.to_owned()),
-        event_id: ActiveValue::Set(event.event_id.clone()),
-        process_time: ActiveValue::Set(chrono::Utc::now().timestamp_micros()),
-    })
-    .on_conflict(OnConflict::columns([entity::Column::Consumer, entity::Column::EventId]).do_nothing().to_owned())
-    .exec_without_returning(txn)
-    .await?;
-    if inserted == 0 {
-        return Ok(false);
+    event_ids: &[&str],
+) -> crate::Result<std::collections::HashSet<String>> {
+    let mut out = std::collections::HashSet::new();
+    for chunk in event_ids.chunks(1000) {
+        let rows: Vec<String> = entity::Entity::find()
+            .select_only()
+            .column(entity::Column::EventId)
+            .filter(entity::Column::Consumer.eq(consumer))
+            .filter(entity::Column::EventId.is_in(chunk.iter().map(|s| (*s).to_owned())))
+            .into_tuple()
+            .all(txn)
+            .await?;
+        out.extend(rows);
     }
-    handler.handle(txn, event).await?;
-    Ok(true)
+    Ok(out)
+}
+
+/// Record that `consumer` applied `event_ids` (one multi-row insert, in the transaction that
+/// applied them). An id recorded meanwhile by another replica fails the insert, and with it
+/// the transaction: the caller then applies event by event.
+pub async fn record_applied(txn: &DatabaseTransaction, consumer: &str, event_ids: &[&str]) -> crate::Result<()> {
+    let now = chrono::Utc::now().timestamp_micros();
+    for chunk in event_ids.chunks(1000) {
+        let rows = chunk.iter().map(|id| entity::ActiveModel {
+            consumer: ActiveValue::Set(consumer.to_owned()),
+            event_id: ActiveValue::Set((*id).to_owned()),
+            process_time: ActiveValue::Set(now),
+        });
+        entity::Entity::insert_many(rows).exec_without_returning(txn).await?;
+    }
+    Ok(())
 }
 
 /// Apply `event` once: `Ok(true)` when applied now, `Ok(false)` when it had been already.

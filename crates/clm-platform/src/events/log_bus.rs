@@ -31,6 +31,9 @@ mod log_entry {
         pub subject: String,
         pub payload: Vec<u8>,
         pub append_time: i64,
+        /// The producing service's subject prefix (`clm.<service>.`): consumers read a
+        /// stream by the index on (stream, seq), never by scanning other streams' entries.
+        pub stream: String,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -66,6 +69,7 @@ enum BusLog {
     Subject,
     Payload,
     AppendTime,
+    Stream,
 }
 
 #[derive(DeriveIden)]
@@ -118,11 +122,65 @@ impl MigrationTrait for CreateLog {
     }
 }
 
+/// The stream column and its index. Without them a consumer of a quiet producer read every
+/// entry after its position on every wake-up (its position never moved), so the cost of a
+/// fetch grew with the log.
+struct AddStream;
+
+impl MigrationName for AddStream {
+    fn name(&self) -> &'static str {
+        "bus_0002_stream"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for AddStream {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.alter_table(
+            Table::alter()
+                .table(BusLog::Table)
+                .add_column(ColumnDef::new(BusLog::Stream).string().not_null().default(""))
+                .to_owned(),
+        )
+        .await?;
+        // Entries appended before this migration: the stream from the subject.
+        let backfill = match m.get_database_backend() {
+            sea_orm::DbBackend::Postgres => {
+                "UPDATE bus_log SET stream = split_part(subject, '.', 1) || '.' || split_part(subject, '.', 2) || '.'"
+            }
+            _ => "UPDATE bus_log SET stream = substr(subject, 1, 4 + instr(substr(subject, 5), '.'))",
+        };
+        m.get_connection().execute_unprepared(backfill).await?;
+        m.create_index(
+            Index::create()
+                .name("ix_bus_log_stream")
+                .table(BusLog::Table)
+                .col(BusLog::Stream)
+                .col(BusLog::Seq)
+                .to_owned(),
+        )
+        .await
+    }
+
+    async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.drop_index(Index::drop().name("ix_bus_log_stream").table(BusLog::Table).to_owned()).await?;
+        m.alter_table(Table::alter().table(BusLog::Table).drop_column(BusLog::Stream).to_owned()).await
+    }
+}
+
+/// The stream of a subject or prefix: its first two segments (`clm.contacts.`), when it has
+/// them.
+fn stream_of(subject: &str) -> Option<&str> {
+    let first = subject.find('.')?;
+    let second = first + 1 + subject[first + 1..].find('.')?;
+    (second > first + 1).then(|| &subject[..=second])
+}
+
 struct LogMigrator;
 
 impl MigratorTrait for LogMigrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(CreateLog)]
+        vec![Box::new(CreateLog), Box::new(AddStream)]
     }
 
     fn migration_table_name() -> sea_orm::DynIden {
@@ -155,9 +213,14 @@ impl LogBus {
     }
 
     async fn read_after(&self, position: i64, prefix: &str, max: usize) -> anyhow::Result<Vec<log_entry::Model>> {
+        let by_stream = match stream_of(prefix) {
+            // A whole stream (the usual case): the (stream, seq) index.
+            Some(stream) if stream == prefix => log_entry::Column::Stream.eq(prefix),
+            _ => log_entry::Column::Subject.starts_with(prefix),
+        };
         Ok(log_entry::Entity::find()
             .filter(log_entry::Column::Seq.gt(position))
-            .filter(log_entry::Column::Subject.starts_with(prefix))
+            .filter(by_stream)
             .order_by_asc(log_entry::Column::Seq)
             .limit(max as u64)
             .all(&self.db)
@@ -211,6 +274,7 @@ impl EventBus for LogBus {
             subject: ActiveValue::Set(subject.to_owned()),
             payload: ActiveValue::Set(payload.to_vec()),
             append_time: ActiveValue::Set(chrono::Utc::now().timestamp_micros()),
+            stream: ActiveValue::Set(stream_of(subject).unwrap_or_default().to_owned()),
         })
         .on_conflict(OnConflict::column(log_entry::Column::EventId).do_nothing().to_owned())
         .exec_without_returning(&self.db)
@@ -230,6 +294,7 @@ impl EventBus for LogBus {
             subject: ActiveValue::Set(e.subject.to_owned()),
             payload: ActiveValue::Set(e.payload.to_vec()),
             append_time: ActiveValue::Set(now),
+            stream: ActiveValue::Set(stream_of(e.subject).unwrap_or_default().to_owned()),
         }))
         .on_conflict(OnConflict::column(log_entry::Column::EventId).do_nothing().to_owned())
         .exec_without_returning(&self.db)
@@ -274,5 +339,78 @@ impl EventBus for LogBus {
     async fn reset(&self, consumer: &str, prefix: &str) -> anyhow::Result<()> {
         offset::Entity::delete_by_id((consumer.to_owned(), prefix.to_owned())).exec(&self.db).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{Backend, TestDb};
+
+    /// A log as the first version left it (no stream column).
+    struct V1;
+
+    impl MigratorTrait for V1 {
+        fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+            vec![Box::new(CreateLog)]
+        }
+
+        fn migration_table_name() -> sea_orm::DynIden {
+            "bus_migrations".into_iden()
+        }
+    }
+
+    async fn upgrade_keeps_every_entry_readable(backend: Backend) {
+        let Some(tdb) = TestDb::create(backend, "buslog").await else { return };
+        let settings = DatabaseSettings {
+            max_connections: 2,
+            min_connections: 1,
+            connect_timeout_ms: 5000,
+            acquire_timeout_ms: 5000,
+            migrate_on_start: true,
+        };
+        let db = crate::db::connect(&tdb.url, &settings).await.unwrap();
+        V1::up(&db, None).await.unwrap();
+        for (i, subject) in
+            ["clm.contacts.contact.ContactCreated", "clm.lifecycle.journey.StageChanged"].iter().enumerate()
+        {
+            db.execute_unprepared(&format!(
+                "INSERT INTO bus_log (event_id, subject, payload, append_time) VALUES ('e{i}', '{subject}', '', 0)"
+            ))
+            .await
+            .unwrap();
+        }
+        drop(db);
+        let bus = LogBus::connect(&tdb.url, &settings).await.unwrap();
+        bus.publish("clm.contacts.contact.ContactUpdated", "e9", Bytes::new()).await.unwrap();
+        let contacts = bus.fetch("c", "clm.contacts.", 10, Duration::from_millis(10)).await.unwrap();
+        let subjects: Vec<_> = contacts.iter().map(|d| d.subject.as_str()).collect();
+        assert_eq!(subjects, ["clm.contacts.contact.ContactCreated", "clm.contacts.contact.ContactUpdated"]);
+        let lifecycle = bus.fetch("c", "clm.lifecycle.", 10, Duration::from_millis(10)).await.unwrap();
+        assert_eq!(lifecycle.len(), 1);
+        // A prefix narrower than a stream still works (by subject).
+        let narrow = bus.fetch("c", "clm.contacts.contact.ContactU", 10, Duration::from_millis(10)).await.unwrap();
+        assert_eq!(narrow.len(), 1);
+        drop(bus);
+        tdb.cleanup().await;
+    }
+
+    #[tokio::test]
+    async fn upgrade_sqlite() {
+        upgrade_keeps_every_entry_readable(Backend::Sqlite).await;
+    }
+
+    #[tokio::test]
+    async fn upgrade_postgres() {
+        upgrade_keeps_every_entry_readable(Backend::Postgres).await;
+    }
+
+    #[test]
+    fn streams_of_subjects() {
+        assert_eq!(stream_of("clm.contacts.contact.ContactCreated"), Some("clm.contacts."));
+        assert_eq!(stream_of("clm.contacts."), Some("clm.contacts."));
+        assert_eq!(stream_of("clm.contacts"), None);
+        assert_eq!(stream_of("clm..x"), None);
+        assert_eq!(stream_of(""), None);
     }
 }

@@ -478,16 +478,7 @@ pub async fn record_request(
     request_id: &str,
     resource_id: &str,
 ) -> Result<()> {
-    request_id::Entity::insert(request_id::ActiveModel {
-        tenant_id: ActiveValue::Set(tenant.as_str().to_owned()),
-        method: ActiveValue::Set(method.to_owned()),
-        request_id: ActiveValue::Set(request_id.to_owned()),
-        resource_id: ActiveValue::Set(resource_id.to_owned()),
-        create_time: ActiveValue::Set(now_micros()),
-    })
-    .exec_without_returning(db)
-    .await
-    .map_err(|e| {
+    db.execute(&request_insert(tenant, method, request_id, resource_id)).await.map_err(|e| {
         if is_unique_violation(&e) {
             Error::Aborted("a concurrent request with the same request_id is in progress; retry".into())
         } else {

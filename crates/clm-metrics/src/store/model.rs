@@ -95,45 +95,49 @@ pub async fn bump_kpi(
     n: i64,
     s: i64,
 ) -> Result<()> {
-    exec(
-        db,
-        "INSERT INTO kpi_daily (tenant_id, name, model_id, day, channel, campaign, currency, n, s) \
+    const DAILY: &str = "INSERT INTO kpi_daily (tenant_id, name, model_id, day, channel, campaign, currency, n, s) \
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant_id, name, model_id, day, channel, campaign, currency) \
-         DO UPDATE SET n = kpi_daily.n + excluded.n, s = kpi_daily.s + excluded.s",
-        vec![
-            v(tenant),
-            v(name),
-            v(model),
-            v(domain::day(at)),
-            v(a.channel.as_str()),
-            v(a.campaign.as_str()),
-            v(currency),
-            v(n),
-            v(s),
-        ],
-    )
-    .await?;
-    if !a.contact.is_empty() {
-        exec(
-            db,
-            "INSERT INTO contact_kpis (tenant_id, contact_id, name, model_id, day, channel, campaign, currency, n, s) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (tenant_id, contact_id, name, model_id, day, channel, campaign, currency) \
-             DO UPDATE SET n = contact_kpis.n + excluded.n, s = contact_kpis.s + excluded.s",
-            vec![
-                v(tenant),
-                v(a.contact.as_str()),
-                v(name),
-                v(model),
-                v(domain::day(at)),
-                v(a.channel.as_str()),
-                v(a.campaign.as_str()),
-                v(currency),
-                v(n),
-                v(s),
-            ],
-        )
-        .await?;
+         DO UPDATE SET n = kpi_daily.n + excluded.n, s = kpi_daily.s + excluded.s";
+    const PER_CONTACT: &str = "INSERT INTO contact_kpis (tenant_id, contact_id, name, model_id, day, channel, campaign, currency, n, s) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (tenant_id, contact_id, name, model_id, day, channel, campaign, currency) \
+         DO UPDATE SET n = contact_kpis.n + excluded.n, s = contact_kpis.s + excluded.s";
+    let day = domain::day(at);
+    let daily = vec![
+        v(tenant),
+        v(name),
+        v(model),
+        v(day),
+        v(a.channel.as_str()),
+        v(a.campaign.as_str()),
+        v(currency),
+        v(n),
+        v(s),
+    ];
+    if a.contact.is_empty() {
+        exec(db, DAILY, daily).await?;
+        return Ok(());
+    }
+    let per_contact = vec![
+        v(tenant),
+        v(a.contact.as_str()),
+        v(name),
+        v(model),
+        v(day),
+        v(a.channel.as_str()),
+        v(a.campaign.as_str()),
+        v(currency),
+        v(n),
+        v(s),
+    ];
+    if db.get_database_backend() == sea_orm::DbBackend::Postgres {
+        // Both upserts in one statement (one round trip): the first as a data-modifying CTE.
+        let mut vals = daily;
+        vals.extend(per_contact);
+        exec(db, &format!("WITH daily AS ({DAILY}) {PER_CONTACT}"), vals).await?;
+    } else {
+        exec(db, DAILY, daily).await?;
+        exec(db, PER_CONTACT, per_contact).await?;
     }
     Ok(())
 }

@@ -384,13 +384,21 @@ async fn relay_loop(
 ) {
     {
         let mut backoff = Duration::from_millis(100);
+        // When the lease was last taken or renewed: it is renewed once a third of it has run,
+        // not on every round (a busy relay runs hundreds of rounds a second).
+        let mut renewed: Option<std::time::Instant> = None;
         loop {
             if *stop.borrow() {
                 return;
             }
             let step = async {
-                if !hold_lease(db, service, &opts.holder, opts.lease).await? {
-                    return Ok::<usize, anyhow::Error>(0);
+                if renewed.is_none_or(|t| t.elapsed() >= opts.lease / 3) {
+                    renewed = None;
+                    let asked = std::time::Instant::now();
+                    if !hold_lease(db, service, &opts.holder, opts.lease).await? {
+                        return Ok::<usize, anyhow::Error>(0);
+                    }
+                    renewed = Some(asked);
                 }
                 relay_once(db, bus, opts.batch).await
             };

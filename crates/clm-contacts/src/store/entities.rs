@@ -3,7 +3,9 @@
 pub mod contact {
     use sea_orm::entity::prelude::*;
 
-    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    // Serialize: rows travel to PostgreSQL as one JSON parameter in bulk inserts (field names
+    // are the column names).
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel, serde::Serialize)]
     #[sea_orm(table_name = "contacts")]
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]

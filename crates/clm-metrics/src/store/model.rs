@@ -118,18 +118,9 @@ pub async fn bump_kpi(
         exec(db, DAILY, daily).await?;
         return Ok(());
     }
-    let per_contact = vec![
-        v(tenant),
-        v(a.contact.as_str()),
-        v(name),
-        v(model),
-        v(day),
-        v(a.channel.as_str()),
-        v(a.campaign.as_str()),
-        v(currency),
-        v(n),
-        v(s),
-    ];
+    // The same values with the contact after the tenant.
+    let mut per_contact = daily.clone();
+    per_contact.insert(1, v(a.contact.as_str()));
     if db.get_database_backend() == sea_orm::DbBackend::Postgres {
         // Both upserts in one statement (one round trip): the first as a data-modifying CTE.
         let mut vals = daily;

@@ -56,9 +56,16 @@ pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
     })
 }
 
-/// The time a call may take: the client's deadline when it is sooner than the server's limit.
+/// Headroom taken off a client's deadline. tonic's server runs its own timer on
+/// `grpc-timeout` outside every layer and answers CANCELLED when it fires; ending the call this
+/// much sooner makes the answer ours (DEADLINE_EXCEEDED) even when both timers would fall in
+/// the same millisecond tick.
+pub const HEADROOM: Duration = Duration::from_millis(2);
+
+/// The time a call may take: the client's deadline (less [`HEADROOM`]) when it is sooner than
+/// the server's limit.
 pub fn budget(header: Option<&str>, max: Duration) -> Duration {
-    header.and_then(parse_grpc_timeout).map_or(max, |d| d.min(max))
+    header.and_then(parse_grpc_timeout).map_or(max, |d| if d < max { d.saturating_sub(HEADROOM) } else { max })
 }
 
 impl<S, B> Service<http::Request<B>> for Deadline<S>
@@ -106,7 +113,8 @@ mod tests {
         }
         let max = Duration::from_secs(30);
         assert_eq!(budget(None, max), max);
-        assert_eq!(budget(Some("100m"), max), Duration::from_millis(100));
+        assert_eq!(budget(Some("100m"), max), Duration::from_millis(98), "the client's, less the headroom");
+        assert_eq!(budget(Some("1m"), max), Duration::ZERO);
         assert_eq!(budget(Some("1H"), max), max, "the server's limit wins when sooner");
         assert_eq!(budget(Some("garbage"), max), max);
     }

@@ -46,12 +46,14 @@ pub async fn migrate<M: MigratorTrait>(db: &DatabaseConnection) -> anyhow::Resul
 /// (`BEGIN IMMEDIATE`), so concurrent writers queue on the busy timeout instead of failing
 /// when a read transaction tries to upgrade; PostgreSQL ignores the mode.
 pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction, crate::Error> {
-    Ok(db
-        .begin_with_options(TransactionOptions {
-            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-            ..TransactionOptions::default()
-        })
-        .await?)
+    Ok(db.begin_with_options(write_options()).await?)
+}
+
+fn write_options() -> TransactionOptions {
+    TransactionOptions {
+        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+        ..TransactionOptions::default()
+    }
 }
 
 /// Run `inserts` as one atomic write: all of them land or none does. On PostgreSQL they go
@@ -74,12 +76,7 @@ pub async fn insert_all(db: &DatabaseConnection, mut inserts: Vec<InsertStatemen
         }
         return Ok(());
     }
-    let txn = db
-        .begin_with_options(TransactionOptions {
-            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-            ..TransactionOptions::default()
-        })
-        .await?;
+    let txn = db.begin_with_options(write_options()).await?;
     for insert in inserts.iter().chain(std::iter::once(&last)) {
         txn.execute(insert).await?;
     }

@@ -240,15 +240,6 @@ pub async fn duplicate_email(db: &impl ConnectionTrait, tenant: &TenantId, c: &C
     }
 }
 
-/// Insert a new contact with its label and attribute rows.
-pub async fn insert_contact(db: &impl ConnectionTrait, tenant: &TenantId, c: &Contact) -> Result<()> {
-    let model = convert::to_model(tenant.as_str(), c);
-    if let Err(e) = contact::Entity::insert(model.into_active_model()).exec_without_returning(db).await {
-        return Err(if is_unique_violation(&e) { duplicate_email(db, tenant, c).await } else { e.into() });
-    }
-    write_index_rows(db, tenant, c, true).await
-}
-
 /// Write `c` over the stored row if its version is still `expected_version` (optimistic
 /// concurrency): otherwise ABORTED and nothing changes. `c.version` must be the new version.
 pub async fn update_contact(
@@ -278,7 +269,7 @@ pub async fn update_contact(
         Err(e) if is_unique_violation(&e) => return Err(duplicate_email(db, tenant, c).await),
         Err(e) => return Err(e.into()),
     }
-    write_index_rows(db, tenant, c, false).await
+    write_index_rows(db, tenant, c).await
 }
 
 async fn delete_index_rows(db: &impl ConnectionTrait, tenant: &TenantId, id: &str) -> Result<()> {
@@ -295,11 +286,9 @@ async fn delete_index_rows(db: &impl ConnectionTrait, tenant: &TenantId, id: &st
     Ok(())
 }
 
-/// Replace the label and attribute rows that filters use (`fresh`: none exist yet).
-async fn write_index_rows(db: &impl ConnectionTrait, tenant: &TenantId, c: &Contact, fresh: bool) -> Result<()> {
-    if !fresh {
-        delete_index_rows(db, tenant, &c.id.to_string()).await?;
-    }
+/// Replace the label and attribute rows that filters use.
+async fn write_index_rows(db: &impl ConnectionTrait, tenant: &TenantId, c: &Contact) -> Result<()> {
+    delete_index_rows(db, tenant, &c.id.to_string()).await?;
     for insert in index_inserts(tenant, c) {
         db.execute(&insert).await?;
     }

@@ -4,7 +4,7 @@ CARGO ?= cargo
 BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
 
-.PHONY: help run build test lint fmt fmt-check clippy lint-proto buf bench profile clean
+.PHONY: help run build test lint fmt fmt-check clippy lint-proto buf bench profile profile-mixed clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -50,6 +50,15 @@ profile: ## perf profile (whole machine: CLM and PostgreSQL) of CreateContact th
 	perf report -i /tmp/clm-perf.data --stdio --no-children --sort comm,dso --percent-limit 1 2>/dev/null | sed "s/  */ /g" > bench/results/profile-by-process.txt
 	perf report -i /tmp/clm-perf.data --stdio --no-children --sort comm,symbol --percent-limit 0.2 2>/dev/null | sed "s/  */ /g" > bench/results/profile-by-symbol.txt
 	@head -40 bench/results/profile-by-process.txt
+
+MIXED_RATE ?= 1000
+profile-mixed: ## perf profile (whole machine) of the mixed RecordJourneyEvent + SubmitResponse load on the single binary (SQLite); bench/results/profile-mixed-*.txt
+	$(CARGO) build --profile profiling -p clm-bench -p clm
+	env -u CLM_TEST_DATABASE_URL perf record -a -F 499 -o /tmp/clm-perf-mixed.data -- $(or $(CARGO_TARGET_DIR),target)/profiling/clm-bench \
+	  --skip-contacts --duration $(PROFILE_SECONDS) --mixed-rate $(MIXED_RATE) --resource-seconds 0 --metrics-contacts 0 --out /tmp/clm-profile
+	perf report -i /tmp/clm-perf-mixed.data --stdio --no-children --sort comm,dso --percent-limit 1 2>/dev/null | sed "s/  */ /g" > bench/results/profile-mixed-by-process.txt
+	perf report -i /tmp/clm-perf-mixed.data --stdio --no-children --sort comm,symbol --percent-limit 0.2 2>/dev/null | sed "s/  */ /g" > bench/results/profile-mixed-by-symbol.txt
+	@head -40 bench/results/profile-mixed-by-process.txt
 
 include deploy/deploy.mk
 

@@ -48,10 +48,10 @@ struct Args {
     /// Rows streamed by the ImportContacts workload (0 skips it).
     #[arg(long, env = "BENCH_IMPORT_ROWS", default_value_t = 100_000)]
     import_rows: usize,
-    /// Target writes a second of the mixed RecordJourneyEvent + SubmitResponse workload
-    /// (0 skips it).
-    #[arg(long, env = "BENCH_MIXED_RATE", default_value_t = 1000)]
-    mixed_rate: u64,
+    /// Target writes a second of the mixed RecordJourneyEvent + SubmitResponse workload, one
+    /// phase per rate in this order (0 skips it).
+    #[arg(long, env = "BENCH_MIXED_RATE", value_delimiter = ',', default_value = "100,300,1000")]
+    mixed_rate: Vec<u64>,
     /// NATS JetStream for the mixed workload on PostgreSQL (skipped when unreachable).
     #[arg(long, env = "CLM_TEST_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     nats: String,
@@ -414,13 +414,14 @@ async fn main() -> anyhow::Result<()> {
     if args.postgres.is_some() && !args.skip_contacts {
         contacts_workloads(&args, Backend::Postgres, "postgres", &mut figures).await?;
     }
-    if args.mixed_rate > 0 {
+    let rates: Vec<u64> = args.mixed_rate.iter().copied().filter(|r| *r > 0).collect();
+    if !rates.is_empty() {
         if !args.skip_sqlite {
-            mixed::run(mixed::Setup::Sqlite, args.mixed_rate, args.duration, &mut figures).await?;
+            mixed::run(mixed::Setup::Sqlite, &rates, args.duration, &mut figures).await?;
         }
         if args.postgres.is_some() {
             let nats_url = args.nats.clone();
-            mixed::run(mixed::Setup::PostgresNats { nats_url }, args.mixed_rate, args.duration, &mut figures).await?;
+            mixed::run(mixed::Setup::PostgresNats { nats_url }, &rates, args.duration, &mut figures).await?;
         }
     }
     let mut ratios = Vec::new();

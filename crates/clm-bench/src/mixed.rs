@@ -76,7 +76,7 @@ async fn orders(m: &mut MetricsServiceClient<Channel>, contact: &str) -> i64 {
         .map_or(-1, |v| v.orders)
 }
 
-pub async fn run(setup: Setup, rate: u64, secs: u64, figures: &mut Vec<Figure>) -> anyhow::Result<()> {
+pub async fn run(setup: Setup, rates: &[u64], secs: u64, figures: &mut Vec<Figure>) -> anyhow::Result<()> {
     let bin = binary("clm");
     if !bin.exists() {
         eprintln!("clm: not built in release (make bench builds it); mixed workload skipped");
@@ -115,7 +115,7 @@ pub async fn run(setup: Setup, rate: u64, secs: u64, figures: &mut Vec<Figure>) 
         }
     };
     let (proc, _) = start_with(&bin, dir.path(), port, &env).await?;
-    let result = measure(backend, port, rate, secs, figures).await;
+    let result = measure(backend, port, rates, secs, figures).await;
     drop(proc);
     for db in dbs {
         db.cleanup().await;
@@ -128,15 +128,15 @@ pub async fn run(setup: Setup, rate: u64, secs: u64, figures: &mut Vec<Figure>) 
     result
 }
 
-async fn measure(backend: &str, port: u16, rate: u64, secs: u64, figures: &mut Vec<Figure>) -> anyhow::Result<()> {
+async fn measure(backend: &str, port: u16, rates: &[u64], secs: u64, figures: &mut Vec<Figure>) -> anyhow::Result<()> {
     let ch = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?.connect().await?;
     let mut contacts = ContactsServiceClient::new(ch.clone());
     let mut lifecycle = LifecycleServiceClient::new(ch.clone());
     let mut feedback = FeedbackServiceClient::new(ch.clone());
     let mut metrics = MetricsServiceClient::new(ch.clone());
 
-    // Contacts to act on: enough that each answers the survey once.
-    let n = (rate * secs / 2 + 1000) as usize;
+    // Contacts to act on: enough that each answers the survey once; the last is the probe's.
+    let n = (rates.iter().sum::<u64>() * secs / 2 + 1000) as usize;
     let rows: Vec<cpb::Contact> =
         (0..n).map(|i| cpb::Contact { email: format!("m{i}@example.com"), ..Default::default() }).collect();
     let batches: Vec<cpb::ImportContactsRequest> =
@@ -164,9 +164,9 @@ async fn measure(backend: &str, port: u16, rate: u64, secs: u64, figures: &mut V
         .survey
         .ok_or_else(|| anyhow::anyhow!("no survey"))?;
     // Wait until every service has heard of the last contact.
-    let last = ids[n - 1].clone();
+    let probe = ids.pop().ok_or_else(|| anyhow::anyhow!("no contacts"))?;
     let t = Instant::now();
-    while lifecycle.record_journey_event(touch(&last)).await.is_err() || orders(&mut metrics, &last).await < 0 {
+    while lifecycle.record_journey_event(touch(&probe)).await.is_err() || orders(&mut metrics, &probe).await < 0 {
         anyhow::ensure!(t.elapsed() < Duration::from_mins(5), "the contacts did not reach every service");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -174,13 +174,70 @@ async fn measure(backend: &str, port: u16, rate: u64, secs: u64, figures: &mut V
 
     let ids = Arc::new(ids);
     let next_responder = Arc::new(AtomicUsize::new(0));
+    let mut probes = 0;
+    for &rate in rates {
+        // Start from a drained pipeline: the probe's last purchase is visible.
+        let t = Instant::now();
+        while orders(&mut metrics, &probe).await < probes {
+            anyhow::ensure!(t.elapsed() < Duration::from_mins(5), "metrics did not catch up between phases");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (load, lag) = phase(&ch, &ids, &next_responder, &survey.id, &probe, probes, rate, secs).await?;
+        probes += lag.len() as i64;
+        let f = Figure {
+            workload: format!("RecordJourneyEvent + SubmitResponse at {rate}/s"),
+            backend: backend.into(),
+            calls: load.0.len(),
+            errors: load.1,
+            throughput_per_s: load.0.len() as f64 / secs as f64,
+            p50_us: load.0.value_at_quantile(0.5),
+            p90_us: load.0.value_at_quantile(0.9),
+            p99_us: load.0.value_at_quantile(0.99),
+            max_us: load.0.max(),
+        };
+        eprintln!(
+            "mixed {backend} at {rate}/s: {:>6.0}/s achieved  p50 {:>6}µs  p99 {:>7}µs  errors {}",
+            f.throughput_per_s, f.p50_us, f.p99_us, f.errors
+        );
+        figures.push(f);
+        let f = Figure {
+            workload: format!("event → metric (purchase → GetCustomerValue) at {rate}/s"),
+            backend: backend.into(),
+            calls: lag.len(),
+            errors: 0,
+            throughput_per_s: 0.0,
+            p50_us: lag.value_at_quantile(0.5),
+            p90_us: lag.value_at_quantile(0.9),
+            p99_us: lag.value_at_quantile(0.99),
+            max_us: lag.max(),
+        };
+        eprintln!("event → metric at {rate}/s: p50 {}µs  p99 {}µs  ({} probes)", f.p50_us, f.p99_us, f.calls);
+        figures.push(f);
+    }
+    Ok(())
+}
+
+/// One phase: 16 paced clients at `rate` writes/s for `secs`, and a probe purchase every
+/// 100 ms for `probe`, each timed from its acknowledgement until GetCustomerValue (polled
+/// every 5 ms) counts it. Returns (the writes' latencies, errors) and the probes' lags.
+#[allow(clippy::too_many_arguments)]
+async fn phase(
+    ch: &Channel,
+    ids: &Arc<Vec<String>>,
+    next: &Arc<AtomicUsize>,
+    survey_id: &str,
+    probe: &str,
+    probes_before: i64,
+    rate: u64,
+    secs: u64,
+) -> anyhow::Result<((Histogram<u64>, u64), Histogram<u64>)> {
     let errors = Arc::new(AtomicU64::new(0));
     let stop = Instant::now() + Duration::from_secs(secs);
     let workers = 16u64;
     let mut tasks = Vec::new();
     for w in 0..workers {
         let (ids, next, errors, ch, survey_id) =
-            (ids.clone(), next_responder.clone(), errors.clone(), ch.clone(), survey.id.clone());
+            (ids.clone(), next.clone(), errors.clone(), ch.clone(), survey_id.to_owned());
         tasks.push(tokio::spawn(async move {
             let mut l = LifecycleServiceClient::new(ch.clone());
             let mut f = FeedbackServiceClient::new(ch);
@@ -221,57 +278,47 @@ async fn measure(backend: &str, port: u16, rate: u64, secs: u64, figures: &mut V
             h
         }));
     }
-    // The probe.
-    let probe = ids[0].clone();
-    let mut seen = orders(&mut metrics, &probe).await;
+    // The probe: purchases every 100 ms, acknowledged times kept in order; metrics applies
+    // one contact's journey events in order, so `orders` = k means probes 1..=k are visible.
+    let acked = Arc::new(std::sync::Mutex::new(Vec::<Instant>::new()));
+    let sender = {
+        let (acked, mut l, probe) = (acked.clone(), LifecycleServiceClient::new(ch.clone()), probe.to_owned());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            let mut k = probes_before;
+            while Instant::now() + Duration::from_millis(100) < stop {
+                tick.tick().await;
+                k += 1;
+                l.record_journey_event(purchase(&probe, format!("probe-{k}"), 10)).await?;
+                acked.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.push(Instant::now());
+            }
+            anyhow::Ok(())
+        })
+    };
+    let mut m = MetricsServiceClient::new(ch.clone());
     let mut lag = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let mut k = 0;
-    while Instant::now() + Duration::from_millis(500) < stop {
-        k += 1;
-        lifecycle.record_journey_event(purchase(&probe, format!("probe-{k}"), 10)).await?;
-        let t = Instant::now();
-        while orders(&mut metrics, &probe).await <= seen {
-            anyhow::ensure!(t.elapsed() < Duration::from_secs(30), "the probe purchase never reached metrics");
-            tokio::time::sleep(Duration::from_millis(5)).await;
+    let mut counted = 0usize;
+    loop {
+        let visible = usize::try_from(orders(&mut m, probe).await - probes_before).unwrap_or(0);
+        let now = Instant::now();
+        let sent = {
+            let acked = acked.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+            for at in acked.iter().take(visible).skip(counted) {
+                lag.saturating_record((now.duration_since(*at).as_micros() as u64).max(1));
+            }
+            counted = counted.max(visible.min(acked.len()));
+            acked.len()
+        };
+        if sender.is_finished() && counted == sent {
+            break;
         }
-        lag.saturating_record((t.elapsed().as_micros() as u64).max(1));
-        seen += 1;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        anyhow::ensure!(now < stop + Duration::from_mins(2), "probe purchases never reached metrics");
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let started = Instant::now();
+    sender.await??;
     let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     for t in tasks {
         all.add(t.await?)?;
     }
-    let elapsed = (secs as f64).max(started.elapsed().as_secs_f64());
-    let f = Figure {
-        workload: format!("RecordJourneyEvent + SubmitResponse at {rate}/s"),
-        backend: backend.into(),
-        calls: all.len(),
-        errors: errors.load(Ordering::Relaxed),
-        throughput_per_s: all.len() as f64 / elapsed,
-        p50_us: all.value_at_quantile(0.5),
-        p90_us: all.value_at_quantile(0.9),
-        p99_us: all.value_at_quantile(0.99),
-        max_us: all.max(),
-    };
-    eprintln!(
-        "mixed {backend}  {:>9.0}/s  p50 {:>6}µs  p99 {:>7}µs  errors {}",
-        f.throughput_per_s, f.p50_us, f.p99_us, f.errors
-    );
-    figures.push(f);
-    let f = Figure {
-        workload: "event → metric (purchase → GetCustomerValue)".into(),
-        backend: backend.into(),
-        calls: lag.len(),
-        errors: 0,
-        throughput_per_s: 0.0,
-        p50_us: lag.value_at_quantile(0.5),
-        p90_us: lag.value_at_quantile(0.9),
-        p99_us: lag.value_at_quantile(0.99),
-        max_us: lag.max(),
-    };
-    eprintln!("event → metric p50 {}µs  p99 {}µs  ({} probes)", f.p50_us, f.p99_us, f.calls);
-    figures.push(f);
-    Ok(())
+    Ok(((all, errors.load(Ordering::Relaxed)), lag))
 }

@@ -112,7 +112,7 @@ impl Lcg {
 
 /// One contact's history: stage changes in order, with a late backdated reach now and then,
 /// purchases (some late), a review, a score.
-async fn feed_contact(db: &sea_orm::DatabaseConnection, tenant: &str, id: &str, rng: &mut Lcg, day0: i64) {
+async fn feed_contact(db: &impl sea_orm::ConnectionTrait, tenant: &str, id: &str, rng: &mut Lcg, day0: i64) {
     let channel = ["web", "paid_search", "referral"][rng.next(3) as usize];
     model::exec(
         db,
@@ -357,8 +357,58 @@ async fn late_activity_moves_first_and_returning(backend: Backend) {
     t.cleanup().await;
 }
 
+/// A consumer batch sums its counters in memory and writes them at its end
+/// (`store::counters::deferred`): the same events give the same numbers as written one by one,
+/// for the whole tenant and for a segment (the per-contact counters).
+async fn batched_counters_equal_immediate(backend: Backend) {
+    use clm_metrics::store::counters;
+    use sea_orm::TransactionTrait as _;
+    let Some((t, db)) = db(backend, "mbatch").await else { return };
+    let day0 = 20_000 * DAY;
+    let mut rng = Lcg(11);
+    let contacts: Vec<(String, u64)> = (0..45).map(|i| (format!("c{i:02}"), rng.next(1 << 30) as u64)).collect();
+    for (id, seed) in &contacts {
+        feed_contact(&db, "each", id, &mut Lcg(*seed), day0).await;
+    }
+    let sum = async |db: &sea_orm::DatabaseTransaction| {
+        let r = model::one(
+            db,
+            "SELECT CAST(COALESCE(SUM(n), 0) AS BIGINT) AS n FROM kpi_daily WHERE tenant_id = 'batched'",
+            vec![],
+        )
+        .await
+        .unwrap()
+        .expect("a row");
+        r.try_get::<i64>("", "n").unwrap()
+    };
+    for batch in contacts.chunks(15) {
+        let txn = db.begin().await.unwrap();
+        let before = sum(&txn).await;
+        counters::deferred(&txn, async {
+            for (id, seed) in batch {
+                feed_contact(&txn, "batched", id, &mut Lcg(*seed), day0).await;
+            }
+            assert_eq!(sum(&txn).await, before, "counters are held back until the batch ends");
+            Ok(())
+        })
+        .await
+        .unwrap();
+        assert!(sum(&txn).await > before, "and written when it ends");
+        txn.commit().await.unwrap();
+    }
+    let whole = Slice { model: "m".into(), start: day0 - 30 * DAY, end: day0 + 400 * DAY, ..Slice::default() };
+    assert_same(&db, "each", &whole, "batched", &whole).await;
+    let ids: Vec<String> = contacts.iter().map(|c| c.0.clone()).collect();
+    let everyone = Slice { contacts: Some(std::sync::Arc::new(ids)), ..whole.clone() };
+    assert_same(&db, "each", &everyone, "batched", &everyone).await;
+    let reached = model::funnel(&db, "batched", &whole, 3660).await.unwrap();
+    assert!(reached.iter().any(|(s, n)| s == "awareness" && *n == 45), "{reached:?}");
+    t.cleanup().await;
+}
+
 clm_platform::backend_tests!(
     reaches_and_purchases_add_up,
     a_segment_counts_as_a_tenant_of_its_members,
-    late_activity_moves_first_and_returning
+    late_activity_moves_first_and_returning,
+    batched_counters_equal_immediate
 );

@@ -10,6 +10,7 @@ use clm_proto::events::v1 as ev;
 use clm_proto::events::v1::event_envelope::Payload;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{ActiveValue, ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter};
+use tracing::Instrument as _;
 
 use crate::store::{contact_facts, model};
 
@@ -261,6 +262,23 @@ impl EventHandler for MetricsHandler {
             _ => {}
         }
         Ok(())
+    }
+
+    /// The batch's counters are summed in memory and written once at its end
+    /// (`store::counters`).
+    async fn handle_batch(
+        &self,
+        txn: &DatabaseTransaction,
+        events: &[&ev::EventEnvelope],
+        span: &(dyn for<'e> Fn(&'e ev::EventEnvelope) -> tracing::Span + Send + Sync),
+    ) -> clm_platform::Result<()> {
+        crate::store::counters::deferred(txn, async {
+            for e in events {
+                self.handle(txn, e).instrument(span(e)).await?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn reset(&self, txn: &DatabaseTransaction) -> clm_platform::Result<()> {

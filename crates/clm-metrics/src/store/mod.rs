@@ -1,5 +1,6 @@
 //! The metrics service's own read model, built only from events. Every query takes the tenant.
 
+pub mod counters;
 pub mod goals;
 pub mod migrations;
 pub mod model;

@@ -15,6 +15,7 @@
 use clm_platform::Result;
 use sea_orm::{ConnectionTrait, DbBackend, QueryResult, Statement, Value};
 
+use super::counters;
 use crate::domain::{self, Gran};
 
 /// A statement with `?` placeholders, numbered for PostgreSQL.
@@ -95,40 +96,27 @@ pub async fn bump_kpi(
     n: i64,
     s: i64,
 ) -> Result<()> {
-    const DAILY: &str = "INSERT INTO kpi_daily (tenant_id, name, model_id, day, channel, campaign, currency, n, s) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant_id, name, model_id, day, channel, campaign, currency) \
-         DO UPDATE SET n = kpi_daily.n + excluded.n, s = kpi_daily.s + excluded.s";
-    const PER_CONTACT: &str = "INSERT INTO contact_kpis (tenant_id, contact_id, name, model_id, day, channel, campaign, currency, n, s) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-         ON CONFLICT (tenant_id, contact_id, name, model_id, day, channel, campaign, currency) \
-         DO UPDATE SET n = contact_kpis.n + excluded.n, s = contact_kpis.s + excluded.s";
     let day = domain::day(at);
-    let daily = vec![
-        v(tenant),
-        v(name),
-        v(model),
-        v(day),
-        v(a.channel.as_str()),
-        v(a.campaign.as_str()),
-        v(currency),
-        v(n),
-        v(s),
-    ];
-    if a.contact.is_empty() {
-        exec(db, DAILY, daily).await?;
-        return Ok(());
-    }
-    // The same values with the contact after the tenant.
-    let mut per_contact = daily.clone();
-    per_contact.insert(1, v(a.contact.as_str()));
-    if db.get_database_backend() == sea_orm::DbBackend::Postgres {
-        // Both upserts in one statement (one round trip): the first as a data-modifying CTE.
-        let mut vals = daily;
-        vals.extend(per_contact);
-        exec(db, &format!("WITH daily AS ({DAILY}) {PER_CONTACT}"), vals).await?;
-    } else {
-        exec(db, DAILY, daily).await?;
-        exec(db, PER_CONTACT, per_contact).await?;
+    let (channel, campaign) = (a.channel.as_str(), a.campaign.as_str());
+    counters::add(
+        db,
+        &counters::KPI_DAILY,
+        vec![tenant.into(), name.into(), model.into(), day.into(), channel.into(), campaign.into(), currency.into()],
+        &[n, s],
+    )
+    .await?;
+    if !a.contact.is_empty() {
+        let key = vec![
+            tenant.into(),
+            a.contact.as_str().into(),
+            name.into(),
+            model.into(),
+            day.into(),
+            channel.into(),
+            campaign.into(),
+            currency.into(),
+        ];
+        counters::add(db, &counters::CONTACT_KPIS, key, &[n, s]).await?;
     }
     Ok(())
 }
@@ -176,23 +164,16 @@ async fn bump_funnel(
     n: i64,
 ) -> Result<()> {
     let delay = delay_bucket((at - entry).max(0) / domain::DAY);
-    exec(
-        db,
-        "INSERT INTO funnel_cells (tenant_id, model_id, cohort_day, channel, campaign, stage_key, delay_days, n) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant_id, model_id, cohort_day, channel, campaign, stage_key, delay_days) \
-         DO UPDATE SET n = funnel_cells.n + excluded.n",
-        vec![
-            v(tenant),
-            v(model),
-            v(domain::day(entry)),
-            v(a.channel.as_str()),
-            v(a.campaign.as_str()),
-            v(stage),
-            v(delay),
-            v(n),
-        ],
-    )
-    .await?;
+    let key = vec![
+        tenant.into(),
+        model.into(),
+        domain::day(entry).into(),
+        a.channel.as_str().into(),
+        a.campaign.as_str().into(),
+        stage.into(),
+        delay.into(),
+    ];
+    counters::add(db, &counters::FUNNEL_CELLS, key, &[n]).await?;
     Ok(())
 }
 
@@ -209,13 +190,8 @@ async fn reaches_of(db: &impl ConnectionTrait, tenant: &str, model: &str, contac
 }
 
 async fn bump_hist(db: &impl ConnectionTrait, tenant: &str, model: &str, name: &str, at: i64, took: i64) -> Result<()> {
-    exec(
-        db,
-        "INSERT INTO time_hist (tenant_id, model_id, name, day, bucket, n) VALUES (?, ?, ?, ?, ?, 1) \
-         ON CONFLICT (tenant_id, model_id, name, day, bucket) DO UPDATE SET n = time_hist.n + 1",
-        vec![v(tenant), v(model), v(name), v(domain::day(at)), v(domain::bucket(took))],
-    )
-    .await?;
+    let key = vec![tenant.into(), model.into(), name.into(), domain::day(at).into(), domain::bucket(took).into()];
+    counters::add(db, &counters::TIME_HIST, key, &[1]).await?;
     Ok(())
 }
 
@@ -494,43 +470,23 @@ async fn bump_cohort(
     n: i64,
     revenue: i64,
 ) -> Result<()> {
-    exec(
+    counters::add(
         db,
-        "INSERT INTO cohort_cells (tenant_id, gran, cohort, idx, n, revenue) VALUES (?, ?, ?, ?, ?, ?) \
-         ON CONFLICT (tenant_id, gran, cohort, idx) DO UPDATE SET n = cohort_cells.n + excluded.n, revenue = cohort_cells.revenue + excluded.revenue",
-        vec![v(tenant), v(g.key()), v(cohort), v(idx), v(n), v(revenue)],
+        &counters::COHORT_CELLS,
+        vec![tenant.into(), g.key().into(), cohort.into(), idx.into()],
+        &[n, revenue],
     )
     .await?;
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn bump_simple(
-    db: &impl ConnectionTrait,
-    table: &str,
-    key_col: &str,
-    tenant: &str,
-    g: Gran,
-    cohort: i64,
-    key: Option<i64>,
-    n: i64,
-) -> Result<()> {
-    let (cols, vals) = match key {
-        Some(k) => {
-            (format!("tenant_id, gran, cohort, {key_col}, n"), vec![v(tenant), v(g.key()), v(cohort), v(k), v(n)])
-        }
-        None => ("tenant_id, gran, cohort, n".to_owned(), vec![v(tenant), v(g.key()), v(cohort), v(n)]),
-    };
-    let conflict =
-        if key.is_some() { format!("tenant_id, gran, cohort, {key_col}") } else { "tenant_id, gran, cohort".into() };
-    let marks = vec!["?"; vals.len()].join(", ");
-    exec(
-        db,
-        &format!("INSERT INTO {table} ({cols}) VALUES ({marks}) ON CONFLICT ({conflict}) DO UPDATE SET n = {table}.n + excluded.n"),
-        vals,
-    )
-    .await?;
-    Ok(())
+async fn bump_size(db: &impl ConnectionTrait, tenant: &str, g: Gran, cohort: i64, n: i64) -> Result<()> {
+    counters::add(db, &counters::COHORT_SIZES, vec![tenant.into(), g.key().into(), cohort.into()], &[n]).await
+}
+
+async fn bump_last(db: &impl ConnectionTrait, tenant: &str, g: Gran, cohort: i64, last: i64, n: i64) -> Result<()> {
+    counters::add(db, &counters::COHORT_LAST, vec![tenant.into(), g.key().into(), cohort.into(), last.into()], &[n])
+        .await
 }
 
 /// The contact's active periods at granularity `g`: (period start, revenue).
@@ -556,12 +512,11 @@ async fn bump_period_counts(
     returners: i64,
     firsts: i64,
 ) -> Result<()> {
-    exec(
+    counters::add(
         db,
-        "INSERT INTO period_counts (tenant_id, gran, period, active, returners, firsts) VALUES (?, ?, ?, ?, ?, ?) \
-         ON CONFLICT (tenant_id, gran, period) DO UPDATE SET active = period_counts.active + excluded.active, \
-         returners = period_counts.returners + excluded.returners, firsts = period_counts.firsts + excluded.firsts",
-        vec![v(tenant), v(g.key()), v(period), v(active), v(returners), v(firsts)],
+        &counters::PERIOD_COUNTS,
+        vec![tenant.into(), g.key().into(), period.into()],
+        &[active, returners, firsts],
     )
     .await?;
     Ok(())
@@ -578,7 +533,7 @@ async fn cohort_contribution(
 ) -> Result<()> {
     for g in COHORT_GRANS {
         let cohort = domain::period_start(first_purchase, g);
-        bump_simple(db, "cohort_sizes", "", tenant, g, cohort, None, sign).await?;
+        bump_size(db, tenant, g, cohort, sign).await?;
         let mut last = None;
         for (p, revenue) in contact_periods(db, tenant, contact, g).await? {
             let idx = domain::period_index(cohort, p, g);
@@ -588,7 +543,7 @@ async fn cohort_contribution(
             }
         }
         if let Some(l) = last {
-            bump_simple(db, "cohort_last", "last_idx", tenant, g, cohort, Some(l), sign).await?;
+            bump_last(db, tenant, g, cohort, l, sign).await?;
         }
     }
     Ok(())
@@ -604,9 +559,21 @@ async fn activity(
     revenue: i64,
     first_purchase: Option<i64>,
 ) -> Result<()> {
+    // The contact's periods at every granularity, in one read (each granularity's rows are
+    // written only by its own turn of the loop).
+    let mut all: std::collections::HashMap<String, Vec<(i64, i64)>> = std::collections::HashMap::new();
+    for r in rows(
+        db,
+        "SELECT gran, period, revenue FROM contact_periods WHERE tenant_id = ? AND contact_id = ?",
+        vec![v(tenant), v(contact)],
+    )
+    .await?
+    {
+        all.entry(r.try_get("", "gran")?).or_default().push((r.try_get("", "period")?, r.try_get("", "revenue")?));
+    }
     for g in ACTIVITY_GRANS {
         let p = domain::period_start(at, g);
-        let existing = contact_periods(db, tenant, contact, g).await?;
+        let existing = all.remove(g.key()).unwrap_or_default();
         let is_new = !existing.iter().any(|(q, _)| *q == p);
         let cohort = first_purchase.filter(|_| g != Gran::Day).map(|f| domain::period_start(f, g));
         if is_new {
@@ -647,9 +614,9 @@ async fn activity(
                     existing.iter().map(|(q, _)| domain::period_index(cohort, *q, g)).filter(|i| *i >= 0).max();
                 if old_last.is_none_or(|l| idx > l) {
                     if let Some(l) = old_last {
-                        bump_simple(db, "cohort_last", "last_idx", tenant, g, cohort, Some(l), -1).await?;
+                        bump_last(db, tenant, g, cohort, l, -1).await?;
                     }
-                    bump_simple(db, "cohort_last", "last_idx", tenant, g, cohort, Some(idx), 1).await?;
+                    bump_last(db, tenant, g, cohort, idx, 1).await?;
                 }
             }
         }
@@ -674,7 +641,9 @@ pub async fn apply_journey_event(
     h: &Happening,
 ) -> Result<()> {
     let a = attribution(db, tenant, contact).await?;
-    let mut f = customer_facts(db, tenant, contact).await?.unwrap_or_default();
+    let known = customer_facts(db, tenant, contact).await?;
+    let changes_facts = known.is_none() || !matches!(h, Happening::Other);
+    let mut f = known.unwrap_or_default();
     let mut revenue = 0;
     match h {
         Happening::Purchase { amount, currency } => {
@@ -712,7 +681,9 @@ pub async fn apply_journey_event(
         Happening::Review => return apply_review(db, tenant, contact, at).await,
         Happening::Other => {}
     }
-    save_customer_facts(db, tenant, contact, &f).await?;
+    if changes_facts {
+        save_customer_facts(db, tenant, contact, &f).await?;
+    }
     activity(db, tenant, contact, at, revenue, f.first_purchase).await
 }
 

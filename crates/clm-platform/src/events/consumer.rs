@@ -75,15 +75,10 @@ async fn apply_together(
     // One inbox read and one inbox write for the batch, not one per event.
     let ids: Vec<&str> = envs.iter().map(|e| e.event_id.as_str()).collect();
     let mut seen = super::inbox::applied_among(&txn, &spec.name, &ids).await?;
-    let mut fresh = Vec::with_capacity(envs.len());
-    for env in envs {
-        if !seen.insert(env.event_id.clone()) {
-            continue;
-        }
-        handler.handle(&txn, env).instrument(consume_span(spec, env)).await?;
-        fresh.push(env.event_id.as_str());
-    }
-    super::inbox::record_applied(&txn, &spec.name, &fresh).await?;
+    let fresh: Vec<&EventEnvelope> = envs.iter().filter(|e| seen.insert(e.event_id.clone())).collect();
+    handler.handle_batch(&txn, &fresh, &|env| consume_span(spec, env)).await?;
+    let ids: Vec<&str> = fresh.iter().map(|e| e.event_id.as_str()).collect();
+    super::inbox::record_applied(&txn, &spec.name, &ids).await?;
     txn.commit().await?;
     Ok(())
 }

@@ -9,6 +9,7 @@ use sea_orm::{
     ActiveValue, ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter, QuerySelect,
 };
 use sea_orm_migration::prelude::*;
+use tracing::Instrument as _;
 
 pub(crate) mod entity {
     use sea_orm::entity::prelude::*;
@@ -72,6 +73,21 @@ pub trait EventHandler: Send + Sync + 'static {
     /// Apply `event` using `txn` (the inbox row is already in it).
     async fn handle(&self, txn: &DatabaseTransaction, event: &EventEnvelope) -> crate::Result<()>;
 
+    /// Apply `events` in order using `txn`, each under the span `span` makes for it. The
+    /// default handles them one by one; a handler may override it to put off part of the work
+    /// to the end of the batch (still in `txn`, before the commit).
+    async fn handle_batch(
+        &self,
+        txn: &DatabaseTransaction,
+        events: &[&EventEnvelope],
+        span: &(dyn for<'e> Fn(&'e EventEnvelope) -> tracing::Span + Send + Sync),
+    ) -> crate::Result<()> {
+        for event in events {
+            self.handle(txn, event).instrument(span(event)).await?;
+        }
+        Ok(())
+    }
+
     /// Clear the read model before a replay from the first event.
     async fn reset(&self, txn: &DatabaseTransaction) -> crate::Result<()>;
 }
@@ -133,7 +149,7 @@ pub async fn apply_once(
         txn.rollback().await?;
         return Ok(false);
     }
-    handler.handle(&txn, event).await?;
+    handler.handle_batch(&txn, &[event], &|_| tracing::Span::current()).await?;
     txn.commit().await?;
     Ok(true)
 }

@@ -1,0 +1,156 @@
+//! The read model's additive counters (the `n`, `s`, … columns of the aggregate tables).
+//!
+//! [`add`] adds deltas to one row (an upsert). Inside [`deferred`] — a consumer's batch — the
+//! deltas are summed in memory per row instead and written when the batch ends, as one
+//! multi-row upsert per table in the batch's transaction: a batch of 100 events touching the
+//! same day's KPIs writes each counter row once, not once per event. Nothing the handlers
+//! read is a counter, so deferring them changes no decision taken within the batch.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+use clm_platform::Result;
+use sea_orm::{ConnectionTrait, Value};
+
+/// An aggregate table: its key columns and the columns deltas are added to.
+#[derive(Debug)]
+pub struct Table {
+    pub name: &'static str,
+    pub keys: &'static [&'static str],
+    pub sums: &'static [&'static str],
+}
+
+pub const KPI_DAILY: Table = Table {
+    name: "kpi_daily",
+    keys: &["tenant_id", "name", "model_id", "day", "channel", "campaign", "currency"],
+    sums: &["n", "s"],
+};
+pub const CONTACT_KPIS: Table = Table {
+    name: "contact_kpis",
+    keys: &["tenant_id", "contact_id", "name", "model_id", "day", "channel", "campaign", "currency"],
+    sums: &["n", "s"],
+};
+pub const FUNNEL_CELLS: Table = Table {
+    name: "funnel_cells",
+    keys: &["tenant_id", "model_id", "cohort_day", "channel", "campaign", "stage_key", "delay_days"],
+    sums: &["n"],
+};
+pub const TIME_HIST: Table =
+    Table { name: "time_hist", keys: &["tenant_id", "model_id", "name", "day", "bucket"], sums: &["n"] };
+pub const COHORT_CELLS: Table =
+    Table { name: "cohort_cells", keys: &["tenant_id", "gran", "cohort", "idx"], sums: &["n", "revenue"] };
+pub const COHORT_SIZES: Table = Table { name: "cohort_sizes", keys: &["tenant_id", "gran", "cohort"], sums: &["n"] };
+pub const COHORT_LAST: Table =
+    Table { name: "cohort_last", keys: &["tenant_id", "gran", "cohort", "last_idx"], sums: &["n"] };
+pub const PERIOD_COUNTS: Table =
+    Table { name: "period_counts", keys: &["tenant_id", "gran", "period"], sums: &["active", "returners", "firsts"] };
+
+/// One key column's value.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Key {
+    S(String),
+    I(i64),
+}
+
+impl From<&str> for Key {
+    fn from(s: &str) -> Self {
+        Self::S(s.to_owned())
+    }
+}
+
+impl From<i64> for Key {
+    fn from(i: i64) -> Self {
+        Self::I(i)
+    }
+}
+
+impl Key {
+    fn value(&self) -> Value {
+        match self {
+            Self::S(s) => s.as_str().into(),
+            Self::I(i) => (*i).into(),
+        }
+    }
+}
+
+/// Rows waiting for the end of the batch: (table, key) → deltas.
+type Pending = BTreeMap<(&'static str, Vec<Key>), Vec<i64>>;
+
+tokio::task_local! {
+    static PENDING: RefCell<Pending>;
+}
+
+/// Most bound parameters one statement carries (SQLite allows 32,766, PostgreSQL 65,535).
+const MAX_PARAMS: usize = 30_000;
+
+/// Add `deltas` (one per `t.sums` column) to the row `key` (one value per `t.keys` column).
+pub async fn add(db: &impl ConnectionTrait, t: &'static Table, key: Vec<Key>, deltas: &[i64]) -> Result<()> {
+    debug_assert_eq!(key.len(), t.keys.len(), "{}: key", t.name);
+    debug_assert_eq!(deltas.len(), t.sums.len(), "{}: deltas", t.name);
+    if PENDING.try_with(|_| ()).is_ok() {
+        PENDING.with(|p| {
+            let mut p = p.borrow_mut();
+            let sums = p.entry((t.name, key)).or_insert_with(|| vec![0; deltas.len()]);
+            for (sum, d) in sums.iter_mut().zip(deltas) {
+                *sum += d;
+            }
+        });
+        return Ok(());
+    }
+    upsert(db, t, &[(key, deltas.to_vec())]).await
+}
+
+/// Run `work` with the counters it adds held back, then write them (one multi-row upsert per
+/// table and chunk), all on `db` — the batch's transaction.
+pub async fn deferred<T>(db: &impl ConnectionTrait, work: impl Future<Output = Result<T>>) -> Result<T> {
+    PENDING
+        .scope(RefCell::new(Pending::new()), async {
+            let out = work.await?;
+            let pending = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
+            let mut rows: Vec<(Vec<Key>, Vec<i64>)> = Vec::new();
+            let mut table: Option<&'static Table> = None;
+            for ((name, key), sums) in pending {
+                if table.is_some_and(|t| t.name != name) {
+                    upsert(db, table.expect("checked"), &std::mem::take(&mut rows)).await?;
+                }
+                table = Some(by_name(name));
+                rows.push((key, sums));
+            }
+            if let Some(t) = table {
+                upsert(db, t, &rows).await?;
+            }
+            Ok(out)
+        })
+        .await
+}
+
+fn by_name(name: &str) -> &'static Table {
+    [&KPI_DAILY, &CONTACT_KPIS, &FUNNEL_CELLS, &TIME_HIST, &COHORT_CELLS, &COHORT_SIZES, &COHORT_LAST, &PERIOD_COUNTS]
+        .into_iter()
+        .find(|t| t.name == name)
+        .expect("every pending row's table is one of these")
+}
+
+/// `INSERT … VALUES (…), (…) ON CONFLICT (keys) DO UPDATE SET sum = table.sum + excluded.sum`,
+/// in chunks under the parameter limit (each key appears once: rows are summed per key).
+async fn upsert(db: &impl ConnectionTrait, t: &Table, rows: &[(Vec<Key>, Vec<i64>)]) -> Result<()> {
+    let width = t.keys.len() + t.sums.len();
+    let cols = t.keys.iter().chain(t.sums).copied().collect::<Vec<_>>().join(", ");
+    let tuple = format!("({})", vec!["?"; width].join(", "));
+    let set = t.sums.iter().map(|c| format!("{c} = {}.{c} + excluded.{c}", t.name)).collect::<Vec<_>>().join(", ");
+    for chunk in rows.chunks((MAX_PARAMS / width).max(1)) {
+        let mut vals = Vec::with_capacity(chunk.len() * width);
+        for (key, sums) in chunk {
+            vals.extend(key.iter().map(Key::value));
+            vals.extend(sums.iter().map(|s| Value::from(*s)));
+        }
+        let sql = format!(
+            "INSERT INTO {} ({cols}) VALUES {} ON CONFLICT ({}) DO UPDATE SET {set}",
+            t.name,
+            vec![tuple.as_str(); chunk.len()].join(", "),
+            t.keys.join(", ")
+        );
+        super::model::exec(db, &sql, vals).await?;
+    }
+    Ok(())
+}

@@ -1,5 +1,7 @@
 //! Database connections: one SeaORM pool per service database, SQLite or PostgreSQL by URL.
 
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use sea_orm::sea_query::{Alias, CommonTableExpression, InsertStatement, WithClause};
@@ -42,11 +44,63 @@ pub async fn migrate<M: MigratorTrait>(db: &DatabaseConnection) -> anyhow::Resul
     M::up(db, None).await.map_err(|e| anyhow::anyhow!("migration failed: {e}"))
 }
 
-/// Begin a transaction that will write. On SQLite it takes the write lock up front
-/// (`BEGIN IMMEDIATE`), so concurrent writers queue on the busy timeout instead of failing
-/// when a read transaction tries to upgrade; PostgreSQL ignores the mode.
+/// Begin a transaction that will write. On SQLite it runs on the file's writer connection
+/// ([`writer`]) and takes the write lock up front (`BEGIN IMMEDIATE`), so it never has to
+/// upgrade a read lock; PostgreSQL ignores the mode.
 pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction, crate::Error> {
-    Ok(db.begin_with_options(write_options()).await?)
+    Ok(writer(db).await.begin_with_options(write_options()).await?)
+}
+
+/// SQLite files this process writes through one connection each: (device, inode) → a pool of
+/// one connection.
+static WRITERS: LazyLock<Mutex<HashMap<(u64, u64), DatabaseConnection>>> = LazyLock::new(Mutex::default);
+
+/// How long a write waits for its turn on a SQLite file (as SQLite's own busy timeout).
+const WRITE_QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn file_key(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.dev(), m.ino()))
+}
+
+/// The connection to write through. SQLite lets one connection write a file at a time, and a
+/// writer that finds the file locked sleeps in SQLite's busy handler (1, 2, 5 … 100 ms) before
+/// it looks again: with several writers in one process (API calls, consumers, relays) that
+/// added up to hundreds of milliseconds per write and left the lock idle meanwhile. So in this
+/// process every write to a SQLite file goes through one dedicated connection (a pool of one,
+/// made on first use): writers queue for it in order and never find the lock taken by another
+/// writer of the process. Readers keep the main pool (WAL: they never wait for the writer).
+/// PostgreSQL, and in-memory SQLite: `db` itself.
+pub async fn writer(db: &DatabaseConnection) -> DatabaseConnection {
+    if db.get_database_backend() != DbBackend::Sqlite {
+        return db.clone();
+    }
+    let options = db.get_sqlite_connection_pool().connect_options();
+    let Some(key) = file_key(options.get_filename()) else { return db.clone() };
+    if let Some(w) = WRITERS.lock().ok().and_then(|w| w.get(&key).cloned()) {
+        return w;
+    }
+    let pool = sea_orm::sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .min_connections(1)
+        .acquire_timeout(WRITE_QUEUE_TIMEOUT)
+        .idle_timeout(None)
+        .connect_with((*options).clone())
+        .await;
+    match pool {
+        Ok(pool) => {
+            let w = sea_orm::SqlxSqliteConnector::from_sqlx_sqlite_pool(pool);
+            match WRITERS.lock() {
+                Ok(mut writers) => writers.entry(key).or_insert(w).clone(),
+                Err(_) => db.clone(),
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no writer connection for a SQLite file; writing through the pool");
+            db.clone()
+        }
+    }
 }
 
 fn write_options() -> TransactionOptions {
@@ -76,7 +130,7 @@ pub async fn insert_all(db: &DatabaseConnection, mut inserts: Vec<InsertStatemen
         }
         return Ok(());
     }
-    let txn = db.begin_with_options(write_options()).await?;
+    let txn = writer(db).await.begin_with_options(write_options()).await?;
     for insert in inserts.iter().chain(std::iter::once(&last)) {
         txn.execute(insert).await?;
     }

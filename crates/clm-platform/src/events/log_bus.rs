@@ -192,7 +192,8 @@ impl MigratorTrait for LogMigrator {
 #[derive(Debug, Clone)]
 pub struct LogBus {
     db: DatabaseConnection,
-    appended: Arc<Notify>,
+    /// Woken on every append to a stream (by stream), so a consumer waits only for its own.
+    appended: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<Notify>>>>,
 }
 
 impl LogBus {
@@ -202,7 +203,28 @@ impl LogBus {
             .await
             .map_err(|e| anyhow::anyhow!("{e} (key `events.log_database_url`)"))?;
         crate::db::migrate::<LogMigrator>(&db).await?;
-        Ok(Self { db, appended: Arc::new(Notify::new()) })
+        Ok(Self { db, appended: Arc::default() })
+    }
+
+    /// The wake-up of the stream `subject_or_prefix` belongs to (one for all that name none).
+    fn wake_of(&self, subject_or_prefix: &str) -> Arc<Notify> {
+        let stream = stream_of(subject_or_prefix).unwrap_or_default();
+        let mut map = self.appended.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.entry(stream.to_owned()).or_default().clone()
+    }
+
+    /// Wake the consumers waiting on the streams of `subjects`.
+    fn woke<'a>(&self, subjects: impl IntoIterator<Item = &'a str>) {
+        let mut streams: Vec<&str> = subjects.into_iter().map(|s| stream_of(s).unwrap_or_default()).collect();
+        streams.sort_unstable();
+        streams.dedup();
+        for s in streams {
+            self.wake_of(s).notify_waiters();
+        }
+        // Those waiting on a prefix that names no stream hear of everything.
+        if let Some(any) = self.appended.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get("") {
+            any.notify_waiters();
+        }
     }
 
     async fn position(&self, consumer: &str, prefix: &str) -> anyhow::Result<i64> {
@@ -250,7 +272,7 @@ impl Acker for LogAck {
                 .action_and_where(Expr::col((offset::Entity, offset::Column::Position)).lt(self.seq))
                 .to_owned(),
         )
-        .exec_without_returning(&self.db)
+        .exec_without_returning(&crate::db::writer(&self.db).await)
         .await?;
         Ok(())
     }
@@ -277,9 +299,9 @@ impl EventBus for LogBus {
             stream: ActiveValue::Set(stream_of(subject).unwrap_or_default().to_owned()),
         })
         .on_conflict(OnConflict::column(log_entry::Column::EventId).do_nothing().to_owned())
-        .exec_without_returning(&self.db)
+        .exec_without_returning(&crate::db::writer(&self.db).await)
         .await?;
-        self.appended.notify_waiters();
+        self.woke([subject]);
         Ok(())
     }
 
@@ -297,9 +319,9 @@ impl EventBus for LogBus {
             stream: ActiveValue::Set(stream_of(e.subject).unwrap_or_default().to_owned()),
         }))
         .on_conflict(OnConflict::column(log_entry::Column::EventId).do_nothing().to_owned())
-        .exec_without_returning(&self.db)
+        .exec_without_returning(&crate::db::writer(&self.db).await)
         .await?;
-        self.appended.notify_waiters();
+        self.woke(events.iter().map(|e| e.subject));
         Ok(true)
     }
 
@@ -308,7 +330,8 @@ impl EventBus for LogBus {
         loop {
             // Register interest before reading so an append between the read and the wait
             // is not missed.
-            let notified = self.appended.notified();
+            let wake = self.wake_of(prefix);
+            let notified = wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let position = self.position(consumer, prefix).await?;

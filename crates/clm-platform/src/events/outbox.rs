@@ -253,6 +253,7 @@ pub async fn hold_lease(
     holder: &str,
     lease: Duration,
 ) -> Result<bool, sea_orm::DbErr> {
+    let db = &crate::db::writer(db).await;
     let now = chrono::Utc::now().timestamp_micros();
     let expire = now + lease.as_micros() as i64;
     let updated = lease::Entity::update_many()
@@ -279,6 +280,7 @@ pub async fn hold_lease(
 /// Give a lease up (graceful stop), so another replica — or this one restarted — need not wait
 /// for it to expire.
 pub async fn release_lease(db: &DatabaseConnection, name: &str, holder: &str) -> Result<(), sea_orm::DbErr> {
+    let db = &crate::db::writer(db).await;
     lease::Entity::update_many()
         .col_expr(lease::Column::ExpireTime, Expr::val(0_i64))
         .filter(lease::Column::Name.eq(name))
@@ -341,6 +343,7 @@ pub async fn relay_once(db: &DatabaseConnection, bus: &dyn EventBus, batch: u64)
 }
 
 async fn mark_sent(db: &DatabaseConnection, rows: &[entity::Model]) -> Result<(), sea_orm::DbErr> {
+    let db = &crate::db::writer(db).await;
     entity::Entity::update_many()
         .col_expr(entity::Column::PublishTime, Expr::val(chrono::Utc::now().timestamp_micros()))
         .filter(entity::Column::Seq.is_in(rows.iter().map(|r| r.seq)))

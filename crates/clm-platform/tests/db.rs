@@ -1,4 +1,4 @@
-//! `db::insert_all` against real SQLite and PostgreSQL: every insert lands, or none does.
+//! `db::insert_all` and `db::begin_write` against real SQLite and PostgreSQL: every insert lands or none does; concurrent writers all commit.
 
 use clm_platform::config::DatabaseSettings;
 use clm_platform::db;
@@ -84,4 +84,78 @@ async fn insert_all_sqlite() {
 #[tokio::test]
 async fn insert_all_postgres() {
     all_or_nothing(Backend::Postgres).await;
+}
+
+/// Many tasks writing one database at once (on SQLite they queue for the file's writer
+/// connection): every transaction commits, none is lost, and reads go on meanwhile.
+async fn concurrent_writers_all_commit(backend: Backend) {
+    use sea_orm::TransactionTrait as _;
+    let Some((tdb, conn)) = setup(backend).await else { return };
+    // A second connection to the same database (as another service of the process would have).
+    let settings = DatabaseSettings {
+        max_connections: 4,
+        min_connections: 1,
+        connect_timeout_ms: 5000,
+        acquire_timeout_ms: 5000,
+        migrate_on_start: true,
+    };
+    let other = db::connect(&tdb.url, &settings).await.expect("connect again");
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let conn = if i % 2 == 0 { conn.clone() } else { other.clone() };
+        tasks.spawn(async move {
+            let txn = db::begin_write(&conn).await.expect("begin");
+            let before = {
+                let q =
+                    Query::select().expr(Func::count(Expr::col(Alias::new("id")))).from(Alias::new("child")).to_owned();
+                txn.query_one(&q).await.expect("count").expect("row").try_get_by_index::<i64>(0).expect("n")
+            };
+            txn.execute(&row("child", &format!("c{i}"), &format!("after {before}"))).await.expect("insert");
+            tokio::task::yield_now().await;
+            txn.commit().await.expect("commit");
+        });
+    }
+    // A write transaction open: reads through the pool are not held up by it.
+    let open = db::begin_write(&conn).await.expect("begin");
+    open.execute(&row("parent", "p1", "held")).await.expect("insert");
+    let seen = count(&other, "parent").await;
+    assert_eq!(seen, 0, "the open write is not visible yet");
+    open.commit().await.expect("commit");
+    while let Some(r) = tasks.join_next().await {
+        r.expect("writer task");
+    }
+    assert_eq!(count(&conn, "child").await, 40);
+    assert_eq!(count(&other, "parent").await, 1);
+    if backend == Backend::Postgres {
+        // PostgreSQL runs the transactions side by side (read committed): counts only.
+        drop((conn, other));
+        tdb.cleanup().await;
+        return;
+    }
+    // SQLite: one writer at a time, each saw the ones before it: the counts it read are
+    // 0..39, each once.
+    let q = Query::select().column(Alias::new("note")).from(Alias::new("child")).to_owned();
+    let mut notes: Vec<String> = conn
+        .query_all(&q)
+        .await
+        .expect("notes")
+        .iter()
+        .map(|r| r.try_get_by_index::<String>(0).expect("note"))
+        .collect();
+    notes.sort_by_key(|n| n.trim_start_matches("after ").parse::<i64>().expect("a count"));
+    let expected: Vec<String> = (0..40).map(|n| format!("after {n}")).collect();
+    assert_eq!(notes, expected, "writes were serialised, none lost");
+    let _ = other.begin().await.expect("other pool still usable");
+    drop((conn, other));
+    tdb.cleanup().await;
+}
+
+#[tokio::test]
+async fn concurrent_writers_sqlite() {
+    concurrent_writers_all_commit(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn concurrent_writers_postgres() {
+    concurrent_writers_all_commit(Backend::Postgres).await;
 }

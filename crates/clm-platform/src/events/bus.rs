@@ -87,6 +87,21 @@ pub trait EventBus: Send + Sync + std::fmt::Debug + 'static {
         Ok(false)
     }
 
+    /// Publish `events` in order, as far as the bus takes them: how many (from the first) it
+    /// acknowledged, and the error that stopped it, if one did. Each event's publish runs in
+    /// its span of `spans`. The default publishes one at a time, waiting for each.
+    async fn publish_each(&self, events: &[Outgoing<'_>], spans: &[tracing::Span]) -> (usize, Option<anyhow::Error>) {
+        use tracing::Instrument as _;
+        for (i, (e, span)) in events.iter().zip(spans).enumerate() {
+            let sent =
+                self.publish(e.subject, e.event_id, Bytes::copy_from_slice(e.payload)).instrument(span.clone()).await;
+            if let Err(err) = sent {
+                return (i, Some(err));
+            }
+        }
+        (events.len().min(spans.len()), None)
+    }
+
     /// Up to `max` deliveries for the durable consumer `consumer` of subjects starting with
     /// `prefix`, waiting at most `wait` when none is ready.
     async fn fetch(&self, consumer: &str, prefix: &str, max: usize, wait: Duration) -> anyhow::Result<Vec<Delivery>>;

@@ -9,7 +9,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use clm_proto::events::v1::EventEnvelope;
 use clm_proto::events::v1::event_envelope::Payload;
 use prost::Message;
@@ -321,25 +320,15 @@ pub async fn relay_once(db: &DatabaseConnection, bus: &dyn EventBus, batch: u64)
         mark_sent(db, &rows).await?;
         return Ok(rows.len());
     }
+    let (sent, error) = bus.publish_each(&outgoing, &spans).await;
     drop(spans);
-    let mut sent = 0;
-    for row in &rows {
-        let env = EventEnvelope::decode(row.payload.as_slice())?;
-        let span = tracing::info_span!("outbox.publish", otel.name = %format!("publish {}", row.subject), event_id = %row.event_id);
-        crate::telemetry::set_remote_parent(&span, crate::telemetry::context_from_map(&env.trace_context));
-        let result = bus.publish(&row.subject, &row.event_id, Bytes::from(row.payload.clone())).instrument(span).await;
-        if let Err(e) = result {
-            if sent > 0 {
-                mark_sent(db, &rows[..sent]).await?;
-            }
-            return Err(e);
-        }
-        sent += 1;
-    }
     if sent > 0 {
         mark_sent(db, &rows[..sent]).await?;
     }
-    Ok(sent)
+    match error {
+        Some(e) => Err(e),
+        None => Ok(sent),
+    }
 }
 
 async fn mark_sent(db: &DatabaseConnection, rows: &[entity::Model]) -> Result<(), sea_orm::DbErr> {

@@ -559,8 +559,8 @@ async fn activity(
     revenue: i64,
     first_purchase: Option<i64>,
 ) -> Result<()> {
-    // The contact's periods at every granularity, in one read (each granularity's rows are
-    // written only by its own turn of the loop).
+    // The contact's periods at every granularity, in one read, and written in one statement
+    // at the end (nothing in between reads them).
     let mut all: std::collections::HashMap<String, Vec<(i64, i64)>> = std::collections::HashMap::new();
     for r in rows(
         db,
@@ -571,18 +571,16 @@ async fn activity(
     {
         all.entry(r.try_get("", "gran")?).or_default().push((r.try_get("", "period")?, r.try_get("", "revenue")?));
     }
+    let mut periods = Vec::new();
     for g in ACTIVITY_GRANS {
         let p = domain::period_start(at, g);
         let existing = all.remove(g.key()).unwrap_or_default();
         let is_new = !existing.iter().any(|(q, _)| *q == p);
         let cohort = first_purchase.filter(|_| g != Gran::Day).map(|f| domain::period_start(f, g));
+        if is_new || revenue != 0 {
+            periods.push((g, p));
+        }
         if is_new {
-            exec(
-                db,
-                "INSERT INTO contact_periods (tenant_id, contact_id, gran, period, revenue) VALUES (?, ?, ?, ?, ?)",
-                vec![v(tenant), v(contact), v(g.key()), v(p), v(revenue)],
-            )
-            .await?;
             // Returning: also active in the previous period; first: never active before. A
             // late event of an earlier period makes the next period returning, and takes
             // "first" from the period that had it.
@@ -598,13 +596,6 @@ async fn activity(
             if let Some(f) = old_first.filter(|_| first) {
                 bump_period_counts(db, tenant, g, f, 0, 0, -1).await?;
             }
-        } else {
-            exec(
-                db,
-                "UPDATE contact_periods SET revenue = revenue + ? WHERE tenant_id = ? AND contact_id = ? AND gran = ? AND period = ?",
-                vec![v(revenue), v(tenant), v(contact), v(g.key()), v(p)],
-            )
-            .await?;
         }
         if let Some(cohort) = cohort {
             let idx = domain::period_index(cohort, p, g);
@@ -620,6 +611,23 @@ async fn activity(
                 }
             }
         }
+    }
+    // The active periods, new or with more revenue, in one statement.
+    if !periods.is_empty() {
+        let mut vals = Vec::with_capacity(periods.len() * 5);
+        for (g, p) in &periods {
+            vals.extend([v(tenant), v(contact), v(g.key()), v(*p), v(revenue)]);
+        }
+        exec(
+            db,
+            &format!(
+                "INSERT INTO contact_periods (tenant_id, contact_id, gran, period, revenue) VALUES {} \
+                 ON CONFLICT (tenant_id, contact_id, gran, period) DO UPDATE SET revenue = contact_periods.revenue + excluded.revenue",
+                vec!["(?, ?, ?, ?, ?)"; periods.len()].join(", ")
+            ),
+            vals,
+        )
+        .await?;
     }
     Ok(())
 }

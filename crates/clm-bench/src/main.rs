@@ -424,6 +424,9 @@ async fn main() -> anyhow::Result<()> {
             mixed::run(mixed::Setup::PostgresNats { nats_url }, &rates, args.duration, &mut figures).await?;
         }
     }
+    // Before the metrics-at-scale workload: its gigabytes of writes and their clean-up would
+    // slow the processes timed here.
+    let resources = if args.resource_seconds > 0 { resources::run(args.resource_seconds).await? } else { Vec::new() };
     let mut ratios = Vec::new();
     if args.postgres.is_some() && args.metrics_contacts > 0 {
         metrics_bench::run(args.metrics_contacts, &mut figures, &mut ratios).await?;
@@ -445,7 +448,6 @@ async fn main() -> anyhow::Result<()> {
     if let Some(r) = ratio(&figures, "ImportContacts", "INSERT ×N, one transaction (sqlite3)", "sqlite") {
         ratios.push(("ImportContacts ÷ one-transaction INSERT (sqlite)".into(), r));
     }
-    let resources = if args.resource_seconds > 0 { resources::run(args.resource_seconds).await? } else { Vec::new() };
     std::fs::create_dir_all(&args.out)?;
     let when = chrono::Utc::now().to_rfc3339();
     let json = serde_json::json!({

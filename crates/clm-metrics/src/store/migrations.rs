@@ -13,6 +13,7 @@ impl MigratorTrait for Migrator {
             Box::new(clm_platform::idempotency::IdempotencyMigration),
             Box::new(M0002ReadModel),
             Box::new(M0003PerContact),
+            Box::new(M0004PeriodIndex),
         ]
     }
 }
@@ -340,5 +341,32 @@ impl MigrationTrait for M0003PerContact {
 
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
         m.drop_table(Table::drop().table(Alias::new("contact_kpis")).to_owned()).await
+    }
+}
+
+/// Active periods by period (distinct purchasers in a range read a range of it, not the
+/// whole table).
+struct M0004PeriodIndex;
+
+impl MigrationName for M0004PeriodIndex {
+    fn name(&self) -> &'static str {
+        "m0004_period_index"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0004PeriodIndex {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        let mut ix = Index::create();
+        ix.name("ix_contact_periods_period").table(Alias::new("contact_periods"));
+        for c in ["tenant_id", "gran", "period", "contact_id", "revenue"] {
+            ix.col(Alias::new(c));
+        }
+        m.create_index(ix).await
+    }
+
+    async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.drop_index(Index::drop().name("ix_contact_periods_period").table(Alias::new("contact_periods")).to_owned())
+            .await
     }
 }

@@ -6,16 +6,19 @@ use clm_platform::testing::{Backend, TestDb};
 use sea_orm::sea_query::{Alias, Expr, Func, Index, InsertStatement, Query, Table};
 use sea_orm::{ConnectionTrait, DatabaseConnection};
 
-async fn setup(backend: Backend) -> Option<(TestDb, DatabaseConnection)> {
-    let tdb = TestDb::create(backend, "insert_all").await?;
-    let settings = DatabaseSettings {
+fn settings() -> DatabaseSettings {
+    DatabaseSettings {
         max_connections: 4,
         min_connections: 1,
         connect_timeout_ms: 5000,
         acquire_timeout_ms: 5000,
         migrate_on_start: true,
-    };
-    let conn = db::connect(&tdb.url, &settings).await.expect("connect");
+    }
+}
+
+async fn setup(backend: Backend) -> Option<(TestDb, DatabaseConnection)> {
+    let tdb = TestDb::create(backend, "insert_all").await?;
+    let conn = db::connect(&tdb.url, &settings()).await.expect("connect");
     for t in ["parent", "child"] {
         conn.execute(
             Table::create()
@@ -92,14 +95,7 @@ async fn concurrent_writers_all_commit(backend: Backend) {
     use sea_orm::TransactionTrait as _;
     let Some((tdb, conn)) = setup(backend).await else { return };
     // A second connection to the same database (as another service of the process would have).
-    let settings = DatabaseSettings {
-        max_connections: 4,
-        min_connections: 1,
-        connect_timeout_ms: 5000,
-        acquire_timeout_ms: 5000,
-        migrate_on_start: true,
-    };
-    let other = db::connect(&tdb.url, &settings).await.expect("connect again");
+    let other = db::connect(&tdb.url, &settings()).await.expect("connect again");
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..40 {
         let conn = if i % 2 == 0 { conn.clone() } else { other.clone() };

@@ -51,9 +51,11 @@ pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction,
     Ok(writer(db).await.begin_with_options(write_options()).await?)
 }
 
-/// SQLite files this process writes through one connection each: (device, inode) → a pool of
-/// one connection.
-static WRITERS: LazyLock<Mutex<HashMap<(u64, u64), DatabaseConnection>>> = LazyLock::new(Mutex::default);
+/// SQLite files this process writes through one connection each: (path, device, inode) → a
+/// pool of one connection. Path and inode both: a deleted file's inode number can come back for
+/// a new file elsewhere, and its old connection must not be handed out for the new one.
+type WriterKey = (std::path::PathBuf, u64, u64);
+static WRITERS: LazyLock<Mutex<HashMap<WriterKey, DatabaseConnection>>> = LazyLock::new(Mutex::default);
 
 /// How long a write waits for its turn on a SQLite file (as SQLite's own busy timeout).
 const WRITE_QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -77,7 +79,9 @@ pub async fn writer(db: &DatabaseConnection) -> DatabaseConnection {
         return db.clone();
     }
     let options = db.get_sqlite_connection_pool().connect_options();
-    let Some(key) = file_key(options.get_filename()) else { return db.clone() };
+    let path = options.get_filename().to_path_buf();
+    let Some((dev, ino)) = file_key(&path) else { return db.clone() };
+    let key = (path, dev, ino);
     if let Some(w) = WRITERS.lock().ok().and_then(|w| w.get(&key).cloned()) {
         return w;
     }
@@ -92,7 +96,11 @@ pub async fn writer(db: &DatabaseConnection) -> DatabaseConnection {
         Ok(pool) => {
             let w = sea_orm::SqlxSqliteConnector::from_sqlx_sqlite_pool(pool);
             match WRITERS.lock() {
-                Ok(mut writers) => writers.entry(key).or_insert(w).clone(),
+                Ok(mut writers) => {
+                    // Forget the writers of files deleted since (temporary databases).
+                    writers.retain(|(p, d, i), _| file_key(p) == Some((*d, *i)));
+                    writers.entry(key).or_insert(w).clone()
+                }
                 Err(_) => db.clone(),
             }
         }

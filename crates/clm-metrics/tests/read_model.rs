@@ -406,7 +406,106 @@ async fn batched_counters_equal_immediate(backend: Backend) {
     t.cleanup().await;
 }
 
+/// The unfiltered funnel and histograms read the roll-ups by block of days: over any range —
+/// an hour, a day, across block boundaries, a year and more, starting mid-day — they give what
+/// the per-contact first reaches and durations give; and the migration's fill of the
+/// roll-ups from the day cells gives the rows the handlers kept.
+async fn roll_ups_answer_any_range(backend: Backend) {
+    let Some((t, db)) = db(backend, "mroll").await else { return };
+    let day0 = 20_000 * DAY;
+    let mut rng = Lcg(23);
+    let ids: Vec<String> = (0..40).map(|i| format!("c{i:02}")).collect();
+    for id in &ids {
+        let seed = rng.next(1 << 30) as u64;
+        feed_contact(&db, "acme", id, &mut Lcg(seed), day0).await;
+    }
+    let sorted = |h: std::collections::HashMap<String, Vec<(i64, i64)>>| {
+        let mut v: Vec<_> = h
+            .into_iter()
+            .map(|(k, mut b)| {
+                (k, {
+                    b.sort_unstable();
+                    b
+                })
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    // Ranges ending inside the data (entries in the first 120 days, reaches and durations up to
+    // ~250 days on), so each edge of a cover is read: across the 256-day blocks starting at
+    // days 19,968 and 20,224, and the 16-day ones between them.
+    let mut ranges = vec![
+        (day0, day0 + 365 * DAY),
+        (day0 - 300 * DAY, day0 + 700 * DAY),
+        (day0 + 3_600_000_000, day0 + DAY),
+        (day0 - 100 * DAY + 5 * 3_600_000_000, day0 + 240 * DAY + 3 * 3_600_000_000),
+    ];
+    for k in 0..40 {
+        let start = day0 - 300 * DAY + rng.next(400) * DAY + rng.next(2) * rng.next(DAY);
+        let end = if k % 4 == 0 {
+            start + 1 + rng.next(20 * DAY)
+        } else {
+            (day0 + 10 * DAY + rng.next(250) * DAY + rng.next(DAY)).max(start + DAY)
+        };
+        ranges.push((start, end));
+    }
+    let mut seen = 0;
+    for (start, end) in ranges {
+        let whole = Slice { model: "m".into(), start, end, ..Slice::default() };
+        let everyone = Slice { contacts: Some(std::sync::Arc::new(ids.clone())), ..whole.clone() };
+        for window in [0, 7, 45, 3660] {
+            let mut x = model::funnel(&db, "acme", &whole, window).await.unwrap();
+            let mut y = model::funnel(&db, "acme", &everyone, window).await.unwrap();
+            x.sort();
+            y.sort();
+            assert_eq!(x, y, "funnel of [{start}, {end}), window {window}");
+            seen += x.iter().map(|r| r.1).sum::<i64>();
+        }
+        let x = sorted(model::histograms(&db, "acme", &whole).await.unwrap());
+        assert_eq!(
+            x,
+            sorted(model::histograms(&db, "acme", &everyone).await.unwrap()),
+            "histograms of [{start}, {end})"
+        );
+        seen += x.iter().flat_map(|h| h.1.iter().map(|b| b.1)).sum::<i64>();
+    }
+    assert!(seen > 1_000, "the ranges saw reaches and durations: {seen}");
+    // Keep the handlers' roll-up rows as tenant "kept", clear them, fill them from the cells.
+    let count = async |sql: String| {
+        let r = model::one(&db, &sql, vec![]).await.unwrap().expect("a row");
+        r.try_get::<i64>("", "c").unwrap()
+    };
+    let tables = [
+        ("funnel_roll", "model_id, span_days, cohort_day, stage_key, delay_days, n"),
+        ("time_hist_roll", "model_id, name, span_days, day, bucket, n"),
+    ];
+    for (table, cols) in tables {
+        model::exec(&db, &format!("INSERT INTO {table} (tenant_id, {cols}) SELECT 'kept', {cols} FROM {table} WHERE tenant_id = 'acme' AND n <> 0"), vec![])
+            .await
+            .unwrap();
+        model::exec(&db, &format!("DELETE FROM {table} WHERE tenant_id = 'acme'"), vec![]).await.unwrap();
+    }
+    model::fill_roll_ups(&db, Some("acme")).await.unwrap();
+    for (table, cols) in tables {
+        let side = |a: &str, b: &str| {
+            format!(
+                "SELECT {cols} FROM {table} WHERE tenant_id = '{a}' AND n <> 0 EXCEPT SELECT {cols} FROM {table} WHERE tenant_id = '{b}'"
+            )
+        };
+        let kept = count(format!("SELECT COUNT(*) AS c FROM {table} WHERE tenant_id = 'kept'")).await;
+        let only_kept = count(format!("SELECT COUNT(*) AS c FROM ({}) x", side("kept", "acme"))).await;
+        let only_filled = count(format!("SELECT COUNT(*) AS c FROM ({}) x", side("acme", "kept"))).await;
+        assert!(
+            kept > 50 && only_kept == 0 && only_filled == 0,
+            "{table}: {kept} kept, {only_kept} only kept, {only_filled} only filled"
+        );
+    }
+    t.cleanup().await;
+}
+
 clm_platform::backend_tests!(
+    roll_ups_answer_any_range,
     reaches_and_purchases_add_up,
     a_segment_counts_as_a_tenant_of_its_members,
     late_activity_moves_first_and_returning,

@@ -35,6 +35,18 @@ pub const FUNNEL_CELLS: Table = Table {
     keys: &["tenant_id", "model_id", "cohort_day", "channel", "campaign", "stage_key", "delay_days"],
     sums: &["n"],
 };
+/// The funnel of all channels and campaigns by block of `span_days` (`model::ROLL_SPANS`).
+pub const FUNNEL_ROLL: Table = Table {
+    name: "funnel_roll",
+    keys: &["tenant_id", "model_id", "span_days", "cohort_day", "stage_key", "delay_days"],
+    sums: &["n"],
+};
+/// `time_hist` by block of `span_days` (the spans above a day: `time_hist` is the day).
+pub const TIME_HIST_ROLL: Table = Table {
+    name: "time_hist_roll",
+    keys: &["tenant_id", "model_id", "name", "span_days", "day", "bucket"],
+    sums: &["n"],
+};
 pub const TIME_HIST: Table =
     Table { name: "time_hist", keys: &["tenant_id", "model_id", "name", "day", "bucket"], sums: &["n"] };
 pub const COHORT_CELLS: Table =
@@ -125,10 +137,21 @@ pub async fn deferred<T>(db: &impl ConnectionTrait, work: impl Future<Output = R
 }
 
 fn by_name(name: &str) -> &'static Table {
-    [&KPI_DAILY, &CONTACT_KPIS, &FUNNEL_CELLS, &TIME_HIST, &COHORT_CELLS, &COHORT_SIZES, &COHORT_LAST, &PERIOD_COUNTS]
-        .into_iter()
-        .find(|t| t.name == name)
-        .expect("every pending row's table is one of these")
+    [
+        &KPI_DAILY,
+        &CONTACT_KPIS,
+        &FUNNEL_CELLS,
+        &FUNNEL_ROLL,
+        &TIME_HIST,
+        &TIME_HIST_ROLL,
+        &COHORT_CELLS,
+        &COHORT_SIZES,
+        &COHORT_LAST,
+        &PERIOD_COUNTS,
+    ]
+    .into_iter()
+    .find(|t| t.name == name)
+    .expect("every pending row's table is one of these")
 }
 
 /// `INSERT … VALUES (…), (…) ON CONFLICT (keys) DO UPDATE SET sum = table.sum + excluded.sum`,

@@ -1,12 +1,14 @@
 //! The read model, updated incrementally by events (`apply_*`), and the queries the API asks of
-//! it. Every KPI query reads pre-aggregated daily rows (`kpi_daily`, `stage_daily`,
+//! it. Every KPI query reads pre-aggregated daily rows (`kpi_daily`, `funnel_cells`,
 //! `time_hist`, `cohort_*`, `period_counts`), so its cost grows with the number of days and
 //! dimensions in range, not with the number of contacts or transitions.
 //!
 //! Tables (all keyed by tenant):
 //! - `kpi_daily` (name, model, day, channel, campaign, currency) → count `n`, sum `s`
-//! - `stage_daily` (model, stage, day, channel, campaign) → first reaches
 //! - `time_hist` (model, name, day, bucket) → durations (stage-to-stage, time to close)
+//! - `funnel_cells` (model, cohort day, channel, campaign, stage, delay) → first reaches
+//! - `funnel_roll`, `time_hist_roll`: the funnel (all channels) and the durations by block of
+//!   1, 16 and 256 days ([`ROLL_SPANS`]), so a year's funnel reads ~20 blocks, not 365 days
 //! - `stage_reach`, `contact_now`, `customer_facts`, `contact_periods`: per-contact state the
 //!   updates need (first reach per stage, current stage, purchases, active periods)
 //! - `cohort_sizes`, `cohort_cells`, `cohort_last`, `period_counts`: cohort matrix and
@@ -174,7 +176,131 @@ async fn bump_funnel(
         delay.into(),
     ];
     counters::add(db, &counters::FUNNEL_CELLS, key, &[n]).await?;
+    for span in ROLL_SPANS {
+        let key = vec![tenant.into(), model.into(), span.into(), block(entry, span).into(), stage.into(), delay.into()];
+        counters::add(db, &counters::FUNNEL_ROLL, key, &[n]).await?;
+    }
     Ok(())
+}
+
+/// The blocks of days the funnel and the histograms are also kept by (`funnel_roll`,
+/// `time_hist_roll`; a day's histogram is `time_hist` itself): a range reads its whole
+/// blocks of 256 days, then of 16, then its single days at the edges ([`cover`]), so a year
+/// is about 20 rows per stage and delay instead of 365 × channels × campaigns.
+pub const ROLL_SPANS: [i64; 3] = [1, 16, 256];
+
+/// Start of the block of `span` days holding `at` (blocks aligned on the epoch).
+pub fn block(at: i64, span: i64) -> i64 {
+    at.div_euclid(span * domain::DAY) * span * domain::DAY
+}
+
+/// The blocks that cover the days [lo, hi) exactly (both day starts): (span, first block,
+/// end), where rows of `span` days starting in [first, end) tile the part they cover; each
+/// span at most twice (its left and right edge), the longest once in the middle.
+pub fn cover(lo: i64, hi: i64) -> Vec<(i64, i64, i64)> {
+    let (mut a, mut b) = (lo, hi);
+    let mut out = Vec::new();
+    for (i, span) in ROLL_SPANS.iter().copied().enumerate() {
+        if a >= b {
+            break;
+        }
+        let Some(next) = ROLL_SPANS.get(i + 1).map(|s| s * domain::DAY) else {
+            out.push((span, a, b));
+            break;
+        };
+        let inner_a = a.div_euclid(next) * next + if a.rem_euclid(next) == 0 { 0 } else { next };
+        let inner_b = b.div_euclid(next) * next;
+        if inner_a >= inner_b {
+            out.push((span, a, b));
+            break;
+        }
+        if a < inner_a {
+            out.push((span, a, inner_a));
+        }
+        if inner_b < b {
+            out.push((span, inner_b, b));
+        }
+        (a, b) = (inner_a, inner_b);
+    }
+    out
+}
+
+/// ` AND (<span_col> = ? AND <day_col> >= ? AND <day_col> < ? OR …)` for the parts of a cover
+/// (`span_col` `None`: a table of single days, given only the one-day parts).
+fn push_cover(
+    sql: &mut String,
+    vals: &mut Vec<Value>,
+    parts: &[(i64, i64, i64)],
+    day_col: &str,
+    span_col: Option<&str>,
+) {
+    sql.push_str(" AND (");
+    for (i, (span, from, to)) in parts.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(" OR ");
+        }
+        sql.push('(');
+        if let Some(c) = span_col {
+            sql.push_str(c);
+            sql.push_str(" = ? AND ");
+            vals.push(v(*span));
+        }
+        sql.push_str(day_col);
+        sql.push_str(" >= ? AND ");
+        sql.push_str(day_col);
+        sql.push_str(" < ?)");
+        vals.push(v(*from));
+        vals.push(v(*to));
+    }
+    sql.push(')');
+}
+
+/// `col`'s block of `span` days in SQL both backends share (floored, as [`block`]).
+fn block_sql(col: &str, span: i64) -> String {
+    let p = span * domain::DAY;
+    format!("({col} - ((({col} % {p}) + {p}) % {p}))")
+}
+
+/// Build the roll-ups from the day cells (`funnel_cells`, `time_hist`), for every tenant or
+/// one: what the handlers keep them at. Used by the migration that added them; the roll-ups
+/// must be empty for the tenants filled.
+pub async fn fill_roll_ups(db: &impl ConnectionTrait, tenant: Option<&str>) -> Result<()> {
+    let (only, vals) = match tenant {
+        Some(t) => (" WHERE tenant_id = ?", vec![v(t)]),
+        None => ("", vec![]),
+    };
+    for span in ROLL_SPANS {
+        let b = block_sql("cohort_day", span);
+        exec(
+            db,
+            &format!(
+                "INSERT INTO funnel_roll (tenant_id, model_id, span_days, cohort_day, stage_key, delay_days, n) \
+                 SELECT tenant_id, model_id, {span}, {b}, stage_key, delay_days, SUM(n) FROM funnel_cells{only} \
+                 GROUP BY tenant_id, model_id, {b}, stage_key, delay_days"
+            ),
+            vals.clone(),
+        )
+        .await?;
+        if span > 1 {
+            let b = block_sql("day", span);
+            exec(
+                db,
+                &format!(
+                    "INSERT INTO time_hist_roll (tenant_id, model_id, name, span_days, day, bucket, n) \
+                     SELECT tenant_id, model_id, name, {span}, {b}, bucket, SUM(n) FROM time_hist{only} \
+                     GROUP BY tenant_id, model_id, name, {b}, bucket"
+                ),
+                vals.clone(),
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// The day after the last day start before `end`: days `d < end` are the days `d < last_day(end)`.
+fn days_before(end: i64) -> i64 {
+    domain::day(end.saturating_sub(1)).saturating_add(domain::DAY)
 }
 
 async fn reaches_of(db: &impl ConnectionTrait, tenant: &str, model: &str, contact: &str) -> Result<Vec<(String, i64)>> {
@@ -190,8 +316,13 @@ async fn reaches_of(db: &impl ConnectionTrait, tenant: &str, model: &str, contac
 }
 
 async fn bump_hist(db: &impl ConnectionTrait, tenant: &str, model: &str, name: &str, at: i64, took: i64) -> Result<()> {
-    let key = vec![tenant.into(), model.into(), name.into(), domain::day(at).into(), domain::bucket(took).into()];
+    let bucket = domain::bucket(took);
+    let key = vec![tenant.into(), model.into(), name.into(), domain::day(at).into(), bucket.into()];
     counters::add(db, &counters::TIME_HIST, key, &[1]).await?;
+    for span in ROLL_SPANS.into_iter().filter(|s| *s > 1) {
+        let key = vec![tenant.into(), model.into(), name.into(), span.into(), block(at, span).into(), bucket.into()];
+        counters::add(db, &counters::TIME_HIST_ROLL, key, &[1]).await?;
+    }
     Ok(())
 }
 
@@ -924,12 +1055,26 @@ pub async fn funnel(
     if slice.contacts.is_some() {
         return funnel_of_members(db, tenant, slice, window_days).await;
     }
-    let mut sql =
-        "SELECT stage_key, CAST(SUM(n) AS BIGINT) AS n FROM funnel_cells WHERE tenant_id = ? AND model_id = ? \
-         AND cohort_day >= ? AND cohort_day < ? AND delay_days <= ?"
+    let (lo, hi) = (domain::day(slice.start), days_before(slice.end));
+    if lo >= hi {
+        return Ok(Vec::new());
+    }
+    let (mut sql, vals) = if slice.channel.is_none() && slice.campaign.is_none() {
+        // Every channel and campaign: the roll-up's blocks.
+        let mut sql = "SELECT stage_key, CAST(SUM(n) AS BIGINT) AS n FROM funnel_roll \
+                       WHERE tenant_id = ? AND model_id = ? AND delay_days <= ?"
             .to_owned();
-    let mut vals = vec![v(tenant), v(slice.model.as_str()), v(domain::day(slice.start)), v(slice.end), v(window_days)];
-    slice.filters(&mut sql, &mut vals);
+        let mut vals = vec![v(tenant), v(slice.model.as_str()), v(window_days)];
+        push_cover(&mut sql, &mut vals, &cover(lo, hi), "cohort_day", Some("span_days"));
+        (sql, vals)
+    } else {
+        let mut sql = "SELECT stage_key, CAST(SUM(n) AS BIGINT) AS n FROM funnel_cells WHERE tenant_id = ? \
+                       AND model_id = ? AND cohort_day >= ? AND cohort_day < ? AND delay_days <= ?"
+            .to_owned();
+        let mut vals = vec![v(tenant), v(slice.model.as_str()), v(lo), v(hi), v(window_days)];
+        slice.filters(&mut sql, &mut vals);
+        (sql, vals)
+    };
     sql.push_str(" GROUP BY stage_key");
     rows(db, &sql, vals)
         .await?
@@ -991,13 +1136,30 @@ pub async fn histograms(
 ) -> Result<std::collections::HashMap<String, Vec<(i64, i64)>>> {
     let mut out: std::collections::HashMap<String, Vec<(i64, i64)>> = std::collections::HashMap::new();
     if slice.contacts.is_none() {
-        for r in rows(
-            db,
-            "SELECT name, bucket, CAST(SUM(n) AS BIGINT) AS n FROM time_hist WHERE tenant_id = ? AND model_id = ? AND day >= ? AND day < ? GROUP BY name, bucket",
-            vec![v(tenant), v(slice.model.as_str()), v(slice.start), v(slice.end)],
-        )
-        .await?
-        {
+        // Days `d` with start <= d < end: single days from `time_hist`, blocks from the roll-up.
+        let lo = domain::day(slice.start.saturating_add(domain::DAY - 1));
+        let hi = days_before(slice.end);
+        if lo >= hi {
+            return Ok(out);
+        }
+        let parts = cover(lo, hi);
+        let (days, blocks): (Vec<_>, Vec<_>) = parts.into_iter().partition(|p| p.0 == 1);
+        let mut branches = Vec::new();
+        let mut vals = Vec::new();
+        for (table, parts, span_col) in [("time_hist", days, None), ("time_hist_roll", blocks, Some("span_days"))] {
+            if parts.is_empty() {
+                continue;
+            }
+            let mut sql = format!("SELECT name, bucket, n FROM {table} WHERE tenant_id = ? AND model_id = ?");
+            vals.extend([v(tenant), v(slice.model.as_str())]);
+            push_cover(&mut sql, &mut vals, &parts, "day", span_col);
+            branches.push(sql);
+        }
+        let sql = format!(
+            "SELECT name, bucket, CAST(SUM(n) AS BIGINT) AS n FROM ({}) x GROUP BY name, bucket",
+            branches.join(" UNION ALL ")
+        );
+        for r in rows(db, &sql, vals).await? {
             out.entry(r.try_get("", "name")?)
                 .or_default()
                 .push((r.try_get("", "bucket")?, r.try_get::<Option<i64>>("", "n")?.unwrap_or(0)));
@@ -1287,5 +1449,42 @@ mod tests {
                 assert_eq!(delay_bucket(d) <= window_bucket(w), d <= w, "delay {d}, window {w}");
             }
         }
+    }
+
+    /// Every range of days, long or short, on or off block boundaries, before or after the
+    /// epoch, is tiled exactly once by its cover, each part of whole aligned blocks, and the
+    /// cover stays small.
+    #[test]
+    fn a_cover_tiles_its_range() {
+        let d = domain::DAY;
+        let mut x: u64 = 1;
+        let mut next = |n: i64| {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (x >> 33) as i64 % n
+        };
+        let mut cases = vec![(0, 1), (0, 256), (255, 257), (-300, 300), (20_454, 20_819), (0, 20 * 366)];
+        for _ in 0..5_000 {
+            let lo = 19_000 + next(3_000) - 1_500 * next(2);
+            let max = if next(2) == 0 { 40 } else { 8_000 };
+            cases.push((lo, lo + 1 + next(max)));
+        }
+        for (lo, hi) in cases {
+            let parts = cover(lo * d, hi * d);
+            let mut days: Vec<i64> = Vec::new();
+            for (span, from, to) in &parts {
+                assert!(ROLL_SPANS.contains(span));
+                assert!(from < to && block(*from, *span) == *from && block(*to, *span) == *to, "{parts:?}");
+                days.extend((from / d..to / d).collect::<Vec<_>>());
+            }
+            days.sort_unstable();
+            assert_eq!(days, (lo..hi).collect::<Vec<_>>(), "[{lo}, {hi}): {parts:?}");
+            // Whole blocks of 16 inside a range are never read day by day, nor of 256 by 16s.
+            let rows: i64 = parts.iter().map(|(s, f, t)| (t - f) / (s * d)).sum();
+            assert!(rows <= 2 * 15 + 2 * 15 + (hi - lo) / 256 + 1, "[{lo}, {hi}): {rows} rows {parts:?}");
+            assert!(parts.len() <= 5, "{parts:?}");
+        }
+        assert!(cover(5 * d, 5 * d).is_empty());
+        // A year from 2026-01-01: 13 single days, 6 blocks of 16 and one of 256.
+        assert_eq!(cover(20_454 * d, 20_819 * d).iter().map(|(s, f, t)| (t - f) / (s * d)).sum::<i64>(), 20);
     }
 }

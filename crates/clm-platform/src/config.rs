@@ -87,6 +87,9 @@ pub struct DatabaseSettings {
     pub min_connections: u32,
     pub connect_timeout_ms: u64,
     pub acquire_timeout_ms: u64,
+    /// A pooled connection idle at least this long is pinged before it is handed out (one
+    /// that a server, proxy or firewall dropped is replaced); 0 pings on every checkout.
+    pub ping_idle_after_ms: u64,
     pub migrate_on_start: bool,
 }
 

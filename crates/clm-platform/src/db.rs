@@ -29,13 +29,19 @@ pub async fn connect(url: &str, settings: &DatabaseSettings) -> anyhow::Result<D
         .min_connections(settings.min_connections)
         .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
         .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms))
-        .sqlx_logging(false)
-        .map_sqlx_sqlite_opts(|o| {
-            o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
-                .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
-                .busy_timeout(Duration::from_secs(10))
-                .foreign_keys(true)
-        });
+        .sqlx_logging(false);
+    // sqlx pings every connection it checks out by default: on PostgreSQL a round trip before
+    // each statement or transaction (CreateContact and GetContact were two where one does),
+    // on SQLite a hand-off to the connection's thread and back. Only idle ones need it.
+    if settings.ping_idle_after_ms > 0 {
+        opts.test_before_acquire_if_idle_for(Duration::from_millis(settings.ping_idle_after_ms));
+    }
+    opts.map_sqlx_sqlite_opts(|o| {
+        o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+            .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true)
+    });
     Database::connect(opts).await.map_err(|e| anyhow::anyhow!("cannot connect to database {}: {e}", redact(url)))
 }
 
@@ -88,6 +94,8 @@ pub async fn writer(db: &DatabaseConnection) -> DatabaseConnection {
     let pool = sea_orm::sqlx::sqlite::SqlitePoolOptions::new()
         .max_connections(1)
         .min_connections(1)
+        // A file of this process: nothing can drop the connection, so no ping per write.
+        .test_before_acquire(false)
         .acquire_timeout(WRITE_QUEUE_TIMEOUT)
         .idle_timeout(None)
         .connect_with((*options).clone())

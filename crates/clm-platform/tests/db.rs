@@ -12,6 +12,7 @@ fn settings() -> DatabaseSettings {
         min_connections: 1,
         connect_timeout_ms: 5000,
         acquire_timeout_ms: 5000,
+        ping_idle_after_ms: 30_000,
         migrate_on_start: true,
     }
 }

@@ -143,11 +143,16 @@ pub async fn count_contacts(db: &impl ConnectionTrait, tenant: &TenantId, q: &Li
 
 /// The stored row of a contact (any state).
 pub async fn find_contact(db: &impl ConnectionTrait, tenant: &TenantId, id: Uuid) -> Result<Option<Contact>> {
+    // `all`, not `one`: the id is unique, and `one` binds its `LIMIT 1` as a parameter, which
+    // SQLite lets steer the plan, so each new binding recompiles the statement (a fresh parse
+    // and plan on every read of a contact).
     contact::Entity::find()
         .filter(contact::Column::TenantId.eq(tenant.as_str()))
         .filter(contact::Column::Id.eq(id.to_string()))
-        .one(db)
+        .all(db)
         .await?
+        .into_iter()
+        .next()
         .map(convert::to_domain)
         .transpose()
 }

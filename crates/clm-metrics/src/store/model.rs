@@ -298,7 +298,7 @@ pub async fn fill_roll_ups(db: &impl ConnectionTrait, tenant: Option<&str>) -> R
     Ok(())
 }
 
-/// The day after the last day start before `end`: days `d < end` are the days `d < last_day(end)`.
+/// The end (exclusive) of the days before `end`: a day start `d` is `< end` exactly when it is `< days_before(end)`.
 fn days_before(end: i64) -> i64 {
     domain::day(end.saturating_sub(1)).saturating_add(domain::DAY)
 }

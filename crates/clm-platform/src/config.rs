@@ -114,6 +114,7 @@ pub struct EventSettings {
     pub consumer_prefix: String,
     pub relay_batch: u64,
     pub relay_poll_ms: u64,
+    pub relay_linger_ms: u64,
     pub consumer_batch: usize,
 }
 

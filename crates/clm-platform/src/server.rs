@@ -98,6 +98,7 @@ impl Shared {
         let mut opts = crate::events::outbox::RelayOptions {
             batch: self.settings.events.relay_batch,
             poll: Duration::from_millis(self.settings.events.relay_poll_ms),
+            linger: Duration::from_millis(self.settings.events.relay_linger_ms),
             ..Default::default()
         };
         let addr = self.settings.server.listen_addr;

@@ -207,6 +207,7 @@ fn event_settings(transport: EventTransport, nats_url: &str, log_url: &str, pref
         consumer_prefix: String::new(),
         relay_batch: 100,
         relay_poll_ms: 50,
+        relay_linger_ms: 2,
         consumer_batch: 50,
     }
 }

@@ -226,6 +226,10 @@ impl OutboxWriter {
 pub struct RelayOptions {
     pub batch: u64,
     pub poll: Duration,
+    /// After a round that published something but less than a full batch, wait this long
+    /// before the next, so that under load a round carries many events instead of one or two.
+    /// The first event after a quiet spell still goes at once. Zero: no wait.
+    pub linger: Duration,
     pub max_backoff: Duration,
     /// Identity of this replica for the lease.
     pub holder: String,
@@ -237,6 +241,7 @@ impl Default for RelayOptions {
         Self {
             batch: 100,
             poll: Duration::from_millis(250),
+            linger: Duration::from_millis(2),
             max_backoff: Duration::from_secs(2),
             holder: uuid::Uuid::new_v4().to_string(),
             lease: Duration::from_secs(15),
@@ -396,6 +401,16 @@ async fn relay_loop(
             };
             match step.await {
                 Ok(n) if n as u64 == opts.batch => backoff = Duration::from_millis(100),
+                // Events are arriving: let more gather before the next round. Without this, a
+                // relay woken by every commit ran a round (read, publish, mark) per one or two
+                // events: at 4,000 CreateContact/s on PostgreSQL, ~2,000 rounds a second.
+                Ok(n) if n > 0 && !opts.linger.is_zero() => {
+                    backoff = Duration::from_millis(100);
+                    tokio::select! {
+                        () = tokio::time::sleep(opts.linger) => {},
+                        _ = stop.changed() => return,
+                    }
+                }
                 Ok(_) => {
                     backoff = Duration::from_millis(100);
                     tokio::select! {

@@ -18,8 +18,13 @@ fn settings() -> DatabaseSettings {
 }
 
 async fn setup(backend: Backend) -> Option<(TestDb, DatabaseConnection)> {
+    setup_with(backend, &settings()).await
+}
+
+/// Tables `parent` and `child` (id, note) and a unique index on `parent.note`.
+async fn setup_with(backend: Backend, settings: &DatabaseSettings) -> Option<(TestDb, DatabaseConnection)> {
     let tdb = TestDb::create(backend, "insert_all").await?;
-    let conn = db::connect(&tdb.url, &settings()).await.expect("connect");
+    let conn = db::connect(&tdb.url, settings).await.expect("connect");
     for t in ["parent", "child"] {
         conn.execute(
             Table::create()
@@ -183,17 +188,8 @@ async fn answer(conn: &impl ConnectionTrait, sql: &str) -> i64 {
 async fn connection_is_clean_after_cancelled_calls(backend: Backend) {
     use sea_orm::TransactionTrait as _;
     use std::time::Duration;
-    let Some(tdb) = TestDb::create(backend, "pool_clean").await else { return };
     let one = DatabaseSettings { max_connections: 1, ..settings() };
-    let conn = db::connect(&tdb.url, &one).await.expect("connect");
-    conn.execute(
-        Table::create()
-            .table(Alias::new("parent"))
-            .col(sea_orm::sea_query::ColumnDef::new(Alias::new("id")).string().not_null().primary_key())
-            .col(sea_orm::sea_query::ColumnDef::new(Alias::new("note")).string().not_null()),
-    )
-    .await
-    .expect("create table");
+    let Some((tdb, conn)) = setup_with(backend, &one).await else { return };
 
     for round in 0..3 {
         // A transaction dropped after a write, without commit: rolled back before the next user.

@@ -204,8 +204,9 @@ async fn connection_is_clean_after_cancelled_calls(backend: Backend) {
         assert_eq!(answer(&conn, &format!("SELECT CAST({round} + 40 AS BIGINT)")).await, 40 + round, "no stale rows");
 
         // A transaction cancelled in the middle of a statement, after a cancelled query. (On
-        // SQLite, sqlx 0.9 does not roll back a transaction dropped on a connection that had a
-        // cancelled statement, with or without our patch: noted in vendor/README.md.)
+        // SQLite this step failed four runs in a row early on, with the published driver too,
+        // and passed every run since: cause not found, so it runs on PostgreSQL only until it
+        // is understood; vendor/README.md.)
         if backend == Backend::Postgres {
             let txn = conn.begin().await.expect("begin");
             txn.execute(&row("parent", &format!("q{round}"), "never committed")).await.expect("insert");

@@ -3,8 +3,11 @@
 offline, and prove the manifests match what the binaries really read:
 
 * every Deployment's environment (ConfigMap literals + container env + Secret keys with
-  placeholder values) is loaded by the real binary (`clm-<svc> check-config`, env cleared):
-  an unknown or malformed key makes the binary exit non-zero;
+  placeholder values) passes the real binary's `clm-<svc> check-config` (env cleared), which
+  runs every check `serve` runs before it listens: an unknown or malformed key, incomplete auth
+  (production needs issuer, audience and a key) or a weak secret makes it exit non-zero. The
+  manifests' CLM_AUTH__JWKS_URL is fetched from a local stand-in serving a JWKS (no network);
+  in the prod overlay it must be https;
 * the gRPC port of the probes, the containerPort and the Service targetPort are the port in
   CLM_SERVER__LISTEN_ADDR;
 * each readiness probe asks for the gRPC service name the binary reports in health;
@@ -12,10 +15,13 @@ offline, and prove the manifests match what the binaries really read:
 
 Run from the repository root: deploy/check.py <target-dir> (binaries in <target-dir>/debug).
 """
+import http.server
+import json
 import os
 import re
 import subprocess
 import sys
+import threading
 
 import yaml
 
@@ -38,18 +44,46 @@ def grpc_name(service):
     return m.group(1)
 
 
+# Long enough for every secret rule (auth.jwt_hs256_secret needs 32 bytes).
+SECRET_PLACEHOLDER = "placeholder-secret-value-0123456789abcdef"
+
+# A JWKS with the Ed25519 example public key of RFC 8037 (A.2): what the stand-in identity
+# provider serves in place of the manifests' CLM_AUTH__JWKS_URL.
+JWKS = json.dumps({"keys": [{"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "kid": "deploy-check",
+                             "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}).encode()
+
+
+def jwks_stand_in():
+    """Serve JWKS on 127.0.0.1 from a thread; returns its URL."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(JWKS)))
+            self.end_headers()
+            self.wfile.write(JWKS)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}/.well-known/jwks.json"
+
+
 def placeholder(key, service):
     if key.endswith("__DATABASE_URL"):
         return f"postgres://clm:secret@db.example:5432/clm_{service}"
     if key.endswith("_PEM"):
         return ""
-    return "placeholder-secret-value"
+    return SECRET_PLACEHOLDER
 
 
 def main():
     target = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target")
     validate = os.path.join(ROOT, ".tools", "venv", "bin", "kubernetes-validate")
     checked = 0
+    jwks_url = jwks_stand_in()
     for overlay in OVERLAYS:
         path = os.path.join(ROOT, "deploy", "k8s", "overlays", overlay)
         rendered = subprocess.run(["kubectl", "kustomize", path], check=True, capture_output=True, text=True).stdout
@@ -82,10 +116,14 @@ def main():
                     elif name == f"clm-{svc}-db":
                         env[f"CLM_{svc.upper()}__DATABASE_URL"] = placeholder("__DATABASE_URL", svc)
                     elif name == "clm-auth":
-                        env["CLM_AUTH__JWT_HS256_SECRET"] = "placeholder-secret-value"
-                        env["CLM_SERVER__PAGE_TOKEN_SECRET"] = "placeholder-secret-value"
+                        env["CLM_AUTH__JWT_HS256_SECRET"] = SECRET_PLACEHOLDER
+                        env["CLM_SERVER__PAGE_TOKEN_SECRET"] = SECRET_PLACEHOLDER
             for e in c.get("env", []):
                 env[e["name"]] = str(e.get("value", ""))
+            if "CLM_AUTH__JWKS_URL" in env:
+                if overlay == "prod" and not env["CLM_AUTH__JWKS_URL"].startswith("https://"):
+                    fail(f"overlay {overlay}: CLM_AUTH__JWKS_URL must be https:// (keys fetched in the clear can be forged)")
+                env["CLM_AUTH__JWKS_URL"] = jwks_url
             binary = os.path.join(target, "debug", f"clm-{svc}")
             if not os.path.exists(binary):
                 fail(f"{binary} is missing: build the binaries first (cargo build --bins)")

@@ -42,7 +42,7 @@ impl clm_platform::runtime::Service for ContactsService {
             shared.stopping(),
         ));
         let server = clm_proto::contacts::v1::contacts_service_server::ContactsServiceServer::new(
-            api::ContactsApi::new(db, shared.page_tokens.clone(), publisher),
+            api::ContactsApi::new(db, shared.page_tokens.clone(), publisher).with_max_message_bytes(max),
         )
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);

@@ -932,6 +932,201 @@ async fn batch_get_resolves_and_reports_missing(backend: Backend) {
     db.cleanup().await;
 }
 
+/// A timestamp in year 10000 (one second past the protobuf range).
+fn year_10000() -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: 253_402_300_800, nanos: 0 }
+}
+
+/// A time 30 days from now.
+fn next_month() -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: chrono::Utc::now().timestamp() + 30 * 86_400, nanos: 0 }
+}
+
+async fn bad_times_and_amounts_are_refused_by_field(backend: Backend) {
+    let Some((server, db)) = setup(backend, "badvalues").await else { return };
+    let mut c = client(&server, "acme", RW).await;
+    let attr = |ts| {
+        [("renewal".to_string(), pb::AttributeValue { kind: Some(pb::attribute_value::Kind::TimestampValue(ts)) })]
+            .into()
+    };
+    let consent = |ts| pb::Consent {
+        channel: pb::ConsentChannel::Email as i32,
+        status: pb::ConsentStatus::Granted as i32,
+        update_time: Some(ts),
+        source: "web".into(),
+    };
+    let acquired = |ts| pb::Acquisition { acquire_time: Some(ts), ..Default::default() };
+    let cost = |units| pb::Acquisition {
+        cost: Some(Money { currency_code: "EUR".into(), units, nanos: 0 }),
+        ..Default::default()
+    };
+    let base = || contact("t@example.com", "T", "T");
+    let target = create(&mut c, contact("target@example.com", "T", "T")).await;
+    let cases: Vec<(pb::Contact, &str)> = vec![
+        (pb::Contact { acquisition: Some(acquired(year_10000())), ..base() }, "contact.acquisition.acquire_time"),
+        (pb::Contact { acquisition: Some(acquired(next_month())), ..base() }, "contact.acquisition.acquire_time"),
+        (
+            pb::Contact {
+                acquisition: Some(acquired(prost_types::Timestamp { seconds: -62_135_596_801, nanos: 0 })),
+                ..base()
+            },
+            "contact.acquisition.acquire_time",
+        ),
+        (pb::Contact { consents: vec![consent(year_10000())], ..base() }, "contact.consents[0].update_time"),
+        (pb::Contact { consents: vec![consent(next_month())], ..base() }, "contact.consents[0].update_time"),
+        (pb::Contact { attributes: attr(year_10000()), ..base() }, "contact.attributes.renewal"),
+        (pb::Contact { acquisition: Some(cost(1_000_000_000_001)), ..base() }, "contact.acquisition.cost.units"),
+        (pb::Contact { acquisition: Some(cost(i64::MAX)), ..base() }, "contact.acquisition.cost.units"),
+    ];
+    for (bad, field) in cases {
+        let err = c
+            .create_contact(pb::CreateContactRequest { contact: Some(bad.clone()), request_id: String::new() })
+            .await
+            .expect_err(field);
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
+        assert_eq!(violations(&err), vec![field.to_string()], "{err:?}");
+        // Updates and imports refuse the same values the same way.
+        let err = c
+            .update_contact(pb::UpdateContactRequest {
+                contact: Some(pb::Contact { id: target.id.clone(), ..bad.clone() }),
+                update_mask: None,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
+        let mut out = c
+            .import_contacts(tokio_stream::iter(vec![pb::ImportContactsRequest { contacts: vec![bad] }]))
+            .await
+            .unwrap();
+        let Some(pb::import_contacts_response::Result::Rows(rows)) =
+            out.get_mut().message().await.unwrap().unwrap().result
+        else {
+            panic!("rows first")
+        };
+        assert_eq!(rows.results[0].outcome, pb::ImportOutcome::Skipped as i32, "{field}");
+        assert_eq!(format!("contact.{}", rows.results[0].field), field);
+        while out.get_mut().message().await.unwrap().is_some() {}
+    }
+    // Far-past-but-valid and future attribute values (a renewal date) are fine; so is the
+    // largest amount and a time within the day's tolerance.
+    let ok = create(
+        &mut c,
+        pb::Contact {
+            attributes: attr(prost_types::Timestamp { seconds: 253_402_300_799, nanos: 999_999_999 }),
+            acquisition: Some(pb::Acquisition {
+                cost: Some(Money { currency_code: "EUR".into(), units: 1_000_000_000_000, nanos: 0 }),
+                acquire_time: Some(prost_types::Timestamp { seconds: chrono::Utc::now().timestamp() + 3600, nanos: 0 }),
+                ..Default::default()
+            }),
+            ..base()
+        },
+    )
+    .await;
+    assert_eq!(ok.acquisition.unwrap().cost.unwrap().units, 1_000_000_000_000);
+    // Lists and exports stay readable.
+    let list = c.list_contacts(pb::ListContactsRequest::default()).await.unwrap().into_inner();
+    assert_eq!(list.total_size, 2);
+    let mut export = c.export_contacts(pb::ExportContactsRequest::default()).await.unwrap().into_inner();
+    assert_eq!(export.message().await.unwrap().unwrap().contacts.len(), 2);
+    server.stop().await.unwrap();
+    db.cleanup().await;
+}
+
+async fn import_message_over_the_size_limit_fails_the_call(backend: Backend) {
+    let Some(db) = TestDb::create(backend, "importlimit").await else { return };
+    let server = testing::spawn::<ContactsService>(testing::settings(&[
+        ("CLM_CONTACTS__DATABASE_URL", &db.url),
+        ("CLM_SERVER__MAX_MESSAGE_BYTES", "16384"),
+    ]))
+    .await;
+    let mut c = client(&server, "acme", RW).await;
+    let good = pb::ImportContactsRequest {
+        contacts: (0..5).map(|i| contact(&format!("ok{i}@example.com"), "Ok", "Row")).collect(),
+    };
+    let big = pb::ImportContactsRequest {
+        contacts: (0..300).map(|i| contact(&format!("big{i}@example.com"), &"x".repeat(60), "Row")).collect(),
+    };
+    assert!(prost::Message::encoded_len(&big) > 16384);
+    let mut out = c.import_contacts(tokio_stream::iter(vec![good, big])).await.unwrap().into_inner();
+    let mut rows = Vec::new();
+    let err = loop {
+        match out.message().await {
+            Ok(Some(pb::ImportContactsResponse { result: Some(pb::import_contacts_response::Result::Rows(r)) })) => {
+                rows.extend(r.results);
+            }
+            Ok(Some(other)) => panic!("no summary after a lost message: {other:?}"),
+            Ok(None) => panic!("the stream ended OK although a message was dropped"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("16384") && err.message().contains("server.max_message_bytes"), "{err:?}");
+    // What was acknowledged before is committed (each message is its own transaction).
+    assert_eq!(rows.len(), 5);
+    assert!(rows.iter().all(|r| r.outcome == pb::ImportOutcome::Created as i32));
+    let list = c.list_contacts(pb::ListContactsRequest::default()).await.unwrap().into_inner();
+    assert_eq!(list.total_size, 5, "the acknowledged rows, none of the refused message");
+    server.stop().await.unwrap();
+    db.cleanup().await;
+}
+
+async fn request_id_reused_for_another_request_fails(backend: Backend) {
+    let Some((server, db)) = setup(backend, "ridreuse").await else { return };
+    let mut c = client(&server, "acme", RW).await;
+    let is_reuse = |err: tonic::Status| {
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert_eq!(violations(&err), vec!["request_id".to_string()], "{err:?}");
+        assert!(err.message().contains("different request"), "{err:?}");
+    };
+    // CreateContact: the same payload (its map built afresh, so in another order) is a retry.
+    let rid = uuid::Uuid::new_v4().to_string();
+    let attrs = || {
+        (0..16)
+            .map(|i| {
+                (
+                    format!("a{i}"),
+                    pb::AttributeValue { kind: Some(pb::attribute_value::Kind::NumberValue(f64::from(i))) },
+                )
+            })
+            .collect::<std::collections::HashMap<_, _>>()
+    };
+    let req = |email: &str| pb::CreateContactRequest {
+        contact: Some(pb::Contact { attributes: attrs(), ..contact(email, "Grace", "Hopper") }),
+        request_id: rid.clone(),
+    };
+    let first = c.create_contact(req("grace@navy.mil")).await.unwrap().into_inner().contact.unwrap();
+    let retry = c.create_contact(req("grace@navy.mil")).await.unwrap().into_inner().contact.unwrap();
+    assert_eq!(first.id, retry.id);
+    is_reuse(c.create_contact(req("someone.else@navy.mil")).await.unwrap_err());
+    // The id is not used up by the refusal; the first result still comes back.
+    assert_eq!(c.create_contact(req("grace@navy.mil")).await.unwrap().into_inner().contact.unwrap().id, first.id);
+    // The same request id for another method is another key.
+    let seg = |name: &str| pb::CreateSegmentRequest {
+        segment: Some(pb::Segment { display_name: name.into(), filter: r#"tags:"vip""#.into(), ..Default::default() }),
+        request_id: rid.clone(),
+    };
+    let s1 = c.create_segment(seg("VIPs")).await.unwrap().into_inner().segment.unwrap();
+    assert_eq!(c.create_segment(seg("VIPs")).await.unwrap().into_inner().segment.unwrap().id, s1.id);
+    is_reuse(c.create_segment(seg("Others")).await.unwrap_err());
+    // MergeContacts.
+    let dup = create(&mut c, contact("g.hopper@navy.mil", "G", "Hopper")).await;
+    let other = create(&mut c, contact("other@navy.mil", "O", "Ther")).await;
+    let mrid = uuid::Uuid::new_v4().to_string();
+    let merge = |ids: Vec<String>| pb::MergeContactsRequest {
+        survivor_id: first.id.clone(),
+        merged_ids: ids,
+        prefer_merged_fields: None,
+        request_id: mrid.clone(),
+    };
+    c.merge_contacts(merge(vec![dup.id.clone()])).await.unwrap();
+    c.merge_contacts(merge(vec![dup.id.clone()])).await.unwrap();
+    is_reuse(c.merge_contacts(merge(vec![other.id.clone()])).await.unwrap_err());
+    let still = c.get_contact(pb::GetContactRequest { id: other.id.clone() }).await.unwrap().into_inner();
+    assert_eq!(still.contact.unwrap().state, pb::ContactState::Active as i32, "the other contact was not merged");
+    server.stop().await.unwrap();
+    db.cleanup().await;
+}
+
 clm_platform::backend_tests!(
     lifecycle_of_a_record,
     idempotent_create_and_duplicate_email,
@@ -945,4 +1140,7 @@ clm_platform::backend_tests!(
     segments_are_live,
     concurrent_updates_one_wins,
     batch_get_resolves_and_reports_missing,
+    bad_times_and_amounts_are_refused_by_field,
+    import_message_over_the_size_limit_fails_the_call,
+    request_id_reused_for_another_request_fails,
 );

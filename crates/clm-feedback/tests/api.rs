@@ -924,6 +924,85 @@ async fn tenants_are_isolated(backend: Backend) {
     env.done().await;
 }
 
+async fn bad_times_and_reused_request_ids_are_refused(backend: Backend) {
+    let Some(env) = Env::start(backend, "fbbad").await else { return };
+    let Clients { mut f, mut c, .. } = env.clients("acme").await;
+    let survey = new_survey(&mut f, pb::SurveyKind::Nps, vec![], "").await;
+    let year_10000 = prost_types::Timestamp { seconds: 253_402_300_800, nanos: 0 };
+    let year_0 = prost_types::Timestamp { seconds: -62_135_596_801, nanos: 0 };
+    for (start, end, field) in [
+        (Some(year_10000), None, "start_time"),
+        (Some(year_0), None, "start_time"),
+        (None, Some(year_10000), "end_time"),
+        (Some(year_0), Some(year_10000), "start_time"),
+    ] {
+        let err = f
+            .get_survey_results(pb::GetSurveyResultsRequest {
+                survey_id: survey.id.clone(),
+                start_time: start,
+                end_time: end,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert_eq!(fields(&err)[0], field, "{err:?}");
+    }
+    f.get_survey_results(pb::GetSurveyResultsRequest { survey_id: survey.id.clone(), ..Default::default() })
+        .await
+        .unwrap();
+
+    let is_reuse = |err: tonic::Status| {
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert_eq!(fields(&err), vec!["request_id".to_string()], "{err:?}");
+        assert!(err.message().contains("different request"), "{err:?}");
+    };
+    let rid = uuid::Uuid::new_v4().to_string();
+    let create = |name: &str| pb::CreateSurveyRequest {
+        survey: Some(pb::Survey {
+            display_name: name.into(),
+            kind: pb::SurveyKind::Csat as i32,
+            status: pb::SurveyStatus::Active as i32,
+            ..Default::default()
+        }),
+        request_id: rid.clone(),
+    };
+    let s1 = f.create_survey(create("Pulse")).await.unwrap().into_inner().survey.unwrap();
+    assert_eq!(f.create_survey(create("Pulse")).await.unwrap().into_inner().survey.unwrap().id, s1.id);
+    is_reuse(f.create_survey(create("Another pulse")).await.unwrap_err());
+
+    let who = new_contact(&mut c, "fan@example.com", &[]).await;
+    let other = new_contact(&mut c, "other@example.com", &[]).await;
+    let review = |rating: i32| pb::CreateReviewRequest {
+        review: Some(pb::Review { contact_id: who.clone(), rating, platform: "g2".into(), ..Default::default() }),
+        request_id: rid.clone(),
+    };
+    let r1 = wait_for("contacts know the reviewer", async || f.create_review(review(5)).await.ok()).await;
+    let r1 = r1.into_inner().review.unwrap();
+    assert_eq!(f.create_review(review(5)).await.unwrap().into_inner().review.unwrap().id, r1.id);
+    is_reuse(f.create_review(review(1)).await.unwrap_err());
+
+    let invitation = |contact: &str| pb::CreateInvitationRequest {
+        survey_id: survey.id.clone(),
+        contact_id: contact.into(),
+        request_id: rid.clone(),
+    };
+    let i1 = f.create_invitation(invitation(&who)).await.unwrap().into_inner();
+    let i2 = f.create_invitation(invitation(&who)).await.unwrap().into_inner();
+    assert_eq!(i1.invitation.unwrap().id, i2.invitation.unwrap().id);
+    is_reuse(f.create_invitation(invitation(&other)).await.unwrap_err());
+
+    let batch = |ids: Vec<String>| pb::BatchCreateInvitationsRequest {
+        survey_id: s1.id.clone(),
+        target: Some(pb::batch_create_invitations_request::Target::Contacts(pb::ContactIdList { contact_ids: ids })),
+        request_id: rid.clone(),
+    };
+    f.batch_create_invitations(batch(vec![other.clone()])).await.unwrap();
+    f.batch_create_invitations(batch(vec![other.clone()])).await.unwrap();
+    is_reuse(f.batch_create_invitations(batch(vec![who.clone(), other.clone()])).await.unwrap_err());
+    env.done().await;
+}
+
 clm_platform::backend_tests!(
     surveys_are_validated_and_versioned,
     segment_invited_answered_nps_read_back_and_follow_up,
@@ -933,4 +1012,5 @@ clm_platform::backend_tests!(
     reviews_count_as_advocacy,
     erasure_removes_what_people_wrote,
     tenants_are_isolated,
+    bad_times_and_reused_request_ids_are_refused,
 );

@@ -83,12 +83,13 @@ fn touch(contact: &str, kind: pb::TouchpointKind, at: Option<i64>) -> pb::Journe
     }
 }
 
+/// A purchase of 99 EUR. Order ids are unique per tenant: `order` is made the contact's own.
 fn purchase(contact: &str, order: &str, at: Option<i64>) -> pb::JourneyEvent {
     pb::JourneyEvent {
         contact_id: contact.into(),
         occur_time: at.map(timestamp),
         detail: Some(pb::journey_event::Detail::Purchase(pb::Purchase {
-            order_id: order.into(),
+            order_id: format!("{order}/{contact}"),
             amount: Some(Money { currency_code: "EUR".into(), units: 99, nanos: 0 }),
             items: 1,
         })),
@@ -843,6 +844,206 @@ async fn inactivity_automations_fire_once(backend: Backend) {
     env.done().await;
 }
 
+fn fields(err: &tonic::Status) -> Vec<String> {
+    clm_platform::error::field_violations(err).into_iter().map(|v| v.field).collect()
+}
+
+async fn bad_times_and_amounts_are_refused_by_field(backend: Backend) {
+    let Some(env) = Env::start(backend, "badvalues").await else { return };
+    let (mut c, mut l) = env.clients("acme").await;
+    let id = new_contact(&mut c, "times@example.com").await;
+    let year_10000 = prost_types::Timestamp { seconds: 253_402_300_800, nanos: 0 };
+    let year_0 = prost_types::Timestamp { seconds: -62_135_596_801, nanos: 0 };
+    let next_month = timestamp(now() + 30 * DAY);
+    for (at, why) in [(year_10000, "year 10000"), (year_0, "year 0"), (next_month, "a month ahead")] {
+        let e = pb::JourneyEvent { occur_time: Some(at), ..touch(&id, pb::TouchpointKind::Visit, None) };
+        let err = l
+            .record_journey_event(pb::RecordJourneyEventRequest { event: Some(e.clone()), ..Default::default() })
+            .await
+            .expect_err(why);
+        assert_eq!(err.code(), Code::InvalidArgument, "{why}: {err:?}");
+        assert_eq!(fields(&err), vec!["event.occur_time"], "{why}: {err:?}");
+        let summary = l
+            .import_journey_events(tokio_stream::iter(vec![pb::ImportJourneyEventsRequest {
+                model_id: String::new(),
+                events: vec![e],
+            }]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((summary.recorded, summary.errors.len()), (0, 1), "{why}");
+        assert_eq!(summary.errors[0].field, "occur_time", "{why}");
+        let err = l
+            .transition_stage(pb::TransitionStageRequest {
+                contact_id: id.clone(),
+                to_stage: "awareness".into(),
+                reason: "by hand".into(),
+                transition_time: Some(at),
+                ..Default::default()
+            })
+            .await
+            .expect_err(why);
+        assert_eq!(err.code(), Code::InvalidArgument, "{why}: {err:?}");
+        assert_eq!(fields(&err), vec!["transition_time"], "{why}: {err:?}");
+    }
+    // Amounts: at most 10^12 units.
+    let mut huge = purchase(&id, "huge", None);
+    if let Some(pb::journey_event::Detail::Purchase(p)) = &mut huge.detail {
+        p.amount = Some(Money { currency_code: "EUR".into(), units: 1_000_000_000_001, nanos: 0 });
+    }
+    let err = l
+        .record_journey_event(pb::RecordJourneyEventRequest { event: Some(huge.clone()), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(fields(&err), vec!["event.purchase.amount.units"], "{err:?}");
+    if let Some(pb::journey_event::Detail::Purchase(p)) = &mut huge.detail {
+        p.amount = Some(Money { currency_code: "EUR".into(), units: 1_000_000_000_000, nanos: 999_999_999 });
+    }
+    record(&mut l, huge).await;
+    // Reads stay readable.
+    let events = l
+        .list_journey_events(pb::ListJourneyEventsRequest { contact_id: id.clone(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(events.len(), 1);
+    env.done().await;
+}
+
+async fn a_purchase_is_recorded_once_per_order_id(backend: Backend) {
+    let Some(env) = Env::start(backend, "orders").await else { return };
+    let (mut c, mut l) = env.clients("acme").await;
+    let buyer = new_contact(&mut c, "buyer@example.com").await;
+    let other = new_contact(&mut c, "other@example.com").await;
+    let sale = |contact: &str, units: i64| pb::JourneyEvent {
+        contact_id: contact.into(),
+        detail: Some(pb::journey_event::Detail::Purchase(pb::Purchase {
+            order_id: "SO-1001".into(),
+            amount: Some(Money { currency_code: "EUR".into(), units, nanos: 0 }),
+            items: 2,
+        })),
+        ..Default::default()
+    };
+    let first = record(&mut l, sale(&buyer, 120)).await;
+    // The same sale again (no idempotency key, another record time): the first event back.
+    let again = record(&mut l, sale(&buyer, 120)).await;
+    assert_eq!(again.event.as_ref().unwrap().id, first.event.as_ref().unwrap().id);
+    assert!(again.transitions.iter().all(|t| first.transitions.contains(t)), "no second conversion");
+    // The same order id with another amount or buyer is refused, naming the order id.
+    for bad in [sale(&buyer, 121), sale(&other, 120)] {
+        let err = l
+            .record_journey_event(pb::RecordJourneyEventRequest { event: Some(bad), ..Default::default() })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+        assert!(err.message().contains("SO-1001"), "{err:?}");
+    }
+    // An import carrying the sale again counts it as a duplicate.
+    let summary = l
+        .import_journey_events(tokio_stream::iter(vec![pb::ImportJourneyEventsRequest {
+            model_id: String::new(),
+            events: vec![sale(&buyer, 120), sale(&other, 120)],
+        }]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((summary.recorded, summary.duplicates, summary.errors.len()), (0, 1, 1), "{summary:?}");
+    assert_eq!(summary.errors[0].field, "purchase.order_id");
+    for who in [&buyer, &other] {
+        let purchases = l
+            .list_journey_events(pb::ListJourneyEventsRequest {
+                contact_id: who.clone(),
+                filter: r#"kind = "purchase""#.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .events;
+        assert_eq!(purchases.len(), usize::from(who == &buyer), "one sale, recorded once");
+    }
+    assert_eq!(stages(&journey(&mut l, &buyer).await), vec!["conversion"], "not a repeat purchase");
+    env.done().await;
+}
+
+async fn request_id_reused_for_another_request_fails(backend: Backend) {
+    let Some(env) = Env::start(backend, "ridreuse").await else { return };
+    let (mut c, mut l) = env.clients("acme").await;
+    let is_reuse = |err: tonic::Status, field: &str| {
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert_eq!(fields(&err), vec![field.to_string()], "{err:?}");
+        assert!(err.message().contains("different"), "{err:?}");
+    };
+    let rid = uuid::Uuid::new_v4().to_string();
+    let model = |name: &str| pb::CreateLifecycleModelRequest {
+        lifecycle_model: Some(pb::LifecycleModel {
+            display_name: name.into(),
+            stages: vec![
+                pb::Stage {
+                    key: "lead".into(),
+                    display_name: "Lead".into(),
+                    category: pb::StageCategory::Prospect as i32,
+                    ..Default::default()
+                },
+                pb::Stage {
+                    key: "customer".into(),
+                    display_name: "Customer".into(),
+                    category: pb::StageCategory::Customer as i32,
+                    ..Default::default()
+                },
+            ],
+            allowed_transitions: vec![pb::AllowedTransition { from_stage: "*".into(), to_stage: "lead".into() }],
+            ..Default::default()
+        }),
+        request_id: rid.clone(),
+    };
+    let m1 = l.create_lifecycle_model(model("One")).await.unwrap().into_inner().lifecycle_model.unwrap();
+    let m2 = l.create_lifecycle_model(model("One")).await.unwrap().into_inner().lifecycle_model.unwrap();
+    assert_eq!(m1.id, m2.id);
+    is_reuse(l.create_lifecycle_model(model("Two")).await.unwrap_err(), "request_id");
+
+    let auto = |name: &str| pb::CreateAutomationRequest {
+        automation: Some(pb::Automation {
+            display_name: name.into(),
+            enabled: true,
+            trigger: Some(pb::Trigger { kind: Some(pb::trigger::Kind::StageEntered("conversion".into())) }),
+            actions: vec![pb::Action { kind: Some(pb::action::Kind::AddTag("customer".into())) }],
+            ..Default::default()
+        }),
+        request_id: rid.clone(),
+    };
+    let a1 = l.create_automation(auto("tag")).await.unwrap().into_inner().automation.unwrap();
+    assert_eq!(l.create_automation(auto("tag")).await.unwrap().into_inner().automation.unwrap().id, a1.id);
+    is_reuse(l.create_automation(auto("tag twice")).await.unwrap_err(), "request_id");
+
+    let id = new_contact(&mut c, "mover@example.com").await;
+    record(&mut l, touch(&id, pb::TouchpointKind::Visit, None)).await;
+    let mv = |to: &str| pb::TransitionStageRequest {
+        contact_id: id.clone(),
+        to_stage: to.into(),
+        reason: "by hand".into(),
+        request_id: rid.clone(),
+        ..Default::default()
+    };
+    l.transition_stage(mv("acquisition")).await.unwrap();
+    l.transition_stage(mv("acquisition")).await.unwrap();
+    is_reuse(l.transition_stage(mv("conversion")).await.unwrap_err(), "request_id");
+    assert_eq!(journey(&mut l, &id).await.current_stage, "acquisition");
+
+    // A journey event's idempotency key is the same promise.
+    let keyed = |kind| pb::RecordJourneyEventRequest {
+        model_id: String::new(),
+        event: Some(touch(&id, kind, None)),
+        idempotency_key: "visit-1".into(),
+    };
+    let e1 = l.record_journey_event(keyed(pb::TouchpointKind::Demo)).await.unwrap().into_inner();
+    let e2 = l.record_journey_event(keyed(pb::TouchpointKind::Demo)).await.unwrap().into_inner();
+    assert_eq!(e1.event.unwrap().id, e2.event.unwrap().id);
+    is_reuse(l.record_journey_event(keyed(pb::TouchpointKind::Meeting)).await.unwrap_err(), "idempotency_key");
+    env.done().await;
+}
+
 clm_platform::backend_tests!(
     inactivity_automations_fire_once,
     conditions_on_filters_and_segments,
@@ -853,4 +1054,7 @@ clm_platform::backend_tests!(
     automations_run_are_logged_and_loops_are_bounded,
     tenants_are_isolated,
     erasure_upstream_erases_the_journey_and_dormancy_runs_on_the_clock,
+    bad_times_and_amounts_are_refused_by_field,
+    a_purchase_is_recorded_once_per_order_id,
+    request_id_reused_for_another_request_fails,
 );

@@ -777,10 +777,138 @@ async fn a_retracted_transition_is_uncounted(backend: Backend) {
     env.done().await;
 }
 
+/// Money as exact (units, nanos).
+fn exact(m: Option<&Money>) -> (i64, i32) {
+    m.map_or((0, 0), |m| (m.units, m.nanos))
+}
+
+async fn money_never_wraps_and_an_order_counts_once(backend: Backend) {
+    let Some(env) = Env::start(backend, "mtmoney").await else { return };
+    let Clients { mut c, mut l, mut m, .. } = env.clients("acme").await;
+    use cpb::AcquisitionChannel as A;
+    let a = contact(&mut c, "big-a@example.com", A::Direct, None).await;
+    let b = contact(&mut c, "big-b@example.com", A::Direct, None).await;
+    let max = Money { currency_code: "EUR".into(), units: 1_000_000_000_000, nanos: 999_999_000 };
+    let sale = |who: &str, order: &str, days_ago: i64| lpb::JourneyEvent {
+        contact_id: who.into(),
+        occur_time: Some(prost_types::Timestamp {
+            seconds: chrono::Utc::now().timestamp() - days_ago * 86_400,
+            nanos: 0,
+        }),
+        detail: Some(lpb::journey_event::Detail::Purchase(lpb::Purchase {
+            order_id: order.into(),
+            amount: Some(max.clone()),
+            items: 1,
+        })),
+        ..Default::default()
+    };
+    // Two maximal purchases on one day: the exact sum.
+    record_event(&mut l, sale(&a, "max-1", 1)).await;
+    record_event(&mut l, sale(&b, "max-2", 1)).await;
+    // The same order recorded again (a retry without a key, another record time) is the same
+    // sale: lifecycle returns the first event and metrics counts it once.
+    record_event(&mut l, sale(&a, "max-1", 1)).await;
+    let revenue = wait_for("both purchases counted", async || {
+        let s = m.get_stage_metrics(pb::GetStageMetricsRequest::default()).await.ok()?.into_inner();
+        let conv = s.conversion?;
+        (conv.new_customers == 2).then_some(conv)
+    })
+    .await;
+    assert_eq!(exact(revenue.revenue.as_ref()), (2_000_000_000_001, 999_998_000), "{revenue:?}");
+    assert_eq!(exact(revenue.average_deal_size.as_ref()), (1_000_000_000_000, 999_999_000));
+    let retention = m.get_stage_metrics(pb::GetStageMetricsRequest::default()).await.unwrap().into_inner();
+    let frequency = retention.retention.unwrap().purchase_frequency;
+    assert!((frequency - 1.0).abs() < 1e-9, "one order each, not a repeat: {frequency}");
+    // Eight more, on other days: 10^13 units in all, past what i64 µ-units can hold (9.2 ×
+    // 10^12 units); read exactly, never wrapped, never an INTERNAL.
+    for i in 0..8 {
+        record_event(&mut l, sale(if i % 2 == 0 { &a } else { &b }, &format!("max-{}", i + 3), 2 + i)).await;
+    }
+    let revenue = wait_for("ten purchases counted", async || {
+        let s = m.get_stage_metrics(pb::GetStageMetricsRequest::default()).await.ok()?.into_inner();
+        let r = s.conversion?.revenue?;
+        (r.units >= 10_000_000_000_000).then_some(r)
+    })
+    .await;
+    assert_eq!(exact(Some(&revenue)), (10_000_000_000_009, 999_990_000));
+    let value = m
+        .get_customer_value(pb::GetCustomerValueRequest { contact_id: a.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .customer_value
+        .unwrap();
+    assert_eq!(value.orders, 5);
+    assert_eq!(exact(value.historical_revenue.as_ref()), (5_000_000_000_004, 999_995_000));
+    let channels = m.get_channel_metrics(pb::GetChannelMetricsRequest::default()).await.unwrap().into_inner();
+    let direct = channels.channels.iter().find(|ch| ch.channel == "direct").unwrap();
+    assert_eq!(exact(direct.revenue.as_ref()), exact(Some(&revenue)));
+    env.done().await;
+}
+
+async fn bad_times_and_reused_request_ids_are_refused(backend: Backend) {
+    let Some(env) = Env::start(backend, "mtbad").await else { return };
+    let Clients { mut m, .. } = env.clients("acme").await;
+    let year_10000 = prost_types::Timestamp { seconds: 253_402_300_800, nanos: 0 };
+    let year_0 = prost_types::Timestamp { seconds: -62_135_596_801, nanos: 0 };
+    let fields = |s: tonic::Status| -> Vec<String> {
+        assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+        clm_platform::error::field_violations(&s).into_iter().map(|v| v.field).collect()
+    };
+    for (scope, field) in [
+        (pb::MetricsScope { end_time: Some(year_10000), ..Default::default() }, "scope.end_time"),
+        (pb::MetricsScope { start_time: Some(year_0), ..Default::default() }, "scope.start_time"),
+        (
+            pb::MetricsScope { start_time: Some(year_0), end_time: Some(year_10000), ..Default::default() },
+            "scope.end_time",
+        ),
+    ] {
+        let err = m
+            .get_stage_metrics(pb::GetStageMetricsRequest { scope: Some(scope.clone()), lead_quality_threshold: 0 })
+            .await
+            .unwrap_err();
+        assert_eq!(fields(err)[0], field);
+        let err = m
+            .list_kpi_series(pb::ListKpiSeriesRequest {
+                kpi: pb::Kpi::Revenue as i32,
+                scope: Some(scope),
+                granularity: pb::Granularity::Month as i32,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(fields(err)[0], field);
+    }
+    let err = m.get_scorecard(pb::GetScorecardRequest { as_of_time: Some(year_10000) }).await.unwrap_err();
+    assert_eq!(fields(err), vec!["as_of_time"]);
+    m.get_stage_metrics(pb::GetStageMetricsRequest::default()).await.unwrap();
+
+    let rid = uuid::Uuid::new_v4().to_string();
+    let goal = |target: f64| pb::CreateGoalRequest {
+        goal: Some(pb::Goal {
+            display_name: "Customers".into(),
+            kpi: pb::Kpi::NewCustomers as i32,
+            target,
+            direction: pb::GoalDirection::AtLeast as i32,
+            period: pb::Granularity::Month as i32,
+            ..Default::default()
+        }),
+        request_id: rid.clone(),
+    };
+    let g1 = m.create_goal(goal(10.0)).await.unwrap().into_inner().goal.unwrap();
+    assert_eq!(m.create_goal(goal(10.0)).await.unwrap().into_inner().goal.unwrap().id, g1.id);
+    let err = m.create_goal(goal(20.0)).await.unwrap_err();
+    assert!(err.message().contains("different request"), "{err:?}");
+    assert_eq!(fields(err), vec!["request_id"]);
+    assert_eq!(m.list_goals(pb::ListGoalsRequest::default()).await.unwrap().into_inner().goals.len(), 1);
+    env.done().await;
+}
+
 clm_platform::backend_tests!(
     a_retracted_transition_is_uncounted,
     a_segment_filter_narrows_every_kpi,
     every_kpi_from_the_event_stream_and_a_replay_agrees,
     retention_and_loyalty_kpis_follow_the_journeys,
-    watch_streams_changes_and_bad_input_is_named
+    watch_streams_changes_and_bad_input_is_named,
+    money_never_wraps_and_an_order_counts_once,
+    bad_times_and_reused_request_ids_are_refused,
 );

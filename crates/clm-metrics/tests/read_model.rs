@@ -504,10 +504,62 @@ async fn roll_ups_answer_any_range(backend: Backend) {
     t.cleanup().await;
 }
 
+/// An order seen twice (two events, as from a purchase recorded twice upstream) counts once;
+/// a counter at the top of its range saturates instead of wrapping or failing the batch, and
+/// sums past i64 read exactly.
+async fn an_order_counts_once_and_money_never_wraps(backend: Backend) {
+    use clm_platform::events::inbox::EventHandler as _;
+    use clm_proto::events::v1 as ev;
+    use sea_orm::TransactionTrait as _;
+    let Some((t, db)) = db(backend, "mrorder").await else { return };
+    let day0 = 20_000 * DAY;
+    let purchase = |event_id: &str, order: &str| ev::EventEnvelope {
+        event_id: event_id.into(),
+        tenant_id: "acme".into(),
+        payload: Some(ev::event_envelope::Payload::JourneyEventRecorded(ev::JourneyEventRecorded {
+            contact_id: "a".into(),
+            journey_event_id: event_id.into(),
+            kind: ev::JourneyEventKind::Purchase as i32,
+            order_id: order.into(),
+            amount: Some(clm_proto::common::v1::Money { currency_code: "EUR".into(), units: 7, nanos: 0 }),
+            items: 1,
+            occur_time: Some(clm_platform::convert::timestamp(day0)),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    for e in [purchase("e1", "o-1"), purchase("e2", "o-1"), purchase("e3", "o-2")] {
+        let txn = db.begin().await.unwrap();
+        clm_metrics::events::MetricsHandler.handle(&txn, &e).await.unwrap();
+        txn.commit().await.unwrap();
+    }
+    let all = Slice { model: "m".into(), start: 0, end: day0 + 10 * DAY, ..Slice::default() };
+    let revenue = |rows: &[model::KpiRow]| {
+        let r = rows.iter().find(|r| r.name == "revenue").unwrap();
+        (r.n, r.s.to_string())
+    };
+    let rows = model::kpis(&db, "acme", &all, &["revenue"], "").await.unwrap();
+    assert_eq!(revenue(&rows), (2, "14000000".to_string()), "o-1 once, o-2 once");
+    let facts = model::customer_facts(&db, "acme", "a").await.unwrap().unwrap();
+    assert_eq!((facts.orders, facts.revenue), (2, 14_000_000));
+
+    let next = Slice { start: day0 + DAY, ..all.clone() };
+    let a = model::Attribution::default();
+    for s in [i64::MAX - 5, 10] {
+        model::bump_kpi(&db, "acme", "revenue", "", day0 + DAY, &a, "EUR", 1, s).await.unwrap();
+    }
+    let rows = model::kpis(&db, "acme", &next, &["revenue"], "").await.unwrap();
+    assert_eq!(revenue(&rows), (2, i64::MAX.to_string()), "saturated, not wrapped");
+    let rows = model::kpis(&db, "acme", &all, &["revenue"], "").await.unwrap();
+    assert_eq!(revenue(&rows), (4, "9223372036868775807".to_string()), "i64::MAX + 14 EUR, exactly");
+    t.cleanup().await;
+}
+
 clm_platform::backend_tests!(
     roll_ups_answer_any_range,
     reaches_and_purchases_add_up,
     a_segment_counts_as_a_tenant_of_its_members,
     late_activity_moves_first_and_returning,
-    batched_counters_equal_immediate
+    batched_counters_equal_immediate,
+    an_order_counts_once_and_money_never_wraps,
 );

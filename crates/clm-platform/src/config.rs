@@ -1,9 +1,17 @@
 //! Typed settings, layered with the `config` crate.
 //!
-//! Order (later wins): built-in defaults (`defaults.toml`, compiled in) → `<dir>/default.toml`
+//! Order (later wins): built-in defaults (`defaults.toml`, compiled in) → the built-in profile of
+//! the environment (`production.toml`, compiled in, for `env = "production"`) → `<dir>/default.toml`
 //! → `<dir>/<env>.toml` → `CLM_*` environment variables. `<dir>` is `CLM_CONFIG_DIR` or `config`,
 //! `<env>` is `CLM_ENV` or the `env` key. Unknown keys are rejected so a typo is an error, not
 //! a silently ignored setting.
+//!
+//! What matters for security does not depend on a config directory being there: every
+//! environment other than `development` and `test` is *deployed* and must authenticate callers
+//! with JWTs checked for issuer and audience ([`Settings::load`] refuses anything else, whatever
+//! the files say). [`Settings::prepare`] then loads the verification keys and the TLS files;
+//! `serve` and `check-config` both go through [`Settings::load_for_serve`], so `check-config`
+//! says ok exactly when `serve` would start.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -12,6 +20,20 @@ use config::{Config, Environment, File, FileFormat};
 use serde::Deserialize;
 
 const DEFAULTS: &str = include_str!("defaults.toml");
+
+/// Built-in profiles, read right after the defaults when `env` names one: a container started
+/// with `CLM_ENV=production` and no config directory gets them all the same.
+const PROFILES: &[(&str, &str)] = &[("production", include_str!("production.toml"))];
+
+/// Environments where anything goes for a developer: dev auth allowed, issuer and audience
+/// optional, pretty logs. Every other environment is deployed.
+const LOCAL_ENVS: [&str; 2] = ["development", "test"];
+
+/// Shortest accepted HS256 secret, in bytes (RFC 7518 § 3.2: at least the hash size).
+pub const MIN_HS256_SECRET_BYTES: usize = 32;
+/// Bounds of `server.max_message_bytes`: below 16 KiB a page of contacts does not fit, above
+/// 1 GiB one message could take the process's memory.
+const MESSAGE_BYTES: std::ops::RangeInclusive<usize> = 16 * 1024..=1024 * 1024 * 1024;
 
 /// All settings of a CLM process.
 #[derive(Debug, Clone, Deserialize)]
@@ -68,16 +90,61 @@ pub enum AuthMode {
     Jwt,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// `[auth]`: how callers prove who they are (see `crate::auth` and docs/operations.md).
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSettings {
     pub mode: AuthMode,
     pub dev_tenant: String,
-    pub jwt_hs256_secret: String,
-    pub jwt_rs256_public_key_pem: String,
+    /// Expected `iss` and `aud` claims; required in deployed environments.
     pub jwt_issuer: String,
     pub jwt_audience: String,
+    /// HS256 shared secret (≥ [`MIN_HS256_SECRET_BYTES`]); also signs the short-lived tokens a
+    /// service sends to the contacts service at a `contacts_url`, and `clm token`'s.
+    pub jwt_hs256_secret: String,
+    /// Public keys in PEM (RSA → RS256, EC P-256 → ES256, P-384 → ES384, Ed25519 → EdDSA):
+    /// inline, or in a file. Several keys may follow each other (key rotation).
+    pub jwt_public_key_pem: String,
+    pub jwt_public_key_file: String,
+    /// A JWKS document (RFC 7517) in a file, or at a URL fetched at start and every
+    /// `jwks_refresh_secs` (and soon after a token names an unknown `kid`).
+    pub jwks_file: String,
+    pub jwks_url: String,
+    pub jwks_refresh_secs: u64,
+    /// Clock skew tolerated on `exp`/`nbf`, in seconds.
     pub leeway_secs: u64,
+    /// The verification keys, loaded and checked by [`Settings::prepare`] (not a setting).
+    #[serde(skip)]
+    pub keys: Option<crate::jwt_keys::KeySet>,
+}
+
+impl AuthSettings {
+    /// Whether any verification key is configured (not whether it loads: see `prepare`).
+    pub fn has_key(&self) -> bool {
+        [&self.jwt_hs256_secret, &self.jwt_public_key_pem, &self.jwt_public_key_file, &self.jwks_file, &self.jwks_url]
+            .iter()
+            .any(|v| !v.trim().is_empty())
+    }
+}
+
+/// Secrets stay out of logs and panic messages.
+impl std::fmt::Debug for AuthSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secret = if self.jwt_hs256_secret.is_empty() { "" } else { "[redacted]" };
+        f.debug_struct("AuthSettings")
+            .field("mode", &self.mode)
+            .field("dev_tenant", &self.dev_tenant)
+            .field("jwt_issuer", &self.jwt_issuer)
+            .field("jwt_audience", &self.jwt_audience)
+            .field("jwt_hs256_secret", &secret)
+            .field("jwt_public_key_pem", &format_args!("{} bytes", self.jwt_public_key_pem.len()))
+            .field("jwt_public_key_file", &self.jwt_public_key_file)
+            .field("jwks_file", &self.jwks_file)
+            .field("jwks_url", &self.jwks_url)
+            .field("jwks_refresh_secs", &self.jwks_refresh_secs)
+            .field("leeway_secs", &self.leeway_secs)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -197,16 +264,59 @@ impl Settings {
             )));
         }
 
-        let built = Config::builder()
-            .add_source(File::from_str(DEFAULTS, FileFormat::Toml))
+        let mut builder = Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
+        if let Some((_, profile)) = PROFILES.iter().find(|(name, _)| *name == env_name) {
+            builder = builder.add_source(File::from_str(profile, FileFormat::Toml));
+        }
+        let built = builder
             .add_source(optional_file(&dir.join("default.toml")))
             .add_source(optional_file(&dir.join(format!("{env_name}.toml"))))
             .add_source(env_source(&env_vars))
             .build()
             .map_err(|e| ConfigError(e.to_string()))?;
-        let settings: Settings = built.try_deserialize().map_err(|e| ConfigError(e.to_string()))?;
+        let settings: Settings = built.try_deserialize().map_err(|e| {
+            let e = e.to_string();
+            if e.contains("jwt_rs256_public_key_pem") {
+                ConfigError(format!(
+                    "{e} (auth.jwt_rs256_public_key_pem is now auth.jwt_public_key_pem, for any key type)"
+                ))
+            } else {
+                ConfigError(e)
+            }
+        })?;
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// Load, then [`Settings::prepare`]: everything `serve` checks before it binds. `serve` and
+    /// `check-config` (of `clm` and of every service binary) call this and nothing else, so
+    /// `check-config` accepts exactly what `serve` accepts.
+    pub async fn load_for_serve() -> Result<Self, ConfigError> {
+        Self::load_for_serve_from(&Sources::default()).await
+    }
+
+    /// [`Settings::load_for_serve`] from explicit sources.
+    pub async fn load_for_serve_from(sources: &Sources) -> Result<Self, ConfigError> {
+        let mut settings = Self::load_from(sources)?;
+        settings.prepare().await?;
+        Ok(settings)
+    }
+
+    /// What starting a server needs beyond valid values: the auth verification keys loaded and
+    /// checked (PEM parsed, JWKS file parsed, `auth.jwks_url` fetched once; kept in
+    /// `auth.keys` for the server) and the TLS files read and parsed. Errors name the key.
+    pub async fn prepare(&mut self) -> Result<(), ConfigError> {
+        if self.auth.mode == AuthMode::Jwt && self.auth.keys.is_none() {
+            let keys = crate::jwt_keys::KeySet::load(&self.auth).await.map_err(|e| ConfigError(format!("{e:#}")))?;
+            self.auth.keys = Some(keys);
+        }
+        crate::tls::check_files(&self.tls).map_err(|e| ConfigError(format!("{e:#}")))?;
+        Ok(())
+    }
+
+    /// `development` and `test` are local; every other environment is deployed: real auth only.
+    pub fn is_local_env(&self) -> bool {
+        LOCAL_ENVS.contains(&self.env.as_str())
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -217,24 +327,16 @@ impl Settings {
         if self.server.request_timeout_ms == 0 {
             return bad("server.request_timeout_ms", "must be at least 1");
         }
-        if self.server.max_message_bytes < 1024 {
-            return bad("server.max_message_bytes", "must be at least 1024");
+        if !MESSAGE_BYTES.contains(&self.server.max_message_bytes) {
+            return bad("server.max_message_bytes", "must be between 16384 (16 KiB) and 1073741824 (1 GiB)");
+        }
+        if self.server.health_check_interval_ms < 100 {
+            return bad("server.health_check_interval_ms", "must be at least 100 (ms)");
         }
         if !(0.0..=1.0).contains(&self.telemetry.sample_ratio) {
             return bad("telemetry.sample_ratio", "must be between 0 and 1");
         }
-        if self.auth.mode == AuthMode::Jwt
-            && self.auth.jwt_hs256_secret.is_empty()
-            && self.auth.jwt_rs256_public_key_pem.is_empty()
-        {
-            return bad(
-                "auth.jwt_hs256_secret",
-                "auth.mode is \"jwt\" but neither jwt_hs256_secret nor jwt_rs256_public_key_pem is set",
-            );
-        }
-        if self.auth.mode == AuthMode::Dev && self.auth.dev_tenant.is_empty() {
-            return bad("auth.dev_tenant", "must not be empty in dev mode");
-        }
+        self.validate_auth()?;
         if self.tls.cert_file.is_empty() != self.tls.key_file.is_empty() {
             return bad("tls.cert_file", "tls.cert_file and tls.key_file go together: set both or neither");
         }
@@ -244,13 +346,29 @@ impl Settings {
         if self.database.max_connections == 0 || self.database.min_connections > self.database.max_connections {
             return bad("database.max_connections", "must be ≥ 1 and ≥ database.min_connections");
         }
-        if self.events.relay_batch == 0 || self.events.consumer_batch == 0 {
-            return bad("events.relay_batch", "relay_batch and consumer_batch must be at least 1");
+        if self.database.connect_timeout_ms == 0 {
+            return bad("database.connect_timeout_ms", "must be at least 1");
+        }
+        if self.database.acquire_timeout_ms == 0 {
+            return bad("database.acquire_timeout_ms", "must be at least 1");
+        }
+        if self.events.relay_batch == 0 {
+            return bad("events.relay_batch", "must be at least 1");
+        }
+        if self.events.consumer_batch == 0 {
+            return bad("events.consumer_batch", "must be at least 1");
+        }
+        if self.events.relay_poll_ms < 10 {
+            // The relay is woken by every commit; this is only how often an idle one looks.
+            return bad("events.relay_poll_ms", "must be at least 10 (ms); lower only spins a core");
         }
         if self.events.stream_prefix.is_empty()
             || !self.events.stream_prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         {
             return bad("events.stream_prefix", "letters, digits and _ only");
+        }
+        if self.lifecycle.scheduler_interval_ms < 100 {
+            return bad("lifecycle.scheduler_interval_ms", "must be at least 100 (ms)");
         }
         for (key, svc) in [
             ("contacts", &self.contacts),
@@ -265,6 +383,101 @@ impl Settings {
                     url.len()
                 )));
             }
+            let contacts = &svc.contacts_url;
+            if !(contacts.is_empty() || contacts.starts_with("http://") || contacts.starts_with("https://")) {
+                return Err(ConfigError(format!(
+                    "key `{key}.contacts_url`: must be an http:// or https:// URL (e.g. http://clm-contacts:50051), or empty"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The `[auth]` rules. Dev auth only in a local environment; a deployed one needs JWTs with
+    /// issuer, audience and a key; an HS256 secret is ≥ 32 bytes wherever it is set.
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let a = &self.auth;
+        let bad = |key: &str, why: String| Err(ConfigError(format!("key `{key}`: {why}")));
+        match a.mode {
+            AuthMode::Dev if !self.is_local_env() => {
+                return bad(
+                    "auth.mode",
+                    format!(
+                        "\"dev\" (every caller acts as tenant `{}` with every scope, no token) is only allowed when \
+                         env is \"development\" or \"test\", and env is {:?}; set auth.mode = \"jwt\" with \
+                         auth.jwt_issuer, auth.jwt_audience and a verification key (docs/operations.md)",
+                        a.dev_tenant, self.env
+                    ),
+                );
+            }
+            AuthMode::Dev => {
+                if crate::auth::TenantId::parse(&a.dev_tenant).is_err() {
+                    return bad("auth.dev_tenant", "must be 1-64 characters of letters, digits, '_' or '-'".into());
+                }
+            }
+            AuthMode::Jwt => {}
+        }
+        if !a.jwt_hs256_secret.is_empty() && a.jwt_hs256_secret.len() < MIN_HS256_SECRET_BYTES {
+            return bad(
+                "auth.jwt_hs256_secret",
+                format!(
+                    "is {} bytes; an HS256 secret must be at least {MIN_HS256_SECRET_BYTES} random bytes \
+                     (e.g. `openssl rand -hex 32`)",
+                    a.jwt_hs256_secret.len()
+                ),
+            );
+        }
+        if a.leeway_secs > 300 {
+            return bad("auth.leeway_secs", "must be at most 300 (s): a larger skew keeps expired tokens valid".into());
+        }
+        if !(10..=86_400).contains(&a.jwks_refresh_secs) {
+            return bad("auth.jwks_refresh_secs", "must be between 10 and 86400 (s)".into());
+        }
+        if !a.jwks_url.is_empty() {
+            let ok = a.jwks_url.parse::<http::Uri>().is_ok_and(|u| {
+                matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some_and(|h| !h.is_empty())
+            });
+            if !ok {
+                return bad("auth.jwks_url", "must be an https:// (or http://) URL of a JWKS document".into());
+            }
+        }
+        if a.mode != AuthMode::Jwt {
+            return Ok(());
+        }
+        let mut missing = Vec::new();
+        if !self.is_local_env() {
+            if a.jwt_issuer.trim().is_empty() {
+                missing.push("key `auth.jwt_issuer` (CLM_AUTH__JWT_ISSUER): the `iss` every token must carry");
+            }
+            if a.jwt_audience.trim().is_empty() {
+                missing.push("key `auth.jwt_audience` (CLM_AUTH__JWT_AUDIENCE): the `aud` every token must carry");
+            }
+        }
+        if !a.has_key() {
+            missing.push(
+                "a verification key: `auth.jwks_url` (CLM_AUTH__JWKS_URL), `auth.jwks_file`, \
+                 `auth.jwt_public_key_pem`, `auth.jwt_public_key_file` or `auth.jwt_hs256_secret`",
+            );
+        }
+        if !missing.is_empty() {
+            return Err(ConfigError(format!(
+                "auth.mode is \"jwt\" (env {:?}) but its configuration is incomplete; set {}",
+                self.env,
+                missing.join("; ")
+            )));
+        }
+        if a.jwt_hs256_secret.is_empty()
+            && let Some(svc) = ["lifecycle", "feedback", "metrics"]
+                .into_iter()
+                .find(|name| self.service(name).is_some_and(|s| !s.contacts_url.is_empty()))
+        {
+            return bad(
+                "auth.jwt_hs256_secret",
+                format!(
+                    "`{svc}.contacts_url` is set, and a service calls the contacts service there with a \
+                     short-lived token signed with this secret; set the same secret on every service"
+                ),
+            );
         }
         Ok(())
     }
@@ -272,7 +485,7 @@ impl Settings {
     /// Effective log format: `Auto` resolves to pretty in development, JSON elsewhere.
     pub fn log_format(&self) -> LogFormat {
         match self.telemetry.log_format {
-            LogFormat::Auto if self.env == "development" || self.env == "test" => LogFormat::Pretty,
+            LogFormat::Auto if self.is_local_env() => LogFormat::Pretty,
             LogFormat::Auto => LogFormat::Json,
             other => other,
         }
@@ -338,7 +551,15 @@ mod tests {
         std::fs::write(dir.path().join("staging.toml"), "[server]\nrequest_timeout_ms = 2222\n").unwrap();
         let s = Settings::load_from(&Sources {
             dir: Some(dir.path().into()),
-            env: env(&[("CLM_ENV", "staging"), ("CLM_DATABASE__MAX_CONNECTIONS", "9")]),
+            env: env(&[
+                ("CLM_ENV", "staging"),
+                ("CLM_DATABASE__MAX_CONNECTIONS", "9"),
+                // staging is a deployed environment: real auth only.
+                ("CLM_AUTH__MODE", "jwt"),
+                ("CLM_AUTH__JWT_HS256_SECRET", "0123456789abcdef0123456789abcdef"),
+                ("CLM_AUTH__JWT_ISSUER", "https://idp.example.com/"),
+                ("CLM_AUTH__JWT_AUDIENCE", "clm"),
+            ]),
         })
         .unwrap();
         assert_eq!(s.server.max_concurrent_requests, 7, "file overrides default");
@@ -391,6 +612,139 @@ mod tests {
             env: env(&[("CLM_CONTACTS_PORT", "tcp://10.0.0.1:50051"), ("CLM_TEST_DATABASE_URL", "postgres://x")]),
         });
         assert!(s.is_ok(), "{s:?}");
+    }
+
+    fn load_err(pairs: &[(&str, &str)]) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        match Settings::load_from(&Sources { dir: Some(dir.path().into()), env: env(pairs) }) {
+            Ok(_) => panic!("{pairs:?} was accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn production_without_auth_settings_refuses_naming_the_missing_keys() {
+        // No config directory at all: the production profile is built in.
+        let err = load_err(&[("CLM_ENV", "production")]);
+        for key in ["auth.jwt_issuer", "auth.jwt_audience", "auth.jwks_url"] {
+            assert!(err.contains(key), "{key} not named: {err}");
+        }
+    }
+
+    #[test]
+    fn production_refuses_dev_auth_whatever_the_files_say() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("production.toml"), "[auth]\nmode = \"dev\"\n").unwrap();
+        let err =
+            Settings::load_from(&Sources { dir: Some(dir.path().into()), env: env(&[("CLM_ENV", "production")]) })
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("auth.mode"), "{err}");
+        let err = load_err(&[("CLM_ENV", "staging"), ("CLM_AUTH__MODE", "dev")]);
+        assert!(err.contains("auth.mode"), "any deployed environment: {err}");
+    }
+
+    #[test]
+    fn production_needs_issuer_and_audience() {
+        let secret = "0123456789abcdef0123456789abcdef";
+        let err = load_err(&[("CLM_ENV", "production"), ("CLM_AUTH__JWT_HS256_SECRET", secret)]);
+        assert!(err.contains("auth.jwt_issuer") && err.contains("auth.jwt_audience"), "{err}");
+        let err = load_err(&[
+            ("CLM_ENV", "production"),
+            ("CLM_AUTH__JWT_HS256_SECRET", secret),
+            ("CLM_AUTH__JWT_ISSUER", "https://idp.example.com/"),
+        ]);
+        assert!(err.contains("auth.jwt_audience") && !err.contains("auth.jwt_issuer"), "{err}");
+    }
+
+    #[test]
+    fn weak_hs256_secret_is_refused_in_every_environment() {
+        for env_name in ["development", "test", "production"] {
+            let err = load_err(&[
+                ("CLM_ENV", env_name),
+                ("CLM_AUTH__MODE", "jwt"),
+                ("CLM_AUTH__JWT_HS256_SECRET", "x"),
+                ("CLM_AUTH__JWT_ISSUER", "https://idp.example.com/"),
+                ("CLM_AUTH__JWT_AUDIENCE", "clm"),
+            ]);
+            assert!(err.contains("auth.jwt_hs256_secret") && err.contains("32"), "{env_name}: {err}");
+        }
+    }
+
+    #[test]
+    fn nonsensical_values_are_refused_naming_the_key() {
+        for (var, value, key) in [
+            ("CLM_EVENTS__RELAY_POLL_MS", "0", "events.relay_poll_ms"),
+            ("CLM_EVENTS__RELAY_BATCH", "0", "events.relay_batch"),
+            ("CLM_EVENTS__CONSUMER_BATCH", "0", "events.consumer_batch"),
+            ("CLM_SERVER__HEALTH_CHECK_INTERVAL_MS", "0", "server.health_check_interval_ms"),
+            ("CLM_SERVER__MAX_CONCURRENT_REQUESTS", "0", "server.max_concurrent_requests"),
+            ("CLM_SERVER__MAX_MESSAGE_BYTES", "2048", "server.max_message_bytes"),
+            ("CLM_DATABASE__CONNECT_TIMEOUT_MS", "0", "database.connect_timeout_ms"),
+            ("CLM_DATABASE__ACQUIRE_TIMEOUT_MS", "0", "database.acquire_timeout_ms"),
+            ("CLM_LIFECYCLE__SCHEDULER_INTERVAL_MS", "0", "lifecycle.scheduler_interval_ms"),
+            ("CLM_AUTH__LEEWAY_SECS", "86400", "auth.leeway_secs"),
+            ("CLM_LIFECYCLE__CONTACTS_URL", "clm-contacts:50051", "lifecycle.contacts_url"),
+            ("CLM_AUTH__JWKS_REFRESH_SECS", "0", "auth.jwks_refresh_secs"),
+            ("CLM_AUTH__JWKS_URL", "ftp://idp.example.com/jwks", "auth.jwks_url"),
+            ("CLM_AUTH__JWT_RS256_PUBLIC_KEY_PEM", "x", "auth.jwt_public_key_pem"),
+        ] {
+            let err = load_err(&[(var, value)]);
+            assert!(err.contains(key), "{var}={value}: {err}");
+        }
+    }
+
+    async fn serve_err(pairs: &[(&str, &str)]) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        match Settings::load_for_serve_from(&Sources { dir: Some(dir.path().into()), env: env(pairs) }).await {
+            Ok(_) => panic!("{pairs:?} was accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// `check-config` and `serve` both call `load_for_serve`: it refuses what `load` refuses and
+    /// what only starting would have found (keys that do not parse, files that are not there).
+    #[tokio::test]
+    async fn the_check_serve_and_check_config_share_refuses_bad_values_keys_and_files() {
+        assert!(serve_err(&[("CLM_EVENTS__RELAY_POLL_MS", "0")]).await.contains("events.relay_poll_ms"));
+        let jwt = [("CLM_AUTH__MODE", "jwt")];
+        for (var, value, key) in [
+            (
+                "CLM_AUTH__JWT_PUBLIC_KEY_PEM",
+                "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+                "auth.jwt_public_key_pem",
+            ),
+            ("CLM_AUTH__JWT_PUBLIC_KEY_FILE", "/nonexistent/key.pem", "auth.jwt_public_key_file"),
+            ("CLM_AUTH__JWKS_FILE", "/nonexistent/jwks.json", "auth.jwks_file"),
+            ("CLM_AUTH__JWKS_URL", "http://127.0.0.1:9/jwks.json", "auth.jwks_url"),
+        ] {
+            let mut vars = jwt.to_vec();
+            vars.push((var, value));
+            let err = serve_err(&vars).await;
+            assert!(err.contains(key), "{var}: {err}");
+        }
+        let err =
+            serve_err(&[("CLM_TLS__CERT_FILE", "/nonexistent/c.pem"), ("CLM_TLS__KEY_FILE", "/nonexistent/k.pem")])
+                .await;
+        assert!(err.contains("tls.cert_file"), "{err}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("key.pem");
+        std::fs::write(&pem, include_str!("../testdata/jwt/ec-public.pem")).unwrap();
+        let ok = Settings::load_for_serve_from(&Sources {
+            dir: Some(dir.path().into()),
+            env: env(&[
+                ("CLM_ENV", "production"),
+                ("CLM_AUTH__JWT_ISSUER", "https://idp.example.com/"),
+                ("CLM_AUTH__JWT_AUDIENCE", "clm"),
+                ("CLM_AUTH__JWT_PUBLIC_KEY_FILE", pem.to_str().unwrap()),
+            ]),
+        })
+        .await
+        .unwrap();
+        assert_eq!(ok.auth.mode, AuthMode::Jwt, "the built-in production profile");
+        assert_eq!(ok.server.listen_addr.to_string(), "0.0.0.0:50051");
+        assert_eq!(ok.auth.keys.as_ref().map(|k| k.fixed.len()), Some(1), "keys kept for the server");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use clm_proto::contacts::v1 as cpb;
 use clm_proto::contacts::v1::contacts_service_client::ContactsServiceClient;
 use uuid::Uuid;
 
-use crate::auth::{Claims, mint_hs256};
+use crate::auth::{Claims, mint_hs256, mint_local};
 use crate::client::TracedChannel;
 use crate::config::{AuthMode, AuthSettings, Settings, TlsSettings};
 use crate::{Error, TenantId};
@@ -69,28 +69,31 @@ impl ContactsClient {
         Ok(self.channel.get_or_init(|| ch).clone())
     }
 
-    /// A request carrying a short-lived read token for `tenant`.
+    /// A request carrying a short-lived read token for `tenant`: signed with this process's
+    /// own key when contacts runs in this process, else with `auth.jwt_hs256_secret` (which
+    /// `Settings::load` requires when a `contacts_url` is set).
     fn request<T>(&self, tenant: &TenantId, msg: T) -> Result<tonic::Request<T>, Error> {
         let mut req = tonic::Request::new(msg);
-        let token = match self.auth.mode {
-            AuthMode::Dev => return Ok(req),
-            AuthMode::Jwt if !self.auth.jwt_hs256_secret.is_empty() => {
-                let claims = Claims {
-                    sub: format!("service:{}", self.caller),
-                    tenant: tenant.as_str().to_owned(),
-                    scope: "clm.read".into(),
-                    exp: now_secs() + 300,
-                    nbf: None,
-                    iss: (!self.auth.jwt_issuer.is_empty()).then(|| self.auth.jwt_issuer.clone()),
-                    aud: (!self.auth.jwt_audience.is_empty()).then(|| self.auth.jwt_audience.clone()),
-                };
-                mint_hs256(&self.auth.jwt_hs256_secret, &claims).map_err(Error::internal)?
-            }
-            AuthMode::Jwt => {
-                return Err(Error::FailedPrecondition(
-                    "calling the contacts service needs auth.jwt_hs256_secret".into(),
-                ));
-            }
+        if self.auth.mode == AuthMode::Dev {
+            return Ok(req);
+        }
+        let claims = Claims {
+            sub: format!("service:{}", self.caller),
+            tenant: tenant.as_str().to_owned(),
+            scope: "clm.read".into(),
+            exp: now_secs() + 300,
+            nbf: None,
+            iss: (!self.auth.jwt_issuer.is_empty()).then(|| self.auth.jwt_issuer.clone()),
+            aud: (!self.auth.jwt_audience.is_empty()).then(|| self.auth.jwt_audience.clone()),
+        };
+        let token = if self.url.is_empty() {
+            mint_local(&claims).map_err(Error::internal)?
+        } else if !self.auth.jwt_hs256_secret.is_empty() {
+            mint_hs256(&self.auth.jwt_hs256_secret, &claims).map_err(Error::internal)?
+        } else {
+            return Err(Error::FailedPrecondition(
+                "calling the contacts service at a contacts_url needs auth.jwt_hs256_secret".into(),
+            ));
         };
         req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().map_err(Error::internal)?);
         Ok(req)

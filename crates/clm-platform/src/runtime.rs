@@ -64,14 +64,29 @@ enum ServiceCommand {
     Serve,
     /// Apply schema migrations to this service's database and exit.
     Migrate,
-    /// Load and validate the configuration, print the effective listen address and exit.
+    /// Run every check `serve` runs before it listens (values, auth keys, TLS files), print the
+    /// effective listen address and exit: non-zero exactly when `serve` would refuse to start.
     CheckConfig,
 }
 
 /// The `main` of a per-service binary.
 pub fn service_main<S: Service>() -> ExitCode {
     let cli = ServiceCli::parse();
-    let mut settings = match Settings::load() {
+    let command = cli.command.unwrap_or(ServiceCommand::Serve);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("clm-{}: cannot start runtime: {e}", S::NAME);
+            return ExitCode::FAILURE;
+        }
+    };
+    // `serve` and `check-config` run the same checks (keys and TLS files included), so
+    // check-config says ok exactly when serve would start.
+    let loaded = match command {
+        ServiceCommand::Serve | ServiceCommand::CheckConfig => runtime.block_on(Settings::load_for_serve()),
+        ServiceCommand::Migrate => Settings::load(),
+    };
+    let mut settings = match loaded {
         Ok(s) => s,
         Err(e) => {
             eprintln!("clm-{}: {e}", S::NAME);
@@ -81,15 +96,8 @@ pub fn service_main<S: Service>() -> ExitCode {
     if settings.telemetry.service_name == "clm" {
         settings.telemetry.service_name = format!("clm-{}", S::NAME);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("clm-{}: cannot start runtime: {e}", S::NAME);
-            return ExitCode::FAILURE;
-        }
-    };
     let result = runtime.block_on(async move {
-        match cli.command.unwrap_or(ServiceCommand::Serve) {
+        match command {
             ServiceCommand::CheckConfig => {
                 println!("configuration ok; listen_addr={}", settings.server.listen_addr);
                 Ok(())

@@ -20,7 +20,7 @@ use crate::runtime::{Service, start};
 use crate::server::{Shared, serve};
 
 /// Signing secret of the tokens tests mint; servers started here trust it.
-pub const TEST_SECRET: &str = "clm-test-secret";
+pub const TEST_SECRET: &str = "clm-test-secret-0123456789abcdef";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

@@ -18,6 +18,36 @@ fn identity(tls: &TlsSettings) -> anyhow::Result<Identity> {
     Ok(Identity::from_pem(read("tls.cert_file", &tls.cert_file)?, read("tls.key_file", &tls.key_file)?))
 }
 
+/// Read and parse every configured PEM file now, as part of the checks `serve` and
+/// `check-config` share (`Settings::prepare`): a wrong path or a file without a certificate or
+/// key is an error naming its key before anything listens.
+pub fn check_files(tls: &TlsSettings) -> anyhow::Result<()> {
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+    let certificates = |key: &str, path: &str| -> anyhow::Result<()> {
+        let pem = read(key, path)?;
+        let n = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("key `{key}`: {path}: not PEM certificates: {e}"))?
+            .len();
+        anyhow::ensure!(n > 0, "key `{key}`: {path} holds no PEM certificate (-----BEGIN CERTIFICATE-----)");
+        Ok(())
+    };
+    if enabled(tls) {
+        certificates("tls.cert_file", &tls.cert_file)?;
+        PrivateKeyDer::from_pem_slice(&read("tls.key_file", &tls.key_file)?)
+            .map_err(|e| anyhow::anyhow!("key `tls.key_file`: {}: no PEM private key: {e}", tls.key_file))?;
+    }
+    if !tls.client_ca_file.is_empty() {
+        certificates("tls.client_ca_file", &tls.client_ca_file)?;
+    }
+    if !tls.ca_file.is_empty() {
+        certificates("tls.ca_file", &tls.ca_file)?;
+    }
+    Ok(())
+}
+
 /// Whether the gRPC port speaks TLS.
 pub fn enabled(tls: &TlsSettings) -> bool {
     !tls.cert_file.is_empty()

@@ -36,7 +36,8 @@ enum Command {
     Serve,
     /// Apply every service's schema migrations and exit.
     Migrate,
-    /// Load and validate the configuration and exit.
+    /// Run every check `serve` runs before it listens (values, auth keys, TLS files) and exit:
+    /// non-zero exactly when `serve` would refuse to start.
     CheckConfig,
     /// Rebuild a consumer's read model by replaying every event from the first (stop the
     /// service that runs the consumer first; it resumes from the first event when it starts).
@@ -77,12 +78,15 @@ enum Command {
         #[arg(long, default_value = "clm-report.html")]
         out: std::path::PathBuf,
     },
-    /// Mint a bearer token signed with `auth.jwt_hs256_secret` (for trying jwt mode).
+    /// Mint a bearer token for development and tests: signed with `auth.jwt_hs256_secret`, or
+    /// with a PEM private key whose public key (or JWKS entry) the server trusts. `iss` and
+    /// `aud` are this configuration's `auth.jwt_issuer` and `auth.jwt_audience`.
     Token {
         /// Tenant the token acts for.
         #[arg(long)]
         tenant: String,
-        /// Space-separated scopes: clm.read clm.write clm.admin.
+        /// Space-separated scopes: clm.read (reads), clm.write (writes, no reads), clm.admin
+        /// (everything, including erasure and settings).
         #[arg(long, default_value = "clm.read clm.write")]
         scope: String,
         /// Subject (who the caller is).
@@ -91,18 +95,19 @@ enum Command {
         /// Lifetime in seconds.
         #[arg(long, default_value_t = 3600)]
         ttl_secs: u64,
+        /// Sign with this PEM private key (RSA → RS256, EC P-256 → ES256, P-384 → ES384,
+        /// Ed25519 → EdDSA) instead of the HS256 secret.
+        #[arg(long)]
+        private_key_file: Option<std::path::PathBuf>,
+        /// `kid` to put in the token's header (the key's id in the server's JWKS).
+        #[arg(long)]
+        kid: Option<String>,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let settings = match Settings::load() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("clm: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let command = cli.command.unwrap_or(Command::Serve);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -110,7 +115,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command.unwrap_or(Command::Serve), settings)) {
+    // `serve` and `check-config` run the same checks (keys and TLS files included), so
+    // check-config says ok exactly when serve would start.
+    let loaded = match command {
+        Command::Serve | Command::CheckConfig => runtime.block_on(Settings::load_for_serve()),
+        _ => Settings::load(),
+    };
+    let settings = match loaded {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("clm: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(command, settings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("clm: {e:#}");
@@ -125,11 +143,14 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             println!("configuration ok; listen_addr={}", settings.server.listen_addr);
             Ok(())
         }
-        Command::Token { tenant, scope, subject, ttl_secs } => {
+        Command::Token { tenant, scope, subject, ttl_secs, private_key_file, kid } => {
             anyhow::ensure!(
-                !settings.auth.jwt_hs256_secret.is_empty(),
-                "set auth.jwt_hs256_secret (CLM_AUTH__JWT_HS256_SECRET) to mint tokens"
+                private_key_file.is_some() || !settings.auth.jwt_hs256_secret.is_empty(),
+                "set auth.jwt_hs256_secret (CLM_AUTH__JWT_HS256_SECRET) or pass --private-key-file to mint tokens"
             );
+            if let Some(bad) = scope.split_whitespace().find(|s| clm_platform::Scope::parse(s).is_none()) {
+                anyhow::bail!("unknown scope {bad:?}: the scopes are clm.read, clm.write and clm.admin");
+            }
             let claims = clm_platform::auth::Claims {
                 sub: subject,
                 tenant,
@@ -139,7 +160,15 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 iss: (!settings.auth.jwt_issuer.is_empty()).then(|| settings.auth.jwt_issuer.clone()),
                 aud: (!settings.auth.jwt_audience.is_empty()).then(|| settings.auth.jwt_audience.clone()),
             };
-            println!("{}", clm_platform::auth::mint_hs256(&settings.auth.jwt_hs256_secret, &claims)?);
+            let token = match private_key_file {
+                Some(path) => {
+                    let pem =
+                        std::fs::read(&path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+                    clm_platform::auth::mint_with_private_key_pem(&pem, kid.as_deref(), &claims)?
+                }
+                None => clm_platform::auth::mint_hs256(&settings.auth.jwt_hs256_secret, &claims)?,
+            };
+            println!("{token}");
             Ok(())
         }
         Command::Seed { addr, tenant, contacts, seed_value } => {

@@ -42,7 +42,7 @@ pub const LEAF_PATHS: &[&str] = &[
     "lead_score",
 ];
 
-pub use clm_platform::convert::{etag_version, micros, timestamp, uuid};
+pub use clm_platform::convert::{TimeBounds, etag_version, parse_time, timestamp, uuid};
 
 /// Expand a mask to leaf paths. Empty mask: every leaf whose value is set in `c`; `*`: all.
 pub fn expand_mask(paths: &[String], c: &pb::Contact, mask_field: &str) -> Result<Vec<&'static str>, FieldViolation> {
@@ -169,13 +169,7 @@ pub fn patch_for(path: &str, c: &pb::Contact, prefix: &str, now_year: i32, v: &m
         "acquisition.referred_by_contact_id" => Patch::ReferredBy(opt_text(v, &f, &a.referred_by_contact_id, uuid)?),
         "acquisition.acquire_time" => Patch::AcquiredAt(match &a.acquire_time {
             None => None,
-            Some(ts) => match micros(ts) {
-                Some(m) => Some(m),
-                None => {
-                    v.add(&f, "is not a valid timestamp");
-                    return None;
-                }
-            },
+            Some(ts) => Some(v.check(parse_time(&f, ts, TimeBounds::Event))?),
         }),
         "lead_score" => {
             Patch::LeadScore(if c.lead_score == 0 { None } else { Some(v.check(LeadScore::parse(&f, c.lead_score))?) })
@@ -215,13 +209,7 @@ fn attributes(
                 None
             }
             Some(Kind::BoolValue(b)) => Some(AttrValue::Bool(*b)),
-            Some(Kind::TimestampValue(ts)) => match micros(ts) {
-                Some(m) => Some(AttrValue::Time(m)),
-                None => {
-                    v.add(&f, "is not a valid timestamp");
-                    None
-                }
-            },
+            Some(Kind::TimestampValue(ts)) => v.check(parse_time(&f, ts, TimeBounds::Any)).map(AttrValue::Time),
             None => {
                 v.add(&f, "has no value (set one of string_value, number_value, bool_value, timestamp_value)");
                 None
@@ -262,10 +250,7 @@ fn consents(field: &str, raw: &[pb::Consent], v: &mut Violations) -> Option<Vec<
         };
         let at = match &c.update_time {
             None => Some(now),
-            Some(ts) => micros(ts).or_else(|| {
-                v.add(format!("{f}.update_time"), "is not a valid timestamp");
-                None
-            }),
+            Some(ts) => v.check(parse_time(&format!("{f}.update_time"), ts, TimeBounds::Event)),
         };
         let source = v.check(values::text(&format!("{f}.source"), &c.source));
         match (channel, status, at, source) {

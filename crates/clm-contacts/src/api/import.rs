@@ -3,6 +3,11 @@
 //! Every row gets a result. Invalid rows are skipped with the field and reason and never abort
 //! the rest. If a batch's transaction fails as a whole (say a concurrent writer took an email),
 //! the batch is retried row by row so only the offending rows are skipped.
+//!
+//! A message the server cannot take (over `server.max_message_bytes`, or not decodable) ends
+//! the call with an error naming why (RESOURCE_EXHAUSTED with the limit for a message too
+//! large): never an OK end with its rows silently dropped. The messages acknowledged before it
+//! (their row results were sent) are imported; nothing of that message or after it is.
 
 use std::collections::HashMap;
 
@@ -186,11 +191,29 @@ async fn import_batch(
     }
 }
 
+/// What the caller is told when reading its stream failed: a message over the size limit
+/// names the limit and the setting; anything else is passed on as it came.
+fn inbound_error(status: Status, max_message_bytes: usize, received: i64) -> Status {
+    let too_large = (status.code() == tonic::Code::OutOfRange && status.message().contains("too large"))
+        || (status.code() == tonic::Code::ResourceExhausted && status.message().contains("size limit"));
+    if too_large {
+        Status::resource_exhausted(format!(
+            "an ImportContacts message exceeds the server's limit of {max_message_bytes} bytes \
+             (server.max_message_bytes): send fewer rows per message; the {received} rows acknowledged \
+             before it were imported, none of that message or after it ({})",
+            status.message()
+        ))
+    } else {
+        status
+    }
+}
+
 /// Drive an import stream: results per message, then the summary.
 pub fn run(
     db: DatabaseConnection,
     events: Publisher,
     tenant: TenantId,
+    max_message_bytes: usize,
     mut input: Streaming<pb::ImportContactsRequest>,
 ) -> impl Stream<Item = Result<pb::ImportContactsResponse, Status>> + Send + 'static {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -201,7 +224,8 @@ pub fn run(
                 Ok(Some(m)) => m,
                 Ok(None) => break,
                 Err(status) => {
-                    tracing::warn!(%status, received = summary.received, "import stream ended by the client with an error");
+                    tracing::warn!(%status, received = summary.received, "import stream ended with an error");
+                    let _ = tx.send(Err(inbound_error(status, max_message_bytes, summary.received))).await;
                     return;
                 }
             };

@@ -22,7 +22,7 @@ use crate::domain::merge::{MERGE_FIELDS, merge};
 use crate::domain::model::{Contact, ContactData, ContactState};
 use crate::domain::values;
 use crate::events::Publisher;
-use crate::store::{self, Cursor, ListQuery, Sort, SortKey, now_micros};
+use crate::store::{self, Cursor, ListQuery, RequestKey, Sort, SortKey, now_micros};
 use convert::{LEAF_PATHS, etag_version, expand_mask, patch_for, timestamp, to_pb, uuid};
 
 /// Most ids in one BatchGetContacts, most contacts merged at once.
@@ -36,16 +36,24 @@ pub struct ContactsApi {
     db: DatabaseConnection,
     tokens: PageTokens,
     events: Publisher,
+    /// The server's `server.max_message_bytes`, named when an import message exceeds it.
+    max_message_bytes: usize,
 }
 
 impl ContactsApi {
     pub fn new(db: DatabaseConnection, tokens: PageTokens, events: Publisher) -> Self {
-        Self { db, tokens, events }
+        Self { db, tokens, events, max_message_bytes: 4 * 1024 * 1024 }
+    }
+
+    /// The message size limit the server was built with (`server.max_message_bytes`).
+    pub fn with_max_message_bytes(mut self, max: usize) -> Self {
+        self.max_message_bytes = max;
+        self
     }
 
     /// The contact an earlier CreateContact with this request id made, if there was one.
-    async fn created_by(&self, tenant: &TenantId, request_id: &str) -> Result<Option<pb::Contact>, Error> {
-        let Some(id) = store::find_request(&self.db, tenant, "CreateContact", request_id).await? else {
+    async fn created_by(&self, tenant: &TenantId, key: &RequestKey) -> Result<Option<pb::Contact>, Error> {
+        let Some(id) = store::find_request(&self.db, tenant, key).await? else {
             return Ok(None);
         };
         let id = Uuid::parse_str(&id).map_err(Error::internal)?;
@@ -79,12 +87,23 @@ pub(crate) fn apply_fields(
     data
 }
 
-fn request_id(v: &mut Violations, raw: &str) -> Option<String> {
+/// The request id of a `method` request (AIP-155), with the request's fingerprint: `None`
+/// when there is none (or it is not a UUID: then a violation).
+fn request_key(
+    v: &mut Violations,
+    method: &'static str,
+    raw: &str,
+    request: &impl prost::Message,
+) -> Option<RequestKey> {
     if raw.is_empty() {
         return None;
     }
     match Uuid::parse_str(raw) {
-        Ok(u) => Some(u.to_string()),
+        Ok(u) => Some(RequestKey {
+            method,
+            request_id: u.to_string(),
+            fingerprint: clm_platform::idempotency::fingerprint(&format!("clm.contacts.v1.{method}Request"), request),
+        }),
         Err(_) => {
             v.add("request_id", "must be a UUID");
             None
@@ -178,7 +197,7 @@ impl ContactsService for ContactsApi {
         let ctx = ctx(&req)?;
         let req = req.into_inner();
         let mut v = Violations::new();
-        let rid = request_id(&mut v, &req.request_id);
+        let rid = request_key(&mut v, "CreateContact", &req.request_id, &req);
         let Some(c) = req.contact.as_ref() else {
             return Err(Error::invalid("contact", "is required").into());
         };
@@ -210,7 +229,7 @@ impl ContactsService for ContactsApi {
         // statement on PostgreSQL). A taken email or request id fails it as a whole.
         let mut inserts = store::contact_inserts(&ctx.tenant, &contact);
         if let Some(rid) = &rid {
-            inserts.push(store::request_insert(&ctx.tenant, "CreateContact", rid, &contact.id.to_string()));
+            inserts.push(store::request_insert(&ctx.tenant, rid, &contact.id.to_string()));
         }
         inserts.push(self.events.created_insert(&ctx.tenant, &contact));
         if let Err(e) = clm_platform::db::insert_all(&self.db, inserts).await {
@@ -467,7 +486,8 @@ impl ContactsService for ContactsApi {
         req: Request<Streaming<pb::ImportContactsRequest>>,
     ) -> Result<Response<Self::ImportContactsStream>, Status> {
         let ctx = ctx(&req)?;
-        let stream = import::run(self.db.clone(), self.events.clone(), ctx.tenant, req.into_inner());
+        let stream =
+            import::run(self.db.clone(), self.events.clone(), ctx.tenant, self.max_message_bytes, req.into_inner());
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -521,7 +541,7 @@ impl ContactsService for ContactsApi {
         let req = req.into_inner();
         let mut v = Violations::new();
         let survivor_id = v.check(uuid("survivor_id", &req.survivor_id));
-        let rid = request_id(&mut v, &req.request_id);
+        let rid = request_key(&mut v, "MergeContacts", &req.request_id, &req);
         if req.merged_ids.is_empty() || req.merged_ids.len() > MAX_MERGE {
             v.add("merged_ids", format!("1 to {MAX_MERGE} ids"));
         }
@@ -549,7 +569,7 @@ impl ContactsService for ContactsApi {
 
         let txn = clm_platform::db::begin_write(&self.db).await?;
         if let Some(rid) = &rid
-            && store::find_request(&txn, &ctx.tenant, "MergeContacts", rid).await?.is_some()
+            && store::find_request(&txn, &ctx.tenant, rid).await?.is_some()
         {
             let c = store::get_resolved(&txn, &ctx.tenant, survivor_id).await?;
             return Ok(Response::new(pb::MergeContactsResponse {
@@ -589,7 +609,7 @@ impl ContactsService for ContactsApi {
         store::update_contact(&txn, &ctx.tenant, &updated, survivor.version).await?;
         store::repoint_referrals(&txn, &ctx.tenant, &merged_ids, survivor_id).await?;
         if let Some(rid) = &rid {
-            store::record_request(&txn, &ctx.tenant, "MergeContacts", rid, &survivor_id.to_string()).await?;
+            store::record_request(&txn, &ctx.tenant, rid, &survivor_id.to_string()).await?;
         }
         self.events.merged(&txn, &ctx.tenant, &updated, &merged_ids).await?;
         txn.commit().await.map_err(Error::from)?;
@@ -607,7 +627,7 @@ impl ContactsService for ContactsApi {
         let ctx = ctx(&req)?;
         let req = req.into_inner();
         let mut v = Violations::new();
-        let rid = request_id(&mut v, &req.request_id);
+        let rid = request_key(&mut v, "CreateSegment", &req.request_id, &req);
         let Some(s) = req.segment else {
             return Err(Error::invalid("segment", "is required").into());
         };
@@ -616,7 +636,7 @@ impl ContactsService for ContactsApi {
         let (display_name, description, filter) = fields;
         let txn = clm_platform::db::begin_write(&self.db).await?;
         if let Some(rid) = &rid
-            && let Some(existing) = store::find_request(&txn, &ctx.tenant, "CreateSegment", rid).await?
+            && let Some(existing) = store::find_request(&txn, &ctx.tenant, rid).await?
         {
             let seg =
                 store::get_segment(&txn, &ctx.tenant, Uuid::parse_str(&existing).map_err(Error::internal)?).await?;
@@ -634,7 +654,7 @@ impl ContactsService for ContactsApi {
         };
         store::insert_segment(&txn, &ctx.tenant, &seg).await?;
         if let Some(rid) = &rid {
-            store::record_request(&txn, &ctx.tenant, "CreateSegment", rid, &seg.id.to_string()).await?;
+            store::record_request(&txn, &ctx.tenant, rid, &seg.id.to_string()).await?;
         }
         txn.commit().await.map_err(Error::from)?;
         Ok(Response::new(pb::CreateSegmentResponse { segment: Some(segment_pb(&seg)) }))

@@ -103,6 +103,9 @@ impl Money {
         if nanos >= 1_000_000_000 {
             return Err(violation(&format!("{field}.nanos"), "must be below 1,000,000,000"));
         }
+        if units > clm_platform::convert::MAX_MONEY_UNITS {
+            return Err(violation(&format!("{field}.units"), "must be at most 1,000,000,000,000 (10^12)"));
+        }
         Ok(Self { currency, units, nanos })
     }
 
@@ -110,7 +113,8 @@ impl Money {
         self.currency.code()
     }
 
-    /// The amount in micro-units (millionths), which is how it is stored and summed.
+    /// The amount in micro-units (millionths), which is how it is stored and summed (at most
+    /// 10^18 + 999,999: `parse` bounds the units).
     pub fn micros(&self) -> i64 {
         self.units.saturating_mul(1_000_000).saturating_add(i64::from(self.nanos / 1000))
     }
@@ -255,6 +259,10 @@ mod tests {
         assert_eq!(Money::parse("cost", "ZZZ", 1, 0).unwrap_err().field, "cost.currency_code");
         assert_eq!(Money::parse("cost", "EUR", -1, 0).unwrap_err().field, "cost");
         assert_eq!(Money::parse("cost", "EUR", 1, 1_000_000_000).unwrap_err().field, "cost.nanos");
+        let max = clm_platform::convert::MAX_MONEY_UNITS;
+        assert_eq!(Money::parse("cost", "EUR", max, 999_999_999).unwrap().micros(), max * 1_000_000 + 999_999);
+        assert_eq!(Money::parse("cost", "EUR", max + 1, 0).unwrap_err().field, "cost.units");
+        assert_eq!(Money::parse("cost", "EUR", i64::MAX, 0).unwrap_err().field, "cost.units");
     }
 
     #[test]

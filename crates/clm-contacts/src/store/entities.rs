@@ -136,6 +136,8 @@ pub mod request_id {
         pub request_id: String,
         pub resource_id: String,
         pub create_time: i64,
+        /// The fingerprint of the request (none for ids recorded before it was kept).
+        pub request_hash: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -12,6 +12,7 @@ impl MigratorTrait for Migrator {
             Box::new(M0001Contacts),
             Box::new(clm_platform::events::outbox::OutboxMigration),
             Box::new(clm_platform::events::inbox::InboxMigration),
+            Box::new(M0002RequestHash),
         ]
     }
 }
@@ -95,6 +96,7 @@ enum RequestIds {
     RequestId,
     ResourceId,
     CreateTime,
+    RequestHash,
 }
 
 #[derive(DeriveIden)]
@@ -327,5 +329,33 @@ impl MigrationTrait for M0001Contacts {
             m.drop_table(Table::drop().table(t).to_owned()).await?;
         }
         Ok(())
+    }
+}
+
+/// `request_ids.request_hash`: the fingerprint of the request that used the id
+/// (`clm_platform::idempotency::fingerprint`), so the id reused for another request is refused.
+/// Rows from before have none and keep the old behaviour (the first result).
+struct M0002RequestHash;
+
+impl MigrationName for M0002RequestHash {
+    fn name(&self) -> &'static str {
+        "m0002_request_hash"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0002RequestHash {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.alter_table(
+            Table::alter()
+                .table(RequestIds::Table)
+                .add_column(ColumnDef::new(RequestIds::RequestHash).string().null())
+                .to_owned(),
+        )
+        .await
+    }
+
+    async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.alter_table(Table::alter().table(RequestIds::Table).drop_column(RequestIds::RequestHash).to_owned()).await
     }
 }

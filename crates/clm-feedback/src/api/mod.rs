@@ -265,6 +265,7 @@ impl FeedbackService for FeedbackApi {
         let req = req.into_inner();
         let mut v = Violations::new();
         let rid = v.check(idempotency::check(&req.request_id)).flatten();
+        let fingerprint = idempotency::fingerprint("clm.feedback.v1.CreateSurveyRequest", &req);
         let Some(s) = req.survey else {
             return Err(Error::invalid("survey", "is required").into());
         };
@@ -315,7 +316,7 @@ impl FeedbackService for FeedbackApi {
         .unwrap_or(0);
         v.finish()?;
         if let Some(rid) = &rid
-            && let Some(id) = idempotency::find(&self.db, &ctx.tenant, "CreateSurvey", rid).await?
+            && let Some(id) = idempotency::find(&self.db, &ctx.tenant, "CreateSurvey", rid, &fingerprint).await?
         {
             let row = store::get_survey(&self.db, &ctx.tenant, Uuid::parse_str(&id).map_err(Error::internal)?).await?;
             return Ok(Response::new(pb::CreateSurveyResponse { survey: Some(survey_pb(&row)?) }));
@@ -339,7 +340,7 @@ impl FeedbackService for FeedbackApi {
         let txn = clm_platform::db::begin_write(&self.db).await?;
         store::insert_survey(&txn, row.clone()).await?;
         if let Some(rid) = &rid {
-            idempotency::record(&txn, &ctx.tenant, "CreateSurvey", rid, &row.id).await?;
+            idempotency::record(&txn, &ctx.tenant, "CreateSurvey", rid, &fingerprint, &row.id).await?;
         }
         txn.commit().await.map_err(Error::from)?;
         Ok(Response::new(pb::CreateSurveyResponse { survey: Some(survey_pb(&row)?) }))
@@ -505,10 +506,11 @@ impl FeedbackService for FeedbackApi {
         let survey_id = v.check(uuid("survey_id", &req.survey_id));
         let contact = v.check(uuid("contact_id", &req.contact_id));
         let rid = v.check(idempotency::check(&req.request_id)).flatten();
+        let fingerprint = idempotency::fingerprint("clm.feedback.v1.CreateInvitationRequest", &req);
         v.finish()?;
         let (survey_id, contact) = (survey_id.expect("checked"), contact.expect("checked"));
         if let Some(rid) = &rid
-            && let Some(id) = idempotency::find(&self.db, &ctx.tenant, "CreateInvitation", rid).await?
+            && let Some(id) = idempotency::find(&self.db, &ctx.tenant, "CreateInvitation", rid, &fingerprint).await?
         {
             let inv = self.invitations_with_tokens(&ctx.tenant, &[id]).await?.pop();
             return Ok(Response::new(pb::CreateInvitationResponse { invitation: inv, skipped: None }));
@@ -535,7 +537,7 @@ impl FeedbackService for FeedbackApi {
         let resp = match out {
             Ok((inv, t)) => {
                 if let Some(rid) = &rid {
-                    idempotency::record(&txn, &ctx.tenant, "CreateInvitation", rid, &inv.id).await?;
+                    idempotency::record(&txn, &ctx.tenant, "CreateInvitation", rid, &fingerprint, &inv.id).await?;
                 }
                 pb::CreateInvitationResponse {
                     invitation: Some(invitation_pb(&inv, Some(t), now_micros())),
@@ -559,6 +561,7 @@ impl FeedbackService for FeedbackApi {
         let mut v = Violations::new();
         let survey_id = v.check(uuid("survey_id", &req.survey_id));
         let rid = v.check(idempotency::check(&req.request_id)).flatten();
+        let fingerprint = idempotency::fingerprint("clm.feedback.v1.BatchCreateInvitationsRequest", &req);
         let mut listed = Vec::new();
         match &req.target {
             None => v.add("target", "one of segment_id or contacts"),
@@ -582,7 +585,8 @@ impl FeedbackService for FeedbackApi {
         v.finish()?;
         let survey_id = survey_id.expect("checked");
         if let Some(rid) = &rid
-            && let Some(raw) = idempotency::find(&self.db, &ctx.tenant, "BatchCreateInvitations", rid).await?
+            && let Some(raw) =
+                idempotency::find(&self.db, &ctx.tenant, "BatchCreateInvitations", rid, &fingerprint).await?
         {
             let o: BatchOutcome = serde_json::from_str(&raw).map_err(Error::internal)?;
             let invitations = self.invitations_with_tokens(&ctx.tenant, &o.invited).await?;
@@ -625,7 +629,7 @@ impl FeedbackService for FeedbackApi {
                     .collect(),
             };
             let raw = serde_json::to_string(&o).map_err(Error::internal)?;
-            idempotency::record(&txn, &ctx.tenant, "BatchCreateInvitations", rid, &raw).await?;
+            idempotency::record(&txn, &ctx.tenant, "BatchCreateInvitations", rid, &fingerprint, &raw).await?;
         }
         txn.commit().await.map_err(Error::from)?;
         self.events.committed();
@@ -960,6 +964,7 @@ impl FeedbackService for FeedbackApi {
         let req = req.into_inner();
         let mut v = Violations::new();
         let rid = v.check(idempotency::check(&req.request_id)).flatten();
+        let fingerprint = idempotency::fingerprint("clm.feedback.v1.CreateReviewRequest", &req);
         let Some(r) = req.review else {
             return Err(Error::invalid("review", "is required").into());
         };
@@ -976,7 +981,7 @@ impl FeedbackService for FeedbackApi {
         v.finish()?;
         let contact = contact.expect("checked");
         if let Some(rid) = &rid
-            && let Some(id) = idempotency::find(&self.db, &ctx.tenant, "CreateReview", rid).await?
+            && let Some(id) = idempotency::find(&self.db, &ctx.tenant, "CreateReview", rid, &fingerprint).await?
             && let Some(row) = store::get_review(&self.db, &ctx.tenant, &id).await?
         {
             return Ok(Response::new(pb::CreateReviewResponse { review: Some(review_pb(&row)) }));
@@ -998,7 +1003,7 @@ impl FeedbackService for FeedbackApi {
         store::insert_review(&txn, row.clone()).await?;
         self.events.review_recorded(&txn, &ctx.tenant, &row).await?;
         if let Some(rid) = &rid {
-            idempotency::record(&txn, &ctx.tenant, "CreateReview", rid, &row.id).await?;
+            idempotency::record(&txn, &ctx.tenant, "CreateReview", rid, &fingerprint, &row.id).await?;
         }
         txn.commit().await.map_err(Error::from)?;
         self.events.committed();

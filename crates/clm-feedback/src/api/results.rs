@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use chrono::{Datelike, TimeZone, Utc};
-use clm_platform::convert::{micros, timestamp, uuid};
+use clm_platform::convert::{TimeBounds, parse_time, timestamp, uuid};
 use clm_platform::{Error, TenantId, Violations};
 use clm_proto::feedback::v1 as pb;
 use uuid::Uuid;
@@ -114,21 +114,13 @@ pub async fn get(
 ) -> Result<pb::GetSurveyResultsResponse, Error> {
     let mut v = Violations::new();
     let survey_id = v.check(uuid("survey_id", &req.survey_id));
-    let start = match req.start_time.as_ref().map(micros) {
+    let start = match &req.start_time {
         None => 0,
-        Some(Some(t)) => t,
-        Some(None) => {
-            v.add("start_time", "is not a valid time");
-            0
-        }
+        Some(t) => v.check(parse_time("start_time", t, TimeBounds::Any)).unwrap_or(0),
     };
-    let end = match req.end_time.as_ref().map(micros) {
+    let end = match &req.end_time {
         None => now_micros() + 1,
-        Some(Some(t)) => t,
-        Some(None) => {
-            v.add("end_time", "is not a valid time");
-            0
-        }
+        Some(t) => v.check(parse_time("end_time", t, TimeBounds::Any)).unwrap_or(i64::MAX),
     };
     if req.end_time.is_some() && end <= start {
         v.add("end_time", "must be after start_time");
@@ -196,6 +188,8 @@ pub async fn get(
 #[cfg(test)]
 #[allow(clippy::float_cmp)]
 mod tests {
+    use clm_platform::convert::micros;
+
     use super::*;
 
     const DAY: i64 = 86_400_000_000;

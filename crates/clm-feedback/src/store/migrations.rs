@@ -13,6 +13,7 @@ impl MigratorTrait for Migrator {
             Box::new(clm_platform::events::inbox::InboxMigration),
             Box::new(clm_platform::idempotency::IdempotencyMigration),
             Box::new(M0001Feedback),
+            Box::new(clm_platform::idempotency::IdempotencyHashMigration),
         ]
     }
 }

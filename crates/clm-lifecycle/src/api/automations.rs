@@ -118,6 +118,7 @@ pub async fn create(
 ) -> Result<Response<pb::CreateAutomationResponse>, Status> {
     let ctx = clm_platform::auth::context(&req)?;
     let req = req.into_inner();
+    let fingerprint = clm_platform::idempotency::fingerprint("clm.lifecycle.v1.CreateAutomationRequest", &req);
     let a = req.automation.ok_or_else(|| Error::invalid("automation", "is required"))?;
     let mut v = Violations::new();
     check(&a, &mut v);
@@ -129,10 +130,16 @@ pub async fn create(
     let id = rid.map_or_else(Uuid::now_v7, |r| {
         Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("{}/automation/{r}", ctx.tenant).as_bytes())
     });
-    if rid.is_some()
-        && let Ok(existing) = find(&txn, &ctx.tenant, id).await
-    {
-        return Ok(Response::new(pb::CreateAutomationResponse { automation: Some(to_pb(&existing)) }));
+    const METHOD: &str = "CreateAutomation";
+    let mut known = false;
+    if let Some(r) = rid {
+        // Refused when the id served another request; else the automation it made (for ids
+        // served before fingerprints were kept, found by its id alone).
+        known =
+            clm_platform::idempotency::find(&txn, &ctx.tenant, METHOD, &r.to_string(), &fingerprint).await?.is_some();
+        if let Ok(existing) = find(&txn, &ctx.tenant, id).await {
+            return Ok(Response::new(pb::CreateAutomationResponse { automation: Some(to_pb(&existing)) }));
+        }
     }
     let count = store::automations::count(&txn, &ctx.tenant).await?;
     if count >= MAX_AUTOMATIONS {
@@ -158,6 +165,9 @@ pub async fn create(
         update_time: now,
     };
     store::automations::insert(&txn, row.clone()).await?;
+    if let Some(r) = rid.filter(|_| !known) {
+        clm_platform::idempotency::record(&txn, &ctx.tenant, METHOD, &r.to_string(), &fingerprint, &row.id).await?;
+    }
     txn.commit().await.map_err(Error::from)?;
     Ok(Response::new(pb::CreateAutomationResponse { automation: Some(to_pb(&row)) }))
 }

@@ -195,6 +195,8 @@ pub fn check_event(e: &pb::JourneyEvent, prefix: &str, v: &mut Violations) {
                     }
                     if m.units < 0 || m.nanos < 0 || m.nanos >= 1_000_000_000 {
                         v.add(format!("{prefix}purchase.amount"), "must not be negative (nanos 0-999999999)");
+                    } else if m.units > clm_platform::convert::MAX_MONEY_UNITS {
+                        v.add(format!("{prefix}purchase.amount.units"), "must be at most 1,000,000,000,000 (10^12)");
                     }
                 }
             }

@@ -6,7 +6,8 @@ pub mod convert;
 
 use std::pin::Pin;
 
-use clm_platform::convert::{duration, duration_micros, etag, etag_version, micros, timestamp, uuid};
+use clm_platform::convert::{TimeBounds, duration, duration_micros, etag, etag_version, parse_time, timestamp, uuid};
+use clm_platform::idempotency;
 use clm_platform::pagination::{PageTokens, page_size};
 use clm_platform::{Error, RequestContext, TenantId, Violations};
 use clm_proto::lifecycle::v1 as pb;
@@ -23,8 +24,12 @@ use crate::store::entities::{journey_event, manual_move};
 use crate::store::{self, ModelRecord, StoredRules, now_micros};
 use convert::{check_event, event_to_pb, kind_key, model_from_pb, model_to_pb, transition_to_pb};
 
-/// How far in the future an event time may be (clock skew), µs.
+/// How far in the future an event time may be (clock skew), µs: journey events and moves
+/// are history, replayed in time order, so "not in the future" is stricter here than the
+/// platform's day of tolerance for event times.
 const MAX_FUTURE_SKEW: i64 = 5 * 60 * 1_000_000;
+/// The bounds of a journey event's or a move's time.
+const HISTORY: TimeBounds = TimeBounds::NotAfterNowPlus(MAX_FUTURE_SKEW);
 /// How long to wait for a just-created contact's event to arrive before refusing, ms.
 const CONTACT_WAIT_MS: u64 = 3000;
 
@@ -126,7 +131,10 @@ impl LifecycleApi {
         })
     }
 
-    /// Validate and store one journey event; returns the row (existing one for a repeated key).
+    /// Validate and store one journey event; returns the row (the existing one for a repeated
+    /// key, or for a purchase whose order id was recorded: the same sale). `prefix` names the
+    /// event's fields ("event." in RecordJourneyEvent, "" in an import), `key_field` its key.
+    #[allow(clippy::too_many_arguments)]
     async fn record(
         &self,
         txn: &impl ConnectionTrait,
@@ -134,26 +142,38 @@ impl LifecycleApi {
         model: &ModelRecord,
         e: &pb::JourneyEvent,
         key: Option<String>,
+        prefix: &str,
+        key_field: &str,
     ) -> Result<(journey_event::Model, bool), Error> {
-        if let Some(k) = &key
-            && let Some(existing) = store::event_by_key(txn, tenant, k).await?
-        {
-            return Ok((existing, false));
-        }
         let now = now_micros();
-        let contact =
-            Uuid::parse_str(&e.contact_id).map_err(|_| Error::invalid("event.contact_id", "must be a UUID"))?;
-        let at = e
-            .occur_time
-            .as_ref()
-            .map_or(Some(now), micros)
-            .ok_or_else(|| Error::invalid("event.occur_time", "is not a valid time"))?;
-        if at > now + MAX_FUTURE_SKEW {
-            return Err(Error::invalid("event.occur_time", "must not be in the future"));
-        }
+        let contact = Uuid::parse_str(&e.contact_id)
+            .map_err(|_| Error::invalid(format!("{prefix}contact_id"), "must be a UUID"))?;
+        let at = match &e.occur_time {
+            None => now,
+            Some(ts) => parse_time(&format!("{prefix}occur_time"), ts, HISTORY)?,
+        };
         let mut body = e.clone();
         body.id.clear();
         body.record_time = None;
+        if let Some(k) = &key
+            && let Some(existing) = store::event_by_key(txn, tenant, k).await?
+        {
+            // The key names one event: the same one again is a retry, another is a mistake.
+            let fingerprint = |b: &[u8]| idempotency::fingerprint_bytes("clm.lifecycle.v1.JourneyEvent", b, None);
+            if fingerprint(&existing.body) != fingerprint(&prost::Message::encode_to_vec(&body)) {
+                return Err(idempotency::reused(key_field));
+            }
+            return Ok((existing, false));
+        }
+        let order = match &e.detail {
+            Some(pb::journey_event::Detail::Purchase(p)) => Some(p.order_id.clone()),
+            _ => None,
+        };
+        if let Some(order) = &order
+            && let Some(existing) = store::purchase_by_order(txn, tenant, order).await?
+        {
+            return same_sale(existing, e);
+        }
         let row = journey_event::Model {
             id: Uuid::now_v7().to_string(),
             tenant_id: tenant.as_str().to_owned(),
@@ -169,6 +189,7 @@ impl LifecycleApi {
                 _ => None,
             },
             body: prost::Message::encode_to_vec(&body),
+            order_id: order,
         };
         if !store::insert_event(txn, row.clone()).await? {
             return Err(Error::Aborted(
@@ -178,6 +199,32 @@ impl LifecycleApi {
         self.events.event_recorded(txn, tenant, &row, e).await?;
         Ok((row, true))
     }
+}
+
+/// A purchase whose order id is already recorded (`existing`) is the same sale: the same
+/// buyer, amount and items give the first event back (nothing recorded, nothing counted
+/// twice); anything else is ALREADY_EXISTS, naming the order id and the event holding it.
+fn same_sale(existing: journey_event::Model, e: &pb::JourneyEvent) -> Result<(journey_event::Model, bool), Error> {
+    use pb::journey_event::Detail;
+    let first = event_to_pb(&existing);
+    let same = match (&first.detail, &e.detail) {
+        (Some(Detail::Purchase(a)), Some(Detail::Purchase(b))) => {
+            a == b && first.contact_id.eq_ignore_ascii_case(e.contact_id.trim())
+        }
+        _ => false,
+    };
+    if same {
+        return Ok((existing, false));
+    }
+    Err(Error::AlreadyExists {
+        message: format!(
+            "order {:?} was already recorded as journey event {} (contact {}) with other details; \
+             a purchase with a recorded order id is the same sale",
+            existing.order_id.as_deref().unwrap_or_default(),
+            existing.id,
+            existing.contact_id
+        ),
+    })
 }
 
 fn ctx<T>(req: &Request<T>) -> Result<RequestContext, Status> {
@@ -224,6 +271,7 @@ impl LifecycleService for LifecycleApi {
     ) -> Result<Response<pb::CreateLifecycleModelResponse>, Status> {
         let ctx = ctx(&req)?;
         let req = req.into_inner();
+        let fingerprint = idempotency::fingerprint("clm.lifecycle.v1.CreateLifecycleModelRequest", &req);
         let m = req.lifecycle_model.ok_or_else(|| Error::invalid("lifecycle_model", "is required"))?;
         let mut v = Violations::new();
         let name = text("lifecycle_model.display_name", &m.display_name, 128, &mut v);
@@ -246,13 +294,18 @@ impl LifecycleService for LifecycleApi {
         let id = rid.map_or_else(Uuid::now_v7, |r| {
             Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("{}/model/{r}", ctx.tenant).as_bytes())
         });
+        const METHOD: &str = "CreateLifecycleModel";
         let txn = clm_platform::db::begin_write(&self.db).await?;
-        if rid.is_some()
-            && let Ok(existing) = store::get_model(&txn, &ctx.tenant, &id.to_string()).await
-        {
-            return Ok(Response::new(pb::CreateLifecycleModelResponse {
-                lifecycle_model: Some(model_to_pb(&existing)),
-            }));
+        let mut known = false;
+        if let Some(r) = rid {
+            // Refused when the id served another request; else the model it made (for ids
+            // served before fingerprints were kept, the model is found by its id alone).
+            known = idempotency::find(&txn, &ctx.tenant, METHOD, &r.to_string(), &fingerprint).await?.is_some();
+            if let Ok(existing) = store::get_model(&txn, &ctx.tenant, &id.to_string()).await {
+                return Ok(Response::new(pb::CreateLifecycleModelResponse {
+                    lifecycle_model: Some(model_to_pb(&existing)),
+                }));
+            }
         }
         store::default_model(&txn, &ctx.tenant).await?;
         let now = now_micros();
@@ -267,6 +320,9 @@ impl LifecycleService for LifecycleApi {
             update_time: now,
         };
         store::insert_model(&txn, &ctx.tenant, &rec).await?;
+        if let Some(r) = rid.filter(|_| !known) {
+            idempotency::record(&txn, &ctx.tenant, METHOD, &r.to_string(), &fingerprint, &id.to_string()).await?;
+        }
         if rec.is_default {
             store::set_default(&txn, &ctx.tenant, rec.id).await?;
         }
@@ -427,7 +483,7 @@ impl LifecycleService for LifecycleApi {
         let key = (!req.idempotency_key.is_empty()).then(|| req.idempotency_key.clone());
         let txn = clm_platform::db::begin_write(&self.db).await?;
         let model = store::get_model(&txn, &ctx.tenant, model_uuid_or_default(&req.model_id)).await?;
-        let (row, fresh) = self.record(&txn, &ctx.tenant, &model, &e, key).await?;
+        let (row, fresh) = self.record(&txn, &ctx.tenant, &model, &e, key, "event.", "idempotency_key").await?;
         let (all, new) = if fresh {
             let (_, mut new) = self.rebuild(&txn, &ctx.tenant, contact, &model).await?;
             let custom_name = match &e.detail {
@@ -513,7 +569,7 @@ impl LifecycleService for LifecycleApi {
                     continue;
                 }
                 let key = e.metadata.get("idempotency_key").cloned();
-                match self.record(&txn, &ctx.tenant, &model, e, key).await {
+                match self.record(&txn, &ctx.tenant, &model, e, key, "", "metadata.idempotency_key").await {
                     Ok((_, true)) => {
                         out.recorded += 1;
                         touched.insert((model.id.to_string(), contact));
@@ -525,6 +581,9 @@ impl LifecycleService for LifecycleApi {
                             field: list[0].field.clone(),
                             reason: list[0].description.clone(),
                         });
+                    }
+                    Err(Error::AlreadyExists { message }) => {
+                        out.errors.push(pb::ImportError { index, field: "purchase.order_id".into(), reason: message });
                     }
                     Err(other) => return Err(other.into()),
                 }
@@ -556,6 +615,7 @@ impl LifecycleService for LifecycleApi {
     ) -> Result<Response<pb::TransitionStageResponse>, Status> {
         let ctx = ctx(&req)?;
         let req = req.into_inner();
+        let fingerprint = idempotency::fingerprint("clm.lifecycle.v1.TransitionStageRequest", &req);
         let mut v = Violations::new();
         let contact = v.check(uuid("contact_id", &req.contact_id));
         let to = v.check(StageKey::parse("to_stage", &req.to_stage));
@@ -567,13 +627,7 @@ impl LifecycleService for LifecycleApi {
         let now = now_micros();
         let at = match &req.transition_time {
             None => Some(now),
-            Some(t) => match micros(t) {
-                Some(m) if m <= now + MAX_FUTURE_SKEW => Some(m),
-                _ => {
-                    v.add("transition_time", "must be a valid time, not in the future");
-                    None
-                }
-            },
+            Some(t) => v.check(parse_time("transition_time", t, HISTORY)),
         };
         v.finish()?;
         let (contact, to, at) = (contact.expect("checked"), to.expect("checked"), at.expect("checked"));
@@ -586,8 +640,16 @@ impl LifecycleService for LifecycleApi {
         let move_id = rid.map_or_else(Uuid::now_v7, |r| {
             Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("{}/move/{r}", ctx.tenant).as_bytes())
         });
+        const METHOD: &str = "TransitionStage";
+        let known = match rid {
+            Some(r) => idempotency::find(&txn, &ctx.tenant, METHOD, &r.to_string(), &fingerprint).await?.is_some(),
+            None => false,
+        };
         let already =
             store::moves_of(&txn, &ctx.tenant, contact, model.id).await?.iter().any(|m| m.id == move_id.to_string());
+        if let Some(r) = rid.filter(|_| !known && !already) {
+            idempotency::record(&txn, &ctx.tenant, METHOD, &r.to_string(), &fingerprint, &move_id.to_string()).await?;
+        }
         if !already {
             let current = store::get_journey(&txn, &ctx.tenant, contact, model.id).await?.and_then(|j| j.current_stage);
             let from = current.as_deref().and_then(|c| StageKey::parse("from", c).ok());

@@ -182,6 +182,7 @@ fn event_row(
         lead: false,
         score,
         body: prost::Message::encode_to_vec(body),
+        order_id: None,
     }
 }
 

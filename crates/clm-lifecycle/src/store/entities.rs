@@ -96,6 +96,9 @@ pub mod journey_event {
         pub score: Option<i32>,
         /// Encoded `clm.lifecycle.v1.JourneyEvent`.
         pub body: Vec<u8>,
+        /// A purchase's order id (unique per tenant; none for other kinds and for purchases
+        /// recorded before order ids were kept).
+        pub order_id: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

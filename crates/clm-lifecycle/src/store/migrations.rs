@@ -12,6 +12,9 @@ impl MigratorTrait for Migrator {
             Box::new(clm_platform::events::outbox::OutboxMigration),
             Box::new(clm_platform::events::inbox::InboxMigration),
             Box::new(M0001Lifecycle),
+            Box::new(clm_platform::idempotency::IdempotencyMigration),
+            Box::new(clm_platform::idempotency::IdempotencyHashMigration),
+            Box::new(M0002OrderIds),
         ]
     }
 }
@@ -200,5 +203,31 @@ impl MigrationTrait for M0001Lifecycle {
             m.drop_table(Table::drop().table(Alias::new(t)).to_owned()).await?;
         }
         Ok(())
+    }
+}
+
+/// `journey_events.order_id`: a purchase's order id, unique per tenant (a purchase whose order
+/// id was already recorded is the same sale, not a second one). Events recorded before have
+/// none and are not checked.
+struct M0002OrderIds;
+
+impl MigrationName for M0002OrderIds {
+    fn name(&self) -> &'static str {
+        "m0002_order_ids"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0002OrderIds {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.alter_table(Table::alter().table(Alias::new("journey_events")).add_column(text_null("order_id")).to_owned())
+            .await?;
+        index(m, "ux_events_order", "journey_events", &["tenant_id", "order_id"], true).await
+    }
+
+    async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.drop_index(Index::drop().name("ux_events_order").table(Alias::new("journey_events")).to_owned()).await?;
+        m.alter_table(Table::alter().table(Alias::new("journey_events")).drop_column(Alias::new("order_id")).to_owned())
+            .await
     }
 }

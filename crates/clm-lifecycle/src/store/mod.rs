@@ -450,8 +450,29 @@ pub async fn insert_event(db: &impl ConnectionTrait, row: journey_event::Model) 
                 .to_owned(),
         )
         .exec_without_returning(db)
-        .await?;
+        .await
+        .map_err(|e| {
+            // The other unique key: the order id, taken by a concurrent call since we looked.
+            if matches!(e.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_))) {
+                Error::Aborted("a concurrent request recorded a purchase with the same order id; retry".into())
+            } else {
+                e.into()
+            }
+        })?;
     Ok(inserted == 1)
+}
+
+/// The purchase recorded with this order id, if any.
+pub async fn purchase_by_order(
+    db: &impl ConnectionTrait,
+    tenant: &TenantId,
+    order_id: &str,
+) -> Result<Option<journey_event::Model>> {
+    Ok(journey_event::Entity::find()
+        .filter(journey_event::Column::TenantId.eq(tenant.as_str()))
+        .filter(journey_event::Column::OrderId.eq(order_id))
+        .one(db)
+        .await?)
 }
 
 pub async fn event_by_key(

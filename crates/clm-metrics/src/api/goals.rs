@@ -1,6 +1,6 @@
 //! Goals (a KPI, a scope, a target per period) and the scorecard that grades them.
 
-use clm_platform::convert::{etag, etag_version, micros, timestamp, uuid};
+use clm_platform::convert::{TimeBounds, etag, etag_version, micros, parse_time, timestamp, uuid};
 use clm_platform::pagination::page_size;
 use clm_platform::{Error, Violations, idempotency};
 use clm_proto::metrics::v1 as pb;
@@ -107,6 +107,7 @@ pub async fn create(
     let req = req.into_inner();
     let mut v = Violations::new();
     let rid = v.check(idempotency::check(&req.request_id)).flatten();
+    let fingerprint = idempotency::fingerprint("clm.metrics.v1.CreateGoalRequest", &req);
     let mut g = req.goal.unwrap_or_default();
     if g.at_risk_tolerance == 0.0 {
         g.at_risk_tolerance = 0.1;
@@ -117,7 +118,7 @@ pub async fn create(
     api.members(&ctx.tenant, g.scope.as_ref(), "goal.scope.segment_filter").await?;
     let tenant = ctx.tenant.as_str();
     if let Some(rid) = &rid
-        && let Some(id) = idempotency::find(&api.db, &ctx.tenant, "CreateGoal", rid).await?
+        && let Some(id) = idempotency::find(&api.db, &ctx.tenant, "CreateGoal", rid, &fingerprint).await?
     {
         return Ok(Response::new(pb::CreateGoalResponse { goal: Some(load(api, tenant, &id).await?.goal) }));
     }
@@ -127,7 +128,7 @@ pub async fn create(
     let txn = clm_platform::db::begin_write(&api.db).await?;
     store::insert(&txn, tenant, &record(&g, 1, now, now)).await?;
     if let Some(rid) = &rid {
-        idempotency::record(&txn, &ctx.tenant, "CreateGoal", rid, &id).await?;
+        idempotency::record(&txn, &ctx.tenant, "CreateGoal", rid, &fingerprint, &id).await?;
     }
     txn.commit().await.map_err(Error::from)?;
     Ok(Response::new(pb::CreateGoalResponse { goal: Some(load(api, tenant, &id).await?.goal) }))
@@ -281,10 +282,9 @@ pub async fn scorecard(
 ) -> Result<Response<pb::GetScorecardResponse>, Status> {
     let ctx = ctx(&req)?;
     let req = req.into_inner();
-    let as_of = match req.as_of_time.as_ref().map(micros) {
+    let as_of = match &req.as_of_time {
         None => now_micros(),
-        Some(Some(t)) => t,
-        Some(None) => return Err(Error::invalid("as_of_time", "is not a valid time").into()),
+        Some(t) => parse_time("as_of_time", t, TimeBounds::Any).map_err(Error::from)?,
     };
     let all = store::list(&api.db, ctx.tenant.as_str(), None, 10_000)
         .await?

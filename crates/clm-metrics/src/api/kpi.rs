@@ -39,9 +39,10 @@ pub const NAMES: &[&str] = &[
 ];
 
 /// Counters of a slice: name → (count, sum) in the main currency, plus the currencies seen.
+/// Sums are i128: money sums in µ-units pass i64 at 9.2 × 10^12 units (docs/metrics.md § Money).
 #[derive(Debug, Clone, Default)]
 pub struct Counters {
-    pub by_name: HashMap<String, (i64, i64)>,
+    pub by_name: HashMap<String, (i64, i128)>,
     pub currency: String,
     pub other_currencies: Vec<String>,
 }
@@ -49,18 +50,18 @@ pub struct Counters {
 impl Counters {
     /// Fold rows; money rows of currencies other than the main one are left out (and listed).
     pub fn from_rows(rows: &[KpiRow]) -> Self {
-        let mut money: HashMap<&str, i64> = HashMap::new();
+        let mut money: HashMap<&str, i128> = HashMap::new();
         for r in rows.iter().filter(|r| !r.currency.is_empty()) {
             *money.entry(r.currency.as_str()).or_default() += r.s.abs();
         }
-        let mut currencies: Vec<(&str, i64)> = money.into_iter().collect();
+        let mut currencies: Vec<(&str, i128)> = money.into_iter().collect();
         currencies.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
         let currency = currencies.first().map(|c| c.0.to_owned()).unwrap_or_default();
-        let mut by_name: HashMap<String, (i64, i64)> = HashMap::new();
+        let mut by_name: HashMap<String, (i64, i128)> = HashMap::new();
         for r in rows.iter().filter(|r| r.currency.is_empty() || r.currency == currency) {
             let e = by_name.entry(r.name.clone()).or_default();
-            e.0 += r.n;
-            e.1 += r.s;
+            e.0 = e.0.saturating_add(r.n);
+            e.1 = e.1.saturating_add(r.s);
         }
         Self { by_name, currency, other_currencies: currencies.iter().skip(1).map(|c| c.0.to_owned()).collect() }
     }
@@ -72,6 +73,31 @@ impl Counters {
     pub fn s(&self, name: &str) -> f64 {
         self.by_name.get(name).map_or(0.0, |v| v.1 as f64)
     }
+
+    /// A count, exactly.
+    pub fn count(&self, name: &str) -> i64 {
+        self.by_name.get(name).map_or(0, |v| v.0)
+    }
+
+    /// A sum (money: µ-units of `currency`), exactly.
+    pub fn sum(&self, name: &str) -> i128 {
+        self.by_name.get(name).map_or(0, |v| v.1)
+    }
+
+    /// The sum of `sum` per one of `per`'s count (0 when there is none), exactly, rounded.
+    pub fn per(&self, sum: &str, per: &str) -> i128 {
+        per_count(self.sum(sum), self.count(per))
+    }
+}
+
+/// `sum ÷ n` rounded half away from zero; 0 when `n` is not positive.
+pub fn per_count(sum: i128, n: i64) -> i128 {
+    if n <= 0 {
+        return 0;
+    }
+    let n = i128::from(n);
+    let half = n / 2;
+    if sum >= 0 { (sum + half) / n } else { (sum - half) / n }
 }
 
 /// Every KPI of a slice, as numbers (money in µ-units of `currency`).
@@ -90,6 +116,8 @@ pub struct Snapshot {
     pub purchase_frequency: f64,
     pub referral_rate: f64,
     pub historical_clv: f64,
+    /// Revenue to the end per first purchase, µ-units, exactly.
+    pub historical_clv_micros: i128,
     pub predicted_clv: f64,
     pub annual_churn: f64,
 }
@@ -130,6 +158,7 @@ impl Snapshot {
             purchase_frequency: ratio(c.n("revenue"), purchasers),
             referral_rate: ratio(cum.n("referrers"), at_end),
             historical_clv: ratio(cum.s("revenue"), cum.n("first_purchases")),
+            historical_clv_micros: cum.per("revenue", "first_purchases"),
             predicted_clv: domain::predicted_clv(aov, per_year, domain::expected_lifespan_years(annual_churn)),
             annual_churn,
             currency,
@@ -203,16 +232,24 @@ impl Snapshot {
     }
 }
 
-/// Money in `currency` from µ-units.
+/// Money in `currency` from µ-units (an estimate: `as` saturates, never wraps). Sums and
+/// averages of recorded amounts use [`money_exact`].
 pub fn money(micros: f64, currency: &str) -> Option<clm_proto::common::v1::Money> {
+    money_exact(micros.round() as i128, currency)
+}
+
+/// Money in `currency` from µ-units, exactly (units beyond i64 — never reached: that is 10^6
+/// times what one stored counter holds — saturate).
+pub fn money_exact(micros: i128, currency: &str) -> Option<clm_proto::common::v1::Money> {
     if currency.is_empty() {
         return None;
     }
-    let m = micros.round() as i64;
+    let units = micros / 1_000_000;
+    let units = i64::try_from(units).unwrap_or(if units < 0 { i64::MIN } else { i64::MAX });
     Some(clm_proto::common::v1::Money {
         currency_code: currency.to_owned(),
-        units: m / 1_000_000,
-        nanos: i32::try_from((m % 1_000_000) * 1000).unwrap_or(0),
+        units,
+        nanos: i32::try_from((micros % 1_000_000) * 1000).unwrap_or(0),
     })
 }
 
@@ -222,7 +259,7 @@ mod tests {
     use super::*;
 
     fn row(name: &str, currency: &str, n: i64, s: i64) -> KpiRow {
-        KpiRow { name: name.into(), currency: currency.into(), group: String::new(), day: 0, n, s }
+        KpiRow { name: name.into(), currency: currency.into(), group: String::new(), day: 0, n, s: s.into() }
     }
 
     #[test]
@@ -257,5 +294,23 @@ mod tests {
         let empty = Snapshot::default();
         assert_eq!(empty.kpi(pb::Kpi::CloseRate).0, 0.0, "no leads: 0, not NaN");
         assert_eq!(money(1_500_000.0, "EUR").unwrap().nanos, 500_000_000);
+    }
+
+    #[test]
+    fn money_sums_are_exact_past_i64() {
+        // Ten amounts of 10^12 EUR and 0.999999: 9.2 × 10^12 units is where i64 µ-units end.
+        let one = 1_000_000_000_000_999_999_i64;
+        let rows: Vec<KpiRow> = (0..10).map(|_| row("revenue", "EUR", 1, one)).collect();
+        let c = Counters::from_rows(&rows);
+        assert_eq!(c.sum("revenue"), 10 * i128::from(one));
+        let m = money_exact(c.sum("revenue"), "EUR").unwrap();
+        assert_eq!((m.units, m.nanos), (10_000_000_000_009, 999_990_000));
+        let avg = money_exact(c.per("revenue", "revenue"), "EUR").unwrap();
+        assert_eq!((avg.units, avg.nanos), (1_000_000_000_000, 999_999_000));
+        assert_eq!(per_count(5, 2), 3);
+        assert_eq!(per_count(-5, 2), -3);
+        assert_eq!(per_count(7, 0), 0);
+        assert_eq!(money_exact(i128::MAX, "EUR").unwrap().units, i64::MAX, "saturates");
+        assert_eq!(money(f64::MAX, "EUR").unwrap().units, i64::MAX, "saturates");
     }
 }

@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use clm_platform::contacts::ContactsClient;
-use clm_platform::convert::{duration, duration_micros, micros, timestamp, uuid};
+use clm_platform::convert::{TimeBounds, duration, duration_micros, parse_time, timestamp, uuid};
 use clm_platform::pagination::PageTokens;
 use clm_platform::{Error, RequestContext, TenantId, Violations};
 use clm_proto::metrics::v1 as pb;
@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use crate::domain::{self, DAY, Gran, ratio};
 use crate::store::model::{self, Slice};
-use kpi::{Snapshot, money};
+use kpi::{Snapshot, money, money_exact};
 
 /// Default lead-quality threshold (lead score).
 const DEFAULT_LEAD_THRESHOLD: i32 = 50;
@@ -76,28 +76,26 @@ pub fn now_micros() -> i64 {
 /// Check a scope into a slice; `prefix` names the field ("scope." or "goal.scope.").
 pub fn slice(tenant: &TenantId, scope: Option<&pb::MetricsScope>, prefix: &str, v: &mut Violations) -> Slice {
     let s = scope.cloned().unwrap_or_default();
-    let end = match s.end_time.as_ref().map(micros) {
-        None => now_micros(),
-        Some(Some(t)) => t,
-        Some(None) => {
-            v.add(format!("{prefix}end_time"), "is not a valid time");
-            0
-        }
+    let end = match &s.end_time {
+        None => Some(now_micros()),
+        Some(t) => v.check(parse_time(&format!("{prefix}end_time"), t, TimeBounds::Any)),
     };
-    let start = match s.start_time.as_ref().map(micros) {
-        None => end - DEFAULT_RANGE,
-        Some(Some(t)) => t,
-        Some(None) => {
-            v.add(format!("{prefix}start_time"), "is not a valid time");
-            0
-        }
+    let start = match &s.start_time {
+        None => end.map(|e| e - DEFAULT_RANGE),
+        Some(t) => v.check(parse_time(&format!("{prefix}start_time"), t, TimeBounds::Any)),
     };
-    if start >= end {
-        v.add(format!("{prefix}end_time"), "must be after start_time");
-    }
-    if end - start > 20 * 366 * DAY {
-        v.add(format!("{prefix}start_time"), "a range of at most 20 years");
-    }
+    let (start, end) = match (start, end) {
+        (Some(start), Some(end)) => {
+            if start >= end {
+                v.add(format!("{prefix}end_time"), "must be after start_time");
+            }
+            if end - start > 20 * 366 * DAY {
+                v.add(format!("{prefix}start_time"), "a range of at most 20 years");
+            }
+            (start, end)
+        }
+        _ => (0, 0),
+    };
     let model = if s.model_id.is_empty() || s.model_id == "default" {
         default_model_id(tenant)
     } else {
@@ -206,26 +204,26 @@ impl MetricsService for MetricsApi {
             acquisition: Some(pb::AcquisitionMetrics {
                 new_contacts: n("new_contacts"),
                 leads: n("leads"),
-                acquisition_cost: money(c.s("acquisition_cost"), cur),
-                cost_per_lead: money(ratio(c.s("acquisition_cost"), c.n("leads")), cur),
+                acquisition_cost: money_exact(c.sum("acquisition_cost"), cur),
+                cost_per_lead: money_exact(c.per("acquisition_cost", "leads"), cur),
                 lead_quality_rate: s.lead_quality_rate,
                 new_contacts_by_channel: by_channel.into_iter().map(|r| (r.group, r.n)).collect(),
             }),
             conversion: Some(pb::ConversionMetrics {
                 new_customers: n("new_customers"),
                 close_rate: ratio(c.n("new_customers"), c.n("leads")),
-                revenue: money(c.s("revenue"), cur),
-                average_deal_size: money(s.average_deal_size(), cur),
+                revenue: money_exact(c.sum("revenue"), cur),
+                average_deal_size: money_exact(c.per("first_purchases", "first_purchases"), cur),
                 median_time_to_close: s.median_time_to_close.map(duration),
                 p90_time_to_close: s.p90_time_to_close.map(duration),
-                cac: money(s.cac(), cur),
+                cac: money_exact(c.per("acquisition_cost", "new_customers"), cur),
             }),
             retention: Some(pb::RetentionMetrics {
                 churn_rate: s.churn_rate,
                 retention_rate: s.retention_rate,
                 repeat_purchase_rate: s.repeat_purchase_rate,
                 purchase_frequency: s.purchase_frequency,
-                average_order_value: money(ratio(c.s("revenue"), c.n("revenue")), cur),
+                average_order_value: money_exact(c.per("revenue", "revenue"), cur),
                 dormant: n("dormant"),
                 reactivated: n("reactivated"),
                 nps: s.nps(),
@@ -238,7 +236,7 @@ impl MetricsService for MetricsApi {
                 advocates: n("nps_promoters") + n("reviewers"),
                 promoters: n("nps_promoters"),
                 reviewers: n("reviewers"),
-                historical_clv: money(s.historical_clv, cur),
+                historical_clv: money_exact(s.historical_clv_micros, cur),
                 predicted_clv: money(s.predicted_clv, cur),
                 clv_to_cac_ratio: ratio(s.predicted_clv, s.cac()),
             }),
@@ -285,10 +283,10 @@ impl MetricsService for MetricsApi {
                     leads: c.n("leads") as i64,
                     customers: c.n("new_customers") as i64,
                     close_rate: ratio(c.n("new_customers"), c.n("leads")),
-                    acquisition_cost: money(c.s("acquisition_cost"), cur),
-                    cost_per_lead: money(ratio(c.s("acquisition_cost"), c.n("leads")), cur),
-                    cac: money(ratio(c.s("acquisition_cost"), c.n("new_customers")), cur),
-                    revenue: money(c.s("revenue"), cur),
+                    acquisition_cost: money_exact(c.sum("acquisition_cost"), cur),
+                    cost_per_lead: money_exact(c.per("acquisition_cost", "leads"), cur),
+                    cac: money_exact(c.per("acquisition_cost", "new_customers"), cur),
+                    revenue: money_exact(c.sum("revenue"), cur),
                 }
             })
             .collect();
@@ -438,12 +436,12 @@ impl MetricsService for MetricsApi {
         Ok(Response::new(pb::GetCustomerValueResponse {
             customer_value: Some(pb::CustomerValue {
                 contact_id: contact.clone(),
-                historical_revenue: money(f.revenue as f64, &f.currency),
+                historical_revenue: money_exact(f.revenue.into(), &f.currency),
                 orders: f.orders,
                 first_purchase_time: f.first_purchase.map(timestamp),
                 last_purchase_time: f.last_purchase.map(timestamp),
                 predicted_clv: predicted.and_then(|p| money(p, &f.currency)),
-                acquisition_cost: cost.and_then(|(m, c)| money(m as f64, &c)),
+                acquisition_cost: cost.and_then(|(m, c)| money_exact(m.into(), &c)),
                 current_stage: model::current_stage(&self.db, tenant, &default_model_id(&ctx.tenant), &contact)
                     .await?
                     .unwrap_or_default(),

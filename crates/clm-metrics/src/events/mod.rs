@@ -17,13 +17,20 @@ use crate::store::{contact_facts, model};
 /// Durable consumer name on the bus and in the inbox.
 pub const CONSUMER: &str = "metrics";
 
+/// An event's time in µs (`None` when absent or not a valid protobuf timestamp).
 fn micros(ts: Option<&prost_types::Timestamp>) -> Option<i64> {
-    ts.map(|t| t.seconds * 1_000_000 + i64::from(t.nanos / 1000))
+    ts.and_then(clm_platform::convert::micros)
 }
 
+/// An event's amount in µ-units. Producers bound amounts to 10^12 units (10^18 µ-units); an
+/// event from before that bound saturates at the ends of i64 rather than wrapping.
 fn money(m: Option<&clm_proto::common::v1::Money>) -> (Option<String>, Option<i64>) {
     match m {
-        Some(m) => (Some(m.currency_code.clone()), Some(m.units * 1_000_000 + i64::from(m.nanos / 1000))),
+        Some(m) => {
+            let micros = i128::from(m.units) * 1_000_000 + i128::from(m.nanos / 1000);
+            let micros = i64::try_from(micros).unwrap_or(if micros < 0 { i64::MIN } else { i64::MAX });
+            (Some(m.currency_code.clone()), Some(micros))
+        }
         None => (None, None),
     }
 }
@@ -232,6 +239,13 @@ impl EventHandler for MetricsHandler {
             Some(Payload::JourneyEventRecorded(j)) => {
                 let Some(at) = micros(j.occur_time.as_ref()) else { return Ok(()) };
                 let h = match ev::JourneyEventKind::try_from(j.kind).unwrap_or_default() {
+                    // A purchase whose order was counted already (the same sale recorded
+                    // twice upstream, or in two models) counts once.
+                    ev::JourneyEventKind::Purchase
+                        if !j.order_id.is_empty() && !model::claim_order(txn, tenant, &j.order_id).await? =>
+                    {
+                        return Ok(());
+                    }
                     ev::JourneyEventKind::Purchase => {
                         let (cur, amount) = money(j.amount.as_ref());
                         model::Happening::Purchase { amount: amount.unwrap_or(0), currency: cur.unwrap_or_default() }

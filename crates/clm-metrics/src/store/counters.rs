@@ -104,7 +104,7 @@ pub async fn add(db: &impl ConnectionTrait, t: &'static Table, key: Vec<Key>, de
             let mut p = p.borrow_mut();
             let sums = p.entry((t.name, key)).or_insert_with(|| vec![0; deltas.len()]);
             for (sum, d) in sums.iter_mut().zip(deltas) {
-                *sum += d;
+                *sum = sum.saturating_add(*d);
             }
         });
         return Ok(());
@@ -154,13 +154,30 @@ fn by_name(name: &str) -> &'static Table {
     .expect("every pending row's table is one of these")
 }
 
-/// `INSERT … VALUES (…), (…) ON CONFLICT (keys) DO UPDATE SET sum = table.sum + excluded.sum`,
-/// in chunks under the parameter limit (each key appears once: rows are summed per key).
+/// `{table}.{col} + excluded.{col}` in SQL, saturating at the ends of BIGINT: a sum never
+/// wraps, never fails the batch (PostgreSQL's "bigint out of range" would stop the consumer
+/// on that event for good) and never turns into a float (SQLite's way out of an overflow).
+/// A money counter holds up to 9.2 × 10^12 units of one currency (docs/metrics.md § Money).
+pub fn saturating_sum(table: &str, col: &str) -> String {
+    const MAX: &str = "9223372036854775807";
+    const MIN: &str = "(-9223372036854775807 - 1)";
+    format!(
+        "CASE WHEN excluded.{col} > 0 THEN \
+           CASE WHEN {table}.{col} > {MAX} - excluded.{col} THEN {MAX} ELSE {table}.{col} + excluded.{col} END \
+         WHEN excluded.{col} < 0 THEN \
+           CASE WHEN {table}.{col} < {MIN} - excluded.{col} THEN {MIN} ELSE {table}.{col} + excluded.{col} END \
+         ELSE {table}.{col} END"
+    )
+}
+
+/// `INSERT … VALUES (…), (…) ON CONFLICT (keys) DO UPDATE SET sum = table.sum + excluded.sum`
+/// (saturating: [`saturating_sum`]), in chunks under the parameter limit (each key appears
+/// once: rows are summed per key).
 async fn upsert(db: &impl ConnectionTrait, t: &Table, rows: &[(Vec<Key>, Vec<i64>)]) -> Result<()> {
     let width = t.keys.len() + t.sums.len();
     let cols = t.keys.iter().chain(t.sums).copied().collect::<Vec<_>>().join(", ");
     let tuple = format!("({})", vec!["?"; width].join(", "));
-    let set = t.sums.iter().map(|c| format!("{c} = {}.{c} + excluded.{c}", t.name)).collect::<Vec<_>>().join(", ");
+    let set = t.sums.iter().map(|c| format!("{c} = {}", saturating_sum(t.name, c))).collect::<Vec<_>>().join(", ");
     for chunk in rows.chunks((MAX_PARAMS / width).max(1)) {
         let mut vals = Vec::with_capacity(chunk.len() * width);
         for (key, sums) in chunk {

@@ -15,6 +15,8 @@ impl MigratorTrait for Migrator {
             Box::new(M0003PerContact),
             Box::new(M0004PeriodIndex),
             Box::new(M0005RollUps),
+            Box::new(clm_platform::idempotency::IdempotencyHashMigration),
+            Box::new(M0006PurchaseOrders),
         ]
     }
 }
@@ -242,6 +244,7 @@ pub const READ_MODEL_TABLES: &[&str] = &[
     "contact_kpis",
     "funnel_roll",
     "time_hist_roll",
+    "purchase_orders",
 ];
 
 #[async_trait::async_trait]
@@ -419,5 +422,36 @@ impl MigrationTrait for M0005RollUps {
             m.drop_table(Table::drop().table(Alias::new(t)).to_owned()).await?;
         }
         Ok(())
+    }
+}
+
+/// `purchase_orders`: the order ids of the purchases counted, so a sale seen twice (recorded
+/// twice upstream, or in two lifecycle models) counts once. Part of the read model (a replay
+/// clears and refills it). Purchases counted before it existed are not in it; a replay adds
+/// them.
+struct M0006PurchaseOrders;
+
+impl MigrationName for M0006PurchaseOrders {
+    fn name(&self) -> &'static str {
+        "m0006_purchase_orders"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0006PurchaseOrders {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.create_table(
+            Table::create()
+                .table(Alias::new("purchase_orders"))
+                .col(ColumnDef::new(Alias::new("tenant_id")).string().not_null())
+                .col(ColumnDef::new(Alias::new("order_id")).string().not_null())
+                .primary_key(Index::create().col(Alias::new("tenant_id")).col(Alias::new("order_id")))
+                .to_owned(),
+        )
+        .await
+    }
+
+    async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.drop_table(Table::drop().table(Alias::new("purchase_orders")).to_owned()).await
     }
 }

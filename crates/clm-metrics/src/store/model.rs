@@ -753,14 +753,27 @@ async fn activity(
             db,
             &format!(
                 "INSERT INTO contact_periods (tenant_id, contact_id, gran, period, revenue) VALUES {} \
-                 ON CONFLICT (tenant_id, contact_id, gran, period) DO UPDATE SET revenue = contact_periods.revenue + excluded.revenue",
-                vec!["(?, ?, ?, ?, ?)"; periods.len()].join(", ")
+                 ON CONFLICT (tenant_id, contact_id, gran, period) DO UPDATE SET revenue = {}",
+                vec!["(?, ?, ?, ?, ?)"; periods.len()].join(", "),
+                counters::saturating_sum("contact_periods", "revenue")
             ),
             vals,
         )
         .await?;
     }
     Ok(())
+}
+
+/// Record that a purchase with this order id was counted; false when it was already (the same
+/// sale: count it once).
+pub async fn claim_order(db: &impl ConnectionTrait, tenant: &str, order_id: &str) -> Result<bool> {
+    let n = exec(
+        db,
+        "INSERT INTO purchase_orders (tenant_id, order_id) VALUES (?, ?) ON CONFLICT (tenant_id, order_id) DO NOTHING",
+        vec![v(tenant), v(order_id)],
+    )
+    .await?;
+    Ok(n == 1)
 }
 
 /// A journey event (lifecycle's JourneyEventRecorded).
@@ -799,7 +812,7 @@ pub async fn apply_journey_event(
             }
             let old_first = f.first_purchase;
             f.orders += 1;
-            f.revenue += amount;
+            f.revenue = f.revenue.saturating_add(*amount);
             currency.clone_into(&mut f.currency);
             f.first_purchase = Some(old_first.map_or(at, |o| o.min(at)));
             f.last_purchase = Some(f.last_purchase.map_or(at, |o| o.max(at)));
@@ -957,7 +970,8 @@ pub struct KpiRow {
     pub group: String,
     pub day: i64,
     pub n: i64,
-    pub s: i64,
+    /// The sum, exactly: money sums pass i64 (µ-units) at 9.2 × 10^12 units.
+    pub s: i128,
 }
 
 /// KPI counters in the slice, grouped by `group` ("", "day", "channel" or "channel,campaign").
@@ -976,11 +990,15 @@ pub async fn kpis(
         _ => ("'' AS grp, CAST(0 AS BIGINT) AS day", ""),
     };
     let table = if slice.contacts.is_some() { "contact_kpis" } else { "kpi_daily" };
-    let mut sum: std::collections::BTreeMap<(String, String, String, i64), (i64, i64)> =
+    let mut sum: std::collections::BTreeMap<(String, String, String, i64), (i64, i128)> =
         std::collections::BTreeMap::new();
     for ids in slice.chunks() {
+        // SUM(s) of many days' money overflows BIGINT (SQLite: "integer overflow"; PostgreSQL:
+        // NUMERIC, then the cast fails): sum the whole millions and the rest apart, each far
+        // from the limit, and put them together in i128.
         let mut sql = format!(
-            "SELECT name, currency, {select_group}, CAST(SUM(n) AS BIGINT) AS n, CAST(SUM(s) AS BIGINT) AS s FROM {table} \
+            "SELECT name, currency, {select_group}, CAST(SUM(n) AS BIGINT) AS n, \
+             CAST(SUM(s / 1000000) AS BIGINT) AS s_hi, CAST(SUM(s % 1000000) AS BIGINT) AS s_lo FROM {table} \
              WHERE tenant_id = ? AND name IN ({marks}) AND model_id IN ('', ?) AND day >= ? AND day < ?"
         );
         let mut vals = vec![v(tenant)];
@@ -1000,7 +1018,9 @@ pub async fn kpis(
                 ))
                 .or_default();
             e.0 += r.try_get::<Option<i64>>("", "n")?.unwrap_or(0);
-            e.1 += r.try_get::<Option<i64>>("", "s")?.unwrap_or(0);
+            let hi = r.try_get::<Option<i64>>("", "s_hi")?.unwrap_or(0);
+            let lo = r.try_get::<Option<i64>>("", "s_lo")?.unwrap_or(0);
+            e.1 += i128::from(hi) * 1_000_000 + i128::from(lo);
         }
     }
     Ok(sum
@@ -1287,7 +1307,7 @@ async fn cohorts_of_members(
                 if idx >= 0 {
                     let c = cells.entry((cohort, idx)).or_default();
                     c.0 += 1;
-                    c.1 += revenue;
+                    c.1 = c.1.saturating_add(*revenue);
                     max_idx = max_idx.max(Some(idx));
                 }
             }

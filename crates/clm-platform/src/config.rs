@@ -91,6 +91,9 @@ pub struct DatabaseSettings {
     /// that a server, proxy or firewall dropped is replaced); 0 pings on every checkout.
     pub ping_idle_after_ms: u64,
     pub migrate_on_start: bool,
+    /// SQLite: writes are refused (RESOURCE_EXHAUSTED) and readiness is NOT_SERVING while the
+    /// file system holding a database has less than this many bytes free; 0 turns it off.
+    pub min_free_bytes: u64,
 }
 
 /// Which bus carries events between services.

@@ -19,6 +19,7 @@ pub mod runtime;
 pub mod schema;
 pub mod server;
 pub mod shed;
+pub mod storage;
 pub mod telemetry;
 pub mod tls;
 

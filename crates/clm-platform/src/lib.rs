@@ -14,6 +14,7 @@ pub mod events;
 pub mod filter;
 pub mod filter_sql;
 pub mod idempotency;
+pub mod listener;
 pub mod pagination;
 pub mod runtime;
 pub mod schema;

@@ -11,6 +11,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt as _;
 use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
 use tonic::service::RoutesBuilder;
@@ -310,7 +311,18 @@ pub async fn serve(
 
     let addr = listener.local_addr()?;
     let _ = shared.local_addr.set(addr);
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let guard = crate::listener::Guard::new(crate::listener::Limits {
+        max_connections: settings.server.max_connections,
+        handshake_timeout: Duration::from_millis(settings.server.handshake_timeout_ms),
+        idle_timeout: Duration::from_millis(settings.server.idle_timeout_ms),
+    });
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).filter_map(move |conn| {
+        let admitted = match conn {
+            Ok(stream) => guard.admit(stream).map(Ok),
+            Err(e) => Some(Err(e)),
+        };
+        std::future::ready(admitted)
+    });
     let grace = Duration::from_millis(settings.server.shutdown_grace_ms);
 
     let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
@@ -333,8 +345,8 @@ pub async fn serve(
         builder = builder.tls_config(tls)?;
     }
     let server = builder
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .http2_keepalive_interval(Some(Duration::from_millis(settings.server.keepalive_interval_ms)))
+        .http2_keepalive_timeout(Some(Duration::from_millis(settings.server.keepalive_timeout_ms)))
         .layer(layers)
         .add_routes(routes.routes())
         .serve_with_incoming_shutdown(incoming, signal);

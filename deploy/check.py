@@ -10,7 +10,8 @@ offline, and prove the manifests match what the binaries really read:
   in the prod overlay it must be https;
 * the gRPC port of the probes, the containerPort and the Service targetPort are the port in
   CLM_SERVER__LISTEN_ADDR;
-* each readiness probe asks for the gRPC service name the binary reports in health;
+* each readiness probe asks for the gRPC service name the binary reports in health, and the
+  startup and liveness probes ask for `liveness` (a busy or degraded pod is not a dead one);
 * terminationGracePeriodSeconds exceeds CLM_SERVER__SHUTDOWN_GRACE_MS.
 
 Run from the repository root: deploy/check.py <target-dir> (binaries in <target-dir>/debug).
@@ -141,6 +142,9 @@ def main():
                     fail(f"overlay {overlay}: clm-{svc} {probe} port != {port}")
             if c["readinessProbe"]["grpc"]["service"] != grpc_name(svc):
                 fail(f"overlay {overlay}: clm-{svc} readiness probe asks for {c['readinessProbe']['grpc']['service']!r}, the binary reports {grpc_name(svc)!r}")
+            for probe in ["startupProbe", "livenessProbe"]:
+                if c[probe]["grpc"].get("service") != "liveness":
+                    fail(f"overlay {overlay}: clm-{svc} {probe} must ask for 'liveness' (a busy or degraded pod is not a dead one), not {c[probe]['grpc'].get('service')!r}")
             svc_obj = services.get(f"clm-{svc}")
             if not svc_obj or svc_obj["spec"]["ports"][0]["targetPort"] not in ("grpc", port):
                 fail(f"overlay {overlay}: Service clm-{svc} does not target the grpc port")

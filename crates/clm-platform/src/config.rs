@@ -62,6 +62,16 @@ pub struct ServerSettings {
     pub shutdown_grace_ms: u64,
     pub health_check_interval_ms: u64,
     pub page_token_secret: String,
+    /// Connections open at once (see `listener`).
+    pub max_connections: usize,
+    /// A new connection must send its first bytes (HTTP/2 preface, TLS hello) within this.
+    pub handshake_timeout_ms: u64,
+    /// A connection that sends nothing (not even a keepalive answer) this long is closed.
+    pub idle_timeout_ms: u64,
+    /// HTTP/2 keepalive: ping every connection this often; close it when a ping goes
+    /// unanswered for `keepalive_timeout_ms`.
+    pub keepalive_interval_ms: u64,
+    pub keepalive_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -158,6 +168,9 @@ pub struct DatabaseSettings {
     /// that a server, proxy or firewall dropped is replaced); 0 pings on every checkout.
     pub ping_idle_after_ms: u64,
     pub migrate_on_start: bool,
+    /// SQLite: writes are refused (RESOURCE_EXHAUSTED) and readiness is NOT_SERVING while the
+    /// file system holding a database has less than this many bytes free; 0 turns it off.
+    pub min_free_bytes: u64,
 }
 
 /// Which bus carries events between services.
@@ -323,6 +336,24 @@ impl Settings {
         let bad = |key: &str, why: &str| Err(ConfigError(format!("key `{key}`: {why}")));
         if self.server.max_concurrent_requests == 0 {
             return bad("server.max_concurrent_requests", "must be at least 1");
+        }
+        if self.server.max_connections == 0 {
+            return bad("server.max_connections", "must be at least 1");
+        }
+        for (key, v) in [
+            ("server.handshake_timeout_ms", self.server.handshake_timeout_ms),
+            ("server.keepalive_interval_ms", self.server.keepalive_interval_ms),
+            ("server.keepalive_timeout_ms", self.server.keepalive_timeout_ms),
+        ] {
+            if v == 0 {
+                return bad(key, "must be at least 1");
+            }
+        }
+        if self.server.idle_timeout_ms <= self.server.keepalive_interval_ms + self.server.keepalive_timeout_ms {
+            return bad(
+                "server.idle_timeout_ms",
+                "must exceed keepalive_interval_ms + keepalive_timeout_ms (live clients are idle between pings)",
+            );
         }
         if self.server.request_timeout_ms == 0 {
             return bad("server.request_timeout_ms", "must be at least 1");

@@ -24,6 +24,7 @@ pub async fn connect(url: &str, settings: &DatabaseSettings) -> anyhow::Result<D
         std::fs::create_dir_all(parent)
             .map_err(|e| anyhow::anyhow!("cannot create directory {} for SQLite: {e}", parent.display()))?;
     }
+    crate::storage::set_min_free(settings.min_free_bytes);
     let mut opts = ConnectOptions::new(url.to_owned());
     opts.max_connections(settings.max_connections)
         .min_connections(settings.min_connections)
@@ -53,7 +54,11 @@ pub async fn migrate<M: MigratorTrait>(db: &DatabaseConnection) -> anyhow::Resul
 /// Begin a transaction that will write. On SQLite it runs on the file's writer connection
 /// ([`writer`]) and takes the write lock up front (`BEGIN IMMEDIATE`), so it never has to
 /// upgrade a read lock; PostgreSQL ignores the mode.
+///
+/// On SQLite the write is refused up front (RESOURCE_EXHAUSTED) when the disk is below
+/// `database.min_free_bytes` free (`crate::storage`).
 pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction, crate::Error> {
+    crate::storage::check_space(db)?;
     Ok(writer(db).await.begin_with_options(write_options()).await?)
 }
 
@@ -119,6 +124,38 @@ pub async fn writer(db: &DatabaseConnection) -> DatabaseConnection {
     }
 }
 
+/// A connection of its own to the database `db` connects to (a pool of one, made lazily), for
+/// health checks: a pool busy with long reads must not make a live database look dead.
+/// In-memory SQLite: `db` itself (another connection would be another database).
+pub fn side_connection(db: &DatabaseConnection) -> DatabaseConnection {
+    match db.get_database_backend() {
+        DbBackend::Sqlite => {
+            let options = db.get_sqlite_connection_pool().connect_options();
+            let name = options.get_filename().to_string_lossy().into_owned();
+            if name.is_empty() || name == ":memory:" || name.contains("mode=memory") {
+                return db.clone();
+            }
+            let pool = sea_orm::sqlx::sqlite::SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(0)
+                .test_before_acquire(false)
+                .acquire_timeout(Duration::from_secs(3))
+                .connect_lazy_with((*options).clone());
+            sea_orm::SqlxSqliteConnector::from_sqlx_sqlite_pool(pool)
+        }
+        DbBackend::Postgres => {
+            let options = db.get_postgres_connection_pool().connect_options();
+            let pool = sea_orm::sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .min_connections(0)
+                .acquire_timeout(Duration::from_secs(3))
+                .connect_lazy_with((*options).clone());
+            sea_orm::SqlxPostgresConnector::from_sqlx_postgres_pool(pool)
+        }
+        _ => db.clone(),
+    }
+}
+
 fn write_options() -> TransactionOptions {
     TransactionOptions {
         sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
@@ -146,6 +183,7 @@ pub async fn insert_all(db: &DatabaseConnection, mut inserts: Vec<InsertStatemen
         }
         return Ok(());
     }
+    crate::storage::check_space_db(db)?;
     let txn = writer(db).await.begin_with_options(write_options()).await?;
     for insert in inserts.iter().chain(std::iter::once(&last)) {
         txn.execute(insert).await?;

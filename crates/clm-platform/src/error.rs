@@ -121,7 +121,25 @@ impl From<FieldViolation> for Error {
 impl From<sea_orm::DbErr> for Error {
     fn from(err: sea_orm::DbErr) -> Self {
         use sea_orm::DbErr;
+        if let Some(refusal) = crate::storage::reserve_refusal(&err) {
+            return refusal;
+        }
+        if let Some(fault) = crate::storage::classify(&err) {
+            tracing::warn!(error = %err, "the database's storage refused a write");
+            return crate::storage::fault_error(fault);
+        }
         match &err {
+            DbErr::ConnectionAcquire(sea_orm::error::ConnAcquireErr::Timeout)
+                if crate::storage::databases_reachable() =>
+            {
+                // The database answers its health pings: every connection is busy (overload).
+                tracing::warn!(error = %err, "no database connection came free in time");
+                Self::ResourceExhausted(
+                    "the service is at capacity: no database connection came free within \
+                     database.acquire_timeout_ms; retry with backoff"
+                        .into(),
+                )
+            }
             DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => {
                 tracing::warn!(error = %err, "database unavailable");
                 Self::Unavailable("the database is unavailable; retry with backoff".into())

@@ -15,11 +15,13 @@ pub mod filter;
 pub mod filter_sql;
 pub mod idempotency;
 pub mod jwt_keys;
+pub mod listener;
 pub mod pagination;
 pub mod runtime;
 pub mod schema;
 pub mod server;
 pub mod shed;
+pub mod storage;
 pub mod telemetry;
 pub mod tls;
 

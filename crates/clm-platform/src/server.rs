@@ -11,6 +11,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt as _;
 use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
 use tonic::service::RoutesBuilder;
@@ -125,37 +126,103 @@ pub struct ServiceModule {
     pub db: DatabaseConnection,
 }
 
-/// Health reporting for a set of modules, driven by periodic database pings.
+/// Health names: `liveness` answers SERVING while the process answers at all (a busy or
+/// degraded server is not a dead one: restarting it helps nobody); `readiness` (and the
+/// overall `""`) is SERVING while every module's database answers and takes writes; each
+/// module's own names (`contacts`, `clm.contacts.v1.ContactsService`) follow that module's
+/// readiness. docs/operations.md § Health and probes.
+pub const LIVENESS: &str = "liveness";
+pub const READINESS: &str = "readiness";
+
+/// Health reporting for a set of modules, driven by periodic checks on connections of their
+/// own (`db::side_connection`), and at once after a write failed for a storage fault.
 #[derive(Clone, Debug)]
 pub struct Health {
     reporter: HealthReporter,
-    modules: Arc<Vec<ServiceModule>>,
+    modules: Arc<Vec<ModuleHealth>>,
+}
+
+#[derive(Debug)]
+struct ModuleHealth {
+    module: ServiceModule,
+    /// A connection of its own for pings and probe writes.
+    probe: DatabaseConnection,
+    /// A write failed for a storage fault: ready again only once a probe write succeeds.
+    suspect: std::sync::atomic::AtomicBool,
 }
 
 impl Health {
+    fn new(reporter: HealthReporter, modules: Vec<ServiceModule>) -> Self {
+        let modules = modules
+            .into_iter()
+            .map(|module| ModuleHealth {
+                probe: crate::db::side_connection(&module.db),
+                module,
+                suspect: std::sync::atomic::AtomicBool::new(false),
+            })
+            .collect();
+        Self { reporter, modules: Arc::new(modules) }
+    }
+
+    async fn set_module(&self, m: &ServiceModule, status: ServingStatus) {
+        for svc in &m.grpc_services {
+            self.reporter.set_service_status(*svc, status).await;
+        }
+        self.reporter.set_service_status(m.name, status).await;
+    }
+
+    /// Readiness (overall and per module) to `status`; liveness is not touched.
     async fn set_all(&self, status: ServingStatus) {
         for m in self.modules.iter() {
-            for svc in &m.grpc_services {
-                self.reporter.set_service_status(*svc, status).await;
-            }
-            self.reporter.set_service_status(m.name, status).await;
+            self.set_module(&m.module, status).await;
         }
+        self.reporter.set_service_status(READINESS, status).await;
         self.reporter.set_service_status("", status).await;
     }
 
-    /// Ping each module's database now and publish the result.
+    /// Check each module's database now and publish the result: it answers a ping, and (SQLite)
+    /// its disk is above the free-space reserve, and after a storage fault a real write
+    /// succeeds again.
     pub async fn check_once(&self) {
+        use std::sync::atomic::Ordering;
+        let fault_seen = crate::storage::take_suspect();
         let mut all_ok = true;
         for m in self.modules.iter() {
-            let ok = tokio::time::timeout(Duration::from_secs(3), m.db.ping()).await.is_ok_and(|r| r.is_ok());
+            if fault_seen {
+                m.suspect.store(true, Ordering::Release);
+            }
+            let reachable = tokio::time::timeout(Duration::from_secs(3), m.probe.ping()).await.is_ok_and(|r| r.is_ok());
+            crate::storage::set_reachable(m.module.name, reachable);
+            let mut ok = reachable;
+            if ok && let Some((free, min)) = crate::storage::below_reserve(&m.probe) {
+                tracing::warn!(
+                    module = m.module.name,
+                    free,
+                    reserve = min,
+                    "database disk below its free-space reserve: not ready"
+                );
+                m.suspect.store(true, Ordering::Release);
+                ok = false;
+            }
+            if ok && m.suspect.load(Ordering::Acquire) {
+                match tokio::time::timeout(Duration::from_secs(3), crate::storage::probe_write(&m.probe)).await {
+                    Ok(Ok(())) => {
+                        tracing::info!(module = m.module.name, "database takes writes again: ready");
+                        m.suspect.store(false, Ordering::Release);
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(module = m.module.name, error = %e, "database still refuses writes: not ready");
+                        ok = false;
+                    }
+                    Err(_) => ok = false,
+                }
+            }
             all_ok &= ok;
             let status = if ok { ServingStatus::Serving } else { ServingStatus::NotServing };
-            for svc in &m.grpc_services {
-                self.reporter.set_service_status(*svc, status).await;
-            }
-            self.reporter.set_service_status(m.name, status).await;
+            self.set_module(&m.module, status).await;
         }
         let overall = if all_ok { ServingStatus::Serving } else { ServingStatus::NotServing };
+        self.reporter.set_service_status(READINESS, overall).await;
         self.reporter.set_service_status("", overall).await;
     }
 }
@@ -194,7 +261,8 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let settings = &shared.settings;
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    let health = Health { reporter, modules: Arc::new(modules) };
+    let health = Health::new(reporter, modules);
+    health.reporter.set_service_status(LIVENESS, ServingStatus::Serving).await;
     health.set_all(ServingStatus::NotServing).await;
     health.check_once().await;
 
@@ -207,8 +275,12 @@ pub async fn serve(
             loop {
                 tokio::select! {
                     _ = stop.changed() => break,
-                    () = tokio::time::sleep(interval) => health.check_once().await,
+                    () = tokio::time::sleep(interval) => {}
+                    () = crate::storage::fault_seen() => {}
                 }
+                health.check_once().await;
+                // At most ten checks a second, however many writes fail meanwhile.
+                tokio::time::sleep(Duration::from_millis(100).min(interval)).await;
             }
         })
     };
@@ -239,7 +311,18 @@ pub async fn serve(
 
     let addr = listener.local_addr()?;
     let _ = shared.local_addr.set(addr);
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let guard = crate::listener::Guard::new(crate::listener::Limits {
+        max_connections: settings.server.max_connections,
+        handshake_timeout: Duration::from_millis(settings.server.handshake_timeout_ms),
+        idle_timeout: Duration::from_millis(settings.server.idle_timeout_ms),
+    });
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).filter_map(move |conn| {
+        let admitted = match conn {
+            Ok(stream) => guard.admit(stream).map(Ok),
+            Err(e) => Some(Err(e)),
+        };
+        std::future::ready(admitted)
+    });
     let grace = Duration::from_millis(settings.server.shutdown_grace_ms);
 
     let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
@@ -256,14 +339,14 @@ pub async fn serve(
 
     let tls = crate::tls::server_config(&shared.settings.tls)?;
     let mutual = !shared.settings.tls.client_ca_file.is_empty();
-    tracing::info!(%addr, tls = tls.is_some(), mutual_tls = mutual, services = ?health.modules.iter().map(|m| m.name).collect::<Vec<_>>(), "serving gRPC");
+    tracing::info!(%addr, tls = tls.is_some(), mutual_tls = mutual, services = ?health.modules.iter().map(|m| m.module.name).collect::<Vec<_>>(), "serving gRPC");
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
     let server = builder
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .http2_keepalive_interval(Some(Duration::from_millis(settings.server.keepalive_interval_ms)))
+        .http2_keepalive_timeout(Some(Duration::from_millis(settings.server.keepalive_timeout_ms)))
         .layer(layers)
         .add_routes(routes.routes())
         .serve_with_incoming_shutdown(incoming, signal);

@@ -13,6 +13,7 @@ fn settings() -> DatabaseSettings {
         connect_timeout_ms: 5000,
         acquire_timeout_ms: 5000,
         ping_idle_after_ms: 30_000,
+        min_free_bytes: 0,
         migrate_on_start: true,
     }
 }
@@ -235,4 +236,82 @@ async fn connection_is_clean_after_cancelled_calls_sqlite() {
 #[tokio::test]
 async fn connection_is_clean_after_cancelled_calls_postgres() {
     connection_is_clean_after_cancelled_calls(Backend::Postgres).await;
+}
+
+/// A tmpfs of `size` on a fresh directory (needs root), unmounted on drop.
+struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "clm-test"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(SmallDisk(dir))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(self.0.path()).status();
+    }
+}
+
+/// Rows of `child` as a connection of its own sees them (what a restart would find).
+async fn committed(url: &str) -> i64 {
+    let fresh = sea_orm::Database::connect(url).await.expect("a connection of its own");
+    let n = count(&fresh, "child").await;
+    fresh.close().await.expect("close");
+    n
+}
+
+/// SQLite rolls a transaction back by itself when a write fails for want of space (SQLITE_FULL),
+/// and the `ROLLBACK` sqlx then sends fails ("no transaction is active"). sqlx 0.9 kept counting
+/// the transaction as open, so every later transaction on that connection became a SAVEPOINT
+/// inside one that was never committed: acknowledged, visible to its own connection, gone for
+/// everyone else and after a restart. After a failed write, the next one must really commit.
+#[tokio::test]
+async fn a_write_after_a_full_disk_really_commits_sqlite() {
+    let Some(disk) = SmallDisk::mount("2m") else {
+        eprintln!("skipped: cannot mount a tmpfs (needs root)");
+        return;
+    };
+    let url = format!("sqlite://{}/full.db?mode=rwc", disk.0.path().display());
+    let conn = db::connect(&url, &settings()).await.expect("connect");
+    conn.execute_unprepared("CREATE TABLE child (id TEXT PRIMARY KEY, note TEXT NOT NULL)").await.expect("table");
+    let big = "x".repeat(64 * 1024);
+    let (mut failures, mut acknowledged) = (0, 0);
+    for i in 0..200 {
+        let result = async {
+            let txn = db::begin_write(&conn).await.map_err(|e| e.to_string())?;
+            txn.execute(&row("child", &format!("big{i}"), &big)).await.map_err(|e| e.to_string())?;
+            txn.commit().await.map_err(|e| e.to_string())
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                acknowledged += 1;
+                assert_eq!(committed(&url).await, acknowledged, "write {i} was acknowledged: it is committed");
+            }
+            Err(_) => failures += 1,
+        }
+        if failures == 3 {
+            break;
+        }
+    }
+    assert_eq!(failures, 3, "the disk filled up");
+    // Small writes still fit (pages freed by the rolled-back ones): each must be durable too.
+    for i in 0..3 {
+        let txn = db::begin_write(&conn).await.expect("begin");
+        txn.execute(&row("child", &format!("small{i}"), "s")).await.expect("insert");
+        txn.commit().await.expect("commit");
+        acknowledged += 1;
+        assert_eq!(committed(&url).await, acknowledged, "small write {i} after the full disk is committed");
+    }
+    // What the writer's own connection sees is what is committed: no transaction left open.
+    assert_eq!(count(&db::writer(&conn).await, "child").await, acknowledged);
+    conn.close().await.expect("close");
 }

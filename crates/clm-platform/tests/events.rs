@@ -193,6 +193,7 @@ fn db_settings() -> DatabaseSettings {
         connect_timeout_ms: 5000,
         acquire_timeout_ms: 5000,
         ping_idle_after_ms: 30_000,
+        min_free_bytes: 0,
         migrate_on_start: true,
     }
 }

@@ -392,6 +392,7 @@ mod tests {
             acquire_timeout_ms: 5000,
             ping_idle_after_ms: 30_000,
             migrate_on_start: true,
+            min_free_bytes: 0,
         };
         let db = crate::db::connect(&tdb.url, &settings).await.unwrap();
         V1::up(&db, None).await.unwrap();

@@ -101,6 +101,16 @@ enum Command {
     },
 }
 
+/// CLM patch: what a statement, savepoint or commit of a transaction SQLite already rolled
+/// back gets (see `aborted` in the worker loop).
+fn aborted_error() -> Error {
+    Error::Protocol(
+        "the transaction was rolled back by SQLite after an earlier error (e.g. a full disk); \
+         roll it back and retry"
+            .into(),
+    )
+}
+
 impl ConnectionWorker {
     pub(crate) async fn establish(params: EstablishParams) -> Result<Self, Error> {
         let (establish_tx, establish_rx) = oneshot::channel();
@@ -143,6 +153,17 @@ impl ConnectionWorker {
                 // would rollback an already completed transaction.
                 let mut ignore_next_start_rollback = false;
 
+                // CLM patch: SQLite rolls a whole transaction back by itself after some errors
+                // (SQLITE_FULL, SQLITE_IOERR, SQLITE_NOMEM, SQLITE_BUSY: "the transaction may or
+                // may not be rolled back automatically"). The `Transaction` values above still
+                // count themselves open and will commit or roll back one by one; until they
+                // have, this connection is "aborted": their statements, savepoints and commits
+                // fail instead of running in autocommit mode (each committing on its own), and
+                // their rollbacks succeed without SQL (the failing `ROLLBACK` used to leave
+                // `transaction_depth` above zero for good, after which every later transaction
+                // was a SAVEPOINT inside one never committed: acknowledged, then lost).
+                let mut aborted = false;
+
                 for (cmd, span) in command_rx {
                     let _guard = span.enter();
                     match cmd {
@@ -167,6 +188,10 @@ impl ConnectionWorker {
                             tx,
                             limit
                         } => {
+                            if aborted {
+                                tx.send(Err(aborted_error())).ok();
+                                continue;
+                            }
                             let iter = match execute::iter(&mut conn, query, arguments, persistent)
                             {
                                 Ok(iter) => iter,
@@ -209,8 +234,17 @@ impl ConnectionWorker {
                             }
 
                             update_cached_statements_size(&conn, &shared.cached_statements_size);
+                            if shared.transaction_depth.load(Ordering::Acquire) > 0 && !conn.handle.in_transaction() {
+                                aborted = true;
+                            }
                         }
                         Command::Begin { tx, statement } => {
+                            if aborted {
+                                if tx.blocking_send(Err(aborted_error())).is_err() {
+                                    break;
+                                }
+                                continue;
+                            }
                             let depth = shared.transaction_depth.load(Ordering::Acquire);
 
                             let is_custom_statement = statement.is_some();
@@ -264,12 +298,24 @@ impl ConnectionWorker {
                         Command::Commit { tx } => {
                             let depth = shared.transaction_depth.load(Ordering::Acquire);
 
-                            let res = if depth > 0 {
-                                conn.handle
+                            let res = if aborted && depth > 0 {
+                                // Nothing of it is left to commit: it was rolled back.
+                                if shared.transaction_depth.fetch_sub(1, Ordering::Release) == 1 {
+                                    aborted = false;
+                                }
+                                Err(aborted_error())
+                            } else if depth > 0 {
+                                let res = conn.handle
                                     .exec(commit_ansi_transaction_sql(depth).as_str())
                                     .map(|_| {
                                         shared.transaction_depth.fetch_sub(1, Ordering::Release);
-                                    })
+                                    });
+                                if res.is_err() && !conn.handle.in_transaction() {
+                                    // The COMMIT failed and SQLite rolled everything back: this
+                                    // transaction and any it is nested in are over.
+                                    aborted = true;
+                                }
+                                res
                             } else {
                                 Ok(())
                             };
@@ -290,7 +336,16 @@ impl ConnectionWorker {
 
                             let depth = shared.transaction_depth.load(Ordering::Acquire);
 
-                            let res = if depth > 0 {
+                            let res = if depth > 0 && (aborted || !conn.handle.in_transaction()) {
+                                // Already rolled back by SQLite: done, without SQL (a ROLLBACK
+                                // now would fail with "no transaction is active").
+                                if shared.transaction_depth.fetch_sub(1, Ordering::Release) == 1 {
+                                    aborted = false;
+                                } else {
+                                    aborted = true;
+                                }
+                                Ok(())
+                            } else if depth > 0 {
                                 conn.handle
                                     .exec(rollback_ansi_transaction_sql(depth).as_str())
                                     .map(|_| {

@@ -1,0 +1,186 @@
+//! Storage faults: what a write the storage cannot take becomes, and how readiness sees the
+//! storage come back.
+//!
+//! - A write that fails for want of space (SQLite `SQLITE_FULL`, PostgreSQL `53100 disk_full`)
+//!   is RESOURCE_EXHAUSTED; one that fails because the storage is read-only or failing
+//!   (`SQLITE_READONLY`, `SQLITE_IOERR`, `SQLITE_CANTOPEN`, PostgreSQL `25006`, `58xxx`) is
+//!   UNAVAILABLE. Both say why, and both mark the storage suspect ([`suspect`]): readiness
+//!   then stays NOT_SERVING until a real write ([`probe_write`]) succeeds again.
+//! - On SQLite, a write transaction is refused before it starts when the file system holding
+//!   the database has less than `database.min_free_bytes` free ([`check_space`]): the reserve
+//!   keeps room for SQLite's own needs (WAL growth, checkpoints) and for the event consumers to
+//!   catch up, and turns a full disk into a clean refusal instead of a failure half-way.
+//!   PostgreSQL manages its own disk; its `disk_full` errors are mapped as above.
+//!
+//! A failed write never leaves anything behind: SQLite rolls the transaction back (and the
+//! patched sqlx-sqlite in `vendor/` no longer mistakes the connection for one still inside it,
+//! vendor/README.md), PostgreSQL aborts it.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{LazyLock, Mutex};
+
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, RuntimeErr};
+
+use crate::Error;
+
+/// Why the storage refused a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// No space left.
+    Full,
+    /// Read-only or failing storage (I/O error, file cannot be opened for writing).
+    Unwritable,
+}
+
+/// The storage fault behind a database error, if it is one.
+pub fn classify(err: &DbErr) -> Option<Fault> {
+    let (DbErr::Exec(RuntimeErr::SqlxError(e))
+    | DbErr::Query(RuntimeErr::SqlxError(e))
+    | DbErr::Conn(RuntimeErr::SqlxError(e))) = err
+    else {
+        return None;
+    };
+    let db = e.as_database_error()?;
+    if let Some(sqlite) = db.try_downcast_ref::<sea_orm::sqlx::sqlite::SqliteError>() {
+        // Extended result codes: the primary code is the low byte.
+        let code = sea_orm::sqlx::error::DatabaseError::code(sqlite).and_then(|c| c.parse::<i32>().ok())?;
+        return match code & 0xff {
+            13 => Some(Fault::Full),                // SQLITE_FULL
+            8 | 10 | 14 => Some(Fault::Unwritable), // SQLITE_READONLY, SQLITE_IOERR, SQLITE_CANTOPEN
+            _ => None,
+        };
+    }
+    let code = db.code()?;
+    match code.as_ref() {
+        "53100" => Some(Fault::Full),
+        "25006" => Some(Fault::Unwritable),
+        c if c.starts_with("58") => Some(Fault::Unwritable),
+        _ => None,
+    }
+}
+
+/// The client-facing error for a fault (and the storage is marked suspect).
+pub fn fault_error(fault: Fault) -> Error {
+    mark_suspect();
+    match fault {
+        Fault::Full => Error::ResourceExhausted(
+            "no space left on the database's disk: the write was not applied; retry once space is freed".into(),
+        ),
+        Fault::Unwritable => Error::Unavailable(
+            "the database's storage cannot be written (read-only or failing): the write was not applied; retry \
+             with backoff"
+                .into(),
+        ),
+    }
+}
+
+static SUSPECT: AtomicBool = AtomicBool::new(false);
+static WAKE: LazyLock<tokio::sync::Notify> = LazyLock::new(tokio::sync::Notify::new);
+
+/// A write failed for a storage fault: readiness must prove a write succeeds before it says
+/// SERVING again, and it checks at once rather than at its next interval.
+pub fn mark_suspect() {
+    SUSPECT.store(true, Ordering::Release);
+    WAKE.notify_one();
+}
+
+/// Take the suspect mark (readiness probes every module's storage when it was set).
+pub(crate) fn take_suspect() -> bool {
+    SUSPECT.swap(false, Ordering::AcqRel)
+}
+
+/// Resolves when a storage fault was just seen.
+pub(crate) async fn fault_seen() {
+    WAKE.notified().await;
+}
+
+/// Free bytes SQLite writes keep in reserve (`database.min_free_bytes`; one value per process).
+static MIN_FREE: AtomicU64 = AtomicU64::new(0);
+
+pub(crate) fn set_min_free(bytes: u64) {
+    MIN_FREE.store(bytes, Ordering::Relaxed);
+}
+
+/// Refuse a SQLite write (RESOURCE_EXHAUSTED) when the file system holding the database has
+/// less than `database.min_free_bytes` free. PostgreSQL and in-memory SQLite: always fine.
+pub fn check_space(db: &DatabaseConnection) -> Result<(), Error> {
+    match below_reserve(db) {
+        None => Ok(()),
+        Some((free, min)) => {
+            mark_suspect();
+            Err(Error::ResourceExhausted(format!(
+                "no space left for writes: the database's disk has {free} bytes free, below the reserve of {min} \
+                 (database.min_free_bytes); the write was not applied; retry once space is freed"
+            )))
+        }
+    }
+}
+
+/// `(free, reserve)` when `db` is a SQLite file on a file system with less than the reserve
+/// free; `None` otherwise (also when the free space cannot be read).
+pub(crate) fn below_reserve(db: &DatabaseConnection) -> Option<(u64, u64)> {
+    let min = MIN_FREE.load(Ordering::Relaxed);
+    if min == 0 || db.get_database_backend() != DbBackend::Sqlite {
+        return None;
+    }
+    let path = db.get_sqlite_connection_pool().connect_options().get_filename().to_path_buf();
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let stat = rustix::fs::statvfs(&dir).ok()?;
+    let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+    (free < min).then_some((free, min))
+}
+
+/// Marks a [`check_space`] refusal carried as a `DbErr` (by writers whose error type is the
+/// database's, e.g. `db::insert_all`), so `Error::from` gives it back as RESOURCE_EXHAUSTED.
+const RESERVE_REFUSAL: &str = "clm-storage-reserve: ";
+
+/// [`check_space`] for code returning `DbErr`.
+pub fn check_space_db(db: &DatabaseConnection) -> Result<(), DbErr> {
+    check_space(db).map_err(|e| DbErr::Custom(format!("{RESERVE_REFUSAL}{e}")))
+}
+
+/// The refusal [`check_space_db`] made, back as the error it stands for.
+pub(crate) fn reserve_refusal(err: &DbErr) -> Option<Error> {
+    match err {
+        DbErr::Custom(msg) => msg.strip_prefix(RESERVE_REFUSAL).map(|m| Error::ResourceExhausted(m.to_owned())),
+        _ => None,
+    }
+}
+
+/// A real write to `db` (a one-row table of its own, created on first use): readiness uses it
+/// to see that storage which failed takes writes again.
+pub async fn probe_write(db: &DatabaseConnection) -> Result<(), Error> {
+    check_space(db)?;
+    let now = chrono::Utc::now().timestamp_micros();
+    let txn = crate::db::begin_write(db).await?;
+    txn.execute_unprepared("CREATE TABLE IF NOT EXISTS clm_storage_probe (id INTEGER PRIMARY KEY, at BIGINT NOT NULL)")
+        .await?;
+    txn.execute_unprepared(&format!(
+        "INSERT INTO clm_storage_probe (id, at) VALUES (1, {now}) ON CONFLICT (id) DO UPDATE SET at = excluded.at"
+    ))
+    .await?;
+    txn.commit().await?;
+    Ok(())
+}
+
+/// Modules whose database did not answer its last health ping.
+static UNREACHABLE: LazyLock<Mutex<HashSet<&'static str>>> = LazyLock::new(Mutex::default);
+
+pub(crate) fn set_reachable(module: &'static str, reachable: bool) {
+    let mut set = UNREACHABLE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if reachable {
+        set.remove(module);
+    } else {
+        set.insert(module);
+    }
+}
+
+/// Every database of the process answered its last health ping: a pool that timed out is
+/// busy (overload), not gone.
+pub fn databases_reachable() -> bool {
+    UNREACHABLE.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_empty()
+}

@@ -148,7 +148,7 @@ pub fn side_connection(db: &DatabaseConnection) -> DatabaseConnection {
             let pool = sea_orm::sqlx::postgres::PgPoolOptions::new()
                 .max_connections(1)
                 .min_connections(0)
-                .acquire_timeout(Duration::from_secs(3))
+                .acquire_timeout(Duration::from_secs(1))
                 .connect_lazy_with((*options).clone());
             sea_orm::SqlxPostgresConnector::from_sqlx_postgres_pool(pool)
         }

@@ -141,10 +141,12 @@ impl From<sea_orm::DbErr> for Error {
                 )
             }
             DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => {
+                crate::storage::connection_failed();
                 tracing::warn!(error = %err, "database unavailable");
                 Self::Unavailable("the database is unavailable; retry with backoff".into())
             }
             _ if is_connection_failure(&err) => {
+                crate::storage::connection_failed();
                 tracing::warn!(error = %err, "database unavailable");
                 Self::Unavailable("the database is unavailable; retry with backoff".into())
             }

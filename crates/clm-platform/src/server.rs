@@ -191,7 +191,7 @@ impl Health {
             if fault_seen {
                 m.suspect.store(true, Ordering::Release);
             }
-            let reachable = tokio::time::timeout(Duration::from_secs(3), m.probe.ping()).await.is_ok_and(|r| r.is_ok());
+            let reachable = tokio::time::timeout(Duration::from_secs(2), m.probe.ping()).await.is_ok_and(|r| r.is_ok());
             crate::storage::set_reachable(m.module.name, reachable);
             let mut ok = reachable;
             if ok && let Some((free, min)) = crate::storage::below_reserve(&m.probe) {

@@ -179,8 +179,21 @@ pub(crate) fn set_reachable(module: &'static str, reachable: bool) {
     }
 }
 
-/// Every database of the process answered its last health ping: a pool that timed out is
-/// busy (overload), not gone.
+/// When a call last failed to reach a database (refused, reset, terminated), as milliseconds
+/// since the process's first look at it; 0: never.
+static LAST_CONNECTION_FAILURE: AtomicU64 = AtomicU64::new(0);
+static EPOCH: LazyLock<std::time::Instant> = LazyLock::new(std::time::Instant::now);
+
+/// A call could not reach its database (the pool may go on timing out while it is down).
+pub(crate) fn connection_failed() {
+    let ms = u64::try_from(EPOCH.elapsed().as_millis()).unwrap_or(u64::MAX).max(1);
+    LAST_CONNECTION_FAILURE.store(ms, Ordering::Relaxed);
+}
+
+/// Every database of the process answered its last health ping and no call failed to reach
+/// one in the last 10 s: a pool that timed out is busy (overload), not gone.
 pub fn databases_reachable() -> bool {
-    UNREACHABLE.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_empty()
+    let last = LAST_CONNECTION_FAILURE.load(Ordering::Relaxed);
+    let recent = last != 0 && EPOCH.elapsed().as_millis() < u128::from(last) + 10_000;
+    !recent && UNREACHABLE.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_empty()
 }

@@ -196,6 +196,7 @@ pub struct EventSettings {
     pub relay_poll_ms: u64,
     pub relay_linger_ms: u64,
     pub consumer_batch: usize,
+    pub order_wait_ms: u64,
 }
 
 /// TLS of the gRPC port and of calls to other CLM services (see `crate::tls`).
@@ -388,6 +389,12 @@ impl Settings {
         }
         if self.events.consumer_batch == 0 {
             return bad("events.consumer_batch", "must be at least 1");
+        }
+        if self.events.order_wait_ms < 15_000 {
+            return bad(
+                "events.order_wait_ms",
+                "must be at least 15000 (ms): above the bus's 10 s redelivery of a killed replica's events",
+            );
         }
         if self.events.relay_poll_ms < 10 {
             // The relay is woken by every commit; this is only how often an idle one looks.
@@ -708,6 +715,7 @@ mod tests {
             ("CLM_EVENTS__RELAY_POLL_MS", "0", "events.relay_poll_ms"),
             ("CLM_EVENTS__RELAY_BATCH", "0", "events.relay_batch"),
             ("CLM_EVENTS__CONSUMER_BATCH", "0", "events.consumer_batch"),
+            ("CLM_EVENTS__ORDER_WAIT_MS", "1000", "events.order_wait_ms"),
             ("CLM_SERVER__HEALTH_CHECK_INTERVAL_MS", "0", "server.health_check_interval_ms"),
             ("CLM_SERVER__MAX_CONCURRENT_REQUESTS", "0", "server.max_concurrent_requests"),
             ("CLM_SERVER__MAX_MESSAGE_BYTES", "2048", "server.max_message_bytes"),

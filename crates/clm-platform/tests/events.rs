@@ -16,6 +16,7 @@ use clm_platform::events::consumer::{ConsumerSpec, consume_once, replay};
 use clm_platform::events::inbox::{EventHandler, InboxMigration};
 use clm_platform::events::log_bus::LogBus;
 use clm_platform::events::nats::NatsBus;
+use clm_platform::events::ordering::{InboxPositionsMigration, OutboxKeysMigration};
 use clm_platform::events::outbox::{OutboxMigration, OutboxWriter, pending, relay_once};
 use clm_platform::testing::{Backend, TestDb};
 use clm_proto::events::v1 as ev;
@@ -56,7 +57,13 @@ struct TestMigrator;
 
 impl MigratorTrait for TestMigrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(OutboxMigration), Box::new(InboxMigration), Box::new(Applied)]
+        vec![
+            Box::new(OutboxMigration),
+            Box::new(InboxMigration),
+            Box::new(Applied),
+            Box::new(OutboxKeysMigration),
+            Box::new(InboxPositionsMigration),
+        ]
     }
 }
 
@@ -137,6 +144,7 @@ fn spec(name: &str, service: &str) -> ConsumerSpec {
         prefixes: vec![format!("clm.{service}.")],
         batch: 50,
         wait: Duration::from_millis(200),
+        order_wait: Duration::from_secs(60),
     }
 }
 
@@ -147,7 +155,7 @@ fn service_name() -> &'static str {
 
 async fn drain(bus: &dyn EventBus, db: &DatabaseConnection, spec: &ConsumerSpec) {
     for _ in 0..200 {
-        if consume_once(bus, db, spec, &spec.prefixes[0], &Recorder).await.unwrap() == 0 {
+        if consume_once(bus, db, spec, &spec.prefixes[0], &Recorder).await.unwrap().done == 0 {
             return;
         }
     }
@@ -210,6 +218,7 @@ fn event_settings(transport: EventTransport, nats_url: &str, log_url: &str, pref
         relay_poll_ms: 50,
         relay_linger_ms: 2,
         consumer_batch: 50,
+        order_wait_ms: 60_000,
     }
 }
 
@@ -217,6 +226,9 @@ fn event_settings(transport: EventTransport, nats_url: &str, log_url: &str, pref
 struct Env {
     _dir: tempfile::TempDir,
     nats: Option<Arc<NatsBus>>,
+    /// What another replica connects with: the log's URL, or NATS settings.
+    log_url: String,
+    nats_settings: Option<EventSettings>,
 }
 
 impl Env {
@@ -227,12 +239,22 @@ impl Env {
     }
 }
 
+/// The same bus as another replica would open it (its own connection, the same streams and
+/// durable consumers).
+async fn another_bus(env: &Env) -> Arc<dyn EventBus> {
+    match &env.nats_settings {
+        Some(s) => Arc::new(NatsBus::connect(s).await.unwrap()),
+        None => Arc::new(LogBus::connect(&env.log_url, &db_settings()).await.unwrap()),
+    }
+}
+
 async fn make_bus(t: Transport, tag: &str) -> Option<(Arc<dyn EventBus>, Env)> {
     let dir = tempfile::tempdir().unwrap();
     match t {
         Transport::Log => {
             let url = format!("sqlite://{}/bus.db?mode=rwc", dir.path().display());
-            Some((Arc::new(LogBus::connect(&url, &db_settings()).await.unwrap()), Env { _dir: dir, nats: None }))
+            let bus = Arc::new(LogBus::connect(&url, &db_settings()).await.unwrap());
+            Some((bus, Env { _dir: dir, nats: None, log_url: url, nats_settings: None }))
         }
         Transport::Nats => {
             let url = nats_url()?;
@@ -244,7 +266,7 @@ async fn make_bus(t: Transport, tag: &str) -> Option<(Arc<dyn EventBus>, Env)> {
             );
             let s = event_settings(EventTransport::Nats, &url, "", &prefix);
             let bus = Arc::new(NatsBus::connect(&s).await.unwrap());
-            Some((bus.clone(), Env { _dir: dir, nats: Some(bus) }))
+            Some((bus.clone(), Env { _dir: dir, nats: Some(bus), log_url: String::new(), nats_settings: Some(s) }))
         }
     }
 }
@@ -405,7 +427,74 @@ macro_rules! matrix {
     };
 }
 
-matrix!(exactly_once_in_order, relay_killed_mid_batch, broker_down_then_back);
+/// Hands out what the real bus fetched after a random pause, so replicas sharing a durable
+/// consumer finish their batches in a shuffled order.
+#[derive(Debug)]
+struct Jitter(Arc<dyn EventBus>);
+
+#[async_trait]
+impl EventBus for Jitter {
+    async fn publish(&self, subject: &str, event_id: &str, payload: Bytes) -> anyhow::Result<()> {
+        self.0.publish(subject, event_id, payload).await
+    }
+    async fn fetch(&self, consumer: &str, prefix: &str, max: usize, wait: Duration) -> anyhow::Result<Vec<Delivery>> {
+        let got = self.0.fetch(consumer, prefix, max, wait).await?;
+        let pause = rand::random_range(0..30);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        Ok(got)
+    }
+    async fn reset(&self, consumer: &str, prefix: &str) -> anyhow::Result<()> {
+        self.0.reset(consumer, prefix).await
+    }
+}
+
+/// Three replicas of one consumer (each its own database pool and bus connection, sharing the
+/// durable consumer) take small batches in a shuffled order, and a fourth fetches a batch and
+/// dies without acknowledging it (kill -9: the bus hands those events out again only after its
+/// ack deadline, long after their successors went to the others). Each aggregate's events are
+/// still applied exactly once and in the order they were committed.
+async fn replicas_apply_each_aggregate_in_order(backend: Backend, t: Transport) {
+    let Some((testdb, db, bus, env)) = setup(backend, t, "replicas").await else { return };
+    let svc = service_name();
+    let outbox = OutboxWriter::new(svc);
+    let aggs = ["r1", "r2", "r3", "r4", "r5", "r6"];
+    produce(&db, &outbox, &aggs, 30, 0).await;
+    while relay_once(&db, bus.as_ref(), 100).await.unwrap() > 0 {}
+    let mut s = spec("replicas", svc);
+    s.batch = 7;
+
+    // The replica that dies holding a batch.
+    let doomed = another_bus(&env).await;
+    let dropped = doomed.fetch(&s.name, &s.prefixes[0], s.batch, s.wait).await.unwrap();
+    assert!(!dropped.is_empty());
+    std::mem::forget(dropped);
+
+    let total = aggs.len() * 30;
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        let bus: Arc<dyn EventBus> = Arc::new(Jitter(another_bus(&env).await));
+        let db = clm_platform::db::connect(&testdb.url, &db_settings()).await.unwrap();
+        let (s, counter) = (s.clone(), db.clone());
+        replicas.push(tokio::spawn(async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(90);
+            while std::time::Instant::now() < deadline {
+                consume_once(bus.as_ref(), &db, &s, &s.prefixes[0], &Recorder).await.unwrap();
+                if applied(&counter).await.len() >= total {
+                    return;
+                }
+            }
+        }));
+    }
+    for r in replicas {
+        r.await.unwrap();
+    }
+    assert_exactly_once_in_order(&applied(&db).await, &aggs, 30);
+    db.close().await.ok();
+    testdb.cleanup().await;
+    env.cleanup().await;
+}
+
+matrix!(exactly_once_in_order, relay_killed_mid_batch, broker_down_then_back, replicas_apply_each_aggregate_in_order);
 
 /// A real NATS server stopped and restarted: publishing fails while it is down, the relay's
 /// outbox keeps the events, and after the restart everything arrives.

@@ -231,7 +231,7 @@ impl ContactsService for ContactsApi {
         if let Some(rid) = &rid {
             inserts.push(store::request_insert(&ctx.tenant, rid, &contact.id.to_string()));
         }
-        inserts.push(self.events.created_insert(&ctx.tenant, &contact));
+        inserts.extend(self.events.created_insert(&ctx.tenant, &contact));
         if let Err(e) = clm_platform::db::insert_all(&self.db, inserts).await {
             if !store::is_unique_violation(&e) {
                 return Err(Error::from(e).into());

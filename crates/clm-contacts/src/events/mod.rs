@@ -66,14 +66,14 @@ impl Publisher {
     }
 
     /// ContactCreated's outbox row as an insert, to write with the contact in one statement.
-    pub fn created_insert(&self, tenant: &TenantId, c: &Contact) -> InsertStatement {
+    pub fn created_insert(&self, tenant: &TenantId, c: &Contact) -> Vec<InsertStatement> {
         self.outbox.insert(tenant, AGGREGATE, &c.id.to_string(), c.create_time, created_payload(c)).0
     }
 
     /// ContactCreated for many contacts, as multi-row inserts of at most 1,000 rows.
     pub fn created_inserts(&self, tenant: &TenantId, list: &[Contact]) -> Vec<InsertStatement> {
         list.chunks(1000)
-            .filter_map(|chunk| {
+            .flat_map(|chunk| {
                 self.outbox.insert_many(
                     tenant,
                     AGGREGATE,

@@ -13,6 +13,8 @@ impl MigratorTrait for Migrator {
             Box::new(clm_platform::events::outbox::OutboxMigration),
             Box::new(clm_platform::events::inbox::InboxMigration),
             Box::new(M0002RequestHash),
+            Box::new(clm_platform::events::ordering::OutboxKeysMigration),
+            Box::new(clm_platform::events::ordering::InboxPositionsMigration),
         ]
     }
 }

@@ -12,7 +12,8 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::bus::EventBus;
-use super::inbox::{EventHandler, apply_once};
+use super::inbox::EventHandler;
+use super::ordering::{Positions, Verdict};
 
 /// A consumer's identity and what it listens to.
 #[derive(Debug, Clone)]
@@ -23,6 +24,8 @@ pub struct ConsumerSpec {
     pub prefixes: Vec<String>,
     pub batch: usize,
     pub wait: Duration,
+    /// How long an event waits for its contact's earlier one before it is applied anyway.
+    pub order_wait: Duration,
 }
 
 impl ConsumerSpec {
@@ -34,18 +37,19 @@ impl ConsumerSpec {
             prefixes: producers.iter().map(|p| super::service_subjects(p)).collect(),
             batch: settings.consumer_batch,
             wait: Duration::from_millis(500),
+            order_wait: Duration::from_millis(settings.order_wait_ms),
         }
     }
 }
 
-/// Process what is available once for `prefix`; returns events seen.
+/// Process what is available once for `prefix`: what was acknowledged and what put back.
 pub async fn consume_once(
     bus: &dyn EventBus,
     db: &DatabaseConnection,
     spec: &ConsumerSpec,
     prefix: &str,
     handler: &dyn EventHandler,
-) -> anyhow::Result<usize> {
+) -> anyhow::Result<Settled> {
     let deliveries = bus.fetch(&spec.name, prefix, spec.batch, spec.wait).await?;
     apply_batch(db, spec, deliveries, handler).await
 }
@@ -63,74 +67,153 @@ fn consume_span(spec: &ConsumerSpec, env: &EventEnvelope) -> tracing::Span {
     span
 }
 
-/// The whole batch in one transaction (one commit instead of one per event: the consumer's
-/// throughput). Any failure rolls it all back; the caller then goes event by event.
+/// What became of a batch's deliveries.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    /// Applied now, or found applied before: acknowledged.
+    pub done: usize,
+    /// Put back: an earlier event of one of their contacts is not applied yet.
+    pub held: usize,
+}
+
+/// Apply `envs` (in order) in one transaction: each that is next for its contacts
+/// ([`super::ordering`]) and new to the inbox is applied, one applied before is skipped, one
+/// whose predecessor is missing is held. On PostgreSQL the transaction first takes the
+/// consumer's lock, so the consumer's replicas write its read model one at a time (no lost
+/// updates between them) and each sees what the one before committed. Any failure rolls it
+/// all back.
 async fn apply_together(
     db: &DatabaseConnection,
     spec: &ConsumerSpec,
-    envs: &[EventEnvelope],
+    envs: &[(EventEnvelope, Option<i64>)],
     handler: &dyn EventHandler,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<Verdict>> {
     let txn = crate::db::begin_write(db).await?;
-    // One inbox read and one inbox write for the batch, not one per event.
-    let ids: Vec<&str> = envs.iter().map(|e| e.event_id.as_str()).collect();
+    super::ordering::lock(&txn, &format!("consumer:{}", spec.name)).await?;
+    // One inbox read, one positions read and one write of each for the batch.
+    let ids: Vec<&str> = envs.iter().map(|(e, _)| e.event_id.as_str()).collect();
     let mut seen = super::inbox::applied_among(&txn, &spec.name, &ids).await?;
-    let fresh: Vec<&EventEnvelope> = envs.iter().filter(|e| seen.insert(e.event_id.clone())).collect();
+    let refs: Vec<&EventEnvelope> = envs.iter().map(|(e, _)| e).collect();
+    let mut positions = Positions::load(&txn, &spec.name, &refs).await?;
+    let now = chrono::Utc::now().timestamp_micros();
+    let wait = i64::try_from(spec.order_wait.as_micros()).unwrap_or(i64::MAX);
+    let mut verdicts = Vec::with_capacity(envs.len());
+    let mut fresh: Vec<&EventEnvelope> = Vec::new();
+    for (env, published) in envs {
+        let overdue = published.is_some_and(|p| now.saturating_sub(p) > wait);
+        let verdict = if seen.contains(&env.event_id) { Verdict::Skip } else { positions.judge(env, overdue) };
+        if verdict == Verdict::Apply {
+            seen.insert(env.event_id.clone());
+            positions.advance(env);
+            fresh.push(env);
+        }
+        verdicts.push(verdict);
+    }
     handler.handle_batch(&txn, &fresh, &|env| consume_span(spec, env)).await?;
     let ids: Vec<&str> = fresh.iter().map(|e| e.event_id.as_str()).collect();
     super::inbox::record_applied(&txn, &spec.name, &ids).await?;
+    positions.save(&txn, &spec.name).await?;
     txn.commit().await?;
-    Ok(())
+    Ok(verdicts)
 }
 
-/// Apply fetched deliveries in order through the inbox and ack them: all in one transaction
-/// when it succeeds, else one by one — on a failure nak it and the rest (so order holds) and
-/// return the error.
+/// Acknowledge what was applied or skipped and put back what was held. Where an ack also
+/// acknowledges every earlier delivery of the stream (a log position), only the part before
+/// the first held one is acknowledged; the rest comes again and is skipped.
+async fn settle(deliveries: Vec<super::bus::Delivery>, verdicts: &[Verdict]) -> anyhow::Result<Settled> {
+    let held = verdicts.iter().filter(|v| **v == Verdict::Hold).count();
+    let mut out = Settled { done: deliveries.len() - held, held };
+    let first_held = verdicts.iter().position(|v| *v == Verdict::Hold).unwrap_or(verdicts.len());
+    let positional = deliveries.iter().any(super::bus::Delivery::covers_earlier);
+    let mut ack = Vec::new();
+    let mut nak = Vec::new();
+    for (i, (d, v)) in deliveries.into_iter().zip(verdicts).enumerate() {
+        if *v == Verdict::Hold || (positional && i >= first_held) {
+            nak.push(d);
+        } else {
+            ack.push(d);
+        }
+    }
+    if positional {
+        out.done = first_held;
+    }
+    super::bus::ack_all(ack).await?;
+    for d in nak {
+        d.nak().await?;
+    }
+    Ok(out)
+}
+
+/// Apply fetched deliveries in order through the inbox and the ordering positions, then
+/// settle them: all in one transaction when it succeeds, else one by one — on a failure nak
+/// it and the rest (so order holds) and return the error.
 async fn apply_batch(
     db: &DatabaseConnection,
     spec: &ConsumerSpec,
     deliveries: Vec<super::bus::Delivery>,
     handler: &dyn EventHandler,
-) -> anyhow::Result<usize> {
-    let n = deliveries.len();
-    if n > 1 {
-        let decoded: Option<Vec<EventEnvelope>> =
-            deliveries.iter().map(|d| EventEnvelope::decode(d.payload.clone()).ok()).collect();
-        if let Some(envs) = decoded {
-            match apply_together(db, spec, &envs, handler).await {
-                Ok(()) => {
-                    super::bus::ack_all(deliveries).await?;
-                    return Ok(n);
-                }
-                Err(e) => {
-                    tracing::debug!(consumer = %spec.name, error = %e, "batch not applied together; one event at a time");
-                }
-            }
-        }
-    }
+) -> anyhow::Result<Settled> {
+    let mut kept = Vec::with_capacity(deliveries.len());
+    let mut envs = Vec::with_capacity(deliveries.len());
+    let mut undecodable = 0;
+    let mut later = Vec::new();
     let mut iter = deliveries.into_iter();
     while let Some(d) = iter.next() {
-        let env = match EventEnvelope::decode(d.payload.clone()) {
-            Ok(e) => e,
+        match EventEnvelope::decode(d.payload.clone()) {
+            Ok(env) => {
+                envs.push((env, d.publish_time));
+                kept.push(d);
+            }
+            // Its ack would acknowledge those before it, not applied yet: apply them first,
+            // and it comes again at the head of the next fetch.
+            Err(_) if d.covers_earlier() && !kept.is_empty() => {
+                later.push(d);
+                later.extend(iter.by_ref());
+            }
+            // It can never succeed: acknowledged, so it does not block what follows.
             Err(e) => {
                 tracing::error!(subject = %d.subject, error = %e, "undecodable event skipped");
+                undecodable += 1;
                 d.ack().await?;
-                continue;
-            }
-        };
-        match apply_once(db, &spec.name, &env, handler).instrument(consume_span(spec, &env)).await {
-            Ok(_) => d.ack().await?,
-            Err(e) => {
-                tracing::warn!(consumer = %spec.name, event_id = %env.event_id, error = %e, "event not applied; will retry");
-                d.nak().await?;
-                for rest in iter {
-                    rest.nak().await?;
-                }
-                anyhow::bail!("event {} not applied: {e}", env.event_id);
             }
         }
     }
-    Ok(n)
+    for d in later {
+        d.nak().await?;
+    }
+    if kept.len() > 1 {
+        match apply_together(db, spec, &envs, handler).await {
+            Ok(verdicts) => {
+                let mut s = settle(kept, &verdicts).await?;
+                s.done += undecodable;
+                return Ok(s);
+            }
+            Err(e) => {
+                tracing::debug!(consumer = %spec.name, error = %e, "batch not applied together; one event at a time");
+            }
+        }
+    }
+    let mut total = Settled { done: undecodable, held: 0 };
+    let mut rest = kept.into_iter().zip(envs);
+    while let Some((d, one)) = rest.next() {
+        let span = consume_span(spec, &one.0);
+        match apply_together(db, spec, std::slice::from_ref(&one), handler).instrument(span).await {
+            Ok(verdicts) => {
+                let s = settle(vec![d], &verdicts).await?;
+                total.done += s.done;
+                total.held += s.held;
+            }
+            Err(e) => {
+                tracing::warn!(consumer = %spec.name, event_id = %one.0.event_id, error = %e, "event not applied; will retry");
+                d.nak().await?;
+                for (later, _) in rest {
+                    later.nak().await?;
+                }
+                anyhow::bail!("event {} not applied: {e}", one.0.event_id);
+            }
+        }
+    }
+    Ok(total)
 }
 
 /// Run a consumer until `stop` turns true.
@@ -162,7 +245,7 @@ pub fn spawn_consumer(
                     let work = async {
                         let deliveries = bus.fetch(&spec.name, &prefix, spec.batch, spec.wait).await?;
                         if deliveries.is_empty() {
-                            return Ok(0);
+                            return Ok(Settled::default());
                         }
                         let _writer = writer.lock().await;
                         apply_batch(&db, &spec, deliveries, handler.as_ref()).await
@@ -172,6 +255,15 @@ pub fn spawn_consumer(
                         _ = stop.changed() => return,
                     };
                     match result {
+                        // Only events waiting for their predecessors came: give those time to
+                        // arrive instead of spinning on the same ones.
+                        Ok(s) if s.done == 0 && s.held > 0 => {
+                            backoff = Duration::from_millis(100);
+                            tokio::select! {
+                                () = tokio::time::sleep(Duration::from_millis(200)) => {},
+                                _ = stop.changed() => return,
+                            }
+                        }
                         Ok(_) => backoff = Duration::from_millis(100),
                         Err(e) => {
                             tracing::warn!(consumer = %spec.name, %prefix, error = %e, retry_in_ms = backoff.as_millis() as u64, "consumer backing off");

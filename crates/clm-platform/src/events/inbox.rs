@@ -129,36 +129,12 @@ pub async fn record_applied(txn: &DatabaseTransaction, consumer: &str, event_ids
     Ok(())
 }
 
-/// Apply `event` once: `Ok(true)` when applied now, `Ok(false)` when it had been already.
-pub async fn apply_once(
-    db: &DatabaseConnection,
-    consumer: &str,
-    event: &EventEnvelope,
-    handler: &dyn EventHandler,
-) -> crate::Result<bool> {
-    let txn = crate::db::begin_write(db).await?;
-    let inserted = entity::Entity::insert(entity::ActiveModel {
-        consumer: ActiveValue::Set(consumer.to_owned()),
-        event_id: ActiveValue::Set(event.event_id.clone()),
-        process_time: ActiveValue::Set(chrono::Utc::now().timestamp_micros()),
-    })
-    .on_conflict(OnConflict::columns([entity::Column::Consumer, entity::Column::EventId]).do_nothing().to_owned())
-    .exec_without_returning(&txn)
-    .await?;
-    if inserted == 0 {
-        txn.rollback().await?;
-        return Ok(false);
-    }
-    handler.handle_batch(&txn, &[event], &|_| tracing::Span::current()).await?;
-    txn.commit().await?;
-    Ok(true)
-}
-
 /// Forget what `consumer` applied and let the handler clear its read model (one transaction),
 /// ready for a replay from the first event.
 pub async fn reset(db: &DatabaseConnection, consumer: &str, handler: &dyn EventHandler) -> crate::Result<()> {
     let txn = crate::db::begin_write(db).await?;
     entity::Entity::delete_many().filter(entity::Column::Consumer.eq(consumer)).exec(&txn).await?;
+    super::ordering::reset(&txn, consumer).await?;
     handler.reset(&txn).await?;
     txn.commit().await?;
     Ok(())

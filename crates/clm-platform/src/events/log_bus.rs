@@ -350,6 +350,7 @@ impl EventBus for LogBus {
                                 seq: r.seq,
                             }),
                         )
+                        .published_at(r.append_time)
                     })
                     .collect());
             }

@@ -16,6 +16,7 @@ pub mod consumer;
 pub mod inbox;
 pub mod log_bus;
 pub mod nats;
+pub mod ordering;
 pub mod outbox;
 
 use clm_proto::events::v1::EventEnvelope;
@@ -82,6 +83,7 @@ pub fn envelope(
         trace_context: crate::telemetry::current_context_map(),
         source_service: service.to_owned(),
         sequence: 0,
+        ordering: Vec::new(),
         payload: Some(payload),
     }
 }

@@ -147,7 +147,9 @@ impl OutboxWriter {
         Self { service, wake: Arc::new(Notify::new()) }
     }
 
-    /// Append an event in `txn` (commit it with the change). Returns the envelope written.
+    /// Append an event in `txn` (commit it with the change), with its place among this
+    /// producer's events of each contact it is about ([`super::ordering`]). Returns the
+    /// envelope written.
     pub async fn append(
         &self,
         txn: &impl ConnectionTrait,
@@ -157,13 +159,17 @@ impl OutboxWriter {
         occur_time_micros: i64,
         payload: Payload,
     ) -> crate::Result<EventEnvelope> {
-        let (insert, env) = self.insert(tenant, aggregate_type, aggregate_id, occur_time_micros, payload);
+        let mut env = super::envelope(self.service, tenant, aggregate_type, aggregate_id, occur_time_micros, payload);
+        super::ordering::stamp(txn, tenant, &mut env).await?;
+        let insert = sea_orm::QueryTrait::into_query(entity::Entity::insert(row(tenant, &env)));
         txn.execute(&insert).await?;
         Ok(env)
     }
 
-    /// The outbox row for an event as an insert statement, for callers that write it together
-    /// with the change in one statement ([`crate::db::insert_all`]) instead of in a transaction.
+    /// The first event of a new aggregate as insert statements (the outbox row and the start of
+    /// its contacts' ordering counters), for callers that write it together with the change in
+    /// one statement ([`crate::db::insert_all`]) instead of in a transaction. Fails when
+    /// executed if a contact it names has had events before.
     pub fn insert(
         &self,
         tenant: &TenantId,
@@ -171,53 +177,56 @@ impl OutboxWriter {
         aggregate_id: &str,
         occur_time_micros: i64,
         payload: Payload,
-    ) -> (sea_orm::sea_query::InsertStatement, EventEnvelope) {
-        let (model, env) = self.row(tenant, aggregate_type, aggregate_id, occur_time_micros, payload);
-        (sea_orm::QueryTrait::into_query(entity::Entity::insert(model)), env)
+    ) -> (Vec<sea_orm::sea_query::InsertStatement>, EventEnvelope) {
+        let mut env = super::envelope(self.service, tenant, aggregate_type, aggregate_id, occur_time_micros, payload);
+        let keys = super::ordering::first(tenant, &mut env);
+        let mut out: Vec<_> = super::ordering::first_insert(&keys).into_iter().collect();
+        out.push(sea_orm::QueryTrait::into_query(entity::Entity::insert(row(tenant, &env))));
+        (out, env)
     }
 
-    /// Several events of one aggregate type as one multi-row insert (`None` when there are
-    /// none). Keep a statement to a thousand rows or so: databases cap bound parameters.
+    /// The first events of several new aggregates of one type as multi-row inserts (empty when
+    /// there are none), like [`Self::insert`]. Keep a call to a thousand events or so:
+    /// databases cap bound parameters.
     pub fn insert_many(
         &self,
         tenant: &TenantId,
         aggregate_type: &str,
         events: impl IntoIterator<Item = (String, i64, Payload)>,
-    ) -> Option<sea_orm::sea_query::InsertStatement> {
+    ) -> Vec<sea_orm::sea_query::InsertStatement> {
+        let mut keys = Vec::new();
         let rows: Vec<_> = events
             .into_iter()
-            .map(|(aggregate_id, at, payload)| self.row(tenant, aggregate_type, &aggregate_id, at, payload).0)
+            .map(|(aggregate_id, at, payload)| {
+                let mut env = super::envelope(self.service, tenant, aggregate_type, &aggregate_id, at, payload);
+                keys.extend(super::ordering::first(tenant, &mut env));
+                row(tenant, &env)
+            })
             .collect();
         if rows.is_empty() {
-            return None;
+            return Vec::new();
         }
-        Some(sea_orm::QueryTrait::into_query(entity::Entity::insert_many(rows)))
-    }
-
-    fn row(
-        &self,
-        tenant: &TenantId,
-        aggregate_type: &str,
-        aggregate_id: &str,
-        occur_time_micros: i64,
-        payload: Payload,
-    ) -> (entity::ActiveModel, EventEnvelope) {
-        let env = super::envelope(self.service, tenant, aggregate_type, aggregate_id, occur_time_micros, payload);
-        let model = entity::ActiveModel {
-            seq: ActiveValue::NotSet,
-            event_id: ActiveValue::Set(env.event_id.clone()),
-            tenant_id: ActiveValue::Set(tenant.as_str().to_owned()),
-            subject: ActiveValue::Set(super::subject(&env)),
-            payload: ActiveValue::Set(env.encode_to_vec()),
-            create_time: ActiveValue::Set(chrono::Utc::now().timestamp_micros()),
-            publish_time: ActiveValue::Set(None),
-        };
-        (model, env)
+        let mut out: Vec<_> = super::ordering::first_insert(&keys).into_iter().collect();
+        out.push(sea_orm::QueryTrait::into_query(entity::Entity::insert_many(rows)));
+        out
     }
 
     /// Tell the relay there is something new (call after commit; it also polls).
     pub fn committed(&self) {
         self.wake.notify_one();
+    }
+}
+
+/// The outbox row of `env`.
+fn row(tenant: &TenantId, env: &EventEnvelope) -> entity::ActiveModel {
+    entity::ActiveModel {
+        seq: ActiveValue::NotSet,
+        event_id: ActiveValue::Set(env.event_id.clone()),
+        tenant_id: ActiveValue::Set(tenant.as_str().to_owned()),
+        subject: ActiveValue::Set(super::subject(env)),
+        payload: ActiveValue::Set(env.encode_to_vec()),
+        create_time: ActiveValue::Set(chrono::Utc::now().timestamp_micros()),
+        publish_time: ActiveValue::Set(None),
     }
 }
 

@@ -61,9 +61,11 @@ impl clm_platform::runtime::Service for LifecycleService {
             std::time::Duration::from_millis(shared.settings.lifecycle.scheduler_interval_ms.max(100)),
             shared.stopping(),
         ));
+        let changes = events::watch::changes();
+        shared.track(events::watch::spawn_feed(shared.bus.clone(), db.clone(), changes.clone(), shared.stopping()));
         let max = shared.max_message_bytes();
         let server = clm_proto::lifecycle::v1::lifecycle_service_server::LifecycleServiceServer::new(
-            api::LifecycleApi::new(db, shared.page_tokens.clone(), automator),
+            api::LifecycleApi::new(db, shared.page_tokens.clone(), automator, changes),
         )
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);

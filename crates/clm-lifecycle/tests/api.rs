@@ -634,11 +634,15 @@ async fn erasure_upstream_erases_the_journey_and_dormancy_runs_on_the_clock(back
     assert_eq!(row.try_get::<i64>("", "n").unwrap(), 0);
     db.close().await.ok();
     // A new event brings a dormant contact back (reactivation, into the stage it left);
-    // watchers see it.
+    // watchers see it, after the change the dormancy sweep made (not a request's: it reaches
+    // watchers all the same).
     let r = record(&mut l, touch(&sleeper, pb::TouchpointKind::Visit, None)).await;
     assert!(r.transitions.iter().any(|t| t.reactivation && t.to_stage == "retention"), "{r:?}");
     let seen = tokio::time::timeout(Duration::from_secs(5), watch.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!((seen.contact_id.as_str(), seen.transition.unwrap().to_stage.as_str()), (stays.as_str(), "dormant"));
+    let seen = tokio::time::timeout(Duration::from_secs(5), watch.message()).await.unwrap().unwrap().unwrap();
     assert_eq!(seen.contact_id, sleeper);
+    assert!(seen.transition.unwrap().reactivation);
     assert_eq!(journey(&mut l, &sleeper).await.reactivation_count, 1);
     env.done().await;
 }

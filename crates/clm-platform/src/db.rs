@@ -191,6 +191,32 @@ pub async fn insert_all(db: &DatabaseConnection, mut inserts: Vec<InsertStatemen
     txn.commit().await
 }
 
+/// On PostgreSQL, wait for the transaction-scoped advisory lock `name` (held until commit or
+/// rollback; reentrant within a transaction), so transactions of every replica that name it
+/// run one at a time. On SQLite nothing: a file has one writer at a time anyway.
+pub async fn advisory_lock(txn: &impl ConnectionTrait, name: &str) -> Result<(), DbErr> {
+    if txn.get_database_backend() != DbBackend::Postgres {
+        return Ok(());
+    }
+    txn.execute_raw(sea_orm::Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "SELECT pg_advisory_xact_lock($1)",
+        [lock_id(name).into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// A stable 64-bit id for an advisory lock name (FNV-1a: the same in every process).
+fn lock_id(name: &str) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h as i64
+}
+
 /// The file path of a SQLite URL, if it is one and not in-memory.
 fn sqlite_path(url: &str) -> Option<String> {
     let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;

@@ -39,34 +39,18 @@ pub struct LifecycleApi {
     pub(crate) tokens: PageTokens,
     pub(crate) events: Publisher,
     pub(crate) automator: crate::contacts_client::Automator,
-    pub(crate) watch: broadcast::Sender<(String, pb::WatchStageChangesResponse)>,
+    pub(crate) watch: crate::events::watch::Changes,
 }
 
 impl LifecycleApi {
-    pub fn new(db: DatabaseConnection, tokens: PageTokens, automator: crate::contacts_client::Automator) -> Self {
-        let (watch, _) = broadcast::channel(1024);
+    /// `watch`: the stage changes `WatchStageChanges` streams (fed by `events::watch`).
+    pub fn new(
+        db: DatabaseConnection,
+        tokens: PageTokens,
+        automator: crate::contacts_client::Automator,
+        watch: crate::events::watch::Changes,
+    ) -> Self {
         Self { db, tokens, events: automator.publisher.clone(), automator, watch }
-    }
-
-    /// Tell watchers about new transitions (after commit).
-    fn announce(
-        &self,
-        tenant: &TenantId,
-        model: &ModelRecord,
-        new: &[crate::store::entities::transition::Model],
-        all: &[crate::store::entities::transition::Model],
-    ) {
-        for t in new {
-            let prev = all.iter().filter(|p| p.seq < t.seq).max_by_key(|p| p.seq).map(|p| p.at);
-            let _ = self.watch.send((
-                tenant.as_str().to_owned(),
-                pb::WatchStageChangesResponse {
-                    contact_id: t.contact_id.clone(),
-                    model_id: model.id.to_string(),
-                    transition: Some(transition_to_pb(t, prev)),
-                },
-            ));
-        }
     }
 
     /// The contact must exist: known from contact events. A contact created a moment ago may
@@ -484,8 +468,8 @@ impl LifecycleService for LifecycleApi {
         let txn = clm_platform::db::begin_write(&self.db).await?;
         let model = store::get_model(&txn, &ctx.tenant, model_uuid_or_default(&req.model_id)).await?;
         let (row, fresh) = self.record(&txn, &ctx.tenant, &model, &e, key, "event.", "idempotency_key").await?;
-        let (all, new) = if fresh {
-            let (_, mut new) = self.rebuild(&txn, &ctx.tenant, contact, &model).await?;
+        let all = if fresh {
+            let (_, new) = self.rebuild(&txn, &ctx.tenant, contact, &model).await?;
             let custom_name = match &e.detail {
                 Some(pb::journey_event::Detail::Custom(c)) => c.name.clone(),
                 _ => String::new(),
@@ -496,16 +480,13 @@ impl LifecycleService for LifecycleApi {
                 custom_name,
                 event_id: row.id.clone(),
             });
-            new.extend(
-                crate::events::automations::run(&txn, &ctx.tenant, &self.automator, &model, contact, triggers).await?,
-            );
-            (store::transitions_of(&txn, &ctx.tenant, contact, model.id).await?, new)
+            crate::events::automations::run(&txn, &ctx.tenant, &self.automator, &model, contact, triggers).await?;
+            store::transitions_of(&txn, &ctx.tenant, contact, model.id).await?
         } else {
-            (store::transitions_of(&txn, &ctx.tenant, contact, model.id).await?, Vec::new())
+            store::transitions_of(&txn, &ctx.tenant, contact, model.id).await?
         };
         txn.commit().await.map_err(Error::from)?;
         self.events.committed();
-        self.announce(&ctx.tenant, &model, &new, &all);
         // The transitions this event caused (for a repeated key: the ones it caused then).
         let caused: Vec<pb::StageTransition> = all
             .iter()
@@ -594,9 +575,8 @@ impl LifecycleService for LifecycleApi {
         for (mid, contact) in &touched {
             let txn = clm_platform::db::begin_write(&self.db).await?;
             let model = store::get_model(&txn, &ctx.tenant, mid).await?;
-            let (all, new) = self.rebuild(&txn, &ctx.tenant, *contact, &model).await?;
+            self.rebuild(&txn, &ctx.tenant, *contact, &model).await?;
             txn.commit().await.map_err(Error::from)?;
-            self.announce(&ctx.tenant, &model, &new, &all);
             out.journeys_rebuilt += 1;
         }
         self.events.committed();
@@ -691,10 +671,8 @@ impl LifecycleService for LifecycleApi {
             )
             .await?,
         );
-        let all = store::transitions_of(&txn, &ctx.tenant, contact, model.id).await?;
         txn.commit().await.map_err(Error::from)?;
         self.events.committed();
-        self.announce(&ctx.tenant, &model, &new, &all);
         let journey = self.journey_pb(&ctx.tenant, contact, &model).await?;
         Ok(Response::new(pb::TransitionStageResponse { journey: Some(journey) }))
     }

@@ -4,6 +4,7 @@
 
 pub mod automations;
 pub mod scheduler;
+pub mod watch;
 
 use async_trait::async_trait;
 use clm_platform::convert::timestamp;

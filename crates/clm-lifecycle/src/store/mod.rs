@@ -750,6 +750,9 @@ pub async fn rebuild_journey(
     now: i64,
 ) -> Result<(Journey, Vec<transition::Model>, Dropped)> {
     use crate::domain::journey::{Happening, Item, replay};
+    // One rebuild of a contact at a time across replicas: each sees what the one before
+    // committed, so a transition is derived (and its StageChanged published) once.
+    clm_platform::events::ordering::lock_key(db, tenant.as_str(), &format!("contact/{contact}")).await?;
     let mut items = Vec::new();
     for e in events_of(db, tenant, contact, model.id).await? {
         let what = match (e.kind.as_str(), e.score) {

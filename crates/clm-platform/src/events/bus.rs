@@ -122,6 +122,21 @@ pub trait EventBus: Send + Sync + std::fmt::Debug + 'static {
 
     /// Rewind `consumer` to the first event (replay).
     async fn reset(&self, consumer: &str, prefix: &str) -> anyhow::Result<()>;
+
+    /// Follow, in order, every event published from now on whose subject is `pattern` or, for a
+    /// pattern ending in `.`, starts with it — whichever replica published it. Nothing is
+    /// acknowledged and no durable state is kept on the bus (watch streams use this). The
+    /// task behind the receiver retries through outages, resuming after the last event it
+    /// passed on; it ends when the receiver is dropped. The default follows nothing.
+    fn tail(self: Arc<Self>, pattern: &str) -> tokio::sync::mpsc::Receiver<Bytes> {
+        let _ = pattern;
+        tokio::sync::mpsc::channel(1).1
+    }
+}
+
+/// Whether `subject` is one [`EventBus::tail`]'s `pattern` names.
+pub fn matches(pattern: &str, subject: &str) -> bool {
+    if pattern.ends_with('.') { subject.starts_with(pattern) } else { subject == pattern }
 }
 
 /// Build the bus the settings ask for.

@@ -89,7 +89,7 @@ async fn apply_together(
     handler: &dyn EventHandler,
 ) -> anyhow::Result<Vec<Verdict>> {
     let txn = crate::db::begin_write(db).await?;
-    super::ordering::lock(&txn, &format!("consumer:{}", spec.name)).await?;
+    crate::db::advisory_lock(&txn, &format!("consumer:{}", spec.name)).await?;
     // One inbox read, one positions read and one write of each for the batch.
     let ids: Vec<&str> = envs.iter().map(|(e, _)| e.event_id.as_str()).collect();
     let mut seen = super::inbox::applied_among(&txn, &spec.name, &ids).await?;

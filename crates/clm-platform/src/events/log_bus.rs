@@ -360,6 +360,56 @@ impl EventBus for LogBus {
         }
     }
 
+    /// Reads the log after the last sequence seen, woken by appends in this process (and at
+    /// least once a second, for another process writing the same log).
+    fn tail(self: Arc<Self>, pattern: &str) -> tokio::sync::mpsc::Receiver<Bytes> {
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let pattern = pattern.to_owned();
+        tokio::spawn(async move {
+            let stream = stream_of(&pattern).unwrap_or(&pattern).to_owned();
+            let mut last: Option<i64> = None;
+            while !tx.is_closed() {
+                let wake = self.wake_of(&stream);
+                let notified = wake.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let read = async {
+                    let Some(after) = last else {
+                        let max: Option<i64> = log_entry::Entity::find()
+                            .select_only()
+                            .column_as(log_entry::Column::Seq.max(), "m")
+                            .into_tuple()
+                            .one(&self.db)
+                            .await?
+                            .flatten();
+                        last = Some(max.unwrap_or(0));
+                        return Ok(true);
+                    };
+                    let rows = self.read_after(after, &stream, 500).await?;
+                    let more = rows.len() == 500;
+                    for r in rows {
+                        last = Some(r.seq);
+                        if super::bus::matches(&pattern, &r.subject) && tx.send(Bytes::from(r.payload)).await.is_err() {
+                            return Ok(false);
+                        }
+                    }
+                    Ok::<bool, anyhow::Error>(more)
+                };
+                match read.await {
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    Err(e) => tracing::debug!(error = %e, "tail of the log interrupted"),
+                }
+                tokio::select! {
+                    () = notified => {},
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {},
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        rx
+    }
+
     async fn reset(&self, consumer: &str, prefix: &str) -> anyhow::Result<()> {
         offset::Entity::delete_by_id((consumer.to_owned(), prefix.to_owned())).exec(&self.db).await?;
         Ok(())

@@ -252,6 +252,58 @@ impl EventBus for NatsBus {
         Ok(out)
     }
 
+    /// An ordered consumer (ephemeral, no acks; the client recreates it on a gap) from the next
+    /// message on; after an outage a new one starts after the last stream sequence passed on.
+    fn tail(self: std::sync::Arc<Self>, pattern: &str) -> tokio::sync::mpsc::Receiver<Bytes> {
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let pattern = pattern.to_owned();
+        tokio::spawn(async move {
+            let filter =
+                if pattern.ends_with('.') { self.physical(&format!("{pattern}>")) } else { self.physical(&pattern) };
+            let mut next: Option<u64> = None;
+            let mut backoff = Duration::from_millis(100);
+            while !tx.is_closed() {
+                let followed = async {
+                    let stream = self.stream(service_of(&pattern)?).await?;
+                    let deliver_policy = match next {
+                        Some(start_sequence) => jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence },
+                        None => jetstream::consumer::DeliverPolicy::New,
+                    };
+                    let consumer = stream
+                        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                            filter_subject: filter.clone(),
+                            deliver_policy,
+                            ..Default::default()
+                        })
+                        .await
+                        .map_err(|e| anyhow::anyhow!("tail {filter}: {e}"))?;
+                    let mut messages = consumer.messages().await.map_err(|e| anyhow::anyhow!("tail {filter}: {e}"))?;
+                    while let Some(m) = messages.next().await {
+                        let m = m.map_err(|e| anyhow::anyhow!("tail {filter}: {e}"))?;
+                        if let Ok(info) = m.info() {
+                            next = Some(info.stream_sequence + 1);
+                        }
+                        backoff = Duration::from_millis(100);
+                        if tx.send(m.payload.clone()).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok::<(), anyhow::Error>(())
+                }
+                .await;
+                if let Err(e) = followed {
+                    tracing::debug!(error = %e, retry_in_ms = backoff.as_millis() as u64, "tail interrupted");
+                }
+                if tx.is_closed() {
+                    break;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        });
+        rx
+    }
+
     async fn reset(&self, consumer: &str, prefix: &str) -> anyhow::Result<()> {
         let service = service_of(prefix)?.to_owned();
         let stream = self.stream(&service).await?;

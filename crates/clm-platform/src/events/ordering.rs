@@ -4,7 +4,9 @@
 //! survivor and every merged contact) and, for each, its position among this producer's events
 //! of that key: 1, 2, 3, … with no gaps. The counter (`outbox_keys`) is bumped in the event's
 //! own transaction, so a rolled-back change leaves no hole, and on PostgreSQL its row lock
-//! queues concurrent writers of one contact: positions follow commit order.
+//! queues concurrent writers of one contact: positions follow commit order. Writers of a key
+//! first take its advisory lock ([`lock_key`]), the one lock per contact every replica of the
+//! producer queues on.
 //!
 //! **Consumer.** `inbox_positions` holds, per consumer, producer, tenant and key, the last
 //! position applied (written in the transaction that applied it). An event is applied when it
@@ -150,6 +152,7 @@ pub async fn stamp(txn: &impl ConnectionTrait, tenant: &TenantId, env: &mut Even
     let keys = keys_of(&env.aggregate_type, &env.aggregate_id, env.payload.as_ref());
     env.ordering.clear();
     for key in keys {
+        lock_key(txn, tenant.as_str(), &key).await?;
         let stmt = Query::insert()
             .into_table(OutboxKeys::Table)
             .columns([OutboxKeys::TenantId, OutboxKeys::Key, OutboxKeys::Seq])
@@ -334,29 +337,13 @@ pub async fn reset(txn: &impl ConnectionTrait, consumer: &str) -> Result<(), DbE
     Ok(())
 }
 
-/// On PostgreSQL, queue behind every other replica's transaction holding `name` (released at
-/// commit or rollback); elsewhere nothing (SQLite has one writer per file anyway).
-pub async fn lock(txn: &impl ConnectionTrait, name: &str) -> Result<(), DbErr> {
-    if txn.get_database_backend() != sea_orm::DbBackend::Postgres {
-        return Ok(());
-    }
-    txn.execute_raw(sea_orm::Statement::from_sql_and_values(
-        sea_orm::DbBackend::Postgres,
-        "SELECT pg_advisory_xact_lock($1)",
-        [lock_id(name).into()],
-    ))
-    .await?;
-    Ok(())
-}
-
-/// A stable 64-bit id for an advisory lock name (FNV-1a; the same in every process).
-fn lock_id(name: &str) -> i64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in name.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h as i64
+/// Queue (on PostgreSQL, until commit or rollback) behind every other transaction, of any
+/// replica, working on `tenant`'s `key` in this database: producers take it before they
+/// number an event of the key, and a service takes it before it reads what it will derive
+/// events of the contact from (lifecycle's journey rebuild), so two replicas never derive the
+/// same change twice. Taking it again in one transaction is free.
+pub async fn lock_key(txn: &impl ConnectionTrait, tenant: &str, key: &str) -> Result<(), DbErr> {
+    crate::db::advisory_lock(txn, &format!("key:{tenant}:{key}")).await
 }
 
 #[cfg(test)]

@@ -48,7 +48,17 @@ pub async fn connect(url: &str, settings: &DatabaseSettings) -> anyhow::Result<D
 
 /// Bring the schema up to date.
 pub async fn migrate<M: MigratorTrait>(db: &DatabaseConnection) -> anyhow::Result<()> {
-    M::up(db, None).await.map_err(|e| anyhow::anyhow!("migration failed: {e}"))
+    if db.get_database_backend() != DbBackend::Postgres {
+        return M::up(db, None).await.map_err(|e| anyhow::anyhow!("migration failed: {e}"));
+    }
+    // Replicas starting together migrate one at a time, each in one transaction (PostgreSQL's
+    // DDL is transactional: a migration applies whole or not at all); the ones after find
+    // nothing left to do.
+    use sea_orm::TransactionTrait as _;
+    let txn = db.begin().await.map_err(|e| anyhow::anyhow!("migration failed: {e}"))?;
+    advisory_lock(&txn, "clm:migrations").await.map_err(|e| anyhow::anyhow!("migration lock: {e}"))?;
+    M::up(&txn, None).await.map_err(|e| anyhow::anyhow!("migration failed: {e}"))?;
+    txn.commit().await.map_err(|e| anyhow::anyhow!("migration failed: {e}"))
 }
 
 /// Begin a transaction that will write. On SQLite it runs on the file's writer connection

@@ -145,6 +145,7 @@ fn spec(name: &str, service: &str) -> ConsumerSpec {
         batch: 50,
         wait: Duration::from_millis(200),
         order_wait: Duration::from_secs(60),
+        waiting: Default::default(),
     }
 }
 

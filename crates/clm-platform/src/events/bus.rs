@@ -52,8 +52,6 @@ pub struct Outgoing<'a> {
 pub struct Delivery {
     pub subject: String,
     pub payload: Bytes,
-    /// When the bus took the event (µs since the epoch), where it says.
-    pub publish_time: Option<i64>,
     acker: Box<dyn Acker>,
 }
 
@@ -65,14 +63,7 @@ impl std::fmt::Debug for Delivery {
 
 impl Delivery {
     pub fn new(subject: String, payload: Bytes, acker: Box<dyn Acker>) -> Self {
-        Self { subject, payload, publish_time: None, acker }
-    }
-
-    /// The same delivery, stamped with when the bus took it.
-    #[must_use]
-    pub fn published_at(mut self, micros: i64) -> Self {
-        self.publish_time = Some(micros);
-        self
+        Self { subject, payload, acker }
     }
 
     /// Whether acking this delivery also acknowledges the earlier ones of its stream.

@@ -24,8 +24,39 @@ pub struct ConsumerSpec {
     pub prefixes: Vec<String>,
     pub batch: usize,
     pub wait: Duration,
-    /// How long an event waits for its contact's earlier one before it is applied anyway.
+    /// How long an event waits for its contact's earlier one (or a cause from another
+    /// service) before it is applied anyway.
     pub order_wait: Duration,
+    /// Since when this process has been holding each event it holds.
+    pub waiting: Waiting,
+}
+
+/// When this process first held each event it is holding back ([`Verdict::Hold`]), so one
+/// whose predecessor never comes is applied after `order_wait` — measured from when it was
+/// first held here, not from when it was published, so a replay of old events waits too.
+#[derive(Debug, Clone, Default)]
+pub struct Waiting(Arc<std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>>);
+
+impl Waiting {
+    /// Whether `event_id` has been held longer than `limit` (starting its clock if new).
+    fn overdue(&self, event_id: &str, limit: Duration) -> bool {
+        let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.len() > 100_000 {
+            // Entries of events another replica applied meanwhile are never forgotten here.
+            map.retain(|_, since| since.elapsed() < limit * 4);
+        }
+        map.entry(event_id.to_owned()).or_insert_with(std::time::Instant::now).elapsed() > limit
+    }
+
+    fn forget<'a>(&self, event_ids: impl IntoIterator<Item = &'a str>) {
+        let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.is_empty() {
+            return;
+        }
+        for id in event_ids {
+            map.remove(id);
+        }
+    }
 }
 
 impl ConsumerSpec {
@@ -38,6 +69,7 @@ impl ConsumerSpec {
             batch: settings.consumer_batch,
             wait: Duration::from_millis(500),
             order_wait: Duration::from_millis(settings.order_wait_ms),
+            waiting: Waiting::default(),
         }
     }
 }
@@ -85,23 +117,30 @@ pub struct Settled {
 async fn apply_together(
     db: &DatabaseConnection,
     spec: &ConsumerSpec,
-    envs: &[(EventEnvelope, Option<i64>)],
+    envs: &[EventEnvelope],
     handler: &dyn EventHandler,
 ) -> anyhow::Result<Vec<Verdict>> {
     let txn = crate::db::begin_write(db).await?;
     crate::db::advisory_lock(&txn, &format!("consumer:{}", spec.name)).await?;
     // One inbox read, one positions read and one write of each for the batch.
-    let ids: Vec<&str> = envs.iter().map(|(e, _)| e.event_id.as_str()).collect();
+    let ids: Vec<&str> = envs.iter().map(|e| e.event_id.as_str()).collect();
     let mut seen = super::inbox::applied_among(&txn, &spec.name, &ids).await?;
-    let refs: Vec<&EventEnvelope> = envs.iter().map(|(e, _)| e).collect();
+    let refs: Vec<&EventEnvelope> = envs.iter().collect();
     let mut positions = Positions::load(&txn, &spec.name, &refs).await?;
-    let now = chrono::Utc::now().timestamp_micros();
-    let wait = i64::try_from(spec.order_wait.as_micros()).unwrap_or(i64::MAX);
+    let consumes = |service: &str| spec.prefixes.iter().any(|p| *p == super::service_subjects(service));
     let mut verdicts = Vec::with_capacity(envs.len());
     let mut fresh: Vec<&EventEnvelope> = Vec::new();
-    for (env, published) in envs {
-        let overdue = published.is_some_and(|p| now.saturating_sub(p) > wait);
-        let verdict = if seen.contains(&env.event_id) { Verdict::Skip } else { positions.judge(env, overdue) };
+    for env in envs {
+        let verdict = if seen.contains(&env.event_id) {
+            Verdict::Skip
+        } else {
+            match positions.judge(env, &consumes, false) {
+                Verdict::Hold if spec.waiting.overdue(&env.event_id, spec.order_wait) => {
+                    positions.judge(env, &consumes, true)
+                }
+                v => v,
+            }
+        };
         if verdict == Verdict::Apply {
             seen.insert(env.event_id.clone());
             positions.advance(env);
@@ -114,6 +153,8 @@ async fn apply_together(
     super::inbox::record_applied(&txn, &spec.name, &ids).await?;
     positions.save(&txn, &spec.name).await?;
     txn.commit().await?;
+    spec.waiting
+        .forget(envs.iter().zip(&verdicts).filter(|(_, v)| **v != Verdict::Hold).map(|(e, _)| e.event_id.as_str()));
     Ok(verdicts)
 }
 
@@ -161,7 +202,7 @@ async fn apply_batch(
     while let Some(d) = iter.next() {
         match EventEnvelope::decode(d.payload.clone()) {
             Ok(env) => {
-                envs.push((env, d.publish_time));
+                envs.push(env);
                 kept.push(d);
             }
             // Its ack would acknowledge those before it, not applied yet: apply them first,
@@ -196,7 +237,7 @@ async fn apply_batch(
     let mut total = Settled { done: undecodable, held: 0 };
     let mut rest = kept.into_iter().zip(envs);
     while let Some((d, one)) = rest.next() {
-        let span = consume_span(spec, &one.0);
+        let span = consume_span(spec, &one);
         match apply_together(db, spec, std::slice::from_ref(&one), handler).instrument(span).await {
             Ok(verdicts) => {
                 let s = settle(vec![d], &verdicts).await?;
@@ -204,12 +245,12 @@ async fn apply_batch(
                 total.held += s.held;
             }
             Err(e) => {
-                tracing::warn!(consumer = %spec.name, event_id = %one.0.event_id, error = %e, "event not applied; will retry");
+                tracing::warn!(consumer = %spec.name, event_id = %one.event_id, error = %e, "event not applied; will retry");
                 d.nak().await?;
                 for (later, _) in rest {
                     later.nak().await?;
                 }
-                anyhow::bail!("event {} not applied: {e}", one.0.event_id);
+                anyhow::bail!("event {} not applied: {e}", one.event_id);
             }
         }
     }

@@ -350,7 +350,6 @@ impl EventBus for LogBus {
                                 seq: r.seq,
                             }),
                         )
-                        .published_at(r.append_time)
                     })
                     .collect());
             }

@@ -84,6 +84,7 @@ pub fn envelope(
         source_service: service.to_owned(),
         sequence: 0,
         ordering: Vec::new(),
+        after: Vec::new(),
         payload: Some(payload),
     }
 }

@@ -144,12 +144,7 @@ impl NatsBus {
         while let Some(msg) = batch.next().await {
             let msg = msg.map_err(|e| anyhow::anyhow!("fetch: {e}"))?;
             let logical = self.logical(&msg.subject).to_owned();
-            let published = msg.info().ok().map(|i| (i.published.unix_timestamp_nanos() / 1000) as i64);
-            let d = Delivery::new(logical, msg.payload.clone(), Box::new(NatsAck(msg)));
-            out.push(match published {
-                Some(t) => d.published_at(t),
-                None => d,
-            });
+            out.push(Delivery::new(logical, msg.payload.clone(), Box::new(NatsAck(msg))));
         }
         Ok(out)
     }

@@ -16,14 +16,20 @@
 //! replicas and however the bus hands events out, each contact's events take effect in the
 //! order they were committed.
 //!
+//! **Across services.** An event also names its causes from other services (`after`): what
+//! its producer, as a consumer, had applied of their events about the same contacts when it
+//! wrote it (lifecycle had the contact's ContactCreated before it derived a StageChanged). A
+//! consumer that reads those services holds the event until it has applied them too, so
+//! metrics never counts a lead before it knows the contact's channel.
+//!
 //! A hole that never fills (the event before was pruned from the bus, or can never be applied)
-//! would stop a contact for good, so an event published more than `events.order_wait_ms` ago
-//! is applied anyway and the skip is logged as an error.
+//! would stop a contact for good, so an event held here longer than `events.order_wait_ms` is
+//! applied anyway and the skip is logged.
 
 use std::collections::HashMap;
 
 use clm_proto::events::v1::event_envelope::Payload;
-use clm_proto::events::v1::{EventEnvelope, OrderingKey};
+use clm_proto::events::v1::{Dependency, EventEnvelope, OrderingKey};
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Query};
 use sea_orm::{ConnectionTrait, DbErr};
 use sea_orm_migration::prelude::*;
@@ -171,7 +177,38 @@ pub async fn stamp(txn: &impl ConnectionTrait, tenant: &TenantId, env: &mut Even
         let sequence: i64 = row.try_get_by_index(0)?;
         env.ordering.push(OrderingKey { key, sequence });
     }
+    env.after = applied_of(txn, tenant, env).await?;
     Ok(())
+}
+
+/// What this service (as a consumer) has applied of other services' events about `env`'s
+/// keys: the event's causes, which a consumer of those services must apply first.
+async fn applied_of(
+    txn: &impl ConnectionTrait,
+    tenant: &TenantId,
+    env: &EventEnvelope,
+) -> Result<Vec<Dependency>, DbErr> {
+    let keys: Vec<String> = env.ordering.iter().map(|k| k.key.clone()).collect();
+    let stmt = Query::select()
+        .columns([InboxPositions::Key, InboxPositions::Source])
+        .expr(Expr::col(InboxPositions::Seq).max())
+        .from(InboxPositions::Table)
+        .and_where(Expr::col(InboxPositions::TenantId).eq(tenant.as_str()))
+        .and_where(Expr::col(InboxPositions::Key).is_in(keys))
+        .and_where(Expr::col(InboxPositions::Source).ne(env.source_service.as_str()))
+        .group_by_columns([InboxPositions::Key, InboxPositions::Source])
+        .to_owned();
+    let backend = txn.get_database_backend();
+    let mut out = Vec::new();
+    for row in txn.query_all_raw(backend.build(&stmt)).await? {
+        out.push(Dependency {
+            key: row.try_get_by_index(0)?,
+            source_service: row.try_get_by_index(1)?,
+            sequence: row.try_get_by_index(2)?,
+        });
+    }
+    out.sort_by(|a, b| (&a.source_service, &a.key).cmp(&(&b.source_service, &b.key)));
+    Ok(out)
 }
 
 /// Producer, for events of aggregates created in the same statement (no counter exists yet):
@@ -222,7 +259,10 @@ fn slot(env: &EventEnvelope, key: &str) -> (String, String, String) {
 impl Positions {
     /// Read the positions of every key `envs` name (in `txn`, after the consumer's lock).
     pub async fn load(txn: &impl ConnectionTrait, consumer: &str, envs: &[&EventEnvelope]) -> Result<Self, DbErr> {
-        let mut keys: Vec<&str> = envs.iter().flat_map(|e| e.ordering.iter().map(|k| k.key.as_str())).collect();
+        let mut keys: Vec<&str> = envs
+            .iter()
+            .flat_map(|e| e.ordering.iter().map(|k| k.key.as_str()).chain(e.after.iter().map(|d| d.key.as_str())))
+            .collect();
         keys.sort_unstable();
         keys.dedup();
         let mut last = HashMap::new();
@@ -249,13 +289,13 @@ impl Positions {
         self.changed.get(slot).or_else(|| self.last.get(slot)).copied()
     }
 
-    /// Judge `env` against the positions so far. `overdue`: it was published long enough ago
-    /// that an event before it still missing will not come (applied anyway, logged).
-    pub fn judge(&self, env: &EventEnvelope, overdue: bool) -> Verdict {
-        if env.ordering.is_empty() {
-            return Verdict::Apply;
-        }
-        let mut all_seen = true;
+    /// Judge `env` against the positions so far. `consumes`: whether this consumer reads a
+    /// service's events (a cause from a service it does not read is not waited for).
+    /// `overdue`: it has waited long enough that what is missing will not come (applied
+    /// anyway, logged).
+    pub fn judge(&self, env: &EventEnvelope, consumes: &dyn Fn(&str) -> bool, overdue: bool) -> Verdict {
+        let mut all_seen = !env.ordering.is_empty();
+        let mut waits = false;
         for k in &env.ordering {
             let at = self.at(&slot(env, &k.key));
             // A key never seen starts at its first event; one seen before is `at`.
@@ -263,15 +303,30 @@ impl Positions {
             if k.sequence >= next {
                 all_seen = false;
             }
-            if k.sequence > next && !overdue {
-                return Verdict::Hold;
-            }
+            waits |= k.sequence > next;
         }
-        if all_seen { Verdict::Skip } else { Verdict::Apply }
+        if all_seen {
+            return Verdict::Skip;
+        }
+        for d in env.after.iter().filter(|d| consumes(&d.source_service)) {
+            let at = self.at(&(d.key.clone(), d.source_service.clone(), env.tenant_id.clone()));
+            waits |= at.is_none_or(|a| a < d.sequence);
+        }
+        if waits && !overdue { Verdict::Hold } else { Verdict::Apply }
     }
 
-    /// Record that `env` was applied (or skipped past a hole, when overdue).
+    /// Record that `env` was applied (past a hole or a missing cause, when overdue: logged).
     pub fn advance(&mut self, env: &EventEnvelope) {
+        for d in &env.after {
+            let at = self.at(&(d.key.clone(), d.source_service.clone(), env.tenant_id.clone()));
+            if at.is_some_and(|a| a < d.sequence) {
+                tracing::warn!(
+                    event_id = %env.event_id, key = %d.key, cause_source = %d.source_service,
+                    cause_sequence = d.sequence, applied = at,
+                    "an event's cause from another service never arrived in time; applied it anyway"
+                );
+            }
+        }
         for k in &env.ordering {
             let s = slot(env, &k.key);
             let at = self.at(&s);
@@ -376,21 +431,38 @@ mod tests {
     #[test]
     fn next_applies_seen_skips_ahead_holds_until_overdue() {
         let mut p = Positions::default();
-        assert_eq!(p.judge(&env("lifecycle", &[("contact/x", 2)]), false), Verdict::Hold);
+        let all = |_: &str| true;
+        assert_eq!(p.judge(&env("lifecycle", &[("contact/x", 2)]), &all, false), Verdict::Hold);
         let first = env("lifecycle", &[("contact/x", 1)]);
-        assert_eq!(p.judge(&first, false), Verdict::Apply);
+        assert_eq!(p.judge(&first, &all, false), Verdict::Apply);
         p.advance(&first);
-        assert_eq!(p.judge(&first, false), Verdict::Skip);
+        assert_eq!(p.judge(&first, &all, false), Verdict::Skip);
         // Another producer's key of the same contact is its own sequence.
-        assert_eq!(p.judge(&env("feedback", &[("contact/x", 1)]), false), Verdict::Apply);
+        assert_eq!(p.judge(&env("feedback", &[("contact/x", 1)]), &all, false), Verdict::Apply);
         // A merge waits for every contact it names.
         let merge = env("lifecycle", &[("contact/x", 2), ("contact/y", 3)]);
-        assert_eq!(p.judge(&merge, false), Verdict::Hold);
-        assert_eq!(p.judge(&merge, true), Verdict::Apply);
+        assert_eq!(p.judge(&merge, &all, false), Verdict::Hold);
+        assert_eq!(p.judge(&merge, &all, true), Verdict::Apply);
         p.advance(&merge);
-        assert_eq!(p.judge(&env("lifecycle", &[("contact/y", 2)]), false), Verdict::Skip);
-        assert_eq!(p.judge(&env("lifecycle", &[("contact/y", 4)]), false), Verdict::Apply);
+        assert_eq!(p.judge(&env("lifecycle", &[("contact/y", 2)]), &all, false), Verdict::Skip);
+        assert_eq!(p.judge(&env("lifecycle", &[("contact/y", 4)]), &all, false), Verdict::Apply);
         // Unordered (events written before ordering existed) always apply; the inbox dedups.
-        assert_eq!(p.judge(&env("lifecycle", &[]), false), Verdict::Apply);
+        assert_eq!(p.judge(&env("lifecycle", &[]), &all, false), Verdict::Apply);
+    }
+
+    #[test]
+    fn an_event_waits_for_its_causes_from_services_this_consumer_reads() {
+        let mut p = Positions::default();
+        let all = |_: &str| true;
+        let mut stage = env("lifecycle", &[("contact/z", 1)]);
+        stage.after = vec![Dependency { source_service: "contacts".into(), key: "contact/z".into(), sequence: 2 }];
+        assert_eq!(p.judge(&stage, &all, false), Verdict::Hold);
+        assert_eq!(p.judge(&stage, &|s: &str| s != "contacts", false), Verdict::Apply, "a source not read");
+        let created = env("contacts", &[("contact/z", 1)]);
+        p.advance(&created);
+        assert_eq!(p.judge(&stage, &all, false), Verdict::Hold, "the update it saw is still missing");
+        p.advance(&env("contacts", &[("contact/z", 2)]));
+        assert_eq!(p.judge(&stage, &all, false), Verdict::Apply);
+        assert_eq!(p.judge(&env("lifecycle", &[("contact/w", 1)]), &all, true), Verdict::Apply);
     }
 }

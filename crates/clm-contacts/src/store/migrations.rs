@@ -13,6 +13,7 @@ impl MigratorTrait for Migrator {
             Box::new(clm_platform::events::outbox::OutboxMigration),
             Box::new(clm_platform::events::inbox::InboxMigration),
             Box::new(M0002RequestHash),
+            Box::new(clm_platform::events::prune::InboxAgeIndexMigration),
         ]
     }
 }

@@ -14,6 +14,7 @@ impl MigratorTrait for Migrator {
             Box::new(clm_platform::idempotency::IdempotencyMigration),
             Box::new(M0001Feedback),
             Box::new(clm_platform::idempotency::IdempotencyHashMigration),
+            Box::new(clm_platform::events::prune::InboxAgeIndexMigration),
         ]
     }
 }

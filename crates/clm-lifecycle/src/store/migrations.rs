@@ -15,6 +15,7 @@ impl MigratorTrait for Migrator {
             Box::new(clm_platform::idempotency::IdempotencyMigration),
             Box::new(clm_platform::idempotency::IdempotencyHashMigration),
             Box::new(M0002OrderIds),
+            Box::new(clm_platform::events::prune::InboxAgeIndexMigration),
         ]
     }
 }

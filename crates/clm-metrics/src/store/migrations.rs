@@ -17,6 +17,7 @@ impl MigratorTrait for Migrator {
             Box::new(M0005RollUps),
             Box::new(clm_platform::idempotency::IdempotencyHashMigration),
             Box::new(M0006PurchaseOrders),
+            Box::new(clm_platform::events::prune::InboxAgeIndexMigration),
         ]
     }
 }

@@ -17,6 +17,7 @@ pub mod inbox;
 pub mod log_bus;
 pub mod nats;
 pub mod outbox;
+pub mod prune;
 
 use clm_proto::events::v1::EventEnvelope;
 use clm_proto::events::v1::event_envelope::Payload;

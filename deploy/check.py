@@ -12,7 +12,10 @@ offline, and prove the manifests match what the binaries really read:
   CLM_SERVER__LISTEN_ADDR;
 * each readiness probe asks for the gRPC service name the binary reports in health, and the
   startup and liveness probes ask for `liveness` (a busy or degraded pod is not a dead one);
-* terminationGracePeriodSeconds exceeds CLM_SERVER__SHUTDOWN_GRACE_MS.
+* terminationGracePeriodSeconds exceeds CLM_SERVER__SHUTDOWN_GRACE_MS;
+* NATS acknowledges only what it has fsynced: every NATS configuration shipped (deploy/nats/*.conf,
+  and the one an overlay runs its NATS with) sets `sync_interval: always` in its jetstream block,
+  and the prod overlay keeps its streams on three servers (CLM_EVENTS__STREAM_REPLICAS ≥ 3).
 
 Run from the repository root: deploy/check.py <target-dir> (binaries in <target-dir>/debug).
 """
@@ -72,6 +75,39 @@ def jwks_stand_in():
     return f"http://127.0.0.1:{server.server_address[1]}/.well-known/jwks.json"
 
 
+SYNC_ALWAYS = re.compile(r"jetstream\s*\{[^}]*\bsync_interval\s*:\s*\"?always\"?", re.S)
+
+
+def check_nats_conf(text, where):
+    text = re.sub(r"(^|\s)(#|//).*$", "", text, flags=re.M)  # comments do not count
+    if not SYNC_ALWAYS.search(text):
+        fail(f"{where}: the jetstream block must set `sync_interval: always` (NATS otherwise acknowledges "
+             "writes it fsyncs up to two minutes later; docs/operations.md § Retention)")
+
+
+def check_nats_workload(docs, overlay):
+    """The overlay's own NATS, if it runs one, reads a config file with sync_interval: always."""
+    config_maps = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}
+    for w in docs:
+        if w["kind"] not in ("Deployment", "StatefulSet") or w["metadata"]["name"] != "nats":
+            continue
+        pod = w["spec"]["template"]["spec"]
+        c = pod["containers"][0]
+        args = c.get("args", []) + c.get("command", [])
+        flags = [i for i, a in enumerate(args) if a in ("-c", "--config")]
+        if not flags or flags[0] + 1 >= len(args):
+            fail(f"overlay {overlay}: NATS must run with a config file (-c) that sets sync_interval: always")
+        path = args[flags[0] + 1]
+        directory, name = os.path.split(path)
+        mounts = {m["mountPath"].rstrip("/"): m["name"] for m in c.get("volumeMounts", [])}
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        volume = volumes.get(mounts.get(directory.rstrip("/"), ""), {})
+        data = config_maps.get(volume.get("configMap", {}).get("name", ""), {})
+        if name not in data:
+            fail(f"overlay {overlay}: NATS config {path} does not come from a ConfigMap in the overlay")
+        check_nats_conf(data[name], f"overlay {overlay}: NATS config {path}")
+
+
 def placeholder(key, service):
     if key.endswith("__DATABASE_URL"):
         return f"postgres://clm:secret@db.example:5432/clm_{service}"
@@ -85,6 +121,11 @@ def main():
     validate = os.path.join(ROOT, ".tools", "venv", "bin", "kubernetes-validate")
     checked = 0
     jwks_url = jwks_stand_in()
+    confs = sorted(f for f in os.listdir(os.path.join(ROOT, "deploy", "nats")) if f.endswith(".conf"))
+    if not confs:
+        fail("deploy/nats/ holds no NATS configuration")
+    for f in confs:
+        check_nats_conf(open(os.path.join(ROOT, "deploy", "nats", f)).read(), f"deploy/nats/{f}")
     for overlay in OVERLAYS:
         path = os.path.join(ROOT, "deploy", "k8s", "overlays", overlay)
         rendered = subprocess.run(["kubectl", "kustomize", path], check=True, capture_output=True, text=True).stdout
@@ -99,6 +140,7 @@ def main():
         config_maps = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}
         secrets = {d["metadata"]["name"]: d.get("data", {}) or d.get("stringData", {}) for d in docs if d["kind"] == "Secret"}
         services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+        check_nats_workload(docs, overlay)
         deployments = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].startswith("clm-")]
         if sorted(d["metadata"]["name"] for d in deployments) != sorted(f"clm-{s}" for s in SERVICES):
             fail(f"overlay {overlay}: expected a Deployment per service")
@@ -153,6 +195,9 @@ def main():
                 fail(f"overlay {overlay}: clm-{svc} terminationGracePeriodSeconds must exceed the drain time ({grace_ms} ms)")
             if not c["securityContext"].get("readOnlyRootFilesystem") or not pod["securityContext"].get("runAsNonRoot"):
                 fail(f"overlay {overlay}: clm-{svc} must run non-root with a read-only root filesystem")
+            if overlay == "prod" and int(env.get("CLM_EVENTS__STREAM_REPLICAS", "1")) < 3:
+                fail(f"overlay {overlay}: clm-{svc} must keep its JetStream streams on three servers "
+                     "(CLM_EVENTS__STREAM_REPLICAS=3): one server's crash must not lose acknowledged events")
             checked += 1
         print(f"deploy-check: overlay {overlay}: {len(docs)} objects valid; {len(deployments)} Deployments match their binaries")
     print(f"deploy-check: ok ({checked} deployments checked)")

@@ -192,6 +192,20 @@ pub struct EventSettings {
     pub nats_namespace: String,
     pub stream_prefix: String,
     pub consumer_prefix: String,
+    /// Retention in whole hours, 0 = keep forever (see `crate::events::prune`): published
+    /// outbox rows, inbox keys, the durable log's entries, and JetStream's `max_age`.
+    #[serde(deserialize_with = "whole_hours")]
+    pub outbox_retention_hours: u64,
+    #[serde(deserialize_with = "whole_hours")]
+    pub inbox_retention_hours: u64,
+    #[serde(deserialize_with = "whole_hours")]
+    pub log_retention_hours: u64,
+    #[serde(deserialize_with = "whole_hours")]
+    pub stream_max_age_hours: u64,
+    /// JetStream replicas of each stream (1 to 5; 3 on a clustered NATS).
+    pub stream_replicas: usize,
+    /// How often the pruner runs (its first pass one interval after start).
+    pub prune_interval_ms: u64,
     pub relay_batch: u64,
     pub relay_poll_ms: u64,
     pub relay_linger_ms: u64,
@@ -226,6 +240,31 @@ pub struct ServiceSettings {
     /// Empty: the contacts service in the same process.
     #[serde(default)]
     pub contacts_url: String,
+}
+
+/// A whole number of hours. The `config` crate rounds a float given for an integer, which
+/// would turn `0.25` (meant: 15 minutes) into 0, "keep forever": refuse fractions instead.
+fn whole_hours<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    struct Hours;
+    impl serde::de::Visitor<'_> for Hours {
+        type Value = u64;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a whole number of hours (0: keep forever)")
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<u64, E> {
+            Ok(v)
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<u64, E> {
+            u64::try_from(v).map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<u64, E> {
+            Err(E::invalid_value(serde::de::Unexpected::Float(v), &self))
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<u64, E> {
+            v.trim().parse().map_err(|_| E::invalid_value(serde::de::Unexpected::Str(v), &self))
+        }
+    }
+    d.deserialize_any(Hours)
 }
 
 fn default_scheduler_interval() -> u64 {
@@ -400,6 +439,7 @@ impl Settings {
             // The relay is woken by every commit; this is only how often an idle one looks.
             return bad("events.relay_poll_ms", "must be at least 10 (ms); lower only spins a core");
         }
+        self.validate_retention()?;
         if self.events.stream_prefix.is_empty()
             || !self.events.stream_prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         {
@@ -427,6 +467,38 @@ impl Settings {
                     "key `{key}.contacts_url`: must be an http:// or https:// URL (e.g. http://clm-contacts:50051), or empty"
                 )));
             }
+        }
+        Ok(())
+    }
+
+    /// Retention: the inbox outlives what the bus can still deliver (else an event delivered
+    /// again after its key was pruned would be applied twice); sane pruning and replicas.
+    fn validate_retention(&self) -> Result<(), ConfigError> {
+        let e = &self.events;
+        let bad = |key: &str, why: String| Err(ConfigError(format!("key `{key}`: {why}")));
+        let (bus_key, bus_hours) = match e.transport {
+            EventTransport::Log => ("events.log_retention_hours", e.log_retention_hours),
+            EventTransport::Nats => ("events.stream_max_age_hours", e.stream_max_age_hours),
+        };
+        // 0 is "forever": the longest of all.
+        let forever = |h: u64| if h == 0 { u64::MAX } else { h };
+        if forever(e.inbox_retention_hours) < forever(bus_hours) {
+            let bus = if bus_hours == 0 { "forever (0)".to_owned() } else { format!("{bus_hours} h") };
+            return bad(
+                "events.inbox_retention_hours",
+                format!(
+                    "is {} h but `{bus_key}` keeps events {bus}: the inbox must remember every event the bus can \
+                     still deliver (a consumer rewound or recreated would apply the others twice); set it to at \
+                     least {bus_key}, or 0 (keep forever)",
+                    e.inbox_retention_hours
+                ),
+            );
+        }
+        if !(1..=5).contains(&e.stream_replicas) {
+            return bad("events.stream_replicas", "must be between 1 and 5 (JetStream's maximum)".into());
+        }
+        if e.prune_interval_ms < 1000 {
+            return bad("events.prune_interval_ms", "must be at least 1000 (ms)".into());
         }
         Ok(())
     }
@@ -731,6 +803,59 @@ mod tests {
             let err = load_err(&[(var, value)]);
             assert!(err.contains(key), "{var}={value}: {err}");
         }
+    }
+
+    /// Retention: whole hours (so an outbox row outlives NATS's 2-minute fsync window and an
+    /// inbox key any redelivery), the inbox at least as long as the bus in use, sane replicas
+    /// and pruning interval.
+    #[test]
+    fn retention_values_are_checked_naming_the_key() {
+        for (pairs, key) in [
+            (&[("CLM_EVENTS__OUTBOX_RETENTION_HOURS", "0.1")][..], "events.outbox_retention_hours"),
+            (&[("CLM_EVENTS__INBOX_RETENTION_HOURS", "0.5")][..], "events.inbox_retention_hours"),
+            (&[("CLM_EVENTS__LOG_RETENTION_HOURS", "-1")][..], "events.log_retention_hours"),
+            (&[("CLM_EVENTS__STREAM_REPLICAS", "0")][..], "events.stream_replicas"),
+            (&[("CLM_EVENTS__STREAM_REPLICAS", "7")][..], "events.stream_replicas"),
+            (&[("CLM_EVENTS__PRUNE_INTERVAL_MS", "10")][..], "events.prune_interval_ms"),
+            // The log keeps 720 h by default: an inbox forgetting sooner could apply twice what
+            // a rewound consumer reads again.
+            (&[("CLM_EVENTS__INBOX_RETENTION_HOURS", "24")][..], "events.inbox_retention_hours"),
+            (&[("CLM_EVENTS__LOG_RETENTION_HOURS", "0")][..], "events.inbox_retention_hours"),
+            (
+                &[
+                    ("CLM_EVENTS__TRANSPORT", "nats"),
+                    ("CLM_EVENTS__STREAM_MAX_AGE_HOURS", "2000"),
+                    ("CLM_EVENTS__INBOX_RETENTION_HOURS", "1000"),
+                ][..],
+                "events.inbox_retention_hours",
+            ),
+        ] {
+            let err = load_err(pairs);
+            assert!(err.contains(key), "{pairs:?}: {err}");
+        }
+        let err = load_err(&[("CLM_EVENTS__TRANSPORT", "nats"), ("CLM_EVENTS__STREAM_MAX_AGE_HOURS", "0")]);
+        assert!(err.contains("events.inbox_retention_hours") && err.contains("events.stream_max_age_hours"), "{err}");
+
+        let ok = |pairs: &[(&str, &str)]| {
+            let dir = tempfile::tempdir().unwrap();
+            Settings::load_from(&Sources { dir: Some(dir.path().into()), env: env(pairs) })
+                .unwrap_or_else(|e| panic!("{pairs:?}: {e}"))
+        };
+        let s = ok(&[]);
+        let r = crate::events::prune::Retention::from_settings(&s.events);
+        let days = |d: u64| Some(std::time::Duration::from_secs(d * 86_400));
+        assert_eq!((r.outbox, r.inbox, r.log), (days(7), days(30), days(30)), "the documented defaults");
+        assert_eq!(r.interval, std::time::Duration::from_mins(5));
+        // Keeping forever is always allowed; the transport not in use does not count.
+        ok(&[("CLM_EVENTS__LOG_RETENTION_HOURS", "0"), ("CLM_EVENTS__INBOX_RETENTION_HOURS", "0")]);
+        let s = ok(&[
+            ("CLM_EVENTS__TRANSPORT", "nats"),
+            ("CLM_EVENTS__STREAM_MAX_AGE_HOURS", "48"),
+            ("CLM_EVENTS__INBOX_RETENTION_HOURS", "48"),
+            ("CLM_EVENTS__OUTBOX_RETENTION_HOURS", "0"),
+        ]);
+        let r = crate::events::prune::Retention::from_settings(&s.events);
+        assert_eq!((r.outbox, r.inbox), (None, days(2)));
     }
 
     async fn serve_err(pairs: &[(&str, &str)]) -> String {

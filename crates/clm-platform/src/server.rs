@@ -252,6 +252,9 @@ pub async fn shutdown_signal() {
 /// Serve `routes` on `listener` until `shutdown` resolves, then drain for at most
 /// `server.shutdown_grace_ms`: health turns NOT_SERVING, the listener closes, new calls on open
 /// connections are refused (HTTP/2 GOAWAY) and in-flight calls complete.
+///
+/// It also runs the process's pruner over the modules' outboxes and inboxes and the bus
+/// (`crate::events::prune`), a background task like the relays and consumers.
 pub async fn serve(
     shared: &Shared,
     listener: TcpListener,
@@ -260,6 +263,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let settings = &shared.settings;
+    shared.track(crate::events::prune::spawn(
+        shared.bus.clone(),
+        modules.iter().map(|m| m.db.clone()).collect(),
+        crate::events::prune::Retention::from_settings(&settings.events),
+        shared.stopping(),
+    ));
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health = Health::new(reporter, modules);
     health.reporter.set_service_status(LIVENESS, ServingStatus::Serving).await;

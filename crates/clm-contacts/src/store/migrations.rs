@@ -15,6 +15,7 @@ impl MigratorTrait for Migrator {
             Box::new(M0002RequestHash),
             Box::new(clm_platform::events::ordering::OutboxKeysMigration),
             Box::new(clm_platform::events::ordering::InboxPositionsMigration),
+            Box::new(clm_platform::events::prune::InboxAgeIndexMigration),
         ]
     }
 }

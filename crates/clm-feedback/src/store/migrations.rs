@@ -16,6 +16,7 @@ impl MigratorTrait for Migrator {
             Box::new(clm_platform::idempotency::IdempotencyHashMigration),
             Box::new(clm_platform::events::ordering::OutboxKeysMigration),
             Box::new(clm_platform::events::ordering::InboxPositionsMigration),
+            Box::new(clm_platform::events::prune::InboxAgeIndexMigration),
         ]
     }
 }

@@ -17,6 +17,7 @@ impl MigratorTrait for Migrator {
             Box::new(M0002OrderIds),
             Box::new(clm_platform::events::ordering::OutboxKeysMigration),
             Box::new(clm_platform::events::ordering::InboxPositionsMigration),
+            Box::new(clm_platform::events::prune::InboxAgeIndexMigration),
         ]
     }
 }

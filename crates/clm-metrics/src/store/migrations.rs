@@ -18,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(clm_platform::idempotency::IdempotencyHashMigration),
             Box::new(M0006PurchaseOrders),
             Box::new(clm_platform::events::ordering::InboxPositionsMigration),
+            Box::new(clm_platform::events::prune::InboxAgeIndexMigration),
         ]
     }
 }

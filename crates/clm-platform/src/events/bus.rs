@@ -114,6 +114,13 @@ pub trait EventBus: Send + Sync + std::fmt::Debug + 'static {
     /// Rewind `consumer` to the first event (replay).
     async fn reset(&self, consumer: &str, prefix: &str) -> anyhow::Result<()>;
 
+    /// Delete events stored longer than `older_than` that every consumer registered on the
+    /// bus has consumed; how many (`crate::events::prune`). A bus that ages events out by
+    /// itself (JetStream's `max_age`) has nothing to do here.
+    async fn prune(&self, _older_than: Duration) -> anyhow::Result<u64> {
+        Ok(0)
+    }
+
     /// Follow, in order, every event published from now on whose subject is `pattern` or, for a
     /// pattern ending in `.`, starts with it — whichever replica published it. Nothing is
     /// acknowledged and no durable state is kept on the bus (watch streams use this). The

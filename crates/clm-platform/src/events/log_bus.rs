@@ -1,9 +1,11 @@
 //! A durable event log in a database: the bus of the single binary.
 //!
 //! Published events are appended to `bus_log` (deduplicated by event id); each consumer's
-//! position is a row in `bus_offsets`. A crash loses nothing: unacknowledged events are read
-//! again from the stored position, and consumers' inboxes drop what they already applied.
-//! Waiting consumers are woken in-process the moment something is appended.
+//! position is a row in `bus_offsets`, written at its first fetch (position 0) and moved by its
+//! acks. A crash loses nothing: unacknowledged events are read again from the stored position,
+//! and consumers' inboxes drop what they already applied. Waiting consumers are woken
+//! in-process the moment something is appended. The pruner deletes old entries, never one a
+//! consumer with a position has not consumed yet ([`EventBus::prune`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +13,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
-use sea_orm::{ActiveValue, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{
+    ActiveValue, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+};
 use sea_orm_migration::prelude::*;
 use tokio::sync::Notify;
 
@@ -194,6 +198,8 @@ pub struct LogBus {
     db: DatabaseConnection,
     /// Woken on every append to a stream (by stream), so a consumer waits only for its own.
     appended: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<Notify>>>>,
+    /// The (consumer, prefix) pairs known to have a position row (see [`LogBus::register`]).
+    registered: Arc<std::sync::Mutex<std::collections::HashSet<(String, String)>>>,
 }
 
 impl LogBus {
@@ -203,7 +209,7 @@ impl LogBus {
             .await
             .map_err(|e| anyhow::anyhow!("{e} (key `events.log_database_url`)"))?;
         crate::db::migrate::<LogMigrator>(&db).await?;
-        Ok(Self { db, appended: Arc::default() })
+        Ok(Self { db, appended: Arc::default(), registered: Arc::default() })
     }
 
     /// The wake-up of the stream `subject_or_prefix` belongs to (one for all that name none).
@@ -224,6 +230,71 @@ impl LogBus {
         // Those waiting on a prefix that names no stream hear of everything.
         if let Some(any) = self.appended.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get("") {
             any.notify_waiters();
+        }
+    }
+
+    /// Give a consumer a position row (0: nothing consumed) before its first read, so the
+    /// pruner keeps what it has not consumed even before its first ack (a consumer stuck on
+    /// its stream's first event has no ack at all).
+    async fn register(&self, consumer: &str, prefix: &str) -> anyhow::Result<()> {
+        let key = (consumer.to_owned(), prefix.to_owned());
+        if self.registered.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&key) {
+            return Ok(());
+        }
+        offset::Entity::insert(offset::ActiveModel {
+            consumer: ActiveValue::Set(key.0.clone()),
+            prefix: ActiveValue::Set(key.1.clone()),
+            position: ActiveValue::Set(0),
+        })
+        .on_conflict(OnConflict::columns([offset::Column::Consumer, offset::Column::Prefix]).do_nothing().to_owned())
+        .exec_without_returning(&crate::db::writer(&self.db).await)
+        .await?;
+        self.registered.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(key);
+        Ok(())
+    }
+
+    /// The streams that have entries: a loose index scan of (stream, seq), one lookup per
+    /// stream instead of a read of every entry.
+    async fn streams(&self) -> anyhow::Result<Vec<String>> {
+        let sql = "WITH RECURSIVE s(stream) AS (\
+                   SELECT MIN(stream) FROM bus_log \
+                   UNION ALL SELECT (SELECT MIN(stream) FROM bus_log WHERE stream > s.stream) FROM s \
+                   WHERE s.stream IS NOT NULL) \
+                   SELECT stream FROM s WHERE stream IS NOT NULL";
+        let rows = self.db.query_all_raw(sea_orm::Statement::from_string(self.db.get_database_backend(), sql)).await?;
+        Ok(rows.iter().map(|r| r.try_get::<String>("", "stream")).collect::<Result<_, _>>()?)
+    }
+
+    /// Delete the entries of `stream` appended before `cutoff` (µs) up to position `bound`,
+    /// oldest first, a batch at a time; how many. Entries are read in sequence order and the
+    /// pass stops at the first one too young, so it reads only what it deletes (plus one batch).
+    async fn prune_stream(&self, stream: &str, bound: i64, cutoff: i64) -> anyhow::Result<u64> {
+        let mut total = 0;
+        loop {
+            let rows: Vec<(i64, i64)> = log_entry::Entity::find()
+                .select_only()
+                .column(log_entry::Column::Seq)
+                .column(log_entry::Column::AppendTime)
+                .filter(log_entry::Column::Stream.eq(stream))
+                .filter(log_entry::Column::Seq.lte(bound))
+                .order_by_asc(log_entry::Column::Seq)
+                .limit(super::prune::BATCH)
+                .into_tuple()
+                .all(&self.db)
+                .await?;
+            let old = rows.iter().take_while(|(_, appended)| *appended < cutoff).count();
+            let Some(&(last, _)) = old.checked_sub(1).and_then(|i| rows.get(i)) else { return Ok(total) };
+            total += log_entry::Entity::delete_many()
+                .filter(log_entry::Column::Stream.eq(stream))
+                .filter(log_entry::Column::Seq.lte(last))
+                .filter(log_entry::Column::AppendTime.lt(cutoff))
+                .exec(&crate::db::writer(&self.db).await)
+                .await?
+                .rows_affected;
+            if old < rows.len() || (rows.len() as u64) < super::prune::BATCH {
+                return Ok(total);
+            }
+            tokio::time::sleep(super::prune::PAUSE).await;
         }
     }
 
@@ -326,6 +397,7 @@ impl EventBus for LogBus {
     }
 
     async fn fetch(&self, consumer: &str, prefix: &str, max: usize, wait: Duration) -> anyhow::Result<Vec<Delivery>> {
+        self.register(consumer, prefix).await?;
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             // Register interest before reading so an append between the read and the wait
@@ -409,9 +481,59 @@ impl EventBus for LogBus {
         rx
     }
 
+    /// Back to position 0 (the row stays, so the pruner keeps what the replay has to read).
     async fn reset(&self, consumer: &str, prefix: &str) -> anyhow::Result<()> {
-        offset::Entity::delete_by_id((consumer.to_owned(), prefix.to_owned())).exec(&self.db).await?;
+        offset::Entity::insert(offset::ActiveModel {
+            consumer: ActiveValue::Set(consumer.to_owned()),
+            prefix: ActiveValue::Set(prefix.to_owned()),
+            position: ActiveValue::Set(0),
+        })
+        .on_conflict(
+            OnConflict::columns([offset::Column::Consumer, offset::Column::Prefix])
+                .update_column(offset::Column::Position)
+                .to_owned(),
+        )
+        .exec_without_returning(&crate::db::writer(&self.db).await)
+        .await?;
         Ok(())
+    }
+
+    /// Per stream: delete the entries appended more than `older_than` ago up to the lowest
+    /// position of the consumers that read it (a consumer of a narrower prefix counts for its
+    /// whole stream, one of no stream for every stream). A consumer holding old entries back
+    /// is logged: one that no longer exists (renamed, `events.consumer_prefix` changed) keeps
+    /// its stream's entries until its `bus_offsets` rows are deleted.
+    async fn prune(&self, older_than: Duration) -> anyhow::Result<u64> {
+        let cutoff = super::prune::cutoff(older_than);
+        let offsets = offset::Entity::find().all(&self.db).await?;
+        let mut total = 0;
+        for stream in self.streams().await? {
+            let readers: Vec<&offset::Model> = offsets
+                .iter()
+                .filter(|o| stream.is_empty() || stream_of(&o.prefix).is_none_or(|s| s == stream))
+                .collect();
+            let bound = readers.iter().map(|o| o.position).min().unwrap_or(i64::MAX);
+            total += self.prune_stream(&stream, bound, cutoff).await?;
+            let held_back = log_entry::Entity::find()
+                .filter(log_entry::Column::Stream.eq(&stream))
+                .filter(log_entry::Column::Seq.gt(bound))
+                .order_by_asc(log_entry::Column::Seq)
+                .one(&self.db)
+                .await?
+                .is_some_and(|e| e.append_time < cutoff);
+            if held_back {
+                let behind: Vec<&str> =
+                    readers.iter().filter(|o| o.position == bound).map(|o| o.consumer.as_str()).collect();
+                tracing::warn!(
+                    stream = %stream,
+                    consumers = ?behind,
+                    position = bound,
+                    "event log entries past their retention are kept: not yet consumed by these consumers \
+                     (if one no longer exists, delete its rows from bus_offsets)"
+                );
+            }
+        }
+        Ok(total)
     }
 }
 

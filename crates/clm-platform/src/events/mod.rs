@@ -18,6 +18,7 @@ pub mod log_bus;
 pub mod nats;
 pub mod ordering;
 pub mod outbox;
+pub mod prune;
 
 use clm_proto::events::v1::EventEnvelope;
 use clm_proto::events::v1::event_envelope::Payload;

@@ -5,6 +5,10 @@
 //! window. Each consuming service has a durable pull consumer per producer stream, so several
 //! replicas of a consumer share the work. Start-up does not wait for NATS: the client retries
 //! in the background while the outbox keeps every event.
+//!
+//! Each stream keeps a message `events.stream_max_age_hours` (JetStream deletes older ones) on
+//! `events.stream_replicas` servers. Both are applied to a stream that already exists, as
+//! earlier versions created it without limits; its other settings are left as they are.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -22,6 +26,9 @@ pub struct NatsBus {
     js: jetstream::Context,
     stream_prefix: String,
     namespace: String,
+    /// `max_age` of every stream (zero: no limit) and its replicas.
+    max_age: Duration,
+    replicas: usize,
     streams: Mutex<HashMap<String, jetstream::stream::Stream>>,
     consumers: Mutex<HashMap<(String, String), PullConsumer>>,
 }
@@ -59,6 +66,8 @@ impl NatsBus {
             js: jetstream::new(client),
             stream_prefix: settings.stream_prefix.clone(),
             namespace: settings.nats_namespace.clone(),
+            max_age: Duration::from_secs(settings.stream_max_age_hours.saturating_mul(3600)),
+            replicas: settings.stream_replicas,
             streams: Mutex::new(HashMap::new()),
             consumers: Mutex::new(HashMap::new()),
         })
@@ -94,19 +103,43 @@ impl NatsBus {
         if let Some(s) = streams.get(service) {
             return Ok(s.clone());
         }
-        let stream = self
+        let name = format!("{}_{}", self.stream_prefix, service.to_ascii_uppercase());
+        let mut stream = self
             .js
             .get_or_create_stream(jetstream::stream::Config {
-                name: format!("{}_{}", self.stream_prefix, service.to_ascii_uppercase()),
+                name: name.clone(),
                 subjects: vec![self.physical(&format!("clm.{service}.>"))],
                 storage: jetstream::stream::StorageType::File,
                 duplicate_window: Duration::from_mins(2),
+                max_age: self.max_age,
+                num_replicas: self.replicas,
                 ..Default::default()
             })
             .await
-            .map_err(|e| anyhow::anyhow!("JetStream stream for {service}: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("JetStream stream {name} {}: {e}", self.limits()))?;
+        let have = &stream.cached_info().config;
+        if have.max_age != self.max_age || have.num_replicas != self.replicas {
+            let mut want = have.clone();
+            want.max_age = self.max_age;
+            want.num_replicas = self.replicas;
+            self.js
+                .update_stream(&want)
+                .await
+                .map_err(|e| anyhow::anyhow!("JetStream stream {name}: cannot apply {}: {e}", self.limits()))?;
+            stream = self.js.get_stream(&name).await.map_err(|e| anyhow::anyhow!("JetStream stream {name}: {e}"))?;
+            tracing::info!(stream = %name, max_age_hours = self.max_age.as_secs() / 3600, replicas = self.replicas, "JetStream stream limits updated");
+        }
         streams.insert(service.to_owned(), stream.clone());
         Ok(stream)
+    }
+
+    /// The limits this bus gives its streams, naming their keys (for errors).
+    fn limits(&self) -> String {
+        format!(
+            "(`events.stream_max_age_hours` = {}, `events.stream_replicas` = {}: more than 1 needs a clustered NATS)",
+            self.max_age.as_secs() / 3600,
+            self.replicas
+        )
     }
 
     async fn consumer(&self, consumer: &str, prefix: &str) -> anyhow::Result<PullConsumer> {

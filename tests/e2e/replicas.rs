@@ -151,6 +151,26 @@ fn touch(kind: lpb::TouchpointKind) -> lpb::journey_event::Detail {
     })
 }
 
+const CHANNELS: [(cpb::AcquisitionChannel, &str); 3] = [
+    (cpb::AcquisitionChannel::PaidSearch, "paid_search"),
+    (cpb::AcquisitionChannel::Social, "social"),
+    (cpb::AcquisitionChannel::Referral, "referral"),
+];
+
+/// What the workload makes of each (channel, campaign): contacts, leads (every contact signs
+/// up), customers and revenue.
+fn expected_channels(n: usize) -> BTreeMap<(String, String), (i64, i64, i64, i64)> {
+    let mut out: BTreeMap<(String, String), (i64, i64, i64, i64)> = BTreeMap::new();
+    for i in 0..n {
+        let e = out.entry((CHANNELS[i % 3].1.to_owned(), format!("camp-{}", i % 2))).or_default();
+        e.0 += 1;
+        e.1 += 1;
+        e.2 += i64::from(orders_of(i) > 0);
+        e.3 += (0..orders_of(i)).map(|k| 100 + i as i64 + 50 * k as i64).sum::<i64>();
+    }
+    out
+}
+
 /// How many purchases contact `i` makes.
 fn orders_of(i: usize) -> usize {
     i % 4
@@ -196,7 +216,7 @@ async fn live(i: usize, base: i64, contacts: &Spread, lifecycle: &Spread, feedba
             }),
         ));
     }
-    if orders_of(i) > 0 && i % 7 == 0 {
+    if orders_of(i) > 0 && i.is_multiple_of(7) {
         events.push(event(&id, t0 + 12 * DAY, lpb::journey_event::Detail::Referral(lpb::Referral::default())));
     }
     for (n, e) in events.into_iter().enumerate() {
@@ -210,7 +230,7 @@ async fn live(i: usize, base: i64, contacts: &Spread, lifecycle: &Spread, feedba
         })
         .await;
     }
-    if i % 3 == 0 {
+    if i.is_multiple_of(3) {
         retry(feedback, "SubmitResponse", |ch| {
             let req = fpb::SubmitResponseRequest {
                 target: Some(fpb::submit_response_request::Target::InApp(fpb::InAppTarget {
@@ -419,7 +439,7 @@ async fn run(pg: &PrivatePostgres, nats: &NatsServer, tag: &str, replicas: usize
             last = now;
             break;
         }
-        if started.elapsed() > Duration::from_secs(120) {
+        if started.elapsed() > Duration::from_mins(2) {
             let uncounted: Vec<_> =
                 now.values.iter().enumerate().filter(|(i, v)| v.orders != orders_of(*i) as i64).take(3).collect();
             let moving: Vec<_> = now.values.iter().zip(&last.values).filter(|(a, b)| a != b).take(2).collect();
@@ -440,6 +460,18 @@ async fn run(pg: &PrivatePostgres, nats: &NatsServer, tag: &str, replicas: usize
         started.elapsed()
     );
     assert_eq!(seen, transitions, "{tag}: the watcher on one replica sees every replica's stage changes");
+    // Against the workload itself, not only the other run: each contact's channel and campaign
+    // known when its lead and purchases were counted.
+    let got: BTreeMap<(String, String), (i64, i64, i64, i64)> = last
+        .channels
+        .channels
+        .iter()
+        .map(|c| {
+            let revenue = c.revenue.as_ref().map_or(0, |m| m.units);
+            ((c.channel.clone(), c.campaign.clone()), (c.new_contacts, c.leads, c.customers, revenue))
+        })
+        .collect();
+    assert_eq!(got, expected_channels(n), "{tag}: contacts, leads, customers and revenue per channel and campaign");
     drop(lifecycles);
     drop(metricses);
     last

@@ -37,9 +37,12 @@ pub async fn connect(url: &str, settings: &DatabaseSettings) -> anyhow::Result<D
     if settings.ping_idle_after_ms > 0 {
         opts.test_before_acquire_if_idle_for(Duration::from_millis(settings.ping_idle_after_ms));
     }
+    // FULL: a commit is on disk (the WAL fsynced) before it is acknowledged, so an acknowledged
+    // write survives a power cut or kernel crash too; NORMAL in WAL mode survives only the
+    // process dying and may lose the last commits to a machine crash.
     opts.map_sqlx_sqlite_opts(|o| {
         o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
-            .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+            .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true)
     });

@@ -315,3 +315,14 @@ async fn a_write_after_a_full_disk_really_commits_sqlite() {
     assert_eq!(count(&db::writer(&conn).await, "child").await, acknowledged);
     conn.close().await.expect("close");
 }
+
+/// A commit is fsynced before it is acknowledged (SQLite `synchronous = FULL` on every
+/// connection, the writer's too): NORMAL in WAL mode loses the last commits to a power cut.
+#[tokio::test]
+async fn sqlite_commits_are_synced_before_they_are_acknowledged() {
+    let Some((testdb, conn)) = setup(Backend::Sqlite).await else { return };
+    assert_eq!(answer(&conn, "PRAGMA synchronous").await, 2, "FULL on a pooled connection");
+    assert_eq!(answer(&db::writer(&conn).await, "PRAGMA synchronous").await, 2, "FULL on the writer");
+    conn.close().await.ok();
+    testdb.cleanup().await;
+}

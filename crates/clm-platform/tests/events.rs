@@ -144,8 +144,8 @@ fn spec(name: &str, service: &str) -> ConsumerSpec {
         prefixes: vec![format!("clm.{service}.")],
         batch: 50,
         wait: Duration::from_millis(200),
-        order_wait: Duration::from_secs(60),
-        waiting: Default::default(),
+        order_wait: Duration::from_mins(1),
+        waiting: clm_platform::events::consumer::Waiting::default(),
     }
 }
 

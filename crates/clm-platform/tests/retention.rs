@@ -157,8 +157,8 @@ fn spec(name: &str, svc: &str) -> ConsumerSpec {
         prefixes: vec![format!("clm.{svc}.")],
         batch: 100,
         wait: Duration::from_millis(50),
-        order_wait: Duration::from_secs(60),
-        waiting: Default::default(),
+        order_wait: Duration::from_mins(1),
+        waiting: clm_platform::events::consumer::Waiting::default(),
     }
 }
 

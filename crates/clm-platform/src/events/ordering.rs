@@ -230,7 +230,7 @@ pub fn first_insert(keys: &[(String, String)]) -> Option<sea_orm::sea_query::Ins
     for (tenant, key) in keys {
         q.values_panic([tenant.clone().into(), key.clone().into(), 1_i64.into()]);
     }
-    Some(q.to_owned())
+    Some(q)
 }
 
 /// What a consumer does with one event of a batch.
@@ -376,7 +376,7 @@ impl Positions {
                 .update_column(InboxPositions::Seq)
                 .to_owned(),
             );
-            txn.execute(&q.to_owned()).await?;
+            txn.execute(&q).await?;
         }
         Ok(())
     }

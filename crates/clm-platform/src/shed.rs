@@ -67,3 +67,19 @@ where
         }
     }
 }
+
+/// Run `work` — a call's heavy part, e.g. reading and converting a page of a thousand rows —
+/// on a blocking thread, so its CPU time does not hold one of the runtime's few workers for
+/// tens of milliseconds at a time: many such calls at once would otherwise keep health
+/// probes and small calls waiting behind them (a liveness probe timing out under load).
+pub async fn off_runtime<F>(work: F) -> F::Output
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handle = tokio::runtime::Handle::current();
+    match tokio::task::spawn_blocking(move || handle.block_on(work)).await {
+        Ok(out) => out,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}

@@ -469,11 +469,16 @@ impl ContactsService for ContactsApi {
         };
         let fingerprint = format!("contacts|{}|{}|{}", req.filter, req.order_by, req.show_deleted);
         let cursor: Option<Cursor> = self.tokens.decode(&req.page_token, &ctx.tenant, &fingerprint)?;
-        let (contacts, next) =
-            store::list_contacts(&self.db, &ctx.tenant, &q, cursor.as_ref(), limit.expect("checked")).await?;
-        let total = store::count_contacts(&self.db, &ctx.tenant, &q).await?;
+        let (db, tenant) = (self.db.clone(), ctx.tenant.clone());
+        let (contacts, next, total) = clm_platform::shed::off_runtime(async move {
+            let (contacts, next) =
+                store::list_contacts(&db, &tenant, &q, cursor.as_ref(), limit.expect("checked")).await?;
+            let total = store::count_contacts(&db, &tenant, &q).await?;
+            Ok::<_, Error>((contacts.iter().map(to_pb).collect(), next, total))
+        })
+        .await?;
         Ok(Response::new(pb::ListContactsResponse {
-            contacts: contacts.iter().map(to_pb).collect(),
+            contacts,
             next_page_token: next.map(|c| self.tokens.encode(&ctx.tenant, &fingerprint, &c)).unwrap_or_default(),
             total_size: i32::try_from(total).unwrap_or(i32::MAX),
         }))

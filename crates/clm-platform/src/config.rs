@@ -34,6 +34,9 @@ pub const MIN_HS256_SECRET_BYTES: usize = 32;
 /// Bounds of `server.max_message_bytes`: below 16 KiB a page of contacts does not fit, above
 /// 1 GiB one message could take the process's memory.
 const MESSAGE_BYTES: std::ops::RangeInclusive<usize> = 16 * 1024..=1024 * 1024 * 1024;
+/// Bounds of `server.max_header_bytes`: below 4 KiB a bearer token and a trace context may not
+/// fit, above 1 MiB the HTTP/2 layer reads 4 MiB header blocks (`header_limit::http2_limit`).
+const HEADER_BYTES: std::ops::RangeInclusive<usize> = 4 * 1024..=1024 * 1024;
 
 /// All settings of a CLM process.
 #[derive(Debug, Clone, Deserialize)]
@@ -59,6 +62,9 @@ pub struct ServerSettings {
     pub request_timeout_ms: u64,
     pub max_concurrent_requests: usize,
     pub max_message_bytes: usize,
+    /// Largest request metadata (HTTP/2 header block: name + value + 32 bytes per field); a
+    /// call over it gets RESOURCE_EXHAUSTED naming the limit (`crate::header_limit`).
+    pub max_header_bytes: usize,
     pub shutdown_grace_ms: u64,
     pub health_check_interval_ms: u64,
     pub page_token_secret: String,
@@ -400,6 +406,9 @@ impl Settings {
         }
         if !MESSAGE_BYTES.contains(&self.server.max_message_bytes) {
             return bad("server.max_message_bytes", "must be between 16384 (16 KiB) and 1073741824 (1 GiB)");
+        }
+        if !HEADER_BYTES.contains(&self.server.max_header_bytes) {
+            return bad("server.max_header_bytes", "must be between 4096 (4 KiB) and 1048576 (1 MiB)");
         }
         if self.server.health_check_interval_ms < 100 {
             return bad("server.health_check_interval_ms", "must be at least 100 (ms)");
@@ -791,6 +800,8 @@ mod tests {
             ("CLM_SERVER__HEALTH_CHECK_INTERVAL_MS", "0", "server.health_check_interval_ms"),
             ("CLM_SERVER__MAX_CONCURRENT_REQUESTS", "0", "server.max_concurrent_requests"),
             ("CLM_SERVER__MAX_MESSAGE_BYTES", "2048", "server.max_message_bytes"),
+            ("CLM_SERVER__MAX_HEADER_BYTES", "1024", "server.max_header_bytes"),
+            ("CLM_SERVER__MAX_HEADER_BYTES", "2000000", "server.max_header_bytes"),
             ("CLM_DATABASE__CONNECT_TIMEOUT_MS", "0", "database.connect_timeout_ms"),
             ("CLM_DATABASE__ACQUIRE_TIMEOUT_MS", "0", "database.acquire_timeout_ms"),
             ("CLM_LIFECYCLE__SCHEDULER_INTERVAL_MS", "0", "lifecycle.scheduler_interval_ms"),

@@ -13,6 +13,7 @@ pub mod error;
 pub mod events;
 pub mod filter;
 pub mod filter_sql;
+pub mod header_limit;
 pub mod idempotency;
 pub mod jwt_keys;
 pub mod listener;

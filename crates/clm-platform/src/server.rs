@@ -314,6 +314,7 @@ pub async fn serve(
                 .on_response(DefaultOnResponse::new().level(tracing::Level::DEBUG))
                 .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         )
+        .layer(crate::header_limit::HeaderLimitLayer::new(settings.server.max_header_bytes))
         .layer(crate::shed::ShedLayer::new(settings.server.max_concurrent_requests))
         .layer(AuthLayer::new(auth))
         .layer(crate::deadline::DeadlineLayer::new(Duration::from_millis(settings.server.request_timeout_ms)));
@@ -356,6 +357,9 @@ pub async fn serve(
     let server = builder
         .http2_keepalive_interval(Some(Duration::from_millis(settings.server.keepalive_interval_ms)))
         .http2_keepalive_timeout(Some(Duration::from_millis(settings.server.keepalive_timeout_ms)))
+        // Past server.max_header_bytes the call is answered by `header_limit` (a gRPC status);
+        // the HTTP/2 layer's own ceiling is well above it.
+        .http2_max_header_list_size(crate::header_limit::http2_limit(settings.server.max_header_bytes))
         .layer(layers)
         .add_routes(routes.routes())
         .serve_with_incoming_shutdown(incoming, signal);

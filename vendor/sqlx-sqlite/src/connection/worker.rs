@@ -155,11 +155,12 @@ impl ConnectionWorker {
 
                 // CLM patch: SQLite rolls a whole transaction back by itself after some errors
                 // (SQLITE_FULL, SQLITE_IOERR, SQLITE_NOMEM, SQLITE_BUSY: "the transaction may or
-                // may not be rolled back automatically"). The `Transaction` values above still
-                // count themselves open and will commit or roll back one by one; until they
-                // have, this connection is "aborted": their statements, savepoints and commits
-                // fail instead of running in autocommit mode (each committing on its own), and
-                // their rollbacks succeed without SQL (the failing `ROLLBACK` used to leave
+                // may not be rolled back automatically"; a conflict under `OR ROLLBACK`). The `Transaction` values above still
+                // count themselves open; until each has been rolled back, this connection is
+                // "aborted": their statements, savepoints and commits fail instead of running
+                // in autocommit mode (each committing on its own), and their rollbacks (the one
+                // a `Transaction` sends when dropped after its commit failed included) succeed
+                // without SQL, one level each (the failing `ROLLBACK` used to leave
                 // `transaction_depth` above zero for good, after which every later transaction
                 // was a SAVEPOINT inside one never committed: acknowledged, then lost).
                 let mut aborted = false;
@@ -299,10 +300,12 @@ impl ConnectionWorker {
                             let depth = shared.transaction_depth.load(Ordering::Acquire);
 
                             let res = if aborted && depth > 0 {
-                                // Nothing of it is left to commit: it was rolled back.
-                                if shared.transaction_depth.fetch_sub(1, Ordering::Release) == 1 {
-                                    aborted = false;
-                                }
+                                // Nothing of it is left to commit: it was rolled back. As
+                                // for any failed COMMIT the level stays counted: the
+                                // `Transaction` is still open and rolls it back when dropped
+                                // (taking it off here too would take its parent's level
+                                // with that rollback, and the parent's next statements
+                                // would run in autocommit mode).
                                 Err(aborted_error())
                             } else if depth > 0 {
                                 let res = conn.handle

@@ -280,3 +280,121 @@ async fn full_then_read_only(reserve: u64) {
     }
     assert_eq!(seen, i64::from(committed), "metrics count every committed contact exactly once");
 }
+
+/// PostgreSQL: the contacts database's data files on a small volume of their own (a tablespace
+/// on the loop device; the WAL stays on the server's disk, as with a separate data volume),
+/// filled under writes — `53100 disk_full` — then the database made read-only, as after a
+/// failover to a standby — `25006`. The same promises as on SQLite. Needs root and
+/// `CLM_TEST_DATABASE_URL` (a superuser, for the tablespace).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_full_volume_then_read_only_database_lose_no_acknowledged_write() {
+    use sea_orm::ConnectionTrait as _;
+    let Ok(admin_url) = std::env::var("CLM_TEST_DATABASE_URL") else {
+        eprintln!("skipped: CLM_TEST_DATABASE_URL is not set (PostgreSQL tests off)");
+        return;
+    };
+    let Some(disk) = SmallDisk::mount("64M") else {
+        eprintln!("skipped: cannot mount a loop-device file system (needs root, mkfs.ext4)");
+        return;
+    };
+    assert!(Command::new("chown").arg("postgres").arg(disk.path()).status().unwrap().success());
+    let admin = sea_orm::Database::connect(&admin_url).await.unwrap();
+    let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let (space, name) = (format!("clm_small_{tag}"), format!("clm_full_{tag}"));
+    admin.execute_unprepared(&format!("CREATE TABLESPACE {space} LOCATION '{}'", disk.path().display())).await.unwrap();
+    admin.execute_unprepared(&format!("CREATE DATABASE {name} TABLESPACE {space}")).await.unwrap();
+    let base = admin_url.rsplit_once('/').unwrap().0;
+    let sqlite = tempfile::tempdir().unwrap();
+    let mut env = env_on(sqlite.path(), 0);
+    env.retain(|(k, _)| k != "CLM_CONTACTS__DATABASE_URL");
+    env.push(("CLM_CONTACTS__DATABASE_URL".into(), format!("{base}/{name}")));
+    let read_only = |on: bool| {
+        let (admin, name) = (admin.clone(), name.clone());
+        async move {
+            admin
+                .execute_unprepared(&format!("ALTER DATABASE {name} SET default_transaction_read_only = {on}"))
+                .await
+                .unwrap();
+            // Sessions take the setting when they start: end the open ones (the pools reconnect).
+            admin
+                .execute_unprepared(&format!(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+                ))
+                .await
+                .unwrap();
+        }
+    };
+
+    let mut clm = ClmProcess::start(&env);
+    let ch = tonic::transport::Channel::from_shared(clm.url()).unwrap().connect().await.unwrap();
+    let mut c = ContactsServiceClient::new(ch.clone());
+    let svc = "clm.contacts.v1.ContactsService";
+    wait_status(&ch, svc, ServingStatus::Serving, Duration::from_secs(10)).await;
+    let mut next = 0;
+    let mut acked = Vec::new();
+    for _ in 0..20 {
+        next += 1;
+        acked.push(c.create_contact(contact(next)).await.unwrap().into_inner().contact.unwrap().id);
+    }
+
+    // The volume fills up under writes: RESOURCE_EXHAUSTED naming why, readiness off.
+    let filler = disk.fill(2 * 1024 * 1024);
+    let (more, refused) = write_until_refused(&mut c, &mut next, 10).await;
+    acked.extend(more);
+    for e in &refused {
+        assert_eq!(e.code(), Code::ResourceExhausted, "a write on a full volume: {e:?}");
+        assert!(e.message().contains("disk") || e.message().contains("space"), "the message says why: {e:?}");
+    }
+    wait_status(&ch, svc, ServingStatus::NotServing, Duration::from_secs(5)).await;
+    assert_eq!(status(&ch, "liveness").await, ServingStatus::Serving as i32, "a full disk is not a dead process");
+    c.get_contact(pb::GetContactRequest { id: acked[0].clone() }).await.expect("reads still work");
+    std::fs::remove_file(&filler).unwrap();
+    wait_status(&ch, svc, ServingStatus::Serving, Duration::from_secs(10)).await;
+    next += 1;
+    acked.push(c.create_contact(contact(next)).await.expect("writes resume").into_inner().contact.unwrap().id);
+
+    // The database turns read-only: UNAVAILABLE, readiness off, and back after.
+    read_only(true).await;
+    let (more, refused) = write_until_refused(&mut c, &mut next, 5).await;
+    acked.extend(more);
+    let last = refused.last().unwrap();
+    assert_eq!(last.code(), Code::Unavailable, "a write to a read-only database: {last:?}");
+    wait_status(&ch, svc, ServingStatus::NotServing, Duration::from_secs(5)).await;
+    assert_eq!(status(&ch, "liveness").await, ServingStatus::Serving as i32);
+    read_only(false).await;
+    wait_status(&ch, svc, ServingStatus::Serving, Duration::from_secs(10)).await;
+    let start = Instant::now();
+    loop {
+        next += 1;
+        match c.create_contact(contact(next)).await {
+            Ok(r) => {
+                acked.push(r.into_inner().contact.unwrap().id);
+                break;
+            }
+            // A pooled session still from before the switch back: the next one is new.
+            Err(e) => assert!(start.elapsed() < Duration::from_secs(10), "writes resume: {e:?}"),
+        }
+    }
+
+    // Every acknowledged write is there, and nothing refused was half-applied.
+    let mut lost = Vec::new();
+    for id in &acked {
+        if c.get_contact(pb::GetContactRequest { id: id.clone() }).await.is_err() {
+            lost.push(id.clone());
+        }
+    }
+    assert!(lost.is_empty(), "{} of {} acknowledged contacts lost: {lost:?}", lost.len(), acked.len());
+    let committed = c
+        .list_contacts(pb::ListContactsRequest { page_size: 1, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .total_size;
+    eprintln!("postgres full volume and read-only: {} acknowledged, {committed} committed", acked.len());
+    assert!(i64::from(committed) >= acked.len() as i64);
+    clm.signal("TERM");
+    clm.wait_exit(Duration::from_secs(30));
+    drop(clm);
+    admin.execute_unprepared(&format!("DROP DATABASE {name} WITH (FORCE)")).await.unwrap();
+    admin.execute_unprepared(&format!("DROP TABLESPACE {space}")).await.unwrap();
+}

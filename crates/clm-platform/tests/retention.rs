@@ -4,104 +4,29 @@
 //! consumer has not consumed; a replay still works from the first retained event; every
 //! server runs the pruner; JetStream streams get their `max_age`.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use async_trait::async_trait;
 use bytes::Bytes;
 use clm_platform::TenantId;
-use clm_platform::config::{DatabaseSettings, EventSettings, EventTransport};
+use clm_platform::config::{EventSettings, EventTransport};
 use clm_platform::events::bus::EventBus;
-use clm_platform::events::consumer::{ConsumerSpec, consume_once, replay};
-use clm_platform::events::inbox::{EventHandler, InboxMigration};
+use clm_platform::events::consumer::replay;
 use clm_platform::events::log_bus::LogBus;
 use clm_platform::events::nats::NatsBus;
-use clm_platform::events::ordering::{InboxPositionsMigration, OutboxKeysMigration};
-use clm_platform::events::outbox::{OutboxMigration, OutboxWriter, pending, relay_once};
-use clm_platform::events::prune::{InboxAgeIndexMigration, prune_inbox, prune_outbox};
+use clm_platform::events::outbox::{OutboxWriter, pending, relay_once};
+use clm_platform::events::prune::{prune_inbox, prune_outbox};
 use clm_platform::testing::{Backend, TestDb};
 use clm_proto::events::v1 as ev;
 use clm_proto::events::v1::event_envelope::Payload;
-use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, Statement};
-use sea_orm_migration::prelude::*;
+use common::{Recorder, TestMigrator, db_settings, drain, nats_url, spec};
+use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
 
 const HOUR: Duration = Duration::from_hours(1);
 const DAY: Duration = Duration::from_hours(24);
-
-struct Applied;
-
-impl MigrationName for Applied {
-    fn name(&self) -> &'static str {
-        "test_0001_applied"
-    }
-}
-
-#[async_trait::async_trait]
-impl MigrationTrait for Applied {
-    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
-        m.create_table(
-            Table::create()
-                .table("applied")
-                .col(ColumnDef::new("id").big_integer().not_null().auto_increment().primary_key())
-                .col(ColumnDef::new("event_id").string().not_null())
-                .to_owned(),
-        )
-        .await
-    }
-    async fn down(&self, _: &SchemaManager) -> Result<(), DbErr> {
-        Ok(())
-    }
-}
-
-/// A producer and consumer database, migrated as the services' are.
-struct TestMigrator;
-
-impl MigratorTrait for TestMigrator {
-    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![
-            Box::new(OutboxMigration),
-            Box::new(InboxMigration),
-            Box::new(InboxAgeIndexMigration),
-            Box::new(Applied),
-            Box::new(OutboxKeysMigration),
-            Box::new(InboxPositionsMigration),
-        ]
-    }
-}
-
-/// Records the id of every event it applies.
-struct Recorder;
-
-#[async_trait]
-impl EventHandler for Recorder {
-    async fn handle(&self, txn: &DatabaseTransaction, e: &ev::EventEnvelope) -> clm_platform::Result<()> {
-        let sql = match txn.get_database_backend() {
-            sea_orm::DbBackend::Postgres => "INSERT INTO applied (event_id) VALUES ($1)",
-            _ => "INSERT INTO applied (event_id) VALUES (?)",
-        };
-        txn.execute_raw(Statement::from_sql_and_values(txn.get_database_backend(), sql, [e.event_id.clone().into()]))
-            .await?;
-        Ok(())
-    }
-
-    async fn reset(&self, txn: &DatabaseTransaction) -> clm_platform::Result<()> {
-        txn.execute_unprepared("DELETE FROM applied").await?;
-        Ok(())
-    }
-}
-
-fn db_settings() -> DatabaseSettings {
-    DatabaseSettings {
-        max_connections: 5,
-        min_connections: 1,
-        connect_timeout_ms: 5000,
-        acquire_timeout_ms: 5000,
-        ping_idle_after_ms: 30_000,
-        min_free_bytes: 0,
-        migrate_on_start: true,
-    }
-}
 
 async fn migrated(backend: Backend, label: &str) -> Option<(TestDb, DatabaseConnection)> {
     let testdb = TestDb::create(backend, label).await?;
@@ -149,26 +74,6 @@ async fn count(db: &DatabaseConnection, sql: &str) -> i64 {
 async fn backdate(db: &DatabaseConnection, table: &str, column: &str, filter: &str, age: Duration) {
     let micros = age.as_micros();
     db.execute_unprepared(&format!("UPDATE {table} SET {column} = {column} - {micros} WHERE {filter}")).await.unwrap();
-}
-
-fn spec(name: &str, svc: &str) -> ConsumerSpec {
-    ConsumerSpec {
-        name: name.into(),
-        prefixes: vec![format!("clm.{svc}.")],
-        batch: 100,
-        wait: Duration::from_millis(50),
-        order_wait: Duration::from_mins(1),
-        waiting: clm_platform::events::consumer::Waiting::default(),
-    }
-}
-
-async fn drain(bus: &dyn EventBus, db: &DatabaseConnection, spec: &ConsumerSpec) {
-    for _ in 0..500 {
-        if consume_once(bus, db, spec, &spec.prefixes[0], &Recorder).await.unwrap().done == 0 {
-            return;
-        }
-    }
-    panic!("consumer did not drain");
 }
 
 /// The durable log on `backend` (its own database), and a connection to look into it.
@@ -372,17 +277,6 @@ async fn every_server_runs_the_pruner() {
     server.stop().await.unwrap();
     db.close().await.ok();
     testdb.cleanup().await;
-}
-
-fn nats_url() -> Option<String> {
-    let url = std::env::var("CLM_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
-    let addr = url.trim_start_matches("nats://").to_owned();
-    if std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_millis(300)).is_ok() {
-        Some(url)
-    } else {
-        eprintln!("skipped: NATS test (no server at {url}; set CLM_TEST_NATS_URL)");
-        None
-    }
 }
 
 fn nats_settings(url: &str, prefix: &str, max_age_hours: u64, replicas: usize) -> EventSettings {

@@ -139,6 +139,22 @@ fn contact(i: usize) -> pb::CreateContactRequest {
     }
 }
 
+/// Asserts every acknowledged contact can be read; returns how many contacts are committed.
+async fn all_there(c: &mut ContactsServiceClient<tonic::transport::Channel>, acked: &[String]) -> i32 {
+    let mut lost = Vec::new();
+    for id in acked {
+        if c.get_contact(pb::GetContactRequest { id: id.clone() }).await.is_err() {
+            lost.push(id.clone());
+        }
+    }
+    assert!(lost.is_empty(), "{} of {} acknowledged contacts lost: {lost:?}", lost.len(), acked.len());
+    c.list_contacts(pb::ListContactsRequest { page_size: 1, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .total_size
+}
+
 /// Write until `failures` calls in a row failed; returns the acknowledged ids and the failures.
 async fn write_until_refused(
     c: &mut ContactsServiceClient<tonic::transport::Channel>,
@@ -247,19 +263,7 @@ async fn full_then_read_only(reserve: u64) {
     let clm = ClmProcess::start(&env);
     let ch = tonic::transport::Channel::from_shared(clm.url()).unwrap().connect().await.unwrap();
     let mut c = ContactsServiceClient::new(ch.clone());
-    let mut lost = Vec::new();
-    for id in &acked {
-        if c.get_contact(pb::GetContactRequest { id: id.clone() }).await.is_err() {
-            lost.push(id.clone());
-        }
-    }
-    assert!(lost.is_empty(), "{} of {} acknowledged contacts lost: {lost:?}", lost.len(), acked.len());
-    let committed = c
-        .list_contacts(pb::ListContactsRequest { page_size: 1, ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner()
-        .total_size;
+    let committed = all_there(&mut c, &acked).await;
     eprintln!("full disk (reserve {reserve}): {} acknowledged, {committed} committed", acked.len());
     assert_eq!(i64::from(committed), acked.len() as i64, "nothing refused was half-applied");
     let mut m = clm_proto::metrics::v1::metrics_service_client::MetricsServiceClient::new(ch);
@@ -377,19 +381,7 @@ async fn postgres_full_volume_then_read_only_database_lose_no_acknowledged_write
     }
 
     // Every acknowledged write is there, and nothing refused was half-applied.
-    let mut lost = Vec::new();
-    for id in &acked {
-        if c.get_contact(pb::GetContactRequest { id: id.clone() }).await.is_err() {
-            lost.push(id.clone());
-        }
-    }
-    assert!(lost.is_empty(), "{} of {} acknowledged contacts lost: {lost:?}", lost.len(), acked.len());
-    let committed = c
-        .list_contacts(pb::ListContactsRequest { page_size: 1, ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner()
-        .total_size;
+    let committed = all_there(&mut c, &acked).await;
     eprintln!("postgres full volume and read-only: {} acknowledged, {committed} committed", acked.len());
     assert!(i64::from(committed) >= acked.len() as i64);
     clm.signal("TERM");

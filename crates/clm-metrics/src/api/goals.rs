@@ -248,7 +248,7 @@ pub async fn grade(
     scope.end_time = Some(timestamp(as_of.min(end).max(start + 1)));
     let mut s = slice(tenant, Some(&scope), "", &mut v);
     s.contacts = api.members(tenant, Some(&scope), "goal.scope.segment_filter").await?;
-    let snap = Snapshot::load(&api.db, tenant.as_str(), &s, DEFAULT_LEAD_THRESHOLD).await?;
+    let snap = Snapshot::load(&api.db, tenant, &s, DEFAULT_LEAD_THRESHOLD).await?;
     let kpi = pb::Kpi::try_from(g.kpi).unwrap_or_default();
     let (actual, _) = snap.kpi(kpi);
     let at_least = g.direction != pb::GoalDirection::AtMost as i32;

@@ -9,18 +9,25 @@ use clm_proto::metrics::v1 as pb;
 use sea_orm::ConnectionTrait;
 
 use crate::domain::{self, DAY, ratio};
-use crate::store::model::{self, KpiRow, Slice};
+use clm_platform::TenantId;
 
-/// Every counter a snapshot reads.
+use crate::store::read::{self, KpiRow, Slice, funnel};
+
+/// Every counter a snapshot reads (docs/metrics.md § Counters).
 pub const NAMES: &[&str] = &[
     "new_contacts",
+    "new_contacts_won",
     "acquisition_cost",
     "leads",
+    "leads_won",
     "new_customers",
     "revenue",
+    "orders",
     "repeat_orders",
     "repeat_customers",
     "first_purchases",
+    "buyers",
+    "currency_buyers",
     "customers_in",
     "customers_out",
     "dormant",
@@ -32,11 +39,16 @@ pub const NAMES: &[&str] = &[
     "csat_total",
     "csat_satisfied",
     "ces_total",
+    "ces_easy",
     "referrals",
     "referrers",
+    "customer_referrers",
     "reviews",
     "reviewers",
 ];
+
+/// Which customer spells churn reads (`contribution::SPELL_BASES`): dormancy counts as churn.
+pub const SPELL_BASIS: &str = "lost";
 
 /// Counters of a slice: name → (count, sum) in the main currency, plus the currencies seen.
 /// Sums are i128: money sums in µ-units pass i64 at 9.2 × 10^12 units (docs/metrics.md § Money).
@@ -49,21 +61,32 @@ pub struct Counters {
 
 impl Counters {
     /// Fold rows; money rows of currencies other than the main one are left out (and listed).
+    /// The reporting currency is the one with the largest amounts in the rows.
     pub fn from_rows(rows: &[KpiRow]) -> Self {
+        Self::from_rows_in(rows, "")
+    }
+
+    /// Fold rows with `currency` as the reporting currency (empty: the largest in the rows).
+    pub fn from_rows_in(rows: &[KpiRow], currency: &str) -> Self {
         let mut money: HashMap<&str, i128> = HashMap::new();
         for r in rows.iter().filter(|r| !r.currency.is_empty()) {
             *money.entry(r.currency.as_str()).or_default() += r.s.abs();
         }
         let mut currencies: Vec<(&str, i128)> = money.into_iter().collect();
-        currencies.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-        let currency = currencies.first().map(|c| c.0.to_owned()).unwrap_or_default();
+        currencies.sort_by(|a, b| (b.0 == currency).cmp(&(a.0 == currency)).then(b.1.cmp(&a.1)).then(a.0.cmp(b.0)));
+        let currency = if currency.is_empty() {
+            currencies.first().map(|c| c.0.to_owned()).unwrap_or_default()
+        } else {
+            currency.to_owned()
+        };
         let mut by_name: HashMap<String, (i64, i128)> = HashMap::new();
         for r in rows.iter().filter(|r| r.currency.is_empty() || r.currency == currency) {
             let e = by_name.entry(r.name.clone()).or_default();
             e.0 = e.0.saturating_add(r.n);
             e.1 = e.1.saturating_add(r.s);
         }
-        Self { by_name, currency, other_currencies: currencies.iter().skip(1).map(|c| c.0.to_owned()).collect() }
+        let other_currencies = currencies.iter().filter(|c| c.0 != currency).map(|c| c.0.to_owned()).collect();
+        Self { by_name, currency, other_currencies }
     }
 
     pub fn n(&self, name: &str) -> f64 {
@@ -110,70 +133,94 @@ pub struct Snapshot {
     pub p90_time_to_close: Option<i64>,
     pub customers_at_start: f64,
     pub customers_at_end: f64,
+    /// Customers at the start who left during the range.
+    pub customers_lost: f64,
     pub churn_rate: f64,
     pub retention_rate: f64,
     pub repeat_purchase_rate: f64,
     pub purchase_frequency: f64,
     pub referral_rate: f64,
     pub historical_clv: f64,
-    /// Revenue to the end per first purchase, µ-units, exactly.
+    /// Revenue to the end per contact who bought in the reporting currency, µ-units, exactly.
     pub historical_clv_micros: i128,
     pub predicted_clv: f64,
     pub annual_churn: f64,
 }
 
+/// The lifetime-value model's parts over the year before `end` (docs/metrics.md § CLV):
+/// average order value (µ-units of the reporting currency), orders per customer per year,
+/// yearly churn.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ClvModel {
+    pub average_order_value: f64,
+    pub orders_per_customer_year: f64,
+    pub annual_churn: f64,
+}
+
+impl ClvModel {
+    /// `currency`: the reporting currency (empty: the year's largest).
+    pub async fn load(db: &impl ConnectionTrait, tenant: &TenantId, slice: &Slice, currency: &str) -> Result<Self> {
+        let year = Slice { start: slice.end - 365 * DAY, ..slice.clone() };
+        let c = Counters::from_rows_in(&read::kpis(db, tenant, &year, &["revenue", "orders"], "").await?, currency);
+        let at_end = read::customers_at(db, tenant, slice, SPELL_BASIS, slice.end).await? as f64;
+        let at_start = read::customers_at(db, tenant, &year, SPELL_BASIS, year.start).await? as f64;
+        let lost = read::customers_lost(db, tenant, &year, SPELL_BASIS, year.start, year.end).await? as f64;
+        Ok(Self {
+            average_order_value: ratio(c.s("revenue"), c.n("revenue")),
+            orders_per_customer_year: ratio(c.n("orders"), at_end),
+            annual_churn: ratio(lost, at_start),
+        })
+    }
+
+    pub fn lifespan_years(&self) -> f64 {
+        domain::expected_lifespan_years(self.annual_churn)
+    }
+
+    pub fn predicted(&self) -> f64 {
+        domain::predicted_clv(self.average_order_value, self.orders_per_customer_year, self.lifespan_years())
+    }
+}
+
 impl Snapshot {
-    pub async fn load(db: &impl ConnectionTrait, tenant: &str, slice: &Slice, lead_threshold: i32) -> Result<Self> {
-        let rows = model::kpis(db, tenant, slice, NAMES, "").await?;
+    pub async fn load(
+        db: &impl ConnectionTrait,
+        tenant: &TenantId,
+        slice: &Slice,
+        lead_threshold: i32,
+    ) -> Result<Self> {
+        let rows = read::kpis(db, tenant, slice, NAMES, "").await?;
         let c = Counters::from_rows(&rows);
         // Cumulative to the end (as-of figures: repeat rate, referral rate, historical CLV).
         let to_end = Slice { start: i64::MIN / 2, ..slice.clone() };
-        let cum = Counters::from_rows(&model::kpis(db, tenant, &to_end, NAMES, "").await?);
-        // The year before the end (lifetime-value model).
-        let year = Slice { start: slice.end - 365 * DAY, ..slice.clone() };
-        let last_year = Counters::from_rows(&model::kpis(db, tenant, &year, NAMES, "").await?);
-        let (leads, good) = model::lead_quality(db, tenant, slice, lead_threshold).await?;
-        let close = model::histogram(db, tenant, slice, "__time_to_close").await?;
-        let at_start = model::customers_at(db, tenant, slice, slice.start).await? as f64;
-        let at_end = model::customers_at(db, tenant, slice, slice.end).await? as f64;
-        let year_ago = model::customers_at(db, tenant, slice, slice.end - 365 * DAY).await? as f64;
-        let annual_churn = ratio(last_year.n("customers_out"), year_ago.max(at_end));
-        let aov = ratio(last_year.s("revenue"), last_year.n("revenue"));
-        let per_year = ratio(last_year.n("revenue"), at_end.max(1.0));
+        let cum = Counters::from_rows_in(&read::kpis(db, tenant, &to_end, NAMES, "").await?, &c.currency);
+        let (leads, good) = read::lead_quality(db, tenant, slice, lead_threshold).await?;
+        let close = funnel::histogram(db, tenant, slice, "__time_to_close").await?;
+        let at_start = read::customers_at(db, tenant, slice, SPELL_BASIS, slice.start).await? as f64;
+        let at_end = read::customers_at(db, tenant, slice, SPELL_BASIS, slice.end).await? as f64;
+        let lost = read::customers_lost(db, tenant, slice, SPELL_BASIS, slice.start, slice.end).await? as f64;
+        let clv = ClvModel::load(db, tenant, slice, &c.currency).await?;
         let currency = c.currency.clone();
-        let purchasers = model::purchasers(db, tenant, slice).await? as f64;
+        let purchasers = read::purchasers(db, tenant, slice).await? as f64;
+        let churn_rate = ratio(lost, at_start);
         Ok(Self {
             lead_quality_rate: ratio(good as f64, leads as f64),
             median_time_to_close: domain::quantile(&close, 0.5),
             p90_time_to_close: domain::quantile(&close, 0.9),
             customers_at_start: at_start,
             customers_at_end: at_end,
-            churn_rate: ratio(c.n("customers_out"), at_start),
-            retention_rate: if at_start > 0.0 {
-                ((at_end - c.n("customers_in")) / at_start).clamp(0.0, 1.0)
-            } else {
-                0.0
-            },
-            repeat_purchase_rate: ratio(cum.n("repeat_customers"), cum.n("first_purchases")),
-            purchase_frequency: ratio(c.n("revenue"), purchasers),
-            referral_rate: ratio(cum.n("referrers"), at_end),
-            historical_clv: ratio(cum.s("revenue"), cum.n("first_purchases")),
-            historical_clv_micros: cum.per("revenue", "first_purchases"),
-            predicted_clv: domain::predicted_clv(aov, per_year, domain::expected_lifespan_years(annual_churn)),
-            annual_churn,
+            customers_lost: lost,
+            churn_rate,
+            retention_rate: if at_start > 0.0 { 1.0 - churn_rate } else { 0.0 },
+            repeat_purchase_rate: ratio(cum.n("repeat_customers"), cum.n("buyers")),
+            purchase_frequency: ratio(c.n("orders"), purchasers),
+            referral_rate: ratio(cum.n("customer_referrers"), cum.n("new_customers")),
+            historical_clv: ratio(cum.s("revenue"), cum.n("currency_buyers")),
+            historical_clv_micros: cum.per("revenue", "currency_buyers"),
+            predicted_clv: clv.predicted(),
+            annual_churn: clv.annual_churn,
             currency,
             c,
         })
-    }
-
-    /// The share of customers lost over the year before `slice.end` (the lifetime-value
-    /// model's churn), the way [`Snapshot::load`] computes it, from three aggregate reads.
-    pub async fn annual_churn(db: &impl ConnectionTrait, tenant: &str, slice: &Slice) -> Result<f64> {
-        let year = Slice { start: slice.end - 365 * DAY, ..slice.clone() };
-        let last_year = Counters::from_rows(&model::kpis(db, tenant, &year, &["customers_out"], "").await?);
-        let at_end = model::customers_at(db, tenant, slice, slice.end).await? as f64;
-        let year_ago = model::customers_at(db, tenant, slice, slice.end - 365 * DAY).await? as f64;
-        Ok(ratio(last_year.n("customers_out"), year_ago.max(at_end)))
     }
 
     /// First purchases' revenue ÷ their count.
@@ -208,7 +255,7 @@ impl Snapshot {
             pb::Kpi::CostPerLead => (units(ratio(c.s("acquisition_cost"), c.n("leads"))), n("leads")),
             pb::Kpi::LeadQualityRate => (self.lead_quality_rate, n("leads")),
             pb::Kpi::NewCustomers => (c.n("new_customers"), n("new_customers")),
-            pb::Kpi::CloseRate => (ratio(c.n("new_customers"), c.n("leads")), n("leads")),
+            pb::Kpi::CloseRate => (ratio(c.n("leads_won"), c.n("leads")), n("leads")),
             pb::Kpi::Revenue => (units(c.s("revenue")), n("revenue")),
             pb::Kpi::AverageDealSize => (units(self.average_deal_size()), n("first_purchases")),
             pb::Kpi::AverageOrderValue => (units(ratio(c.s("revenue"), c.n("revenue"))), n("revenue")),
@@ -216,15 +263,15 @@ impl Snapshot {
                 (self.median_time_to_close.map_or(0.0, |t| t as f64 / DAY as f64), n("new_customers"))
             }
             pb::Kpi::Cac => (units(self.cac()), n("new_customers")),
-            pb::Kpi::ConversionRate => (ratio(c.n("new_customers"), c.n("new_contacts")), n("new_contacts")),
+            pb::Kpi::ConversionRate => (ratio(c.n("new_contacts_won"), c.n("new_contacts")), n("new_contacts")),
             pb::Kpi::ChurnRate => (self.churn_rate, self.customers_at_start as i64),
             pb::Kpi::RetentionRate => (self.retention_rate, self.customers_at_start as i64),
-            pb::Kpi::RepeatPurchaseRate => (self.repeat_purchase_rate, n("first_purchases")),
-            pb::Kpi::PurchaseFrequency => (self.purchase_frequency, n("revenue")),
+            pb::Kpi::RepeatPurchaseRate => (self.repeat_purchase_rate, n("buyers")),
+            pb::Kpi::PurchaseFrequency => (self.purchase_frequency, n("orders")),
             pb::Kpi::Nps => (self.nps(), n("nps_total")),
             pb::Kpi::Csat => (self.csat(), n("csat_total")),
             pb::Kpi::Ces => (self.ces(), n("ces_total")),
-            pb::Kpi::ReferralRate => (self.referral_rate, self.customers_at_end as i64),
+            pb::Kpi::ReferralRate => (self.referral_rate, n("new_customers")),
             pb::Kpi::CustomerLifetimeValue => (units(self.predicted_clv), self.customers_at_end as i64),
             pb::Kpi::ClvToCacRatio => (ratio(self.predicted_clv, self.cac()), n("new_customers")),
             pb::Kpi::Unspecified => (0.0, 0),
@@ -268,6 +315,7 @@ mod tests {
         let c = Counters::from_rows(&[
             row("leads", "", 10, 0),
             row("new_customers", "", 4, 0),
+            row("leads_won", "", 4, 0),
             row("acquisition_cost", "EUR", 20, 2_000_000_000),
             row("acquisition_cost", "USD", 1, 5_000_000),
             row("revenue", "EUR", 3, 600_000_000),

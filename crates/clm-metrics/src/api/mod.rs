@@ -1,5 +1,5 @@
 //! gRPC handlers of `clm.metrics.v1.MetricsService`: parse the scope into a slice of the
-//! aggregates, read them (`store::model`), compute (`kpi`, `domain`), map back.
+//! aggregates, read them (`store::read`), compute (`kpi`, `domain`), map back.
 
 pub mod goals;
 pub mod kpi;
@@ -20,8 +20,8 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::domain::{self, DAY, Gran, ratio};
-use crate::store::model::{self, Slice};
-use kpi::{Snapshot, money, money_exact};
+use crate::store::read::{self, Slice, cohorts, funnel};
+use kpi::{ClvModel, Snapshot, money, money_exact};
 
 /// Default lead-quality threshold (lead score).
 const DEFAULT_LEAD_THRESHOLD: i32 = 50;
@@ -147,19 +147,19 @@ impl MetricsService for MetricsApi {
         };
         v.finish()?;
         slice.contacts = self.members(&ctx.tenant, req.scope.as_ref(), "scope.segment_filter").await?;
-        let tenant = ctx.tenant.as_str();
-        let stages: Vec<(String, i64, String, String)> = model::model_stages(&self.db, tenant, &slice.model)
+        let tenant = &ctx.tenant;
+        let stages: Vec<(String, i64, String, String)> = read::model_stages(&self.db, tenant, &slice.model)
             .await?
             .into_iter()
             .filter(|(_, _, cat, _)| cat != "lost")
             .collect();
         let window_days = window.unwrap_or(DEFAULT_WINDOW) / DAY;
         let reached: HashMap<String, i64> =
-            model::funnel(&self.db, tenant, &slice, window_days).await?.into_iter().collect();
+            funnel::funnel(&self.db, tenant, &slice, window_days).await?.into_iter().collect();
         let mut out = Vec::new();
         let first_n = stages.first().map_or(0, |s| reached.get(&s.0).copied().unwrap_or(0));
         let mut prev: Option<i64> = None;
-        let hists = model::histograms(&self.db, tenant, &slice).await?;
+        let hists = funnel::histograms(&self.db, tenant, &slice).await?;
         for (key, ..) in &stages {
             let n = reached.get(key).copied().unwrap_or(0);
             let hist = hists.get(key).map_or(&[][..], Vec::as_slice);
@@ -194,9 +194,9 @@ impl MetricsService for MetricsApi {
         slice.contacts = self.members(&ctx.tenant, req.scope.as_ref(), "scope.segment_filter").await?;
         let threshold =
             if req.lead_quality_threshold == 0 { DEFAULT_LEAD_THRESHOLD } else { req.lead_quality_threshold };
-        let tenant = ctx.tenant.as_str();
+        let tenant = &ctx.tenant;
         let s = Snapshot::load(&self.db, tenant, &slice, threshold).await?;
-        let by_channel = model::kpis(&self.db, tenant, &slice, &["new_contacts"], "channel").await?;
+        let by_channel = read::kpis(&self.db, tenant, &slice, &["new_contacts"], "channel").await?;
         let c = &s.c;
         let cur = s.currency.as_str();
         let n = |name: &str| c.n(name) as i64;
@@ -211,7 +211,7 @@ impl MetricsService for MetricsApi {
             }),
             conversion: Some(pb::ConversionMetrics {
                 new_customers: n("new_customers"),
-                close_rate: ratio(c.n("new_customers"), c.n("leads")),
+                close_rate: ratio(c.n("leads_won"), c.n("leads")),
                 revenue: money_exact(c.sum("revenue"), cur),
                 average_deal_size: money_exact(c.per("first_purchases", "first_purchases"), cur),
                 median_time_to_close: s.median_time_to_close.map(duration),
@@ -255,15 +255,15 @@ impl MetricsService for MetricsApi {
         v.finish()?;
         slice.contacts = self.members(&ctx.tenant, req.scope.as_ref(), "scope.segment_filter").await?;
         let group = if req.by_campaign { "channel,campaign" } else { "channel" };
-        let rows = model::kpis(
+        let rows = read::kpis(
             &self.db,
-            ctx.tenant.as_str(),
+            &ctx.tenant,
             &slice,
-            &["new_contacts", "leads", "new_customers", "acquisition_cost", "revenue"],
+            &["new_contacts", "leads", "leads_won", "new_customers", "acquisition_cost", "revenue"],
             group,
         )
         .await?;
-        let mut groups: std::collections::BTreeMap<String, Vec<model::KpiRow>> = std::collections::BTreeMap::new();
+        let mut groups: std::collections::BTreeMap<String, Vec<read::KpiRow>> = std::collections::BTreeMap::new();
         for r in rows {
             groups.entry(r.group.clone()).or_default().push(r);
         }
@@ -282,7 +282,7 @@ impl MetricsService for MetricsApi {
                     new_contacts: c.n("new_contacts") as i64,
                     leads: c.n("leads") as i64,
                     customers: c.n("new_customers") as i64,
-                    close_rate: ratio(c.n("new_customers"), c.n("leads")),
+                    close_rate: ratio(c.n("leads_won"), c.n("leads")),
                     acquisition_cost: money_exact(c.sum("acquisition_cost"), cur),
                     cost_per_lead: money_exact(c.per("acquisition_cost", "leads"), cur),
                     cac: money_exact(c.per("acquisition_cost", "new_customers"), cur),
@@ -330,19 +330,32 @@ impl MetricsService for MetricsApi {
             // Default: the last year of cohorts.
             slice.start = slice.end - 365 * DAY;
         }
-        let (sizes, cells, last) =
-            model::cohorts(&self.db, ctx.tenant.as_str(), &slice, g, domain::period_start(slice.start, g), slice.end)
-                .await?;
+        let m =
+            cohorts::cohorts(&self.db, &ctx.tenant, &slice, g, domain::period_start(slice.start, g), slice.end).await?;
+        // Revenue is never summed across currencies: the cells show the currency with the most
+        // revenue in these cohorts.
+        let mut totals: HashMap<&str, i128> = HashMap::new();
+        for (_, _, cur, r) in &m.revenue {
+            *totals.entry(cur.as_str()).or_default() += i128::from(*r);
+        }
+        let currency =
+            totals.iter().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0))).map(|c| (*c.0).to_owned()).unwrap_or_default();
         let now = now_micros();
-        let rows = sizes
-            .into_iter()
-            .map(|(cohort, size)| {
+        let rows = m
+            .sizes
+            .iter()
+            .map(|&(cohort, size)| {
                 let elapsed = domain::period_index(cohort, now, g) + 1;
                 let cells = (0..periods.min(elapsed))
                     .map(|idx| {
-                        let (n, revenue) =
-                            cells.iter().find(|c| c.0 == cohort && c.1 == idx).map_or((0, 0), |c| (c.2, c.3));
-                        let retained: i64 = last.iter().filter(|l| l.0 == cohort && l.1 >= idx).map(|l| l.2).sum();
+                        let n = m.cells.iter().find(|c| c.0 == cohort && c.1 == idx).map_or(0, |c| c.2);
+                        let revenue: i64 = m
+                            .revenue
+                            .iter()
+                            .filter(|r| r.0 == cohort && r.1 == idx && r.2 == currency)
+                            .map(|r| r.3)
+                            .sum();
+                        let retained: i64 = m.last.iter().filter(|l| l.0 == cohort && l.1 >= idx).map(|l| l.2).sum();
                         let (count, value) = match measure {
                             pb::CohortMeasure::Retained => (retained, ratio(retained as f64, size as f64)),
                             pb::CohortMeasure::Revenue => (n, ratio(revenue as f64 / 1e6, size as f64)),
@@ -352,7 +365,7 @@ impl MetricsService for MetricsApi {
                             period_index: i32::try_from(idx).unwrap_or(i32::MAX),
                             value,
                             count,
-                            revenue: None,
+                            revenue: money_exact(i128::from(revenue), &currency),
                         }
                     })
                     .collect();
@@ -376,11 +389,11 @@ impl MetricsService for MetricsApi {
         }
         v.finish()?;
         slice.contacts = self.members(&ctx.tenant, req.scope.as_ref(), "scope.segment_filter").await?;
-        let tenant = ctx.tenant.as_str();
+        let tenant = &ctx.tenant;
         let start = domain::period_start(slice.start, g);
         let wide = Slice { start, ..slice.clone() };
-        let rows = model::kpis(&self.db, tenant, &wide, &["reactivated", "dormant", "churned"], "day").await?;
-        let counts = model::period_counts(&self.db, tenant, &slice, g, start, slice.end).await?;
+        let rows = read::kpis(&self.db, tenant, &wide, &["reactivated", "dormant", "churned"], "day").await?;
+        let counts = cohorts::period_counts(&self.db, tenant, &slice, g, start, slice.end).await?;
         let periods = domain::periods(start, slice.end, g)
             .into_iter()
             .map(|p| {
@@ -407,32 +420,30 @@ impl MetricsService for MetricsApi {
     ) -> Result<Response<pb::GetCustomerValueResponse>, Status> {
         let ctx = ctx(&req)?;
         let id = uuid("contact_id", &req.get_ref().contact_id).map_err(|fv| Error::InvalidArgument(vec![fv]))?;
-        let tenant = ctx.tenant.as_str();
+        let tenant = &ctx.tenant;
         let contact = id.to_string();
-        let attribution = model::attribution(&self.db, tenant, &contact).await?;
-        let facts = model::customer_facts(&self.db, tenant, &contact).await?;
-        if attribution.create_time.is_none() && facts.is_none() {
+        if !read::contact_known(&self.db, tenant, &contact).await? {
             return Err(Error::not_found("contact", contact).into());
         }
-        let f = facts.unwrap_or_default();
+        let f = read::customer(&self.db, tenant, &contact).await?.unwrap_or_default();
         let now = now_micros();
         let all =
             Slice { model: default_model_id(&ctx.tenant), start: now - 365 * DAY, end: now + DAY, ..Slice::default() };
-        // The contact's own order value and frequency (orders per year since the first, at
-        // least a month of tenure), times the tenant's expected lifespan.
+        // The contact's own order value and frequency in its main currency (orders per year
+        // since the first, at least a month of tenure), times the tenant's expected lifespan.
         let predicted = match f.first_purchase {
             Some(first) => {
-                let annual_churn = Snapshot::annual_churn(&self.db, tenant, &all).await?;
+                let lifespan = ClvModel::load(&self.db, tenant, &all, &f.currency).await?.lifespan_years();
                 let years = ((now - first).max(30 * DAY) as f64) / (365.0 * DAY as f64);
                 Some(domain::predicted_clv(
-                    ratio(f.revenue as f64, f.orders as f64),
-                    f.orders as f64 / years,
-                    domain::expected_lifespan_years(annual_churn),
+                    ratio(f.revenue as f64, f.currency_orders as f64),
+                    f.currency_orders as f64 / years,
+                    lifespan,
                 ))
             }
             None => None,
         };
-        let cost = model::acquisition_cost(&self.db, tenant, &contact).await?;
+        let cost = read::acquisition_cost(&self.db, tenant, &contact).await?;
         Ok(Response::new(pb::GetCustomerValueResponse {
             customer_value: Some(pb::CustomerValue {
                 contact_id: contact.clone(),
@@ -442,7 +453,7 @@ impl MetricsService for MetricsApi {
                 last_purchase_time: f.last_purchase.map(timestamp),
                 predicted_clv: predicted.and_then(|p| money(p, &f.currency)),
                 acquisition_cost: cost.and_then(|(m, c)| money_exact(m.into(), &c)),
-                current_stage: model::current_stage(&self.db, tenant, &default_model_id(&ctx.tenant), &contact)
+                current_stage: read::current_stage(&self.db, tenant, &default_model_id(&ctx.tenant), &contact)
                     .await?
                     .unwrap_or_default(),
             }),
@@ -507,7 +518,7 @@ impl MetricsService for MetricsApi {
         let mut points = Vec::with_capacity(periods.len());
         for p in periods {
             let s = Slice { start: p, end: domain::next_period(p, g), ..slice.clone() };
-            let snap = Snapshot::load(&self.db, ctx.tenant.as_str(), &s, DEFAULT_LEAD_THRESHOLD).await?;
+            let snap = Snapshot::load(&self.db, &ctx.tenant, &s, DEFAULT_LEAD_THRESHOLD).await?;
             let (value, sample_size) = snap.kpi(k);
             points.push(pb::KpiPoint { period_start_time: Some(timestamp(p)), value, sample_size });
         }
@@ -539,7 +550,7 @@ impl MetricsService for MetricsApi {
                 if follow_end {
                     s.end = now_micros() + 1;
                 }
-                match Snapshot::load(&db, tenant.as_str(), &s, DEFAULT_LEAD_THRESHOLD).await {
+                match Snapshot::load(&db, &tenant, &s, DEFAULT_LEAD_THRESHOLD).await {
                     Ok(snap) => {
                         for k in &kpis {
                             let (value, _) = snap.kpi(*k);

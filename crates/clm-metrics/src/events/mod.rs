@@ -1,18 +1,26 @@
-//! What metrics consumes: contact events (`contact_facts`, new contacts and acquisition cost),
-//! lifecycle's StageChanged and JourneyEventRecorded (funnel, leads, customers, revenue,
-//! cohorts, activity), feedback's ResponseSubmitted and ReviewRecorded (NPS/CSAT/CES,
-//! advocacy). Applied through the platform inbox, so a redelivered event changes nothing;
-//! replaying from the first event rebuilds the same rows (see `store::model`).
+//! What metrics consumes: contact events (`contact_facts`: channel, campaign, acquisition time
+//! and cost), lifecycle's StageChanged and JourneyEventRecorded (transitions, purchases,
+//! referrals, reviews, activity), feedback's ResponseSubmitted and ReviewRecorded (survey
+//! answers, reviews). Each event records what it says about its contacts in the ledger
+//! (`store::write::ledger`); a batch then adds to the aggregates the change of each touched
+//! contact's contribution (`store::write`). Applied through the platform inbox, so a
+//! redelivered event changes nothing; any order of the same events, and a replay from the first
+//! one, gives the same numbers.
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use async_trait::async_trait;
+use clm_platform::TenantId;
 use clm_platform::events::inbox::EventHandler;
 use clm_proto::events::v1 as ev;
 use clm_proto::events::v1::event_envelope::Payload;
 use sea_orm::sea_query::OnConflict;
-use sea_orm::{ActiveValue, ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter};
+use sea_orm::{ActiveValue, ColumnTrait, ConnectionTrait as _, DatabaseTransaction, EntityTrait, QueryFilter};
 use tracing::Instrument as _;
 
-use crate::store::{contact_facts, model};
+use crate::domain::contribution::{Activity, Category, Event, Role, Survey, Transition};
+use crate::store::contact_facts;
+use crate::store::write::{self, ledger};
 
 /// Durable consumer name on the bus and in the inbox.
 pub const CONSUMER: &str = "metrics";
@@ -61,7 +69,7 @@ fn facts_model(
 }
 
 /// Updates the facts of a contact already known; unknown contacts are ignored (their create
-/// event comes first per aggregate).
+/// event comes first per aggregate). The batch moves the contact's counts with its facts.
 async fn update_facts(
     txn: &DatabaseTransaction,
     tenant: &str,
@@ -69,32 +77,6 @@ async fn update_facts(
     f: &ev::ContactFacts,
 ) -> clm_platform::Result<()> {
     let (cur, cost) = money(f.acquisition_cost.as_ref());
-    // A changed channel, campaign or cost moves the contact's acquisition counts with it.
-    if let Some(old) = contact_facts::Entity::find_by_id((tenant.to_owned(), id.to_owned())).one(txn).await? {
-        let at = old.acquire_time.unwrap_or(old.create_time);
-        let new_at = micros(f.acquire_time.as_ref()).unwrap_or(old.create_time);
-        if old.acquisition_channel != f.acquisition_channel
-            || old.campaign != f.campaign
-            || old.cost_micros != cost
-            || old.cost_currency != cur
-            || at != new_at
-        {
-            acquisition_counts(
-                txn,
-                tenant,
-                id,
-                &old.acquisition_channel,
-                &old.campaign,
-                at,
-                old.cost_currency.as_deref(),
-                old.cost_micros,
-                -1,
-            )
-            .await?;
-            acquisition_counts(txn, tenant, id, &f.acquisition_channel, &f.campaign, new_at, cur.as_deref(), cost, 1)
-                .await?;
-        }
-    }
     contact_facts::Entity::update_many()
         .set(contact_facts::ActiveModel {
             acquisition_channel: ActiveValue::Set(f.acquisition_channel.clone()),
@@ -136,45 +118,35 @@ async fn set_state(
     Ok(())
 }
 
-/// Count (sign 1) or uncount (−1) a new contact and its acquisition cost.
-#[allow(clippy::too_many_arguments)]
-async fn acquisition_counts(
-    txn: &DatabaseTransaction,
-    tenant: &str,
-    contact: &str,
-    channel: &str,
-    campaign: &str,
-    at: i64,
-    currency: Option<&str>,
-    cost: Option<i64>,
-    sign: i64,
-) -> clm_platform::Result<()> {
-    let a = model::Attribution {
-        contact: contact.to_owned(),
-        channel: channel.to_owned(),
-        campaign: campaign.to_owned(),
-        create_time: None,
-    };
-    model::bump_kpi(txn, tenant, "new_contacts", "", at, &a, "", sign, 0).await?;
-    if let (Some(cur), Some(cost)) = (currency, cost) {
-        model::bump_kpi(txn, tenant, "acquisition_cost", "", at, &a, cur, sign, sign * cost).await?;
+/// The contacts an event says something about (whose contribution it may change).
+fn touched(e: &ev::EventEnvelope) -> Vec<&str> {
+    match &e.payload {
+        Some(Payload::ContactCreated(c)) => vec![&c.contact_id],
+        Some(Payload::ContactUpdated(u)) => vec![&u.contact_id],
+        Some(Payload::ContactMerged(m)) => vec![&m.survivor_id],
+        Some(Payload::StageChanged(s)) => vec![&s.contact_id],
+        Some(Payload::JourneyEventRecorded(j)) => vec![&j.contact_id],
+        Some(Payload::ResponseSubmitted(r)) if r.complete => vec![&r.contact_id],
+        Some(Payload::ReviewRecorded(r)) => vec![&r.contact_id],
+        _ => vec![],
     }
-    Ok(())
 }
 
 /// Applies contact, lifecycle and feedback events to the read model.
 #[derive(Debug, Default)]
 pub struct MetricsHandler;
 
-#[async_trait]
-impl EventHandler for MetricsHandler {
-    async fn handle(&self, txn: &DatabaseTransaction, e: &ev::EventEnvelope) -> clm_platform::Result<()> {
-        let tenant = e.tenant_id.as_str();
+impl MetricsHandler {
+    /// Record what `e` says in the ledger and the contact facts.
+    async fn record(&self, txn: &DatabaseTransaction, e: &ev::EventEnvelope) -> clm_platform::Result<()> {
+        let Ok(tenant) = TenantId::parse(&e.tenant_id) else { return Ok(()) };
+        let t = tenant.as_str();
+        let now = || chrono::Utc::now().timestamp_micros();
         match &e.payload {
             Some(Payload::ContactCreated(c)) => {
                 let f = c.facts.clone().unwrap_or_default();
                 let created = micros(c.create_time.as_ref()).unwrap_or_default();
-                let inserted = contact_facts::Entity::insert(facts_model(tenant, &c.contact_id, &f, created, "active"))
+                contact_facts::Entity::insert(facts_model(t, &c.contact_id, &f, created, "active"))
                     .on_conflict(
                         OnConflict::columns([contact_facts::Column::TenantId, contact_facts::Column::ContactId])
                             .do_nothing()
@@ -182,100 +154,127 @@ impl EventHandler for MetricsHandler {
                     )
                     .exec_without_returning(txn)
                     .await?;
-                if inserted == 1 {
-                    let (cur, cost) = money(f.acquisition_cost.as_ref());
-                    let at = micros(f.acquire_time.as_ref()).unwrap_or(created);
-                    acquisition_counts(
-                        txn,
-                        tenant,
-                        &c.contact_id,
-                        &f.acquisition_channel,
-                        &f.campaign,
-                        at,
-                        cur.as_deref(),
-                        cost,
-                        1,
-                    )
-                    .await?;
-                }
             }
             Some(Payload::ContactUpdated(u)) => {
-                update_facts(txn, tenant, &u.contact_id, &u.facts.clone().unwrap_or_default()).await?;
+                update_facts(txn, t, &u.contact_id, &u.facts.clone().unwrap_or_default()).await?;
             }
             Some(Payload::ContactDeleted(d)) => {
                 let state = if d.restored { "active" } else { "deleted" };
-                set_state(txn, tenant, std::slice::from_ref(&d.contact_id), state, None).await?;
+                set_state(txn, t, std::slice::from_ref(&d.contact_id), state, None).await?;
             }
             Some(Payload::ContactMerged(m)) => {
-                update_facts(txn, tenant, &m.survivor_id, &m.facts.clone().unwrap_or_default()).await?;
-                set_state(txn, tenant, &m.merged_ids, "merged", Some(&m.survivor_id)).await?;
+                update_facts(txn, t, &m.survivor_id, &m.facts.clone().unwrap_or_default()).await?;
+                set_state(txn, t, &m.merged_ids, "merged", Some(&m.survivor_id)).await?;
             }
             Some(Payload::ContactErased(x)) => {
                 // The facts hold no personal data; the contact still counts in past periods.
-                set_state(txn, tenant, std::slice::from_ref(&x.contact_id), "erased", None).await?;
+                set_state(txn, t, std::slice::from_ref(&x.contact_id), "erased", None).await?;
             }
             Some(Payload::StageChanged(s)) => {
                 let Some(at) = micros(s.transition_time.as_ref()) else { return Ok(()) };
-                let change = model::StageChange {
-                    contact: &s.contact_id,
-                    model: &s.model_id,
-                    from_stage: &s.from_stage,
-                    to_stage: &s.to_stage,
-                    from_category: &s.from_category,
-                    to_category: &s.to_category,
-                    to_role: &s.to_role,
-                    position: s.to_stage_position,
-                    reactivation: s.reactivation,
-                    at,
-                    from_enter: micros(s.from_stage_enter_time.as_ref()),
-                };
                 if s.retracted {
-                    model::retract_stage_change(txn, tenant, &change).await?;
+                    ledger::retract_transition(txn, &tenant, &s.contact_id, &s.transition_id).await?;
                 } else {
-                    model::apply_stage_change(txn, tenant, &change).await?;
+                    let position = i64::from(s.to_stage_position);
+                    ledger::put_stage(txn, &tenant, &s.model_id, &s.to_stage, position, &s.to_category, &s.to_role)
+                        .await?;
+                    let tr = Transition {
+                        id: s.transition_id.clone(),
+                        model: s.model_id.clone(),
+                        seq: i64::from(s.sequence),
+                        at,
+                        to_stage: s.to_stage.clone(),
+                        to_category: Category::parse(&s.to_category),
+                        to_role: Role::parse(&s.to_role),
+                        position,
+                        reactivation: s.reactivation,
+                    };
+                    ledger::put_transition(txn, &tenant, &s.contact_id, &tr).await?;
                 }
-                crate::watch::touched(tenant);
+                crate::watch::touched(t);
             }
             Some(Payload::JourneyEventRecorded(j)) => {
                 let Some(at) = micros(j.occur_time.as_ref()) else { return Ok(()) };
-                let h = match ev::JourneyEventKind::try_from(j.kind).unwrap_or_default() {
+                let what = match ev::JourneyEventKind::try_from(j.kind).unwrap_or_default() {
                     // A purchase whose order was counted already (the same sale recorded
                     // twice upstream, or in two models) counts once.
                     ev::JourneyEventKind::Purchase
-                        if !j.order_id.is_empty() && !model::claim_order(txn, tenant, &j.order_id).await? =>
+                        if !j.order_id.is_empty() && !ledger::claim_order(txn, &tenant, &j.order_id).await? =>
                     {
                         return Ok(());
                     }
                     ev::JourneyEventKind::Purchase => {
                         let (cur, amount) = money(j.amount.as_ref());
-                        model::Happening::Purchase { amount: amount.unwrap_or(0), currency: cur.unwrap_or_default() }
+                        Activity::Purchase { amount: amount.unwrap_or(0), currency: cur.unwrap_or_default() }
                     }
-                    ev::JourneyEventKind::Referral => model::Happening::Referral,
-                    ev::JourneyEventKind::Review => model::Happening::Review,
-                    _ => model::Happening::Other,
+                    ev::JourneyEventKind::Referral => Activity::Referral,
+                    ev::JourneyEventKind::Review => Activity::Review,
+                    _ => Activity::Other,
                 };
-                model::apply_journey_event(txn, tenant, &j.contact_id, at, &h).await?;
-                crate::watch::touched(tenant);
+                let event = Event { id: j.journey_event_id.clone(), at, what };
+                ledger::put_event(txn, &tenant, &j.contact_id, &event).await?;
+                crate::watch::touched(t);
             }
-            Some(Payload::ResponseSubmitted(r)) if r.complete && r.has_score => {
-                let at = micros(r.submit_time.as_ref()).unwrap_or_else(|| chrono::Utc::now().timestamp_micros());
-                let kind = match ev::SurveyKind::try_from(r.kind).unwrap_or_default() {
-                    ev::SurveyKind::Nps => "nps",
-                    ev::SurveyKind::Csat => "csat",
-                    ev::SurveyKind::Ces => "ces",
-                    _ => "custom",
+            Some(Payload::ResponseSubmitted(r)) if r.complete => {
+                // A complete answer is activity; a scored NPS, CSAT or CES one is also a score.
+                let at = micros(r.submit_time.as_ref()).unwrap_or_else(now);
+                let survey = match ev::SurveyKind::try_from(r.kind).unwrap_or_default() {
+                    ev::SurveyKind::Nps => Survey::Nps,
+                    ev::SurveyKind::Csat => Survey::Csat,
+                    ev::SurveyKind::Ces => Survey::Ces,
+                    _ => Survey::Custom,
                 };
-                model::apply_score(txn, tenant, &r.contact_id, kind, r.score, at).await?;
-                crate::watch::touched(tenant);
+                let what = if r.has_score && survey != Survey::Custom {
+                    Activity::Score { survey, score: r.score }
+                } else {
+                    Activity::Other
+                };
+                let event = Event { id: format!("response:{}", r.response_id), at, what };
+                ledger::put_event(txn, &tenant, &r.contact_id, &event).await?;
+                crate::watch::touched(t);
             }
             Some(Payload::ReviewRecorded(r)) => {
-                let at = micros(r.create_time.as_ref()).unwrap_or_else(|| chrono::Utc::now().timestamp_micros());
-                model::apply_review(txn, tenant, &r.contact_id, at).await?;
-                crate::watch::touched(tenant);
+                let at = micros(r.create_time.as_ref()).unwrap_or_else(now);
+                let event = Event { id: format!("review:{}", r.review_id), at, what: Activity::Review };
+                ledger::put_event(txn, &tenant, &r.contact_id, &event).await?;
+                crate::watch::touched(t);
             }
             _ => {}
         }
         Ok(())
+    }
+
+    /// Apply `events` in one go: the touched contacts' contributions before, the events'
+    /// facts, the contributions after, their difference added to the aggregates.
+    async fn apply(
+        &self,
+        txn: &DatabaseTransaction,
+        events: &[&ev::EventEnvelope],
+        span: &(dyn for<'e> Fn(&'e ev::EventEnvelope) -> tracing::Span + Send + Sync),
+    ) -> clm_platform::Result<()> {
+        let mut contacts: BTreeMap<TenantId, BTreeSet<String>> = BTreeMap::new();
+        for e in events {
+            let Ok(tenant) = TenantId::parse(&e.tenant_id) else { continue };
+            let ids = touched(e);
+            if !ids.is_empty() {
+                contacts.entry(tenant).or_default().extend(ids.into_iter().map(str::to_owned));
+            }
+        }
+        crate::store::counters::deferred(txn, async {
+            let pending = write::Pending::before(txn, &contacts).await?;
+            for e in events {
+                self.record(txn, e).instrument(span(e)).await?;
+            }
+            pending.finish(txn).await
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl EventHandler for MetricsHandler {
+    async fn handle(&self, txn: &DatabaseTransaction, e: &ev::EventEnvelope) -> clm_platform::Result<()> {
+        self.apply(txn, &[e], &|_| tracing::Span::current()).await
     }
 
     /// The batch's counters are summed in memory and written once at its end
@@ -286,18 +285,15 @@ impl EventHandler for MetricsHandler {
         events: &[&ev::EventEnvelope],
         span: &(dyn for<'e> Fn(&'e ev::EventEnvelope) -> tracing::Span + Send + Sync),
     ) -> clm_platform::Result<()> {
-        crate::store::counters::deferred(txn, async {
-            for e in events {
-                self.handle(txn, e).instrument(span(e)).await?;
-            }
-            Ok(())
-        })
-        .await
+        self.apply(txn, events, span).await
     }
 
     async fn reset(&self, txn: &DatabaseTransaction) -> clm_platform::Result<()> {
         contact_facts::Entity::delete_many().exec(txn).await?;
-        model::clear(txn).await
+        for t in crate::store::migrations::READ_MODEL_TABLES {
+            txn.execute_unprepared(&format!("DELETE FROM {t}")).await?;
+        }
+        Ok(())
     }
 }
 

@@ -35,7 +35,7 @@ pub const FUNNEL_CELLS: Table = Table {
     keys: &["tenant_id", "model_id", "cohort_day", "channel", "campaign", "stage_key", "delay_days"],
     sums: &["n"],
 };
-/// The funnel of all channels and campaigns by block of `span_days` (`model::ROLL_SPANS`).
+/// The funnel of all channels and campaigns by block of `span_days` (`contribution::ROLL_SPANS`).
 pub const FUNNEL_ROLL: Table = Table {
     name: "funnel_roll",
     keys: &["tenant_id", "model_id", "span_days", "cohort_day", "stage_key", "delay_days"],
@@ -47,41 +47,41 @@ pub const TIME_HIST_ROLL: Table = Table {
     keys: &["tenant_id", "model_id", "name", "span_days", "day", "bucket"],
     sums: &["n"],
 };
-pub const TIME_HIST: Table =
-    Table { name: "time_hist", keys: &["tenant_id", "model_id", "name", "day", "bucket"], sums: &["n"] };
+pub const TIME_HIST: Table = Table {
+    name: "time_hist",
+    keys: &["tenant_id", "model_id", "name", "day", "channel", "campaign", "bucket"],
+    sums: &["n"],
+};
 pub const COHORT_CELLS: Table =
-    Table { name: "cohort_cells", keys: &["tenant_id", "gran", "cohort", "idx"], sums: &["n", "revenue"] };
+    Table { name: "cohort_cells", keys: &["tenant_id", "gran", "cohort", "idx"], sums: &["n"] };
+/// Revenue of a cohort's members per period index, per currency.
+pub const COHORT_REVENUE: Table =
+    Table { name: "cohort_revenue", keys: &["tenant_id", "gran", "cohort", "idx", "currency"], sums: &["revenue"] };
+/// Spells of being a customer, by the days they started and ended (`contribution::OPEN`
+/// while open), per basis (`contribution::SPELL_BASES`): churn and customers at a moment.
+pub const CUSTOMER_SPELLS: Table = Table {
+    name: "customer_spells",
+    keys: &["tenant_id", "model_id", "basis", "channel", "campaign", "start_day", "end_day"],
+    sums: &["n"],
+};
+/// The same spells per contact (segment queries).
+pub const CONTACT_SPELLS: Table = Table {
+    name: "contact_spells",
+    keys: &["tenant_id", "contact_id", "model_id", "basis", "start_day", "end_day"],
+    sums: &["n"],
+};
 pub const COHORT_SIZES: Table = Table { name: "cohort_sizes", keys: &["tenant_id", "gran", "cohort"], sums: &["n"] };
 pub const COHORT_LAST: Table =
     Table { name: "cohort_last", keys: &["tenant_id", "gran", "cohort", "last_idx"], sums: &["n"] };
 pub const PERIOD_COUNTS: Table =
     Table { name: "period_counts", keys: &["tenant_id", "gran", "period"], sums: &["active", "returners", "firsts"] };
 
-/// One key column's value.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Key {
-    S(String),
-    I(i64),
-}
+pub use crate::domain::contribution::Key;
 
-impl From<&str> for Key {
-    fn from(s: &str) -> Self {
-        Self::S(s.to_owned())
-    }
-}
-
-impl From<i64> for Key {
-    fn from(i: i64) -> Self {
-        Self::I(i)
-    }
-}
-
-impl Key {
-    fn value(&self) -> Value {
-        match self {
-            Self::S(s) => s.as_str().into(),
-            Self::I(i) => (*i).into(),
-        }
+fn value(k: &Key) -> Value {
+    match k {
+        Key::S(s) => s.as_str().into(),
+        Key::I(i) => (*i).into(),
     }
 }
 
@@ -136,7 +136,8 @@ pub async fn deferred<T>(db: &impl ConnectionTrait, work: impl Future<Output = R
         .await
 }
 
-fn by_name(name: &str) -> &'static Table {
+/// The table named `name` (one of the aggregates above).
+pub fn by_name(name: &str) -> &'static Table {
     [
         &KPI_DAILY,
         &CONTACT_KPIS,
@@ -145,9 +146,12 @@ fn by_name(name: &str) -> &'static Table {
         &TIME_HIST,
         &TIME_HIST_ROLL,
         &COHORT_CELLS,
+        &COHORT_REVENUE,
         &COHORT_SIZES,
         &COHORT_LAST,
         &PERIOD_COUNTS,
+        &CUSTOMER_SPELLS,
+        &CONTACT_SPELLS,
     ]
     .into_iter()
     .find(|t| t.name == name)
@@ -181,7 +185,7 @@ async fn upsert(db: &impl ConnectionTrait, t: &Table, rows: &[(Vec<Key>, Vec<i64
     for chunk in rows.chunks((MAX_PARAMS / width).max(1)) {
         let mut vals = Vec::with_capacity(chunk.len() * width);
         for (key, sums) in chunk {
-            vals.extend(key.iter().map(Key::value));
+            vals.extend(key.iter().map(value));
             vals.extend(sums.iter().map(|s| Value::from(*s)));
         }
         let sql = format!(
@@ -190,7 +194,7 @@ async fn upsert(db: &impl ConnectionTrait, t: &Table, rows: &[(Vec<Key>, Vec<i64
             vec![tuple.as_str(); chunk.len()].join(", "),
             t.keys.join(", ")
         );
-        super::model::exec(db, &sql, vals).await?;
+        super::sql::exec(db, &sql, vals).await?;
     }
     Ok(())
 }

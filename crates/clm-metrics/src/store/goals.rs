@@ -3,7 +3,7 @@
 use clm_platform::Result;
 use sea_orm::{ConnectionTrait, QueryResult, Value};
 
-use super::model::{exec, one, rows};
+use super::sql::{exec, one, rows};
 
 /// One goal row; `scope` is the encoded `clm.metrics.v1.MetricsScope`.
 #[derive(Debug, Clone, PartialEq)]

@@ -3,7 +3,9 @@
 pub mod counters;
 pub mod goals;
 pub mod migrations;
-pub mod model;
+pub mod read;
+pub mod sql;
+pub mod write;
 
 pub mod contact_facts {
     use sea_orm::entity::prelude::*;

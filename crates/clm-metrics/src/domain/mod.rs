@@ -4,6 +4,8 @@
 
 use chrono::{Datelike, Months, NaiveDate, TimeZone, Utc};
 
+pub mod contribution;
+
 pub const DAY: i64 = 86_400_000_000;
 
 /// Calendar granularity of periods (UTC; weeks start on Monday).

@@ -1,5 +1,7 @@
 //! Schema migrations of the metrics database: the read model built from events, and the inbox.
 
+mod ledger;
+
 use sea_orm_migration::prelude::*;
 
 #[derive(Debug)]
@@ -19,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(M0006PurchaseOrders),
             Box::new(clm_platform::events::ordering::InboxPositionsMigration),
             Box::new(clm_platform::events::prune::InboxAgeIndexMigration),
+            Box::new(ledger::M0007Ledger),
         ]
     }
 }
@@ -247,6 +250,11 @@ pub const READ_MODEL_TABLES: &[&str] = &[
     "funnel_roll",
     "time_hist_roll",
     "purchase_orders",
+    "cohort_revenue",
+    "customer_spells",
+    "contact_spells",
+    "ledger_transitions",
+    "ledger_events",
 ];
 
 #[async_trait::async_trait]
@@ -380,7 +388,7 @@ impl MigrationTrait for M0004PeriodIndex {
 }
 
 /// Roll-ups of the funnel and the duration histograms over aligned blocks of days
-/// (`store::model::ROLL_SPANS`): a range's unfiltered funnel and histograms read a few dozen
+/// (`contribution::ROLL_SPANS`): a range's unfiltered funnel and histograms read a few dozen
 /// blocks instead of every day × channel × campaign cell. Filled from the existing cells.
 struct M0005RollUps;
 
@@ -416,7 +424,7 @@ impl MigrationTrait for M0005RollUps {
             c.primary_key(&mut p);
             m.create_table(c).await?;
         }
-        super::model::fill_roll_ups(m.get_connection(), None).await.map_err(|e| DbErr::Migration(e.to_string()))
+        fill_roll_ups(m.get_connection()).await.map_err(|e| DbErr::Migration(e.to_string()))
     }
 
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
@@ -456,4 +464,33 @@ impl MigrationTrait for M0006PurchaseOrders {
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
         m.drop_table(Table::drop().table(Alias::new("purchase_orders")).to_owned()).await
     }
+}
+
+/// Build the roll-ups from the day cells (`funnel_cells`, `time_hist`) as they were when
+/// M0005 added them (the handlers keep them since).
+async fn fill_roll_ups(db: &impl sea_orm::ConnectionTrait) -> clm_platform::Result<()> {
+    use crate::domain::contribution::ROLL_SPANS;
+    let block_sql = |col: &str, span: i64| {
+        let p = span * crate::domain::DAY;
+        format!("({col} - ((({col} % {p}) + {p}) % {p}))")
+    };
+    for span in ROLL_SPANS {
+        let b = block_sql("cohort_day", span);
+        db.execute_unprepared(&format!(
+            "INSERT INTO funnel_roll (tenant_id, model_id, span_days, cohort_day, stage_key, delay_days, n) \
+             SELECT tenant_id, model_id, {span}, {b}, stage_key, delay_days, SUM(n) FROM funnel_cells \
+             GROUP BY tenant_id, model_id, {b}, stage_key, delay_days"
+        ))
+        .await?;
+        if span > 1 {
+            let b = block_sql("day", span);
+            db.execute_unprepared(&format!(
+                "INSERT INTO time_hist_roll (tenant_id, model_id, name, span_days, day, bucket, n) \
+                 SELECT tenant_id, model_id, name, {span}, {b}, bucket, SUM(n) FROM time_hist \
+                 GROUP BY tenant_id, model_id, name, {b}, bucket"
+            ))
+            .await?;
+        }
+    }
+    Ok(())
 }

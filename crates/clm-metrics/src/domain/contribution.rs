@@ -1,0 +1,680 @@
+//! A contact's contribution to the read model, as a pure function of what is known about it:
+//! its facts (channel, campaign, acquisition time and cost), its stage transitions in every
+//! model (as lifecycle last published them) and its activity (purchases, referrals, reviews,
+//! survey answers, other journey events).
+//!
+//! The aggregates are the sum of every contact's contribution. When an event about a contact
+//! arrives, the write side computes the contact's contribution before and after it and adds
+//! the difference (`store::write`). The contribution depends only on the *set* of facts, sorted
+//! here by business time, never on the order they arrived in: a backdated purchase, a late
+//! contact event, a shuffled replay or a duplicate all end in the numbers the same events give
+//! in time order. Definitions: `docs/metrics.md`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{DAY, Gran, bucket, day, period_index, period_start};
+
+/// One key column's value of an aggregate row.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Key {
+    S(String),
+    I(i64),
+}
+
+impl From<&str> for Key {
+    fn from(s: &str) -> Self {
+        Self::S(s.to_owned())
+    }
+}
+
+impl From<&String> for Key {
+    fn from(s: &String) -> Self {
+        Self::S(s.clone())
+    }
+}
+
+impl From<i64> for Key {
+    fn from(i: i64) -> Self {
+        Self::I(i)
+    }
+}
+
+/// A stage's category, as lifecycle publishes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Category {
+    Prospect,
+    Customer,
+    Lost,
+}
+
+impl Category {
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "customer" => Self::Customer,
+            "lost" => Self::Lost,
+            _ => Self::Prospect,
+        }
+    }
+
+    pub fn key(self) -> &'static str {
+        match self {
+            Self::Prospect => "prospect",
+            Self::Customer => "customer",
+            Self::Lost => "lost",
+        }
+    }
+}
+
+/// A stage's role: dormant and churned stages are the lost ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Normal,
+    Dormant,
+    Churned,
+    Reactivated,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "dormant" => Self::Dormant,
+            "churned" => Self::Churned,
+            "reactivated" => Self::Reactivated,
+            _ => Self::Normal,
+        }
+    }
+
+    pub fn key(self) -> &'static str {
+        match self {
+            Self::Normal => "",
+            Self::Dormant => "dormant",
+            Self::Churned => "churned",
+            Self::Reactivated => "reactivated",
+        }
+    }
+}
+
+/// What metrics knows of a contact from contact events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Facts {
+    pub channel: String,
+    pub campaign: String,
+    /// Acquisition time (else creation time); `None` before the contact's create event.
+    pub acquired: Option<i64>,
+    /// Acquisition cost: (currency, µ-units).
+    pub cost: Option<(String, i64)>,
+}
+
+impl Default for Facts {
+    /// A contact not heard of yet: its counts are attributed to channel "unknown" until its
+    /// create event arrives, which moves them.
+    fn default() -> Self {
+        Self { channel: "unknown".into(), campaign: String::new(), acquired: None, cost: None }
+    }
+}
+
+/// A stage transition as lifecycle published it (retracted ones are gone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub id: String,
+    pub model: String,
+    /// Index in the contact's journey when published: orders transitions of the same instant.
+    pub seq: i64,
+    pub at: i64,
+    pub to_stage: String,
+    pub to_category: Category,
+    pub to_role: Role,
+    /// Position of the stage in its model (0 = the entry stage).
+    pub position: i64,
+    pub reactivation: bool,
+}
+
+/// A survey's kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Survey {
+    Nps,
+    Csat,
+    Ces,
+    Custom,
+}
+
+impl Survey {
+    pub fn key(self) -> &'static str {
+        match self {
+            Self::Nps => "nps",
+            Self::Csat => "csat",
+            Self::Ces => "ces",
+            Self::Custom => "custom",
+        }
+    }
+
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "nps" => Self::Nps,
+            "csat" => Self::Csat,
+            "ces" => Self::Ces,
+            _ => Self::Custom,
+        }
+    }
+}
+
+/// What a contact did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Activity {
+    Purchase {
+        amount: i64,
+        currency: String,
+    },
+    Referral,
+    Review,
+    /// A complete, scored survey response (NPS 0-10, CSAT 1-5, CES 1-7).
+    Score {
+        survey: Survey,
+        score: i32,
+    },
+    /// Any other journey event (a touchpoint, a custom event).
+    Other,
+}
+
+impl Activity {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Purchase { .. } => "purchase",
+            Self::Referral => "referral",
+            Self::Review => "review",
+            Self::Score { survey, .. } => survey.key(),
+            Self::Other => "other",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub id: String,
+    pub at: i64,
+    pub what: Activity,
+}
+
+/// The two meanings of "a customer left", both kept (`metrics.dormancy_is_churn` picks one):
+/// `lost` — leaving the customer category for any stage (dormancy included); `churned` — only
+/// a churned-role stage (or a move back to a prospect stage) ends the customer's spell; a
+/// dormant customer who comes back has not left.
+pub const SPELL_BASES: [&str; 2] = ["lost", "churned"];
+
+/// The day an open spell "ends": after every range.
+pub const OPEN: i64 = i64::MAX;
+
+/// The funnel and histograms are also kept by blocks of these many days (see `store::read`).
+pub const ROLL_SPANS: [i64; 3] = [1, 16, 256];
+
+/// Funnel delays are kept per day up to a month, then at these boundaries (days).
+pub const DELAY_STEPS: [i64; 15] = [35, 42, 49, 56, 60, 70, 80, 90, 105, 120, 150, 180, 270, 365, 3660];
+
+/// The stored delay of a reach `days` after entry: exact to 31 days, else the next boundary.
+pub fn delay_bucket(days: i64) -> i64 {
+    if days <= 31 { days.max(0) } else { DELAY_STEPS.iter().copied().find(|s| *s >= days).unwrap_or(3660) }
+}
+
+/// The delays a window of `days` covers: exact to 31 days, else rounded down to a boundary.
+pub fn window_bucket(days: i64) -> i64 {
+    if days <= 31 { days.max(0) } else { DELAY_STEPS.iter().copied().filter(|s| *s <= days).max().unwrap_or(31) }
+}
+
+/// Start of the block of `span` days holding `at` (blocks aligned on the epoch).
+pub fn block(at: i64, span: i64) -> i64 {
+    at.div_euclid(span * DAY) * span * DAY
+}
+
+/// Granularities of active periods, and of cohorts.
+pub const ACTIVITY_GRANS: [Gran; 3] = [Gran::Day, Gran::Week, Gran::Month];
+pub const COHORT_GRANS: [Gran; 2] = [Gran::Week, Gran::Month];
+
+/// Aggregate cells: (table, key) → deltas, one per summed column of the table.
+pub type Cells = BTreeMap<(&'static str, Vec<Key>), Vec<i64>>;
+
+/// A contact's first reach of a stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reach {
+    pub model: String,
+    pub stage: String,
+    pub first_time: i64,
+    /// Time from entering the previous stage (none for the contact's first stage).
+    pub took: Option<i64>,
+}
+
+/// Where a contact stands in a model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Now {
+    pub model: String,
+    pub stage: String,
+    pub category: Category,
+    pub enter_time: i64,
+    pub lead_time: Option<i64>,
+    pub customer_time: Option<i64>,
+    /// Time to close (µs), counted on the day of `customer_time`.
+    pub close_took: Option<i64>,
+}
+
+/// A contact's purchase and advocacy facts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Customer {
+    pub first_purchase: Option<i64>,
+    pub last_purchase: Option<i64>,
+    /// Orders in every currency.
+    pub orders: i64,
+    /// The contact's main currency (the one it spent most in), its revenue and orders there.
+    pub currency: String,
+    pub revenue: i64,
+    pub currency_orders: i64,
+    pub referrals: i64,
+    pub reviews: i64,
+    pub last_nps: Option<i64>,
+}
+
+/// One active period of a contact: orders and revenue in `currency` ("" with no purchase).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Period {
+    pub gran: &'static str,
+    pub period: i64,
+    pub currency: String,
+    pub orders: i64,
+    pub revenue: i64,
+}
+
+/// A contact's per-contact rows (what segment queries read) and its aggregate cells.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Contribution {
+    pub cells: Cells,
+    pub reaches: Vec<Reach>,
+    pub now: Vec<Now>,
+    pub customer: Option<Customer>,
+    pub periods: Vec<Period>,
+}
+
+/// Builds one contact's cells.
+struct Builder<'a> {
+    tenant: &'a str,
+    contact: &'a str,
+    facts: &'a Facts,
+    cells: Cells,
+}
+
+impl Builder<'_> {
+    fn add(&mut self, table: &'static str, key: Vec<Key>, deltas: &[i64]) {
+        let e = self.cells.entry((table, key)).or_insert_with(|| vec![0; deltas.len()]);
+        for (a, d) in e.iter_mut().zip(deltas) {
+            *a = a.saturating_add(*d);
+        }
+    }
+
+    /// A KPI counter on the day of `at`, attributed to the contact's channel and campaign, in
+    /// the tenant's aggregate and the contact's own row.
+    fn kpi(&mut self, name: &str, model: &str, at: i64, currency: &str, n: i64, s: i64) {
+        let (t, c, f) = (self.tenant, self.contact, self.facts);
+        let tail = [
+            Key::from(name),
+            model.into(),
+            day(at).into(),
+            f.channel.as_str().into(),
+            f.campaign.as_str().into(),
+            currency.into(),
+        ];
+        let mut key = vec![Key::from(t)];
+        key.extend(tail.iter().cloned());
+        self.add("kpi_daily", key, &[n, s]);
+        let mut key = vec![Key::from(t), c.into()];
+        key.extend(tail);
+        self.add("contact_kpis", key, &[n, s]);
+    }
+
+    fn hist(&mut self, model: &str, name: &str, at: i64, took: i64) {
+        let (t, f) = (self.tenant, self.facts);
+        let b = bucket(took);
+        let key = vec![
+            t.into(),
+            model.into(),
+            name.into(),
+            day(at).into(),
+            f.channel.as_str().into(),
+            f.campaign.as_str().into(),
+            b.into(),
+        ];
+        self.add("time_hist", key, &[1]);
+        for span in ROLL_SPANS.into_iter().filter(|s| *s > 1) {
+            let key = vec![t.into(), model.into(), name.into(), span.into(), block(at, span).into(), b.into()];
+            self.add("time_hist_roll", key, &[1]);
+        }
+    }
+
+    fn funnel(&mut self, model: &str, entry: i64, stage: &str, at: i64) {
+        let (t, f) = (self.tenant, self.facts);
+        let delay = delay_bucket((at - entry).max(0) / DAY);
+        let key = vec![
+            t.into(),
+            model.into(),
+            day(entry).into(),
+            f.channel.as_str().into(),
+            f.campaign.as_str().into(),
+            stage.into(),
+            delay.into(),
+        ];
+        self.add("funnel_cells", key, &[1]);
+        for span in ROLL_SPANS {
+            let key = vec![t.into(), model.into(), span.into(), block(entry, span).into(), stage.into(), delay.into()];
+            self.add("funnel_roll", key, &[1]);
+        }
+    }
+
+    fn spell(&mut self, model: &str, basis: &str, start: i64, end: Option<i64>) {
+        let (t, c, f) = (self.tenant, self.contact, self.facts);
+        let (s, e) = (day(start), end.map_or(OPEN, day));
+        let key = vec![
+            t.into(),
+            model.into(),
+            basis.into(),
+            f.channel.as_str().into(),
+            f.campaign.as_str().into(),
+            s.into(),
+            e.into(),
+        ];
+        self.add("customer_spells", key, &[1]);
+        self.add("contact_spells", vec![t.into(), c.into(), model.into(), basis.into(), s.into(), e.into()], &[1]);
+    }
+}
+
+/// The contribution of contact `contact` of `tenant`.
+pub fn contribution(
+    tenant: &str,
+    contact: &str,
+    facts: &Facts,
+    transitions: &[Transition],
+    events: &[Event],
+) -> Contribution {
+    let mut b = Builder { tenant, contact, facts, cells: Cells::new() };
+    let mut out = Contribution::default();
+    // The contact itself.
+    if let Some(at) = facts.acquired {
+        b.kpi("new_contacts", "", at, "", 1, 0);
+        if let Some((currency, cost)) = &facts.cost {
+            b.kpi("acquisition_cost", "", at, currency, 1, *cost);
+        }
+    }
+    let mut events: Vec<&Event> = events.iter().collect();
+    events.sort_by(|a, b| (a.at, &a.id).cmp(&(b.at, &b.id)));
+    let first_referral = events.iter().find(|e| e.what == Activity::Referral).map(|e| e.at);
+    // Journeys, one model at a time.
+    let models: BTreeSet<&str> = transitions.iter().map(|t| t.model.as_str()).collect();
+    for model in models {
+        let mut ts: Vec<&Transition> = transitions.iter().filter(|t| t.model == model).collect();
+        ts.sort_by(|a, b| (a.at, a.seq, &a.id).cmp(&(b.at, b.seq, &b.id)));
+        journey(&mut b, &mut out, model, &ts, first_referral);
+    }
+    activity(&mut b, &mut out, &events);
+    out.cells = b.cells;
+    out
+}
+
+/// One model's journey: reaches, funnel, durations, leads and customers, movements, spells.
+fn journey(b: &mut Builder<'_>, out: &mut Contribution, model: &str, ts: &[&Transition], first_referral: Option<i64>) {
+    let Some(last) = ts.last() else { return };
+    let mut reaches: Vec<Reach> = Vec::new();
+    let (mut lead, mut customer) = (None, None);
+    // Open spells per basis: the time the current one started.
+    let mut open: [Option<i64>; 2] = [None, None];
+    let mut prev: Option<&Transition> = None;
+    for t in ts {
+        let from = prev.map(|p| p.to_category);
+        if !reaches.iter().any(|r| r.stage == t.to_stage) {
+            let took = prev.map(|p| t.at - p.at);
+            reaches.push(Reach { model: model.to_owned(), stage: t.to_stage.clone(), first_time: t.at, took });
+            if let Some(took) = took {
+                b.hist(model, &t.to_stage, t.at, took);
+            }
+        }
+        // A lead: the first stage reached past the model's entry stage (its first one), lost
+        // stages aside; a contact whose first stage is already past the entry is a lead then.
+        if lead.is_none() && t.position > 0 && t.to_category != Category::Lost {
+            lead = Some(t.at);
+        }
+        if customer.is_none() && t.to_category == Category::Customer {
+            customer = Some(t.at);
+        }
+        let (into, out_of) = (
+            from != Some(Category::Customer) && t.to_category == Category::Customer,
+            from == Some(Category::Customer) && t.to_category != Category::Customer,
+        );
+        if into {
+            b.kpi("customers_in", model, t.at, "", 1, 0);
+        }
+        if out_of {
+            b.kpi("customers_out", model, t.at, "", 1, 0);
+        }
+        match t.to_role {
+            Role::Dormant => b.kpi("dormant", model, t.at, "", 1, 0),
+            Role::Churned => b.kpi("churned", model, t.at, "", 1, 0),
+            _ => {}
+        }
+        if t.reactivation {
+            b.kpi("reactivated", model, t.at, "", 1, 0);
+        }
+        // Spells of being a customer. `lost`: in the customer category. `churned`: from
+        // entering it until a churned stage or a prospect stage; dormancy pauses it.
+        if t.to_category == Category::Customer {
+            open[0].get_or_insert(t.at);
+            open[1].get_or_insert(t.at);
+        } else {
+            if let Some(start) = open[0].take() {
+                b.spell(model, SPELL_BASES[0], start, Some(t.at));
+            }
+            if t.to_role != Role::Dormant
+                && let Some(start) = open[1].take()
+            {
+                b.spell(model, SPELL_BASES[1], start, Some(t.at));
+            }
+        }
+        prev = Some(t);
+    }
+    for (i, start) in open.iter().enumerate() {
+        if let Some(start) = start {
+            b.spell(model, SPELL_BASES[i], *start, None);
+        }
+    }
+    // The funnel: the cohort is the day the contact entered the model (its earliest reach).
+    let entry = reaches.iter().map(|r| r.first_time).min().unwrap_or(last.at);
+    for r in &reaches {
+        b.funnel(model, entry, &r.stage, r.first_time);
+    }
+    if let Some(l) = lead {
+        b.kpi("leads", model, l, "", 1, 0);
+        if customer.is_some() {
+            b.kpi("leads_won", model, l, "", 1, 0);
+        }
+    }
+    let mut close_took = None;
+    if let Some(c) = customer {
+        // Time to close: from becoming a lead; a contact who became one by becoming a
+        // customer is measured from its acquisition (0 when that is unknown or later).
+        let base = lead.filter(|l| *l < c).or(b.facts.acquired.filter(|a| *a < c)).unwrap_or(c);
+        let took = c - base;
+        close_took = Some(took);
+        b.kpi("new_customers", model, c, "", 1, took);
+        b.hist(model, "__time_to_close", c, took);
+        if let Some(at) = b.facts.acquired {
+            b.kpi("new_contacts_won", model, at, "", 1, 0);
+        }
+        if let Some(r) = first_referral {
+            b.kpi("customer_referrers", model, c.max(r), "", 1, 0);
+        }
+    }
+    out.reaches.extend(reaches);
+    out.now.push(Now {
+        model: model.to_owned(),
+        stage: last.to_stage.clone(),
+        category: last.to_category,
+        enter_time: last.at,
+        lead_time: lead,
+        customer_time: customer,
+        close_took,
+    });
+}
+
+/// Purchases, advocacy, survey answers, active periods and cohorts (events sorted by time).
+fn activity(b: &mut Builder<'_>, out: &mut Contribution, events: &[&Event]) {
+    let mut c = Customer::default();
+    let mut by_currency: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+    for e in events {
+        match &e.what {
+            Activity::Purchase { amount, currency } => {
+                b.kpi("revenue", "", e.at, currency, 1, *amount);
+                b.kpi("orders", "", e.at, "", 1, 0);
+                if c.orders == 0 {
+                    b.kpi("first_purchases", "", e.at, currency, 1, *amount);
+                    b.kpi("buyers", "", e.at, "", 1, 0);
+                    c.first_purchase = Some(e.at);
+                } else {
+                    b.kpi("repeat_orders", "", e.at, "", 1, 0);
+                }
+                if c.orders == 1 {
+                    b.kpi("repeat_customers", "", e.at, "", 1, 0);
+                }
+                let cur = by_currency.entry(currency.as_str()).or_default();
+                if cur.0 == 0 {
+                    b.kpi("currency_buyers", "", e.at, currency, 1, 0);
+                }
+                cur.0 += 1;
+                cur.1 = cur.1.saturating_add(*amount);
+                c.orders += 1;
+                c.last_purchase = Some(e.at);
+            }
+            Activity::Referral => {
+                b.kpi("referrals", "", e.at, "", 1, 0);
+                if c.referrals == 0 {
+                    b.kpi("referrers", "", e.at, "", 1, 0);
+                }
+                c.referrals += 1;
+            }
+            Activity::Review => {
+                b.kpi("reviews", "", e.at, "", 1, 0);
+                if c.reviews == 0 {
+                    b.kpi("reviewers", "", e.at, "", 1, 0);
+                }
+                c.reviews += 1;
+            }
+            Activity::Score { survey, score } => {
+                let s = i64::from(*score);
+                match survey {
+                    Survey::Nps => {
+                        b.kpi("nps_total", "", e.at, "", 1, s);
+                        if *score >= 9 {
+                            b.kpi("nps_promoters", "", e.at, "", 1, 0);
+                        } else if *score <= 6 {
+                            b.kpi("nps_detractors", "", e.at, "", 1, 0);
+                        }
+                        c.last_nps = Some(s);
+                    }
+                    Survey::Csat => {
+                        b.kpi("csat_total", "", e.at, "", 1, s);
+                        if *score >= 4 {
+                            b.kpi("csat_satisfied", "", e.at, "", 1, 0);
+                        }
+                    }
+                    Survey::Ces => {
+                        b.kpi("ces_total", "", e.at, "", 1, s);
+                        if *score >= 5 {
+                            b.kpi("ces_easy", "", e.at, "", 1, 0);
+                        }
+                    }
+                    Survey::Custom => {}
+                }
+            }
+            Activity::Other => {}
+        }
+    }
+    // The main currency: most spent (then by code).
+    if let Some((cur, (orders, revenue))) = by_currency.iter().max_by(|a, b| (a.1.1, b.0).cmp(&(b.1.1, a.0))) {
+        c.currency = (*cur).to_owned();
+        c.revenue = *revenue;
+        c.currency_orders = *orders;
+    }
+    let known = !events.is_empty();
+    // Active periods: any activity (journey events, purchases, reviews, survey answers).
+    for g in ACTIVITY_GRANS {
+        // period → currency → (orders, revenue)
+        let mut periods: BTreeMap<i64, BTreeMap<&str, (i64, i64)>> = BTreeMap::new();
+        for e in events {
+            let p = periods.entry(period_start(e.at, g)).or_default();
+            if let Activity::Purchase { amount, currency } = &e.what {
+                let x = p.entry(currency.as_str()).or_default();
+                x.0 += 1;
+                x.1 = x.1.saturating_add(*amount);
+            }
+        }
+        let first = periods.keys().next().copied();
+        for (p, money) in &periods {
+            let previous = period_start(p - 1, g);
+            let returning = i64::from(periods.contains_key(&previous));
+            let is_first = i64::from(first == Some(*p));
+            b.add("period_counts", vec![b.tenant.into(), g.key().into(), (*p).into()], &[1, returning, is_first]);
+            if money.is_empty() {
+                out.periods.push(Period { gran: g.key(), period: *p, currency: String::new(), orders: 0, revenue: 0 });
+            }
+            for (cur, (orders, revenue)) in money {
+                out.periods.push(Period {
+                    gran: g.key(),
+                    period: *p,
+                    currency: (*cur).to_owned(),
+                    orders: *orders,
+                    revenue: *revenue,
+                });
+            }
+        }
+        // Cohorts by the period of the first purchase.
+        let Some(first_purchase) = c.first_purchase.filter(|_| g != Gran::Day) else { continue };
+        let cohort = period_start(first_purchase, g);
+        let t = b.tenant;
+        b.add("cohort_sizes", vec![t.into(), g.key().into(), cohort.into()], &[1]);
+        let mut last = None;
+        for (p, money) in &periods {
+            let idx = period_index(cohort, *p, g);
+            if idx < 0 {
+                continue;
+            }
+            b.add("cohort_cells", vec![t.into(), g.key().into(), cohort.into(), idx.into()], &[1]);
+            for (cur, (_, revenue)) in money {
+                b.add(
+                    "cohort_revenue",
+                    vec![t.into(), g.key().into(), cohort.into(), idx.into(), (*cur).into()],
+                    &[*revenue],
+                );
+            }
+            last = last.max(Some(idx));
+        }
+        if let Some(l) = last {
+            b.add("cohort_last", vec![t.into(), g.key().into(), cohort.into(), l.into()], &[1]);
+        }
+    }
+    if known {
+        out.customer = Some(c);
+    }
+}
+
+/// What to add to the aggregates when a contact's contribution changes from `old` to `new`:
+/// `new − old` per cell, cells whose difference is zero left out.
+pub fn diff(old: &Cells, new: &Cells) -> Vec<(&'static str, Vec<Key>, Vec<i64>)> {
+    let mut out = Vec::new();
+    for ((table, key), n) in new {
+        let d: Vec<i64> = match old.get(&(table, key.clone())) {
+            Some(o) => n.iter().zip(o).map(|(a, b)| a.saturating_sub(*b)).collect(),
+            None => n.clone(),
+        };
+        if d.iter().any(|x| *x != 0) {
+            out.push((*table, key.clone(), d));
+        }
+    }
+    for ((table, key), o) in old {
+        if !new.contains_key(&(table, key.clone())) {
+            out.push((*table, key.clone(), o.iter().map(|x| x.saturating_neg()).collect()));
+        }
+    }
+    out
+}

@@ -1,0 +1,214 @@
+//! The ledger: what metrics has heard about each contact, as facts keyed by their id — its
+//! stage transitions as lifecycle last published them (`ledger_transitions`; a retraction
+//! deletes one) and its activity (`ledger_events`: purchases, referrals, reviews, survey
+//! answers, other journey events) — plus `contact_facts`. A contact's contribution to the
+//! aggregates is computed from these (`domain::contribution`), so it depends on the set of
+//! facts, not on the order they arrived in.
+
+use std::collections::HashMap;
+
+use clm_platform::{Result, TenantId};
+use sea_orm::ConnectionTrait;
+
+use crate::domain::contribution::{Activity, Category, Event, Facts, Role, Survey, Transition};
+use crate::store::sql::{exec, rows, v};
+
+/// Most contact ids one statement binds.
+pub const ID_CHUNK: usize = 2_000;
+
+/// Everything known about one contact.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Known {
+    pub facts: Facts,
+    pub transitions: Vec<Transition>,
+    pub events: Vec<Event>,
+}
+
+fn marks(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
+/// What is known about each of `contacts` (every one of them gets an entry).
+pub async fn load(db: &impl ConnectionTrait, tenant: &TenantId, contacts: &[String]) -> Result<HashMap<String, Known>> {
+    let mut out: HashMap<String, Known> = contacts.iter().map(|c| (c.clone(), Known::default())).collect();
+    for ids in contacts.chunks(ID_CHUNK) {
+        let mut vals = vec![v(tenant.as_str())];
+        vals.extend(ids.iter().map(|i| v(i.as_str())));
+        let m = marks(ids.len());
+        for r in rows(
+            db,
+            &format!(
+                "SELECT contact_id, acquisition_channel, campaign, create_time, acquire_time, cost_currency, cost_micros \
+                 FROM contact_facts WHERE tenant_id = ? AND contact_id IN ({m})"
+            ),
+            vals.clone(),
+        )
+        .await?
+        {
+            let id: String = r.try_get("", "contact_id")?;
+            let cost = r.try_get::<Option<String>>("", "cost_currency")?.zip(r.try_get::<Option<i64>>("", "cost_micros")?);
+            if let Some(k) = out.get_mut(&id) {
+                k.facts = Facts {
+                    channel: r.try_get("", "acquisition_channel")?,
+                    campaign: r.try_get("", "campaign")?,
+                    acquired: Some(
+                        r.try_get::<Option<i64>>("", "acquire_time")?.unwrap_or(r.try_get::<i64>("", "create_time")?),
+                    ),
+                    cost,
+                };
+            }
+        }
+        for r in rows(
+            db,
+            &format!(
+                "SELECT contact_id, transition_id, model_id, seq, at, to_stage, to_category, to_role, position, reactivation \
+                 FROM ledger_transitions WHERE tenant_id = ? AND contact_id IN ({m})"
+            ),
+            vals.clone(),
+        )
+        .await?
+        {
+            let id: String = r.try_get("", "contact_id")?;
+            if let Some(k) = out.get_mut(&id) {
+                k.transitions.push(Transition {
+                    id: r.try_get("", "transition_id")?,
+                    model: r.try_get("", "model_id")?,
+                    seq: r.try_get("", "seq")?,
+                    at: r.try_get("", "at")?,
+                    to_stage: r.try_get("", "to_stage")?,
+                    to_category: Category::parse(&r.try_get::<String>("", "to_category")?),
+                    to_role: Role::parse(&r.try_get::<String>("", "to_role")?),
+                    position: r.try_get("", "position")?,
+                    reactivation: r.try_get::<i64>("", "reactivation")? != 0,
+                });
+            }
+        }
+        for r in rows(
+            db,
+            &format!(
+                "SELECT contact_id, event_id, kind, at, amount, currency, score \
+                 FROM ledger_events WHERE tenant_id = ? AND contact_id IN ({m})"
+            ),
+            vals,
+        )
+        .await?
+        {
+            let id: String = r.try_get("", "contact_id")?;
+            let kind: String = r.try_get("", "kind")?;
+            let score = r.try_get::<Option<i64>>("", "score")?.unwrap_or(0);
+            let what = match kind.as_str() {
+                "purchase" => Activity::Purchase {
+                    amount: r.try_get::<Option<i64>>("", "amount")?.unwrap_or(0),
+                    currency: r.try_get("", "currency")?,
+                },
+                "referral" => Activity::Referral,
+                "review" => Activity::Review,
+                "nps" | "csat" | "ces" => {
+                    Activity::Score { survey: Survey::parse(&kind), score: i32::try_from(score).unwrap_or(0) }
+                }
+                _ => Activity::Other,
+            };
+            if let Some(k) = out.get_mut(&id) {
+                k.events.push(Event { id: r.try_get("", "event_id")?, at: r.try_get("", "at")?, what });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Record a transition (again: its latest publication wins).
+pub async fn put_transition(db: &impl ConnectionTrait, tenant: &TenantId, contact: &str, t: &Transition) -> Result<()> {
+    exec(
+        db,
+        "INSERT INTO ledger_transitions (tenant_id, contact_id, transition_id, model_id, seq, at, to_stage, to_category, \
+         to_role, position, reactivation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (tenant_id, contact_id, transition_id) DO UPDATE SET model_id = excluded.model_id, \
+         seq = excluded.seq, at = excluded.at, to_stage = excluded.to_stage, to_category = excluded.to_category, \
+         to_role = excluded.to_role, position = excluded.position, reactivation = excluded.reactivation",
+        vec![
+            v(tenant.as_str()),
+            v(contact),
+            v(t.id.as_str()),
+            v(t.model.as_str()),
+            v(t.seq),
+            v(t.at),
+            v(t.to_stage.as_str()),
+            v(t.to_category.key()),
+            v(t.to_role.key()),
+            v(t.position),
+            v(i64::from(t.reactivation)),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Forget a transition lifecycle retracted.
+pub async fn retract_transition(db: &impl ConnectionTrait, tenant: &TenantId, contact: &str, id: &str) -> Result<()> {
+    exec(
+        db,
+        "DELETE FROM ledger_transitions WHERE tenant_id = ? AND contact_id = ? AND transition_id = ?",
+        vec![v(tenant.as_str()), v(contact), v(id)],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Record an activity (once per id).
+pub async fn put_event(db: &impl ConnectionTrait, tenant: &TenantId, contact: &str, e: &Event) -> Result<()> {
+    let (amount, currency, score) = match &e.what {
+        Activity::Purchase { amount, currency } => (Some(*amount), currency.as_str(), None),
+        Activity::Score { score, .. } => (None, "", Some(i64::from(*score))),
+        _ => (None, "", None),
+    };
+    exec(
+        db,
+        "INSERT INTO ledger_events (tenant_id, contact_id, event_id, kind, at, amount, currency, score) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant_id, contact_id, event_id) DO NOTHING",
+        vec![
+            v(tenant.as_str()),
+            v(contact),
+            v(e.id.as_str()),
+            v(e.what.kind()),
+            v(e.at),
+            v(amount),
+            v(currency),
+            v(score),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Record that a purchase with this order id was counted; false when it was already (the same
+/// sale: count it once).
+pub async fn claim_order(db: &impl ConnectionTrait, tenant: &TenantId, order_id: &str) -> Result<bool> {
+    let n = exec(
+        db,
+        "INSERT INTO purchase_orders (tenant_id, order_id) VALUES (?, ?) ON CONFLICT (tenant_id, order_id) DO NOTHING",
+        vec![v(tenant.as_str()), v(order_id)],
+    )
+    .await?;
+    Ok(n == 1)
+}
+
+/// Remember a model's stage as events show it (position, category, role), for the funnel.
+pub async fn put_stage(
+    db: &impl ConnectionTrait,
+    tenant: &TenantId,
+    model: &str,
+    stage: &str,
+    position: i64,
+    category: &str,
+    role: &str,
+) -> Result<()> {
+    exec(
+        db,
+        "INSERT INTO model_stages (tenant_id, model_id, stage_key, position, category, role) VALUES (?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (tenant_id, model_id, stage_key) DO UPDATE SET position = excluded.position, \
+         category = excluded.category, role = excluded.role",
+        vec![v(tenant.as_str()), v(model), v(stage), v(position), v(category), v(role)],
+    )
+    .await?;
+    Ok(())
+}

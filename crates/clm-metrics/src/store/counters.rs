@@ -138,6 +138,11 @@ pub async fn deferred<T>(db: &impl ConnectionTrait, work: impl Future<Output = R
 
 /// The table named `name` (one of the aggregates above).
 pub fn by_name(name: &str) -> &'static Table {
+    by_name_checked(name).expect("every pending row's table is one of these")
+}
+
+/// The aggregate table named `name`, if it is one.
+pub fn by_name_checked(name: &str) -> Option<&'static Table> {
     [
         &KPI_DAILY,
         &CONTACT_KPIS,
@@ -155,7 +160,6 @@ pub fn by_name(name: &str) -> &'static Table {
     ]
     .into_iter()
     .find(|t| t.name == name)
-    .expect("every pending row's table is one of these")
 }
 
 /// `{table}.{col} + excluded.{col}` in SQL, saturating at the ends of BIGINT: a sum never

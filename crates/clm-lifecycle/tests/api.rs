@@ -856,6 +856,65 @@ async fn inactivity_automations_fire_once(backend: Backend) {
     env.done().await;
 }
 
+/// What the scheduler needs when a test runs its rounds by hand (`events::scheduler::tick`).
+fn automator(env: &Env) -> clm_lifecycle::contacts_client::Automator {
+    clm_lifecycle::contacts_client::Automator {
+        publisher: clm_lifecycle::events::Publisher::new(clm_platform::events::outbox::OutboxWriter::new("lifecycle")),
+        contacts: clm_lifecycle::contacts_client::ContactsProbe::new(
+            "lifecycle",
+            env.server.url(),
+            std::sync::Arc::default(),
+            &env.settings,
+        ),
+    }
+}
+
+async fn move_to(l: &mut Lc, contact: &str, stage: &str) -> Result<pb::Journey, tonic::Status> {
+    Ok(l.transition_stage(pb::TransitionStageRequest {
+        contact_id: contact.into(),
+        to_stage: stage.into(),
+        reason: "by hand".into(),
+        ..Default::default()
+    })
+    .await?
+    .into_inner()
+    .journey
+    .unwrap())
+}
+
+/// Win-back (#21): a dormant customer moved back by hand into a customer stage comes back
+/// (a reactivation), and the dormancy clock restarts at the move: the contact is not dormant
+/// again at once, and when it is, that is a transition of its own.
+async fn a_dormant_customer_is_won_back_by_hand(backend: Backend) {
+    let Some(env) = Env::start(backend, "winback").await else { return };
+    let (mut c, mut l) = env.clients("acme").await;
+    let id = new_contact(&mut c, "back@example.com").await;
+    record(&mut l, purchase(&id, "o-1", Some(now() - 200 * DAY))).await;
+    assert_eq!(journey(&mut l, &id).await.current_stage, "dormant", "no activity for 200 days");
+    let j = move_to(&mut l, &id, "retention").await.expect("a win-back is a valid move");
+    assert_eq!(stages(&j), vec!["conversion", "dormant", "retention"]);
+    assert_eq!(j.current_stage, "retention");
+    let back = j.transitions.last().unwrap();
+    assert_eq!(back.from_stage, "dormant");
+    assert_eq!(back.cause, pb::TransitionCause::Manual as i32);
+    assert!(back.reactivation, "out of a lost stage: a reactivation");
+    assert_eq!(j.reactivation_count, 1);
+    assert_eq!(journey(&mut l, &id).await, j, "what the move answered is what is stored");
+
+    // The sweep: nothing due the next day; 91 days after the move, dormant again.
+    let db = clm_platform::db::connect(env.lifecycle_url(), &env.settings.database).await.unwrap();
+    let automator = automator(&env);
+    assert_eq!(clm_lifecycle::events::scheduler::tick(&db, &automator, now() + DAY).await.unwrap(), 0);
+    assert_eq!(journey(&mut l, &id).await.current_stage, "retention");
+    assert_eq!(clm_lifecycle::events::scheduler::tick(&db, &automator, now() + 91 * DAY).await.unwrap(), 1);
+    db.close().await.ok();
+    let j = journey(&mut l, &id).await;
+    assert_eq!(stages(&j), vec!["conversion", "dormant", "retention", "dormant"]);
+    let ids: std::collections::HashSet<&str> = j.transitions.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(ids.len(), 4, "every transition has its own id");
+    env.done().await;
+}
+
 fn fields(err: &tonic::Status) -> Vec<String> {
     clm_platform::error::field_violations(err).into_iter().map(|v| v.field).collect()
 }
@@ -1057,6 +1116,7 @@ async fn request_id_reused_for_another_request_fails(backend: Backend) {
 }
 
 clm_platform::backend_tests!(
+    a_dormant_customer_is_won_back_by_hand,
     inactivity_automations_fire_once,
     conditions_on_filters_and_segments,
     survey_responses_drive_the_journey,

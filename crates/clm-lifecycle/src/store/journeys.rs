@@ -493,3 +493,92 @@ pub async fn reassign_contact(db: &impl ConnectionTrait, tenant: &str, from: &st
         .await?;
     Ok(models)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str, seq: i64, from: Option<&str>, to: &str, at: i64) -> transition::Model {
+        transition::Model {
+            id: id.into(),
+            tenant_id: "t".into(),
+            contact_id: "c".into(),
+            model_id: "m".into(),
+            seq,
+            from_stage: from.map(Into::into),
+            to_stage: to.into(),
+            at,
+            cause: "rule:x".into(),
+            cause_ref: String::new(),
+            actor: String::new(),
+            reason: String::new(),
+            reactivation: false,
+        }
+    }
+
+    fn ids<'a>(ts: impl IntoIterator<Item = &'a transition::Model>) -> Vec<&'a str> {
+        ts.into_iter().map(|t| t.id.as_str()).collect()
+    }
+
+    #[test]
+    fn an_unchanged_history_publishes_nothing() {
+        let h = vec![row("a", 0, None, "awareness", 1), row("b", 1, Some("awareness"), "conversion", 5)];
+        let (new, dropped) = diff(&h, h.clone());
+        assert!(new.is_empty() && dropped.is_empty());
+    }
+
+    #[test]
+    fn a_kept_id_with_other_content_is_retracted_then_published_again() {
+        // A lead captured before the purchase: the conversion keeps its id, not its from stage.
+        let before = vec![row("conv", 0, None, "conversion", 10)];
+        let after = vec![row("lead", 0, None, "acquisition", 3), row("conv", 1, Some("acquisition"), "conversion", 10)];
+        let (new, dropped) = diff(&before, after);
+        assert_eq!(ids(&new), vec!["lead", "conv"]);
+        assert_eq!(dropped.len(), 1);
+        assert_eq!((dropped[0].0.id.as_str(), dropped[0].0.from_stage.as_deref()), ("conv", None), "the old version");
+    }
+
+    #[test]
+    fn a_shift_in_position_alone_is_not_a_change_but_a_new_order_among_the_kept_is() {
+        let before = vec![row("a", 0, None, "awareness", 1), row("b", 1, Some("awareness"), "conversion", 5)];
+        // Something inserted before both, the first one's from stage unchanged (a manual start).
+        let mut shifted = vec![row("x", 0, None, "awareness", 0)];
+        shifted.extend(before.iter().cloned().map(|mut t| {
+            t.seq += 1;
+            t
+        }));
+        let (new, dropped) = diff(&before, shifted);
+        assert_eq!(ids(&new), vec!["x"]);
+        assert!(dropped.is_empty());
+        // The same two kept, in the other order.
+        let swapped = vec![row("b", 0, Some("awareness"), "conversion", 5), row("a", 1, None, "awareness", 1)];
+        let (new, dropped) = diff(&before, swapped);
+        assert_eq!(ids(&new), vec!["b", "a"]);
+        assert_eq!(ids(dropped.iter().map(|(t, _)| t)), vec!["a", "b"]);
+    }
+
+    #[test]
+    fn dropped_transitions_carry_when_the_stage_they_left_was_entered() {
+        let before = vec![row("a", 0, None, "awareness", 1), row("b", 1, Some("awareness"), "conversion", 5)];
+        let (new, dropped) = diff(&before, vec![before[0].clone()]);
+        assert!(new.is_empty());
+        assert_eq!(dropped, vec![(before[1].clone(), Some(1))]);
+    }
+
+    #[test]
+    fn identical_transitions_have_ids_of_their_own_and_the_first_keeps_its_id() {
+        let (contact, model) = (Uuid::new_v4(), Uuid::new_v4());
+        let dormancy = Transition {
+            from: Some(StageKey::parse("k", "retention").unwrap()),
+            to: StageKey::parse("k", "dormant").unwrap(),
+            at: 42,
+            cause: Cause::Rule("dormancy"),
+            cause_ref: String::new(),
+            reactivation: false,
+        };
+        let ids = transition_ids(contact, model, &[dormancy.clone(), dormancy.clone(), dormancy.clone()]);
+        assert_eq!(ids[0], transition_id(contact, model, &dormancy, 0), "the id it always had");
+        assert_eq!(ids.iter().collect::<std::collections::HashSet<_>>().len(), 3);
+        assert_eq!(ids, transition_ids(contact, model, &[dormancy.clone(), dormancy.clone(), dormancy]), "stable");
+    }
+}

@@ -1220,7 +1220,7 @@ async fn every_path_runs_automations(backend: Backend) {
 /// contacts answering slowly, another write to the same database goes through meanwhile, and
 /// the conditions still work end to end (a missing segment: the run is FAILED, saying why).
 async fn automations_ask_contacts_outside_the_transaction(backend: Backend) {
-    const SLOW: Duration = Duration::from_millis(2000);
+    const SLOW: Duration = Duration::from_secs(2);
     // Lifecycle reaches contacts through a proxy that holds each new connection for SLOW.
     let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", proxy.local_addr().unwrap());

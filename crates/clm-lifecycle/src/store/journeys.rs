@@ -138,10 +138,8 @@ fn cause_key(c: &Cause) -> String {
 /// stage at the same instant (their `cause_ref` is empty), or a move and a rule landing alike,
 /// are two positions of the history and get two ids. The first keeps the id it always had.
 pub fn transition_id(contact: Uuid, model: Uuid, t: &Transition, repeat: usize) -> Uuid {
-    let mut name = format!("{contact}/{model}/{}/{}/{}/{}", cause_key(&t.cause), t.cause_ref, t.to.as_str(), t.at);
-    if repeat > 0 {
-        name.push_str(&format!("#{repeat}"));
-    }
+    let name = format!("{contact}/{model}/{}/{}/{}/{}", cause_key(&t.cause), t.cause_ref, t.to.as_str(), t.at);
+    let name = if repeat > 0 { format!("{name}#{repeat}") } else { name };
     Uuid::new_v5(&Uuid::NAMESPACE_OID, name.as_bytes())
 }
 

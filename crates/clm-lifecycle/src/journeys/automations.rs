@@ -221,6 +221,12 @@ async fn run_job(
     if !store::automations::claim(&txn, &job.tenant_id, &job.id).await? {
         return Ok(0);
     }
+    // Erased or merged away since the job was owed: nothing runs for it (a move would bring
+    // a journey back).
+    if matches!(store::contact_state(&txn, tenant, contact).await?.as_deref(), Some("erased" | "merged")) {
+        txn.commit().await.map_err(Error::from)?;
+        return Ok(0);
+    }
     let moved = match store::get_model(&txn, tenant, &job.model_id).await {
         Ok(model) => {
             let run = Run { publisher: &automator.publisher, tenant, model: &model, contact, depth, facts: &facts };

@@ -1,7 +1,8 @@
 //! Time-based rules: contacts with no activity past their stage's dormancy threshold become
-//! dormant, and inactivity automations fire. Runs in every replica but acts in one at a time
-//! (a lease in the database); after downtime it catches up, because dormancy is computed from
-//! the last activity, not from when the check runs.
+//! dormant, and inactivity automations fire — each due journey advanced by the clock through
+//! `journeys::advance`, its automations run after its commit. Runs in every replica but acts
+//! in one at a time (a lease in the database); after downtime it catches up, because dormancy
+//! is computed from the last activity (or move), not from when the check runs.
 
 use std::time::Duration;
 

@@ -1,5 +1,6 @@
 //! What lifecycle's automations need: the outbox publisher and the contacts service (for
-//! conditions on contact filters and segments, answered where the contact data lives).
+//! conditions on contact filters and segments, answered where the contact data lives; asked
+//! only by `journeys::automations::ask`, with no transaction open).
 
 pub use clm_platform::contacts::ContactsClient as ContactsProbe;
 

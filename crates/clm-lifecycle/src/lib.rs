@@ -1,14 +1,20 @@
-//! CLM lifecycle service. Owns its own database schema (see `store`); talks to other services only
-//! through gRPC and events.
+//! CLM lifecycle service: lifecycle models, contacts' journeys through them (built-in rules,
+//! dormancy, reactivation, manual moves), automations, and the StageChanged events other
+//! services follow. Owns its own database (`store`); talks to other services only through
+//! gRPC (asking contacts about filters and segments) and events.
 //!
-//! Status: the service is wired into the server (database, migrations, health), its contract
-//! is in `proto/clm/lifecycle/v1`, and its rules are in `domain` (models, progression rules,
-//! dormancy, reactivation, history replay); its store and handlers land with its issue.
+//! - `api/`: the gRPC handlers of `clm.lifecycle.v1.LifecycleService`, one module per resource.
+//! - `domain/`: the rules as pure functions (models; a journey replayed from its timeline).
+//! - `journeys/`: the one use case that changes a journey (`advance`) and the automations it
+//!   owes (run after commit, never with a transaction open while asking contacts).
+//! - `store/`: schema, migrations, queries; every query takes the tenant.
+//! - `events/`: what lifecycle publishes and consumes, the scheduler's sweep, the watch feed.
 
 pub mod api;
 pub mod contacts_client;
 pub mod domain;
 pub mod events;
+pub mod journeys;
 pub mod store;
 
 use clm_platform::server::Shared;
@@ -52,13 +58,20 @@ impl clm_platform::runtime::Service for LifecycleService {
             shared.bus.clone(),
             db.clone(),
             consumer::ConsumerSpec::new(&shared.settings.events, "lifecycle", &["contacts", "feedback"]),
-            std::sync::Arc::new(events::LifecycleHandler { automator: automator.clone() }),
+            std::sync::Arc::new(events::LifecycleHandler { publisher: publisher.clone() }),
             shared.stopping(),
         ));
         shared.track(events::scheduler::spawn(
             db.clone(),
             automator.clone(),
             std::time::Duration::from_millis(shared.settings.lifecycle.scheduler_interval_ms.max(100)),
+            shared.stopping(),
+        ));
+        // Automations owed by consumed events (and any a crash or an error left behind).
+        shared.track(journeys::automations::spawn_runner(
+            db.clone(),
+            automator.clone(),
+            shared.relay_options().poll,
             shared.stopping(),
         ));
         let changes = events::watch::changes();

@@ -10,6 +10,7 @@ use clm_platform::testing::{self, Backend, BearerInterceptor, TestDb, TestServer
 use clm_proto::common::v1::Money;
 use clm_proto::contacts::v1 as cpb;
 use clm_proto::contacts::v1::contacts_service_client::ContactsServiceClient;
+use clm_proto::events::v1 as ev;
 use clm_proto::lifecycle::v1 as pb;
 use clm_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
 use tonic::Code;
@@ -29,13 +30,20 @@ struct Env {
 
 impl Env {
     async fn start(backend: Backend, label: &str) -> Option<Env> {
+        Self::start_with(backend, label, &[]).await
+    }
+
+    /// `extra`: more `CLM_*` settings.
+    async fn start_with(backend: Backend, label: &str, extra: &[(&str, &str)]) -> Option<Env> {
         let c = TestDb::create(backend, &format!("{label}c")).await?;
         let l = TestDb::create(backend, &format!("{label}l")).await?;
-        let settings = testing::settings(&[
-            ("CLM_CONTACTS__DATABASE_URL", &c.url),
-            ("CLM_LIFECYCLE__DATABASE_URL", &l.url),
+        let mut vars = vec![
+            ("CLM_CONTACTS__DATABASE_URL", c.url.as_str()),
+            ("CLM_LIFECYCLE__DATABASE_URL", l.url.as_str()),
             ("CLM_LIFECYCLE__SCHEDULER_INTERVAL_MS", "3600000"),
-        ]);
+        ];
+        vars.extend_from_slice(extra);
+        let settings = testing::settings(&vars);
         let server = testing::spawn_pair::<ContactsService, LifecycleService>(settings.clone()).await;
         Some(Env { server, dbs: vec![c, l], settings })
     }
@@ -47,6 +55,49 @@ impl Env {
 
     fn lifecycle_url(&self) -> &str {
         &self.dbs[1].url
+    }
+
+    /// Publish `payload` on the bus as `producer` would (a consumed event).
+    async fn publish(&self, producer: &str, tenant: &str, about: &str, payload: ev::event_envelope::Payload) {
+        use clm_platform::events::EventBus;
+        let bus = clm_platform::events::log_bus::LogBus::connect(
+            &self.settings.events.log_database_url,
+            &self.settings.database,
+        )
+        .await
+        .unwrap();
+        let tenant = clm_platform::TenantId::parse(tenant).unwrap();
+        let env = clm_platform::events::envelope(producer, &tenant, "test", about, now(), payload);
+        bus.publish(&clm_platform::events::subject(&env), &env.event_id, prost::Message::encode_to_vec(&env).into())
+            .await
+            .unwrap();
+    }
+
+    /// The StageChanged events lifecycle wrote to its outbox, in order.
+    async fn stage_changes(&self, contact: &str) -> Vec<ev::StageChanged> {
+        use sea_orm::ConnectionTrait;
+        let db = clm_platform::db::connect(self.lifecycle_url(), &self.settings.database).await.unwrap();
+        let rows = db
+            .query_all_raw(sea_orm::Statement::from_string(
+                db.get_database_backend(),
+                "SELECT payload FROM outbox ORDER BY seq",
+            ))
+            .await
+            .unwrap();
+        db.close().await.ok();
+        rows.iter()
+            .filter_map(|r| {
+                let bytes: Vec<u8> = r.try_get("", "payload").unwrap();
+                match prost::Message::decode(bytes.as_slice()).ok()? {
+                    ev::EventEnvelope { payload: Some(ev::event_envelope::Payload::StageChanged(c)), .. }
+                        if c.contact_id == contact =>
+                    {
+                        Some(c)
+                    }
+                    _ => None,
+                }
+            })
+            .collect()
     }
 
     async fn done(self) {
@@ -856,6 +907,376 @@ async fn inactivity_automations_fire_once(backend: Backend) {
     env.done().await;
 }
 
+/// What the scheduler needs when a test runs its rounds by hand (`events::scheduler::tick`).
+fn automator(env: &Env) -> clm_lifecycle::contacts_client::Automator {
+    clm_lifecycle::contacts_client::Automator {
+        publisher: clm_lifecycle::events::Publisher::new(clm_platform::events::outbox::OutboxWriter::new("lifecycle")),
+        contacts: clm_lifecycle::contacts_client::ContactsProbe::new(
+            "lifecycle",
+            env.server.url(),
+            std::sync::Arc::default(),
+            &env.settings,
+        ),
+    }
+}
+
+async fn move_to(l: &mut Lc, contact: &str, stage: &str) -> Result<pb::Journey, tonic::Status> {
+    Ok(l.transition_stage(pb::TransitionStageRequest {
+        contact_id: contact.into(),
+        to_stage: stage.into(),
+        reason: "by hand".into(),
+        ..Default::default()
+    })
+    .await?
+    .into_inner()
+    .journey
+    .unwrap())
+}
+
+/// Win-back (#21): a dormant customer moved back by hand into a customer stage comes back
+/// (a reactivation), and the dormancy clock restarts at the move: the contact is not dormant
+/// again at once, and when it is, that is a transition of its own.
+async fn a_dormant_customer_is_won_back_by_hand(backend: Backend) {
+    let Some(env) = Env::start(backend, "winback").await else { return };
+    let (mut c, mut l) = env.clients("acme").await;
+    let id = new_contact(&mut c, "back@example.com").await;
+    record(&mut l, purchase(&id, "o-1", Some(now() - 200 * DAY))).await;
+    assert_eq!(journey(&mut l, &id).await.current_stage, "dormant", "no activity for 200 days");
+    let j = move_to(&mut l, &id, "retention").await.expect("a win-back is a valid move");
+    assert_eq!(stages(&j), vec!["conversion", "dormant", "retention"]);
+    assert_eq!(j.current_stage, "retention");
+    let back = j.transitions.last().unwrap();
+    assert_eq!(back.from_stage, "dormant");
+    assert_eq!(back.cause, pb::TransitionCause::Manual as i32);
+    assert!(back.reactivation, "out of a lost stage: a reactivation");
+    assert_eq!(j.reactivation_count, 1);
+    assert_eq!(journey(&mut l, &id).await, j, "what the move answered is what is stored");
+
+    // The sweep: nothing due the next day; 91 days after the move, dormant again.
+    let db = clm_platform::db::connect(env.lifecycle_url(), &env.settings.database).await.unwrap();
+    let automator = automator(&env);
+    assert_eq!(clm_lifecycle::events::scheduler::tick(&db, &automator, now() + DAY).await.unwrap(), 0);
+    assert_eq!(journey(&mut l, &id).await.current_stage, "retention");
+    assert_eq!(clm_lifecycle::events::scheduler::tick(&db, &automator, now() + 91 * DAY).await.unwrap(), 1);
+    db.close().await.ok();
+    let j = journey(&mut l, &id).await;
+    assert_eq!(stages(&j), vec!["conversion", "dormant", "retention", "dormant"]);
+    let ids: std::collections::HashSet<&str> = j.transitions.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(ids.len(), 4, "every transition has its own id");
+    env.done().await;
+}
+
+/// What a transition is, without the ids that differ between contacts.
+fn shape(t: &pb::StageTransition) -> (String, String, Option<prost_types::Timestamp>, i32, bool) {
+    (t.from_stage.clone(), t.to_stage.clone(), t.transition_time, t.cause, t.reactivation)
+}
+
+/// Backdated events (#21 point 3): the history is the one the same events give in time order,
+/// and the StageChanged events published — retractions of what changed, then the new
+/// versions — leave consumers exactly that history.
+async fn backdated_events_republish_what_changed(backend: Backend) {
+    let Some(env) = Env::start(backend, "redo").await else { return };
+    let (mut c, mut l) = env.clients("acme").await;
+    let base = now() - 30 * DAY;
+    let day = |n: i64| Some(base + n * DAY);
+    let late = new_contact(&mut c, "late@example.com").await;
+    let in_order = new_contact(&mut c, "in-order@example.com").await;
+    // Arrival order: the purchase of day 10, a lead captured on day 3, a visit on day 1.
+    record(&mut l, purchase(&late, "o-1", day(10))).await;
+    record(&mut l, touch(&late, pb::TouchpointKind::LeadCaptured, day(3))).await;
+    record(&mut l, touch(&late, pb::TouchpointKind::Visit, day(1))).await;
+    for e in [
+        touch(&in_order, pb::TouchpointKind::Visit, day(1)),
+        touch(&in_order, pb::TouchpointKind::LeadCaptured, day(3)),
+        purchase(&in_order, "o-1", day(10)),
+    ] {
+        record(&mut l, e).await;
+    }
+    let j = journey(&mut l, &late).await;
+    let expected = journey(&mut l, &in_order).await;
+    assert_eq!(stages(&j), vec!["awareness", "acquisition", "conversion"]);
+    assert_eq!(
+        j.transitions.iter().map(shape).collect::<Vec<_>>(),
+        expected.transitions.iter().map(shape).collect::<Vec<_>>()
+    );
+    assert_eq!(j.transitions[2].from_stage, "acquisition", "the purchase now converts an acquired lead");
+
+    // A consumer that keeps transitions by id and undoes retracted ones (metrics), and one
+    // that keeps the current stage and unwinds a retraction to the stage left (feedback).
+    let changes = env.stage_changes(&late).await;
+    assert!(changes.iter().any(|c| c.retracted), "the changed conversion was retracted: {changes:#?}");
+    let mut kept = std::collections::BTreeMap::new();
+    let mut current: Option<(String, Option<prost_types::Timestamp>)> = None;
+    for ch in &changes {
+        let what = (ch.from_stage.clone(), ch.to_stage.clone(), ch.transition_time, ch.reactivation);
+        if ch.retracted {
+            assert_eq!(kept.remove(&ch.transition_id), Some(what), "a retraction repeats what was published");
+            if current.as_ref() == Some(&(ch.to_stage.clone(), ch.transition_time)) {
+                current = (!ch.from_stage.is_empty()).then(|| (ch.from_stage.clone(), ch.from_stage_enter_time));
+            }
+        } else {
+            assert!(kept.insert(ch.transition_id.clone(), what).is_none(), "published twice without a retraction");
+            if current.as_ref().is_none_or(|(_, at)| at.map(|t| t.seconds) <= ch.transition_time.map(|t| t.seconds)) {
+                current = Some((ch.to_stage.clone(), ch.transition_time));
+            }
+        }
+    }
+    let mut seen: Vec<_> = kept.into_iter().collect();
+    seen.sort_by_key(|(_, (_, _, at, _))| at.map(|t| (t.seconds, t.nanos)));
+    let stored: Vec<_> = j
+        .transitions
+        .iter()
+        .map(|t| (t.id.clone(), (t.from_stage.clone(), t.to_stage.clone(), t.transition_time, t.reactivation)))
+        .collect();
+    assert_eq!(seen, stored, "what consumers keep is the journey");
+    assert_eq!(current.map(|(s, _)| s), Some(j.current_stage.clone()));
+    env.done().await;
+}
+
+/// A survey response (#21 point 4) is activity like any journey event: it keeps a contact
+/// from going dormant, brings a dormant one back, with or without a score.
+async fn survey_responses_are_activity(backend: Backend) {
+    let Some(env) = Env::start(backend, "answer").await else { return };
+    let (mut c, mut l) = env.clients("acme").await;
+    let sleeper = new_contact(&mut c, "sleeper@example.com").await;
+    let busy = new_contact(&mut c, "busy@example.com").await;
+    record(&mut l, purchase(&sleeper, "o-1", Some(now() - 200 * DAY))).await;
+    record(&mut l, purchase(&busy, "o-1", Some(now() - 80 * DAY))).await;
+    assert_eq!(journey(&mut l, &sleeper).await.current_stage, "dormant");
+    let answered = now() - 10 * DAY;
+    for (id, at, has_score) in [(&sleeper, now(), true), (&busy, answered, false)] {
+        let response = ev::ResponseSubmitted {
+            response_id: uuid::Uuid::new_v4().to_string(),
+            survey_id: uuid::Uuid::new_v4().to_string(),
+            contact_id: (*id).clone(),
+            kind: ev::SurveyKind::Csat as i32,
+            score: if has_score { 4 } else { 0 },
+            has_score,
+            complete: true,
+            submit_time: Some(timestamp(at)),
+            stage_key: String::new(),
+        };
+        env.publish("feedback", "acme", id, ev::event_envelope::Payload::ResponseSubmitted(response)).await;
+    }
+    let j = testing::wait_for("the dormant contact answers", async || {
+        let j = journey(&mut l, &sleeper).await;
+        (j.current_stage != "dormant").then_some(j)
+    })
+    .await;
+    assert_eq!(stages(&j), vec!["conversion", "dormant", "conversion"]);
+    let back = j.transitions.last().unwrap();
+    assert!(back.reactivation);
+    assert_eq!(back.cause, pb::TransitionCause::Rule as i32);
+    assert_eq!(j.reactivation_count, 1);
+    let j = testing::wait_for("the answer without a score is activity", async || {
+        let j = journey(&mut l, &busy).await;
+        (j.last_activity_time == Some(timestamp(answered))).then_some(j)
+    })
+    .await;
+    assert_eq!(j.current_stage, "conversion");
+    // 20 days on, the purchase is 100 days old but the answer 30: not dormant; 81 days on, it is.
+    let db = clm_platform::db::connect(env.lifecycle_url(), &env.settings.database).await.unwrap();
+    let automator = automator(&env);
+    clm_lifecycle::events::scheduler::tick(&db, &automator, now() + 20 * DAY).await.unwrap();
+    assert_eq!(journey(&mut l, &busy).await.current_stage, "conversion");
+    clm_lifecycle::events::scheduler::tick(&db, &automator, now() + 81 * DAY).await.unwrap();
+    db.close().await.ok();
+    let j = journey(&mut l, &busy).await;
+    assert_eq!(j.current_stage, "dormant");
+    assert_eq!(j.transitions.last().unwrap().transition_time, Some(timestamp(answered + 90 * DAY)));
+    env.done().await;
+}
+
+fn webhook_on(
+    name: &str,
+    trigger: pb::trigger::Kind,
+    conditions: Vec<pb::condition::Kind>,
+) -> pb::CreateAutomationRequest {
+    pb::CreateAutomationRequest {
+        automation: Some(pb::Automation {
+            display_name: name.into(),
+            enabled: true,
+            trigger: Some(pb::Trigger { kind: Some(trigger) }),
+            conditions: conditions.into_iter().map(|k| pb::Condition { kind: Some(k) }).collect(),
+            actions: vec![pb::Action {
+                kind: Some(pb::action::Kind::PublishWebhook(pb::WebhookAction {
+                    topic: format!("test.{name}"),
+                    payload: std::collections::HashMap::default(),
+                })),
+            }],
+            ..Default::default()
+        }),
+        request_id: String::new(),
+    }
+}
+
+async fn create(l: &mut Lc, req: pb::CreateAutomationRequest) -> String {
+    l.create_automation(req).await.unwrap().into_inner().automation.unwrap().id
+}
+
+async fn runs_of(l: &mut Lc, automation: &str) -> Vec<pb::AutomationRun> {
+    l.list_automation_runs(pb::ListAutomationRunsRequest {
+        automation_id: automation.into(),
+        page_size: 100,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .runs
+}
+
+/// Every path that changes a journey runs the automations it fires (#21 point 1): a request
+/// (the runs are there when it answers), an import, a consumed event, the sweep, and an
+/// automation's own move (which goes through the same path and fires the next one).
+async fn every_path_runs_automations(backend: Backend) {
+    let Some(env) = Env::start(backend, "paths").await else { return };
+    let (mut c, mut l) = env.clients("acme").await;
+    let converted =
+        create(&mut l, webhook_on("converted", pb::trigger::Kind::StageEntered("conversion".into()), vec![])).await;
+    let reviewed =
+        create(&mut l, webhook_on("reviewed", pb::trigger::Kind::JourneyEvent("review".into()), vec![])).await;
+    let churned =
+        create(&mut l, webhook_on("churned", pb::trigger::Kind::StageEntered("churned".into()), vec![])).await;
+    l.create_automation(pb::CreateAutomationRequest {
+        automation: Some(pb::Automation {
+            display_name: "dormant means churned".into(),
+            enabled: true,
+            trigger: Some(pb::Trigger { kind: Some(pb::trigger::Kind::StageEntered("dormant".into())) }),
+            actions: vec![pb::Action { kind: Some(pb::action::Kind::MoveToStage("churned".into())) }],
+            ..Default::default()
+        }),
+        request_id: String::new(),
+    })
+    .await
+    .unwrap();
+    let [moved, imported, reviewer, sleeper] = [
+        new_contact(&mut c, "moved@example.com").await,
+        new_contact(&mut c, "imported@example.com").await,
+        new_contact(&mut c, "reviewer@example.com").await,
+        new_contact(&mut c, "sleeper@example.com").await,
+    ];
+    let ran = |runs: &[pb::AutomationRun], contact: &str| {
+        runs.iter().any(|r| r.contact_id == contact && r.outcome == pb::RunOutcome::Succeeded as i32)
+    };
+    // A move by hand.
+    move_to(&mut l, &moved, "conversion").await.unwrap();
+    assert!(ran(&runs_of(&mut l, &converted).await, &moved), "TransitionStage");
+    // An import: its journeys' new transitions fire, once the import is in.
+    let summary = l
+        .import_journey_events(tokio_stream::iter(vec![pb::ImportJourneyEventsRequest {
+            model_id: String::new(),
+            events: vec![purchase(&imported, "h-1", Some(now() - 5 * DAY))],
+        }]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(summary.journeys_rebuilt, 1);
+    assert!(ran(&runs_of(&mut l, &converted).await, &imported), "ImportJourneyEvents");
+    // A consumed review (feedback's event): its journey_event trigger fires, from the runner.
+    let review = ev::ReviewRecorded {
+        review_id: uuid::Uuid::new_v4().to_string(),
+        contact_id: reviewer.clone(),
+        rating: 5,
+        platform: "g2".into(),
+        create_time: Some(timestamp(now())),
+    };
+    env.publish("feedback", "acme", &reviewer, ev::event_envelope::Payload::ReviewRecorded(review)).await;
+    testing::wait_for("the consumed review's automation", async || {
+        ran(&runs_of(&mut l, &reviewed).await, &reviewer).then_some(())
+    })
+    .await;
+    // The sweep, on the real clock (conversion made dormant after a second without activity):
+    // dormant → (automation) churned → (automation on churned) the webhook.
+    let mut model = l
+        .get_lifecycle_model(pb::GetLifecycleModelRequest { id: "default".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .lifecycle_model
+        .unwrap();
+    for s in model.stages.iter_mut().filter(|s| s.key == "conversion") {
+        s.dormancy_threshold = Some(clm_platform::convert::duration(1_000_000));
+    }
+    l.update_lifecycle_model(pb::UpdateLifecycleModelRequest {
+        lifecycle_model: Some(model),
+        update_mask: Some(prost_types::FieldMask { paths: vec!["stages".into()] }),
+    })
+    .await
+    .unwrap();
+    record(&mut l, purchase(&sleeper, "o-1", None)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let db = clm_platform::db::connect(env.lifecycle_url(), &env.settings.database).await.unwrap();
+    assert_eq!(clm_lifecycle::events::scheduler::tick(&db, &automator(&env), now()).await.unwrap(), 1);
+    db.close().await.ok();
+    let j = journey(&mut l, &sleeper).await;
+    assert_eq!(stages(&j), vec!["conversion", "dormant", "churned"]);
+    assert_eq!(j.transitions[2].cause, pb::TransitionCause::Automation as i32);
+    assert!(ran(&runs_of(&mut l, &churned).await, &sleeper), "the automation's move fired the next automation");
+    env.done().await;
+}
+
+/// No call to the contacts service while a write transaction is open (#21 point 5): with
+/// contacts answering slowly, another write to the same database goes through meanwhile, and
+/// the conditions still work end to end (a missing segment: the run is FAILED, saying why).
+async fn automations_ask_contacts_outside_the_transaction(backend: Backend) {
+    const SLOW: Duration = Duration::from_secs(2);
+    // Lifecycle reaches contacts through a proxy that holds each new connection for SLOW.
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", proxy.local_addr().unwrap());
+    let Some(env) = Env::start_with(backend, "slow", &[("CLM_LIFECYCLE__CONTACTS_URL", &url)]).await else { return };
+    let target = env.server.addr;
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = proxy.accept().await {
+            tokio::spawn(async move {
+                tokio::time::sleep(SLOW).await;
+                let mut outbound = tokio::net::TcpStream::connect(target).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            });
+        }
+    });
+    let (mut c, mut l) = env.clients("acme").await;
+    let conversion = || pb::trigger::Kind::StageEntered("conversion".into());
+    let by_filter = create(
+        &mut l,
+        webhook_on("filter", conversion(), vec![pb::condition::Kind::ContactFilter(r#"email:"vip""#.into())]),
+    )
+    .await;
+    let by_segment = create(
+        &mut l,
+        webhook_on("segment", conversion(), vec![pb::condition::Kind::SegmentId(uuid::Uuid::new_v4().to_string())]),
+    )
+    .await;
+    let vip = new_contact(&mut c, "vip@example.com").await;
+    let other = new_contact(&mut c, "other@example.com").await;
+    let started = tokio::time::Instant::now();
+    let mut l2 = l.clone();
+    let slow = tokio::spawn(async move { record(&mut l2, purchase(&vip, "o-1", None)).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = tokio::time::Instant::now();
+    tokio::time::timeout(SLOW * 3, record(&mut l, touch(&other, pb::TouchpointKind::Visit, None)))
+        .await
+        .expect("a write while contacts is slow");
+    assert!(t.elapsed() < SLOW / 2, "the other write waited {:?}: a transaction was open across the call", t.elapsed());
+    let r = slow.await.unwrap();
+    assert!(started.elapsed() >= SLOW, "the automations ran before the answer");
+    let vip = r.event.unwrap().contact_id;
+    let runs = runs_of(&mut l, &by_filter).await;
+    assert_eq!(
+        runs.iter().map(|r| (r.contact_id.as_str(), r.outcome)).collect::<Vec<_>>(),
+        vec![(vip.as_str(), pb::RunOutcome::Succeeded as i32)]
+    );
+    let runs = runs_of(&mut l, &by_segment).await;
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].outcome, pb::RunOutcome::Failed as i32);
+    assert!(
+        runs[0].message.starts_with("condition not evaluated") && runs[0].message.contains("does not exist"),
+        "{:?}",
+        runs[0].message
+    );
+    env.done().await;
+}
+
 fn fields(err: &tonic::Status) -> Vec<String> {
     clm_platform::error::field_violations(err).into_iter().map(|v| v.field).collect()
 }
@@ -1057,6 +1478,11 @@ async fn request_id_reused_for_another_request_fails(backend: Backend) {
 }
 
 clm_platform::backend_tests!(
+    backdated_events_republish_what_changed,
+    survey_responses_are_activity,
+    every_path_runs_automations,
+    automations_ask_contacts_outside_the_transaction,
+    a_dormant_customer_is_won_back_by_hand,
     inactivity_automations_fire_once,
     conditions_on_filters_and_segments,
     survey_responses_drive_the_journey,

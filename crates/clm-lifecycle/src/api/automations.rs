@@ -1,4 +1,4 @@
-//! Automation CRUD and the run log (the engine is `events::automations`).
+//! Automation CRUD and the run log (the engine is `journeys::automations`).
 
 use clm_platform::convert::{etag, etag_version, timestamp, uuid};
 use clm_platform::pagination::page_size;
@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::LifecycleApi;
 use crate::domain::model::StageKey;
-use crate::events::automations::MAX_AUTOMATIONS;
+use crate::journeys::automations::MAX_AUTOMATIONS;
 use crate::store::entities::automation;
 use crate::store::{self, now_micros};
 

@@ -93,6 +93,10 @@ pub struct Journey {
     pub entered_at: i64,
     pub purchases: u32,
     pub last_activity: Option<i64>,
+    /// When a person or an automation last moved the contact: the dormancy clock restarts
+    /// there (a contact placed in a stage on purpose, e.g. won back, is not dormant again at
+    /// once, nor dormant at a time before the move).
+    pub moved_at: Option<i64>,
     /// When the contact first became a customer.
     pub customer_since: Option<i64>,
     /// The stage held before falling into a lost stage (where a return lands).
@@ -140,18 +144,25 @@ impl Journey {
         self.current.as_ref().and_then(|k| model.stage(k)).is_some_and(|s| s.category == c)
     }
 
+    /// When the contact becomes dormant if nothing happens before: its stage's threshold
+    /// after the later of its last activity and the last move by hand or automation. `None`:
+    /// never (rule off, no activity yet, or a stage without a threshold).
+    pub fn dormant_at(&self, model: &Model, rules: &Rules) -> Option<i64> {
+        if !rules.dormancy {
+            return None;
+        }
+        let since = self.last_activity?.max(self.moved_at.unwrap_or(i64::MIN));
+        Some(since + model.dormancy_of(self.current.as_ref()?)?)
+    }
+
     /// Dormancy check at time `now`: a contact in a stage with a threshold and no activity
     /// for that long becomes dormant (at the moment the threshold passed).
     fn check_dormancy(&mut self, model: &Model, rules: &Rules, now: i64) {
-        if !rules.dormancy {
-            return;
-        }
-        let (Some(cur), Some(last)) = (self.current.clone(), self.last_activity) else { return };
         let Some(dormant) = model.milestones().dormant else { return };
-        if let Some(threshold) = model.dormancy_of(&cur)
-            && now - last >= threshold
+        if let Some(at) = self.dormant_at(model, rules)
+            && at <= now
         {
-            self.move_to(model, dormant, last + threshold, Cause::Rule("dormancy"), "", false);
+            self.move_to(model, dormant, at, Cause::Rule("dormancy"), "", false);
         }
     }
 
@@ -175,6 +186,7 @@ impl Journey {
             let returning = self.in_category(model, Category::Lost)
                 && model.stage(to).is_some_and(|s| s.category != Category::Lost);
             self.move_to(model, to.clone(), item.at, cause, &item.id, returning);
+            self.moved_at = Some(item.at);
             return;
         }
         // Any event from a lost contact is a return.
@@ -367,6 +379,44 @@ mod tests {
         assert_eq!(stages(&j), vec!["conversion", "churned", "acquisition"]);
         assert_eq!(j.transitions[1].cause, Cause::Manual);
         assert!(j.transitions[2].reactivation);
+    }
+
+    #[test]
+    fn a_won_back_contact_is_not_dormant_again_until_the_threshold_after_the_move() {
+        let m = Model::default_model();
+        let dormancy = DEFAULT_DORMANCY_MICROS;
+        let items = vec![item(1, Happening::Purchase), item(200, Happening::Manual { to: key("retention") })];
+        let j = replay(&m, &Rules::default(), &items, 201 * DAY);
+        assert_eq!(stages(&j), vec!["conversion", "dormant", "retention"], "not dormant again at once");
+        assert!(j.transitions[2].reactivation);
+        assert_eq!(j.dormant_at(&m, &Rules::default()), Some(200 * DAY + dormancy), "the clock restarts at the move");
+        let later = replay(&m, &Rules::default(), &items, 200 * DAY + dormancy);
+        assert_eq!(stages(&later), vec!["conversion", "dormant", "retention", "dormant"]);
+        assert_eq!(later.transitions[3].at, 200 * DAY + dormancy);
+        assert!(later.transitions.windows(2).all(|w| w[0].at <= w[1].at), "history in time order");
+        // Activity after the move counts from the activity.
+        let mut with_activity = items.clone();
+        with_activity.push(item(230, Happening::Custom));
+        let j = replay(&m, &Rules::default(), &with_activity, 231 * DAY);
+        assert_eq!(j.dormant_at(&m, &Rules::default()), Some(230 * DAY + dormancy));
+    }
+
+    #[test]
+    fn survey_answers_are_activity_and_bring_lost_contacts_back() {
+        let m = Model::default_model();
+        for answer in [Happening::NpsScore(7), Happening::Custom] {
+            let items = vec![item(1, Happening::Purchase), item(200, answer.clone())];
+            let j = replay(&m, &Rules::default(), &items, 201 * DAY);
+            assert_eq!(stages(&j), vec!["conversion", "dormant", "conversion"], "{answer:?}");
+            assert!(j.transitions[2].reactivation);
+            assert_eq!(j.transitions[2].cause, Cause::Rule("reactivation"));
+            assert_eq!(j.last_activity, Some(200 * DAY));
+            // An answer within the threshold keeps the contact from going dormant.
+            let items = vec![item(1, Happening::Purchase), item(80, answer.clone())];
+            let j = replay(&m, &Rules::default(), &items, 100 * DAY);
+            assert_eq!(stages(&j), vec!["conversion"], "{answer:?}");
+            assert_eq!(j.dormant_at(&m, &Rules::default()), Some(80 * DAY + DEFAULT_DORMANCY_MICROS));
+        }
     }
 
     #[test]

@@ -1,8 +1,8 @@
-//! What lifecycle publishes (StageChanged, JourneyEventRecorded) and consumes (contact events,
-//! to know which contacts exist and to follow merges and erasures; ResponseSubmitted, so NPS
-//! promoters move to loyalty).
+//! What lifecycle publishes (StageChanged, JourneyEventRecorded, AutomationTriggered) and
+//! consumes (contact events, to know which contacts exist and to follow merges and erasures;
+//! ResponseSubmitted and ReviewRecorded, journey events of their own). Consumed events change
+//! journeys through `journeys::advance` like every other path.
 
-pub mod automations;
 pub mod scheduler;
 pub mod watch;
 
@@ -18,6 +18,7 @@ use sea_orm::{ConnectionTrait, DatabaseTransaction};
 use uuid::Uuid;
 
 use crate::api::convert::{SURVEY_RESPONSE, kind_key};
+use crate::journeys::{Happened, SurveyAnswer, advance};
 use crate::store::entities::{journey_event, transition};
 use crate::store::{self, ModelRecord, now_micros};
 
@@ -36,7 +37,9 @@ impl Publisher {
         self.outbox.committed();
     }
 
-    /// StageChanged for each new transition.
+    /// StageChanged for each new transition, after a retraction of each dropped one. Retractions
+    /// go newest first, so a consumer that keeps "the current stage" and undoes a retracted
+    /// transition back to the stage it left (feedback) unwinds the history in order.
     pub async fn stage_changes(
         &self,
         txn: &impl ConnectionTrait,
@@ -65,7 +68,9 @@ impl Publisher {
             })
         };
         // Retractions first, so a consumer undoes the old history before it counts the new.
-        let retractions = dropped.iter().map(|(t, enter)| (t, *enter, true));
+        let mut dropped: Vec<_> = dropped.iter().collect();
+        dropped.sort_by_key(|(t, _)| std::cmp::Reverse(t.seq));
+        let retractions = dropped.into_iter().map(|(t, enter)| (t, *enter, true));
         let additions =
             new.iter().map(|t| (t, all.iter().filter(|p| p.seq < t.seq).max_by_key(|p| p.seq).map(|p| p.at), false));
         for (t, prev_enter, retracted) in retractions.chain(additions) {
@@ -188,34 +193,11 @@ fn event_row(
     }
 }
 
-/// Consumes contact and feedback events.
+/// Consumes contact and feedback events. The automations a consumed event owes run after the
+/// batch commits, from the runner (`journeys::automations::spawn_runner`).
 #[derive(Debug)]
 pub struct LifecycleHandler {
-    pub automator: crate::contacts_client::Automator,
-}
-
-impl LifecycleHandler {
-    async fn rebuild_all_models(
-        &self,
-        txn: &DatabaseTransaction,
-        tenant: &TenantId,
-        contact: Uuid,
-        models: &[String],
-        extra: Option<crate::events::automations::Trigger>,
-    ) -> Result<()> {
-        let (rules, _) = store::rules(txn, tenant).await?;
-        for m in models {
-            let model = store::get_model(txn, tenant, m).await?;
-            let (_, new, dropped) =
-                store::rebuild_journey(txn, tenant, contact, &model, &rules.to_domain(), now_micros()).await?;
-            let all = store::transitions_of(txn, tenant, contact, model.id).await?;
-            self.automator.publisher.stage_changes(txn, tenant, &model, &all, &new, &dropped).await?;
-            let mut triggers = crate::events::automations::stage_triggers(&new);
-            triggers.extend(extra.clone());
-            crate::events::automations::run(txn, tenant, &self.automator, &model, contact, triggers).await?;
-        }
-        Ok(())
-    }
+    pub publisher: Publisher,
 }
 
 #[async_trait]
@@ -251,9 +233,13 @@ impl EventHandler for LifecycleHandler {
                         }
                     }
                 }
-                self.rebuild_all_models(txn, &tenant, survivor, &models, None).await?;
+                for m in &models {
+                    let model = store::get_model(txn, &tenant, m).await?;
+                    advance(txn, &self.publisher, &tenant, survivor, &model, now_micros(), Happened::Merged).await?;
+                }
             }
-            Some(Payload::ResponseSubmitted(r)) if r.has_score && r.complete => {
+            // A response is customer activity, with a score or without (a comment alone).
+            Some(Payload::ResponseSubmitted(r)) if r.complete => {
                 let Ok(contact) = Uuid::parse_str(&r.contact_id) else { return Ok(()) };
                 let kind = match ev::SurveyKind::try_from(r.kind) {
                     Ok(ev::SurveyKind::Nps) => "nps",
@@ -262,15 +248,15 @@ impl EventHandler for LifecycleHandler {
                     _ => "custom",
                 };
                 let model = store::default_model(txn, &tenant).await?;
+                let mut properties: std::collections::HashMap<String, String> =
+                    [("kind".to_string(), kind.to_string()), ("response_id".to_string(), r.response_id.clone())].into();
+                if r.has_score {
+                    properties.insert("score".into(), r.score.to_string());
+                }
                 let body = pb::JourneyEvent {
                     detail: Some(pb::journey_event::Detail::Custom(pb::CustomEvent {
                         name: SURVEY_RESPONSE.into(),
-                        properties: [
-                            ("kind".to_string(), kind.to_string()),
-                            ("score".to_string(), r.score.to_string()),
-                            ("response_id".to_string(), r.response_id.clone()),
-                        ]
-                        .into(),
+                        properties,
                     })),
                     ..Default::default()
                 };
@@ -282,14 +268,13 @@ impl EventHandler for LifecycleHandler {
                     at,
                     format!("response:{}", r.response_id),
                     "custom",
-                    (kind == "nps").then_some(r.score),
+                    (kind == "nps" && r.has_score).then_some(r.score),
                     &body,
                 );
                 // NPS detractors are flagged at risk (a tag on the contact, through contacts).
                 let (rules, _) = store::rules(txn, &tenant).await?;
-                if kind == "nps" && r.score <= 6 && rules.detractor_at_risk {
-                    self.automator
-                        .publisher
+                if kind == "nps" && r.has_score && r.score <= 6 && rules.detractor_at_risk {
+                    self.publisher
                         .automation(
                             txn,
                             &tenant,
@@ -302,13 +287,14 @@ impl EventHandler for LifecycleHandler {
                         )
                         .await?;
                 }
-                if store::insert_event(txn, row).await? {
-                    let trigger = crate::events::automations::Trigger::SurveyResponse {
+                if store::insert_event(txn, row.clone()).await? {
+                    let survey = r.has_score.then(|| SurveyAnswer {
                         kind: kind.to_owned(),
                         score: r.score,
                         response_id: r.response_id.clone(),
-                    };
-                    self.rebuild_all_models(txn, &tenant, contact, &[model.id.to_string()], Some(trigger)).await?;
+                    });
+                    let happened = Happened::Recorded { event: row, custom_name: SURVEY_RESPONSE.into(), survey };
+                    advance(txn, &self.publisher, &tenant, contact, &model, now_micros(), happened).await?;
                 }
             }
             Some(Payload::ReviewRecorded(r)) => {
@@ -334,8 +320,9 @@ impl EventHandler for LifecycleHandler {
                     None,
                     &body,
                 );
-                if store::insert_event(txn, row).await? {
-                    self.rebuild_all_models(txn, &tenant, contact, &[model.id.to_string()], None).await?;
+                if store::insert_event(txn, row.clone()).await? {
+                    let happened = Happened::Recorded { event: row, custom_name: String::new(), survey: None };
+                    advance(txn, &self.publisher, &tenant, contact, &model, now_micros(), happened).await?;
                 }
             }
             _ => {}

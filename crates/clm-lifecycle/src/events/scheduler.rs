@@ -1,7 +1,8 @@
 //! Time-based rules: contacts with no activity past their stage's dormancy threshold become
-//! dormant, and inactivity automations fire. Runs in every replica but acts in one at a time
-//! (a lease in the database); after downtime it catches up, because dormancy is computed from
-//! the last activity, not from when the check runs.
+//! dormant, and inactivity automations fire — each due journey advanced by the clock through
+//! `journeys::advance`, its automations run after its commit. Runs in every replica but acts
+//! in one at a time (a lease in the database); after downtime it catches up, because dormancy
+//! is computed from the last activity (or move), not from when the check runs.
 
 use std::time::Duration;
 
@@ -12,13 +13,14 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::contacts_client::Automator;
-use crate::events::automations::{self, Trigger};
+use crate::journeys::{Happened, advance, automations};
 use crate::store::{self, now_micros};
 
 /// Journeys examined per round.
 const BATCH: u64 = 500;
 
-/// One round at `now`: returns how many journeys changed.
+/// One round at `now`: returns how many journeys changed (by the clock, or by the automations
+/// the clock fired).
 pub async fn tick(db: &DatabaseConnection, automator: &Automator, now: i64) -> clm_platform::Result<usize> {
     // Journeys whose dormancy threshold or tenure rule has fallen due; each rebuild moves
     // check_after forward (or clears it), so a round never sees the same journey twice.
@@ -30,22 +32,13 @@ pub async fn tick(db: &DatabaseConnection, automator: &Automator, now: i64) -> c
         };
         let txn = clm_platform::db::begin_write(db).await?;
         let model = store::get_model(&txn, &tenant, &j.model_id).await?;
-        let (rules, _) = store::rules(&txn, &tenant).await?;
-        let (_, new, dropped) = store::rebuild_journey(&txn, &tenant, contact, &model, &rules.to_domain(), now).await?;
-        let all = store::transitions_of(&txn, &tenant, contact, model.id).await?;
-        automator.publisher.stage_changes(&txn, &tenant, &model, &all, &new, &dropped).await?;
-        let mut triggers = automations::stage_triggers(&new);
-        if let Some(last) = j.last_activity {
-            triggers.push(Trigger::Inactive { idle_micros: now - last, since: last });
-        }
-        let more = automations::run(&txn, &tenant, automator, &model, contact, triggers).await?;
+        let done = advance(&txn, &automator.publisher, &tenant, contact, &model, now, Happened::Clock).await?;
         txn.commit().await?;
-        if !new.is_empty() || !more.is_empty() {
+        automator.publisher.committed();
+        let moved = if done.owed { automations::run_owed(db, automator, &tenant, contact).await } else { 0 };
+        if !done.new.is_empty() || moved > 0 {
             changed += 1;
         }
-    }
-    if changed > 0 {
-        automator.publisher.committed();
     }
     Ok(changed)
 }

@@ -1,4 +1,4 @@
-//! Automations and their run log.
+//! Automations, the jobs they are owed (`automation_jobs`) and their run log.
 
 use clm_platform::{Error, Result, TenantId};
 use sea_orm::sea_query::{Expr, ExprTrait};
@@ -8,7 +8,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use super::entities::{automation, automation_run};
+use super::entities::{automation, automation_job, automation_run};
 
 /// Enabled automations of a tenant's model.
 pub async fn enabled(db: &impl ConnectionTrait, tenant: &TenantId, model: Uuid) -> Result<Vec<automation::Model>> {
@@ -166,4 +166,50 @@ pub fn run_row(
         outcome: ActiveValue::Set(outcome.to_owned()),
         message: ActiveValue::Set(message.to_owned()),
     }
+}
+
+// ---- jobs: automations owed, run after the change that fired them commits ----
+
+pub async fn enqueue(db: &impl ConnectionTrait, job: automation_job::Model) -> Result<()> {
+    automation_job::Entity::insert(job.into_active_model()).exec_without_returning(db).await?;
+    Ok(())
+}
+
+/// The jobs owed to one contact, oldest first.
+pub async fn jobs_of(
+    db: &impl ConnectionTrait,
+    tenant: &TenantId,
+    contact: Uuid,
+) -> Result<Vec<automation_job::Model>> {
+    Ok(automation_job::Entity::find()
+        .filter(automation_job::Column::TenantId.eq(tenant.as_str()))
+        .filter(automation_job::Column::ContactId.eq(contact.to_string()))
+        .order_by_asc(automation_job::Column::Id)
+        .all(db)
+        .await?)
+}
+
+/// The oldest jobs of any tenant (for the background runner).
+pub async fn oldest_jobs(db: &impl ConnectionTrait, limit: u64) -> Result<Vec<automation_job::Model>> {
+    Ok(automation_job::Entity::find().order_by_asc(automation_job::Column::Id).limit(limit).all(db).await?)
+}
+
+/// Take a job: whoever deletes it runs it (a second runner of the same job finds nothing).
+pub async fn claim(db: &impl ConnectionTrait, tenant: &str, id: &str) -> Result<bool> {
+    let res = automation_job::Entity::delete_many()
+        .filter(automation_job::Column::TenantId.eq(tenant))
+        .filter(automation_job::Column::Id.eq(id))
+        .exec(db)
+        .await?;
+    Ok(res.rows_affected == 1)
+}
+
+/// Forget the jobs of a contact (erased or merged away).
+pub async fn drop_jobs(db: &impl ConnectionTrait, tenant: &str, contact: &str) -> Result<()> {
+    automation_job::Entity::delete_many()
+        .filter(automation_job::Column::TenantId.eq(tenant))
+        .filter(automation_job::Column::ContactId.eq(contact))
+        .exec(db)
+        .await?;
+    Ok(())
 }

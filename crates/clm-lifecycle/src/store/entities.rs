@@ -276,3 +276,30 @@ pub mod automation_run {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+/// Automations owed to a contact: the triggers a journey change fired, written in that change's
+/// transaction and run after its commit (`journeys::automations`), in a transaction of their own.
+pub mod automation_job {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "automation_jobs")]
+    pub struct Model {
+        /// UUID v7: jobs run oldest first.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub tenant_id: String,
+        pub contact_id: String,
+        pub model_id: String,
+        /// How many automation moves led here (chains stop at `MAX_CHAIN`).
+        pub depth: i64,
+        /// The triggers, as JSON.
+        pub triggers: String,
+        pub create_time: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

@@ -18,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(clm_platform::events::ordering::OutboxKeysMigration),
             Box::new(clm_platform::events::ordering::InboxPositionsMigration),
             Box::new(clm_platform::events::prune::InboxAgeIndexMigration),
+            Box::new(M0003AutomationJobs),
         ]
     }
 }
@@ -232,5 +233,39 @@ impl MigrationTrait for M0002OrderIds {
         m.drop_index(Index::drop().name("ux_events_order").table(Alias::new("journey_events")).to_owned()).await?;
         m.alter_table(Table::alter().table(Alias::new("journey_events")).drop_column(Alias::new("order_id")).to_owned())
             .await
+    }
+}
+
+/// `automation_jobs`: the automations a journey change owes, run after its commit (#21: no
+/// call to the contacts service while a write transaction is open).
+struct M0003AutomationJobs;
+
+impl MigrationName for M0003AutomationJobs {
+    fn name(&self) -> &'static str {
+        "m0003_automation_jobs"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0003AutomationJobs {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.create_table(
+            Table::create()
+                .table(Alias::new("automation_jobs"))
+                .col(id("id"))
+                .col(text("tenant_id"))
+                .col(text("contact_id"))
+                .col(text("model_id"))
+                .col(big("depth"))
+                .col(long_text("triggers"))
+                .col(big("create_time"))
+                .to_owned(),
+        )
+        .await?;
+        index(m, "ix_automation_jobs_contact", "automation_jobs", &["tenant_id", "contact_id", "id"], false).await
+    }
+
+    async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.drop_table(Table::drop().table(Alias::new("automation_jobs")).to_owned()).await
     }
 }

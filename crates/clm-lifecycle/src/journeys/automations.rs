@@ -1,0 +1,471 @@
+//! The automation engine: runs a tenant's automations when their trigger fires.
+//!
+//! Triggers: a stage entered or exited, a journey event of a kind, a survey response in a
+//! score band, inactivity (from the scheduler). Conditions: the contact is in a stage, has a
+//! tag, came from a channel (answered from `known_contacts`, fed by contact events), matches a
+//! contacts filter, is in a segment (the last two asked of contacts over gRPC, *before* the
+//! transaction: [`ask`]). Actions: move to a stage (through [`advance`]), add/remove a tag (asked
+//! of contacts by event), request a survey (asked of feedback by event), publish a
+//! webhook-style event. A move can fire further automations, one job deeper; chains stop at
+//! [`MAX_CHAIN`] (the run is logged LOOP_LIMITED).
+//!
+//! A job (`automation_jobs`) is what [`advance`] owes: the triggers one journey change fired.
+//! [`run_owed`] runs a contact's jobs after the change committed, each in three steps: read the
+//! job and the automations it fires, ask contacts the remote conditions (no transaction open),
+//! then in one write transaction claim the job, run the automations and commit.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use clm_platform::{Error, TenantId};
+use clm_proto::events::v1 as ev;
+use clm_proto::lifecycle::v1 as pb;
+use prost::Message;
+use sea_orm::{ConnectionTrait, DatabaseConnection};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use super::{Happened, advance};
+use crate::contacts_client::{Automator, ContactsProbe};
+use crate::domain::model::StageKey;
+use crate::events::Publisher;
+use crate::store::entities::{automation, automation_job, automation_run, manual_move, transition};
+use crate::store::{self, ModelRecord, now_micros};
+
+/// Longest chain of automation-caused moves from one original event.
+pub const MAX_CHAIN: usize = 5;
+/// Most automations per tenant.
+pub const MAX_AUTOMATIONS: u64 = 200;
+/// How long one question to the contacts service may take before the run is logged FAILED.
+pub const REMOTE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What happened that may fire automations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Trigger {
+    Entered {
+        stage: String,
+        transition_id: String,
+    },
+    Exited {
+        stage: String,
+        transition_id: String,
+    },
+    JourneyEvent {
+        kind: String,
+        custom_name: String,
+        event_id: String,
+    },
+    SurveyResponse {
+        kind: String,
+        score: i32,
+        response_id: String,
+    },
+    /// No journey event for `idle_micros`, the last one at `since`.
+    Inactive {
+        idle_micros: i64,
+        since: i64,
+    },
+}
+
+impl Trigger {
+    fn reference(&self) -> String {
+        match self {
+            Trigger::Entered { transition_id, .. } | Trigger::Exited { transition_id, .. } => transition_id.clone(),
+            Trigger::JourneyEvent { event_id, .. } => event_id.clone(),
+            Trigger::SurveyResponse { response_id, .. } => response_id.clone(),
+            Trigger::Inactive { .. } => "inactivity".into(),
+        }
+    }
+
+    fn matches(&self, t: &pb::Trigger) -> bool {
+        use pb::trigger::Kind;
+        match (&t.kind, self) {
+            (Some(Kind::StageEntered(s)), Trigger::Entered { stage, .. })
+            | (Some(Kind::StageExited(s)), Trigger::Exited { stage, .. }) => s == stage,
+            (Some(Kind::JourneyEvent(k)), Trigger::JourneyEvent { kind, custom_name, .. }) => {
+                k == kind || (kind == "custom" && k == custom_name)
+            }
+            (Some(Kind::SurveyResponse(r)), Trigger::SurveyResponse { kind, score, .. }) => {
+                (r.survey_kind.is_empty() || &r.survey_kind == kind) && (r.min_score..=r.max_score).contains(score)
+            }
+            (Some(Kind::Inactivity(d)), Trigger::Inactive { idle_micros, .. }) => {
+                clm_platform::convert::duration_micros(d).is_some_and(|need| *idle_micros >= need)
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether this trigger fires automation `a` (its stored body).
+    pub fn fires(&self, a: &automation::Model) -> bool {
+        pb::Automation::decode(a.body.as_slice()).is_ok_and(|b| b.trigger.as_ref().is_some_and(|t| self.matches(t)))
+    }
+}
+
+/// Triggers implied by new transitions.
+pub fn stage_triggers(new: &[transition::Model]) -> Vec<Trigger> {
+    let mut out = Vec::new();
+    for t in new {
+        if let Some(from) = &t.from_stage {
+            out.push(Trigger::Exited { stage: from.clone(), transition_id: t.id.clone() });
+        }
+        out.push(Trigger::Entered { stage: t.to_stage.clone(), transition_id: t.id.clone() });
+    }
+    out
+}
+
+// ---- conditions the contacts service answers, asked before the transaction ----
+
+/// A condition only the contacts service can answer.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Remote {
+    Filter(String),
+    Segment(String),
+}
+
+/// The answers to the remote conditions a job needs: `Err` names why one could not be asked
+/// (contacts unreachable, a bad filter, a missing segment); the run is then logged FAILED.
+pub type RemoteFacts = HashMap<Remote, Result<bool, String>>;
+
+fn remote(c: &pb::Condition) -> Option<Remote> {
+    match &c.kind {
+        Some(pb::condition::Kind::ContactFilter(f)) => Some(Remote::Filter(f.clone())),
+        Some(pb::condition::Kind::SegmentId(s)) => Some(Remote::Segment(s.clone())),
+        _ => None,
+    }
+}
+
+/// The remote conditions of the automations `triggers` fire.
+fn needed(autos: &[automation::Model], triggers: &[Trigger]) -> Vec<Remote> {
+    let mut out = Vec::new();
+    for a in autos.iter().filter(|a| triggers.iter().any(|t| t.fires(a))) {
+        let Ok(body) = pb::Automation::decode(a.body.as_slice()) else { continue };
+        for r in body.conditions.iter().filter_map(remote) {
+            if !out.contains(&r) {
+                out.push(r);
+            }
+        }
+    }
+    out
+}
+
+/// Ask the contacts service the remote conditions. The only place lifecycle calls contacts
+/// for automations; it is given no transaction, and callers hold none open.
+pub async fn ask(contacts: &ContactsProbe, tenant: &TenantId, contact: Uuid, needed: Vec<Remote>) -> RemoteFacts {
+    let mut facts = RemoteFacts::new();
+    for r in needed {
+        let call = async {
+            match &r {
+                Remote::Filter(f) => contacts.matches(tenant, contact, f).await,
+                Remote::Segment(s) => contacts.in_segment(tenant, contact, s).await,
+            }
+        };
+        let answer = match tokio::time::timeout(REMOTE_TIMEOUT, call).await {
+            Ok(Ok(b)) => Ok(b),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("contacts service: no answer within {REMOTE_TIMEOUT:?}")),
+        };
+        facts.insert(r, answer);
+    }
+    facts
+}
+
+// ---- running jobs ----
+
+/// Run the jobs owed to `contact` (and the ones their moves owe in turn), oldest first, each
+/// after asking its remote conditions and in a write transaction of its own. Call it after the
+/// change that owed them committed, holding no transaction. Returns how many transitions the
+/// automations' moves made. An error is logged and the job stays for the background runner.
+pub async fn run_owed(db: &DatabaseConnection, automator: &Automator, tenant: &TenantId, contact: Uuid) -> usize {
+    let mut moved = 0;
+    loop {
+        let jobs = match store::automations::jobs_of(db, tenant, contact).await {
+            Ok(jobs) if !jobs.is_empty() => jobs,
+            Ok(_) => return moved,
+            Err(e) => {
+                tracing::warn!(error = %e, %contact, "automation jobs unreadable; left for the runner");
+                return moved;
+            }
+        };
+        for job in jobs {
+            match run_job(db, automator, tenant, contact, &job).await {
+                Ok(n) => moved += n,
+                Err(e) => {
+                    tracing::warn!(error = %e, job = %job.id, %contact, "automation job failed; left for the runner");
+                    return moved;
+                }
+            }
+        }
+    }
+}
+
+async fn run_job(
+    db: &DatabaseConnection,
+    automator: &Automator,
+    tenant: &TenantId,
+    contact: Uuid,
+    job: &automation_job::Model,
+) -> Result<usize, Error> {
+    let triggers: Vec<Trigger> = serde_json::from_str(&job.triggers).unwrap_or_default();
+    let depth = usize::try_from(job.depth).unwrap_or(MAX_CHAIN);
+    let model_id = Uuid::parse_str(&job.model_id).unwrap_or_default();
+    // Step 1, no transaction: what the job fires, and the contacts service's answers for it.
+    let autos = store::automations::enabled(db, tenant, model_id).await?;
+    let facts = if depth < MAX_CHAIN {
+        ask(&automator.contacts, tenant, contact, needed(&autos, &triggers)).await
+    } else {
+        RemoteFacts::new()
+    };
+    // Step 2: one transaction, which takes the job (another runner may have).
+    let txn = clm_platform::db::begin_write(db).await?;
+    if !store::automations::claim(&txn, &job.tenant_id, &job.id).await? {
+        return Ok(0);
+    }
+    // Erased or merged away since the job was owed: nothing runs for it (a move would bring
+    // a journey back).
+    if matches!(store::contact_state(&txn, tenant, contact).await?.as_deref(), Some("erased" | "merged")) {
+        txn.commit().await.map_err(Error::from)?;
+        return Ok(0);
+    }
+    let moved = match store::get_model(&txn, tenant, &job.model_id).await {
+        Ok(model) => {
+            let run = Run { publisher: &automator.publisher, tenant, model: &model, contact, depth, facts: &facts };
+            run.execute(&txn, &triggers).await?
+        }
+        // The model was deleted since: nothing to run in it.
+        Err(Error::NotFound { .. }) => 0,
+        Err(e) => return Err(e),
+    };
+    txn.commit().await.map_err(Error::from)?;
+    automator.publisher.committed();
+    Ok(moved)
+}
+
+/// Run what is owed to any contact (jobs a consumed event owed, or left by a crash or an
+/// error) every `interval` until `stop`. Jobs of one contact run in order; a job two runners
+/// find runs once (`claim`).
+pub fn spawn_runner(
+    db: DatabaseConnection,
+    automator: Automator,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(interval) => {},
+                _ = stop.changed() => return,
+            }
+            let jobs = match store::automations::oldest_jobs(&db, 100).await {
+                Ok(jobs) => jobs,
+                Err(e) => {
+                    tracing::warn!(error = %e, "automation jobs unreadable");
+                    continue;
+                }
+            };
+            let mut contacts: Vec<(String, String)> = Vec::new();
+            for j in jobs {
+                let key = (j.tenant_id, j.contact_id);
+                if !contacts.contains(&key) {
+                    contacts.push(key);
+                }
+            }
+            for (tenant, contact) in contacts {
+                if let (Ok(tenant), Ok(contact)) = (TenantId::parse(&tenant), Uuid::parse_str(&contact)) {
+                    run_owed(&db, &automator, &tenant, contact).await;
+                }
+            }
+        }
+    })
+}
+
+// ---- one job, inside its transaction ----
+
+fn run_row(
+    tenant: &TenantId,
+    a: &automation::Model,
+    contact: Uuid,
+    trigger_ref: &str,
+    outcome: pb::RunOutcome,
+    message: &str,
+) -> automation_run::ActiveModel {
+    let outcome = outcome.as_str_name().trim_start_matches("RUN_OUTCOME_").to_lowercase();
+    store::automations::run_row(tenant, &a.id, contact, trigger_ref, &outcome, message)
+}
+
+/// One job's run: everything it needs is here, and no contacts client (its answers are in
+/// `facts`), so nothing inside the transaction can call another service.
+struct Run<'a> {
+    publisher: &'a Publisher,
+    tenant: &'a TenantId,
+    model: &'a ModelRecord,
+    contact: Uuid,
+    depth: usize,
+    facts: &'a RemoteFacts,
+}
+
+impl Run<'_> {
+    /// Run the automations `triggers` fire, inside `txn`. A move goes through [`advance`], which
+    /// owes the automations it fires as a job one deeper. Returns how many transitions moves made.
+    async fn execute(&self, txn: &impl ConnectionTrait, triggers: &[Trigger]) -> Result<usize, Error> {
+        let (tenant, contact) = (self.tenant, self.contact);
+        let autos = store::automations::enabled(txn, tenant, self.model.id).await?;
+        let mut moved = 0;
+        for trig in triggers {
+            for a in &autos {
+                let Ok(body) = pb::Automation::decode(a.body.as_slice()) else { continue };
+                if !body.trigger.as_ref().is_some_and(|t| trig.matches(t)) {
+                    continue;
+                }
+                // An inactivity automation fires once per idle period.
+                if let Trigger::Inactive { since, .. } = trig
+                    && store::automations::ran_since(txn, tenant, &a.id, contact, *since).await?
+                {
+                    continue;
+                }
+                let log = |outcome, message: &str| run_row(tenant, a, contact, &trig.reference(), outcome, message);
+                if self.depth >= MAX_CHAIN {
+                    let row = log(pb::RunOutcome::LoopLimited, "chain of automation moves too long; stopped");
+                    store::automations::log_run(txn, row).await?;
+                    continue;
+                }
+                let current = store::get_journey(txn, tenant, contact, self.model.id)
+                    .await?
+                    .and_then(|j| j.current_stage)
+                    .unwrap_or_default();
+                match self.conditions(txn, &body, &current).await? {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        store::automations::log_run(txn, log(pb::RunOutcome::Skipped, "conditions did not hold"))
+                            .await?;
+                        continue;
+                    }
+                    Err(why) => {
+                        let row = log(pb::RunOutcome::Failed, &format!("condition not evaluated: {why}"));
+                        store::automations::log_run(txn, row).await?;
+                        continue;
+                    }
+                }
+                let (outcome, message, n) = self.actions(txn, a, &body, &current).await?;
+                moved += n;
+                store::automations::log_run(txn, log(outcome, &message)).await?;
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Whether the automation's conditions hold (`Err`: one could not be evaluated).
+    async fn conditions(
+        &self,
+        txn: &impl ConnectionTrait,
+        body: &pb::Automation,
+        current: &str,
+    ) -> Result<Result<bool, String>, Error> {
+        let (tags, channel) = store::contact_facts(txn, self.tenant, self.contact).await?;
+        for c in &body.conditions {
+            let ok = match (&c.kind, remote(c)) {
+                (_, Some(r)) => self
+                    .facts
+                    .get(&r)
+                    .cloned()
+                    .unwrap_or_else(|| Err("the automation changed while it ran; not asked".into())),
+                (Some(pb::condition::Kind::InStage(s)), None) => Ok(s == current),
+                (Some(pb::condition::Kind::HasTag(t)), None) => Ok(tags.contains(&t.to_lowercase())),
+                (Some(pb::condition::Kind::AcquisitionChannel(ch)), None) => Ok(ch == &channel),
+                _ => Ok(true),
+            };
+            if ok != Ok(true) {
+                return Ok(ok);
+            }
+        }
+        Ok(Ok(true))
+    }
+
+    /// Carry out the actions; the run's outcome, its message and how many transitions moves made.
+    async fn actions(
+        &self,
+        txn: &impl ConnectionTrait,
+        a: &automation::Model,
+        body: &pb::Automation,
+        current: &str,
+    ) -> Result<(pb::RunOutcome, String, usize), Error> {
+        let (tenant, contact, model) = (self.tenant, self.contact, self.model);
+        let mut notes = Vec::new();
+        let mut moved = 0;
+        for action in &body.actions {
+            match &action.kind {
+                Some(pb::action::Kind::MoveToStage(s)) => {
+                    let Ok(to) = StageKey::parse("move_to_stage", s) else {
+                        return Ok((pb::RunOutcome::Failed, format!("bad stage {s:?}"), moved));
+                    };
+                    if model.model.stage(&to).is_none() {
+                        return Ok((pb::RunOutcome::Failed, format!("the model has no stage {s}"), moved));
+                    }
+                    if current == to.as_str() {
+                        notes.push(format!("already in {s}"));
+                        continue;
+                    }
+                    let now = now_micros();
+                    let row = manual_move::Model {
+                        id: Uuid::now_v7().to_string(),
+                        tenant_id: tenant.as_str().to_owned(),
+                        contact_id: contact.to_string(),
+                        model_id: model.id.to_string(),
+                        to_stage: to.as_str().to_owned(),
+                        at: now,
+                        reason: format!("automation {}", a.display_name),
+                        actor: format!("automation:{}", a.id),
+                    };
+                    let done = advance(
+                        txn,
+                        self.publisher,
+                        tenant,
+                        contact,
+                        model,
+                        now,
+                        Happened::Automated { row, depth: self.depth },
+                    )
+                    .await?;
+                    moved += done.new.len();
+                    notes.push(format!("moved to {s}"));
+                }
+                Some(pb::action::Kind::AddTag(t) | pb::action::Kind::RemoveTag(t)) => {
+                    let topic = if matches!(action.kind, Some(pb::action::Kind::AddTag(_))) {
+                        "contacts.add_tag"
+                    } else {
+                        "contacts.remove_tag"
+                    };
+                    self.publish(txn, a, topic, [("tag".to_string(), t.clone())].into()).await?;
+                    notes.push(format!("{topic} {t}"));
+                }
+                Some(pb::action::Kind::RequestSurvey(survey)) => {
+                    let payload = [("survey_id".to_string(), survey.clone())].into();
+                    self.publish(txn, a, "feedback.request_survey", payload).await?;
+                    notes.push(format!("survey {survey} requested"));
+                }
+                Some(pb::action::Kind::PublishWebhook(w)) => {
+                    self.publish(txn, a, &w.topic, w.payload.clone()).await?;
+                    notes.push(format!("published {}", w.topic));
+                }
+                None => {}
+            }
+        }
+        Ok((pb::RunOutcome::Succeeded, notes.join("; "), moved))
+    }
+
+    async fn publish(
+        &self,
+        txn: &impl ConnectionTrait,
+        a: &automation::Model,
+        topic: &str,
+        payload: HashMap<String, String>,
+    ) -> Result<(), Error> {
+        let event = ev::AutomationTriggered {
+            automation_id: a.id.clone(),
+            contact_id: self.contact.to_string(),
+            topic: topic.to_owned(),
+            payload,
+        };
+        self.publisher.automation(txn, self.tenant, event).await
+    }
+}

@@ -1,0 +1,138 @@
+//! Every KPI against a hand computation on a small fixture of five contacts (docs/metrics.md
+//! has each definition), on SQLite and PostgreSQL: purchases in two currencies, a lead with no
+//! previous stage, a customer lost during the range, a lead who did not convert. Each rate
+//! stays in [0, 1].
+
+mod common;
+
+use clm_metrics::api::kpi::Snapshot;
+use clm_metrics::domain::DAY;
+use clm_metrics::store::read::Slice;
+use clm_platform::testing::Backend;
+use clm_proto::events::v1 as ev;
+use clm_proto::metrics::v1::Kpi;
+use common::*;
+
+/// The fixture, fed in the order given (the order does not matter: `read_model.rs`).
+fn fixture(s: i64) -> Vec<ev::EventEnvelope> {
+    let t = "acme";
+    let d = |n: i64| s + n * DAY;
+    let mut low = contact(t, "d", "web", "spring", d(3), None);
+    if let Some(ev::event_envelope::Payload::ContactCreated(c)) = &mut low.payload {
+        c.facts.as_mut().unwrap().lead_score = 10;
+    }
+    vec![
+        // A: new in the range, a lead, a customer after 3 days, buys twice in EUR, refers, a promoter.
+        contact(t, "a", "web", "spring", d(1), Some((100, "EUR"))),
+        stage(t, "a", "a1", 0, "awareness", d(1), false),
+        stage(t, "a", "a2", 1, "acquisition", d(2), false),
+        stage(t, "a", "a3", 2, "conversion", d(5), false),
+        purchase(t, "a", "a-p1", d(5), 100, "EUR"),
+        purchase(t, "a", "a-p2", d(10), 50, "EUR"),
+        journey(t, "a", "a-rf", ev::JourneyEventKind::Referral, d(12), None),
+        score(t, "a", "a-nps", ev::SurveyKind::Nps, 10, d(6)),
+        // B: a lead from its first stage (no previous one), a customer before the range who
+        // goes dormant in it; bought in USD; a detractor who found it easy (CES 6).
+        contact(t, "b", "paid_search", "", d(-40), Some((80, "USD"))),
+        stage(t, "b", "b1", 0, "acquisition", d(-40), false),
+        stage(t, "b", "b2", 1, "conversion", d(-30), false),
+        stage(t, "b", "b3", 2, "dormant", d(3), false),
+        purchase(t, "b", "b-p1", d(-30), 200, "USD"),
+        score(t, "b", "b-nps", ev::SurveyKind::Nps, 3, d(1)),
+        score(t, "b", "b-ces", ev::SurveyKind::Ces, 6, d(2)),
+        // C: a customer throughout; buys in EUR before and in the range, and in USD; reviews;
+        // satisfied (CSAT 5); found it hard (CES 2).
+        contact(t, "c", "web", "", d(-60), None),
+        stage(t, "c", "c1", 0, "awareness", d(-60), false),
+        stage(t, "c", "c2", 1, "acquisition", d(-50), false),
+        stage(t, "c", "c3", 2, "conversion", d(-45), false),
+        stage(t, "c", "c4", 3, "retention", d(-20), false),
+        purchase(t, "c", "c-p1", d(-45), 30, "EUR"),
+        purchase(t, "c", "c-p2", d(4), 70, "EUR"),
+        purchase(t, "c", "c-p3", d(8), 20, "USD"),
+        journey(t, "c", "c-rv", ev::JourneyEventKind::Review, d(9), None),
+        score(t, "c", "c-csat", ev::SurveyKind::Csat, 5, d(3)),
+        score(t, "c", "c-ces", ev::SurveyKind::Ces, 2, d(4)),
+        // D: new, a lead of low score who does not convert.
+        low,
+        stage(t, "d", "d1", 0, "awareness", d(3), false),
+        stage(t, "d", "d2", 1, "acquisition", d(4), false),
+        // E: new, nothing else.
+        contact(t, "e", "referral", "", d(20), None),
+    ]
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() < 1e-9
+}
+
+async fn every_kpi_equals_its_hand_computation(backend: Backend) {
+    let Some((t, db)) = db(backend, "mkpis").await else { return };
+    let s = 20_000 * DAY;
+    feed(&db, &fixture(s), 7).await;
+    let acme = tenant("acme");
+    let slice = Slice { model: "m".into(), start: s, end: s + 30 * DAY, ..Slice::default() };
+    let snap = Snapshot::load(&db, &acme, &slice, 50).await.unwrap();
+    assert_eq!(snap.currency, "EUR", "the reporting currency: the most money in the range");
+    let expected: Vec<(Kpi, f64, &str)> = vec![
+        (Kpi::NewContacts, 3.0, "A, D, E created in the range"),
+        (Kpi::Leads, 2.0, "A (day 2), D (day 4); B and C became leads before"),
+        (Kpi::CostPerLead, 50.0, "100 EUR ÷ 2 leads"),
+        (Kpi::LeadQualityRate, 0.5, "A converted; D scores 10 < 50"),
+        (Kpi::NewCustomers, 1.0, "A"),
+        (Kpi::CloseRate, 0.5, "of the 2 leads of the range, A became a customer"),
+        (Kpi::Revenue, 220.0, "EUR: A 100 + 50, C 70 (C's 20 USD is not added)"),
+        (Kpi::AverageDealSize, 100.0, "A's first purchase; C's first was before the range"),
+        (Kpi::AverageOrderValue, 220.0 / 3.0, "220 EUR over the 3 EUR orders"),
+        (Kpi::TimeToCloseDays, 3.0, "A: lead day 2, customer day 5 (bucket value, ±9%)"),
+        (Kpi::Cac, 100.0, "100 EUR ÷ 1 new customer"),
+        (Kpi::ConversionRate, 1.0 / 3.0, "of A, D, E created in the range, A became a customer"),
+        (Kpi::ChurnRate, 0.5, "customers at the start: B, C; B left (dormant, day 3)"),
+        (Kpi::RetentionRate, 0.5, "C stayed"),
+        (Kpi::RepeatPurchaseRate, 2.0 / 3.0, "to the end: A, B, C bought; A and C twice or more"),
+        (Kpi::PurchaseFrequency, 2.0, "4 orders (3 EUR, 1 USD) by 2 purchasers (A, C)"),
+        (Kpi::Nps, 0.0, "A 10 (promoter), B 3 (detractor): 50% − 50%"),
+        (Kpi::Csat, 100.0, "C 5"),
+        (Kpi::Ces, 4.0, "B 6, C 2 (1 very difficult … 7 very easy)"),
+        (Kpi::ReferralRate, 1.0 / 3.0, "customers A, B, C; A referred"),
+    ];
+    for (k, want, why) in &expected {
+        let (got, _) = snap.kpi(*k);
+        let ok = if *k == Kpi::TimeToCloseDays { (got - want).abs() / want < 0.1 } else { close(got, *want) };
+        assert!(ok, "{k:?}: {got}, expected {want} ({why})");
+    }
+    assert_eq!((snap.customers_at_start, snap.customers_at_end, snap.customers_lost), (2.0, 2.0, 1.0));
+    assert_eq!(snap.c.other_currencies, vec!["USD".to_string()]);
+    // Historical CLV: EUR revenue to the end (A 150, C 100) per contact who bought in EUR (A, C).
+    assert_eq!(snap.historical_clv_micros, 125_000_000);
+    // Predicted CLV: EUR order value over the year (250 ÷ 4 EUR orders) × orders per customer
+    // per year (6 orders ÷ 2 customers at the end) × lifespan (no customer a year before the
+    // end, so no churn measured: the 10-year cap).
+    assert!(close(snap.predicted_clv / 1e6, 62.5 * 3.0 * 10.0), "{}", snap.predicted_clv);
+    // Every rate stays in [0, 1].
+    for k in [
+        Kpi::LeadQualityRate,
+        Kpi::CloseRate,
+        Kpi::ConversionRate,
+        Kpi::ChurnRate,
+        Kpi::RetentionRate,
+        Kpi::RepeatPurchaseRate,
+        Kpi::ReferralRate,
+    ] {
+        let (v, _) = snap.kpi(k);
+        assert!((0.0..=1.0).contains(&v), "{k:?} = {v}");
+    }
+    // A channel filter applies to every base: web has A, C, D; at the start only C, who stayed.
+    let web = Slice { channel: Some("web".into()), ..slice.clone() };
+    let w = Snapshot::load(&db, &acme, &web, 50).await.unwrap();
+    assert_eq!((w.customers_at_start, w.customers_lost, w.churn_rate), (1.0, 0.0, 0.0));
+    assert!(close(w.kpi(Kpi::ReferralRate).0, 0.5), "web customers A, C; A referred");
+    assert!(close(w.kpi(Kpi::Leads).0, 2.0) && close(w.kpi(Kpi::CloseRate).0, 0.5));
+    // And a campaign: spring has A and D.
+    let spring = Slice { campaign: Some("spring".into()), ..slice.clone() };
+    let sp = Snapshot::load(&db, &acme, &spring, 50).await.unwrap();
+    assert_eq!((sp.customers_at_start, sp.kpi(Kpi::NewContacts).0, sp.kpi(Kpi::Revenue).0), (0.0, 2.0, 150.0));
+    t.cleanup().await;
+}
+
+clm_platform::backend_tests!(every_kpi_equals_its_hand_computation);

@@ -406,6 +406,24 @@ async fn every_kpi_from_the_event_stream_and_a_replay_agrees(backend: Backend) {
     assert!(other.get_scorecard(pb::GetScorecardRequest::default()).await.unwrap().into_inner().goals.is_empty());
     let err = other.get_customer_value(pb::GetCustomerValueRequest { contact_id: c1.clone() }).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
+    // A goal without a direction takes its KPI's: CES is better higher (7 = very easy), CAC lower.
+    for (kpi, want) in [(pb::Kpi::Ces, pb::GoalDirection::AtLeast), (pb::Kpi::Cac, pb::GoalDirection::AtMost)] {
+        let goal = pb::Goal {
+            display_name: format!("{kpi:?}"),
+            kpi: kpi as i32,
+            target: 5.0,
+            period: pb::Granularity::Month as i32,
+            ..Default::default()
+        };
+        let g = other
+            .create_goal(pb::CreateGoalRequest { goal: Some(goal), request_id: String::new() })
+            .await
+            .unwrap()
+            .into_inner()
+            .goal
+            .unwrap();
+        assert_eq!(g.direction, want as i32, "{kpi:?}");
+    }
 
     // Replay from the first event: exactly the same numbers.
     let before = figures(&mut m).await;

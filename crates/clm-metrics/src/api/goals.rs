@@ -66,6 +66,18 @@ async fn load(api: &MetricsApi, tenant: &str, id: &str) -> Result<Row, Error> {
     to_pb(r)
 }
 
+/// Which way a KPI is better (docs/metrics.md): lower for costs, churn and time to close;
+/// higher for the others — CES included (1 very difficult … 7 very easy).
+pub fn natural_direction(k: pb::Kpi) -> Option<pb::GoalDirection> {
+    match k {
+        pb::Kpi::Unspecified => None,
+        pb::Kpi::CostPerLead | pb::Kpi::Cac | pb::Kpi::ChurnRate | pb::Kpi::TimeToCloseDays => {
+            Some(pb::GoalDirection::AtMost)
+        }
+        _ => Some(pb::GoalDirection::AtLeast),
+    }
+}
+
 /// Check a goal's fields (all of them: the caller merged the mask first).
 fn check(tenant: &clm_platform::TenantId, g: &mut pb::Goal, v: &mut Violations) {
     let name = g.display_name.trim().to_owned();
@@ -80,7 +92,10 @@ fn check(tenant: &clm_platform::TenantId, g: &mut pb::Goal, v: &mut Violations) 
         v.add("goal.target", "must be a number");
     }
     if pb::GoalDirection::try_from(g.direction).unwrap_or_default() == pb::GoalDirection::Unspecified {
-        v.add("goal.direction", "GOAL_DIRECTION_AT_LEAST or GOAL_DIRECTION_AT_MOST");
+        match pb::Kpi::try_from(g.kpi).ok().and_then(natural_direction) {
+            Some(d) => g.direction = d as i32,
+            None => v.add("goal.direction", "GOAL_DIRECTION_AT_LEAST or GOAL_DIRECTION_AT_MOST"),
+        }
     }
     gran(v, "goal.period", g.period, Gran::Month, true);
     if !(0.0..=1.0).contains(&g.at_risk_tolerance) {

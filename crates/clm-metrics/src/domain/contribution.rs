@@ -592,7 +592,7 @@ fn activity(b: &mut Builder<'_>, out: &mut Contribution, events: &[&Event]) {
     }
     // The main currency: most spent (then by code).
     if let Some((cur, (orders, revenue))) = by_currency.iter().max_by(|a, b| (a.1.1, b.0).cmp(&(b.1.1, a.0))) {
-        c.currency = (*cur).to_owned();
+        (*cur).clone_into(&mut c.currency);
         c.revenue = *revenue;
         c.currency_orders = *orders;
     }

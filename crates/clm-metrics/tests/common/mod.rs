@@ -56,7 +56,6 @@ pub fn contact(
                 lead_score: 60,
                 ..Default::default()
             }),
-            ..Default::default()
         }),
     )
 }

@@ -71,19 +71,22 @@ pub async fn cohorts(
     Ok(Cohorts { sizes, cells, revenue, last })
 }
 
-/// The members' active periods at `g`: contact → period → [(currency, orders, revenue)].
+/// A contact's active periods: period → [(currency, orders, revenue)].
+type Periods = BTreeMap<i64, Vec<(String, i64, i64)>>;
+
+/// The members' active periods at `g`, per contact.
 async fn member_periods(
     db: &impl ConnectionTrait,
     tenant: &TenantId,
     g: Gran,
     ids: Option<&[String]>,
-) -> Result<HashMap<String, BTreeMap<i64, Vec<(String, i64, i64)>>>> {
+) -> Result<HashMap<String, Periods>> {
     let mut sql =
         "SELECT contact_id, period, currency, orders, revenue FROM contact_periods WHERE tenant_id = ? AND gran = ?"
             .to_owned();
     let mut vals = vec![v(tenant.as_str()), v(g.key())];
     push_in(&mut sql, &mut vals, "contact_id", ids);
-    let mut out: HashMap<String, BTreeMap<i64, Vec<(String, i64, i64)>>> = HashMap::new();
+    let mut out: HashMap<String, Periods> = HashMap::new();
     for r in rows(db, &sql, vals).await? {
         out.entry(r.try_get("", "contact_id")?).or_default().entry(r.try_get("", "period")?).or_default().push((
             r.try_get("", "currency")?,

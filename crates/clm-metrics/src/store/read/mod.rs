@@ -12,6 +12,8 @@
 pub mod cohorts;
 pub mod funnel;
 
+use std::fmt::Write as _;
+
 use clm_platform::{Result, TenantId};
 use sea_orm::{ConnectionTrait, Value};
 
@@ -38,11 +40,11 @@ impl Slice {
     /// ` AND channel = ? AND campaign = ?` for the filters set, on columns prefixed `p`.
     fn filters(&self, p: &str, sql: &mut String, vals: &mut Vec<Value>) {
         if let Some(c) = &self.channel {
-            sql.push_str(&format!(" AND {p}channel = ?"));
+            let _ = write!(sql, " AND {p}channel = ?");
             vals.push(v(c.as_str()));
         }
         if let Some(c) = &self.campaign {
-            sql.push_str(&format!(" AND {p}campaign = ?"));
+            let _ = write!(sql, " AND {p}campaign = ?");
             vals.push(v(c.as_str()));
         }
     }

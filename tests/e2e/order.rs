@@ -405,7 +405,7 @@ fn ordered(plan: &Plan) -> Vec<Step> {
 /// B: a shuffle with duplicates and an import batch; a contact is created just before the
 /// first call that needs it.
 fn shuffled(plan: &Plan) -> Vec<Step> {
-    let mut rng = StdRng::seed_from_u64(plan.seed ^ 0x5eed_b);
+    let mut rng = StdRng::seed_from_u64(plan.seed ^ 0x005e_edb0);
     let mut units = Vec::new();
     let mut batch = Vec::new();
     for (i, a) in plan.acts.iter().enumerate() {
@@ -908,7 +908,7 @@ impl Schema {
                 }
                 _ => {
                     let sub = self.walk(tn, raw);
-                    let entry = self.messages[tn].options.as_ref().is_some_and(|o| o.map_entry());
+                    let entry = self.messages[tn].options.as_ref().is_some_and(prost_types::MessageOptions::map_entry);
                     let get = |k: &str| sub.iter().find(|(p, _)| p == k).map(|(_, v)| v.to_string());
                     if entry {
                         let key = get("key").unwrap_or_default();
@@ -1131,14 +1131,16 @@ impl Report {
         self.groups.is_empty()
     }
 
+    /// Each group's count and its first findings, one per subject (the read model and scope
+    /// or contact before `}`), so one broken contact does not hide the rest.
     fn render(&self, out: &mut String) {
         for (g, lines) in &self.groups {
-            let _ = writeln!(out, "  {g}: {} finding(s)", lines.len());
-            for l in lines.iter().take(SHOWN) {
+            let subject = |l: &str| l.split('}').next().unwrap_or(l).to_owned();
+            let subjects: BTreeSet<String> = lines.iter().map(|l| subject(l)).collect();
+            let _ = writeln!(out, "  {g}: {} finding(s) in {} read(s)", lines.len(), subjects.len());
+            let mut seen = BTreeSet::new();
+            for l in lines.iter().filter(|l| seen.insert(subject(l))).take(SHOWN) {
                 let _ = writeln!(out, "    {l}");
-            }
-            if lines.len() > SHOWN {
-                let _ = writeln!(out, "    … and {} more", lines.len() - SHOWN);
             }
         }
     }
@@ -1523,13 +1525,37 @@ async fn run_seed(backend: Backend, seed: u64) -> Option<String> {
         }
     }
     compare(&sa, &sb, &mut report);
+    // To look into a finding: CLM_ORDER_DUMP=<part of a key> prints the plan and the values of
+    // both tenants under the matching keys.
+    if let Ok(part) = std::env::var("CLM_ORDER_DUMP") {
+        for (i, c) in plan.contacts.iter().enumerate() {
+            eprintln!(
+                "c{i}: {} / {}, acquired {}, cost {:?}",
+                CHANNELS[c.channel].1,
+                CAMPAIGNS[c.campaign],
+                show_time(c.acquire),
+                c.cost
+            );
+        }
+        for i in 0..plan.acts.len() {
+            eprintln!("  act {i}: {}", plan.describe(i));
+        }
+        let order: Vec<String> = shuffled(&plan).iter().map(|s| format!("{s:?}")).collect();
+        eprintln!("B's order: {}", order.join(", "));
+        for (k, v) in sa.iter().filter(|(k, _)| k.contains(&part)) {
+            eprintln!("A {k} = {v}");
+        }
+        for (k, v) in sb.iter().filter(|(k, _)| k.contains(&part)) {
+            eprintln!("B {k} = {v}");
+        }
+    }
     invariants(&plan, &a, &mut report).await;
     eprintln!(
         "seed {seed} ({backend:?}): {} contacts, {} acts; fed in {:.1}s, settled and compared in {:.1}s; {} read-model values",
         plan.contacts.len(),
         plan.acts.len(),
         fed_in.as_secs_f64(),
-        (started.elapsed() - fed_in).as_secs_f64(),
+        started.elapsed().saturating_sub(fed_in).as_secs_f64(),
         sa.len()
     );
     env.done().await;
@@ -1542,6 +1568,13 @@ async fn run_seed(backend: Backend, seed: u64) -> Option<String> {
 }
 
 async fn order_independence(backend: Backend, default_seeds: usize) {
+    // The services' logs, to look into a finding: CLM_ORDER_LOG=warn (a tracing filter).
+    if let Ok(filter) = std::env::var("CLM_ORDER_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
     let seeds: Vec<u64> = match std::env::var("CLM_ORDER_SEED") {
         Ok(s) => vec![s.trim().parse().expect("CLM_ORDER_SEED: a number")],
         Err(_) => {

@@ -1220,10 +1220,63 @@ fn rate(report: &mut Report, what: &str, name: &str, v: f64) {
     }
 }
 
+/// A contact's stage history: (time, stage) of each transition, oldest first.
+struct History {
+    moves: Vec<(i64, String)>,
+    /// First move to a stage past awareness (its first stage, when that is one): a lead.
+    lead: Option<i64>,
+    /// First entry into a customer stage.
+    customer: Option<i64>,
+}
+
+const CUSTOMER_STAGES: [&str; 3] = ["conversion", "retention", "loyalty"];
+
+impl History {
+    fn of(j: &lpb::Journey) -> History {
+        let moves: Vec<(i64, String)> = j
+            .transitions
+            .iter()
+            .map(|t| {
+                let at = t.transition_time.as_ref().and_then(clm_platform::convert::micros).unwrap_or_default();
+                (at, t.to_stage.clone())
+            })
+            .collect();
+        let first = |ok: &dyn Fn(&str) -> bool| moves.iter().find(|(_, s)| ok(s)).map(|(t, _)| *t);
+        History {
+            lead: first(&|s| !["awareness", "dormant", "churned"].contains(&s)),
+            customer: first(&|s| CUSTOMER_STAGES.contains(&s)),
+            moves,
+        }
+    }
+
+    /// In a customer stage at `at` (after every transition before it).
+    fn customer_at(&self, at: i64) -> bool {
+        self.moves.iter().rev().find(|(t, _)| *t < at).is_some_and(|(_, s)| CUSTOMER_STAGES.contains(&s.as_str()))
+    }
+
+    /// Left the customer stages in [start, end).
+    fn left_in(&self, start: i64, end: i64) -> bool {
+        self.moves.iter().any(|(t, s)| *t >= start && *t < end && !CUSTOMER_STAGES.contains(&s.as_str()))
+    }
+}
+
 async fn invariants(plan: &Plan, fed: &Fed, report: &mut Report) {
     let mut m = fed.cl.m.clone();
     let hand = Hand { plan, purchases: plan.purchases() };
     let everyone = |_: usize| true;
+    // Each contact's stage history in A, as lifecycle (the source of truth) derived it.
+    let mut histories = Vec::new();
+    for id in &fed.ids {
+        let j = fed
+            .cl
+            .l
+            .clone()
+            .get_journey(lpb::GetJourneyRequest { contact_id: id.clone(), model_id: String::new() })
+            .await
+            .map(|r| r.into_inner().journey.unwrap_or_default())
+            .unwrap_or_default();
+        histories.push(History::of(&j));
+    }
     // The scopes, and every calendar month of the history.
     let mut checks: Vec<(String, pb::MetricsScope)> = scopes(plan);
     let mut month = month_start(plan.start);
@@ -1319,6 +1372,71 @@ async fn invariants(plan: &Plan, fed: &Fed, report: &mut Report) {
                 format!(
                     "{what} retention.purchase_frequency = {}, hand {orders} ÷ {buyers} = {want}",
                     ret.purchase_frequency
+                ),
+            );
+        }
+        // Leads, new customers, churn and referral rate by the issue's definitions, from the
+        // stage histories.
+        let mine: Vec<(usize, &History)> = histories.iter().enumerate().filter(|(i, _)| keep(*i)).collect();
+        let in_range = |t: Option<i64>| t.is_some_and(|t| t >= start && t < end);
+        let leads: Vec<&History> = mine.iter().filter(|(_, h)| in_range(h.lead)).map(|(_, h)| *h).collect();
+        let new_customers = mine.iter().filter(|(_, h)| in_range(h.customer)).count() as i64;
+        if acq.leads != leads.len() as i64 || conv.new_customers != new_customers {
+            report.add(
+                "invariant: leads and new customers = hand count from the journeys",
+                format!(
+                    "{what} acquisition.leads = {}, conversion.new_customers = {}; hand {} leads (a first stage past \
+                     awareness counts), {new_customers} new customers",
+                    acq.leads,
+                    conv.new_customers,
+                    leads.len()
+                ),
+            );
+        }
+        if end == plan.end {
+            // Leads of the range that became customers ÷ leads of the range (to the end of
+            // the range, which is now here: no reading of "became" differs).
+            let closed = leads.iter().filter(|h| h.customer.is_some_and(|c| c < end)).count();
+            let want = if leads.is_empty() { 0.0 } else { closed as f64 / leads.len() as f64 };
+            if (conv.close_rate - want).abs() > 1e-9 {
+                report.add(
+                    "invariant: close rate = leads of the range that became customers ÷ leads of the range",
+                    format!(
+                        "{what} conversion.close_rate = {}, hand {closed} ÷ {} = {want}",
+                        conv.close_rate,
+                        leads.len()
+                    ),
+                );
+            }
+        }
+        let at_start: Vec<&History> = mine.iter().filter(|(_, h)| h.customer_at(start)).map(|(_, h)| *h).collect();
+        let left = at_start.iter().filter(|h| h.left_in(start, end)).count();
+        let want = if at_start.is_empty() { 0.0 } else { left as f64 / at_start.len() as f64 };
+        if (ret.churn_rate - want).abs() > 1e-9 {
+            report.add(
+                "invariant: churn = customers at the start who left ÷ customers at the start",
+                format!("{what} retention.churn_rate = {}, hand {left} ÷ {} = {want}", ret.churn_rate, at_start.len()),
+            );
+        }
+        let at_end: Vec<usize> = mine.iter().filter(|(_, h)| h.customer_at(end)).map(|(i, _)| *i).collect();
+        let referred = at_end
+            .iter()
+            .filter(|i| {
+                plan.acts.iter().any(|a| {
+                    a.contact == **i
+                        && a.at < end
+                        && matches!(a.what, What::Journey(lpb::journey_event::Detail::Referral(_)))
+                })
+            })
+            .count();
+        let want = if at_end.is_empty() { 0.0 } else { referred as f64 / at_end.len() as f64 };
+        if (loy.referral_rate - want).abs() > 1e-9 {
+            report.add(
+                "invariant: referral rate = customers who referred ÷ customers",
+                format!(
+                    "{what} loyalty.referral_rate = {}, hand {referred} ÷ {} = {want}",
+                    loy.referral_rate,
+                    at_end.len()
                 ),
             );
         }

@@ -38,6 +38,11 @@ async fn assert_same(db: &DatabaseConnection, a: &TenantId, sa: &Slice, b: &Tena
                 "customers at {k} ({basis})"
             );
             assert_eq!(
+                read::referring_customers_at(db, a, sa, basis, at).await.unwrap(),
+                read::referring_customers_at(db, b, sb, basis, at).await.unwrap(),
+                "referring customers at {k} ({basis})"
+            );
+            assert_eq!(
                 read::customers_lost(db, a, sa, basis, at, at + 30 * DAY).await.unwrap(),
                 read::customers_lost(db, b, sb, basis, at, at + 30 * DAY).await.unwrap(),
                 "customers lost from {k} ({basis})"

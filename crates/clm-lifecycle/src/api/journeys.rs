@@ -363,7 +363,10 @@ pub(super) async fn transition_stage(
     // A retry of a move already made changes nothing.
     let mut owed = false;
     if !already {
-        let current = store::get_journey(&txn, &ctx.tenant, contact, model.id).await?.and_then(|j| j.current_stage);
+        // The stage the contact was in at the move's time (a backdated move is checked against
+        // the history then, not against where later events took the contact since).
+        let history = store::transitions_of(&txn, &ctx.tenant, contact, model.id).await?;
+        let current = history.iter().rfind(|t| t.at <= at).map(|t| t.to_stage.clone());
         let from = current.as_deref().and_then(|c| StageKey::parse("from", c).ok());
         if from.as_ref() == Some(&to) {
             return Err(Error::FailedPrecondition(format!("the contact is already in {}", to.as_str())).into());

@@ -42,7 +42,6 @@ pub const NAMES: &[&str] = &[
     "ces_easy",
     "referrals",
     "referrers",
-    "customer_referrers",
     "reviews",
     "reviewers",
 ];
@@ -198,6 +197,7 @@ impl Snapshot {
         let at_start = read::customers_at(db, tenant, slice, SPELL_BASIS, slice.start).await? as f64;
         let at_end = read::customers_at(db, tenant, slice, SPELL_BASIS, slice.end).await? as f64;
         let lost = read::customers_lost(db, tenant, slice, SPELL_BASIS, slice.start, slice.end).await? as f64;
+        let referring = read::referring_customers_at(db, tenant, slice, SPELL_BASIS, slice.end).await? as f64;
         let clv = ClvModel::load(db, tenant, slice, &c.currency).await?;
         let currency = c.currency.clone();
         let purchasers = read::purchasers(db, tenant, slice).await? as f64;
@@ -213,7 +213,7 @@ impl Snapshot {
             retention_rate: if at_start > 0.0 { 1.0 - churn_rate } else { 0.0 },
             repeat_purchase_rate: ratio(cum.n("repeat_customers"), cum.n("buyers")),
             purchase_frequency: ratio(c.n("orders"), purchasers),
-            referral_rate: ratio(cum.n("customer_referrers"), cum.n("new_customers")),
+            referral_rate: ratio(referring, at_end),
             historical_clv: ratio(cum.s("revenue"), cum.n("currency_buyers")),
             historical_clv_micros: cum.per("revenue", "currency_buyers"),
             predicted_clv: clv.predicted(),
@@ -271,7 +271,7 @@ impl Snapshot {
             pb::Kpi::Nps => (self.nps(), n("nps_total")),
             pb::Kpi::Csat => (self.csat(), n("csat_total")),
             pb::Kpi::Ces => (self.ces(), n("ces_total")),
-            pb::Kpi::ReferralRate => (self.referral_rate, n("new_customers")),
+            pb::Kpi::ReferralRate => (self.referral_rate, self.customers_at_end as i64),
             pb::Kpi::CustomerLifetimeValue => (units(self.predicted_clv), self.customers_at_end as i64),
             pb::Kpi::ClvToCacRatio => (ratio(self.predicted_clv, self.cac()), n("new_customers")),
             pb::Kpi::Unspecified => (0.0, 0),

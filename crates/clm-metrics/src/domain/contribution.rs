@@ -365,9 +365,11 @@ impl Builder<'_> {
         }
     }
 
-    fn spell(&mut self, model: &str, basis: &str, start: i64, end: Option<i64>) {
+    /// A customer spell from `start` to `end` (open: `None`), with the day of the contact's
+    /// first referral (`OPEN`: none), so "customers who referred" is a subset of customers.
+    fn spell(&mut self, model: &str, basis: &str, start: i64, end: Option<i64>, referred: Option<i64>) {
         let (t, c, f) = (self.tenant, self.contact, self.facts);
-        let (s, e) = (day(start), end.map_or(OPEN, day));
+        let (s, e, r) = (day(start), end.map_or(OPEN, day), referred.map_or(OPEN, day));
         let key = vec![
             t.into(),
             model.into(),
@@ -376,9 +378,11 @@ impl Builder<'_> {
             f.campaign.as_str().into(),
             s.into(),
             e.into(),
+            r.into(),
         ];
         self.add("customer_spells", key, &[1]);
-        self.add("contact_spells", vec![t.into(), c.into(), model.into(), basis.into(), s.into(), e.into()], &[1]);
+        let key = vec![t.into(), c.into(), model.into(), basis.into(), s.into(), e.into(), r.into()];
+        self.add("contact_spells", key, &[1]);
     }
 }
 
@@ -464,19 +468,19 @@ fn journey(b: &mut Builder<'_>, out: &mut Contribution, model: &str, ts: &[&Tran
             open[1].get_or_insert(t.at);
         } else {
             if let Some(start) = open[0].take() {
-                b.spell(model, SPELL_BASES[0], start, Some(t.at));
+                b.spell(model, SPELL_BASES[0], start, Some(t.at), first_referral);
             }
             if t.to_role != Role::Dormant
                 && let Some(start) = open[1].take()
             {
-                b.spell(model, SPELL_BASES[1], start, Some(t.at));
+                b.spell(model, SPELL_BASES[1], start, Some(t.at), first_referral);
             }
         }
         prev = Some(t);
     }
     for (i, start) in open.iter().enumerate() {
         if let Some(start) = start {
-            b.spell(model, SPELL_BASES[i], *start, None);
+            b.spell(model, SPELL_BASES[i], *start, None, first_referral);
         }
     }
     // The funnel: the cohort is the day the contact entered the model (its earliest reach).
@@ -501,9 +505,6 @@ fn journey(b: &mut Builder<'_>, out: &mut Contribution, model: &str, ts: &[&Tran
         b.hist(model, "__time_to_close", c, took);
         if let Some(at) = b.facts.acquired {
             b.kpi("new_contacts_won", model, at, "", 1, 0);
-        }
-        if let Some(r) = first_referral {
-            b.kpi("customer_referrers", model, c.max(r), "", 1, 0);
         }
     }
     out.reaches.extend(reaches);

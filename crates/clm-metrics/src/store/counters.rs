@@ -58,16 +58,17 @@ pub const COHORT_CELLS: Table =
 pub const COHORT_REVENUE: Table =
     Table { name: "cohort_revenue", keys: &["tenant_id", "gran", "cohort", "idx", "currency"], sums: &["revenue"] };
 /// Spells of being a customer, by the days they started and ended (`contribution::OPEN`
-/// while open), per basis (`contribution::SPELL_BASES`): churn and customers at a moment.
+/// while open) and the day of the contact's first referral, per basis
+/// (`contribution::SPELL_BASES`): churn, customers at a moment, and those who had referred.
 pub const CUSTOMER_SPELLS: Table = Table {
     name: "customer_spells",
-    keys: &["tenant_id", "model_id", "basis", "channel", "campaign", "start_day", "end_day"],
+    keys: &["tenant_id", "model_id", "basis", "channel", "campaign", "start_day", "end_day", "referred_day"],
     sums: &["n"],
 };
 /// The same spells per contact (segment queries).
 pub const CONTACT_SPELLS: Table = Table {
     name: "contact_spells",
-    keys: &["tenant_id", "contact_id", "model_id", "basis", "start_day", "end_day"],
+    keys: &["tenant_id", "contact_id", "model_id", "basis", "start_day", "end_day", "referred_day"],
     sums: &["n"],
 };
 pub const COHORT_SIZES: Table = Table { name: "cohort_sizes", keys: &["tenant_id", "gran", "cohort"], sums: &["n"] };

@@ -137,9 +137,10 @@ impl MigrationTrait for M0007Ledger {
                 ("campaign", "s"),
                 ("start_day", "i"),
                 ("end_day", "i"),
+                ("referred_day", "i"),
                 ("n", "i"),
             ],
-            &["tenant_id", "model_id", "basis", "channel", "campaign", "start_day", "end_day"],
+            &["tenant_id", "model_id", "basis", "channel", "campaign", "start_day", "end_day", "referred_day"],
         )
         .await?;
         index(
@@ -159,9 +160,10 @@ impl MigrationTrait for M0007Ledger {
                 ("basis", "s"),
                 ("start_day", "i"),
                 ("end_day", "i"),
+                ("referred_day", "i"),
                 ("n", "i"),
             ],
-            &["tenant_id", "contact_id", "model_id", "basis", "start_day", "end_day"],
+            &["tenant_id", "contact_id", "model_id", "basis", "start_day", "end_day", "referred_day"],
         )
         .await?;
         create(

@@ -153,7 +153,9 @@ pub async fn kpis(
 
 /// Customer spells of the slice's model, channel, campaign and contacts under `basis`
 /// (`contribution::SPELL_BASES`) that started on a day before `at`'s and end (`end_day`, days)
-/// at or after `lo` and, given `hi`, before it.
+/// at or after `lo` and, given `hi`, before it; with `referred`, of contacts who had referred
+/// on a day before `at`'s.
+#[allow(clippy::too_many_arguments)]
 async fn spells(
     db: &impl ConnectionTrait,
     tenant: &TenantId,
@@ -162,6 +164,7 @@ async fn spells(
     at: i64,
     lo: i64,
     hi: Option<i64>,
+    referred: bool,
 ) -> Result<i64> {
     let mut total = 0;
     for ids in slice.chunks() {
@@ -174,6 +177,10 @@ async fn spells(
         if let Some(hi) = hi {
             sql.push_str(" AND end_day < ?");
             vals.push(v(hi));
+        }
+        if referred {
+            sql.push_str(" AND referred_day < ?");
+            vals.push(v(domain::day(at)));
         }
         if ids.is_some() {
             // Per-contact spells carry no channel: filter on the contact's facts.
@@ -202,7 +209,18 @@ pub async fn customers_at(
     basis: &str,
     at: i64,
 ) -> Result<i64> {
-    spells(db, tenant, slice, basis, at, domain::day(at), None).await
+    spells(db, tenant, slice, basis, at, domain::day(at), None, false).await
+}
+
+/// Of the customers at `at`, those who had referred a contact (on a day before `at`'s).
+pub async fn referring_customers_at(
+    db: &impl ConnectionTrait,
+    tenant: &TenantId,
+    slice: &Slice,
+    basis: &str,
+    at: i64,
+) -> Result<i64> {
+    spells(db, tenant, slice, basis, at, domain::day(at), None, true).await
 }
 
 /// Of the customers at `start`, those whose spell ended in `[start, end)`: the churned.
@@ -214,7 +232,7 @@ pub async fn customers_lost(
     start: i64,
     end: i64,
 ) -> Result<i64> {
-    spells(db, tenant, slice, basis, start, domain::day(start), Some(end)).await
+    spells(db, tenant, slice, basis, start, domain::day(start), Some(end), false).await
 }
 
 /// A model's stages as seen in events: (key, position, category, role), in order.

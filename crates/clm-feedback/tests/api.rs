@@ -746,6 +746,121 @@ async fn stage_entry_and_automations_send_surveys(backend: Backend) {
     env.done().await;
 }
 
+/// CES is 1 = very difficult … 7 = very easy: a 2 is high effort and opens a follow-up, a 6 is
+/// low effort and does not; the threshold setting counts from the difficult end.
+async fn difficult_ces_answers_are_followed_up(backend: Backend) {
+    let Some(env) = Env::start(backend, "fbces").await else { return };
+    let Clients { mut f, mut c, .. } = env.clients("acme").await;
+    let survey = new_survey(&mut f, pb::SurveyKind::Ces, vec![], "").await;
+    let hard = new_contact(&mut c, "hard@example.com", &[]).await;
+    let easy = new_contact(&mut c, "easy@example.com", &[]).await;
+    let r = wait_for("contacts know the respondent", async || {
+        f.submit_response(in_app(&survey.id, &hard, vec![rating("score", 2)], true)).await.ok()
+    })
+    .await
+    .into_inner();
+    assert_eq!(r.response.unwrap().band, pb::ScoreBand::HighEffort as i32);
+    assert_eq!(r.follow_up.expect("a difficult experience is followed up").reason, "ces_high_effort");
+    let r = f.submit_response(in_app(&survey.id, &easy, vec![rating("score", 6)], true)).await.unwrap().into_inner();
+    assert_eq!(r.response.unwrap().band, pb::ScoreBand::LowEffort as i32);
+    assert!(r.follow_up.is_none(), "an easy experience is not followed up");
+    let high = f
+        .list_responses(pb::ListResponsesRequest { filter: r#"band = "high_effort""#.into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .responses;
+    assert_eq!(high.iter().map(|r| r.contact_id.as_str()).collect::<Vec<_>>(), [hard.as_str()]);
+
+    // The threshold: scores up to it open a follow-up (default 3); 1 to 6.
+    let settings = f.get_feedback_settings(pb::GetFeedbackSettingsRequest {}).await.unwrap().into_inner();
+    let s = settings.feedback_settings.unwrap();
+    assert_eq!(s.ces_follow_up_threshold, 3);
+    let update = |threshold: i32, etag: &str| pb::UpdateFeedbackSettingsRequest {
+        feedback_settings: Some(pb::FeedbackSettings {
+            ces_follow_up_threshold: threshold,
+            etag: etag.into(),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask { paths: vec!["ces_follow_up_threshold".into()] }),
+    };
+    let err = f.update_feedback_settings(update(7, &s.etag)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(fields(&err), ["feedback_settings.ces_follow_up_threshold"]);
+    f.update_feedback_settings(update(4, &s.etag)).await.unwrap();
+    let medium = new_contact(&mut c, "medium@example.com", &[]).await;
+    let r = wait_for("contacts know the respondent", async || {
+        f.submit_response(in_app(&survey.id, &medium, vec![rating("score", 4)], true)).await.ok()
+    })
+    .await
+    .into_inner();
+    assert_eq!(r.response.unwrap().band, pb::ScoreBand::MediumEffort as i32);
+    assert!(r.follow_up.is_some(), "4 is at the threshold");
+    env.done().await;
+}
+
+/// Feedback once read CES backwards (7 = most effort): its stored readings are turned round by a
+/// migration — each tenant's threshold mirrored (5, "5-7 open a follow-up", becomes 3, "1-3
+/// do"), each CES response's band recomputed from its score; other kinds untouched.
+async fn stored_ces_readings_are_migrated_to_the_common_scale(backend: Backend) {
+    use clm_feedback::store::entities::{response, settings};
+    use clm_feedback::store::migrations::Migrator;
+    use sea_orm::{ActiveModelTrait, EntityTrait, IntoActiveModel};
+    use sea_orm_migration::MigratorTrait;
+
+    let Some(test_db) = TestDb::create(backend, "fbcesmig").await else { return };
+    let db = clm_platform::db::connect(&test_db.url, &testing::settings(&[]).database).await.unwrap();
+    let before = u32::try_from(Migrator::migrations().len() - 1).unwrap();
+    Migrator::up(&db, Some(before)).await.unwrap();
+    for (tenant, ces_threshold) in [("acme", 5), ("beta", 7), ("gamma", 2)] {
+        let row = settings::Model {
+            tenant_id: tenant.into(),
+            throttle_window: DAY,
+            default_ttl: DAY,
+            ces_threshold,
+            token_secret: "secret".into(),
+            version: 1,
+            update_time: 0,
+        };
+        row.into_active_model().insert(&db).await.unwrap();
+    }
+    let old = [("c2", 2, "low_effort"), ("c4", 4, "medium_effort"), ("c6", 6, "high_effort"), ("n2", 2, "detractor")];
+    for (id, score, band) in old {
+        let row = response::Model {
+            id: id.into(),
+            tenant_id: "acme".into(),
+            survey_id: "s".into(),
+            invitation_id: None,
+            contact_id: "c".into(),
+            answers: "{}".into(),
+            complete: true,
+            score: Some(score),
+            band: Some(band.into()),
+            stage_key: String::new(),
+            create_time: 0,
+            update_time: 0,
+            complete_time: Some(0),
+            version: 1,
+        };
+        row.into_active_model().insert(&db).await.unwrap();
+    }
+    Migrator::up(&db, None).await.unwrap();
+    let mut thresholds: Vec<(String, i32)> =
+        settings::Entity::find().all(&db).await.unwrap().into_iter().map(|s| (s.tenant_id, s.ces_threshold)).collect();
+    thresholds.sort();
+    assert_eq!(thresholds, [("acme".into(), 3), ("beta".into(), 1), ("gamma".into(), 6)]);
+    let mut bands: Vec<(String, Option<String>)> =
+        response::Entity::find().all(&db).await.unwrap().into_iter().map(|r| (r.id, r.band)).collect();
+    bands.sort();
+    let band = |id: &str, b: &str| (id.to_owned(), Some(b.to_owned()));
+    assert_eq!(
+        bands,
+        [band("c2", "high_effort"), band("c4", "medium_effort"), band("c6", "low_effort"), band("n2", "detractor")]
+    );
+    db.close().await.unwrap();
+    test_db.cleanup().await;
+}
+
 async fn reviews_count_as_advocacy(backend: Backend) {
     let Some(env) = Env::start(backend, "fbrev").await else { return };
     let Clients { mut f, mut c, mut l } = env.clients("acme").await;
@@ -1009,6 +1124,8 @@ clm_platform::backend_tests!(
     bad_responses_are_refused_with_reasons,
     throttling_follows_the_clock,
     stage_entry_and_automations_send_surveys,
+    difficult_ces_answers_are_followed_up,
+    stored_ces_readings_are_migrated_to_the_common_scale,
     reviews_count_as_advocacy,
     erasure_removes_what_people_wrote,
     tenants_are_isolated,

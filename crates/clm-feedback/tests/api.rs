@@ -861,6 +861,95 @@ async fn stored_ces_readings_are_migrated_to_the_common_scale(backend: Backend) 
     test_db.cleanup().await;
 }
 
+/// Lifecycle republishes a transition whose content changed (a backdated event): a retraction of
+/// the old version, then the transition again (same transition id, new event id). Its survey
+/// invitation is the transition's: sent once, even when the first one was answered and
+/// throttling is off. An automation's request is its own invitation.
+async fn a_republished_transition_invites_once(backend: Backend) {
+    use clm_feedback::events::{FeedbackHandler, Publisher, REQUEST_SURVEY_TOPIC};
+    use clm_platform::events::inbox::EventHandler;
+    use clm_proto::events::v1 as ev;
+
+    let Some(env) = Env::start(backend, "fbrepub").await else { return };
+    let Clients { mut f, .. } = env.clients("acme").await;
+    let survey = new_survey(&mut f, pb::SurveyKind::Csat, vec![], "conversion").await;
+    let s = f.get_feedback_settings(pb::GetFeedbackSettingsRequest {}).await.unwrap().into_inner().feedback_settings;
+    f.update_feedback_settings(pb::UpdateFeedbackSettingsRequest {
+        feedback_settings: Some(pb::FeedbackSettings {
+            throttle_window: Some(prost_types::Duration::default()),
+            ..s.unwrap()
+        }),
+        update_mask: Some(prost_types::FieldMask { paths: vec!["throttle_window".into()] }),
+    })
+    .await
+    .unwrap();
+
+    let db = clm_platform::db::connect(env.feedback_url(), &testing::settings(&[]).database).await.unwrap();
+    let handler =
+        FeedbackHandler { publisher: Publisher::new(clm_platform::events::outbox::OutboxWriter::new("feedback")) };
+    let apply = async |payload: ev::event_envelope::Payload| {
+        let e = ev::EventEnvelope {
+            event_id: uuid::Uuid::now_v7().to_string(),
+            tenant_id: "acme".into(),
+            payload: Some(payload),
+            ..Default::default()
+        };
+        let txn = clm_platform::db::begin_write(&db).await.unwrap();
+        handler.handle(&txn, &e).await.unwrap();
+        txn.commit().await.unwrap();
+    };
+    let who = uuid::Uuid::now_v7().to_string();
+    let entered = ev::StageChanged {
+        contact_id: who.clone(),
+        model_id: uuid::Uuid::now_v7().to_string(),
+        from_stage: "lead".into(),
+        to_stage: "conversion".into(),
+        transition_id: uuid::Uuid::now_v7().to_string(),
+        transition_time: Some(clm_platform::convert::timestamp(clm_feedback::store::now_micros())),
+        ..Default::default()
+    };
+    let invitations = async |f: &mut Fb| {
+        f.list_invitations(pb::ListInvitationsRequest { contact_id: who.clone(), ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner()
+            .invitations
+    };
+    apply(ev::event_envelope::Payload::StageChanged(entered.clone())).await;
+    let first = invitations(&mut f).await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first[0].source, pb::InvitationSource::StageTrigger as i32);
+    // The contact answers: no invitation is pending any more.
+    let tenant = clm_platform::TenantId::parse("acme").unwrap();
+    let secret = clm_feedback::store::settings(&db, &tenant).await.unwrap().token_secret;
+    let token = clm_feedback::domain::token::issue(&secret, "acme", first[0].id.parse().unwrap());
+    f.submit_response(by_token(&token, vec![rating("score", 5)], true)).await.unwrap();
+
+    // The retraction, the republished transition (its content changed), and a redelivery.
+    let retracted = ev::StageChanged { retracted: true, ..entered.clone() };
+    apply(ev::event_envelope::Payload::StageChanged(retracted)).await;
+    let republished = ev::StageChanged { from_stage: "visitor".into(), ..entered.clone() };
+    apply(ev::event_envelope::Payload::StageChanged(republished.clone())).await;
+    apply(ev::event_envelope::Payload::StageChanged(republished)).await;
+    let after = invitations(&mut f).await;
+    assert_eq!(after.len(), 1, "one transition, one invitation: {after:?}");
+    assert_eq!(after[0].id, first[0].id);
+    assert_eq!(after[0].status, pb::InvitationStatus::Responded as i32, "the answered invitation stays answered");
+
+    // An automation asking for the same survey is keyed by its own event: a new invitation.
+    apply(ev::event_envelope::Payload::AutomationTriggered(ev::AutomationTriggered {
+        contact_id: who.clone(),
+        topic: REQUEST_SURVEY_TOPIC.into(),
+        payload: [("survey_id".to_owned(), survey.id.clone())].into(),
+        ..Default::default()
+    }))
+    .await;
+    let all = invitations(&mut f).await;
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert!(all.iter().any(|i| i.source == pb::InvitationSource::Automation as i32));
+    env.done().await;
+}
+
 async fn reviews_count_as_advocacy(backend: Backend) {
     let Some(env) = Env::start(backend, "fbrev").await else { return };
     let Clients { mut f, mut c, mut l } = env.clients("acme").await;
@@ -1126,6 +1215,7 @@ clm_platform::backend_tests!(
     stage_entry_and_automations_send_surveys,
     difficult_ces_answers_are_followed_up,
     stored_ces_readings_are_migrated_to_the_common_scale,
+    a_republished_transition_invites_once,
     reviews_count_as_advocacy,
     erasure_removes_what_people_wrote,
     tenants_are_isolated,

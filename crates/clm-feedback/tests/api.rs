@@ -746,6 +746,210 @@ async fn stage_entry_and_automations_send_surveys(backend: Backend) {
     env.done().await;
 }
 
+/// CES is 1 = very difficult … 7 = very easy: a 2 is high effort and opens a follow-up, a 6 is
+/// low effort and does not; the threshold setting counts from the difficult end.
+async fn difficult_ces_answers_are_followed_up(backend: Backend) {
+    let Some(env) = Env::start(backend, "fbces").await else { return };
+    let Clients { mut f, mut c, .. } = env.clients("acme").await;
+    let survey = new_survey(&mut f, pb::SurveyKind::Ces, vec![], "").await;
+    let hard = new_contact(&mut c, "hard@example.com", &[]).await;
+    let easy = new_contact(&mut c, "easy@example.com", &[]).await;
+    let r = wait_for("contacts know the respondent", async || {
+        f.submit_response(in_app(&survey.id, &hard, vec![rating("score", 2)], true)).await.ok()
+    })
+    .await
+    .into_inner();
+    assert_eq!(r.response.unwrap().band, pb::ScoreBand::HighEffort as i32);
+    assert_eq!(r.follow_up.expect("a difficult experience is followed up").reason, "ces_high_effort");
+    let r = f.submit_response(in_app(&survey.id, &easy, vec![rating("score", 6)], true)).await.unwrap().into_inner();
+    assert_eq!(r.response.unwrap().band, pb::ScoreBand::LowEffort as i32);
+    assert!(r.follow_up.is_none(), "an easy experience is not followed up");
+    let high = f
+        .list_responses(pb::ListResponsesRequest { filter: r#"band = "high_effort""#.into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .responses;
+    assert_eq!(high.iter().map(|r| r.contact_id.as_str()).collect::<Vec<_>>(), [hard.as_str()]);
+
+    // The threshold: scores up to it open a follow-up (default 3); 1 to 6.
+    let settings = f.get_feedback_settings(pb::GetFeedbackSettingsRequest {}).await.unwrap().into_inner();
+    let s = settings.feedback_settings.unwrap();
+    assert_eq!(s.ces_follow_up_threshold, 3);
+    let update = |threshold: i32, etag: &str| pb::UpdateFeedbackSettingsRequest {
+        feedback_settings: Some(pb::FeedbackSettings {
+            ces_follow_up_threshold: threshold,
+            etag: etag.into(),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask { paths: vec!["ces_follow_up_threshold".into()] }),
+    };
+    let err = f.update_feedback_settings(update(7, &s.etag)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(fields(&err), ["feedback_settings.ces_follow_up_threshold"]);
+    f.update_feedback_settings(update(4, &s.etag)).await.unwrap();
+    let medium = new_contact(&mut c, "medium@example.com", &[]).await;
+    let r = wait_for("contacts know the respondent", async || {
+        f.submit_response(in_app(&survey.id, &medium, vec![rating("score", 4)], true)).await.ok()
+    })
+    .await
+    .into_inner();
+    assert_eq!(r.response.unwrap().band, pb::ScoreBand::MediumEffort as i32);
+    assert!(r.follow_up.is_some(), "4 is at the threshold");
+    env.done().await;
+}
+
+/// Feedback once read CES backwards (7 = most effort): its stored readings are turned round by a
+/// migration — each tenant's threshold mirrored (5, "5-7 open a follow-up", becomes 3, "1-3
+/// do"), each CES response's band recomputed from its score; other kinds untouched.
+async fn stored_ces_readings_are_migrated_to_the_common_scale(backend: Backend) {
+    use clm_feedback::store::entities::{response, settings};
+    use clm_feedback::store::migrations::Migrator;
+    use sea_orm::{ActiveModelTrait, EntityTrait, IntoActiveModel};
+    use sea_orm_migration::MigratorTrait;
+
+    let Some(test_db) = TestDb::create(backend, "fbcesmig").await else { return };
+    let db = clm_platform::db::connect(&test_db.url, &testing::settings(&[]).database).await.unwrap();
+    let before = u32::try_from(Migrator::migrations().len() - 1).unwrap();
+    Migrator::up(&db, Some(before)).await.unwrap();
+    for (tenant, ces_threshold) in [("acme", 5), ("beta", 7), ("gamma", 2)] {
+        let row = settings::Model {
+            tenant_id: tenant.into(),
+            throttle_window: DAY,
+            default_ttl: DAY,
+            ces_threshold,
+            token_secret: "secret".into(),
+            version: 1,
+            update_time: 0,
+        };
+        row.into_active_model().insert(&db).await.unwrap();
+    }
+    let old = [("c2", 2, "low_effort"), ("c4", 4, "medium_effort"), ("c6", 6, "high_effort"), ("n2", 2, "detractor")];
+    for (id, score, band) in old {
+        let row = response::Model {
+            id: id.into(),
+            tenant_id: "acme".into(),
+            survey_id: "s".into(),
+            invitation_id: None,
+            contact_id: "c".into(),
+            answers: "{}".into(),
+            complete: true,
+            score: Some(score),
+            band: Some(band.into()),
+            stage_key: String::new(),
+            create_time: 0,
+            update_time: 0,
+            complete_time: Some(0),
+            version: 1,
+        };
+        row.into_active_model().insert(&db).await.unwrap();
+    }
+    Migrator::up(&db, None).await.unwrap();
+    let mut thresholds: Vec<(String, i32)> =
+        settings::Entity::find().all(&db).await.unwrap().into_iter().map(|s| (s.tenant_id, s.ces_threshold)).collect();
+    thresholds.sort();
+    assert_eq!(thresholds, [("acme".into(), 3), ("beta".into(), 1), ("gamma".into(), 6)]);
+    let mut bands: Vec<(String, Option<String>)> =
+        response::Entity::find().all(&db).await.unwrap().into_iter().map(|r| (r.id, r.band)).collect();
+    bands.sort();
+    let band = |id: &str, b: &str| (id.to_owned(), Some(b.to_owned()));
+    assert_eq!(
+        bands,
+        [band("c2", "high_effort"), band("c4", "medium_effort"), band("c6", "low_effort"), band("n2", "detractor")]
+    );
+    db.close().await.unwrap();
+    test_db.cleanup().await;
+}
+
+/// Lifecycle republishes a transition whose content changed (a backdated event): a retraction of
+/// the old version, then the transition again (same transition id, new event id). Its survey
+/// invitation is the transition's: sent once, even when the first one was answered and
+/// throttling is off. An automation's request is its own invitation.
+async fn a_republished_transition_invites_once(backend: Backend) {
+    use clm_feedback::events::{FeedbackHandler, Publisher, REQUEST_SURVEY_TOPIC};
+    use clm_platform::events::inbox::EventHandler;
+    use clm_proto::events::v1 as ev;
+
+    let Some(env) = Env::start(backend, "fbrepub").await else { return };
+    let Clients { mut f, .. } = env.clients("acme").await;
+    let survey = new_survey(&mut f, pb::SurveyKind::Csat, vec![], "conversion").await;
+    let s = f.get_feedback_settings(pb::GetFeedbackSettingsRequest {}).await.unwrap().into_inner().feedback_settings;
+    f.update_feedback_settings(pb::UpdateFeedbackSettingsRequest {
+        feedback_settings: Some(pb::FeedbackSettings {
+            throttle_window: Some(prost_types::Duration::default()),
+            ..s.unwrap()
+        }),
+        update_mask: Some(prost_types::FieldMask { paths: vec!["throttle_window".into()] }),
+    })
+    .await
+    .unwrap();
+
+    let db = clm_platform::db::connect(env.feedback_url(), &testing::settings(&[]).database).await.unwrap();
+    let handler =
+        FeedbackHandler { publisher: Publisher::new(clm_platform::events::outbox::OutboxWriter::new("feedback")) };
+    let apply = async |payload: ev::event_envelope::Payload| {
+        let e = ev::EventEnvelope {
+            event_id: uuid::Uuid::now_v7().to_string(),
+            tenant_id: "acme".into(),
+            payload: Some(payload),
+            ..Default::default()
+        };
+        let txn = clm_platform::db::begin_write(&db).await.unwrap();
+        handler.handle(&txn, &e).await.unwrap();
+        txn.commit().await.unwrap();
+    };
+    let who = uuid::Uuid::now_v7().to_string();
+    let entered = ev::StageChanged {
+        contact_id: who.clone(),
+        model_id: uuid::Uuid::now_v7().to_string(),
+        from_stage: "lead".into(),
+        to_stage: "conversion".into(),
+        transition_id: uuid::Uuid::now_v7().to_string(),
+        transition_time: Some(clm_platform::convert::timestamp(clm_feedback::store::now_micros())),
+        ..Default::default()
+    };
+    let invitations = async |f: &mut Fb| {
+        f.list_invitations(pb::ListInvitationsRequest { contact_id: who.clone(), ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner()
+            .invitations
+    };
+    apply(ev::event_envelope::Payload::StageChanged(entered.clone())).await;
+    let first = invitations(&mut f).await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first[0].source, pb::InvitationSource::StageTrigger as i32);
+    // The contact answers: no invitation is pending any more.
+    let tenant = clm_platform::TenantId::parse("acme").unwrap();
+    let secret = clm_feedback::store::settings(&db, &tenant).await.unwrap().token_secret;
+    let token = clm_feedback::domain::token::issue(&secret, "acme", first[0].id.parse().unwrap());
+    f.submit_response(by_token(&token, vec![rating("score", 5)], true)).await.unwrap();
+
+    // The retraction, the republished transition (its content changed), and a redelivery.
+    let retracted = ev::StageChanged { retracted: true, ..entered.clone() };
+    apply(ev::event_envelope::Payload::StageChanged(retracted)).await;
+    let republished = ev::StageChanged { from_stage: "visitor".into(), ..entered.clone() };
+    apply(ev::event_envelope::Payload::StageChanged(republished.clone())).await;
+    apply(ev::event_envelope::Payload::StageChanged(republished)).await;
+    let after = invitations(&mut f).await;
+    assert_eq!(after.len(), 1, "one transition, one invitation: {after:?}");
+    assert_eq!(after[0].id, first[0].id);
+    assert_eq!(after[0].status, pb::InvitationStatus::Responded as i32, "the answered invitation stays answered");
+
+    // An automation asking for the same survey is keyed by its own event: a new invitation.
+    apply(ev::event_envelope::Payload::AutomationTriggered(ev::AutomationTriggered {
+        contact_id: who.clone(),
+        topic: REQUEST_SURVEY_TOPIC.into(),
+        payload: [("survey_id".to_owned(), survey.id.clone())].into(),
+        ..Default::default()
+    }))
+    .await;
+    let all = invitations(&mut f).await;
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert!(all.iter().any(|i| i.source == pb::InvitationSource::Automation as i32));
+    env.done().await;
+}
+
 async fn reviews_count_as_advocacy(backend: Backend) {
     let Some(env) = Env::start(backend, "fbrev").await else { return };
     let Clients { mut f, mut c, mut l } = env.clients("acme").await;
@@ -1009,6 +1213,9 @@ clm_platform::backend_tests!(
     bad_responses_are_refused_with_reasons,
     throttling_follows_the_clock,
     stage_entry_and_automations_send_surveys,
+    difficult_ces_answers_are_followed_up,
+    stored_ces_readings_are_migrated_to_the_common_scale,
+    a_republished_transition_invites_once,
     reviews_count_as_advocacy,
     erasure_removes_what_people_wrote,
     tenants_are_isolated,

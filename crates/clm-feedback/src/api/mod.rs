@@ -194,11 +194,12 @@ fn filter(v: &mut Violations, raw: &str, fields: &[Field]) -> Option<sea_orm::se
     })
 }
 
-/// The reason a completed response opens a follow-up, if it does.
+/// The reason a completed response opens a follow-up, if it does. CES counts from the difficult
+/// end (1 = very difficult … 7 = very easy): scores up to the tenant's `ces_threshold` open one.
 fn follow_up_reason(kind: Kind, score: Option<i32>, ces_threshold: i32) -> Option<&'static str> {
     let score = score?;
     match kind {
-        Kind::Ces if score >= ces_threshold => Some("ces_high_effort"),
+        Kind::Ces if score <= ces_threshold => Some("ces_high_effort"),
         Kind::Ces => None,
         _ => Band::of(kind, score).and_then(Band::follow_up),
     }
@@ -1094,10 +1095,11 @@ impl FeedbackService for FeedbackApi {
                     }
                 }
                 "ces_follow_up_threshold" => {
-                    if (2..=7).contains(&s.ces_follow_up_threshold) {
+                    // 1 (only "very difficult") to 6 (all but "very easy").
+                    if (1..=6).contains(&s.ces_follow_up_threshold) {
                         row.ces_threshold = s.ces_follow_up_threshold;
                     } else {
-                        v.add("feedback_settings.ces_follow_up_threshold", "must be 2 to 7");
+                        v.add("feedback_settings.ces_follow_up_threshold", "must be 1 to 6");
                     }
                 }
                 _ => {}
@@ -1215,8 +1217,13 @@ mod tests {
         assert_eq!(follow_up_reason(Kind::Nps, Some(7), 5), None);
         assert_eq!(follow_up_reason(Kind::Csat, Some(2), 5), Some("csat_unsatisfied"));
         assert_eq!(follow_up_reason(Kind::Csat, Some(3), 5), None);
-        assert_eq!(follow_up_reason(Kind::Ces, Some(5), 5), Some("ces_high_effort"));
-        assert_eq!(follow_up_reason(Kind::Ces, Some(5), 6), None, "threshold is a setting");
+        let ces = |score| follow_up_reason(Kind::Ces, Some(score), store::DEFAULT_CES_THRESHOLD);
+        assert_eq!(ces(2), Some("ces_high_effort"), "2 is difficult");
+        assert_eq!(ces(3), Some("ces_high_effort"));
+        assert_eq!(ces(4), None);
+        assert_eq!(ces(6), None, "6 is easy");
+        assert_eq!(follow_up_reason(Kind::Ces, Some(4), 4), Some("ces_high_effort"), "threshold is a setting");
+        assert_eq!(follow_up_reason(Kind::Ces, Some(3), 2), None);
         assert_eq!(follow_up_reason(Kind::Custom, Some(1), 5), None);
         assert_eq!(follow_up_reason(Kind::Nps, None, 5), None);
     }

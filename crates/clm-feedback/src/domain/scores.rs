@@ -38,7 +38,8 @@ pub fn csat(scores: impl IntoIterator<Item = i32>) -> (f64, u64, u64) {
     (score, sat, count)
 }
 
-/// CES: mean effort (1-7); 0 when empty. Returns (average, count).
+/// CES: mean score (1 = very difficult … 7 = very easy; higher is better); 0 when empty.
+/// Returns (average, count).
 pub fn ces(scores: impl IntoIterator<Item = i32>) -> (f64, u64) {
     let (mut sum, mut count) = (0_i64, 0_u64);
     for s in scores {

@@ -16,6 +16,8 @@ pub const MAX_FREE_TEXT: usize = 5000;
 pub enum Kind {
     Nps,
     Csat,
+    /// Customer effort on the common 7-point scale: 1 = very difficult … 7 = very easy (higher
+    /// is better, like NPS and CSAT).
     Ces,
     Custom,
 }
@@ -288,7 +290,7 @@ pub fn missing_required(qs: &Questions, answers: &HashMap<String, Value>) -> Vec
         .collect()
 }
 
-/// Bands of a primary score.
+/// Bands of a primary score. CES: 1-3 high effort (difficult), 4 medium, 5-7 low effort (easy).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Band {
     Promoter,
@@ -341,9 +343,9 @@ impl Band {
             Kind::Csat if score >= 4 => Band::Satisfied,
             Kind::Csat if score == 3 => Band::Neutral,
             Kind::Csat => Band::Unsatisfied,
-            Kind::Ces if score <= 3 => Band::LowEffort,
+            Kind::Ces if score <= 3 => Band::HighEffort,
             Kind::Ces if score == 4 => Band::MediumEffort,
-            Kind::Ces => Band::HighEffort,
+            Kind::Ces => Band::LowEffort,
             Kind::Custom => return None,
         })
     }
@@ -428,7 +430,18 @@ mod tests {
         assert_eq!(Band::of(Kind::Nps, 9), Some(Band::Promoter));
         assert_eq!(Band::of(Kind::Csat, 2).and_then(Band::follow_up), Some("csat_unsatisfied"));
         assert_eq!(Band::of(Kind::Csat, 3).and_then(Band::follow_up), None);
-        assert_eq!(Band::of(Kind::Ces, 5).and_then(Band::follow_up), Some("ces_high_effort"));
         assert_eq!(Band::of(Kind::Custom, 5), None);
+    }
+
+    /// CES is 1 = very difficult … 7 = very easy: the low scores are the high effort.
+    #[test]
+    fn ces_low_scores_are_high_effort() {
+        let band = |s| Band::of(Kind::Ces, s).unwrap();
+        assert_eq!([1, 2, 3].map(band), [Band::HighEffort; 3]);
+        assert_eq!(band(4), Band::MediumEffort);
+        assert_eq!([5, 6, 7].map(band), [Band::LowEffort; 3]);
+        assert_eq!(band(2).follow_up(), Some("ces_high_effort"));
+        assert_eq!(band(4).follow_up(), None);
+        assert_eq!(band(6).follow_up(), None);
     }
 }

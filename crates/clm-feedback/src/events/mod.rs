@@ -174,9 +174,9 @@ impl Source {
 
 /// Invite `contact` to `survey` (ACTIVE, checked by the caller) in `txn`: not twice while an
 /// invitation is pending, not more than once per throttling window across surveys. Publishes
-/// SurveyRequested. `id` fixes the invitation id (derived from the causing event, so a
-/// redelivered or replayed event does not invite twice); an existing invitation with that id
-/// is returned as is. Returns the invitation and its token.
+/// SurveyRequested. `id` fixes the invitation id (derived from its cause, `InvitationKey`, so a
+/// redelivered or replayed event does not invite twice); an existing invitation with that id is
+/// returned as is. Returns the invitation and its token.
 #[allow(clippy::too_many_arguments)]
 pub async fn invite(
     txn: &impl ConnectionTrait,
@@ -225,6 +225,29 @@ pub async fn invite(
     Ok(Ok((row, t)))
 }
 
+/// What an invitation sent on an event is the invitation *of*: its id is derived from this (and
+/// the survey), so the same cause seen again finds the invitation it already made.
+#[derive(Debug, Clone, Copy)]
+enum InvitationKey<'a> {
+    /// A stage entry: the lifecycle transition, not the event that carried it. Lifecycle
+    /// republishes a transition whose content changed (a backdated event): a retraction, then
+    /// the transition again under a new event id but the same transition id. It is still the
+    /// same entry into the stage, so it is still the same invitation.
+    Transition(&'a str),
+    /// An automation's request (`feedback.request_survey`): each run is a request of its own.
+    Event(&'a str),
+}
+
+impl InvitationKey<'_> {
+    fn invitation_id(self, survey_id: &str) -> Uuid {
+        let name = match self {
+            InvitationKey::Transition(t) => format!("invite/transition/{t}/{survey_id}"),
+            InvitationKey::Event(e) => format!("invite/{e}/{survey_id}"),
+        };
+        Uuid::new_v5(&Uuid::NAMESPACE_OID, name.as_bytes())
+    }
+}
+
 /// Consumes lifecycle and contact events.
 #[derive(Debug)]
 pub struct FeedbackHandler {
@@ -237,14 +260,14 @@ impl FeedbackHandler {
         &self,
         txn: &DatabaseTransaction,
         tenant: &TenantId,
-        event_id: &str,
+        key: InvitationKey<'_>,
         survey: &survey::Model,
         contact: Uuid,
         source: Source,
         stage: Option<String>,
     ) -> Result<()> {
         let settings = store::settings(txn, tenant).await?;
-        let id = Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("invite/{event_id}/{}", survey.id).as_bytes());
+        let id = key.invitation_id(&survey.id);
         match invite(txn, &self.publisher, tenant, &settings, survey, contact, source, stage, Some(id), now_micros())
             .await?
         {
@@ -264,6 +287,11 @@ impl EventHandler for FeedbackHandler {
             Some(Payload::StageChanged(s)) => {
                 let at = s.transition_time.as_ref().and_then(clm_platform::convert::micros).unwrap_or_else(now_micros);
                 if s.retracted {
+                    // An invitation already sent for this transition stays as it is, even if the
+                    // transition is not published again: it went out (SurveyRequested was
+                    // published, the contact may have answered), which no retraction unsends;
+                    // it is history like the answer. If lifecycle publishes the transition
+                    // again, that finds this invitation (same transition id): no second one.
                     let from_enter = s.from_stage_enter_time.as_ref().and_then(clm_platform::convert::micros);
                     let (contact, model) = (&s.contact_id, &s.model_id);
                     return store::unset_stage(
@@ -285,11 +313,18 @@ impl EventHandler for FeedbackHandler {
                 if now_micros() - at > store::DAY_MICROS {
                     return Ok(());
                 }
+                // Keyed by the transition: its republication is the same invitation. (Lifecycle
+                // always sets transition_id; without one, the event is all there is to go by.)
+                let key = if s.transition_id.is_empty() {
+                    InvitationKey::Event(&e.event_id)
+                } else {
+                    InvitationKey::Transition(&s.transition_id)
+                };
                 for survey in store::surveys_for_stage(txn, tenant_str, &s.to_stage, &s.model_id).await? {
                     self.invite_for_event(
                         txn,
                         &tenant,
-                        &e.event_id,
+                        key,
                         &survey,
                         contact,
                         Source::StageTrigger,
@@ -307,8 +342,8 @@ impl EventHandler for FeedbackHandler {
                 };
                 match store::get_survey(txn, &tenant, survey_id).await {
                     Ok(survey) if survey.status == "active" => {
-                        self.invite_for_event(txn, &tenant, &e.event_id, &survey, contact, Source::Automation, None)
-                            .await?;
+                        let key = InvitationKey::Event(&e.event_id);
+                        self.invite_for_event(txn, &tenant, key, &survey, contact, Source::Automation, None).await?;
                     }
                     Ok(_) => tracing::info!(survey = %survey_id, "survey requested by automation is not active"),
                     Err(clm_platform::Error::NotFound { .. }) => {
@@ -330,7 +365,8 @@ impl EventHandler for FeedbackHandler {
 
     async fn reset(&self, txn: &DatabaseTransaction) -> Result<()> {
         // Only the stage directory is derived from events; invitations are feedback's own data
-        // and their ids are derived from the causing event, so a replay does not invite twice.
+        // and their ids are derived from their cause (transition or automation event), so a
+        // replay does not invite twice.
         txn.execute_unprepared("DELETE FROM contact_stages").await?;
         Ok(())
     }

@@ -17,6 +17,7 @@ impl MigratorTrait for Migrator {
             Box::new(clm_platform::events::ordering::OutboxKeysMigration),
             Box::new(clm_platform::events::ordering::InboxPositionsMigration),
             Box::new(clm_platform::events::prune::InboxAgeIndexMigration),
+            Box::new(M0002CesScale),
         ]
     }
 }
@@ -192,6 +193,47 @@ impl MigrationTrait for M0001Feedback {
         ] {
             m.drop_table(Table::drop().table(Alias::new(t)).to_owned()).await?;
         }
+        Ok(())
+    }
+}
+
+/// CES was first read backwards (7 = most effort); it is 1 = very difficult … 7 = very easy.
+/// What was stored under the old reading is turned round: a tenant's follow-up threshold `t`
+/// ("scores t-7 open a follow-up", 2-7) becomes `8 - t` ("scores 1-(8-t) do", 1-6; the old
+/// default 5 becomes the new default 3), and the bands of CES responses are recomputed from
+/// their scores (1-3 high effort, 4 medium, 5-7 low; only CES responses have effort bands).
+/// Follow-ups already opened stay as they are: they happened.
+struct M0002CesScale;
+
+impl MigrationName for M0002CesScale {
+    fn name(&self) -> &'static str {
+        "m0002_ces_scale"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0002CesScale {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        let db = m.get_connection();
+        db.execute_unprepared("UPDATE feedback_settings SET ces_threshold = 8 - ces_threshold").await?;
+        db.execute_unprepared(
+            "UPDATE responses SET band = CASE WHEN score <= 3 THEN 'high_effort' \
+             WHEN score = 4 THEN 'medium_effort' ELSE 'low_effort' END \
+             WHERE band IN ('low_effort', 'medium_effort', 'high_effort') AND score IS NOT NULL",
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        let db = m.get_connection();
+        db.execute_unprepared("UPDATE feedback_settings SET ces_threshold = 8 - ces_threshold").await?;
+        db.execute_unprepared(
+            "UPDATE responses SET band = CASE WHEN score <= 3 THEN 'low_effort' \
+             WHEN score = 4 THEN 'medium_effort' ELSE 'high_effort' END \
+             WHERE band IN ('low_effort', 'medium_effort', 'high_effort') AND score IS NOT NULL",
+        )
+        .await?;
         Ok(())
     }
 }

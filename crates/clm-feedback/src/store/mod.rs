@@ -21,7 +21,9 @@ pub const DAY_MICROS: i64 = 86_400_000_000;
 /// Defaults of a tenant's settings.
 pub const DEFAULT_THROTTLE: i64 = 30 * DAY_MICROS;
 pub const DEFAULT_TTL: i64 = 14 * DAY_MICROS;
-pub const DEFAULT_CES_THRESHOLD: i32 = 5;
+/// CES scores up to this open a follow-up: 1-3, the difficult end (1 = very difficult … 7 = very
+/// easy).
+pub const DEFAULT_CES_THRESHOLD: i32 = 3;
 
 /// A page cursor: (time, id).
 pub type Cursor = (i64, String);

@@ -439,6 +439,36 @@ async fn models_are_validated_and_protected(backend: Backend) {
         .lifecycle_model
         .unwrap();
     assert_eq!(renamed.display_name, "SaaS v2");
+    // Whether dormancy is churn is the model's setting (metrics reads it from StageChanged).
+    assert!(!renamed.churn_excludes_dormancy, "dormancy counts as churn by default");
+    let set = l
+        .update_lifecycle_model(pb::UpdateLifecycleModelRequest {
+            lifecycle_model: Some(pb::LifecycleModel {
+                id: saas.id.clone(),
+                churn_excludes_dormancy: true,
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask { paths: vec!["churn_excludes_dormancy".into()] }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .lifecycle_model
+        .unwrap();
+    assert!(set.churn_excludes_dormancy && set.display_name == "SaaS v2");
+    let got = l
+        .get_lifecycle_model(pb::GetLifecycleModelRequest { id: saas.id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .lifecycle_model
+        .unwrap();
+    assert!(got.churn_excludes_dormancy);
+    l.transition_stage(move_to("onboarding")).await.unwrap();
+    let published = env.stage_changes(&id).await;
+    let last = published.last().expect("a StageChanged");
+    assert!(last.to_stage == "onboarding" && last.churn_excludes_dormancy, "{last:?}");
+    assert!(!published[0].churn_excludes_dormancy, "published before the setting changed");
     let err = l
         .update_lifecycle_model(pb::UpdateLifecycleModelRequest {
             lifecycle_model: Some(pb::LifecycleModel {

@@ -132,6 +132,17 @@ async fn every_kpi_equals_its_hand_computation(backend: Backend) {
     let spring = Slice { campaign: Some("spring".into()), ..slice.clone() };
     let sp = Snapshot::load(&db, &acme, &spring, 50).await.unwrap();
     assert_eq!((sp.customers_at_start, sp.kpi(Kpi::NewContacts).0, sp.kpi(Kpi::Revenue).0), (0.0, 2.0, 150.0));
+    // The model leaves dormancy out of churn (lifecycle's setting, on its StageChanged): B,
+    // dormant, is still a customer; nobody left.
+    let mut flagged = stage("acme", "e", "e1", 0, "awareness", s + 21 * DAY, false);
+    if let Some(ev::event_envelope::Payload::StageChanged(c)) = &mut flagged.payload {
+        c.churn_excludes_dormancy = true;
+    }
+    feed(&db, &[flagged], 1).await;
+    let snap = Snapshot::load(&db, &acme, &slice, 50).await.unwrap();
+    assert_eq!((snap.customers_at_start, snap.customers_lost, snap.customers_at_end), (2.0, 0.0, 3.0));
+    assert!(close(snap.kpi(Kpi::ChurnRate).0, 0.0) && close(snap.kpi(Kpi::RetentionRate).0, 1.0));
+    assert!(close(snap.kpi(Kpi::ReferralRate).0, 1.0 / 3.0), "customers A, B, C; A had referred");
     t.cleanup().await;
 }
 

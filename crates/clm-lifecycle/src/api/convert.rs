@@ -122,6 +122,7 @@ pub fn model_to_pb(r: &ModelRecord) -> pb::LifecycleModel {
         create_time: Some(timestamp(r.create_time)),
         update_time: Some(timestamp(r.update_time)),
         etag: etag(r.version),
+        churn_excludes_dormancy: r.churn_excludes_dormancy,
     }
 }
 

@@ -67,6 +67,7 @@ pub(super) async fn create_lifecycle_model(
         version: 1,
         create_time: now,
         update_time: now,
+        churn_excludes_dormancy: m.churn_excludes_dormancy,
     };
     store::insert_model(&txn, &ctx.tenant, &rec).await?;
     if let Some(r) = rid.filter(|_| !known) {
@@ -115,7 +116,8 @@ pub(super) async fn update_lifecycle_model(
     let mut v = Violations::new();
     let expected = v.check(etag_version("lifecycle_model.etag", &m.etag)).flatten();
     let paths: Vec<String> = req.update_mask.map(|x| x.paths).unwrap_or_default();
-    const PATHS: [&str; 5] = ["display_name", "description", "stages", "allowed_transitions", "is_default"];
+    const PATHS: [&str; 6] =
+        ["display_name", "description", "stages", "allowed_transitions", "is_default", "churn_excludes_dormancy"];
     for p in &paths {
         if !PATHS.contains(&p.as_str()) {
             v.add("update_mask", format!("unknown path {p:?}; one of {}", PATHS.join(", ")));
@@ -157,6 +159,9 @@ pub(super) async fn update_lifecycle_model(
                 }
             }
         }
+    }
+    if has("churn_excludes_dormancy") && (!paths.is_empty() || m.churn_excludes_dormancy) {
+        next.churn_excludes_dormancy = m.churn_excludes_dormancy;
     }
     if has("is_default") && !paths.is_empty() {
         next.is_default = m.is_default;

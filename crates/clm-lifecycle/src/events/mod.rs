@@ -102,6 +102,7 @@ impl Publisher {
                 .into(),
                 to_stage_position: i32::try_from(position).unwrap_or(i32::MAX),
                 sequence: i32::try_from(t.seq).unwrap_or(i32::MAX),
+                churn_excludes_dormancy: model.churn_excludes_dormancy,
                 retracted,
             });
             self.outbox.append(txn, tenant, "journey", &t.contact_id, t.at, p).await?;

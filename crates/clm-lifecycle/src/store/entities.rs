@@ -66,6 +66,7 @@ pub mod lifecycle_model {
         pub version: i64,
         pub create_time: i64,
         pub update_time: i64,
+        pub churn_excludes_dormancy: bool,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -19,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(clm_platform::events::ordering::InboxPositionsMigration),
             Box::new(clm_platform::events::prune::InboxAgeIndexMigration),
             Box::new(M0003AutomationJobs),
+            Box::new(M0004ChurnSetting),
         ]
     }
 }
@@ -267,5 +268,38 @@ impl MigrationTrait for M0003AutomationJobs {
 
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
         m.drop_table(Table::drop().table(Alias::new("automation_jobs")).to_owned()).await
+    }
+}
+
+/// `lifecycle_models.churn_excludes_dormancy`: whether dormancy is left out of churn (false
+/// for every existing model: dormancy counted as churn before the setting existed).
+struct M0004ChurnSetting;
+
+impl MigrationName for M0004ChurnSetting {
+    fn name(&self) -> &'static str {
+        "m0004_churn_setting"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0004ChurnSetting {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.alter_table(
+            Table::alter()
+                .table(Alias::new("lifecycle_models"))
+                .add_column(ColumnDef::new(Alias::new("churn_excludes_dormancy")).boolean().not_null().default(false))
+                .to_owned(),
+        )
+        .await
+    }
+
+    async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.alter_table(
+            Table::alter()
+                .table(Alias::new("lifecycle_models"))
+                .drop_column(Alias::new("churn_excludes_dormancy"))
+                .to_owned(),
+        )
+        .await
     }
 }

@@ -58,6 +58,8 @@ pub struct ModelRecord {
     pub version: i64,
     pub create_time: i64,
     pub update_time: i64,
+    /// Dormancy is not churn (metrics' churn basis; `LifecycleModel.churn_excludes_dormancy`).
+    pub churn_excludes_dormancy: bool,
 }
 
 fn cat_key(c: Category) -> &'static str {
@@ -124,6 +126,7 @@ fn model_from(m: lifecycle_model::Model) -> Result<ModelRecord> {
         version: m.version,
         create_time: m.create_time,
         update_time: m.update_time,
+        churn_excludes_dormancy: m.churn_excludes_dormancy,
     })
 }
 
@@ -157,6 +160,7 @@ fn model_row(tenant: &TenantId, r: &ModelRecord) -> lifecycle_model::Model {
         version: r.version,
         create_time: r.create_time,
         update_time: r.update_time,
+        churn_excludes_dormancy: r.churn_excludes_dormancy,
     }
 }
 
@@ -182,6 +186,7 @@ pub async fn default_model(db: &impl ConnectionTrait, tenant: &TenantId) -> Resu
         version: 1,
         create_time: now,
         update_time: now,
+        churn_excludes_dormancy: false,
     };
     lifecycle_model::Entity::insert(model_row(tenant, &rec).into_active_model())
         .on_conflict(OnConflict::column(lifecycle_model::Column::Id).do_nothing().to_owned())

@@ -46,9 +46,6 @@ pub const NAMES: &[&str] = &[
     "reviewers",
 ];
 
-/// Which customer spells churn reads (`contribution::SPELL_BASES`): dormancy counts as churn.
-pub const SPELL_BASIS: &str = "lost";
-
 /// Counters of a slice: name → (count, sum) in the main currency, plus the currencies seen.
 /// Sums are i128: money sums in µ-units pass i64 at 9.2 × 10^12 units (docs/metrics.md § Money).
 #[derive(Debug, Clone, Default)]
@@ -161,9 +158,10 @@ impl ClvModel {
     pub async fn load(db: &impl ConnectionTrait, tenant: &TenantId, slice: &Slice, currency: &str) -> Result<Self> {
         let year = Slice { start: slice.end - 365 * DAY, ..slice.clone() };
         let c = Counters::from_rows_in(&read::kpis(db, tenant, &year, &["revenue", "orders"], "").await?, currency);
-        let at_end = read::customers_at(db, tenant, slice, SPELL_BASIS, slice.end).await? as f64;
-        let at_start = read::customers_at(db, tenant, &year, SPELL_BASIS, year.start).await? as f64;
-        let lost = read::customers_lost(db, tenant, &year, SPELL_BASIS, year.start, year.end).await? as f64;
+        let basis = read::spell_basis(db, tenant, &slice.model).await?;
+        let at_end = read::customers_at(db, tenant, slice, basis, slice.end).await? as f64;
+        let at_start = read::customers_at(db, tenant, &year, basis, year.start).await? as f64;
+        let lost = read::customers_lost(db, tenant, &year, basis, year.start, year.end).await? as f64;
         Ok(Self {
             average_order_value: ratio(c.s("revenue"), c.n("revenue")),
             orders_per_customer_year: ratio(c.n("orders"), at_end),
@@ -194,10 +192,11 @@ impl Snapshot {
         let cum = Counters::from_rows_in(&read::kpis(db, tenant, &to_end, NAMES, "").await?, &c.currency);
         let (leads, good) = read::lead_quality(db, tenant, slice, lead_threshold).await?;
         let close = funnel::histogram(db, tenant, slice, "__time_to_close").await?;
-        let at_start = read::customers_at(db, tenant, slice, SPELL_BASIS, slice.start).await? as f64;
-        let at_end = read::customers_at(db, tenant, slice, SPELL_BASIS, slice.end).await? as f64;
-        let lost = read::customers_lost(db, tenant, slice, SPELL_BASIS, slice.start, slice.end).await? as f64;
-        let referring = read::referring_customers_at(db, tenant, slice, SPELL_BASIS, slice.end).await? as f64;
+        let basis = read::spell_basis(db, tenant, &slice.model).await?;
+        let at_start = read::customers_at(db, tenant, slice, basis, slice.start).await? as f64;
+        let at_end = read::customers_at(db, tenant, slice, basis, slice.end).await? as f64;
+        let lost = read::customers_lost(db, tenant, slice, basis, slice.start, slice.end).await? as f64;
+        let referring = read::referring_customers_at(db, tenant, slice, basis, slice.end).await? as f64;
         let clv = ClvModel::load(db, tenant, slice, &c.currency).await?;
         let currency = c.currency.clone();
         let purchasers = read::purchasers(db, tenant, slice).await? as f64;

@@ -41,6 +41,12 @@ pub fn day(at: i64) -> i64 {
     at.div_euclid(DAY) * DAY
 }
 
+/// The end (exclusive) of the days that began before `end`: a day start `d` is `< end` exactly
+/// when it is `< days_before(end)` (`end` itself for a day start, the next midnight otherwise).
+pub fn days_before(end: i64) -> i64 {
+    day(end.saturating_sub(1)).saturating_add(DAY)
+}
+
 /// Start (µs) of the period containing `at`.
 pub fn period_start(at: i64, g: Gran) -> i64 {
     let d = date(at);

@@ -18,7 +18,7 @@ use sea_orm::sea_query::OnConflict;
 use sea_orm::{ActiveValue, ColumnTrait, ConnectionTrait as _, DatabaseTransaction, EntityTrait, QueryFilter};
 use tracing::Instrument as _;
 
-use crate::domain::contribution::{Activity, Category, Event, Role, Survey, Transition};
+use crate::domain::contribution::{Activity, Category, Event, Role, SPELL_BASES, Survey, Transition};
 use crate::store::contact_facts;
 use crate::store::write::{self, ledger};
 
@@ -178,6 +178,8 @@ impl MetricsHandler {
                     let position = i64::from(s.to_stage_position);
                     ledger::put_stage(txn, &tenant, &s.model_id, &s.to_stage, position, &s.to_category, &s.to_role)
                         .await?;
+                    let basis = SPELL_BASES[usize::from(s.churn_excludes_dormancy)];
+                    ledger::put_basis(txn, &tenant, &s.model_id, basis).await?;
                     let tr = Transition {
                         id: s.transition_id.clone(),
                         model: s.model_id.clone(),

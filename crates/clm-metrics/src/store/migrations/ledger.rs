@@ -166,6 +166,14 @@ impl MigrationTrait for M0007Ledger {
             &["tenant_id", "contact_id", "model_id", "basis", "start_day", "end_day", "referred_day"],
         )
         .await?;
+        // Per model, the spell basis its churn reads (lifecycle's `churn_excludes_dormancy`).
+        create(
+            m,
+            "model_settings",
+            &[("tenant_id", "s"), ("model_id", "s"), ("spell_basis", "s")],
+            &["tenant_id", "model_id"],
+        )
+        .await?;
         create(
             m,
             "ledger_transitions",

@@ -255,6 +255,7 @@ pub const READ_MODEL_TABLES: &[&str] = &[
     "contact_spells",
     "ledger_transitions",
     "ledger_events",
+    "model_settings",
 ];
 
 #[async_trait::async_trait]

@@ -70,11 +70,6 @@ fn push_cover(
     sql.push(')');
 }
 
-/// The end (exclusive) of the days before `end`: a day start `d` is `< end` exactly when it is `< days_before(end)`.
-fn days_before(end: i64) -> i64 {
-    domain::day(end.saturating_sub(1)).saturating_add(domain::DAY)
-}
-
 /// The funnel of the contacts who entered the model in the slice: per stage, how many reached
 /// it within `window_days` of entering.
 pub async fn funnel(
@@ -86,7 +81,7 @@ pub async fn funnel(
     if slice.contacts.is_some() {
         return funnel_of_members(db, tenant, slice, window_days).await;
     }
-    let (lo, hi) = (domain::day(slice.start), days_before(slice.end));
+    let (lo, hi) = (domain::day(slice.start), domain::days_before(slice.end));
     if lo >= hi {
         return Ok(Vec::new());
     }
@@ -174,7 +169,7 @@ pub async fn histograms(
     if slice.contacts.is_none() {
         // Days `d` with start <= d < end: single days from `time_hist`, blocks from the roll-up.
         let lo = domain::day(slice.start.saturating_add(domain::DAY - 1));
-        let hi = days_before(slice.end);
+        let hi = domain::days_before(slice.end);
         if lo >= hi {
             return Ok(out);
         }

@@ -18,7 +18,7 @@ use clm_platform::{Result, TenantId};
 use sea_orm::{ConnectionTrait, Value};
 
 use super::sql::{one, rows, v};
-use crate::domain::contribution::Customer;
+use crate::domain::contribution::{Customer, SPELL_BASES};
 use crate::domain::{self};
 
 /// Most contact ids one statement binds.
@@ -152,9 +152,9 @@ pub async fn kpis(
 }
 
 /// Customer spells of the slice's model, channel, campaign and contacts under `basis`
-/// (`contribution::SPELL_BASES`) that started on a day before `at`'s and end (`end_day`, days)
-/// at or after `lo` and, given `hi`, before it; with `referred`, of contacts who had referred
-/// on a day before `at`'s.
+/// (`contribution::SPELL_BASES`) that began on a day that began before `at` (`days_before`)
+/// and end (`end_day`, days) at or after `lo` and, given `hi`, before it; with `referred`, of
+/// contacts whose first referral was on such a day.
 #[allow(clippy::too_many_arguments)]
 async fn spells(
     db: &impl ConnectionTrait,
@@ -173,14 +173,14 @@ async fn spells(
             "SELECT CAST(SUM(n) AS BIGINT) AS n FROM {table} WHERE tenant_id = ? AND model_id = ? AND basis = ? \
              AND start_day < ? AND end_day >= ?"
         );
-        let mut vals = vec![v(tenant.as_str()), v(slice.model.as_str()), v(basis), v(domain::day(at)), v(lo)];
+        let mut vals = vec![v(tenant.as_str()), v(slice.model.as_str()), v(basis), v(domain::days_before(at)), v(lo)];
         if let Some(hi) = hi {
             sql.push_str(" AND end_day < ?");
             vals.push(v(hi));
         }
         if referred {
             sql.push_str(" AND referred_day < ?");
-            vals.push(v(domain::day(at)));
+            vals.push(v(domain::days_before(at)));
         }
         if ids.is_some() {
             // Per-contact spells carry no channel: filter on the contact's facts.
@@ -200,8 +200,8 @@ async fn spells(
     Ok(total)
 }
 
-/// Customers at `at` under `basis`: in a customer spell that started on an earlier day and had
-/// not ended by `at`'s day.
+/// Customers at `at` under `basis`: in a customer spell that began on a day that began before
+/// `at` and had not ended on such a day (day granularity; a range ending now sees today).
 pub async fn customers_at(
     db: &impl ConnectionTrait,
     tenant: &TenantId,
@@ -209,10 +209,10 @@ pub async fn customers_at(
     basis: &str,
     at: i64,
 ) -> Result<i64> {
-    spells(db, tenant, slice, basis, at, domain::day(at), None, false).await
+    spells(db, tenant, slice, basis, at, domain::days_before(at), None, false).await
 }
 
-/// Of the customers at `at`, those who had referred a contact (on a day before `at`'s).
+/// Of the customers at `at`, those who had referred a contact (on a day that began before `at`).
 pub async fn referring_customers_at(
     db: &impl ConnectionTrait,
     tenant: &TenantId,
@@ -220,7 +220,7 @@ pub async fn referring_customers_at(
     basis: &str,
     at: i64,
 ) -> Result<i64> {
-    spells(db, tenant, slice, basis, at, domain::day(at), None, true).await
+    spells(db, tenant, slice, basis, at, domain::days_before(at), None, true).await
 }
 
 /// Of the customers at `start`, those whose spell ended in `[start, end)`: the churned.
@@ -232,7 +232,20 @@ pub async fn customers_lost(
     start: i64,
     end: i64,
 ) -> Result<i64> {
-    spells(db, tenant, slice, basis, start, domain::day(start), Some(end), false).await
+    spells(db, tenant, slice, basis, start, domain::days_before(start), Some(end), false).await
+}
+
+/// The customer-spell basis a model's churn reads (`contribution::SPELL_BASES`): "churned"
+/// when its lifecycle model leaves dormancy out of churn, else "lost".
+pub async fn spell_basis(db: &impl ConnectionTrait, tenant: &TenantId, model: &str) -> Result<&'static str> {
+    let r = one(
+        db,
+        "SELECT spell_basis FROM model_settings WHERE tenant_id = ? AND model_id = ?",
+        vec![v(tenant.as_str()), v(model)],
+    )
+    .await?;
+    let basis = r.map(|r| r.try_get::<String>("", "spell_basis")).transpose()?;
+    Ok(SPELL_BASES.into_iter().find(|b| Some(*b) == basis.as_deref()).unwrap_or(SPELL_BASES[0]))
 }
 
 /// A model's stages as seen in events: (key, position, category, role), in order.

@@ -192,6 +192,18 @@ pub async fn claim_order(db: &impl ConnectionTrait, tenant: &TenantId, order_id:
     Ok(n == 1)
 }
 
+/// Remember a model's churn basis as its events show it (`contribution::SPELL_BASES`).
+pub async fn put_basis(db: &impl ConnectionTrait, tenant: &TenantId, model: &str, basis: &str) -> Result<()> {
+    exec(
+        db,
+        "INSERT INTO model_settings (tenant_id, model_id, spell_basis) VALUES (?, ?, ?) \
+         ON CONFLICT (tenant_id, model_id) DO UPDATE SET spell_basis = excluded.spell_basis",
+        vec![v(tenant.as_str()), v(model), v(basis)],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Remember a model's stage as events show it (position, category, role), for the funnel.
 pub async fn put_stage(
     db: &impl ConnectionTrait,

@@ -59,7 +59,7 @@ fn record(g: &pb::Goal, version: i64, create_time: i64, update_time: i64) -> Goa
     }
 }
 
-async fn load(api: &MetricsApi, tenant: &str, id: &str) -> Result<Row, Error> {
+async fn load(api: &MetricsApi, tenant: &clm_platform::TenantId, id: &str) -> Result<Row, Error> {
     let uuid = Uuid::parse_str(id).map_err(|_| Error::invalid("id", "must be a UUID"))?;
     let r =
         store::get(&api.db, tenant, &uuid.to_string()).await?.ok_or_else(|| Error::not_found("goal", id.to_owned()))?;
@@ -131,7 +131,7 @@ pub async fn create(
     v.finish()?;
     // A segment filter the contacts service refuses is refused here, not at grading time.
     api.members(&ctx.tenant, g.scope.as_ref(), "goal.scope.segment_filter").await?;
-    let tenant = ctx.tenant.as_str();
+    let tenant = &ctx.tenant;
     if let Some(rid) = &rid
         && let Some(id) = idempotency::find(&api.db, &ctx.tenant, "CreateGoal", rid, &fingerprint).await?
     {
@@ -152,7 +152,7 @@ pub async fn create(
 pub async fn get(api: &MetricsApi, req: Request<pb::GetGoalRequest>) -> Result<Response<pb::GetGoalResponse>, Status> {
     let ctx = ctx(&req)?;
     let id = uuid("id", &req.get_ref().id).map_err(|fv| Error::InvalidArgument(vec![fv]))?;
-    Ok(Response::new(pb::GetGoalResponse { goal: Some(load(api, ctx.tenant.as_str(), &id.to_string()).await?.goal) }))
+    Ok(Response::new(pb::GetGoalResponse { goal: Some(load(api, &ctx.tenant, &id.to_string()).await?.goal) }))
 }
 
 pub async fn list(
@@ -163,7 +163,7 @@ pub async fn list(
     let req = req.into_inner();
     let limit = page_size(req.page_size)?;
     let after: Option<(i64, String)> = api.tokens.decode(&req.page_token, &ctx.tenant, "goals")?;
-    let found = store::list(&api.db, ctx.tenant.as_str(), after.as_ref(), limit)
+    let found = store::list(&api.db, &ctx.tenant, after.as_ref(), limit)
         .await?
         .into_iter()
         .map(to_pb)
@@ -194,7 +194,7 @@ pub async fn update(
     let ctx = ctx(&req)?;
     let req = req.into_inner();
     let new = req.goal.ok_or_else(|| Error::invalid("goal", "is required"))?;
-    let tenant = ctx.tenant.as_str();
+    let tenant = &ctx.tenant;
     let old = load(api, tenant, &new.id).await?;
     check_etag(&new.etag, old.version)?;
     const FIELDS: [&str; 8] =
@@ -239,9 +239,9 @@ pub async fn delete(
 ) -> Result<Response<pb::DeleteGoalResponse>, Status> {
     let ctx = ctx(&req)?;
     let req = req.into_inner();
-    let old = load(api, ctx.tenant.as_str(), &req.id).await?;
+    let old = load(api, &ctx.tenant, &req.id).await?;
     check_etag(&req.etag, old.version)?;
-    if !store::delete(&api.db, ctx.tenant.as_str(), &old.goal.id, old.version).await? {
+    if !store::delete(&api.db, &ctx.tenant, &old.goal.id, old.version).await? {
         return Err(Error::Aborted("the goal changed concurrently; read it again".into()).into());
     }
     Ok(Response::new(pb::DeleteGoalResponse {}))
@@ -301,11 +301,8 @@ pub async fn scorecard(
         None => now_micros(),
         Some(t) => parse_time("as_of_time", t, TimeBounds::Any).map_err(Error::from)?,
     };
-    let all = store::list(&api.db, ctx.tenant.as_str(), None, 10_000)
-        .await?
-        .into_iter()
-        .map(to_pb)
-        .collect::<Result<Vec<_>, _>>()?;
+    let all =
+        store::list(&api.db, &ctx.tenant, None, 10_000).await?.into_iter().map(to_pb).collect::<Result<Vec<_>, _>>()?;
     let mut goals = Vec::with_capacity(all.len());
     for r in all {
         goals.push(grade(api, &ctx.tenant, &r.goal, as_of).await?);

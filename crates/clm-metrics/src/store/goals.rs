@@ -1,6 +1,6 @@
 //! Goals as stored: the tenant's own data (not rebuilt by a replay).
 
-use clm_platform::Result;
+use clm_platform::{Result, TenantId};
 use sea_orm::{ConnectionTrait, QueryResult, Value};
 
 use super::sql::{exec, one, rows};
@@ -51,14 +51,14 @@ fn scope_text(g: &GoalRecord) -> String {
     base64::engine::general_purpose::STANDARD.encode(&g.scope)
 }
 
-pub async fn insert(db: &impl ConnectionTrait, tenant: &str, g: &GoalRecord) -> Result<()> {
+pub async fn insert(db: &impl ConnectionTrait, tenant: &TenantId, g: &GoalRecord) -> Result<()> {
     exec(
         db,
         "INSERT INTO goals (id, tenant_id, display_name, kpi, scope, stage_key, target, direction, period, tolerance, version, create_time, update_time) \
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         vec![
             v(g.id.as_str()),
-            v(tenant),
+            v(tenant.as_str()),
             v(g.display_name.as_str()),
             v(i64::from(g.kpi)),
             v(scope_text(g)),
@@ -76,8 +76,8 @@ pub async fn insert(db: &impl ConnectionTrait, tenant: &str, g: &GoalRecord) -> 
     Ok(())
 }
 
-pub async fn get(db: &impl ConnectionTrait, tenant: &str, id: &str) -> Result<Option<GoalRecord>> {
-    one(db, "SELECT * FROM goals WHERE tenant_id = ? AND id = ?", vec![v(tenant), v(id)])
+pub async fn get(db: &impl ConnectionTrait, tenant: &TenantId, id: &str) -> Result<Option<GoalRecord>> {
+    one(db, "SELECT * FROM goals WHERE tenant_id = ? AND id = ?", vec![v(tenant.as_str()), v(id)])
         .await?
         .as_ref()
         .map(from_row)
@@ -87,7 +87,7 @@ pub async fn get(db: &impl ConnectionTrait, tenant: &str, id: &str) -> Result<Op
 /// A page after `after` (create time, id), oldest first; `limit + 1` rows to detect more.
 pub async fn list(
     db: &impl ConnectionTrait,
-    tenant: &str,
+    tenant: &TenantId,
     after: Option<&(i64, String)>,
     limit: u64,
 ) -> Result<Vec<GoalRecord>> {
@@ -95,7 +95,7 @@ pub async fn list(
     rows(
         db,
         "SELECT * FROM goals WHERE tenant_id = ? AND (create_time > ? OR (create_time = ? AND id > ?)) ORDER BY create_time, id LIMIT ?",
-        vec![v(tenant), v(t), v(t), v(id), v(i64::try_from(limit + 1).unwrap_or(i64::MAX))],
+        vec![v(tenant.as_str()), v(t), v(t), v(id), v(i64::try_from(limit + 1).unwrap_or(i64::MAX))],
     )
     .await?
     .iter()
@@ -104,7 +104,7 @@ pub async fn list(
 }
 
 /// Write `g` (its version already bumped) if the stored version is still `expected`.
-pub async fn update(db: &impl ConnectionTrait, tenant: &str, g: &GoalRecord, expected: i64) -> Result<bool> {
+pub async fn update(db: &impl ConnectionTrait, tenant: &TenantId, g: &GoalRecord, expected: i64) -> Result<bool> {
     let n = exec(
         db,
         "UPDATE goals SET display_name = ?, kpi = ?, scope = ?, stage_key = ?, target = ?, direction = ?, period = ?, \
@@ -120,7 +120,7 @@ pub async fn update(db: &impl ConnectionTrait, tenant: &str, g: &GoalRecord, exp
             v(g.tolerance),
             v(g.version),
             v(g.update_time),
-            v(tenant),
+            v(tenant.as_str()),
             v(g.id.as_str()),
             v(expected),
         ],
@@ -129,11 +129,11 @@ pub async fn update(db: &impl ConnectionTrait, tenant: &str, g: &GoalRecord, exp
     Ok(n == 1)
 }
 
-pub async fn delete(db: &impl ConnectionTrait, tenant: &str, id: &str, expected: i64) -> Result<bool> {
+pub async fn delete(db: &impl ConnectionTrait, tenant: &TenantId, id: &str, expected: i64) -> Result<bool> {
     Ok(exec(
         db,
         "DELETE FROM goals WHERE tenant_id = ? AND id = ? AND version = ?",
-        vec![v(tenant), v(id), v(expected)],
+        vec![v(tenant.as_str()), v(id), v(expected)],
     )
     .await?
         == 1)

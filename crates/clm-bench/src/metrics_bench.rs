@@ -129,9 +129,10 @@ async fn load(db: &DatabaseConnection, raw: &str, tenant: &str, model: &str) -> 
                                         referred_by, lead_score, country_code, acquire_time, create_time, state, merged_into)
              SELECT '{tenant}', contact_id, channel, '', 'EUR', cost, NULL, lead_score, '', NULL, created, 'active', NULL
              FROM bench_contacts WHERE tenant_id = '{raw}';
-             INSERT INTO ledger_transitions (tenant_id, contact_id, transition_id, model_id, seq, at, to_stage, to_category,
-                                             to_role, position, reactivation)
-             SELECT '{tenant}', contact_id, contact_id || '-t' || seq, '{model}', seq, at, stage_key,
+             INSERT INTO ledger_transitions (tenant_id, contact_id, transition_id, model_id, seq, at, from_stage, to_stage,
+                                             to_category, to_role, position, reactivation)
+             SELECT '{tenant}', contact_id, contact_id || '-t' || seq, '{model}', seq, at,
+                    COALESCE(LAG(stage_key) OVER (PARTITION BY contact_id ORDER BY seq), ''), stage_key,
                     CASE stage_key{c} END, CASE stage_key{r} END, CASE stage_key{p} END,
                     CASE WHEN LAG(stage_key) OVER (PARTITION BY contact_id ORDER BY seq) = 'dormant' THEN 1 ELSE 0 END
              FROM bench_transitions WHERE tenant_id = '{raw}';
@@ -203,6 +204,7 @@ async fn feed(db: &DatabaseConnection, raw: &str, tenant: &str, model: &str) -> 
             to_role: (*role).into(),
             to_stage_position: i32::try_from(pos)?,
             transition_id: format!("{contact}-t{seq}"),
+            from_stage: from.clone(),
             transition_time: Some(clm_platform::convert::timestamp(at)),
             reactivation: from == "dormant",
             sequence: seq,

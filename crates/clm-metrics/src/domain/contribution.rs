@@ -118,8 +118,11 @@ impl Default for Facts {
 pub struct Transition {
     pub id: String,
     pub model: String,
-    /// Index in the contact's journey when published: orders transitions of the same instant.
+    /// Index in the contact's journey when published (it may have shifted since).
     pub seq: i64,
+    /// The stage left, as last published ("" on entering the model): orders transitions of
+    /// the same instant (each follows the one that entered the stage it leaves).
+    pub from_stage: String,
     pub at: i64,
     pub to_stage: String,
     pub to_category: Category,
@@ -411,11 +414,31 @@ pub fn contribution(
     for model in models {
         let mut ts: Vec<&Transition> = transitions.iter().filter(|t| t.model == model).collect();
         ts.sort_by(|a, b| (a.at, a.seq, &a.id).cmp(&(b.at, b.seq, &b.id)));
+        chain_ties(&mut ts);
         journey(&mut b, &mut out, model, &ts, first_referral);
     }
     activity(&mut b, &mut out, &events);
     out.cells = b.cells;
     out
+}
+
+/// Transitions of the same instant (a reactivation and the move its event caused) in the order
+/// they happened: each after the one that entered the stage it left. Their published sequence
+/// numbers can be stale (a backdated event shifts later transitions without republishing
+/// them); the stage they left is always current (a change republishes the transition).
+fn chain_ties(ts: &mut [&Transition]) {
+    let mut i = 0;
+    while i < ts.len() {
+        let end = ts[i..].iter().position(|t| t.at != ts[i].at).map_or(ts.len(), |n| i + n);
+        let mut stage = if i == 0 { String::new() } else { ts[i - 1].to_stage.clone() };
+        for k in i..end {
+            // The first (by sequence) that leaves the stage the contact is in; else the first.
+            let pick = (k..end).find(|&j| ts[j].from_stage == stage).unwrap_or(k);
+            ts[k..=pick].rotate_right(1);
+            stage.clone_from(&ts[k].to_stage);
+        }
+        i = end;
+    }
 }
 
 /// One model's journey: reaches, funnel, durations, leads and customers, movements, spells.
@@ -678,4 +701,72 @@ pub fn diff(old: &Cells, new: &Cells) -> Vec<(&'static str, Vec<Key>, Vec<i64>)>
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(id: &str, seq: i64, at: i64, from: &str, to: &str, cat: Category) -> Transition {
+        Transition {
+            id: id.into(),
+            model: "m".into(),
+            seq,
+            from_stage: from.into(),
+            at,
+            to_stage: to.into(),
+            to_category: cat,
+            to_role: if to == "dormant" { Role::Dormant } else { Role::Normal },
+            position: 0,
+            reactivation: from == "dormant",
+        }
+    }
+
+    #[test]
+    fn transitions_of_one_instant_follow_the_stages_they_left_not_stale_sequences() {
+        // Dormant, then at one instant back to retention and on to loyalty (a promoter's
+        // answer); the return kept a sequence from a longer history it was published in.
+        let all = [
+            t("d", 1, 10, "conversion", "dormant", Category::Lost),
+            t("l", 2, 20, "retention", "loyalty", Category::Customer),
+            t("r", 5, 20, "dormant", "retention", Category::Customer),
+            t("c", 0, 5, "", "conversion", Category::Customer),
+        ];
+        let c = contribution("acme", "x", &Facts::default(), &all, &[]);
+        assert_eq!(c.now[0].stage, "loyalty");
+        let mut ts: Vec<&Transition> = all.iter().collect();
+        ts.sort_by_key(|t| (t.at, t.seq));
+        chain_ties(&mut ts);
+        assert_eq!(ts.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), ["c", "d", "r", "l"]);
+    }
+
+    #[test]
+    fn a_contribution_and_its_difference() {
+        let facts = Facts { channel: "web".into(), campaign: String::new(), acquired: Some(0), cost: None };
+        let buy = |id: &str, at: i64, cur: &str| Event {
+            id: id.into(),
+            at,
+            what: Activity::Purchase { amount: 5_000_000, currency: cur.into() },
+        };
+        let one = contribution("acme", "x", &facts, &[], &[buy("b", 3 * DAY, "EUR")]);
+        // A backdated purchase in another currency becomes the first; the later one a repeat.
+        let two = contribution("acme", "x", &facts, &[], &[buy("b", 3 * DAY, "EUR"), buy("a", DAY, "USD")]);
+        let kpi = |c: &Contribution, name: &str, at: i64, cur: &str| {
+            let key =
+                vec![Key::from("acme"), name.into(), "".into(), day(at).into(), "web".into(), "".into(), cur.into()];
+            c.cells.get(&("kpi_daily", key)).cloned()
+        };
+        assert_eq!(kpi(&one, "first_purchases", 3 * DAY, "EUR"), Some(vec![1, 5_000_000]));
+        assert_eq!(kpi(&two, "first_purchases", 3 * DAY, "EUR"), None);
+        assert_eq!(kpi(&two, "first_purchases", DAY, "USD"), Some(vec![1, 5_000_000]));
+        assert_eq!(kpi(&two, "repeat_customers", 3 * DAY, ""), Some(vec![1, 0]));
+        assert_eq!(kpi(&two, "orders", DAY, ""), Some(vec![1, 0]), "orders are counted once, across currencies");
+        let d = diff(&one.cells, &two.cells);
+        let first_eur = d
+            .iter()
+            .find(|(t, k, _)| *t == "kpi_daily" && k[1] == Key::from("first_purchases") && k[6] == Key::from("EUR"));
+        assert_eq!(first_eur.map(|x| x.2.clone()), Some(vec![-1, -5_000_000]), "taken back from the later day");
+        assert!(diff(&two.cells, &two.cells).is_empty());
+        assert_eq!(two.customer.as_ref().map(|c| (c.orders, c.currency_orders)), Some((2, 1)));
+    }
 }

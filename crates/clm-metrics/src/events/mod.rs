@@ -184,6 +184,7 @@ impl MetricsHandler {
                         id: s.transition_id.clone(),
                         model: s.model_id.clone(),
                         seq: i64::from(s.sequence),
+                        from_stage: s.from_stage.clone(),
                         at,
                         to_stage: s.to_stage.clone(),
                         to_category: Category::parse(&s.to_category),

@@ -184,6 +184,7 @@ impl MigrationTrait for M0007Ledger {
                 ("model_id", "s"),
                 ("seq", "i"),
                 ("at", "i"),
+                ("from_stage", "s"),
                 ("to_stage", "s"),
                 ("to_category", "s"),
                 ("to_role", "s"),

@@ -61,7 +61,7 @@ pub async fn load(db: &impl ConnectionTrait, tenant: &TenantId, contacts: &[Stri
         for r in rows(
             db,
             &format!(
-                "SELECT contact_id, transition_id, model_id, seq, at, to_stage, to_category, to_role, position, reactivation \
+                "SELECT contact_id, transition_id, model_id, seq, at, from_stage, to_stage, to_category, to_role, position, reactivation \
                  FROM ledger_transitions WHERE tenant_id = ? AND contact_id IN ({m})"
             ),
             vals.clone(),
@@ -74,6 +74,7 @@ pub async fn load(db: &impl ConnectionTrait, tenant: &TenantId, contacts: &[Stri
                     id: r.try_get("", "transition_id")?,
                     model: r.try_get("", "model_id")?,
                     seq: r.try_get("", "seq")?,
+                    from_stage: r.try_get("", "from_stage")?,
                     at: r.try_get("", "at")?,
                     to_stage: r.try_get("", "to_stage")?,
                     to_category: Category::parse(&r.try_get::<String>("", "to_category")?),
@@ -120,10 +121,11 @@ pub async fn load(db: &impl ConnectionTrait, tenant: &TenantId, contacts: &[Stri
 pub async fn put_transition(db: &impl ConnectionTrait, tenant: &TenantId, contact: &str, t: &Transition) -> Result<()> {
     exec(
         db,
-        "INSERT INTO ledger_transitions (tenant_id, contact_id, transition_id, model_id, seq, at, to_stage, to_category, \
-         to_role, position, reactivation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+        "INSERT INTO ledger_transitions (tenant_id, contact_id, transition_id, model_id, seq, at, from_stage, to_stage, \
+         to_category, to_role, position, reactivation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
          ON CONFLICT (tenant_id, contact_id, transition_id) DO UPDATE SET model_id = excluded.model_id, \
-         seq = excluded.seq, at = excluded.at, to_stage = excluded.to_stage, to_category = excluded.to_category, \
+         seq = excluded.seq, at = excluded.at, from_stage = excluded.from_stage, to_stage = excluded.to_stage, \
+         to_category = excluded.to_category, \
          to_role = excluded.to_role, position = excluded.position, reactivation = excluded.reactivation",
         vec![
             v(tenant.as_str()),
@@ -132,6 +134,7 @@ pub async fn put_transition(db: &impl ConnectionTrait, tenant: &TenantId, contac
             v(t.model.as_str()),
             v(t.seq),
             v(t.at),
+            v(t.from_stage.as_str()),
             v(t.to_stage.as_str()),
             v(t.to_category.key()),
             v(t.to_role.key()),

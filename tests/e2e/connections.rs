@@ -33,6 +33,23 @@ async fn silent_connections_do_not_stop_a_real_client() {
     env.push(("CLM_TELEMETRY__LOG_FILTER".into(), "info".into()));
     let clm = ClmProcess::start(&env);
     let pid = clm.child.id();
+
+    // A real client, warmed up before the flood: its connection and the database files its
+    // calls open are part of the baseline, not of what the flood leaves behind.
+    let ch = tonic::transport::Channel::from_shared(clm.url())
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .expect("a real client connects");
+    let mut warm = ContactsServiceClient::new(ch);
+    warm.create_contact(pb::CreateContactRequest {
+        contact: Some(pb::Contact { email: "warm@example.com".into(), ..Default::default() }),
+        request_id: String::new(),
+    })
+    .await
+    .expect("a call before the flood succeeds");
+    warm.list_contacts(pb::ListContactsRequest::default()).await.unwrap();
     let baseline = open_fds(pid);
 
     // 400 connections that send nothing, held open by the client side.
@@ -94,7 +111,9 @@ async fn silent_connections_do_not_stop_a_real_client() {
     );
     assert!(during <= baseline + 64 + 8, "the flood is held to the connection cap: {during} fds (idle {baseline})");
     assert!(closed >= 390, "silent connections are closed by the server ({closed})");
-    assert!(after <= baseline + 8, "their descriptors are released: {after} (idle {baseline})");
+    // The second client's connection and a database connection or two (three files each
+    // on SQLite) may still be open; 400 leaked sockets would not fit in this margin.
+    assert!(after <= baseline + 16, "their descriptors are released: {after} (idle {baseline})");
     // And the server still serves.
     c.list_contacts(pb::ListContactsRequest::default()).await.unwrap();
 }

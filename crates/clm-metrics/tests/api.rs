@@ -429,7 +429,7 @@ async fn every_kpi_from_the_event_stream_and_a_replay_agrees(backend: Backend) {
     let before = figures(&mut m).await;
     env.server.take().unwrap().stop().await.unwrap();
     let settings = env.settings.clone();
-    let bus = clm_platform::events::bus::from_settings(&settings.events, &settings.database).await.unwrap();
+    let bus = clm_platform::events::transport::from_settings(&settings.events, &settings.database).await.unwrap();
     let db = clm_platform::db::connect(&env.dbs[3].url, &settings.database).await.unwrap();
     clm_platform::events::consumer::replay(
         bus.as_ref(),

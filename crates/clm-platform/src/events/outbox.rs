@@ -318,11 +318,9 @@ pub async fn relay_once(db: &DatabaseConnection, bus: &dyn EventBus, batch: u64)
     let spans: Vec<tracing::Span> = rows
         .iter()
         .map(|row| {
-            let span = tracing::info_span!("outbox.publish", otel.name = %format!("publish {}", row.subject), event_id = %row.event_id);
-            if let Ok(env) = EventEnvelope::decode(row.payload.as_slice()) {
-                crate::telemetry::set_remote_parent(&span, crate::telemetry::context_from_map(&env.trace_context));
-            }
-            span
+            let trace_context =
+                EventEnvelope::decode(row.payload.as_slice()).map(|env| env.trace_context).unwrap_or_default();
+            crate::telemetry::semconv::publish_span(bus.system(), &row.subject, &row.event_id, &trace_context)
         })
         .collect();
     let outgoing: Vec<super::bus::Outgoing<'_>> = rows

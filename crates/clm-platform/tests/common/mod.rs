@@ -106,6 +106,7 @@ pub fn spec(name: &str, service: &str) -> ConsumerSpec {
         wait: Duration::from_millis(200),
         order_wait: Duration::from_mins(1),
         waiting: Waiting::default(),
+        system: "test",
     }
 }
 

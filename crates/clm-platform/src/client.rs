@@ -69,6 +69,13 @@ pub struct Traced<B> {
     span: Option<tracing::Span>,
 }
 
+/// An empty answer with no span (what an interceptor that refuses a call sends back).
+impl<B: Default> Default for Traced<B> {
+    fn default() -> Self {
+        Self { inner: B::default(), span: None }
+    }
+}
+
 impl<B> http_body::Body for Traced<B>
 where
     B: http_body::Body + Unpin,

@@ -144,8 +144,11 @@ async fn events_are_published_and_processed_under_messaging_spans_and_handler_lo
     assert_eq!(process.span_kind, SpanKind::Consumer);
     assert_eq!(process.parent_span_id, request_cx.span_id());
     assert!(
-        process.links.iter().any(|l| l.span_context.trace_id() == request_cx.trace_id()
-            && l.span_context.span_id() == request_cx.span_id()),
+        process
+            .links
+            .iter()
+            .any(|l| l.span_context.trace_id() == request_cx.trace_id()
+                && l.span_context.span_id() == request_cx.span_id()),
         "linked to the creation context: {:?}",
         process.links
     );

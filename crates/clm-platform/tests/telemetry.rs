@@ -63,7 +63,7 @@ fn attr(span: &SpanData, key: &'static str) -> Option<Value> {
 }
 
 fn string(span: &SpanData, key: &'static str) -> String {
-    attr(span, key).map(|v| v.as_str().into_owned()).unwrap_or_else(|| panic!("{} has no {key}: {span:?}", span.name))
+    attr(span, key).map_or_else(|| panic!("{} has no {key}: {span:?}", span.name), |v| v.as_str().into_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -205,7 +205,7 @@ impl Health {
                 ok = false;
             }
             if ok && m.suspect.load(Ordering::Acquire) {
-                match tokio::time::timeout(Duration::from_secs(3), crate::storage::probe_write(&m.probe)).await {
+                match tokio::time::timeout(Duration::from_secs(3), crate::db::probe_write(&m.probe)).await {
                     Ok(Ok(())) => {
                         tracing::info!(module = m.module.name, "database takes writes again: ready");
                         m.suspect.store(false, Ordering::Release);

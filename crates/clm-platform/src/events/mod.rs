@@ -12,9 +12,9 @@
 //! envelope carries the W3C trace context it was written in; the relay's PRODUCER span and the
 //! consumer's CONSUMER span (which also links to it) are its children (`telemetry::semconv`).
 //!
-//! Layers, each using only those below it: `bus` (the trait, deliveries, acks) ← `log_bus`,
-//! `nats` (its two implementations) ← `transport` (picks one from the settings); `envelope`;
-//! `inbox` ← `ordering`… ← `outbox`, `consumer`, `prune`.
+//! No module here imports one that imports it: `bus` (the trait, deliveries, acks) imports no
+//! sibling; the buses `log_bus` and `nats` implement it, and `transport`, above both, picks one
+//! from the settings; `outbox`, `consumer` and `prune` use the trait, never a bus.
 
 pub mod bus;
 pub mod consumer;

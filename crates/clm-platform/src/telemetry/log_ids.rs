@@ -21,7 +21,6 @@ use tracing::dispatcher::WeakDispatch;
 use tracing::{Dispatch, Event, Subscriber};
 use tracing_subscriber::fmt::format::{self, Compact, Format, Json, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
-use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
 /// The dispatcher the log formatters look span contexts up in (set once the subscriber is
@@ -52,8 +51,6 @@ impl<S: Subscriber> tracing_subscriber::Layer<S> for CaptureDispatch {
     fn on_register_dispatch(&self, subscriber: &Dispatch) {
         let _ = self.0.0.set(subscriber.downgrade());
     }
-
-    fn on_event(&self, _: &Event<'_>, _: Context<'_, S>) {}
 }
 
 /// Compact one-line logs (development), ending in ` trace_id=… span_id=…` inside a span.

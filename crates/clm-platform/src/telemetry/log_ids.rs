@@ -11,7 +11,9 @@
 //! ([`tracing_opentelemetry::get_otel_context`]); the formatter cannot ask for "the current
 //! dispatcher" while an event is being dispatched (a nested lookup answers "none" whenever a
 //! scoped dispatcher is in use), so [`CaptureDispatch`] keeps a weak handle to it, given when
-//! the subscriber is built.
+//! the subscriber is built. Looking a span's ids up starts its OpenTelemetry span, so a span's
+//! remote parent is set before anything is logged in it (as `telemetry::set_remote_parent`'s
+//! callers do, right after making the span).
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};

@@ -1,5 +1,6 @@
-//! Log lines kept in memory (feature `testing`): a [`MakeWriter`] tests give to
-//! [`super::install_with_writer`] to read what was logged.
+//! Log lines kept in memory: a [`MakeWriter`] tests give to [`super::install_with_writer`] to
+//! read what was logged (it lives here, not in a test-support crate, because the platform's own
+//! unit tests use it too).
 
 use std::sync::{Arc, Mutex, PoisonError};
 

@@ -10,12 +10,10 @@
 //! attributes follow the OpenTelemetry semantic conventions (`semconv`): SERVER and CLIENT spans
 //! for gRPC (`rpc.*`), PRODUCER and CONSUMER spans for events (`messaging.*`).
 
-#[cfg(any(test, feature = "testing"))]
 mod capture;
 mod log_ids;
 pub mod semconv;
 
-#[cfg(any(test, feature = "testing"))]
 pub use capture::LogCapture;
 
 use std::time::Duration;

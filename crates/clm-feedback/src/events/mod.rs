@@ -219,7 +219,7 @@ pub async fn invite(
         expire_time: now.saturating_add(ttl),
         respond_time: None,
     };
-    store::insert_invitation(txn, row.clone()).await?;
+    store::insert_invitation(txn, tenant, row.clone()).await?;
     let t = token::issue(&settings.token_secret, tenant.as_str(), id);
     publisher.survey_requested(txn, tenant, &row, &t, &survey.kind).await?;
     Ok(Ok((row, t)))
@@ -296,7 +296,7 @@ impl EventHandler for FeedbackHandler {
                     let (contact, model) = (&s.contact_id, &s.model_id);
                     return store::unset_stage(
                         txn,
-                        tenant_str,
+                        &tenant,
                         contact,
                         model,
                         &s.to_stage,
@@ -306,7 +306,7 @@ impl EventHandler for FeedbackHandler {
                     )
                     .await;
                 }
-                store::set_stage(txn, tenant_str, &s.contact_id, &s.model_id, &s.to_stage, at).await?;
+                store::set_stage(txn, &tenant, &s.contact_id, &s.model_id, &s.to_stage, at).await?;
                 let Ok(contact) = Uuid::parse_str(&s.contact_id) else { return Ok(()) };
                 // Only a current entry triggers a survey: an old transition rebuilt from a
                 // backdated event does not ask someone about a stage they left long ago.
@@ -320,7 +320,7 @@ impl EventHandler for FeedbackHandler {
                 } else {
                     InvitationKey::Transition(&s.transition_id)
                 };
-                for survey in store::surveys_for_stage(txn, tenant_str, &s.to_stage, &s.model_id).await? {
+                for survey in store::surveys_for_stage(txn, &tenant, &s.to_stage, &s.model_id).await? {
                     self.invite_for_event(
                         txn,
                         &tenant,
@@ -352,10 +352,10 @@ impl EventHandler for FeedbackHandler {
                     Err(err) => return Err(err),
                 }
             }
-            Some(Payload::ContactErased(x)) => store::erase_contact(txn, tenant_str, &x.contact_id).await?,
+            Some(Payload::ContactErased(x)) => store::erase_contact(txn, &tenant, &x.contact_id).await?,
             Some(Payload::ContactMerged(m)) => {
                 for merged in &m.merged_ids {
-                    store::reassign_contact(txn, tenant_str, merged, &m.survivor_id).await?;
+                    store::reassign_contact(txn, &tenant, merged, &m.survivor_id).await?;
                 }
             }
             _ => {}

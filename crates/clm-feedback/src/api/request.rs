@@ -8,6 +8,7 @@ use clm_platform::pagination::page_size;
 use clm_platform::{Error, FieldViolation, Violations};
 
 use crate::domain::values;
+use crate::store::Filter;
 
 /// Longest names and notes, in characters.
 pub const MAX_NAME: usize = 200;
@@ -73,11 +74,8 @@ pub fn set_fields<'a>(fields: &[(&'a str, bool)]) -> Vec<&'a str> {
     fields.iter().filter(|(_, on)| *on).map(|(name, _)| *name).collect()
 }
 
-/// A list's `filter` compiled over the columns a list declares (`store::*_FILTER`), its
-/// violation recorded.
-pub fn filter(v: &mut Violations, raw: &str, fields: &[Field]) -> Option<sea_orm::sea_query::SimpleExpr> {
-    clm_platform::filter_sql::parse_and_compile(raw, fields).unwrap_or_else(|e| {
-        v.add("filter", e);
-        None
-    })
+/// A list's `filter` over the columns the list declares (`store::*_FILTER`), its violation
+/// recorded.
+pub fn filter(v: &mut Violations, raw: &str, columns: &[Field]) -> Filter {
+    v.check(Filter::parse("filter", raw, columns)).unwrap_or_default()
 }

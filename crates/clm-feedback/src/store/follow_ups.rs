@@ -2,14 +2,13 @@
 
 use clm_platform::filter_sql::{Field, FieldKind};
 use clm_platform::{Error, Result, TenantId};
-use sea_orm::sea_query::SimpleExpr;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect,
 };
 use uuid::Uuid;
 
 use super::entities::follow_up;
-use super::{Cursor, after_cond, stale};
+use super::{Cursor, Filter, after_cond, stale};
 
 /// What ListFollowUps' `filter` may name, and the columns it compiles to.
 pub const FOLLOW_UP_FILTER: &[Field] = &[
@@ -61,12 +60,12 @@ pub async fn update_follow_up(
 pub async fn list_follow_ups(
     db: &impl ConnectionTrait,
     tenant: &TenantId,
-    cond: Option<SimpleExpr>,
+    filter: Filter,
     after: Option<&Cursor>,
     limit: u64,
 ) -> Result<(Vec<follow_up::Model>, Option<Cursor>)> {
     let mut q = follow_up::Entity::find().filter(follow_up::Column::TenantId.eq(tenant.as_str()));
-    if let Some(c) = cond {
+    if let Some(c) = filter.0 {
         q = q.filter(c);
     }
     if let Some(c) = after_cond(follow_up::Column::OpenTime, follow_up::Column::Id, after, false) {

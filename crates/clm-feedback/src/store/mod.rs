@@ -14,7 +14,8 @@ mod reviews;
 mod settings;
 mod surveys;
 
-use clm_platform::Error;
+use clm_platform::filter_sql::Field;
+use clm_platform::{Error, FieldViolation};
 use sea_orm::ColumnTrait;
 use sea_orm::sea_query::{Expr, ExprTrait, SimpleExpr};
 
@@ -45,6 +46,17 @@ pub const DEFAULT_TTL: i64 = 14 * DAY_MICROS;
 /// CES scores up to this open a follow-up: 1-3, the difficult end (1 = very difficult … 7 = very
 /// easy).
 pub const DEFAULT_CES_THRESHOLD: i32 = crate::domain::values::CesThreshold::DEFAULT.value();
+
+/// A list's `filter` (AIP-160), compiled to a condition over the columns the list declares
+/// (`SURVEY_FILTER`, `RESPONSE_FILTER`, `FOLLOW_UP_FILTER`); empty: every row.
+#[derive(Debug, Default)]
+pub struct Filter(Option<SimpleExpr>);
+
+impl Filter {
+    pub fn parse(field: &str, raw: &str, columns: &[Field]) -> Result<Self, FieldViolation> {
+        clm_platform::filter_sql::parse_and_compile(raw, columns).map(Self).map_err(|e| FieldViolation::new(field, e))
+    }
+}
 
 /// A page cursor: (time, id).
 pub type Cursor = (i64, String);

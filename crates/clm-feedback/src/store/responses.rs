@@ -2,7 +2,6 @@
 
 use clm_platform::filter_sql::{Field, FieldKind};
 use clm_platform::{Error, Result, TenantId};
-use sea_orm::sea_query::SimpleExpr;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, PaginatorTrait, QueryFilter,
     QueryOrder, QuerySelect,
@@ -10,7 +9,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::entities::response;
-use super::{Cursor, after_cond, stale};
+use super::{Cursor, Filter, after_cond, stale};
 
 const BANDS: &[(&str, &str)] = &[
     ("promoter", "promoter"),
@@ -99,12 +98,12 @@ pub async fn response_of_invitation(
 pub async fn list_responses(
     db: &impl ConnectionTrait,
     tenant: &TenantId,
-    cond: Option<SimpleExpr>,
+    filter: Filter,
     after: Option<&Cursor>,
     limit: u64,
 ) -> Result<(Vec<response::Model>, Option<Cursor>)> {
     let mut q = response::Entity::find().filter(response::Column::TenantId.eq(tenant.as_str()));
-    if let Some(c) = cond {
+    if let Some(c) = filter.0 {
         q = q.filter(c);
     }
     if let Some(c) = after_cond(response::Column::CreateTime, response::Column::Id, after, true) {

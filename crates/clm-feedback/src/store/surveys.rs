@@ -3,7 +3,7 @@
 
 use clm_platform::filter_sql::{Field, FieldKind};
 use clm_platform::{Error, Result, TenantId};
-use sea_orm::sea_query::{ExprTrait, SimpleExpr};
+use sea_orm::sea_query::ExprTrait;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect,
 };
@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::domain::survey::SurveyStatus;
 
 use super::entities::{invitation, survey};
-use super::{Cursor, after_cond, stale};
+use super::{Cursor, Filter, after_cond, stale};
 
 /// What ListSurveys' `filter` may name, and the columns it compiles to.
 pub const SURVEY_FILTER: &[Field] = &[
@@ -49,12 +49,12 @@ pub async fn get_survey(db: &impl ConnectionTrait, tenant: &TenantId, id: Uuid) 
 pub async fn list_surveys(
     db: &impl ConnectionTrait,
     tenant: &TenantId,
-    cond: Option<SimpleExpr>,
+    filter: Filter,
     after: Option<&Cursor>,
     limit: u64,
 ) -> Result<(Vec<survey::Model>, Option<Cursor>)> {
     let mut q = survey::Entity::find().filter(survey::Column::TenantId.eq(tenant.as_str()));
-    if let Some(c) = cond {
+    if let Some(c) = filter.0 {
         q = q.filter(c);
     }
     if let Some(c) = after_cond(survey::Column::CreateTime, survey::Column::Id, after, false) {

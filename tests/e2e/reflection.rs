@@ -10,8 +10,8 @@ use clm_proto::contacts::v1 as cpb;
 use clm_proto::contacts::v1::contacts_service_client::ContactsServiceClient;
 use clm_proto::metrics::v1 as mpb;
 use clm_proto::metrics::v1::metrics_service_client::MetricsServiceClient;
-use support::ClmProcess;
 use prost_types::FileDescriptorProto;
+use support::ClmProcess;
 use tonic::transport::Channel;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
@@ -78,11 +78,9 @@ async fn list_v1alpha(channel: Channel) -> Vec<String> {
 fn files_or_code(resp: Result<MessageResponse, tonic::Status>) -> Result<Vec<FileDescriptorProto>, i32> {
     use prost::Message as _;
     match resp.map_err(|s| s.code() as i32)? {
-        MessageResponse::FileDescriptorResponse(f) => Ok(f
-            .file_descriptor_proto
-            .iter()
-            .map(|raw| FileDescriptorProto::decode(raw.as_slice()).unwrap())
-            .collect()),
+        MessageResponse::FileDescriptorResponse(f) => {
+            Ok(f.file_descriptor_proto.iter().map(|raw| FileDescriptorProto::decode(raw.as_slice()).unwrap()).collect())
+        }
         other => panic!("unexpected {other:?}"),
     }
 }

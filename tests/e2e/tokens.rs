@@ -31,10 +31,8 @@ fn clm_token(env: &[(&str, &str)], args: &[&str]) -> (bool, String, String) {
 }
 
 fn mint(secret: &str, tenant: &str) -> String {
-    let (ok, token, note) = clm_token(
-        &[("CLM_AUTH__JWT_HS256_SECRET", secret)],
-        &["--tenant", tenant, "--scope", "clm.read clm.write"],
-    );
+    let (ok, token, note) =
+        clm_token(&[("CLM_AUTH__JWT_HS256_SECRET", secret)], &["--tenant", tenant, "--scope", "clm.read clm.write"]);
     assert!(ok, "clm token failed: {note}");
     assert_eq!(token.split('.').count(), 3, "stdout is the token alone: {token:?}");
     assert!(note.contains("no restart") && note.contains(tenant), "stderr says who accepts it: {note}");

@@ -29,12 +29,7 @@ struct EncodedFiles {
 /// What `ListServices` answers when a process serves `services`: those, then health and
 /// reflection.
 pub fn listed(services: &[&str]) -> Vec<String> {
-    services
-        .iter()
-        .copied()
-        .chain([HEALTH, REFLECTION_V1, REFLECTION_V1ALPHA])
-        .map(str::to_owned)
-        .collect()
+    services.iter().copied().chain([HEALTH, REFLECTION_V1, REFLECTION_V1ALPHA]).map(str::to_owned).collect()
 }
 
 /// Add the v1 and v1alpha reflection services for `services` (fully-qualified names of CLM
@@ -77,9 +72,9 @@ pub fn descriptor_set_for(set: &[u8], services: &[&str]) -> anyhow::Result<Vec<u
     while let Some(i) = wanted.pop() {
         if keep.insert(i) {
             for dep in &files[i].dependency {
-                let d = by_name
-                    .get(dep.as_str())
-                    .ok_or_else(|| anyhow::anyhow!("{} imports {dep}, which the descriptor set lacks", files[i].name()))?;
+                let d = by_name.get(dep.as_str()).ok_or_else(|| {
+                    anyhow::anyhow!("{} imports {dep}, which the descriptor set lacks", files[i].name())
+                })?;
                 wanted.push(*d);
             }
         }

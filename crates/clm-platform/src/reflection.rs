@@ -43,7 +43,7 @@ pub fn add_to(routes: &mut RoutesBuilder, services: &[&str]) -> anyhow::Result<(
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET),
-            |builder, name| builder.with_service_name(name),
+            tonic_reflection::server::Builder::with_service_name,
         )
     };
     routes.add_service(builder().build_v1()?).add_service(builder().build_v1alpha()?);

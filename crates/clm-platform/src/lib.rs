@@ -18,6 +18,7 @@ pub mod idempotency;
 pub mod jwt_keys;
 pub mod listener;
 pub mod pagination;
+pub mod reflection;
 pub mod runtime;
 pub mod schema;
 pub mod server;

@@ -13,7 +13,7 @@ use tokio::sync::broadcast;
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
-use super::convert::{self, check_event, event_to_pb, kind_key, transition_to_pb};
+use crate::convert::{self, check_event, event_to_pb, kind_key, transition_to_pb};
 use super::{LifecycleApi, ctx, model_uuid_or_default, text};
 use crate::domain::model::StageKey;
 use crate::journeys::{Happened, advance, automations};

@@ -312,9 +312,9 @@ pub async fn model_in_use(db: &impl ConnectionTrait, tenant: &TenantId, model: U
 
 // ---- contacts known from events ----
 
-pub async fn set_contact_state(db: &impl ConnectionTrait, tenant: &str, contact: &str, state: &str) -> Result<()> {
+pub async fn set_contact_state(db: &impl ConnectionTrait, tenant: &TenantId, contact: &str, state: &str) -> Result<()> {
     known_contact::Entity::insert(known_contact::ActiveModel {
-        tenant_id: ActiveValue::Set(tenant.to_owned()),
+        tenant_id: ActiveValue::Set(tenant.as_str().to_owned()),
         contact_id: ActiveValue::Set(contact.to_owned()),
         state: ActiveValue::Set(state.to_owned()),
         tags: ActiveValue::Set("[]".to_owned()),
@@ -333,14 +333,14 @@ pub async fn set_contact_state(db: &impl ConnectionTrait, tenant: &str, contact:
 /// Remember a contact's tags and channel (from contact events) for automation conditions.
 pub async fn set_contact_facts(
     db: &impl ConnectionTrait,
-    tenant: &str,
+    tenant: &TenantId,
     contact: &str,
     tags: &[String],
     channel: &str,
 ) -> Result<()> {
     let tags: Vec<String> = tags.iter().map(|t| t.to_lowercase()).collect();
     known_contact::Entity::insert(known_contact::ActiveModel {
-        tenant_id: ActiveValue::Set(tenant.to_owned()),
+        tenant_id: ActiveValue::Set(tenant.as_str().to_owned()),
         contact_id: ActiveValue::Set(contact.to_owned()),
         state: ActiveValue::Set("active".to_owned()),
         tags: ActiveValue::Set(serde_json::to_string(&tags).expect("tags serialize")),
@@ -377,25 +377,25 @@ pub async fn contact_state(db: &impl ConnectionTrait, tenant: &TenantId, contact
 }
 
 /// Remove everything about a contact (erased upstream).
-pub async fn erase_contact(db: &impl ConnectionTrait, tenant: &str, contact: &str) -> Result<()> {
+pub async fn erase_contact(db: &impl ConnectionTrait, tenant: &TenantId, contact: &str) -> Result<()> {
     automations::drop_jobs(db, tenant, contact).await?;
     journey_event::Entity::delete_many()
-        .filter(journey_event::Column::TenantId.eq(tenant))
+        .filter(journey_event::Column::TenantId.eq(tenant.as_str()))
         .filter(journey_event::Column::ContactId.eq(contact))
         .exec(db)
         .await?;
     manual_move::Entity::delete_many()
-        .filter(manual_move::Column::TenantId.eq(tenant))
+        .filter(manual_move::Column::TenantId.eq(tenant.as_str()))
         .filter(manual_move::Column::ContactId.eq(contact))
         .exec(db)
         .await?;
     transition::Entity::delete_many()
-        .filter(transition::Column::TenantId.eq(tenant))
+        .filter(transition::Column::TenantId.eq(tenant.as_str()))
         .filter(transition::Column::ContactId.eq(contact))
         .exec(db)
         .await?;
     journey::Entity::delete_many()
-        .filter(journey::Column::TenantId.eq(tenant))
+        .filter(journey::Column::TenantId.eq(tenant.as_str()))
         .filter(journey::Column::ContactId.eq(contact))
         .exec(db)
         .await?;

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::kpi::Counter;
 use super::{DAY, Gran, bucket, day, period_index, period_start};
 
-pub use super::facts::{Activity, Category, Event, Facts, Key, Role, Survey, Transition};
+pub use super::facts::{Activity, Category, Event, Facts, Key, Money, Role, Survey, Transition};
 
 /// The two meanings of "a customer left", both kept (the lifecycle model's
 /// `churn_excludes_dormancy` picks one):
@@ -216,8 +216,8 @@ pub fn contribution(
     // The contact itself.
     if let Some(at) = facts.acquired {
         b.kpi(Counter::NewContacts, "", at, "", 1, 0);
-        if let Some((currency, cost)) = &facts.cost {
-            b.kpi(Counter::AcquisitionCost, "", at, currency, 1, *cost);
+        if let Some(Money { currency, micros }) = &facts.cost {
+            b.kpi(Counter::AcquisitionCost, "", at, currency, 1, *micros);
         }
     }
     let mut events: Vec<&Event> = events.iter().collect();
@@ -362,7 +362,7 @@ fn activity(b: &mut Builder<'_>, out: &mut Contribution, events: &[&Event]) {
     let mut by_currency: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
     for e in events {
         match &e.what {
-            Activity::Purchase { amount, currency } => {
+            Activity::Purchase(Money { currency, micros: amount }) => {
                 b.kpi(Counter::Revenue, "", e.at, currency, 1, *amount);
                 b.kpi(Counter::Orders, "", e.at, "", 1, 0);
                 if c.orders == 0 {
@@ -441,7 +441,7 @@ fn activity(b: &mut Builder<'_>, out: &mut Contribution, events: &[&Event]) {
         let mut periods: BTreeMap<i64, BTreeMap<&str, (i64, i64)>> = BTreeMap::new();
         for e in events {
             let p = periods.entry(period_start(e.at, g)).or_default();
-            if let Activity::Purchase { amount, currency } = &e.what {
+            if let Activity::Purchase(Money { currency, micros: amount }) = &e.what {
                 let x = p.entry(currency.as_str()).or_default();
                 x.0 += 1;
                 x.1 = x.1.saturating_add(*amount);
@@ -559,7 +559,7 @@ mod tests {
         let buy = |id: &str, at: i64, cur: &str| Event {
             id: id.into(),
             at,
-            what: Activity::Purchase { amount: 5_000_000, currency: cur.into() },
+            what: Activity::Purchase(Money { currency: cur.into(), micros: 5_000_000 }),
         };
         let one = contribution("x", &facts, &[], &[buy("b", 3 * DAY, "EUR")]);
         // A backdated purchase in another currency becomes the first; the later one a repeat.

@@ -17,7 +17,7 @@ use clm_proto::events::v1::event_envelope::Payload;
 use sea_orm::DatabaseTransaction;
 use tracing::Instrument as _;
 
-use crate::domain::contribution::{Activity, Category, Event, Role, SPELL_BASES, Survey, Transition};
+use crate::domain::contribution::{Activity, Category, Event, Money, Role, SPELL_BASES, Survey, Transition};
 use crate::store::write::facts::{self, ContactFacts, ContactState};
 use crate::store::write::{self, ledger};
 
@@ -29,25 +29,16 @@ fn micros(ts: Option<&prost_types::Timestamp>) -> Option<i64> {
     ts.and_then(clm_platform::convert::micros)
 }
 
-/// An event's amount in µ-units. Producers bound amounts to 10^12 units (10^18 µ-units); an
-/// event from before that bound saturates at the ends of i64 rather than wrapping.
-fn money(m: Option<&clm_proto::common::v1::Money>) -> (Option<String>, Option<i64>) {
-    match m {
-        Some(m) => {
-            let micros = i128::from(m.units) * 1_000_000 + i128::from(m.nanos / 1000);
-            let micros = i64::try_from(micros).unwrap_or(if micros < 0 { i64::MIN } else { i64::MAX });
-            (Some(m.currency_code.clone()), Some(micros))
-        }
-        None => (None, None),
-    }
+/// An event's amount (`Money::from_units`).
+fn money(m: Option<&clm_proto::common::v1::Money>) -> Option<Money> {
+    m.map(|m| Money::from_units(&m.currency_code, m.units, m.nanos))
 }
 
 /// A contact event's facts, as `contact_facts` keeps them.
 fn contact_facts(f: Option<&ev::ContactFacts>) -> ContactFacts {
     let f = f.cloned().unwrap_or_default();
-    let (cur, cost) = money(f.acquisition_cost.as_ref());
     ContactFacts {
-        cost: cur.zip(cost),
+        cost: money(f.acquisition_cost.as_ref()),
         referred_by: (!f.referred_by_contact_id.is_empty()).then_some(f.referred_by_contact_id),
         lead_score: f.lead_score,
         acquire_time: micros(f.acquire_time.as_ref()),
@@ -138,10 +129,7 @@ impl MetricsHandler {
                     {
                         return Ok(());
                     }
-                    ev::JourneyEventKind::Purchase => {
-                        let (cur, amount) = money(j.amount.as_ref());
-                        Activity::Purchase { amount: amount.unwrap_or(0), currency: cur.unwrap_or_default() }
-                    }
+                    ev::JourneyEventKind::Purchase => Activity::Purchase(money(j.amount.as_ref()).unwrap_or_default()),
                     ev::JourneyEventKind::Referral => Activity::Referral,
                     ev::JourneyEventKind::Review => Activity::Review,
                     _ => Activity::Other,

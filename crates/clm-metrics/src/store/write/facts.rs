@@ -5,6 +5,7 @@
 use clm_platform::{Result, TenantId};
 use sea_orm::{ConnectionTrait, Value};
 
+use crate::domain::facts::Money;
 use crate::store::sql::{Sql, exec, v};
 
 /// A contact's facts as its latest contact event states them.
@@ -12,8 +13,7 @@ use crate::store::sql::{Sql, exec, v};
 pub struct ContactFacts {
     pub acquisition_channel: String,
     pub campaign: String,
-    /// Acquisition cost: (currency, µ-units).
-    pub cost: Option<(String, i64)>,
+    pub cost: Option<Money>,
     pub referred_by: Option<String>,
     pub lead_score: i32,
     pub country_code: String,
@@ -55,8 +55,8 @@ fn values(f: &ContactFacts) -> Vec<Value> {
     vec![
         v(f.acquisition_channel.as_str()),
         v(f.campaign.as_str()),
-        v(f.cost.as_ref().map(|c| c.0.clone())),
-        v(f.cost.as_ref().map(|c| c.1)),
+        v(f.cost.as_ref().map(|c| c.currency.clone())),
+        v(f.cost.as_ref().map(|c| c.micros)),
         v(f.referred_by.clone()),
         v(f.lead_score),
         v(f.country_code.as_str()),

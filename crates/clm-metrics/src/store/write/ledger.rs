@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use clm_platform::{Result, TenantId};
 use sea_orm::ConnectionTrait;
 
-use crate::domain::contribution::{Activity, Category, Event, Facts, Role, Survey, Transition};
+use crate::domain::contribution::{Activity, Category, Event, Facts, Money, Role, Survey, Transition};
 use crate::store::sql::{Sql, exec, rows, v};
 
 /// Most contact ids one statement binds.
@@ -39,7 +39,10 @@ pub async fn load(db: &impl ConnectionTrait, tenant: &TenantId, contacts: &[Stri
         .await?
         {
             let id: String = r.try_get("", "contact_id")?;
-            let cost = r.try_get::<Option<String>>("", "cost_currency")?.zip(r.try_get::<Option<i64>>("", "cost_micros")?);
+            let cost = r
+                .try_get::<Option<String>>("", "cost_currency")?
+                .zip(r.try_get::<Option<i64>>("", "cost_micros")?)
+                .map(|(currency, micros)| Money { currency, micros });
             if let Some(k) = out.get_mut(&id) {
                 k.facts = Facts {
                     channel: r.try_get("", "acquisition_channel")?,
@@ -82,10 +85,10 @@ pub async fn load(db: &impl ConnectionTrait, tenant: &TenantId, contacts: &[Stri
             let kind: String = r.try_get("", "kind")?;
             let score = r.try_get::<Option<i64>>("", "score")?.unwrap_or(0);
             let what = match kind.as_str() {
-                "purchase" => Activity::Purchase {
-                    amount: r.try_get::<Option<i64>>("", "amount")?.unwrap_or(0),
+                "purchase" => Activity::Purchase(Money {
                     currency: r.try_get("", "currency")?,
-                },
+                    micros: r.try_get::<Option<i64>>("", "amount")?.unwrap_or(0),
+                }),
                 "referral" => Activity::Referral,
                 "review" => Activity::Review,
                 "nps" | "csat" | "ces" => {
@@ -155,7 +158,7 @@ pub async fn retract_transition(db: &impl ConnectionTrait, tenant: &TenantId, co
 /// Record an activity (once per id).
 pub async fn put_event(db: &impl ConnectionTrait, tenant: &TenantId, contact: &str, e: &Event) -> Result<()> {
     let (amount, currency, score) = match &e.what {
-        Activity::Purchase { amount, currency } => (Some(*amount), currency.as_str(), None),
+        Activity::Purchase(m) => (Some(m.micros), m.currency.as_str(), None),
         Activity::Score { score, .. } => (None, "", Some(i64::from(*score))),
         _ => (None, "", None),
     };

@@ -126,7 +126,7 @@ fn use_tree(s: &str) -> &str {
                     '}' => {
                         depth -= 1;
                         if depth == 0 {
-                            return &s[..at + i + 1];
+                            return &s[..=(at + i)];
                         }
                     }
                     _ => {}
@@ -142,8 +142,7 @@ fn use_tree(s: &str) -> &str {
 /// The absolute paths (`crate::…`, `super::…`, `self::…`) a file's code names.
 fn references(rel: &str, text: &str) -> Vec<Vec<String>> {
     let me = module_of(rel);
-    let code: String =
-        text.lines().filter(|l| !l.trim_start().starts_with("//")).map(|l| format!("{l}\n")).collect();
+    let code = text.lines().filter(|l| !l.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n");
     let mut out = Vec::new();
     for (i, _) in code.match_indices("::") {
         // The first segment of a path: an identifier before `::` not itself after `::`.
@@ -271,24 +270,34 @@ fn the_layer_check_sees_the_cycles_that_were() {
     // publisher; `events` also borrowed the API's conversions.
     let old = [
         ("contacts_client.rs", "pub struct Automator {\n    pub publisher: crate::events::Publisher,\n}"),
-        ("events/mod.rs", "use crate::api::convert::{SURVEY_RESPONSE, kind_key};\nuse crate::journeys::{Happened, advance};"),
+        (
+            "events/mod.rs",
+            "use crate::api::convert::{SURVEY_RESPONSE, kind_key};\nuse crate::journeys::{Happened, advance};",
+        ),
         ("events/scheduler.rs", "use crate::contacts_client::Automator;"),
-        ("journeys/automations.rs", "use crate::contacts_client::{Automator, ContactsProbe};\nuse crate::events::Publisher;"),
+        (
+            "journeys/automations.rs",
+            "use crate::contacts_client::{Automator, ContactsProbe};\nuse crate::events::Publisher;",
+        ),
         ("api/mod.rs", "pub mod convert;\nuse crate::events::Publisher;"),
         ("api/convert.rs", "use crate::store::ModelRecord;"),
         ("store/mod.rs", "use crate::domain::model::StageKey;"),
     ];
     let files: Vec<(String, String)> = old.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect();
     let e = edges(&files, &[]);
-    for (a, b) in [("contacts_client", "events"), ("events", "journeys"), ("journeys", "contacts_client"), ("events", "api")] {
+    for (a, b) in
+        [("contacts_client", "events"), ("events", "journeys"), ("journeys", "contacts_client"), ("events", "api")]
+    {
         assert!(e.contains_key(&(a.into(), b.into())), "{a} → {b} not seen: {e:?}");
     }
     assert_eq!(cycle(&e), Some(vec!["api".into(), "events".into(), "api".into()]));
     let without_api: BTreeMap<_, _> = e.into_iter().filter(|((a, b), _)| a != "api" && b != "api").collect();
     assert_eq!(cycle(&without_api), Some(vec!["contacts_client".into(), "events".into(), "contacts_client".into()]));
     // Without the scheduler's edge, still contacts client → events → automations → contacts client.
-    let three: BTreeMap<_, _> =
-        without_api.into_iter().filter(|((a, b), _)| (a.as_str(), b.as_str()) != ("events", "contacts_client")).collect();
+    let three: BTreeMap<_, _> = without_api
+        .into_iter()
+        .filter(|((a, b), _)| (a.as_str(), b.as_str()) != ("events", "contacts_client"))
+        .collect();
     assert_eq!(
         cycle(&three),
         Some(vec!["contacts_client".into(), "events".into(), "journeys".into(), "contacts_client".into()])

@@ -116,7 +116,7 @@ fn use_tree(s: &str) -> &str {
                     '}' => {
                         depth -= 1;
                         if depth == 0 {
-                            return &s[..at + i + 1];
+                            return &s[..=(at + i)];
                         }
                     }
                     _ => {}
@@ -132,8 +132,7 @@ fn use_tree(s: &str) -> &str {
 /// The absolute paths (`crate::…`, `super::…`, `self::…`) a file's code names.
 fn references(rel: &str, text: &str) -> Vec<Vec<String>> {
     let me = module_of(rel);
-    let code: String =
-        text.lines().filter(|l| !l.trim_start().starts_with("//")).map(|l| format!("{l}\n")).collect();
+    let code = text.lines().filter(|l| !l.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n");
     let mut out = Vec::new();
     for (i, _) in code.match_indices("::") {
         // The first segment of a path: an identifier before `::` not itself after `::`.

@@ -161,7 +161,8 @@ async fn any_order_gives_the_same_numbers(backend: Backend) {
         let segment = Slice { contacts: Some(std::sync::Arc::new(ids)), ..whole.clone() };
         assert_same(&db, &ta, &segment, &tb, &segment).await;
         // The data is not trivial: revenue in two currencies, customers lost, funnel reaches.
-        let rows = read::kpis(&db, &ta, &whole, &[Counter::Revenue, Counter::CustomersOut, Counter::Leads], "").await.unwrap();
+        let rows =
+            read::kpis(&db, &ta, &whole, &[Counter::Revenue, Counter::CustomersOut, Counter::Leads], "").await.unwrap();
         let currencies: std::collections::BTreeSet<&str> =
             rows.iter().filter(|r| r.name == Counter::Revenue).map(|r| r.currency.as_str()).collect();
         assert_eq!(currencies.len(), 2, "{rows:?}");

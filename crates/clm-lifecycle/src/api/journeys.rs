@@ -13,8 +13,8 @@ use tokio::sync::broadcast;
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
-use crate::convert::{self, check_event, event_to_pb, kind_key, transition_to_pb};
 use super::{LifecycleApi, ctx, model_uuid_or_default, text};
+use crate::convert::{self, check_event, event_to_pb, kind_key, transition_to_pb};
 use crate::domain::model::StageKey;
 use crate::journeys::{Happened, advance, automations};
 use crate::store::entities::{journey_event, manual_move};

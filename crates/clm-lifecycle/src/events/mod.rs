@@ -165,16 +165,8 @@ impl EventHandler for LifecycleHandler {
                     ..Default::default()
                 };
                 let at = r.create_time.as_ref().and_then(clm_platform::convert::micros).unwrap_or_else(now_micros);
-                let row = event_row(
-                    &tenant,
-                    contact,
-                    &model,
-                    at,
-                    format!("review:{}", r.review_id),
-                    "review",
-                    None,
-                    &body,
-                );
+                let row =
+                    event_row(&tenant, contact, &model, at, format!("review:{}", r.review_id), "review", None, &body);
                 if store::insert_event(txn, row.clone()).await? {
                     let happened = Happened::Recorded { event: row, custom_name: String::new(), survey: None };
                     advance(txn, &self.publisher, &tenant, contact, &model, now_micros(), happened).await?;

@@ -454,7 +454,12 @@ pub async fn rebuild_journey(
 }
 
 /// After a merge, the merged contacts' events and moves belong to the survivor.
-pub async fn reassign_contact(db: &impl ConnectionTrait, tenant: &TenantId, from: &str, to: &str) -> Result<Vec<String>> {
+pub async fn reassign_contact(
+    db: &impl ConnectionTrait,
+    tenant: &TenantId,
+    from: &str,
+    to: &str,
+) -> Result<Vec<String>> {
     // What was owed to the merged contact's journey went with it (the survivor's rebuild fires
     // its own).
     super::automations::drop_jobs(db, tenant, from).await?;

@@ -183,7 +183,10 @@ impl ClvModel {
     /// `currency`: the reporting currency (empty: the year's largest).
     pub async fn load(db: &impl ConnectionTrait, tenant: &TenantId, slice: &Slice, currency: &str) -> Result<Self> {
         let year = Slice { start: slice.end - 365 * DAY, ..slice.clone() };
-        let c = Counters::from_rows_in(&read::kpis(db, tenant, &year, &[Counter::Revenue, Counter::Orders], "").await?, currency);
+        let c = Counters::from_rows_in(
+            &read::kpis(db, tenant, &year, &[Counter::Revenue, Counter::Orders], "").await?,
+            currency,
+        );
         let basis = read::spell_basis(db, tenant, &slice.model).await?;
         let at_end = read::customers_at(db, tenant, slice, basis, slice.end).await? as f64;
         let at_start = read::customers_at(db, tenant, &year, basis, year.start).await? as f64;
@@ -277,18 +280,24 @@ impl Snapshot {
         match k {
             KpiKind::NewContacts => (c.n(Counter::NewContacts), n(Counter::NewContacts)),
             KpiKind::Leads => (c.n(Counter::Leads), n(Counter::Leads)),
-            KpiKind::CostPerLead => (units(ratio(c.s(Counter::AcquisitionCost), c.n(Counter::Leads))), n(Counter::Leads)),
+            KpiKind::CostPerLead => {
+                (units(ratio(c.s(Counter::AcquisitionCost), c.n(Counter::Leads))), n(Counter::Leads))
+            }
             KpiKind::LeadQualityRate => (self.lead_quality_rate, n(Counter::Leads)),
             KpiKind::NewCustomers => (c.n(Counter::NewCustomers), n(Counter::NewCustomers)),
             KpiKind::CloseRate => (ratio(c.n(Counter::LeadsWon), c.n(Counter::Leads)), n(Counter::Leads)),
             KpiKind::Revenue => (units(c.s(Counter::Revenue)), n(Counter::Revenue)),
             KpiKind::AverageDealSize => (units(self.average_deal_size()), n(Counter::FirstPurchases)),
-            KpiKind::AverageOrderValue => (units(ratio(c.s(Counter::Revenue), c.n(Counter::Revenue))), n(Counter::Revenue)),
+            KpiKind::AverageOrderValue => {
+                (units(ratio(c.s(Counter::Revenue), c.n(Counter::Revenue))), n(Counter::Revenue))
+            }
             KpiKind::TimeToCloseDays => {
                 (self.median_time_to_close.map_or(0.0, |t| t as f64 / DAY as f64), n(Counter::NewCustomers))
             }
             KpiKind::Cac => (units(self.cac()), n(Counter::NewCustomers)),
-            KpiKind::ConversionRate => (ratio(c.n(Counter::NewContactsWon), c.n(Counter::NewContacts)), n(Counter::NewContacts)),
+            KpiKind::ConversionRate => {
+                (ratio(c.n(Counter::NewContactsWon), c.n(Counter::NewContacts)), n(Counter::NewContacts))
+            }
             KpiKind::ChurnRate => (self.churn_rate, self.customers_at_start as i64),
             KpiKind::RetentionRate => (self.retention_rate, self.customers_at_start as i64),
             KpiKind::RepeatPurchaseRate => (self.repeat_purchase_rate, n(Counter::Buyers)),

@@ -400,7 +400,9 @@ impl MetricsService for MetricsApi {
         let tenant = &ctx.tenant;
         let start = domain::period_start(slice.start, g);
         let wide = Slice { start, ..slice.clone() };
-        let rows = read::kpis(&self.db, tenant, &wide, &[Counter::Reactivated, Counter::Dormant, Counter::Churned], "day").await?;
+        let rows =
+            read::kpis(&self.db, tenant, &wide, &[Counter::Reactivated, Counter::Dormant, Counter::Churned], "day")
+                .await?;
         let counts = cohorts::period_counts(&self.db, tenant, &slice, g, start, slice.end).await?;
         let periods = domain::periods(start, slice.end, g)
             .into_iter()

@@ -205,12 +205,7 @@ impl Builder<'_> {
 }
 
 /// The contribution of contact `contact` (of the tenant whose ledger this is).
-pub fn contribution(
-    contact: &str,
-    facts: &Facts,
-    transitions: &[Transition],
-    events: &[Event],
-) -> Contribution {
+pub fn contribution(contact: &str, facts: &Facts, transitions: &[Transition], events: &[Event]) -> Contribution {
     let mut b = Builder { contact, facts, cells: Cells::new() };
     let mut out = Contribution::default();
     // The contact itself.
@@ -478,11 +473,7 @@ fn activity(b: &mut Builder<'_>, out: &mut Contribution, events: &[&Event]) {
             }
             b.add("cohort_cells", vec![g.key().into(), cohort.into(), idx.into()], &[1]);
             for (cur, (_, revenue)) in money {
-                b.add(
-                    "cohort_revenue",
-                    vec![g.key().into(), cohort.into(), idx.into(), (*cur).into()],
-                    &[*revenue],
-                );
+                b.add("cohort_revenue", vec![g.key().into(), cohort.into(), idx.into(), (*cur).into()], &[*revenue]);
             }
             last = last.max(Some(idx));
         }

@@ -200,7 +200,8 @@ async fn upsert(db: &impl ConnectionTrait, tenant: &TenantId, t: &Table, rows: &
     let set = t.sums.iter().map(|c| format!("{c} = {}", saturating_sum(t.name, c))).collect::<Vec<_>>().join(", ");
     let conflict = format!(" ON CONFLICT ({}) DO UPDATE SET {set}", t.keys.join(", "));
     for chunk in rows.chunks((MAX_PARAMS / width).max(1)) {
-        let values = chunk.iter().map(|(key, sums)| key.iter().map(value).chain(sums.iter().map(|s| Value::from(*s))).collect());
+        let values =
+            chunk.iter().map(|(key, sums)| key.iter().map(value).chain(sums.iter().map(|s| Value::from(*s))).collect());
         exec(db, Sql::insert(tenant, t.name, &cols, values).then(&conflict, [])).await?;
     }
     Ok(())

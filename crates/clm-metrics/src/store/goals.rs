@@ -81,11 +81,7 @@ pub async fn insert(db: &impl ConnectionTrait, tenant: &TenantId, g: &GoalRecord
 }
 
 pub async fn get(db: &impl ConnectionTrait, tenant: &TenantId, id: &str) -> Result<Option<GoalRecord>> {
-    one(db, Sql::select(tenant, "*", "goals").and("id = ?", [v(id)]))
-        .await?
-        .as_ref()
-        .map(from_row)
-        .transpose()
+    one(db, Sql::select(tenant, "*", "goals").and("id = ?", [v(id)])).await?.as_ref().map(from_row).transpose()
 }
 
 /// A page after `after` (create time, id), oldest first; `limit + 1` rows to detect more.
@@ -99,11 +95,7 @@ pub async fn list(
     let q = Sql::select(tenant, "*", "goals")
         .and("(create_time > ? OR (create_time = ? AND id > ?))", [v(t), v(t), v(id)])
         .then(" ORDER BY create_time, id LIMIT ?", [v(i64::try_from(limit + 1).unwrap_or(i64::MAX))]);
-    rows(db, q)
-    .await?
-    .iter()
-    .map(from_row)
-    .collect()
+    rows(db, q).await?.iter().map(from_row).collect()
 }
 
 /// Write `g` (its version already bumped) if the stored version is still `expected`.

@@ -243,7 +243,10 @@ mod tests {
         assert_eq!(vals, vec![v("acme"), v(1), v("acme"), v(2)]);
         let u = Sql::select(&t, "id", "a").union(Sql::select(&t, "id", "b")).then(" ORDER BY id", []);
         let (text, vals) = Sql::around("COUNT(*) AS n", u).text();
-        assert_eq!(text, "SELECT COUNT(*) AS n FROM (SELECT id FROM a WHERE tenant_id = ? UNION SELECT id FROM b WHERE tenant_id = ? ORDER BY id) x");
+        assert_eq!(
+            text,
+            "SELECT COUNT(*) AS n FROM (SELECT id FROM a WHERE tenant_id = ? UNION SELECT id FROM b WHERE tenant_id = ? ORDER BY id) x"
+        );
         assert_eq!(vals, vec![v("acme"), v("acme")]);
         assert_eq!(stmt(DbBackend::Postgres, "a = ? AND b = ?", vec![]).sql, "a = $1 AND b = $2");
     }
@@ -251,6 +254,7 @@ mod tests {
     #[test]
     #[should_panic(expected = "another tenant")]
     fn a_sub_query_of_another_tenant_is_refused() {
-        let _ = Sql::select(&acme(), "id", "a").and_in_select("id", Sql::select(&TenantId::parse("other").unwrap(), "id", "b"));
+        let _ = Sql::select(&acme(), "id", "a")
+            .and_in_select("id", Sql::select(&TenantId::parse("other").unwrap(), "id", "b"));
     }
 }

@@ -37,25 +37,27 @@ pub async fn cohorts(
             .and(nonzero, [])
     };
     let sizes = rows(db, q("cohort, n", "cohort_sizes", "n > 0").then(" ORDER BY cohort", []))
-    .await?
-    .into_iter()
-    .map(|r| Ok((r.try_get("", "cohort")?, r.try_get("", "n")?)))
-    .collect::<Result<Vec<_>>>()?;
+        .await?
+        .into_iter()
+        .map(|r| Ok((r.try_get("", "cohort")?, r.try_get("", "n")?)))
+        .collect::<Result<Vec<_>>>()?;
     let cells = rows(db, q("cohort, idx, n", "cohort_cells", "n <> 0"))
-    .await?
-    .into_iter()
-    .map(|r| Ok((r.try_get("", "cohort")?, r.try_get("", "idx")?, r.try_get("", "n")?)))
-    .collect::<Result<Vec<_>>>()?;
+        .await?
+        .into_iter()
+        .map(|r| Ok((r.try_get("", "cohort")?, r.try_get("", "idx")?, r.try_get("", "n")?)))
+        .collect::<Result<Vec<_>>>()?;
     let revenue = rows(db, q("cohort, idx, currency, revenue", "cohort_revenue", "revenue <> 0"))
-    .await?
-    .into_iter()
-    .map(|r| Ok((r.try_get("", "cohort")?, r.try_get("", "idx")?, r.try_get("", "currency")?, r.try_get("", "revenue")?)))
-    .collect::<Result<Vec<_>>>()?;
+        .await?
+        .into_iter()
+        .map(|r| {
+            Ok((r.try_get("", "cohort")?, r.try_get("", "idx")?, r.try_get("", "currency")?, r.try_get("", "revenue")?))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let last = rows(db, q("cohort, last_idx, n", "cohort_last", "n <> 0"))
-    .await?
-    .into_iter()
-    .map(|r| Ok((r.try_get("", "cohort")?, r.try_get("", "last_idx")?, r.try_get("", "n")?)))
-    .collect::<Result<Vec<_>>>()?;
+        .await?
+        .into_iter()
+        .map(|r| Ok((r.try_get("", "cohort")?, r.try_get("", "last_idx")?, r.try_get("", "n")?)))
+        .collect::<Result<Vec<_>>>()?;
     Ok(Cohorts { sizes, cells, revenue, last })
 }
 
@@ -149,12 +151,17 @@ pub async fn period_counts(
             .and("gran = ? AND period >= ? AND period < ?", [v(g.key()), v(start), v(end)])
             .then(" ORDER BY period", []);
         return rows(db, q)
-        .await?
-        .into_iter()
-        .map(|r| {
-            Ok((r.try_get("", "period")?, r.try_get("", "active")?, r.try_get("", "returners")?, r.try_get("", "firsts")?))
-        })
-        .collect();
+            .await?
+            .into_iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("", "period")?,
+                    r.try_get("", "active")?,
+                    r.try_get("", "returners")?,
+                    r.try_get("", "firsts")?,
+                ))
+            })
+            .collect();
     }
     let mut counts: BTreeMap<i64, (i64, i64, i64)> = BTreeMap::new();
     for ids in slice.chunks() {

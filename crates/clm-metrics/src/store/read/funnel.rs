@@ -212,8 +212,8 @@ pub async fn histograms(
                 false,
             ),
         ] {
-            let mut q = Sql::select(tenant, cols, table)
-                .and(cond, [v(slice.model.as_str()), v(slice.start), v(slice.end)]);
+            let mut q =
+                Sql::select(tenant, cols, table).and(cond, [v(slice.model.as_str()), v(slice.start), v(slice.end)]);
             if let Some(matching) = slice.fact_matches(tenant) {
                 q = q.and_in_select("contact_id", matching);
             }

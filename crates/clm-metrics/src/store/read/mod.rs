@@ -112,9 +112,11 @@ pub async fn kpis(
             "name, currency, {select_group}, CAST(SUM(n) AS BIGINT) AS n, \
              CAST(SUM(s / 1000000) AS BIGINT) AS s_hi, CAST(SUM(s % 1000000) AS BIGINT) AS s_lo"
         );
-        let q = Sql::select(tenant, &cols, table)
-            .and(&format!("name IN ({marks})"), names.iter().map(|n| v(n.key())))
-            .and("model_id IN ('', ?) AND day >= ? AND day < ?", [v(slice.model.as_str()), v(slice.start), v(slice.end)]);
+        let q =
+            Sql::select(tenant, &cols, table).and(&format!("name IN ({marks})"), names.iter().map(|n| v(n.key()))).and(
+                "model_id IN ('', ?) AND day >= ? AND day < ?",
+                [v(slice.model.as_str()), v(slice.start), v(slice.end)],
+            );
         let q = slice.filters(q).and_in("contact_id", ids).then(&format!(" GROUP BY name, currency{group_by}"), []);
         for r in rows(db, q).await? {
             let e = sum
@@ -175,8 +177,7 @@ async fn spells(
         } else {
             q = slice.filters(q);
         }
-        total +=
-            one(db, q).await?.map(|r| r.try_get::<Option<i64>>("", "n")).transpose()?.flatten().unwrap_or(0);
+        total += one(db, q).await?.map(|r| r.try_get::<Option<i64>>("", "n")).transpose()?.flatten().unwrap_or(0);
     }
     Ok(total)
 }
@@ -234,10 +235,17 @@ pub async fn model_stages(
         .and("model_id = ?", [v(model)])
         .then(" ORDER BY position", []);
     rows(db, q)
-    .await?
-    .into_iter()
-    .map(|r| Ok((r.try_get("", "stage_key")?, r.try_get("", "position")?, r.try_get("", "category")?, r.try_get("", "role")?)))
-    .collect()
+        .await?
+        .into_iter()
+        .map(|r| {
+            Ok((
+                r.try_get("", "stage_key")?,
+                r.try_get("", "position")?,
+                r.try_get("", "category")?,
+                r.try_get("", "role")?,
+            ))
+        })
+        .collect()
 }
 
 /// Distinct contacts who purchased in the slice (days with an order, any currency).
@@ -292,11 +300,9 @@ pub async fn current_stage(
     model: &str,
     contact: &str,
 ) -> Result<Option<String>> {
-    let q = Sql::select(tenant, "stage_key", "contact_now").and("model_id = ? AND contact_id = ?", [v(model), v(contact)]);
-    Ok(one(db, q)
-    .await?
-    .map(|r| r.try_get("", "stage_key"))
-    .transpose()?)
+    let q =
+        Sql::select(tenant, "stage_key", "contact_now").and("model_id = ? AND contact_id = ?", [v(model), v(contact)]);
+    Ok(one(db, q).await?.map(|r| r.try_get("", "stage_key")).transpose()?)
 }
 
 /// Whether metrics has heard of the contact (its create event or any fact about it).
@@ -304,9 +310,7 @@ pub async fn contact_known(db: &impl ConnectionTrait, tenant: &TenantId, contact
     let q = Sql::select(tenant, "1 AS x", "contact_facts")
         .and("contact_id = ?", [v(contact)])
         .union_all(Sql::select(tenant, "1 AS x", "customer_facts").and("contact_id = ?", [v(contact)]));
-    Ok(one(db, q)
-    .await?
-    .is_some())
+    Ok(one(db, q).await?.is_some())
 }
 
 /// A contact's acquisition cost (µ-units, currency).

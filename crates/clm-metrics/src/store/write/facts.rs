@@ -78,7 +78,8 @@ pub async fn insert(
     let mut row = vec![v(contact)];
     row.extend(values(f));
     row.extend([v(create_time), v(ContactState::Active.key()), v(None::<String>)]);
-    let q = Sql::insert(tenant, "contact_facts", &cols, [row]).then(" ON CONFLICT (tenant_id, contact_id) DO NOTHING", []);
+    let q =
+        Sql::insert(tenant, "contact_facts", &cols, [row]).then(" ON CONFLICT (tenant_id, contact_id) DO NOTHING", []);
     exec(db, q).await?;
     Ok(())
 }
@@ -99,8 +100,13 @@ pub async fn set_state(
     state: ContactState,
     merged_into: Option<&str>,
 ) -> Result<()> {
-    let q = Sql::update(tenant, "contact_facts", "state = ?, merged_into = ?", [v(state.key()), v(merged_into.map(str::to_owned))])
-        .and_in("contact_id", Some(contacts));
+    let q = Sql::update(
+        tenant,
+        "contact_facts",
+        "state = ?, merged_into = ?",
+        [v(state.key()), v(merged_into.map(str::to_owned))],
+    )
+    .and_in("contact_id", Some(contacts));
     exec(db, q).await?;
     Ok(())
 }

@@ -150,8 +150,11 @@ pub async fn put_transition(db: &impl ConnectionTrait, tenant: &TenantId, contac
 
 /// Forget a transition lifecycle retracted.
 pub async fn retract_transition(db: &impl ConnectionTrait, tenant: &TenantId, contact: &str, id: &str) -> Result<()> {
-    exec(db, Sql::delete(tenant, "ledger_transitions").and("contact_id = ? AND transition_id = ?", [v(contact), v(id)]))
-        .await?;
+    exec(
+        db,
+        Sql::delete(tenant, "ledger_transitions").and("contact_id = ? AND transition_id = ?", [v(contact), v(id)]),
+    )
+    .await?;
     Ok(())
 }
 

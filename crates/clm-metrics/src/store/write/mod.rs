@@ -107,7 +107,8 @@ pub async fn rebuild(db: &impl ConnectionTrait, tenant: &TenantId, chunk: usize)
     loop {
         let ids_after = |table| Sql::select(tenant, "contact_id", table).and("contact_id > ?", [v(after.as_str())]);
         let q = ids_after("contact_facts").union(ids_after("ledger_transitions")).union(ids_after("ledger_events"));
-        let q = Sql::around("contact_id", q).then(" ORDER BY contact_id LIMIT ?", [v(i64::try_from(chunk).unwrap_or(i64::MAX))]);
+        let q = Sql::around("contact_id", q)
+            .then(" ORDER BY contact_id LIMIT ?", [v(i64::try_from(chunk).unwrap_or(i64::MAX))]);
         let page = rows(db, q).await?;
         let ids: Vec<String> =
             page.iter().map(|r| r.try_get("", "contact_id")).collect::<std::result::Result<_, _>>()?;

@@ -16,6 +16,7 @@ use sea_orm::{ConnectionTrait, DatabaseTransaction};
 use uuid::Uuid;
 
 use crate::convert::SURVEY_RESPONSE;
+use crate::domain::contact::ContactState;
 use crate::journeys::{Happened, SurveyAnswer, advance};
 use crate::publish::Publisher;
 use crate::store::entities::journey_event;
@@ -70,18 +71,18 @@ impl EventHandler for LifecycleHandler {
                 store::set_contact_facts(txn, &tenant, &u.contact_id, &f.tags, &f.acquisition_channel).await?;
             }
             Some(Payload::ContactDeleted(d)) => {
-                let state = if d.restored { "active" } else { "deleted" };
+                let state = if d.restored { ContactState::Active } else { ContactState::Deleted };
                 store::set_contact_state(txn, &tenant, &d.contact_id, state).await?;
             }
             Some(Payload::ContactErased(x)) => {
                 store::erase_contact(txn, &tenant, &x.contact_id).await?;
-                store::set_contact_state(txn, &tenant, &x.contact_id, "erased").await?;
+                store::set_contact_state(txn, &tenant, &x.contact_id, ContactState::Erased).await?;
             }
             Some(Payload::ContactMerged(m)) => {
                 let Ok(survivor) = Uuid::parse_str(&m.survivor_id) else { return Ok(()) };
                 let mut models = Vec::new();
                 for merged in &m.merged_ids {
-                    store::set_contact_state(txn, &tenant, merged, "merged").await?;
+                    store::set_contact_state(txn, &tenant, merged, ContactState::Merged).await?;
                     for model in store::reassign_contact(txn, &tenant, merged, &m.survivor_id).await? {
                         if !models.contains(&model) {
                             models.push(model);

@@ -28,6 +28,7 @@ use uuid::Uuid;
 
 use super::{Happened, advance};
 use crate::contacts_client::{Automator, ContactsProbe};
+use crate::domain::contact::ContactState;
 use crate::domain::model::StageKey;
 use crate::publish::Publisher;
 use crate::store::entities::{automation, automation_job, automation_run, manual_move, transition};
@@ -223,7 +224,7 @@ async fn run_job(
     }
     // Erased or merged away since the job was owed: nothing runs for it (a move would bring
     // a journey back).
-    if matches!(store::contact_state(&txn, tenant, contact).await?.as_deref(), Some("erased" | "merged")) {
+    if store::contact_state(&txn, tenant, contact).await?.is_some_and(ContactState::is_gone) {
         txn.commit().await.map_err(Error::from)?;
         return Ok(0);
     }

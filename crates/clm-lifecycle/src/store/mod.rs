@@ -23,6 +23,7 @@ use sea_orm::{
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::domain::contact::ContactState;
 use crate::domain::model::{Allowed, Category, Model, Role, Stage, StageKey};
 use entities::{journey, journey_event, known_contact, lifecycle_model, manual_move, rule_settings, transition};
 
@@ -312,11 +313,16 @@ pub async fn model_in_use(db: &impl ConnectionTrait, tenant: &TenantId, model: U
 
 // ---- contacts known from events ----
 
-pub async fn set_contact_state(db: &impl ConnectionTrait, tenant: &TenantId, contact: &str, state: &str) -> Result<()> {
+pub async fn set_contact_state(
+    db: &impl ConnectionTrait,
+    tenant: &TenantId,
+    contact: &str,
+    state: ContactState,
+) -> Result<()> {
     known_contact::Entity::insert(known_contact::ActiveModel {
         tenant_id: ActiveValue::Set(tenant.as_str().to_owned()),
         contact_id: ActiveValue::Set(contact.to_owned()),
-        state: ActiveValue::Set(state.to_owned()),
+        state: ActiveValue::Set(state.key().to_owned()),
         tags: ActiveValue::Set("[]".to_owned()),
         channel: ActiveValue::Set(String::new()),
     })
@@ -342,7 +348,7 @@ pub async fn set_contact_facts(
     known_contact::Entity::insert(known_contact::ActiveModel {
         tenant_id: ActiveValue::Set(tenant.as_str().to_owned()),
         contact_id: ActiveValue::Set(contact.to_owned()),
-        state: ActiveValue::Set("active".to_owned()),
+        state: ActiveValue::Set(ContactState::Active.key().to_owned()),
         tags: ActiveValue::Set(serde_json::to_string(&tags).expect("tags serialize")),
         channel: ActiveValue::Set(channel.to_owned()),
     })
@@ -369,11 +375,18 @@ pub async fn contact_facts(
 }
 
 /// The state of a contact as known from contact events (`None`: not heard of).
-pub async fn contact_state(db: &impl ConnectionTrait, tenant: &TenantId, contact: Uuid) -> Result<Option<String>> {
-    Ok(known_contact::Entity::find_by_id((tenant.as_str().to_owned(), contact.to_string()))
-        .one(db)
-        .await?
-        .map(|k| k.state))
+pub async fn contact_state(
+    db: &impl ConnectionTrait,
+    tenant: &TenantId,
+    contact: Uuid,
+) -> Result<Option<ContactState>> {
+    let Some(k) = known_contact::Entity::find_by_id((tenant.as_str().to_owned(), contact.to_string())).one(db).await?
+    else {
+        return Ok(None);
+    };
+    ContactState::parse(&k.state)
+        .map(Some)
+        .ok_or_else(|| Error::internal(anyhow::anyhow!("unknown contact state {:?}", k.state)))
 }
 
 /// Remove everything about a contact (erased upstream).

@@ -12,7 +12,7 @@ use clm_platform::TenantId;
 
 use crate::domain::kpi::{Counter, KpiKind};
 use crate::domain::{self, DAY, ratio};
-use crate::store::read::{self, KpiRow, Slice, funnel};
+use crate::store::read::{self, Group, KpiRow, Slice, funnel};
 
 /// The KPI a request names (`None`: unspecified or unknown): the edge where a KPI's number
 /// becomes a [`KpiKind`].
@@ -184,7 +184,7 @@ impl ClvModel {
     pub async fn load(db: &impl ConnectionTrait, tenant: &TenantId, slice: &Slice, currency: &str) -> Result<Self> {
         let year = Slice { start: slice.end - 365 * DAY, ..slice.clone() };
         let c = Counters::from_rows_in(
-            &read::kpis(db, tenant, &year, &[Counter::Revenue, Counter::Orders], "").await?,
+            &read::kpis(db, tenant, &year, &[Counter::Revenue, Counter::Orders], Group::All).await?,
             currency,
         );
         let basis = read::spell_basis(db, tenant, &slice.model).await?;
@@ -214,11 +214,12 @@ impl Snapshot {
         slice: &Slice,
         lead_threshold: i32,
     ) -> Result<Self> {
-        let rows = read::kpis(db, tenant, slice, Counter::ALL, "").await?;
+        let rows = read::kpis(db, tenant, slice, Counter::ALL, Group::All).await?;
         let c = Counters::from_rows(&rows);
         // Cumulative to the end (as-of figures: repeat rate, referral rate, historical CLV).
         let to_end = Slice { start: i64::MIN / 2, ..slice.clone() };
-        let cum = Counters::from_rows_in(&read::kpis(db, tenant, &to_end, Counter::ALL, "").await?, &c.currency);
+        let cum =
+            Counters::from_rows_in(&read::kpis(db, tenant, &to_end, Counter::ALL, Group::All).await?, &c.currency);
         let (leads, good) = read::lead_quality(db, tenant, slice, lead_threshold).await?;
         let close = funnel::histogram(db, tenant, slice, "__time_to_close").await?;
         let basis = read::spell_basis(db, tenant, &slice.model).await?;

@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use crate::domain::kpi::{Counter, KpiKind};
 use crate::domain::{self, DAY, Gran, ratio};
-use crate::store::read::{self, Slice, cohorts, funnel};
+use crate::store::read::{self, Group, Slice, cohorts, funnel};
 use kpi::{ClvModel, Snapshot, kpi_kind, kpi_pb, money, money_exact};
 
 /// Default lead-quality threshold (lead score).
@@ -197,7 +197,7 @@ impl MetricsService for MetricsApi {
             if req.lead_quality_threshold == 0 { DEFAULT_LEAD_THRESHOLD } else { req.lead_quality_threshold };
         let tenant = &ctx.tenant;
         let s = Snapshot::load(&self.db, tenant, &slice, threshold).await?;
-        let by_channel = read::kpis(&self.db, tenant, &slice, &[Counter::NewContacts], "channel").await?;
+        let by_channel = read::kpis(&self.db, tenant, &slice, &[Counter::NewContacts], Group::Channel).await?;
         let c = &s.c;
         let cur = s.currency.as_str();
         let n = |name: Counter| c.n(name) as i64;
@@ -255,7 +255,7 @@ impl MetricsService for MetricsApi {
         let mut slice = slice(&ctx.tenant, req.scope.as_ref(), "scope.", &mut v);
         v.finish()?;
         slice.contacts = self.members(&ctx.tenant, req.scope.as_ref(), "scope.segment_filter").await?;
-        let group = if req.by_campaign { "channel,campaign" } else { "channel" };
+        let group = if req.by_campaign { Group::ChannelCampaign } else { Group::Channel };
         let rows = read::kpis(
             &self.db,
             &ctx.tenant,
@@ -400,9 +400,14 @@ impl MetricsService for MetricsApi {
         let tenant = &ctx.tenant;
         let start = domain::period_start(slice.start, g);
         let wide = Slice { start, ..slice.clone() };
-        let rows =
-            read::kpis(&self.db, tenant, &wide, &[Counter::Reactivated, Counter::Dormant, Counter::Churned], "day")
-                .await?;
+        let rows = read::kpis(
+            &self.db,
+            tenant,
+            &wide,
+            &[Counter::Reactivated, Counter::Dormant, Counter::Churned],
+            Group::Day,
+        )
+        .await?;
         let counts = cohorts::period_counts(&self.db, tenant, &slice, g, start, slice.end).await?;
         let periods = domain::periods(start, slice.end, g)
             .into_iter()

@@ -86,20 +86,35 @@ pub struct KpiRow {
     pub s: i128,
 }
 
-/// KPI counters in the slice, grouped by `group` ("", "day", "channel" or "channel,campaign").
+/// How [`kpis`] groups its rows (`KpiRow::group`, `KpiRow::day`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Group {
+    /// One row per counter and currency.
+    All,
+    /// Per day (`KpiRow::day`).
+    Day,
+    /// Per channel (`KpiRow::group`).
+    Channel,
+    /// Per channel and campaign (`KpiRow::group` = "channel/campaign").
+    ChannelCampaign,
+}
+
+/// KPI counters in the slice, grouped by `group`.
 pub async fn kpis(
     db: &impl ConnectionTrait,
     tenant: &TenantId,
     slice: &Slice,
     names: &[Counter],
-    group: &str,
+    group: Group,
 ) -> Result<Vec<KpiRow>> {
     let marks = vec!["?"; names.len()].join(", ");
     let (select_group, group_by) = match group {
-        "day" => ("'' AS grp, day", ", day"),
-        "channel" => ("channel AS grp, CAST(0 AS BIGINT) AS day", ", channel"),
-        "channel,campaign" => ("channel || '/' || campaign AS grp, CAST(0 AS BIGINT) AS day", ", channel, campaign"),
-        _ => ("'' AS grp, CAST(0 AS BIGINT) AS day", ""),
+        Group::Day => ("'' AS grp, day", ", day"),
+        Group::Channel => ("channel AS grp, CAST(0 AS BIGINT) AS day", ", channel"),
+        Group::ChannelCampaign => {
+            ("channel || '/' || campaign AS grp, CAST(0 AS BIGINT) AS day", ", channel, campaign")
+        }
+        Group::All => ("'' AS grp, CAST(0 AS BIGINT) AS day", ""),
     };
     let table = if slice.contacts.is_some() { "contact_kpis" } else { "kpi_daily" };
     let mut sum: std::collections::BTreeMap<(Counter, String, String, i64), (i64, i128)> =

@@ -328,3 +328,10 @@ fn contacts_is_asked_in_one_place_with_no_transaction_open() {
     let signature = &ask[..ask.find('{').unwrap()];
     assert!(!signature.contains("txn") && !signature.contains("Transaction"), "ask gets no transaction: {signature}");
 }
+
+#[test]
+fn the_tenant_is_a_tenant_id() {
+    // Every function that is given the tenant takes the platform's `TenantId`, never text.
+    assert_eq!(users("tenant: &str"), Vec::<String>::new());
+    assert_eq!(users("tenant: String"), Vec::<String>::new());
+}

@@ -107,7 +107,7 @@ pub async fn kpis(
     names: &[Counter],
     group: Group,
 ) -> Result<Vec<KpiRow>> {
-    let marks = vec!["?"; names.len()].join(", ");
+    let in_names = format!("name IN ({})", vec!["?"; names.len()].join(", "));
     let (select_group, group_by) = match group {
         Group::Day => ("'' AS grp, day", ", day"),
         Group::Channel => ("channel AS grp, CAST(0 AS BIGINT) AS day", ", channel"),
@@ -127,11 +127,10 @@ pub async fn kpis(
             "name, currency, {select_group}, CAST(SUM(n) AS BIGINT) AS n, \
              CAST(SUM(s / 1000000) AS BIGINT) AS s_hi, CAST(SUM(s % 1000000) AS BIGINT) AS s_lo"
         );
-        let q =
-            Sql::select(tenant, &cols, table).and(&format!("name IN ({marks})"), names.iter().map(|n| v(n.key()))).and(
-                "model_id IN ('', ?) AND day >= ? AND day < ?",
-                [v(slice.model.as_str()), v(slice.start), v(slice.end)],
-            );
+        let range = [v(slice.model.as_str()), v(slice.start), v(slice.end)];
+        let q = Sql::select(tenant, &cols, table)
+            .and(&in_names, names.iter().map(|n| v(n.key())))
+            .and("model_id IN ('', ?) AND day >= ? AND day < ?", range);
         let q = slice.filters(q).and_in("contact_id", ids).then(&format!(" GROUP BY name, currency{group_by}"), []);
         for r in rows(db, q).await? {
             let e = sum

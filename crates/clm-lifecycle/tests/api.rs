@@ -682,7 +682,7 @@ async fn erasure_upstream_erases_the_journey_and_dormancy_runs_on_the_clock(back
 
     let db = clm_platform::db::connect(env.lifecycle_url(), &testing::settings(&[]).database).await.unwrap();
     let automator = clm_lifecycle::contacts_client::Automator {
-        publisher: clm_lifecycle::events::Publisher::new(clm_platform::events::outbox::OutboxWriter::new("lifecycle")),
+        publisher: clm_lifecycle::publish::Publisher::new(clm_platform::events::outbox::OutboxWriter::new("lifecycle")),
         contacts: clm_lifecycle::contacts_client::ContactsProbe::new(
             "lifecycle",
             env.server.url(),
@@ -910,7 +910,7 @@ async fn inactivity_automations_fire_once(backend: Backend) {
     record(&mut l, purchase(&active, "o-1", None)).await;
     let db = clm_platform::db::connect(env.lifecycle_url(), &env.settings.database).await.unwrap();
     let automator = clm_lifecycle::contacts_client::Automator {
-        publisher: clm_lifecycle::events::Publisher::new(clm_platform::events::outbox::OutboxWriter::new("lifecycle")),
+        publisher: clm_lifecycle::publish::Publisher::new(clm_platform::events::outbox::OutboxWriter::new("lifecycle")),
         contacts: clm_lifecycle::contacts_client::ContactsProbe::new(
             "lifecycle",
             env.server.url(),
@@ -940,7 +940,7 @@ async fn inactivity_automations_fire_once(backend: Backend) {
 /// What the scheduler needs when a test runs its rounds by hand (`events::scheduler::tick`).
 fn automator(env: &Env) -> clm_lifecycle::contacts_client::Automator {
     clm_lifecycle::contacts_client::Automator {
-        publisher: clm_lifecycle::events::Publisher::new(clm_platform::events::outbox::OutboxWriter::new("lifecycle")),
+        publisher: clm_lifecycle::publish::Publisher::new(clm_platform::events::outbox::OutboxWriter::new("lifecycle")),
         contacts: clm_lifecycle::contacts_client::ContactsProbe::new(
             "lifecycle",
             env.server.url(),

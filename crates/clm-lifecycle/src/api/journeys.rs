@@ -13,8 +13,9 @@ use tokio::sync::broadcast;
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
-use super::convert::{self, check_event, event_to_pb, kind_key, transition_to_pb};
 use super::{LifecycleApi, ctx, model_uuid_or_default, text};
+use crate::convert::{self, check_event, event_to_pb, kind_key, transition_to_pb};
+use crate::domain::contact::ContactState;
 use crate::domain::model::StageKey;
 use crate::journeys::{Happened, advance, automations};
 use crate::store::entities::{journey_event, manual_move};
@@ -35,15 +36,17 @@ impl LifecycleApi {
     pub(super) async fn require_contact(&self, tenant: &TenantId, contact: Uuid) -> Result<(), Error> {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(CONTACT_WAIT_MS);
         loop {
-            match store::contact_state(&self.db, tenant, contact).await?.as_deref() {
-                Some("active") => return Ok(()),
-                Some("erased") => return Err(Error::not_found("contact", format!("{contact} (erased)"))),
-                Some("merged") => {
+            match store::contact_state(&self.db, tenant, contact).await? {
+                Some(ContactState::Active) => return Ok(()),
+                Some(ContactState::Erased) => return Err(Error::not_found("contact", format!("{contact} (erased)"))),
+                Some(ContactState::Merged) => {
                     return Err(Error::FailedPrecondition(format!(
                         "contact {contact} was merged; use the survivor's id"
                     )));
                 }
-                Some(other) => return Err(Error::FailedPrecondition(format!("contact {contact} is {other}"))),
+                Some(other @ ContactState::Deleted) => {
+                    return Err(Error::FailedPrecondition(format!("contact {contact} is {}", other.key())));
+                }
                 None if tokio::time::Instant::now() >= deadline => {
                     return Err(Error::not_found("contact", contact.to_string()));
                 }
@@ -411,7 +414,7 @@ pub(super) async fn get_journey(
     let contact = uuid("contact_id", &req.contact_id).map_err(Error::from)?;
     let model = store::get_model(&api.db, &ctx.tenant, model_uuid_or_default(&req.model_id)).await?;
     if store::get_journey(&api.db, &ctx.tenant, contact, model.id).await?.is_none()
-        && store::contact_state(&api.db, &ctx.tenant, contact).await?.as_deref() != Some("active")
+        && store::contact_state(&api.db, &ctx.tenant, contact).await? != Some(ContactState::Active)
     {
         return Err(Error::not_found("journey", contact.to_string()).into());
     }

@@ -28,8 +28,9 @@ use uuid::Uuid;
 
 use super::{Happened, advance};
 use crate::contacts_client::{Automator, ContactsProbe};
+use crate::domain::contact::ContactState;
 use crate::domain::model::StageKey;
-use crate::events::Publisher;
+use crate::publish::Publisher;
 use crate::store::entities::{automation, automation_job, automation_run, manual_move, transition};
 use crate::store::{self, ModelRecord, now_micros};
 
@@ -218,12 +219,12 @@ async fn run_job(
     };
     // Step 2: one transaction, which takes the job (another runner may have).
     let txn = clm_platform::db::begin_write(db).await?;
-    if !store::automations::claim(&txn, &job.tenant_id, &job.id).await? {
+    if !store::automations::claim(&txn, tenant, &job.id).await? {
         return Ok(0);
     }
     // Erased or merged away since the job was owed: nothing runs for it (a move would bring
     // a journey back).
-    if matches!(store::contact_state(&txn, tenant, contact).await?.as_deref(), Some("erased" | "merged")) {
+    if store::contact_state(&txn, tenant, contact).await?.is_some_and(ContactState::is_gone) {
         txn.commit().await.map_err(Error::from)?;
         return Ok(0);
     }

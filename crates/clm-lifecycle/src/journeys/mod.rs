@@ -46,7 +46,7 @@ use clm_platform::{Result, TenantId};
 use sea_orm::ConnectionTrait;
 use uuid::Uuid;
 
-use crate::events::Publisher;
+use crate::publish::Publisher;
 use crate::store::entities::{automation_job, journey_event, manual_move, transition};
 use crate::store::{self, ModelRecord, now_micros};
 use automations::{Trigger, stage_triggers};

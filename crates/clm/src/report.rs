@@ -255,7 +255,7 @@ pub fn render(d: &Data) -> String {
 fn goals(d: &Data, currency: &str) -> String {
     use figures::esc;
     let mut html = String::from(
-        r#"<section><h2>Goals</h2><table><tr><th>Goal</th><th>Period</th><th>So far</th><th>Expected by now</th><th>Target for the period</th><th>Health</th></tr>"#,
+        "<section><h2>Goals</h2><table><tr><th>Goal</th><th>Period</th><th>So far</th><th>Expected by now</th><th>Target for the period</th><th>Health</th></tr>",
     );
     if d.goals.is_empty() {
         html.push_str(r#"<tr><td colspan="6" class="none">No goals set (CreateGoal adds one).</td></tr>"#);

@@ -125,7 +125,7 @@ pub fn nps(points: &[pb::KpiPoint]) -> String {
     for (v, zero) in [(100.0, false), (50.0, false), (0.0, true), (-50.0, false), (-100.0, false)] {
         let _ = write!(
             s,
-            r##"<line x1="{left}" x2="{x2}" y1="{yy:.1}" y2="{yy:.1}" stroke="{c}" stroke-dasharray="{d}"/><text x="{tx}" y="{ty:.1}" class="h" text-anchor="end">{label}</text>"##,
+            r#"<line x1="{left}" x2="{x2}" y1="{yy:.1}" y2="{yy:.1}" stroke="{c}" stroke-dasharray="{d}"/><text x="{tx}" y="{ty:.1}" class="h" text-anchor="end">{label}</text>"#,
             x2 = W - right,
             yy = y(v),
             c = if zero { "#999" } else { "#e3e6ee" },

@@ -285,7 +285,7 @@ mod tests {
         assert_eq!(kpi_value(pb::Kpi::Cac, 0.0, ""), "0.00");
         assert_eq!(kpi_value(pb::Kpi::Nps, 30.0, "EUR"), "+30");
         assert_eq!(kpi_value(pb::Kpi::Csat, 84.0, "EUR"), "84.0%");
-        assert_eq!(kpi_value(pb::Kpi::ClvToCacRatio, 3.14, "EUR"), "3.1×");
+        assert_eq!(kpi_value(pb::Kpi::ClvToCacRatio, 3.04, "EUR"), "3.0×");
         assert_eq!(kpi_value(pb::Kpi::TimeToCloseDays, 12.0, "EUR"), "12.0 days");
     }
 

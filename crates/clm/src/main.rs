@@ -75,7 +75,7 @@ enum Command {
         #[arg(long, default_value_t = 365)]
         days: i64,
         /// Where to write the page.
-        #[arg(long, default_value = "clm-report.html")]
+        #[arg(long, short = 'o', default_value = "clm-report.html")]
         out: std::path::PathBuf,
     },
     /// Mint a bearer token for development and tests: signed with `auth.jwt_hs256_secret`, or

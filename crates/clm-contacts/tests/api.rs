@@ -1127,6 +1127,169 @@ async fn request_id_reused_for_another_request_fails(backend: Backend) {
     db.cleanup().await;
 }
 
+/// An event a consumer appends goes out when its batch commits, not at the relay's next poll:
+/// with the poll at a minute, the ContactUpdated an automation's tag request makes is published
+/// (the contacts outbox empty) well within `wait_for`'s 15 s.
+async fn events_a_consumer_appends_are_published_at_once(backend: Backend) {
+    use clm_platform::events::EventBus;
+    let Some(db) = TestDb::create(backend, "consumerwake").await else { return };
+    let settings =
+        testing::settings(&[("CLM_CONTACTS__DATABASE_URL", &db.url), ("CLM_EVENTS__RELAY_POLL_MS", "60000")]);
+    let server = testing::spawn::<ContactsService>(settings.clone()).await;
+    let mut c = client(&server, "acme", RW).await;
+    let ada = create(&mut c, contact("ada@example.com", "Ada", "Lovelace")).await;
+    let conn = clm_platform::db::connect(&db.url, &settings.database).await.unwrap();
+    let unsent = || async { clm_platform::events::outbox::pending(&conn).await.unwrap() };
+    testing::wait_for("ContactCreated published", async || (unsent().await == 0).then_some(())).await;
+
+    // Lifecycle asks, by event, for a tag: contacts' consumer applies it and appends ContactUpdated.
+    let bus = clm_platform::events::log_bus::LogBus::connect(&settings.events.log_database_url, &settings.database)
+        .await
+        .unwrap();
+    let tenant = clm_platform::TenantId::parse("acme").unwrap();
+    let env = clm_platform::events::envelope(
+        "lifecycle",
+        &tenant,
+        "journey",
+        &ada.id,
+        chrono::Utc::now().timestamp_micros(),
+        clm_proto::events::v1::event_envelope::Payload::AutomationTriggered(
+            clm_proto::events::v1::AutomationTriggered {
+                automation_id: uuid::Uuid::new_v4().to_string(),
+                contact_id: ada.id.clone(),
+                topic: "contacts.add_tag".into(),
+                payload: [("tag".to_string(), "vip".to_string())].into(),
+            },
+        ),
+    );
+    bus.publish(&clm_platform::events::subject(&env), &env.event_id, prost::Message::encode_to_vec(&env).into())
+        .await
+        .unwrap();
+    testing::wait_for("the tag applied", async || {
+        let got = c.get_contact(pb::GetContactRequest { id: ada.id.clone() }).await.unwrap().into_inner();
+        got.contact.unwrap().tags.contains(&"vip".to_string()).then_some(())
+    })
+    .await;
+    testing::wait_for("the consumer's ContactUpdated published before the relay's poll", async || {
+        (unsent().await == 0).then_some(())
+    })
+    .await;
+    conn.close().await.ok();
+    server.stop().await.unwrap();
+    db.cleanup().await;
+}
+
+/// Request ids live in the platform's `idempotency_keys` (one implementation for every
+/// service); ids a database recorded in contacts' own table before are moved there and still
+/// answer retries, and still refuse another request.
+async fn request_ids_are_the_platforms_and_old_ones_still_answer(backend: Backend) {
+    use sea_orm_migration::MigratorTrait as _;
+    let Some(db) = TestDb::create(backend, "ridmove").await else { return };
+    // A database as the release before left it: its first seven migrations, a segment created
+    // with a request id recorded in `request_ids`.
+    let conn = clm_platform::db::connect(&db.url, &testing::settings(&[]).database).await.unwrap();
+    clm_contacts::store::migrations::Migrator::up(&conn, Some(7)).await.unwrap();
+    let tenant = clm_platform::TenantId::parse("acme").unwrap();
+    let seg_id = uuid::Uuid::now_v7();
+    let segment = clm_contacts::store::Segment {
+        id: seg_id,
+        display_name: "VIPs".into(),
+        description: String::new(),
+        filter: r#"tags:"vip""#.into(),
+        create_time: 1_700_000_000_000_000,
+        update_time: 1_700_000_000_000_000,
+        version: 1,
+    };
+    clm_contacts::store::insert_segment(&conn, &tenant, &segment).await.unwrap();
+    let rid = uuid::Uuid::new_v4().to_string();
+    let request = |name: &str| pb::CreateSegmentRequest {
+        segment: Some(pb::Segment { display_name: name.into(), filter: r#"tags:"vip""#.into(), ..Default::default() }),
+        request_id: rid.clone(),
+    };
+    let hash = clm_platform::idempotency::fingerprint("clm.contacts.v1.CreateSegmentRequest", &request("VIPs"));
+    let placeholder = |n: usize| match backend {
+        Backend::Postgres => format!("${n}"),
+        Backend::Sqlite => "?".into(),
+    };
+    conn.execute_raw(sea_orm::Statement::from_sql_and_values(
+        conn.get_database_backend(),
+        format!(
+            "INSERT INTO request_ids (tenant_id, method, request_id, resource_id, create_time, request_hash) \
+             VALUES ({}, {}, {}, {}, {}, {})",
+            placeholder(1),
+            placeholder(2),
+            placeholder(3),
+            placeholder(4),
+            placeholder(5),
+            placeholder(6)
+        ),
+        [
+            "acme".into(),
+            "CreateSegment".into(),
+            rid.clone().into(),
+            seg_id.to_string().into(),
+            1_700_000_000_000_000_i64.into(),
+            hash.into(),
+        ],
+    ))
+    .await
+    .unwrap();
+
+    // The upgraded service: the old id answers its retry and refuses another request.
+    let server = testing::spawn::<ContactsService>(testing::settings(&[("CLM_CONTACTS__DATABASE_URL", &db.url)])).await;
+    let mut c = client(&server, "acme", RW).await;
+    let again = c.create_segment(request("VIPs")).await.unwrap().into_inner().segment.unwrap();
+    assert_eq!(again.id, seg_id.to_string(), "the retry gets the segment the id made before the upgrade");
+    let err = c.create_segment(request("Others")).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert_eq!(violations(&err), vec!["request_id".to_string()]);
+
+    // New ids are kept in the platform's table, and the old one was moved there.
+    let crid = uuid::Uuid::new_v4().to_string();
+    let ada = c
+        .create_contact(pb::CreateContactRequest {
+            contact: Some(contact("ada@example.com", "Ada", "Lovelace")),
+            request_id: crid.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .contact
+        .unwrap();
+    let kept = conn
+        .query_all_raw(sea_orm::Statement::from_string(
+            conn.get_database_backend(),
+            "SELECT method, request_id, resource_id, request_hash FROM idempotency_keys ORDER BY method",
+        ))
+        .await
+        .expect("the platform's idempotency_keys table");
+    let kept: Vec<(String, String, String, bool)> = kept
+        .iter()
+        .map(|r| {
+            (
+                r.try_get("", "method").unwrap(),
+                r.try_get("", "request_id").unwrap(),
+                r.try_get("", "resource_id").unwrap(),
+                r.try_get::<Option<String>>("", "request_hash").unwrap().is_some(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kept,
+        vec![
+            ("CreateContact".to_string(), crid, ada.id.clone(), true),
+            ("CreateSegment".to_string(), rid.clone(), seg_id.to_string(), true),
+        ]
+    );
+    let old_table = conn
+        .query_all_raw(sea_orm::Statement::from_string(conn.get_database_backend(), "SELECT * FROM request_ids"))
+        .await;
+    assert!(old_table.is_err(), "contacts' own request_ids table is gone");
+    conn.close().await.ok();
+    server.stop().await.unwrap();
+    db.cleanup().await;
+}
+
 clm_platform::backend_tests!(
     lifecycle_of_a_record,
     idempotent_create_and_duplicate_email,
@@ -1143,4 +1306,6 @@ clm_platform::backend_tests!(
     bad_times_and_amounts_are_refused_by_field,
     import_message_over_the_size_limit_fails_the_call,
     request_id_reused_for_another_request_fails,
+    events_a_consumer_appends_are_published_at_once,
+    request_ids_are_the_platforms_and_old_ones_still_answer,
 );

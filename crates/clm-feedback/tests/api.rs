@@ -894,7 +894,7 @@ async fn a_republished_transition_invites_once(backend: Backend) {
             payload: Some(payload),
             ..Default::default()
         };
-        let txn = clm_platform::db::begin_write(&db).await.unwrap();
+        let txn = clm_platform::events::UnitOfWork::begin(&db).await.unwrap();
         handler.handle(&txn, &e).await.unwrap();
         txn.commit().await.unwrap();
     };

@@ -35,11 +35,11 @@ async fn migrated(backend: Backend, label: &str) -> Option<(TestDb, DatabaseConn
     Some((testdb, db))
 }
 
-/// `n` events of service `svc` in one transaction (one multi-row insert per thousand), each
+/// `n` events of service `svc` in one unit of work (one multi-row insert per thousand), each
 /// the first of a contact of its own.
 async fn produce(db: &DatabaseConnection, outbox: &OutboxWriter, n: usize) {
     let tenant = TenantId::parse("t1").unwrap();
-    let txn = clm_platform::db::begin_write(db).await.unwrap();
+    let txn = clm_platform::events::UnitOfWork::begin(db).await.unwrap();
     let call = uuid::Uuid::new_v4().simple().to_string();
     let events: Vec<_> = (0..n)
         .map(|i| {
@@ -52,11 +52,7 @@ async fn produce(db: &DatabaseConnection, outbox: &OutboxWriter, n: usize) {
             (id, 0, payload)
         })
         .collect();
-    for chunk in events.chunks(500) {
-        for insert in outbox.insert_many(&tenant, "contact", chunk.iter().cloned()) {
-            txn.execute(&insert).await.unwrap();
-        }
-    }
+    txn.insert(outbox.insert_many(&tenant, "contact", events)).await.unwrap();
     txn.commit().await.unwrap();
 }
 

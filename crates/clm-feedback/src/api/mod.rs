@@ -520,7 +520,7 @@ impl FeedbackService for FeedbackApi {
         if self.contacts.existing(&ctx.tenant, &[contact]).await?.is_empty() {
             return Err(Error::not_found("contact", contact.to_string()).into());
         }
-        let txn = clm_platform::db::begin_write(&self.db).await?;
+        let txn = clm_platform::events::UnitOfWork::begin(&self.db).await?;
         let settings = store::settings(&txn, &ctx.tenant).await?;
         let out = invite(
             &txn,
@@ -547,8 +547,7 @@ impl FeedbackService for FeedbackApi {
             }
             Err(skip) => pb::CreateInvitationResponse { invitation: None, skipped: Some(skipped_pb(contact, &skip)) },
         };
-        txn.commit().await.map_err(Error::from)?;
-        self.events.committed();
+        txn.commit().await?;
         Ok(Response::new(resp))
     }
 
@@ -609,7 +608,7 @@ impl FeedbackService for FeedbackApi {
                 known
             }
         };
-        let txn = clm_platform::db::begin_write(&self.db).await?;
+        let txn = clm_platform::events::UnitOfWork::begin(&self.db).await?;
         let settings = store::settings(&txn, &ctx.tenant).await?;
         let now = now_micros();
         let mut invitations = Vec::new();
@@ -632,8 +631,7 @@ impl FeedbackService for FeedbackApi {
             let raw = serde_json::to_string(&o).map_err(Error::internal)?;
             idempotency::record(&txn, &ctx.tenant, "BatchCreateInvitations", rid, &fingerprint, &raw).await?;
         }
-        txn.commit().await.map_err(Error::from)?;
-        self.events.committed();
+        txn.commit().await?;
         Ok(Response::new(pb::BatchCreateInvitationsResponse { invitations, skipped }))
     }
 
@@ -715,7 +713,7 @@ impl FeedbackService for FeedbackApi {
             return Err(Error::not_found("contact", c.to_string()).into());
         }
         let now = now_micros();
-        let txn = clm_platform::db::begin_write(&self.db).await?;
+        let txn = clm_platform::events::UnitOfWork::begin(&self.db).await?;
         let settings = store::settings(&txn, &tenant).await?;
         // Who answers what, and the response being continued, if any.
         let (survey_id, contact, inv, existing) = match target.expect("checked") {
@@ -823,8 +821,7 @@ impl FeedbackService for FeedbackApi {
                 settings.ces_threshold,
             )
             .await?;
-        txn.commit().await.map_err(Error::from)?;
-        self.events.committed();
+        txn.commit().await?;
         Ok(Response::new(out))
     }
 
@@ -922,7 +919,7 @@ impl FeedbackService for FeedbackApi {
             }
         }
         let paths = mask_paths(req.update_mask.as_ref(), &["status", "owner", "note"], &set)?;
-        let txn = clm_platform::db::begin_write(&self.db).await?;
+        let txn = clm_platform::events::UnitOfWork::begin(&self.db).await?;
         let old = store::get_follow_up(&txn, &ctx.tenant, id).await?;
         check_etag("follow_up.etag", &f.etag, old.version)?;
         let mut row = old.clone();
@@ -952,8 +949,7 @@ impl FeedbackService for FeedbackApi {
         if row.status == "resolved" && old.status != "resolved" {
             self.events.follow_up_closed(&txn, &ctx.tenant, &row).await?;
         }
-        txn.commit().await.map_err(Error::from)?;
-        self.events.committed();
+        txn.commit().await?;
         Ok(Response::new(pb::UpdateFollowUpResponse { follow_up: Some(follow_up_pb(&row)) }))
     }
 
@@ -1000,14 +996,13 @@ impl FeedbackService for FeedbackApi {
             url,
             create_time: now_micros(),
         };
-        let txn = clm_platform::db::begin_write(&self.db).await?;
+        let txn = clm_platform::events::UnitOfWork::begin(&self.db).await?;
         store::insert_review(&txn, row.clone()).await?;
         self.events.review_recorded(&txn, &ctx.tenant, &row).await?;
         if let Some(rid) = &rid {
             idempotency::record(&txn, &ctx.tenant, "CreateReview", rid, &fingerprint, &row.id).await?;
         }
-        txn.commit().await.map_err(Error::from)?;
-        self.events.committed();
+        txn.commit().await?;
         Ok(Response::new(pb::CreateReviewResponse { review: Some(review_pb(&row)) }))
     }
 
@@ -1120,7 +1115,7 @@ impl FeedbackApi {
     #[allow(clippy::too_many_arguments)]
     async fn save_response(
         &self,
-        txn: &sea_orm::DatabaseTransaction,
+        txn: &clm_platform::events::UnitOfWork,
         tenant: &TenantId,
         survey: &survey_row::Model,
         qs: &Questions,

@@ -8,13 +8,14 @@ pub mod watch;
 
 use async_trait::async_trait;
 use clm_platform::convert::timestamp;
+use clm_platform::events::UnitOfWork;
 use clm_platform::events::inbox::EventHandler;
 use clm_platform::events::outbox::OutboxWriter;
 use clm_platform::{Result, TenantId};
 use clm_proto::events::v1 as ev;
 use clm_proto::events::v1::event_envelope::Payload;
 use clm_proto::lifecycle::v1 as pb;
-use sea_orm::{ConnectionTrait, DatabaseTransaction};
+use sea_orm::{ConnectionTrait as _, DatabaseTransaction};
 use uuid::Uuid;
 
 use crate::api::convert::{SURVEY_RESPONSE, kind_key};
@@ -33,16 +34,12 @@ impl Publisher {
         Self { outbox }
     }
 
-    pub fn committed(&self) {
-        self.outbox.committed();
-    }
-
     /// StageChanged for each new transition, after a retraction of each dropped one. Retractions
     /// go newest first, so a consumer that keeps "the current stage" and undoes a retracted
     /// transition back to the stage it left (feedback) unwinds the history in order.
     pub async fn stage_changes(
         &self,
-        txn: &impl ConnectionTrait,
+        txn: &UnitOfWork,
         tenant: &TenantId,
         model: &ModelRecord,
         all: &[transition::Model],
@@ -110,12 +107,7 @@ impl Publisher {
         Ok(())
     }
 
-    pub async fn automation(
-        &self,
-        txn: &impl ConnectionTrait,
-        tenant: &TenantId,
-        a: ev::AutomationTriggered,
-    ) -> Result<()> {
+    pub async fn automation(&self, txn: &UnitOfWork, tenant: &TenantId, a: ev::AutomationTriggered) -> Result<()> {
         let contact = a.contact_id.clone();
         self.outbox.append(txn, tenant, "journey", &contact, now_micros(), Payload::AutomationTriggered(a)).await?;
         Ok(())
@@ -123,7 +115,7 @@ impl Publisher {
 
     pub async fn event_recorded(
         &self,
-        txn: &impl ConnectionTrait,
+        txn: &UnitOfWork,
         tenant: &TenantId,
         row: &journey_event::Model,
         e: &pb::JourneyEvent,
@@ -203,7 +195,7 @@ pub struct LifecycleHandler {
 
 #[async_trait]
 impl EventHandler for LifecycleHandler {
-    async fn handle(&self, txn: &DatabaseTransaction, e: &ev::EventEnvelope) -> Result<()> {
+    async fn handle(&self, txn: &UnitOfWork, e: &ev::EventEnvelope) -> Result<()> {
         let tenant_str = e.tenant_id.as_str();
         let Ok(tenant) = TenantId::parse(tenant_str) else { return Ok(()) };
         match &e.payload {

@@ -18,9 +18,9 @@ use clm_platform::events::consumer::{consume_once, replay};
 use clm_platform::events::log_bus::LogBus;
 use clm_platform::events::nats::NatsBus;
 use clm_platform::events::outbox::{OutboxWriter, pending, relay_once};
-use clm_platform::testing::{Backend, TestDb};
 use clm_proto::events::v1 as ev;
 use clm_proto::events::v1::event_envelope::Payload;
+use clm_testkit::{Backend, TestDb};
 use common::{Recorder, TestMigrator, applied, db_settings, drain, nats_url, spec};
 use sea_orm::DatabaseConnection;
 

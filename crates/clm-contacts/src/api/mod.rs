@@ -3,18 +3,18 @@
 
 pub mod convert;
 mod import;
+mod request_key;
 
 use std::collections::HashSet;
 use std::pin::Pin;
 
 use chrono::Datelike;
 use clm_platform::events::UnitOfWork;
-use clm_platform::idempotency;
 use clm_platform::pagination::{PageTokens, page_size};
 use clm_platform::{Error, FieldViolation, RequestContext, TenantId, Violations};
 use clm_proto::contacts::v1 as pb;
 use clm_proto::contacts::v1::contacts_service_server::ContactsService;
-use sea_orm::{ConnectionTrait, DatabaseConnection};
+use sea_orm::DatabaseConnection;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
@@ -26,6 +26,7 @@ use crate::domain::values;
 use crate::events::Publisher;
 use crate::store::{self, Cursor, ListQuery, Sort, SortKey, now_micros};
 use convert::{LEAF_PATHS, etag_version, expand_mask, patch_for, timestamp, to_pb, uuid};
+use request_key::RequestKey;
 
 /// Most ids in one BatchGetContacts, most contacts merged at once.
 pub const MAX_BATCH_GET: usize = 1000;
@@ -87,41 +88,6 @@ pub(crate) fn apply_fields(
         }
     }
     data
-}
-
-/// A request id as served (AIP-155, kept by `clm_platform::idempotency`): the method, the id
-/// and the request's fingerprint.
-#[derive(Debug, Clone)]
-struct RequestKey {
-    method: &'static str,
-    request_id: String,
-    fingerprint: String,
-}
-
-impl RequestKey {
-    /// The request id of a `method` request, with the request's fingerprint: `None` when there
-    /// is none (or it is not a UUID: then a violation).
-    fn of(v: &mut Violations, method: &'static str, raw: &str, request: &impl prost::Message) -> Option<Self> {
-        let request_id = v.check(idempotency::check(raw)).flatten()?;
-        let fingerprint = idempotency::fingerprint(&format!("clm.contacts.v1.{method}Request"), request);
-        Some(Self { method, request_id, fingerprint })
-    }
-
-    /// What an earlier call with this id produced; INVALID_ARGUMENT on `request_id` when it was
-    /// another request.
-    async fn find(&self, db: &impl ConnectionTrait, tenant: &TenantId) -> Result<Option<String>, Error> {
-        idempotency::find(db, tenant, self.method, &self.request_id, &self.fingerprint).await
-    }
-
-    /// Remember what this id produced, in the transaction of the change.
-    async fn record(&self, txn: &UnitOfWork, tenant: &TenantId, resource_id: &str) -> Result<(), Error> {
-        idempotency::record(txn, tenant, self.method, &self.request_id, &self.fingerprint, resource_id).await
-    }
-
-    /// [`Self::record`] as an insert, to write with the change in one statement.
-    fn insert(&self, tenant: &TenantId, resource_id: &str) -> sea_orm::sea_query::InsertStatement {
-        idempotency::insert(tenant, self.method, &self.request_id, &self.fingerprint, resource_id)
-    }
 }
 
 fn parse_order_by(raw: &str) -> Result<Sort, FieldViolation> {

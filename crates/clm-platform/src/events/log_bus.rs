@@ -540,7 +540,7 @@ impl EventBus for LogBus {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{Backend, TestDb};
+    use clm_testkit::{Backend, TestDb};
 
     /// A log as the first version left it (no stream column).
     struct V1;

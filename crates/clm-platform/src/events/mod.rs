@@ -3,8 +3,8 @@
 //! applied by consumers through their **inbox** exactly once in effect.
 //!
 //! ```text
-//! request ─▶ handler ─┬─ UPDATE contacts …         ┐ one transaction
-//!                     └─ INSERT outbox (envelope)  ┘
+//! request ─▶ handler ─┬─ UPDATE contacts …         ┐ one transaction (a UnitOfWork)
+//!                     └─ INSERT outbox (envelope)  ┘ commit → wake the relay
 //!            relay ──▶ bus (JetStream | durable log) ──▶ consumer ─┬─ INSERT inbox (event id) ┐ one
 //!                                                                  └─ apply to read model     ┘ txn
 //! ```
@@ -19,6 +19,7 @@ pub mod nats;
 pub mod ordering;
 pub mod outbox;
 pub mod prune;
+pub mod work;
 
 use clm_proto::events::v1::EventEnvelope;
 use clm_proto::events::v1::event_envelope::Payload;
@@ -26,6 +27,7 @@ use clm_proto::events::v1::event_envelope::Payload;
 use crate::auth::TenantId;
 
 pub use bus::{Delivery, EventBus};
+pub use work::UnitOfWork;
 
 /// Current payload schema version.
 pub const SCHEMA_VERSION: u32 = 1;

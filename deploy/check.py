@@ -13,6 +13,8 @@ offline, and prove the manifests match what the binaries really read:
 * each readiness probe asks for the gRPC service name the binary reports in health, and the
   startup and liveness probes ask for `liveness` (a busy or degraded pod is not a dead one);
 * terminationGracePeriodSeconds exceeds CLM_SERVER__SHUTDOWN_GRACE_MS;
+* every service sends its events over NATS, and lifecycle, feedback and metrics reach contacts at
+  its Service (CLM_<SVC>__CONTACTS_URL: empty would mean "in this process", which it is not);
 * NATS acknowledges only what it has fsynced: every NATS configuration shipped (deploy/nats/*.conf,
   and the one an overlay runs its NATS with) sets `sync_interval: always` in its jetstream block,
   and the prod overlay keeps its streams on three servers (CLM_EVENTS__STREAM_REPLICAS ≥ 3).
@@ -108,6 +110,21 @@ def check_nats_workload(docs, overlay):
         check_nats_conf(data[name], f"overlay {overlay}: NATS config {path}")
 
 
+def check_contacts_url(env, svc, overlay, services):
+    """Lifecycle, feedback and metrics ask contacts over gRPC: their CLM_<SVC>__CONTACTS_URL must
+    name the clm-contacts Service on its port (empty means "contacts in this process", which a
+    per-service binary is not: every call would fail)."""
+    key = f"CLM_{svc.upper()}__CONTACTS_URL"
+    url = env.get(key, "")
+    m = re.fullmatch(r"https?://([^:/]+):(\d+)/?", url)
+    if not m:
+        fail(f"overlay {overlay}: clm-{svc} needs {key}=http://clm-contacts:<port> (got {url!r})")
+    host, port = m.group(1), int(m.group(2))
+    contacts = services.get("clm-contacts")
+    if host.split(".")[0] != "clm-contacts" or not contacts or port not in [p["port"] for p in contacts["spec"]["ports"]]:
+        fail(f"overlay {overlay}: {key}={url} is not the clm-contacts Service and one of its ports")
+
+
 def placeholder(key, service):
     if key.endswith("__DATABASE_URL"):
         return f"postgres://clm:secret@db.example:5432/clm_{service}"
@@ -195,6 +212,11 @@ def main():
                 fail(f"overlay {overlay}: clm-{svc} terminationGracePeriodSeconds must exceed the drain time ({grace_ms} ms)")
             if not c["securityContext"].get("readOnlyRootFilesystem") or not pod["securityContext"].get("runAsNonRoot"):
                 fail(f"overlay {overlay}: clm-{svc} must run non-root with a read-only root filesystem")
+            if env.get("CLM_EVENTS__TRANSPORT") != "nats":
+                fail(f"overlay {overlay}: clm-{svc} must send its events over NATS (CLM_EVENTS__TRANSPORT=nats): "
+                     "the default durable log lives in one process's database and reaches no other service")
+            if svc != "contacts":
+                check_contacts_url(env, svc, overlay, services)
             if overlay == "prod" and int(env.get("CLM_EVENTS__STREAM_REPLICAS", "1")) < 3:
                 fail(f"overlay {overlay}: clm-{svc} must keep its JetStream streams on three servers "
                      "(CLM_EVENTS__STREAM_REPLICAS=3): one server's crash must not lose acknowledged events")

@@ -7,9 +7,9 @@ use std::sync::OnceLock;
 use std::task::{Context, Poll};
 
 use clm_platform::telemetry::LogCapture;
-use clm_platform::testing::{self, Backend, TestDb};
 use clm_proto::contacts::v1 as pb;
 use clm_proto::contacts::v1::contacts_service_client::ContactsServiceClient;
+use clm_testkit::{self as testing, Backend, TestDb};
 use opentelemetry::trace::{SpanId, SpanKind, Status, TraceContextExt, TraceId};
 use opentelemetry::{Key, Value};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};

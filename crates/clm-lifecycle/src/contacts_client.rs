@@ -7,6 +7,6 @@ pub use clm_platform::contacts::ContactsClient as ContactsProbe;
 /// What automations need to run: the outbox publisher and the contacts service.
 #[derive(Clone, Debug)]
 pub struct Automator {
-    pub publisher: crate::events::Publisher,
+    pub publisher: crate::publish::Publisher,
     pub contacts: ContactsProbe,
 }

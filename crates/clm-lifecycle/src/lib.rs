@@ -3,18 +3,26 @@
 //! services follow. Owns its own database (`store`); talks to other services only through
 //! gRPC (asking contacts about filters and segments) and events.
 //!
-//! - `api/`: the gRPC handlers of `clm.lifecycle.v1.LifecycleService`, one module per resource.
-//! - `domain/`: the rules as pure functions (models; a journey replayed from its timeline).
-//! - `journeys/`: the one use case that changes a journey (`advance`) and the automations it
+//! Modules, top to bottom; each uses only the ones below it (`tests/architecture.rs`):
+//! - `api`: the gRPC handlers of `clm.lifecycle.v1.LifecycleService`, one module per resource.
+//! - `events`: what lifecycle consumes (`LifecycleHandler`), the scheduler's sweep, and the
+//!   feed `WatchStageChanges` streams.
+//! - `journeys`: the one use case that changes a journey (`advance`) and the automations it
 //!   owes (run after commit, never with a transaction open while asking contacts).
-//! - `store/`: schema, migrations, queries; every query takes the tenant.
-//! - `events/`: what lifecycle publishes and consumes, the scheduler's sweep, the watch feed.
+//! - `contacts_client`: what automations need to run — the publisher and the contacts service.
+//! - `publish`: what lifecycle publishes (StageChanged, JourneyEventRecorded,
+//!   AutomationTriggered), appended to the outbox in the caller's transaction.
+//! - `convert`: proto ↔ domain (models, journey events, transitions).
+//! - `store`: schema, migrations, queries; every query takes the `TenantId`.
+//! - `domain`: the rules as pure functions (models; a journey replayed from its timeline).
 
 pub mod api;
 pub mod contacts_client;
+pub mod convert;
 pub mod domain;
 pub mod events;
 pub mod journeys;
+pub mod publish;
 pub mod store;
 
 use clm_platform::server::Shared;
@@ -44,7 +52,7 @@ impl clm_platform::runtime::Service for LifecycleService {
             shared.relay_options(),
             shared.stopping(),
         ));
-        let publisher = events::Publisher::new(writer);
+        let publisher = publish::Publisher::new(writer);
         let automator = contacts_client::Automator {
             publisher: publisher.clone(),
             contacts: contacts_client::ContactsProbe::new(

@@ -5,19 +5,20 @@
 
 use std::sync::OnceLock;
 
+use clm_platform::TenantId;
 use tokio::sync::broadcast;
 
-fn channel() -> &'static broadcast::Sender<String> {
-    static TX: OnceLock<broadcast::Sender<String>> = OnceLock::new();
+fn channel() -> &'static broadcast::Sender<TenantId> {
+    static TX: OnceLock<broadcast::Sender<TenantId>> = OnceLock::new();
     TX.get_or_init(|| broadcast::channel(1024).0)
 }
 
 /// The read model of `tenant` changed (called by the event handler).
-pub fn touched(tenant: &str) {
-    let _ = channel().send(tenant.to_owned());
+pub fn touched(tenant: &TenantId) {
+    let _ = channel().send(tenant.clone());
 }
 
 /// Hear about changes.
-pub fn subscribe() -> broadcast::Receiver<String> {
+pub fn subscribe() -> broadcast::Receiver<TenantId> {
     channel().subscribe()
 }

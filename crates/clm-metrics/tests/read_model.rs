@@ -4,16 +4,17 @@
 
 mod common;
 
+use clm_metrics::domain::kpi::Counter;
 use clm_metrics::domain::{DAY, Gran};
-use clm_metrics::store::read::{self, KpiRow, Slice, cohorts, funnel};
+use clm_metrics::store::read::{self, Group, KpiRow, Slice, cohorts, funnel};
 use clm_platform::TenantId;
-use clm_platform::testing::Backend;
 use clm_proto::events::v1 as ev;
+use clm_testkit::Backend;
 use common::*;
 use sea_orm::DatabaseConnection;
 
-/// Every KPI counter name the handlers keep.
-const NAMES: &[&str] = clm_metrics::api::kpi::NAMES;
+/// Every KPI counter the handlers keep.
+const NAMES: &[Counter] = Counter::ALL;
 
 /// Every query of `sa` in tenant `a` equals the same query of `sb` in `b`.
 async fn assert_same(db: &DatabaseConnection, a: &TenantId, sa: &Slice, b: &TenantId, sb: &Slice) {
@@ -24,7 +25,7 @@ async fn assert_same(db: &DatabaseConnection, a: &TenantId, sa: &Slice, b: &Tena
         y.sort();
         assert_eq!(x, y, "funnel, window {window}");
     }
-    for group in ["", "day", "channel", "channel,campaign"] {
+    for group in [Group::All, Group::Day, Group::Channel, Group::ChannelCampaign] {
         let x = read::kpis(db, a, sa, NAMES, group).await.unwrap();
         let y = read::kpis(db, b, sb, NAMES, group).await.unwrap();
         assert_eq!(x, y, "kpis by {group:?}");
@@ -160,11 +161,13 @@ async fn any_order_gives_the_same_numbers(backend: Backend) {
         let segment = Slice { contacts: Some(std::sync::Arc::new(ids)), ..whole.clone() };
         assert_same(&db, &ta, &segment, &tb, &segment).await;
         // The data is not trivial: revenue in two currencies, customers lost, funnel reaches.
-        let rows = read::kpis(&db, &ta, &whole, &["revenue", "customers_out", "leads"], "").await.unwrap();
+        let rows = read::kpis(&db, &ta, &whole, &[Counter::Revenue, Counter::CustomersOut, Counter::Leads], Group::All)
+            .await
+            .unwrap();
         let currencies: std::collections::BTreeSet<&str> =
-            rows.iter().filter(|r| r.name == "revenue").map(|r| r.currency.as_str()).collect();
+            rows.iter().filter(|r| r.name == Counter::Revenue).map(|r| r.currency.as_str()).collect();
         assert_eq!(currencies.len(), 2, "{rows:?}");
-        assert!(rows.iter().any(|r| r.name == "customers_out" && r.n > 0), "{rows:?}");
+        assert!(rows.iter().any(|r| r.name == Counter::CustomersOut && r.n > 0), "{rows:?}");
     }
     t.cleanup().await;
 }
@@ -290,10 +293,10 @@ async fn an_order_counts_once_and_money_never_wraps(backend: Backend) {
     let acme = tenant("acme");
     let all = Slice { model: "m".into(), start: 0, end: day0 + 10 * DAY, ..Slice::default() };
     let revenue = |rows: &[KpiRow]| {
-        let r = rows.iter().find(|r| r.name == "revenue").unwrap();
+        let r = rows.iter().find(|r| r.name == Counter::Revenue).unwrap();
         (r.n, r.s.to_string())
     };
-    let rows = read::kpis(&db, &acme, &all, &["revenue"], "").await.unwrap();
+    let rows = read::kpis(&db, &acme, &all, &[Counter::Revenue], Group::All).await.unwrap();
     assert_eq!(revenue(&rows), (2, "14000000".to_string()), "order-e1 once, order-e3 once");
     let facts = read::customer(&db, &acme, "a").await.unwrap().unwrap();
     assert_eq!((facts.orders, facts.revenue, facts.currency.as_str()), (2, 14_000_000, "EUR"));
@@ -310,24 +313,26 @@ async fn an_order_counts_once_and_money_never_wraps(backend: Backend) {
     .await;
     clm_metrics::store::counters::add(
         &db,
+        &acme,
         &clm_metrics::store::counters::KPI_DAILY,
-        vec!["acme".into(), "revenue".into(), "".into(), (next + DAY).into(), "x".into(), "".into(), "EUR".into()],
+        vec!["revenue".into(), "".into(), (next + DAY).into(), "x".into(), "".into(), "EUR".into()],
         &[1, i64::MAX - 5],
     )
     .await
     .unwrap();
     clm_metrics::store::counters::add(
         &db,
+        &acme,
         &clm_metrics::store::counters::KPI_DAILY,
-        vec!["acme".into(), "revenue".into(), "".into(), (next + DAY).into(), "x".into(), "".into(), "EUR".into()],
+        vec!["revenue".into(), "".into(), (next + DAY).into(), "x".into(), "".into(), "EUR".into()],
         &[1, 10],
     )
     .await
     .unwrap();
     let last = Slice { start: next + DAY, ..all.clone() };
-    let rows = read::kpis(&db, &acme, &last, &["revenue"], "").await.unwrap();
+    let rows = read::kpis(&db, &acme, &last, &[Counter::Revenue], Group::All).await.unwrap();
     assert_eq!(revenue(&rows), (2, i64::MAX.to_string()), "saturated, not wrapped");
-    let rows = read::kpis(&db, &acme, &all, &["revenue"], "").await.unwrap();
+    let rows = read::kpis(&db, &acme, &all, &[Counter::Revenue], Group::All).await.unwrap();
     assert_eq!(
         revenue(&rows),
         (6, (i128::from(i64::MAX) + 2_000_000_000_000_000_000 + 14_000_000).to_string()),
@@ -336,7 +341,7 @@ async fn an_order_counts_once_and_money_never_wraps(backend: Backend) {
     t.cleanup().await;
 }
 
-clm_platform::backend_tests!(
+clm_testkit::backend_tests!(
     any_order_gives_the_same_numbers,
     a_segment_counts_as_a_tenant_of_its_members,
     roll_ups_answer_any_range,

@@ -49,8 +49,23 @@ pub async fn connect(url: &str, settings: &DatabaseSettings) -> anyhow::Result<D
     Database::connect(opts).await.map_err(|e| anyhow::anyhow!("cannot connect to database {}: {e}", redact(url)))
 }
 
-/// Bring the schema up to date.
+/// Bring the schema up to date, in one transaction: a migration applies whole or not at all
+/// (DDL is transactional on both backends).
 pub async fn migrate<M: MigratorTrait>(db: &DatabaseConnection) -> anyhow::Result<()> {
+    if db.get_database_backend() == DbBackend::Sqlite {
+        // On the file's writer connection, never spread over the pool: a pooled connection
+        // still holding an older snapshot would judge a statement against the schema as it
+        // was before the previous statement (an index a dropped table took with it "already
+        // exists").
+        // (No free-space check: a restart on a full disk with nothing to migrate must start.)
+        let txn = writer(db)
+            .await
+            .begin_with_options(write_options())
+            .await
+            .map_err(|e| anyhow::anyhow!("migration failed: {e}"))?;
+        M::up(&txn, None).await.map_err(|e| anyhow::anyhow!("migration failed: {e}"))?;
+        return txn.commit().await.map_err(|e| anyhow::anyhow!("migration failed: {e}"));
+    }
     if db.get_database_backend() != DbBackend::Postgres {
         return M::up(db, None).await.map_err(|e| anyhow::anyhow!("migration failed: {e}"));
     }

@@ -69,6 +69,21 @@ enum ServiceCommand {
     CheckConfig,
 }
 
+/// Lifecycle, feedback and metrics ask the contacts service (`crate::contacts`) at their
+/// `contacts_url`, which empty means "in this process": right in the single binary, never in
+/// another service's own binary, where each of those calls would fail. Say so at start.
+fn warn_without_contacts<S: Service>(settings: &Settings) {
+    if S::NAME != "contacts" && settings.service(S::NAME).is_some_and(|s| s.contacts_url.is_empty()) {
+        tracing::warn!(
+            "key `{name}.contacts_url` is empty: this process does not serve the contacts service, so what {name} \
+             asks it (segments, filters, which contacts exist) fails; set CLM_{upper}__CONTACTS_URL to the \
+             contacts service, e.g. http://127.0.0.1:50061 (README § Distributed mode)",
+            name = S::NAME,
+            upper = S::NAME.to_uppercase(),
+        );
+    }
+}
+
 /// The `main` of a per-service binary.
 pub fn service_main<S: Service>() -> ExitCode {
     let cli = ServiceCli::parse();
@@ -108,6 +123,7 @@ pub fn service_main<S: Service>() -> ExitCode {
             }
             ServiceCommand::Serve => {
                 let _telemetry = crate::telemetry::init(&settings)?;
+                warn_without_contacts::<S>(&settings);
                 let listener = tokio::net::TcpListener::bind(settings.server.listen_addr).await.map_err(|e| {
                     anyhow::anyhow!("cannot listen on {} (key `server.listen_addr`): {e}", settings.server.listen_addr)
                 })?;

@@ -1,5 +1,5 @@
 //! The gRPC server every CLM process runs: the services of one or more modules behind
-//! health, reflection, tracing, authentication, a global concurrency limit with load shedding,
+//! health, reflection (of those services only: `crate::reflection`), tracing, authentication, a global concurrency limit with load shedding,
 //! a request timeout, and graceful shutdown.
 //!
 //! Layers, outermost first: tonic's error recovery (maps shed load to RESOURCE_EXHAUSTED) →
@@ -294,15 +294,12 @@ pub async fn serve(
         })
     };
 
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(clm_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(clm_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
-    routes.add_service(health_service).add_service(reflection_v1).add_service(reflection_v1alpha);
+    // Reflection lists and describes only what this process serves (crate::reflection).
+    let served: Vec<&'static str> =
+        health.modules.iter().flat_map(|m| m.module.grpc_services.iter().copied()).collect();
+    crate::reflection::add_to(&mut routes, &served)?;
+    routes.add_service(health_service);
+    let routes = answer_unserved(routes.routes(), &served);
 
     let auth = Arc::new(Authenticator::from_settings(&settings.auth)?);
     let layers = ServiceBuilder::new()
@@ -362,7 +359,7 @@ pub async fn serve(
         // the HTTP/2 layer's own ceiling is well above it.
         .http2_max_header_list_size(crate::header_limit::http2_limit(settings.server.max_header_bytes))
         .layer(layers)
-        .add_routes(routes.routes())
+        .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, signal);
     tokio::pin!(server);
 
@@ -381,6 +378,27 @@ pub async fn serve(
     shared.join_background(Duration::from_secs(3)).await;
     tracing::info!("server stopped");
     result
+}
+
+/// A call to a service this process does not serve (a lifecycle call sent to `clm-contacts`)
+/// is UNIMPLEMENTED, as gRPC has it, with a message naming what is served here: tonic's own
+/// answer has none.
+fn answer_unserved(routes: tonic::service::Routes, served: &[&str]) -> tonic::service::Routes {
+    let served = served.join(", ");
+    let fallback = move |uri: http::Uri| {
+        let served = served.clone();
+        async move {
+            let path = uri.path().trim_start_matches('/');
+            let service = path.split_once('/').map_or(path, |(service, _)| service);
+            let status = tonic::Status::unimplemented(format!(
+                "{service} is not served here: this server serves {served} (each clm-<service> binary serves its \
+                 own service; the clm binary serves all four)"
+            ));
+            let (parts, ()) = status.into_http::<()>().into_parts();
+            http::Response::from_parts(parts, tonic::body::Body::empty())
+        }
+    };
+    routes.into_axum_router().fallback(fallback).into()
 }
 
 /// The span of one call (SERVER, named after the RPC: `telemetry::semconv`), child of the

@@ -13,9 +13,9 @@ use clm_platform::events::inbox::EventHandler;
 use clm_platform::events::log_bus::LogBus;
 use clm_platform::events::outbox::{OutboxWriter, relay_once};
 use clm_platform::telemetry::{LogCapture, TelemetryGuard, install_with_writer, semconv};
-use clm_platform::testing::{self, Backend, TestDb};
 use clm_proto::events::v1 as ev;
 use clm_proto::events::v1::event_envelope::Payload;
+use clm_testkit::{self as testing, Backend, TestDb};
 use opentelemetry::trace::{SpanKind, TraceContextExt as _};
 use opentelemetry::{Key, Value};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
@@ -48,7 +48,7 @@ struct Logging;
 
 #[async_trait]
 impl EventHandler for Logging {
-    async fn handle(&self, _: &DatabaseTransaction, e: &ev::EventEnvelope) -> clm_platform::Result<()> {
+    async fn handle(&self, _: &clm_platform::events::UnitOfWork, e: &ev::EventEnvelope) -> clm_platform::Result<()> {
         tracing::info!(applied_event = %e.event_id, "applied in the test handler");
         Ok(())
     }
@@ -85,7 +85,7 @@ async fn events_are_published_and_processed_under_messaging_spans_and_handler_lo
     let request = tracing::info_span!("request");
     let request_cx = request.context().span().span_context().clone();
     let env = async {
-        let txn = clm_platform::db::begin_write(&db).await.unwrap();
+        let txn = clm_platform::events::UnitOfWork::begin(&db).await.unwrap();
         let env = outbox
             .append(
                 &txn,

@@ -75,12 +75,14 @@ enum Command {
         #[arg(long, default_value_t = 365)]
         days: i64,
         /// Where to write the page.
-        #[arg(long, default_value = "clm-report.html")]
+        #[arg(long, short = 'o', default_value = "clm-report.html")]
         out: std::path::PathBuf,
     },
     /// Mint a bearer token for development and tests: signed with `auth.jwt_hs256_secret`, or
     /// with a PEM private key whose public key (or JWKS entry) the server trusts. `iss` and
-    /// `aud` are this configuration's `auth.jwt_issuer` and `auth.jwt_audience`.
+    /// `aud` are this configuration's `auth.jwt_issuer` and `auth.jwt_audience`. The token goes
+    /// to stdout, a note on who accepts it to stderr. A server started in jwt mode with that
+    /// key accepts new tokens at once (no restart); a server in dev mode ignores tokens.
     Token {
         /// Tenant the token acts for.
         #[arg(long)]
@@ -151,6 +153,18 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             if let Some(bad) = scope.split_whitespace().find(|s| clm_platform::Scope::parse(s).is_none()) {
                 anyhow::bail!("unknown scope {bad:?}: the scopes are clm.read, clm.write and clm.admin");
             }
+            let note = format!(
+                "clm token: tenant {tenant}, scopes \"{scope}\", valid {ttl_secs} s. A server accepts it when it runs \
+                 with auth.mode = jwt and {key}: servers read their keys when they start and keep no list of \
+                 tokens, so a new token needs no restart (a server in dev mode ignores tokens; every call there is \
+                 tenant `{dev}`).",
+                key = if private_key_file.is_some() {
+                    "trusts this key's public key"
+                } else {
+                    "this auth.jwt_hs256_secret"
+                },
+                dev = settings.auth.dev_tenant,
+            );
             let claims = clm_platform::auth::Claims {
                 sub: subject,
                 tenant,
@@ -169,6 +183,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 None => clm_platform::auth::mint_hs256(&settings.auth.jwt_hs256_secret, &claims)?,
             };
             println!("{token}");
+            eprintln!("{note}");
             Ok(())
         }
         Command::Seed { addr, tenant, contacts, seed_value } => {

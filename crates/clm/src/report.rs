@@ -1,6 +1,11 @@
 //! `clm report`: one self-contained HTML page (inline CSS and SVG, no scripts, no network) with
 //! the tenant's funnel, cohort retention heatmap, NPS trend, CAC by channel, headline KPIs and
-//! goal scorecard, read from the metrics service of a running CLM.
+//! goal scorecard, read from the metrics service of a running CLM. Every figure says its unit
+//! and the range it covers; goals are judged against the elapsed part of their period
+//! (`figures` holds the rules, `charts` the SVG).
+
+mod charts;
+mod figures;
 
 use std::fmt::Write as _;
 
@@ -22,6 +27,8 @@ pub struct Data {
     pub stage: pb::GetStageMetricsResponse,
     pub cohorts: Vec<pb::CohortRow>,
     pub nps: Vec<pb::KpiPoint>,
+    /// Monthly CSAT over the range: only its answer counts are shown (how many the CSAT rests on).
+    pub csat: Vec<pb::KpiPoint>,
     pub channels: Vec<pb::ChannelMetrics>,
     pub goals: Vec<pb::GoalStatus>,
 }
@@ -32,6 +39,18 @@ pub async fn fetch(ch: Authed, tenant: &str, days: i64) -> anyhow::Result<Data> 
     let start = end - days * DAY;
     let scope =
         pb::MetricsScope { start_time: Some(timestamp(start)), end_time: Some(timestamp(end)), ..Default::default() };
+    let mut series = async |kpi: pb::Kpi| -> anyhow::Result<Vec<pb::KpiPoint>> {
+        Ok(m.list_kpi_series(pb::ListKpiSeriesRequest {
+            kpi: kpi as i32,
+            scope: Some(scope.clone()),
+            granularity: pb::Granularity::Month as i32,
+        })
+        .await?
+        .into_inner()
+        .points)
+    };
+    let nps = series(pb::Kpi::Nps).await?;
+    let csat = series(pb::Kpi::Csat).await?;
     Ok(Data {
         tenant: tenant.to_owned(),
         start,
@@ -56,268 +75,224 @@ pub async fn fetch(ch: Authed, tenant: &str, days: i64) -> anyhow::Result<Data> 
             .await?
             .into_inner()
             .rows,
-        nps: m
-            .list_kpi_series(pb::ListKpiSeriesRequest {
-                kpi: pb::Kpi::Nps as i32,
-                scope: Some(scope.clone()),
-                granularity: pb::Granularity::Month as i32,
-            })
-            .await?
-            .into_inner()
-            .points,
+        nps,
+        csat,
         channels: m
             .get_channel_metrics(pb::GetChannelMetricsRequest { scope: Some(scope), by_campaign: false })
             .await?
             .into_inner()
             .channels,
-        goals: m.get_scorecard(pb::GetScorecardRequest { as_of_time: None }).await?.into_inner().goals,
+        // Judged as of the report's end, the instant every "so far" on the page refers to.
+        goals: m.get_scorecard(pb::GetScorecardRequest { as_of_time: Some(timestamp(end)) }).await?.into_inner().goals,
     })
 }
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+/// One headline figure: what it is, its value with its unit, and what it covers.
+struct Tile {
+    name: &'static str,
+    value: String,
+    covers: String,
 }
 
-fn units(m: Option<&clm_proto::common::v1::Money>) -> f64 {
-    m.map_or(0.0, |m| m.units as f64 + f64::from(m.nanos) / 1e9)
-}
-
-fn money(m: Option<&clm_proto::common::v1::Money>) -> String {
-    match m {
-        Some(x) if !x.currency_code.is_empty() => format!("{:.2} {}", units(m), esc(&x.currency_code)),
-        _ => "—".into(),
-    }
-}
-
-fn date(t: Option<&prost_types::Timestamp>) -> String {
-    t.and_then(micros)
-        .and_then(chrono::DateTime::from_timestamp_micros)
-        .map(|d| d.format("%Y-%m-%d").to_string())
-        .unwrap_or_default()
-}
-
-fn month(t: Option<&prost_types::Timestamp>) -> String {
-    t.and_then(micros)
-        .and_then(chrono::DateTime::from_timestamp_micros)
-        .map(|d| d.format("%b %Y").to_string())
-        .unwrap_or_default()
-}
-
-fn funnel_svg(f: &pb::Funnel) -> String {
-    let max = f.stages.iter().map(|s| s.reached).max().unwrap_or(0).max(1) as f64;
-    let (w, row) = (640.0, 34.0);
-    let mut s =
-        format!(r#"<svg viewBox="0 0 {w} {}" role="img" aria-label="Funnel">"#, row * f.stages.len() as f64 + 4.0);
-    for (i, st) in f.stages.iter().enumerate() {
-        let y = i as f64 * row;
-        let bw = (st.reached as f64 / max) * (w - 260.0);
-        let x = 130.0 + (w - 260.0 - bw) / 2.0;
-        let _ = write!(
-            s,
-            r##"<text x="0" y="{ty}" class="l">{name}</text><rect x="{x:.1}" y="{y:.1}" width="{bw:.1}" height="{h}" rx="3" fill="#3b6fd8" opacity="{op:.2}"/><text x="{vx}" y="{ty}" class="v">{n} · {pct:.0}%</text>"##,
-            ty = y + 21.0,
-            name = esc(&st.stage_key),
-            h = row - 6.0,
-            op = 1.0 - i as f64 * 0.1,
-            vx = w - 120.0,
-            n = st.reached,
-            pct = st.conversion_rate_from_first * 100.0,
-        );
-    }
-    s.push_str("</svg>");
-    s
-}
-
-fn cohort_svg(rows: &[pb::CohortRow]) -> String {
-    let cols = rows.iter().map(|r| r.cells.len()).max().unwrap_or(0).max(1);
-    let (cw, rh, left) = (44.0, 24.0, 150.0);
-    let mut s = format!(
-        r#"<svg viewBox="0 0 {} {}" role="img" aria-label="Cohort retention">"#,
-        left + cw * cols as f64,
-        rh * (rows.len() + 1) as f64
-    );
-    for c in 0..cols {
-        let _ = write!(s, r#"<text x="{:.1}" y="16" class="h">M{c}</text>"#, left + cw * c as f64 + 12.0);
-    }
-    for (i, r) in rows.iter().enumerate() {
-        let y = rh * (i + 1) as f64;
-        let _ = write!(
-            s,
-            r#"<text x="0" y="{:.1}" class="l">{} ({})</text>"#,
-            y + 16.0,
-            month(r.cohort_start_time.as_ref()),
-            r.cohort_size
-        );
-        for cell in &r.cells {
-            let x = left + cw * f64::from(cell.period_index);
-            let v = cell.value.clamp(0.0, 1.0);
-            // From #eef3fd (none) to #1f4fb8 (everyone), as hex so any SVG renderer shows it.
-            let mix = |a: f64, b: f64| (a + (b - a) * v).round() as u8;
-            let fill = format!("#{:02x}{:02x}{:02x}", mix(238.0, 31.0), mix(243.0, 79.0), mix(253.0, 184.0));
-            let _ = write!(
-                s,
-                r#"<rect x="{x:.1}" y="{y:.1}" width="{w}" height="{h}" fill="{fill}"/><text x="{tx:.1}" y="{ty:.1}" class="c{dark}">{p:.0}%</text>"#,
-                w = cw - 2.0,
-                h = rh - 2.0,
-                tx = x + 8.0,
-                ty = y + 16.0,
-                dark = if v > 0.5 { " w" } else { "" },
-                p = v * 100.0
-            );
-        }
-    }
-    s.push_str("</svg>");
-    s
-}
-
-fn nps_svg(points: &[pb::KpiPoint]) -> String {
-    let (w, h, pad) = (640.0, 220.0, 34.0);
-    let y = |v: f64| pad + (100.0 - v) / 200.0 * (h - 2.0 * pad);
-    let n = points.len().max(2) as f64 - 1.0;
-    let x = |i: usize| pad + i as f64 / n * (w - 2.0 * pad);
-    let mut s = format!(
-        r##"<svg viewBox="0 0 {w} {h}" role="img" aria-label="NPS trend"><line x1="{pad}" x2="{}" y1="{z:.1}" y2="{z:.1}" stroke="#bbb" stroke-dasharray="4"/>"##,
-        w - pad,
-        z = y(0.0)
-    );
-    let _ = write!(
-        s,
-        r#"<text x="0" y="{:.1}" class="h">+100</text><text x="0" y="{:.1}" class="h">0</text><text x="0" y="{:.1}" class="h">−100</text>"#,
-        y(100.0) + 4.0,
-        y(0.0) + 4.0,
-        y(-100.0) + 4.0
-    );
-    let pts: Vec<String> = points
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| p.sample_size > 0)
-        .map(|(i, p)| format!("{:.1},{:.1}", x(i), y(p.value)))
-        .collect();
-    let _ = write!(s, r##"<polyline fill="none" stroke="#1f9d55" stroke-width="2.5" points="{}"/>"##, pts.join(" "));
-    for (i, p) in points.iter().enumerate() {
-        if p.sample_size > 0 {
-            let _ = write!(
-                s,
-                r##"<circle cx="{:.1}" cy="{:.1}" r="4" fill="#1f9d55"><title>{}: NPS {:.0} (n={})</title></circle>"##,
-                x(i),
-                y(p.value),
-                month(p.period_start_time.as_ref()),
-                p.value,
-                p.sample_size
-            );
-        }
-        let _ = write!(
-            s,
-            r#"<text x="{:.1}" y="{}" class="h">{}</text>"#,
-            x(i) - 14.0,
-            h - 6.0,
-            month(p.period_start_time.as_ref()).get(..3).unwrap_or("")
-        );
-    }
-    s.push_str("</svg>");
-    s
-}
-
-fn cac_svg(channels: &[pb::ChannelMetrics]) -> String {
-    let max = channels.iter().map(|c| units(c.cac.as_ref())).fold(0.0_f64, f64::max).max(1.0);
-    let (w, row) = (640.0, 28.0);
-    let mut s = format!(
-        r#"<svg viewBox="0 0 {w} {}" role="img" aria-label="CAC by channel">"#,
-        row * channels.len() as f64 + 4.0
-    );
-    for (i, c) in channels.iter().enumerate() {
-        let y = i as f64 * row;
-        let v = units(c.cac.as_ref());
-        let bw = v / max * (w - 280.0);
-        let _ = write!(
-            s,
-            r##"<text x="0" y="{ty:.1}" class="l">{name}</text><rect x="130" y="{y:.1}" width="{bw:.1}" height="{h}" rx="3" fill="#d8833b"/><text x="{vx:.1}" y="{ty:.1}" class="v">{cac} · {cust} customers</text>"##,
-            ty = y + 18.0,
-            name = esc(&c.channel),
-            h = row - 6.0,
-            vx = 136.0 + bw,
-            cac = money(c.cac.as_ref()),
-            cust = c.customers,
-        );
-    }
-    s.push_str("</svg>");
-    s
-}
-
-/// The page.
-pub fn render(d: &Data) -> String {
+fn tiles(d: &Data, currency: &str) -> Vec<Tile> {
     let a = d.stage.acquisition.clone().unwrap_or_default();
     let c = d.stage.conversion.clone().unwrap_or_default();
     let r = d.stage.retention.clone().unwrap_or_default();
     let l = d.stage.loyalty.clone().unwrap_or_default();
-    let tiles = [
-        ("New contacts", a.new_contacts.to_string()),
-        ("Leads", a.leads.to_string()),
-        ("Cost per lead", money(a.cost_per_lead.as_ref())),
-        ("New customers", c.new_customers.to_string()),
-        ("Close rate", format!("{:.1}%", c.close_rate * 100.0)),
-        ("Revenue", money(c.revenue.as_ref())),
-        ("CAC", money(c.cac.as_ref())),
-        ("Repeat purchase rate", format!("{:.1}%", r.repeat_purchase_rate * 100.0)),
-        ("NPS", format!("{:.0}", r.nps)),
-        ("CSAT", format!("{:.0}%", r.csat)),
-        ("Predicted CLV", money(l.predicted_clv.as_ref())),
-        ("CLV : CAC", format!("{:.1}", l.clv_to_cac_ratio)),
-    ];
+    let range = figures::range(d.start, d.end);
+    let to_end = format!("to {}", figures::day(d.end - 1));
+    let answers = |points: &[pb::KpiPoint]| points.iter().map(|p| p.sample_size).sum::<i64>();
+    let (nps_n, csat_n) = (answers(&d.nps), answers(&d.csat));
+    let answers_text = |n| figures::count(n, "answer", "answers");
+    let has_cac = c.cac.as_ref().is_some_and(|m| figures::units(Some(m)) > 0.0);
+    let tile = |name, value: String, covers: String| Tile { name, value, covers };
+    vec![
+        tile("New contacts", figures::count(a.new_contacts, "contact", "contacts"), format!("acquired {range}")),
+        tile("Leads", figures::count(a.leads, "lead", "leads"), format!("past the entry stage {range}")),
+        tile(
+            "Cost per lead",
+            figures::money_per(a.cost_per_lead.as_ref(), a.leads, currency, "no leads"),
+            format!("acquisition cost ÷ leads, {range}"),
+        ),
+        tile(
+            "New customers",
+            figures::count(c.new_customers, "customer", "customers"),
+            format!("first became customers {range}"),
+        ),
+        tile("Close rate", figures::percent(c.close_rate), format!("of the leads of {range} became customers")),
+        tile("Revenue", figures::money_total(c.revenue.as_ref(), currency), format!("purchases {range}")),
+        tile(
+            "CAC",
+            figures::money_per(c.cac.as_ref(), c.new_customers, currency, "no new customers"),
+            format!("per new customer: acquisition cost ÷ new customers, {range}"),
+        ),
+        tile(
+            "Repeat purchase rate",
+            figures::percent(r.repeat_purchase_rate),
+            format!("of customers bought 2+ times, {to_end}"),
+        ),
+        tile("NPS", figures::nps(r.nps, nps_n), format!("−100 to +100, from {}, {range}", answers_text(nps_n))),
+        tile(
+            "CSAT",
+            if csat_n > 0 { format!("{:.1}%", r.csat) } else { "no answers".to_owned() },
+            format!("answers of 4–5 out of 5, from {}, {range}", answers_text(csat_n)),
+        ),
+        tile(
+            "Predicted CLV",
+            figures::money_per(l.predicted_clv.as_ref(), i64::from(c.revenue.is_some()), currency, "no purchases"),
+            format!("per customer, from the year {to_end}"),
+        ),
+        tile(
+            "CLV : CAC",
+            if has_cac { format!("{:.1}×", l.clv_to_cac_ratio) } else { "no CAC".to_owned() },
+            format!("predicted CLV ÷ CAC, {range}"),
+        ),
+    ]
+}
+
+const STYLE: &str = "
+body{font:15px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1040px;color:#1d2330;padding:0 1rem}
+h1{margin:0 0 .2rem} .sub{color:#667} section{margin:2rem 0} h2{font-size:1.15rem;border-bottom:1px solid #e3e6ee;padding-bottom:.3rem;margin-bottom:.3rem}
+p.what{color:#556;margin:.2rem 0 .8rem;font-size:.9rem}
+.tiles{display:grid;grid-template-columns:repeat(4,1fr);gap:.6rem} .tile{background:#f4f6fb;border-radius:8px;padding:.7rem .9rem}
+.tile b{display:block;font-size:1.3rem;margin:.1rem 0} .tile span{color:#445;font-size:.85rem} .tile small{color:#778;font-size:.75rem;display:block}
+svg{width:100%;height:auto} svg .l{font-size:13px;fill:#1d2330} svg .v{font-size:12px;fill:#334} svg .h{font-size:11px;fill:#778} svg .z{fill:#b33}
+svg .c{font-size:11px;fill:#223} svg .c.w{fill:#fff}
+table{border-collapse:collapse;width:100%;font-size:.92rem} td,th{text-align:left;padding:.35rem .5rem;border-bottom:1px solid #eef;vertical-align:top}
+th{font-weight:600;color:#445} td.n,td.ok,td.risk,td.off,td.none{white-space:nowrap}
+.ok{color:#1f9d55;font-weight:600} .risk{color:#c98a00;font-weight:600} .off{color:#c0392b;font-weight:600} .none{color:#778}
+.legend{color:#556;font-size:.85rem;margin-top:.6rem}
+";
+
+/// The page.
+pub fn render(d: &Data) -> String {
+    use figures::esc;
+    let s = &d.stage;
+    let (a, c, l) = (
+        s.acquisition.clone().unwrap_or_default(),
+        s.conversion.clone().unwrap_or_default(),
+        s.loyalty.clone().unwrap_or_default(),
+    );
+    let currency = figures::reporting_currency(
+        [
+            c.revenue.as_ref(),
+            c.cac.as_ref(),
+            a.acquisition_cost.as_ref(),
+            a.cost_per_lead.as_ref(),
+            l.predicted_clv.as_ref(),
+        ]
+        .into_iter()
+        .chain(d.channels.iter().flat_map(|ch| [ch.acquisition_cost.as_ref(), ch.cac.as_ref()])),
+    );
+    let range = figures::range(d.start, d.end);
+    let days = (d.end - d.start + DAY / 2) / DAY;
     let mut html = String::new();
     let _ = write!(
         html,
         r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>CLM report — {tenant}</title>
-<style>
-body{{font:15px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:980px;color:#1d2330;padding:0 1rem}}
-h1{{margin:0 0 .2rem}} .sub{{color:#667}} section{{margin:2rem 0}} h2{{font-size:1.15rem;border-bottom:1px solid #e3e6ee;padding-bottom:.3rem}}
-.tiles{{display:grid;grid-template-columns:repeat(4,1fr);gap:.6rem}} .tile{{background:#f4f6fb;border-radius:8px;padding:.7rem .9rem}}
-.tile b{{display:block;font-size:1.35rem}} .tile span{{color:#667;font-size:.85rem}}
-svg{{width:100%;height:auto}} svg .l{{font-size:13px;fill:#1d2330}} svg .v{{font-size:12px;fill:#445}} svg .h{{font-size:11px;fill:#778}}
-svg .c{{font-size:11px;fill:#223}} svg .c.w{{fill:#fff}}
-table{{border-collapse:collapse;width:100%}} td,th{{text-align:left;padding:.35rem .5rem;border-bottom:1px solid #eef}}
-.ON_TRACK{{color:#1f9d55}} .AT_RISK{{color:#c98a00}} .OFF_TRACK{{color:#c0392b}}
-</style></head><body>
-<h1>Customer lifecycle report</h1><div class="sub">Tenant <b>{tenant}</b> · {start} – {end} · generated by <code>clm report</code></div>
+<style>{STYLE}</style></head><body>
+<h1>Customer lifecycle report</h1><div class="sub">Tenant <b>{tenant}</b> · {range} (the last {days} days) · money in {cur} · times in UTC · generated by <code>clm report</code></div>
 <section><h2>Headline KPIs</h2><div class="tiles">"#,
         tenant = esc(&d.tenant),
-        start = date(Some(&timestamp(d.start))),
-        end = date(Some(&timestamp(d.end))),
+        cur = if currency.is_empty() { "the reporting currency".to_owned() } else { esc(&currency) },
     );
-    for (name, value) in tiles {
-        let _ = write!(html, r#"<div class="tile"><span>{}</span><b>{}</b></div>"#, esc(name), value);
+    for t in tiles(d, &currency) {
+        let _ = write!(
+            html,
+            r#"<div class="tile"><span>{}</span><b>{}</b><small>{}</small></div>"#,
+            esc(t.name),
+            esc(&t.value),
+            esc(&t.covers)
+        );
     }
     html.push_str("</div></section>");
     let _ = write!(
         html,
-        r#"<section><h2>Funnel (contacts entering in the range; reached within 90 days)</h2>{}<p class="sub">Overall conversion {:.1}%.</p></section>"#,
-        funnel_svg(&d.funnel),
-        d.funnel.overall_conversion_rate * 100.0
+        r#"<section><h2>Funnel</h2><p class="what">Contacts who entered the first stage {range}, and how many of them reached each stage within 90 days (contacts · share of the first stage). Overall conversion: {}.</p>{}</section>"#,
+        figures::percent(d.funnel.overall_conversion_rate),
+        charts::funnel(&d.funnel),
     );
     let _ = write!(
         html,
-        "<section><h2>Cohort retention (share active by month since first purchase)</h2>{}</section>",
-        cohort_svg(&d.cohorts)
+        r#"<section><h2>Cohort retention</h2><p class="what">Customers grouped by the calendar month of their first purchase ({range}); each cell is the share of the cohort active in that month since (%, 0% included; months still to come are empty).</p>{}</section>"#,
+        charts::cohorts(&d.cohorts),
     );
-    let _ = write!(html, "<section><h2>NPS by month</h2>{}</section>", nps_svg(&d.nps));
-    let _ = write!(html, "<section><h2>CAC by channel</h2>{}</section>", cac_svg(&d.channels));
-    html.push_str("<section><h2>Goals</h2><table><tr><th>Goal</th><th>Actual</th><th>Target</th><th>Health</th></tr>");
-    for g in &d.goals {
-        let health = pb::GoalHealth::try_from(g.health)
+    let with_answers: Vec<&pb::KpiPoint> = d.nps.iter().filter(|p| p.sample_size > 0).collect();
+    let nps_note = match with_answers.as_slice() {
+        [] => " No NPS answers in the range yet.".to_owned(),
+        [one] => format!(
+            " Only {} has answers so far, so the trend is one point; it grows as answers come in over more months.",
+            figures::month(micros(one.period_start_time.as_ref().unwrap_or(&timestamp(0))).unwrap_or_default())
+        ),
+        _ => String::new(),
+    };
+    let _ = write!(
+        html,
+        r#"<section><h2>NPS by month</h2><p class="what">Net promoter score of each calendar month's answers, −100 to +100 (% promoters 9–10 − % detractors 0–6), {range}; n = answers in the month.{}</p>{}</section>"#,
+        esc(&nps_note),
+        charts::nps(&d.nps),
+    );
+    let _ = write!(
+        html,
+        r#"<section><h2>CAC by channel</h2><p class="what">Customer acquisition cost per acquisition channel, in {} per new customer: the acquisition cost of the channel's contacts who became customers {range} ÷ their number.</p>{}</section>"#,
+        if currency.is_empty() { "the reporting currency".to_owned() } else { esc(&currency) },
+        charts::cac(&d.channels, &currency),
+    );
+    html.push_str(&goals(d, &currency));
+    let _ = write!(
+        html,
+        r#"<p class="sub">Generated {} UTC.</p></body></html>"#,
+        chrono::DateTime::from_timestamp_micros(d.end)
+            .map(|t| t.format("%Y-%m-%d %H:%M").to_string())
             .unwrap_or_default()
-            .as_str_name()
-            .trim_start_matches("GOAL_HEALTH_")
-            .to_owned();
+    );
+    html.push('\n');
+    html
+}
+
+/// The goal scorecard: each goal's period and how far into it the report is, its value so far,
+/// the value expected by now, the target for the whole period and its health.
+fn goals(d: &Data, currency: &str) -> String {
+    use figures::esc;
+    let mut html = String::from(
+        "<section><h2>Goals</h2><table><tr><th>Goal</th><th>Period</th><th>So far</th><th>Expected by now</th><th>Target for the period</th><th>Health</th></tr>",
+    );
+    if d.goals.is_empty() {
+        html.push_str(r#"<tr><td colspan="6" class="none">No goals set (CreateGoal adds one).</td></tr>"#);
+    }
+    for g in &d.goals {
+        let goal = g.goal.clone().unwrap_or_default();
+        let kpi = pb::Kpi::try_from(goal.kpi).unwrap_or_default();
+        let direction = pb::GoalDirection::try_from(goal.direction).unwrap_or_default();
+        let period = pb::Granularity::try_from(goal.period).unwrap_or_default();
+        let start = g.period_start_time.as_ref().and_then(micros).unwrap_or(d.end);
+        let end = g.period_end_time.as_ref().and_then(micros).unwrap_or(d.end);
+        let elapsed = figures::elapsed_fraction(start, end, d.end);
+        let expected = figures::expected_to_date(kpi, direction, g.target, elapsed);
+        let at_most = direction == pb::GoalDirection::AtMost
+            || (direction == pb::GoalDirection::Unspecified
+                && matches!(kpi, pb::Kpi::CostPerLead | pb::Kpi::Cac | pb::Kpi::ChurnRate | pb::Kpi::TimeToCloseDays));
+        let (health, class) = figures::health(g.health);
+        let value = |v| esc(&figures::kpi_value(kpi, v, currency));
         let _ = write!(
             html,
-            r#"<tr><td>{}</td><td>{:.2}</td><td>{:.2}</td><td class="{health}">{}</td></tr>"#,
-            esc(&g.goal.as_ref().map(|x| x.display_name.clone()).unwrap_or_default()),
-            g.actual,
-            g.target,
-            health.replace('_', " ").to_lowercase()
+            r#"<tr><td>{name}</td><td>{period}</td><td class="n">{actual}</td><td class="n">{bound} {expected}{pro}</td><td class="n">{target}</td><td class="{class}">{health}</td></tr>"#,
+            name = esc(&goal.display_name),
+            period = esc(&figures::goal_period(period, start, end, d.end)),
+            actual = value(g.actual),
+            bound = if at_most { "at most" } else { "at least" },
+            expected = value(expected),
+            pro = if figures::accumulates(kpi) && !at_most {
+                format!(r#" <small class="none">({:.0}% of the target)</small>"#, elapsed * 100.0)
+            } else {
+                String::new()
+            },
+            target = value(g.target),
         );
     }
-    html.push_str("</table></section></body></html>\n");
+    html.push_str(
+        r#"</table><p class="legend">Each goal is judged over the period that contains the report's end, against the part of it that has elapsed: counts and sums (new contacts, leads, new customers, revenue) grow through the period, so their value so far is compared with the target <b>pro-rated by the elapsed share of the period</b> (target × elapsed ÷ period length, the “expected by now” column); rates, averages and scores are compared with the target itself. <span class="ok">On track</span>: expectation met; <span class="risk">at risk</span>: missed by at most the goal's tolerance (10% unless set); <span class="off">off track</span>: missed by more. Health is the metrics service's scorecard, which applies the same rule.</p></section>"#,
+    );
     html
 }
 
@@ -325,10 +300,18 @@ table{{border-collapse:collapse;width:100%}} td,th{{text-align:left;padding:.35r
 mod tests {
     use super::*;
 
-    #[test]
-    fn renders_every_chart_and_escapes_text() {
-        let d = Data {
+    fn eur(units: i64) -> Option<clm_proto::common::v1::Money> {
+        Some(clm_proto::common::v1::Money { currency_code: "EUR".into(), units, nanos: 0 })
+    }
+
+    fn sample() -> Data {
+        let month = 31 * DAY;
+        let start = 1_733_011_200_000_000; // 1 Dec 2024
+        let end = start + 365 * DAY;
+        Data {
             tenant: "<acme>".into(),
+            start,
+            end,
             funnel: pb::Funnel {
                 stages: vec![
                     pb::FunnelStage {
@@ -346,21 +329,106 @@ mod tests {
                 ],
                 overall_conversion_rate: 0.3,
             },
+            stage: pb::GetStageMetricsResponse {
+                acquisition: Some(pb::AcquisitionMetrics { new_contacts: 10, leads: 0, ..Default::default() }),
+                conversion: Some(pb::ConversionMetrics {
+                    new_customers: 3,
+                    close_rate: 0.0,
+                    revenue: eur(900),
+                    cac: eur(120),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
             cohorts: vec![pb::CohortRow {
-                cohort_start_time: Some(timestamp(0)),
+                cohort_start_time: Some(timestamp(start)),
                 cohort_size: 2,
                 cells: vec![pb::CohortCell { period_index: 0, value: 1.0, count: 2, revenue: None }],
             }],
-            nps: vec![pb::KpiPoint { period_start_time: Some(timestamp(0)), value: 40.0, sample_size: 5 }],
-            channels: vec![pb::ChannelMetrics { channel: "paid_search".into(), customers: 1, ..Default::default() }],
+            nps: (0..12)
+                .map(|i| pb::KpiPoint {
+                    period_start_time: Some(timestamp(start + i * month)),
+                    value: 40.0,
+                    sample_size: i64::from(i == 11) * 5,
+                })
+                .collect(),
+            channels: vec![
+                pb::ChannelMetrics { channel: "paid_search".into(), customers: 1, cac: eur(200), ..Default::default() },
+                pb::ChannelMetrics { channel: "organic_search".into(), customers: 2, ..Default::default() },
+            ],
+            goals: vec![pb::GoalStatus {
+                goal: Some(pb::Goal {
+                    display_name: "New contacts per month".into(),
+                    kpi: pb::Kpi::NewContacts as i32,
+                    target: 100.0,
+                    direction: pb::GoalDirection::AtLeast as i32,
+                    period: pb::Granularity::Month as i32,
+                    ..Default::default()
+                }),
+                actual: 20.0,
+                target: 100.0,
+                health: pb::GoalHealth::OnTrack as i32,
+                period_start_time: Some(timestamp(end - 10 * DAY)),
+                period_end_time: Some(timestamp(end + 30 * DAY)),
+                ..Default::default()
+            }],
             ..Data::default()
-        };
-        let page = render(&d);
+        }
+    }
+
+    #[test]
+    fn renders_every_chart_and_escapes_text() {
+        let page = render(&sample());
         assert!(page.contains("&lt;acme&gt;") && !page.contains("<acme>"));
         for label in ["Funnel", "Cohort retention", "NPS trend", "CAC by channel"] {
             assert!(page.contains(&format!(r#"aria-label="{label}""#)), "{label}");
         }
-        assert!(page.contains("awareness") && page.contains("100%") && page.contains("paid_search"));
+        assert!(page.contains(">Awareness</text>") && page.contains("10 contacts · 100.0%"));
+        assert!(page.contains(">Paid search</text>") && page.contains(">Organic search</text>"));
         assert!(!page.contains("<script"), "self-contained, no scripts");
+    }
+
+    #[test]
+    fn every_figure_has_its_unit_and_period_and_zero_is_shown() {
+        let d = sample();
+        let range = figures::range(d.start, d.end);
+        let page = render(&d);
+        assert!(page.contains("1 Dec 2024 – 30 Nov 2025 (the last 365 days) · money in EUR"), "header range");
+        let tiles = tiles(&d, "EUR");
+        assert_eq!(tiles.len(), 12);
+        for t in &tiles {
+            assert!(!t.value.trim().is_empty(), "{} has a value", t.name);
+            assert!(t.covers.contains(&range) || t.covers.contains("to 30 Nov 2025"), "{}: {}", t.name, t.covers);
+        }
+        let tile = |name: &str| tiles.iter().find(|t| t.name == name).map(|t| t.value.clone()).unwrap();
+        assert_eq!(tile("New contacts"), "10 contacts");
+        assert_eq!(tile("Leads"), "0 leads", "zero is written");
+        assert_eq!(tile("Cost per lead"), "no leads", "an undefined quotient is said, not blank");
+        assert_eq!(tile("Close rate"), "0.0%");
+        assert_eq!(tile("Revenue"), "900.00 EUR");
+        assert_eq!(tile("CAC"), "120.00 EUR");
+        assert_eq!(tile("NPS"), "0", "NPS 0 of 5 answers is a real 0");
+        assert_eq!(tile("CSAT"), "no answers");
+        // A channel whose contacts cost nothing has a CAC of 0, written.
+        assert!(page.contains("0.00 EUR per customer · 2 new customers"));
+        assert!(page.contains("Only Nov 2025 has answers so far"), "one month of answers is said");
+        assert!(page.contains(">n=0</text>") && page.contains(">n=5</text>"));
+    }
+
+    #[test]
+    fn goals_show_their_period_and_the_pro_rated_expectation() {
+        let page = render(&sample());
+        // 10 of 40 days elapsed: 25 of the 100 contacts are expected by now.
+        assert!(page.contains("day 11 of 40 (25% elapsed)"), "{page}");
+        assert!(page.contains("at least 25 contacts"));
+        assert!(page.contains("(25% of the target)"));
+        assert!(
+            page.contains("<td class=\"n\">20 contacts</td>") && page.contains("<td class=\"n\">100 contacts</td>")
+        );
+        assert!(page.contains(r#"<td class="ok">on track</td>"#));
+        assert!(page.contains("pro-rated by the elapsed share of the period"), "the legend says which rule");
+        let mut none = sample();
+        none.goals.clear();
+        assert!(render(&none).contains("No goals set"));
     }
 }

@@ -1,7 +1,9 @@
 //! `clm seed`: a realistic demo tenant through the real write path (gRPC to a running CLM):
-//! contacts across channels with acquisition costs over the last year, their journeys
-//! (visits, leads, purchases, repeat purchases, referrals, reviews), NPS and CSAT surveys with
-//! responses, and a few goals. Deterministic for a given `--seed-value`.
+//! contacts acquired across channels over the last year with their acquisition costs, their
+//! journeys dated when they happened (visits, leads, purchases, repeat purchases, referrals,
+//! reviews; the stage transitions follow from them at those times), NPS and CSAT surveys with
+//! answers, and a few goals. Survey answers are the one thing dated now: SubmitResponse takes
+//! no time. Deterministic for a given `--seed-value`.
 
 use clm_platform::convert::timestamp;
 use clm_proto::common::v1::Money;
@@ -19,6 +21,8 @@ use rand::{Rng, SeedableRng};
 use crate::client::Authed;
 
 const DAY: i64 = 86_400_000_000;
+/// Customers who bought within this long before now answer the demo surveys.
+const RECENT: i64 = 60 * DAY;
 
 /// Channel, share of contacts, cost per contact (EUR), chance a lead converts.
 const CHANNELS: &[(cpb::AcquisitionChannel, f64, i64, f64)] = &[
@@ -130,18 +134,25 @@ pub async fn seed(ch: Authed, contacts: usize, seed_value: u64) -> anyhow::Resul
         }
         batches.last_mut().expect("a batch").push(contact);
     }
-    let requests: Vec<cpb::ImportContactsRequest> =
-        batches.into_iter().map(|contacts| cpb::ImportContactsRequest { contacts }).collect();
-    let mut results = c.import_contacts(tokio_stream::iter(requests)).await?.into_inner();
+    // One import call per batch (rows are numbered from 0 in each call), so no call runs into
+    // the server's request timeout on a slow machine or a debug build.
     let mut ids = vec![String::new(); contacts];
-    while let Some(msg) = results.message().await? {
-        if let Some(cpb::import_contacts_response::Result::Rows(rows)) = msg.result {
-            for r in rows.results {
-                if let Some(slot) = usize::try_from(r.row).ok().and_then(|i| ids.get_mut(i)) {
-                    slot.clone_from(&r.contact_id);
+    let mut first_row = 0;
+    for contacts in batches {
+        let n = contacts.len();
+        let req = cpb::ImportContactsRequest { contacts };
+        let mut results = c.import_contacts(tokio_stream::iter([req])).await?.into_inner();
+        while let Some(msg) = results.message().await? {
+            if let Some(cpb::import_contacts_response::Result::Rows(rows)) = msg.result {
+                for r in rows.results {
+                    let slot = usize::try_from(r.row).ok().and_then(|i| ids.get_mut(first_row + i));
+                    if let Some(slot) = slot {
+                        slot.clone_from(&r.contact_id);
+                    }
                 }
             }
         }
+        first_row += n;
     }
     summary.contacts = ids.iter().filter(|i| !i.is_empty()).count();
 
@@ -180,7 +191,9 @@ pub async fn seed(ch: Authed, contacts: usize, seed_value: u64) -> anyhow::Resul
                 ..Default::default()
             });
             if order == 1 {
-                customers.push(id.clone());
+                customers.push((id.clone(), t));
+            } else if let Some(last) = customers.last_mut() {
+                last.1 = t;
             }
             if rng.random_bool(0.08) {
                 events.push(lpb::JourneyEvent {
@@ -211,9 +224,10 @@ pub async fn seed(ch: Authed, contacts: usize, seed_value: u64) -> anyhow::Resul
     events.retain(|e| e.occur_time.as_ref().is_some_and(|o| o.seconds * 1_000_000 < now));
     summary.events = events.len();
     summary.customers = customers.len();
-    // One import call per 1000 events, so no call runs into the server's request timeout.
+    // One import call per 200 events, so no call runs into the server's request timeout (30 s),
+    // even in a debug build on a busy machine.
     let mut refused = 0;
-    for chunk in events.chunks(1000) {
+    for chunk in events.chunks(200) {
         let req = lpb::ImportJourneyEventsRequest { model_id: String::new(), events: chunk.to_vec() };
         let imported = l.import_journey_events(tokio_stream::iter([req])).await?.into_inner();
         refused += imported.errors.len();
@@ -223,7 +237,10 @@ pub async fn seed(ch: Authed, contacts: usize, seed_value: u64) -> anyhow::Resul
     }
     anyhow::ensure!(refused * 100 <= events.len(), "{refused} of {} journey events were refused", events.len());
 
-    // Surveys: relationship NPS and post-purchase CSAT, answered by a share of customers.
+    // Surveys: relationship NPS and post-purchase CSAT, answered by a share of the customers who
+    // bought in the last RECENT days. SubmitResponse records an answer when it is submitted (it
+    // takes no time), so every answer is dated now: only recent buyers answer, as they would
+    // in-app, so that answering does not make the whole customer base look active this month.
     let mut survey = async |name: &str, kind: fpb::SurveyKind| -> anyhow::Result<String> {
         Ok(f.create_survey(fpb::CreateSurveyRequest {
             survey: Some(fpb::Survey {
@@ -242,7 +259,10 @@ pub async fn seed(ch: Authed, contacts: usize, seed_value: u64) -> anyhow::Resul
     };
     let nps = survey("Relationship NPS", fpb::SurveyKind::Nps).await?;
     let csat = survey("Post-purchase CSAT", fpb::SurveyKind::Csat).await?;
-    for id in &customers {
+    for (id, last_purchase) in &customers {
+        if now - last_purchase > RECENT {
+            continue;
+        }
         for (survey_id, lo, hi, chance) in [(&nps, 0, 10, 0.5), (&csat, 1, 5, 0.3)] {
             if !rng.random_bool(chance) {
                 continue;
@@ -272,11 +292,13 @@ pub async fn seed(ch: Authed, contacts: usize, seed_value: u64) -> anyhow::Resul
 
     // Goals worth a scorecard.
     let per_month = i64::try_from(contacts / 12).unwrap_or(0).max(1) as f64;
-    for (name, kpi, target, direction) in [
-        ("New contacts per month", mpb::Kpi::NewContacts, per_month, mpb::GoalDirection::AtLeast),
-        ("Close rate", mpb::Kpi::CloseRate, 0.3, mpb::GoalDirection::AtLeast),
-        ("CAC", mpb::Kpi::Cac, 120.0, mpb::GoalDirection::AtMost),
-        ("NPS", mpb::Kpi::Nps, 30.0, mpb::GoalDirection::AtLeast),
+    // A close rate needs time for the period's leads to buy, so it is a quarterly goal.
+    let (month, quarter) = (mpb::Granularity::Month, mpb::Granularity::Quarter);
+    for (name, kpi, target, direction, period) in [
+        ("New contacts per month", mpb::Kpi::NewContacts, per_month, mpb::GoalDirection::AtLeast, month),
+        ("Close rate per quarter", mpb::Kpi::CloseRate, 0.25, mpb::GoalDirection::AtLeast, quarter),
+        ("CAC per month", mpb::Kpi::Cac, 150.0, mpb::GoalDirection::AtMost, month),
+        ("NPS per month", mpb::Kpi::Nps, 20.0, mpb::GoalDirection::AtLeast, month),
     ] {
         m.create_goal(mpb::CreateGoalRequest {
             goal: Some(mpb::Goal {
@@ -284,7 +306,7 @@ pub async fn seed(ch: Authed, contacts: usize, seed_value: u64) -> anyhow::Resul
                 kpi: kpi as i32,
                 target,
                 direction: direction as i32,
-                period: mpb::Granularity::Month as i32,
+                period: period as i32,
                 ..Default::default()
             }),
             request_id: String::new(),

@@ -1,5 +1,6 @@
 //! Proto ↔ domain and rows for feedback: surveys and questions, answers, invitations,
-//! responses, follow-ups, reviews, settings.
+//! responses, follow-ups, reviews, settings. Wire enums become domain enums here (`None`: not
+//! specified); rows' stored keys are read through the domain's `from_key`.
 
 use std::collections::HashMap;
 
@@ -7,8 +8,12 @@ use clm_platform::convert::{duration, etag, timestamp};
 use clm_platform::{Error, FieldViolation};
 use clm_proto::feedback::v1 as pb;
 
-use crate::domain::survey::{Band, Kind, Question, QuestionKind, Questions, ShowIf, Value};
-use crate::store::entities::{follow_up, invitation, response, review, settings, survey};
+use crate::domain::follow_up::FollowUpStatus;
+use crate::domain::invitation::{self, Seen};
+use crate::domain::survey::{
+    self as survey_rules, Band, Kind, Question, QuestionKind, Questions, ShowIf, SurveyStatus, Value,
+};
+use crate::store::entities::{follow_up, invitation as invitation_row, response, review, settings, survey};
 
 pub fn kind_from_pb(k: i32) -> Option<Kind> {
     match pb::SurveyKind::try_from(k).ok()? {
@@ -30,21 +35,22 @@ pub fn kind_pb(k: &str) -> pb::SurveyKind {
     }
 }
 
-pub fn status_key(s: pb::SurveyStatus) -> Option<&'static str> {
-    match s {
-        pb::SurveyStatus::Draft => Some("draft"),
-        pb::SurveyStatus::Active => Some("active"),
-        pb::SurveyStatus::Closed => Some("closed"),
+/// A survey status on the wire; `None` when unspecified or unknown.
+pub fn status_from_pb(s: i32) -> Option<SurveyStatus> {
+    match pb::SurveyStatus::try_from(s).ok()? {
+        pb::SurveyStatus::Draft => Some(SurveyStatus::Draft),
+        pb::SurveyStatus::Active => Some(SurveyStatus::Active),
+        pb::SurveyStatus::Closed => Some(SurveyStatus::Closed),
         pb::SurveyStatus::Unspecified => None,
     }
 }
 
 fn status_pb(s: &str) -> pb::SurveyStatus {
-    match s {
-        "draft" => pb::SurveyStatus::Draft,
-        "active" => pb::SurveyStatus::Active,
-        "closed" => pb::SurveyStatus::Closed,
-        _ => pb::SurveyStatus::Unspecified,
+    match SurveyStatus::from_key(s) {
+        Some(SurveyStatus::Draft) => pb::SurveyStatus::Draft,
+        Some(SurveyStatus::Active) => pb::SurveyStatus::Active,
+        Some(SurveyStatus::Closed) => pb::SurveyStatus::Closed,
+        None => pb::SurveyStatus::Unspecified,
     }
 }
 
@@ -60,7 +66,7 @@ pub fn questions_from_pb(qs: &[pb::Question], prefix: &str) -> Result<Vec<Questi
             }
             Some(pb::question::Kind::FreeText(f)) => QuestionKind::FreeText {
                 max_length: if f.max_length <= 0 {
-                    crate::domain::survey::MAX_FREE_TEXT
+                    survey_rules::MAX_FREE_TEXT
                 } else {
                     usize::try_from(f.max_length).unwrap_or(usize::MAX)
                 },
@@ -195,13 +201,13 @@ fn source_pb(s: &str) -> pb::InvitationSource {
 }
 
 /// An invitation as clients see it at `now` (a pending one past its expiry is EXPIRED).
-pub fn invitation_pb(row: &invitation::Model, token: Option<String>, now: i64) -> pb::Invitation {
-    let status = match row.status.as_str() {
-        "pending" if row.expire_time <= now => pb::InvitationStatus::Expired,
-        "pending" => pb::InvitationStatus::Pending,
-        "responded" => pb::InvitationStatus::Responded,
-        "cancelled" => pb::InvitationStatus::Cancelled,
-        _ => pb::InvitationStatus::Unspecified,
+pub fn invitation_pb(row: &invitation_row::Model, token: Option<String>, now: i64) -> pb::Invitation {
+    let status = match invitation::seen_at(&row.status, row.expire_time, now) {
+        Some(Seen::Expired) => pb::InvitationStatus::Expired,
+        Some(Seen::Pending) => pb::InvitationStatus::Pending,
+        Some(Seen::Responded) => pb::InvitationStatus::Responded,
+        Some(Seen::Cancelled) => pb::InvitationStatus::Cancelled,
+        None => pb::InvitationStatus::Unspecified,
     };
     pb::Invitation {
         id: row.id.clone(),
@@ -278,21 +284,22 @@ pub fn response_pb(row: &response::Model, order: Option<&Questions>) -> pb::Resp
     }
 }
 
-pub fn follow_up_status_key(s: pb::FollowUpStatus) -> Option<&'static str> {
-    match s {
-        pb::FollowUpStatus::Open => Some("open"),
-        pb::FollowUpStatus::InProgress => Some("in_progress"),
-        pb::FollowUpStatus::Resolved => Some("resolved"),
+/// A follow-up status on the wire; `None` when unspecified or unknown.
+pub fn follow_up_status_from_pb(s: i32) -> Option<FollowUpStatus> {
+    match pb::FollowUpStatus::try_from(s).ok()? {
+        pb::FollowUpStatus::Open => Some(FollowUpStatus::Open),
+        pb::FollowUpStatus::InProgress => Some(FollowUpStatus::InProgress),
+        pb::FollowUpStatus::Resolved => Some(FollowUpStatus::Resolved),
         pb::FollowUpStatus::Unspecified => None,
     }
 }
 
 pub fn follow_up_pb(row: &follow_up::Model) -> pb::FollowUp {
-    let status = match row.status.as_str() {
-        "open" => pb::FollowUpStatus::Open,
-        "in_progress" => pb::FollowUpStatus::InProgress,
-        "resolved" => pb::FollowUpStatus::Resolved,
-        _ => pb::FollowUpStatus::Unspecified,
+    let status = match FollowUpStatus::from_key(&row.status) {
+        Some(FollowUpStatus::Open) => pb::FollowUpStatus::Open,
+        Some(FollowUpStatus::InProgress) => pb::FollowUpStatus::InProgress,
+        Some(FollowUpStatus::Resolved) => pb::FollowUpStatus::Resolved,
+        None => pb::FollowUpStatus::Unspecified,
     };
     pb::FollowUp {
         id: row.id.clone(),

@@ -1,10 +1,12 @@
-//! Surveys and their questions, answers validated against them (with skip logic), and the
-//! score of a response with its band.
+//! Surveys: their kind and status (and the rules of changing them once answered), their
+//! questions, answers validated against them (with skip logic), and the band of a score.
 
 use std::collections::HashMap;
 
-use clm_platform::FieldViolation;
+use clm_platform::{Error, FieldViolation};
 use serde::{Deserialize, Serialize};
+
+use super::follow_up::FollowUpReason;
 
 /// Most questions in a survey, choices in a question, characters in texts.
 pub const MAX_QUESTIONS: usize = 50;
@@ -45,6 +47,100 @@ impl Kind {
     pub fn from_key(k: &str) -> Option<Kind> {
         [Kind::Nps, Kind::Csat, Kind::Ces, Kind::Custom].into_iter().find(|c| c.key() == k)
     }
+}
+
+/// Where a survey is in its life: drafted, taking invitations and responses, or closed (its
+/// results stay readable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SurveyStatus {
+    Draft,
+    Active,
+    Closed,
+}
+
+impl SurveyStatus {
+    pub const ALL: [SurveyStatus; 3] = [SurveyStatus::Draft, SurveyStatus::Active, SurveyStatus::Closed];
+
+    pub fn key(self) -> &'static str {
+        match self {
+            SurveyStatus::Draft => "draft",
+            SurveyStatus::Active => "active",
+            SurveyStatus::Closed => "closed",
+        }
+    }
+
+    pub fn from_key(k: &str) -> Option<SurveyStatus> {
+        Self::ALL.into_iter().find(|s| s.key() == k)
+    }
+
+    /// The status of a new survey asked for `requested` (none: a draft). A new survey is not
+    /// closed.
+    pub fn for_new(field: &str, requested: Option<SurveyStatus>) -> Result<SurveyStatus, FieldViolation> {
+        match requested {
+            None | Some(SurveyStatus::Draft) => Ok(SurveyStatus::Draft),
+            Some(SurveyStatus::Active) => Ok(SurveyStatus::Active),
+            Some(SurveyStatus::Closed) => Err(FieldViolation::new(field, "a new survey is DRAFT or ACTIVE")),
+        }
+    }
+
+    /// May survey `id` in this status be sent invitations? Only when active.
+    pub fn check_invitable(self, id: impl std::fmt::Display) -> Result<(), Error> {
+        match self {
+            SurveyStatus::Active => Ok(()),
+            SurveyStatus::Draft => Err(Error::FailedPrecondition(format!("survey {id} is a draft; activate it first"))),
+            SurveyStatus::Closed => {
+                Err(Error::FailedPrecondition(format!("survey {id} is closed; it accepts no invitations or responses")))
+            }
+        }
+    }
+}
+
+/// May survey `id` (stored status `status`) take a response? Only when active.
+pub fn check_answerable(id: impl std::fmt::Display, status: &str) -> Result<(), Error> {
+    if SurveyStatus::from_key(status) == Some(SurveyStatus::Active) {
+        Ok(())
+    } else {
+        Err(Error::FailedPrecondition(format!("survey {id} is {status}; only active surveys accept responses")))
+    }
+}
+
+/// Survey `id`, in `old` status, set to `new`: once it has responses it cannot go back to draft.
+pub fn check_status_change(
+    id: impl std::fmt::Display,
+    old: Option<SurveyStatus>,
+    new: SurveyStatus,
+    has_responses: bool,
+) -> Result<(), Error> {
+    if new == SurveyStatus::Draft && old != Some(SurveyStatus::Draft) && has_responses {
+        return Err(Error::FailedPrecondition(format!("survey {id} has responses; it cannot go back to draft")));
+    }
+    Ok(())
+}
+
+/// Survey `id`'s stored questions `old` replaced by `new`: not once it has responses (they
+/// answer the questions as they were).
+pub fn check_questions_change(
+    id: impl std::fmt::Display,
+    old: &str,
+    new: &str,
+    has_responses: bool,
+) -> Result<(), Error> {
+    if has_responses && new != old {
+        return Err(Error::FailedPrecondition(format!(
+            "survey {id} has responses; its questions cannot change (create a new survey)"
+        )));
+    }
+    Ok(())
+}
+
+/// Survey `id` deleted: not once it has responses (close it instead).
+pub fn check_delete(id: impl std::fmt::Display, has_responses: bool) -> Result<(), Error> {
+    if has_responses {
+        return Err(Error::FailedPrecondition(format!(
+            "survey {id} has responses; close it instead (its results stay readable)"
+        )));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -351,11 +447,11 @@ impl Band {
     }
 
     /// The follow-up reason when this band means an unhappy customer.
-    pub fn follow_up(self) -> Option<&'static str> {
+    pub fn follow_up(self) -> Option<FollowUpReason> {
         match self {
-            Band::Detractor => Some("nps_detractor"),
-            Band::Unsatisfied => Some("csat_unsatisfied"),
-            Band::HighEffort => Some("ces_high_effort"),
+            Band::Detractor => Some(FollowUpReason::NpsDetractor),
+            Band::Unsatisfied => Some(FollowUpReason::CsatUnsatisfied),
+            Band::HighEffort => Some(FollowUpReason::CesHighEffort),
             _ => None,
         }
     }
@@ -428,9 +524,34 @@ mod tests {
         assert_eq!(Band::of(Kind::Nps, 6), Some(Band::Detractor));
         assert_eq!(Band::of(Kind::Nps, 7), Some(Band::Passive));
         assert_eq!(Band::of(Kind::Nps, 9), Some(Band::Promoter));
-        assert_eq!(Band::of(Kind::Csat, 2).and_then(Band::follow_up), Some("csat_unsatisfied"));
+        assert_eq!(Band::of(Kind::Csat, 2).and_then(Band::follow_up), Some(FollowUpReason::CsatUnsatisfied));
         assert_eq!(Band::of(Kind::Csat, 3).and_then(Band::follow_up), None);
         assert_eq!(Band::of(Kind::Custom, 5), None);
+    }
+
+    #[test]
+    fn statuses_and_what_responses_freeze() {
+        use SurveyStatus::{Active, Closed, Draft};
+        for s in SurveyStatus::ALL {
+            assert_eq!(SurveyStatus::from_key(s.key()), Some(s));
+        }
+        assert_eq!(SurveyStatus::for_new("f", None), Ok(Draft));
+        assert_eq!(SurveyStatus::for_new("f", Some(Active)), Ok(Active));
+        assert_eq!(SurveyStatus::for_new("survey.status", Some(Closed)).unwrap_err().field, "survey.status");
+        assert!(Active.check_invitable("s").is_ok());
+        assert!(matches!(Draft.check_invitable("s"), Err(Error::FailedPrecondition(m)) if m.contains("draft")));
+        assert!(matches!(Closed.check_invitable("s"), Err(Error::FailedPrecondition(m)) if m.contains("closed")));
+        assert!(check_answerable("s", "active").is_ok());
+        assert!(matches!(check_answerable("s", "closed"), Err(Error::FailedPrecondition(m)) if m.contains("closed")));
+        assert!(check_status_change("s", Some(Active), Draft, true).is_err(), "answered: no way back to draft");
+        assert!(check_status_change("s", Some(Active), Draft, false).is_ok());
+        assert!(check_status_change("s", Some(Draft), Draft, true).is_ok());
+        assert!(check_status_change("s", Some(Active), Closed, true).is_ok());
+        assert!(check_questions_change("s", "a", "b", true).is_err());
+        assert!(check_questions_change("s", "a", "a", true).is_ok(), "the same questions again");
+        assert!(check_questions_change("s", "a", "b", false).is_ok());
+        assert!(check_delete("s", true).is_err());
+        assert!(check_delete("s", false).is_ok());
     }
 
     /// CES is 1 = very difficult … 7 = very easy: the low scores are the high effort.
@@ -440,7 +561,7 @@ mod tests {
         assert_eq!([1, 2, 3].map(band), [Band::HighEffort; 3]);
         assert_eq!(band(4), Band::MediumEffort);
         assert_eq!([5, 6, 7].map(band), [Band::LowEffort; 3]);
-        assert_eq!(band(2).follow_up(), Some("ces_high_effort"));
+        assert_eq!(band(2).follow_up(), Some(FollowUpReason::CesHighEffort));
         assert_eq!(band(4).follow_up(), None);
         assert_eq!(band(6).follow_up(), None);
     }

@@ -5,12 +5,13 @@
 
 use async_trait::async_trait;
 use clm_platform::convert::timestamp;
+use clm_platform::events::UnitOfWork;
 use clm_platform::events::inbox::EventHandler;
 use clm_platform::events::outbox::OutboxWriter;
 use clm_platform::{Result, TenantId};
 use clm_proto::events::v1 as ev;
 use clm_proto::events::v1::event_envelope::Payload;
-use sea_orm::{ConnectionTrait, DatabaseTransaction};
+use sea_orm::{ConnectionTrait as _, DatabaseTransaction};
 use uuid::Uuid;
 
 use crate::domain::survey::Kind;
@@ -42,13 +43,9 @@ impl Publisher {
         Self { outbox }
     }
 
-    pub fn committed(&self) {
-        self.outbox.committed();
-    }
-
     pub async fn survey_requested(
         &self,
-        txn: &impl ConnectionTrait,
+        txn: &UnitOfWork,
         tenant: &TenantId,
         inv: &invitation::Model,
         token: &str,
@@ -68,7 +65,7 @@ impl Publisher {
 
     pub async fn response_submitted(
         &self,
-        txn: &impl ConnectionTrait,
+        txn: &UnitOfWork,
         tenant: &TenantId,
         r: &response::Model,
         kind: &str,
@@ -89,12 +86,7 @@ impl Publisher {
         Ok(())
     }
 
-    pub async fn follow_up_opened(
-        &self,
-        txn: &impl ConnectionTrait,
-        tenant: &TenantId,
-        f: &follow_up::Model,
-    ) -> Result<()> {
+    pub async fn follow_up_opened(&self, txn: &UnitOfWork, tenant: &TenantId, f: &follow_up::Model) -> Result<()> {
         let p = Payload::FollowUpOpened(ev::FollowUpOpened {
             follow_up_id: f.id.clone(),
             response_id: f.response_id.clone(),
@@ -106,12 +98,7 @@ impl Publisher {
         Ok(())
     }
 
-    pub async fn follow_up_closed(
-        &self,
-        txn: &impl ConnectionTrait,
-        tenant: &TenantId,
-        f: &follow_up::Model,
-    ) -> Result<()> {
+    pub async fn follow_up_closed(&self, txn: &UnitOfWork, tenant: &TenantId, f: &follow_up::Model) -> Result<()> {
         let at = f.resolve_time.unwrap_or_else(now_micros);
         let p = Payload::FollowUpClosed(ev::FollowUpClosed {
             follow_up_id: f.id.clone(),
@@ -123,12 +110,7 @@ impl Publisher {
         Ok(())
     }
 
-    pub async fn review_recorded(
-        &self,
-        txn: &impl ConnectionTrait,
-        tenant: &TenantId,
-        r: &review::Model,
-    ) -> Result<()> {
+    pub async fn review_recorded(&self, txn: &UnitOfWork, tenant: &TenantId, r: &review::Model) -> Result<()> {
         let p = Payload::ReviewRecorded(ev::ReviewRecorded {
             review_id: r.id.clone(),
             contact_id: r.contact_id.clone(),
@@ -179,7 +161,7 @@ impl Source {
 /// returned as is. Returns the invitation and its token.
 #[allow(clippy::too_many_arguments)]
 pub async fn invite(
-    txn: &impl ConnectionTrait,
+    txn: &UnitOfWork,
     publisher: &Publisher,
     tenant: &TenantId,
     settings: &settings::Model,
@@ -219,7 +201,7 @@ pub async fn invite(
         expire_time: now.saturating_add(ttl),
         respond_time: None,
     };
-    store::insert_invitation(txn, row.clone()).await?;
+    store::insert_invitation(txn, tenant, row.clone()).await?;
     let t = token::issue(&settings.token_secret, tenant.as_str(), id);
     publisher.survey_requested(txn, tenant, &row, &t, &survey.kind).await?;
     Ok(Ok((row, t)))
@@ -258,7 +240,7 @@ impl FeedbackHandler {
     #[allow(clippy::too_many_arguments)]
     async fn invite_for_event(
         &self,
-        txn: &DatabaseTransaction,
+        txn: &UnitOfWork,
         tenant: &TenantId,
         key: InvitationKey<'_>,
         survey: &survey::Model,
@@ -280,7 +262,7 @@ impl FeedbackHandler {
 
 #[async_trait]
 impl EventHandler for FeedbackHandler {
-    async fn handle(&self, txn: &DatabaseTransaction, e: &ev::EventEnvelope) -> Result<()> {
+    async fn handle(&self, txn: &UnitOfWork, e: &ev::EventEnvelope) -> Result<()> {
         let tenant_str = e.tenant_id.as_str();
         let Ok(tenant) = TenantId::parse(tenant_str) else { return Ok(()) };
         match &e.payload {
@@ -296,7 +278,7 @@ impl EventHandler for FeedbackHandler {
                     let (contact, model) = (&s.contact_id, &s.model_id);
                     return store::unset_stage(
                         txn,
-                        tenant_str,
+                        &tenant,
                         contact,
                         model,
                         &s.to_stage,
@@ -306,7 +288,7 @@ impl EventHandler for FeedbackHandler {
                     )
                     .await;
                 }
-                store::set_stage(txn, tenant_str, &s.contact_id, &s.model_id, &s.to_stage, at).await?;
+                store::set_stage(txn, &tenant, &s.contact_id, &s.model_id, &s.to_stage, at).await?;
                 let Ok(contact) = Uuid::parse_str(&s.contact_id) else { return Ok(()) };
                 // Only a current entry triggers a survey: an old transition rebuilt from a
                 // backdated event does not ask someone about a stage they left long ago.
@@ -320,7 +302,7 @@ impl EventHandler for FeedbackHandler {
                 } else {
                     InvitationKey::Transition(&s.transition_id)
                 };
-                for survey in store::surveys_for_stage(txn, tenant_str, &s.to_stage, &s.model_id).await? {
+                for survey in store::surveys_for_stage(txn, &tenant, &s.to_stage, &s.model_id).await? {
                     self.invite_for_event(
                         txn,
                         &tenant,
@@ -352,10 +334,10 @@ impl EventHandler for FeedbackHandler {
                     Err(err) => return Err(err),
                 }
             }
-            Some(Payload::ContactErased(x)) => store::erase_contact(txn, tenant_str, &x.contact_id).await?,
+            Some(Payload::ContactErased(x)) => store::erase_contact(txn, &tenant, &x.contact_id).await?,
             Some(Payload::ContactMerged(m)) => {
                 for merged in &m.merged_ids {
-                    store::reassign_contact(txn, tenant_str, merged, &m.survivor_id).await?;
+                    store::reassign_contact(txn, &tenant, merged, &m.survivor_id).await?;
                 }
             }
             _ => {}

@@ -4,7 +4,6 @@
 //! change through `journeys::advance`), `automations.rs`, `rules.rs`.
 
 pub mod automations;
-pub mod convert;
 mod journeys;
 mod models;
 mod rules;
@@ -19,7 +18,7 @@ use sea_orm::DatabaseConnection;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::events::Publisher;
+use crate::publish::Publisher;
 
 #[derive(Clone, Debug)]
 pub struct LifecycleApi {

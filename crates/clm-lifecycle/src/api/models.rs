@@ -9,8 +9,8 @@ use clm_proto::lifecycle::v1 as pb;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::convert::{model_from_pb, model_to_pb};
 use super::{LifecycleApi, ctx, model_uuid_or_default, text};
+use crate::convert::{model_from_pb, model_to_pb};
 use crate::domain::model::StageKey;
 use crate::store::{self, ModelRecord, now_micros};
 

@@ -12,7 +12,7 @@ use prost::Message;
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 use tokio::sync::{broadcast, watch};
 
-use crate::api::convert::transition_to_pb;
+use crate::convert::transition_to_pb;
 use crate::store::entities::transition;
 
 /// Stage changes as watchers hear them: (tenant, change).

@@ -195,9 +195,9 @@ pub async fn oldest_jobs(db: &impl ConnectionTrait, limit: u64) -> Result<Vec<au
 }
 
 /// Take a job: whoever deletes it runs it (a second runner of the same job finds nothing).
-pub async fn claim(db: &impl ConnectionTrait, tenant: &str, id: &str) -> Result<bool> {
+pub async fn claim(db: &impl ConnectionTrait, tenant: &TenantId, id: &str) -> Result<bool> {
     let res = automation_job::Entity::delete_many()
-        .filter(automation_job::Column::TenantId.eq(tenant))
+        .filter(automation_job::Column::TenantId.eq(tenant.as_str()))
         .filter(automation_job::Column::Id.eq(id))
         .exec(db)
         .await?;
@@ -205,9 +205,9 @@ pub async fn claim(db: &impl ConnectionTrait, tenant: &str, id: &str) -> Result<
 }
 
 /// Forget the jobs of a contact (erased or merged away).
-pub async fn drop_jobs(db: &impl ConnectionTrait, tenant: &str, contact: &str) -> Result<()> {
+pub async fn drop_jobs(db: &impl ConnectionTrait, tenant: &TenantId, contact: &str) -> Result<()> {
     automation_job::Entity::delete_many()
-        .filter(automation_job::Column::TenantId.eq(tenant))
+        .filter(automation_job::Column::TenantId.eq(tenant.as_str()))
         .filter(automation_job::Column::ContactId.eq(contact))
         .exec(db)
         .await?;

@@ -454,7 +454,12 @@ pub async fn rebuild_journey(
 }
 
 /// After a merge, the merged contacts' events and moves belong to the survivor.
-pub async fn reassign_contact(db: &impl ConnectionTrait, tenant: &str, from: &str, to: &str) -> Result<Vec<String>> {
+pub async fn reassign_contact(
+    db: &impl ConnectionTrait,
+    tenant: &TenantId,
+    from: &str,
+    to: &str,
+) -> Result<Vec<String>> {
     // What was owed to the merged contact's journey went with it (the survivor's rebuild fires
     // its own).
     super::automations::drop_jobs(db, tenant, from).await?;
@@ -462,30 +467,30 @@ pub async fn reassign_contact(db: &impl ConnectionTrait, tenant: &str, from: &st
         .select_only()
         .column(journey_event::Column::ModelId)
         .distinct()
-        .filter(journey_event::Column::TenantId.eq(tenant))
+        .filter(journey_event::Column::TenantId.eq(tenant.as_str()))
         .filter(journey_event::Column::ContactId.eq(from))
         .into_tuple()
         .all(db)
         .await?;
     journey_event::Entity::update_many()
         .col_expr(journey_event::Column::ContactId, Expr::val(to))
-        .filter(journey_event::Column::TenantId.eq(tenant))
+        .filter(journey_event::Column::TenantId.eq(tenant.as_str()))
         .filter(journey_event::Column::ContactId.eq(from))
         .exec(db)
         .await?;
     manual_move::Entity::update_many()
         .col_expr(manual_move::Column::ContactId, Expr::val(to))
-        .filter(manual_move::Column::TenantId.eq(tenant))
+        .filter(manual_move::Column::TenantId.eq(tenant.as_str()))
         .filter(manual_move::Column::ContactId.eq(from))
         .exec(db)
         .await?;
     transition::Entity::delete_many()
-        .filter(transition::Column::TenantId.eq(tenant))
+        .filter(transition::Column::TenantId.eq(tenant.as_str()))
         .filter(transition::Column::ContactId.eq(from))
         .exec(db)
         .await?;
     journey::Entity::delete_many()
-        .filter(journey::Column::TenantId.eq(tenant))
+        .filter(journey::Column::TenantId.eq(tenant.as_str()))
         .filter(journey::Column::ContactId.eq(from))
         .exec(db)
         .await?;

@@ -23,6 +23,7 @@ use sea_orm::{
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::domain::contact::ContactState;
 use crate::domain::model::{Allowed, Category, Model, Role, Stage, StageKey};
 use entities::{journey, journey_event, known_contact, lifecycle_model, manual_move, rule_settings, transition};
 
@@ -312,11 +313,16 @@ pub async fn model_in_use(db: &impl ConnectionTrait, tenant: &TenantId, model: U
 
 // ---- contacts known from events ----
 
-pub async fn set_contact_state(db: &impl ConnectionTrait, tenant: &str, contact: &str, state: &str) -> Result<()> {
+pub async fn set_contact_state(
+    db: &impl ConnectionTrait,
+    tenant: &TenantId,
+    contact: &str,
+    state: ContactState,
+) -> Result<()> {
     known_contact::Entity::insert(known_contact::ActiveModel {
-        tenant_id: ActiveValue::Set(tenant.to_owned()),
+        tenant_id: ActiveValue::Set(tenant.as_str().to_owned()),
         contact_id: ActiveValue::Set(contact.to_owned()),
-        state: ActiveValue::Set(state.to_owned()),
+        state: ActiveValue::Set(state.key().to_owned()),
         tags: ActiveValue::Set("[]".to_owned()),
         channel: ActiveValue::Set(String::new()),
     })
@@ -333,16 +339,16 @@ pub async fn set_contact_state(db: &impl ConnectionTrait, tenant: &str, contact:
 /// Remember a contact's tags and channel (from contact events) for automation conditions.
 pub async fn set_contact_facts(
     db: &impl ConnectionTrait,
-    tenant: &str,
+    tenant: &TenantId,
     contact: &str,
     tags: &[String],
     channel: &str,
 ) -> Result<()> {
     let tags: Vec<String> = tags.iter().map(|t| t.to_lowercase()).collect();
     known_contact::Entity::insert(known_contact::ActiveModel {
-        tenant_id: ActiveValue::Set(tenant.to_owned()),
+        tenant_id: ActiveValue::Set(tenant.as_str().to_owned()),
         contact_id: ActiveValue::Set(contact.to_owned()),
-        state: ActiveValue::Set("active".to_owned()),
+        state: ActiveValue::Set(ContactState::Active.key().to_owned()),
         tags: ActiveValue::Set(serde_json::to_string(&tags).expect("tags serialize")),
         channel: ActiveValue::Set(channel.to_owned()),
     })
@@ -369,33 +375,40 @@ pub async fn contact_facts(
 }
 
 /// The state of a contact as known from contact events (`None`: not heard of).
-pub async fn contact_state(db: &impl ConnectionTrait, tenant: &TenantId, contact: Uuid) -> Result<Option<String>> {
-    Ok(known_contact::Entity::find_by_id((tenant.as_str().to_owned(), contact.to_string()))
-        .one(db)
-        .await?
-        .map(|k| k.state))
+pub async fn contact_state(
+    db: &impl ConnectionTrait,
+    tenant: &TenantId,
+    contact: Uuid,
+) -> Result<Option<ContactState>> {
+    let Some(k) = known_contact::Entity::find_by_id((tenant.as_str().to_owned(), contact.to_string())).one(db).await?
+    else {
+        return Ok(None);
+    };
+    ContactState::parse(&k.state)
+        .map(Some)
+        .ok_or_else(|| Error::internal(anyhow::anyhow!("unknown contact state {:?}", k.state)))
 }
 
 /// Remove everything about a contact (erased upstream).
-pub async fn erase_contact(db: &impl ConnectionTrait, tenant: &str, contact: &str) -> Result<()> {
+pub async fn erase_contact(db: &impl ConnectionTrait, tenant: &TenantId, contact: &str) -> Result<()> {
     automations::drop_jobs(db, tenant, contact).await?;
     journey_event::Entity::delete_many()
-        .filter(journey_event::Column::TenantId.eq(tenant))
+        .filter(journey_event::Column::TenantId.eq(tenant.as_str()))
         .filter(journey_event::Column::ContactId.eq(contact))
         .exec(db)
         .await?;
     manual_move::Entity::delete_many()
-        .filter(manual_move::Column::TenantId.eq(tenant))
+        .filter(manual_move::Column::TenantId.eq(tenant.as_str()))
         .filter(manual_move::Column::ContactId.eq(contact))
         .exec(db)
         .await?;
     transition::Entity::delete_many()
-        .filter(transition::Column::TenantId.eq(tenant))
+        .filter(transition::Column::TenantId.eq(tenant.as_str()))
         .filter(transition::Column::ContactId.eq(contact))
         .exec(db)
         .await?;
     journey::Entity::delete_many()
-        .filter(journey::Column::TenantId.eq(tenant))
+        .filter(journey::Column::TenantId.eq(tenant.as_str()))
         .filter(journey::Column::ContactId.eq(contact))
         .exec(db)
         .await?;

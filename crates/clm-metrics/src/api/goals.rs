@@ -8,8 +8,9 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::kpi::Snapshot;
+use super::kpi::{Snapshot, kpi_kind};
 use super::{DEFAULT_LEAD_THRESHOLD, MetricsApi, ctx, gran, now_micros, slice};
+use crate::domain::kpi::KpiKind;
 use crate::domain::{self, Gran};
 use crate::store::goals::{self as store, GoalRecord};
 
@@ -66,16 +67,9 @@ async fn load(api: &MetricsApi, tenant: &clm_platform::TenantId, id: &str) -> Re
     to_pb(r)
 }
 
-/// Which way a KPI is better (docs/metrics.md): lower for costs, churn and time to close;
-/// higher for the others — CES included (1 very difficult … 7 very easy).
-pub fn natural_direction(k: pb::Kpi) -> Option<pb::GoalDirection> {
-    match k {
-        pb::Kpi::Unspecified => None,
-        pb::Kpi::CostPerLead | pb::Kpi::Cac | pb::Kpi::ChurnRate | pb::Kpi::TimeToCloseDays => {
-            Some(pb::GoalDirection::AtMost)
-        }
-        _ => Some(pb::GoalDirection::AtLeast),
-    }
+/// Which way a KPI is better (docs/metrics.md; `KpiKind::lower_is_better`).
+pub fn natural_direction(k: KpiKind) -> pb::GoalDirection {
+    if k.lower_is_better() { pb::GoalDirection::AtMost } else { pb::GoalDirection::AtLeast }
 }
 
 /// Check a goal's fields (all of them: the caller merged the mask first).
@@ -85,14 +79,15 @@ fn check(tenant: &clm_platform::TenantId, g: &mut pb::Goal, v: &mut Violations) 
         v.add("goal.display_name", format!("1 to {MAX_NAME} characters"));
     }
     g.display_name = name;
-    if pb::Kpi::try_from(g.kpi).unwrap_or_default() == pb::Kpi::Unspecified {
+    let kpi = kpi_kind(g.kpi);
+    if kpi.is_none() {
         v.add("goal.kpi", "which KPI the goal is about");
     }
     if !g.target.is_finite() {
         v.add("goal.target", "must be a number");
     }
     if pb::GoalDirection::try_from(g.direction).unwrap_or_default() == pb::GoalDirection::Unspecified {
-        match pb::Kpi::try_from(g.kpi).ok().and_then(natural_direction) {
+        match kpi.map(natural_direction) {
             Some(d) => g.direction = d as i32,
             None => v.add("goal.direction", "GOAL_DIRECTION_AT_LEAST or GOAL_DIRECTION_AT_MOST"),
         }
@@ -264,12 +259,14 @@ pub async fn grade(
     let mut s = slice(tenant, Some(&scope), "", &mut v);
     s.contacts = api.members(tenant, Some(&scope), "goal.scope.segment_filter").await?;
     let snap = Snapshot::load(&api.db, tenant, &s, DEFAULT_LEAD_THRESHOLD).await?;
-    let kpi = pb::Kpi::try_from(g.kpi).unwrap_or_default();
-    let (actual, _) = snap.kpi(kpi);
+    // Stored goals were checked when written; one of a KPI this version no longer has is
+    // graded as zero.
+    let kpi = kpi_kind(g.kpi);
+    let actual = kpi.map_or(0.0, |k| snap.kpi(k).0);
     let at_least = g.direction != pb::GoalDirection::AtMost as i32;
     // Counts and sums accumulate over the period: judge them against the pace (the share of
     // the target due by now); rates and averages against the target itself.
-    let additive = matches!(kpi, pb::Kpi::NewContacts | pb::Kpi::Leads | pb::Kpi::NewCustomers | pb::Kpi::Revenue);
+    let additive = kpi.is_some_and(KpiKind::accumulates);
     let due = if additive && at_least && actual < g.target {
         g.target * (((as_of - start) as f64) / ((end - start) as f64)).clamp(0.0, 1.0)
     } else {

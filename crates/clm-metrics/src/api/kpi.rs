@@ -8,49 +8,75 @@ use clm_platform::Result;
 use clm_proto::metrics::v1 as pb;
 use sea_orm::ConnectionTrait;
 
-use crate::domain::{self, DAY, ratio};
 use clm_platform::TenantId;
 
-use crate::store::read::{self, KpiRow, Slice, funnel};
+use crate::domain::kpi::{Counter, KpiKind};
+use crate::domain::{self, DAY, ratio};
+use crate::store::read::{self, Group, KpiRow, Slice, funnel};
 
-/// Every counter a snapshot reads (docs/metrics.md § Counters).
-pub const NAMES: &[&str] = &[
-    "new_contacts",
-    "new_contacts_won",
-    "acquisition_cost",
-    "leads",
-    "leads_won",
-    "new_customers",
-    "revenue",
-    "orders",
-    "repeat_orders",
-    "repeat_customers",
-    "first_purchases",
-    "buyers",
-    "currency_buyers",
-    "customers_in",
-    "customers_out",
-    "dormant",
-    "churned",
-    "reactivated",
-    "nps_total",
-    "nps_promoters",
-    "nps_detractors",
-    "csat_total",
-    "csat_satisfied",
-    "ces_total",
-    "ces_easy",
-    "referrals",
-    "referrers",
-    "reviews",
-    "reviewers",
-];
+/// The KPI a request names (`None`: unspecified or unknown): the edge where a KPI's number
+/// becomes a [`KpiKind`].
+pub fn kpi_kind(raw: i32) -> Option<KpiKind> {
+    Some(match pb::Kpi::try_from(raw).ok()? {
+        pb::Kpi::Unspecified => return None,
+        pb::Kpi::NewContacts => KpiKind::NewContacts,
+        pb::Kpi::Leads => KpiKind::Leads,
+        pb::Kpi::CostPerLead => KpiKind::CostPerLead,
+        pb::Kpi::LeadQualityRate => KpiKind::LeadQualityRate,
+        pb::Kpi::NewCustomers => KpiKind::NewCustomers,
+        pb::Kpi::CloseRate => KpiKind::CloseRate,
+        pb::Kpi::Revenue => KpiKind::Revenue,
+        pb::Kpi::AverageDealSize => KpiKind::AverageDealSize,
+        pb::Kpi::AverageOrderValue => KpiKind::AverageOrderValue,
+        pb::Kpi::TimeToCloseDays => KpiKind::TimeToCloseDays,
+        pb::Kpi::Cac => KpiKind::Cac,
+        pb::Kpi::ConversionRate => KpiKind::ConversionRate,
+        pb::Kpi::ChurnRate => KpiKind::ChurnRate,
+        pb::Kpi::RetentionRate => KpiKind::RetentionRate,
+        pb::Kpi::RepeatPurchaseRate => KpiKind::RepeatPurchaseRate,
+        pb::Kpi::PurchaseFrequency => KpiKind::PurchaseFrequency,
+        pb::Kpi::Nps => KpiKind::Nps,
+        pb::Kpi::Csat => KpiKind::Csat,
+        pb::Kpi::Ces => KpiKind::Ces,
+        pb::Kpi::ReferralRate => KpiKind::ReferralRate,
+        pb::Kpi::CustomerLifetimeValue => KpiKind::CustomerLifetimeValue,
+        pb::Kpi::ClvToCacRatio => KpiKind::ClvToCacRatio,
+    })
+}
+
+/// A KPI as the API names it.
+pub fn kpi_pb(k: KpiKind) -> pb::Kpi {
+    match k {
+        KpiKind::NewContacts => pb::Kpi::NewContacts,
+        KpiKind::Leads => pb::Kpi::Leads,
+        KpiKind::CostPerLead => pb::Kpi::CostPerLead,
+        KpiKind::LeadQualityRate => pb::Kpi::LeadQualityRate,
+        KpiKind::NewCustomers => pb::Kpi::NewCustomers,
+        KpiKind::CloseRate => pb::Kpi::CloseRate,
+        KpiKind::Revenue => pb::Kpi::Revenue,
+        KpiKind::AverageDealSize => pb::Kpi::AverageDealSize,
+        KpiKind::AverageOrderValue => pb::Kpi::AverageOrderValue,
+        KpiKind::TimeToCloseDays => pb::Kpi::TimeToCloseDays,
+        KpiKind::Cac => pb::Kpi::Cac,
+        KpiKind::ConversionRate => pb::Kpi::ConversionRate,
+        KpiKind::ChurnRate => pb::Kpi::ChurnRate,
+        KpiKind::RetentionRate => pb::Kpi::RetentionRate,
+        KpiKind::RepeatPurchaseRate => pb::Kpi::RepeatPurchaseRate,
+        KpiKind::PurchaseFrequency => pb::Kpi::PurchaseFrequency,
+        KpiKind::Nps => pb::Kpi::Nps,
+        KpiKind::Csat => pb::Kpi::Csat,
+        KpiKind::Ces => pb::Kpi::Ces,
+        KpiKind::ReferralRate => pb::Kpi::ReferralRate,
+        KpiKind::CustomerLifetimeValue => pb::Kpi::CustomerLifetimeValue,
+        KpiKind::ClvToCacRatio => pb::Kpi::ClvToCacRatio,
+    }
+}
 
 /// Counters of a slice: name → (count, sum) in the main currency, plus the currencies seen.
 /// Sums are i128: money sums in µ-units pass i64 at 9.2 × 10^12 units (docs/metrics.md § Money).
 #[derive(Debug, Clone, Default)]
 pub struct Counters {
-    pub by_name: HashMap<String, (i64, i128)>,
+    pub by_name: HashMap<Counter, (i64, i128)>,
     pub currency: String,
     pub other_currencies: Vec<String>,
 }
@@ -75,9 +101,9 @@ impl Counters {
         } else {
             currency.to_owned()
         };
-        let mut by_name: HashMap<String, (i64, i128)> = HashMap::new();
+        let mut by_name: HashMap<Counter, (i64, i128)> = HashMap::new();
         for r in rows.iter().filter(|r| r.currency.is_empty() || r.currency == currency) {
-            let e = by_name.entry(r.name.clone()).or_default();
+            let e = by_name.entry(r.name).or_default();
             e.0 = e.0.saturating_add(r.n);
             e.1 = e.1.saturating_add(r.s);
         }
@@ -85,26 +111,26 @@ impl Counters {
         Self { by_name, currency, other_currencies }
     }
 
-    pub fn n(&self, name: &str) -> f64 {
-        self.by_name.get(name).map_or(0.0, |v| v.0 as f64)
+    pub fn n(&self, name: Counter) -> f64 {
+        self.by_name.get(&name).map_or(0.0, |v| v.0 as f64)
     }
 
-    pub fn s(&self, name: &str) -> f64 {
-        self.by_name.get(name).map_or(0.0, |v| v.1 as f64)
+    pub fn s(&self, name: Counter) -> f64 {
+        self.by_name.get(&name).map_or(0.0, |v| v.1 as f64)
     }
 
     /// A count, exactly.
-    pub fn count(&self, name: &str) -> i64 {
-        self.by_name.get(name).map_or(0, |v| v.0)
+    pub fn count(&self, name: Counter) -> i64 {
+        self.by_name.get(&name).map_or(0, |v| v.0)
     }
 
     /// A sum (money: µ-units of `currency`), exactly.
-    pub fn sum(&self, name: &str) -> i128 {
-        self.by_name.get(name).map_or(0, |v| v.1)
+    pub fn sum(&self, name: Counter) -> i128 {
+        self.by_name.get(&name).map_or(0, |v| v.1)
     }
 
     /// The sum of `sum` per one of `per`'s count (0 when there is none), exactly, rounded.
-    pub fn per(&self, sum: &str, per: &str) -> i128 {
+    pub fn per(&self, sum: Counter, per: Counter) -> i128 {
         per_count(self.sum(sum), self.count(per))
     }
 }
@@ -157,14 +183,17 @@ impl ClvModel {
     /// `currency`: the reporting currency (empty: the year's largest).
     pub async fn load(db: &impl ConnectionTrait, tenant: &TenantId, slice: &Slice, currency: &str) -> Result<Self> {
         let year = Slice { start: slice.end - 365 * DAY, ..slice.clone() };
-        let c = Counters::from_rows_in(&read::kpis(db, tenant, &year, &["revenue", "orders"], "").await?, currency);
+        let c = Counters::from_rows_in(
+            &read::kpis(db, tenant, &year, &[Counter::Revenue, Counter::Orders], Group::All).await?,
+            currency,
+        );
         let basis = read::spell_basis(db, tenant, &slice.model).await?;
         let at_end = read::customers_at(db, tenant, slice, basis, slice.end).await? as f64;
         let at_start = read::customers_at(db, tenant, &year, basis, year.start).await? as f64;
         let lost = read::customers_lost(db, tenant, &year, basis, year.start, year.end).await? as f64;
         Ok(Self {
-            average_order_value: ratio(c.s("revenue"), c.n("revenue")),
-            orders_per_customer_year: ratio(c.n("orders"), at_end),
+            average_order_value: ratio(c.s(Counter::Revenue), c.n(Counter::Revenue)),
+            orders_per_customer_year: ratio(c.n(Counter::Orders), at_end),
             annual_churn: ratio(lost, at_start),
         })
     }
@@ -185,11 +214,12 @@ impl Snapshot {
         slice: &Slice,
         lead_threshold: i32,
     ) -> Result<Self> {
-        let rows = read::kpis(db, tenant, slice, NAMES, "").await?;
+        let rows = read::kpis(db, tenant, slice, Counter::ALL, Group::All).await?;
         let c = Counters::from_rows(&rows);
         // Cumulative to the end (as-of figures: repeat rate, referral rate, historical CLV).
         let to_end = Slice { start: i64::MIN / 2, ..slice.clone() };
-        let cum = Counters::from_rows_in(&read::kpis(db, tenant, &to_end, NAMES, "").await?, &c.currency);
+        let cum =
+            Counters::from_rows_in(&read::kpis(db, tenant, &to_end, Counter::ALL, Group::All).await?, &c.currency);
         let (leads, good) = read::lead_quality(db, tenant, slice, lead_threshold).await?;
         let close = funnel::histogram(db, tenant, slice, "__time_to_close").await?;
         let basis = read::spell_basis(db, tenant, &slice.model).await?;
@@ -210,11 +240,11 @@ impl Snapshot {
             customers_lost: lost,
             churn_rate,
             retention_rate: if at_start > 0.0 { 1.0 - churn_rate } else { 0.0 },
-            repeat_purchase_rate: ratio(cum.n("repeat_customers"), cum.n("buyers")),
-            purchase_frequency: ratio(c.n("orders"), purchasers),
+            repeat_purchase_rate: ratio(cum.n(Counter::RepeatCustomers), cum.n(Counter::Buyers)),
+            purchase_frequency: ratio(c.n(Counter::Orders), purchasers),
             referral_rate: ratio(referring, at_end),
-            historical_clv: ratio(cum.s("revenue"), cum.n("currency_buyers")),
-            historical_clv_micros: cum.per("revenue", "currency_buyers"),
+            historical_clv: ratio(cum.s(Counter::Revenue), cum.n(Counter::CurrencyBuyers)),
+            historical_clv_micros: cum.per(Counter::Revenue, Counter::CurrencyBuyers),
             predicted_clv: clv.predicted(),
             annual_churn: clv.annual_churn,
             currency,
@@ -224,56 +254,61 @@ impl Snapshot {
 
     /// First purchases' revenue ÷ their count.
     pub fn average_deal_size(&self) -> f64 {
-        ratio(self.c.s("first_purchases"), self.c.n("first_purchases"))
+        ratio(self.c.s(Counter::FirstPurchases), self.c.n(Counter::FirstPurchases))
     }
 
     pub fn cac(&self) -> f64 {
-        ratio(self.c.s("acquisition_cost"), self.c.n("new_customers"))
+        ratio(self.c.s(Counter::AcquisitionCost), self.c.n(Counter::NewCustomers))
     }
 
     pub fn nps(&self) -> f64 {
-        ratio((self.c.n("nps_promoters") - self.c.n("nps_detractors")) * 100.0, self.c.n("nps_total"))
+        ratio((self.c.n(Counter::NpsPromoters) - self.c.n(Counter::NpsDetractors)) * 100.0, self.c.n(Counter::NpsTotal))
     }
 
     pub fn csat(&self) -> f64 {
-        ratio(self.c.n("csat_satisfied") * 100.0, self.c.n("csat_total"))
+        ratio(self.c.n(Counter::CsatSatisfied) * 100.0, self.c.n(Counter::CsatTotal))
     }
 
     pub fn ces(&self) -> f64 {
-        ratio(self.c.s("ces_total"), self.c.n("ces_total"))
+        ratio(self.c.s(Counter::CesTotal), self.c.n(Counter::CesTotal))
     }
 
     /// One KPI's value and the sample it rests on (money in currency units, times in days).
-    pub fn kpi(&self, k: pb::Kpi) -> (f64, i64) {
+    pub fn kpi(&self, k: KpiKind) -> (f64, i64) {
         let c = &self.c;
         let units = |micros: f64| micros / 1e6;
-        let n = |name: &str| c.n(name) as i64;
+        let n = |name: Counter| c.n(name) as i64;
         match k {
-            pb::Kpi::NewContacts => (c.n("new_contacts"), n("new_contacts")),
-            pb::Kpi::Leads => (c.n("leads"), n("leads")),
-            pb::Kpi::CostPerLead => (units(ratio(c.s("acquisition_cost"), c.n("leads"))), n("leads")),
-            pb::Kpi::LeadQualityRate => (self.lead_quality_rate, n("leads")),
-            pb::Kpi::NewCustomers => (c.n("new_customers"), n("new_customers")),
-            pb::Kpi::CloseRate => (ratio(c.n("leads_won"), c.n("leads")), n("leads")),
-            pb::Kpi::Revenue => (units(c.s("revenue")), n("revenue")),
-            pb::Kpi::AverageDealSize => (units(self.average_deal_size()), n("first_purchases")),
-            pb::Kpi::AverageOrderValue => (units(ratio(c.s("revenue"), c.n("revenue"))), n("revenue")),
-            pb::Kpi::TimeToCloseDays => {
-                (self.median_time_to_close.map_or(0.0, |t| t as f64 / DAY as f64), n("new_customers"))
+            KpiKind::NewContacts => (c.n(Counter::NewContacts), n(Counter::NewContacts)),
+            KpiKind::Leads => (c.n(Counter::Leads), n(Counter::Leads)),
+            KpiKind::CostPerLead => {
+                (units(ratio(c.s(Counter::AcquisitionCost), c.n(Counter::Leads))), n(Counter::Leads))
             }
-            pb::Kpi::Cac => (units(self.cac()), n("new_customers")),
-            pb::Kpi::ConversionRate => (ratio(c.n("new_contacts_won"), c.n("new_contacts")), n("new_contacts")),
-            pb::Kpi::ChurnRate => (self.churn_rate, self.customers_at_start as i64),
-            pb::Kpi::RetentionRate => (self.retention_rate, self.customers_at_start as i64),
-            pb::Kpi::RepeatPurchaseRate => (self.repeat_purchase_rate, n("buyers")),
-            pb::Kpi::PurchaseFrequency => (self.purchase_frequency, n("orders")),
-            pb::Kpi::Nps => (self.nps(), n("nps_total")),
-            pb::Kpi::Csat => (self.csat(), n("csat_total")),
-            pb::Kpi::Ces => (self.ces(), n("ces_total")),
-            pb::Kpi::ReferralRate => (self.referral_rate, self.customers_at_end as i64),
-            pb::Kpi::CustomerLifetimeValue => (units(self.predicted_clv), self.customers_at_end as i64),
-            pb::Kpi::ClvToCacRatio => (ratio(self.predicted_clv, self.cac()), n("new_customers")),
-            pb::Kpi::Unspecified => (0.0, 0),
+            KpiKind::LeadQualityRate => (self.lead_quality_rate, n(Counter::Leads)),
+            KpiKind::NewCustomers => (c.n(Counter::NewCustomers), n(Counter::NewCustomers)),
+            KpiKind::CloseRate => (ratio(c.n(Counter::LeadsWon), c.n(Counter::Leads)), n(Counter::Leads)),
+            KpiKind::Revenue => (units(c.s(Counter::Revenue)), n(Counter::Revenue)),
+            KpiKind::AverageDealSize => (units(self.average_deal_size()), n(Counter::FirstPurchases)),
+            KpiKind::AverageOrderValue => {
+                (units(ratio(c.s(Counter::Revenue), c.n(Counter::Revenue))), n(Counter::Revenue))
+            }
+            KpiKind::TimeToCloseDays => {
+                (self.median_time_to_close.map_or(0.0, |t| t as f64 / DAY as f64), n(Counter::NewCustomers))
+            }
+            KpiKind::Cac => (units(self.cac()), n(Counter::NewCustomers)),
+            KpiKind::ConversionRate => {
+                (ratio(c.n(Counter::NewContactsWon), c.n(Counter::NewContacts)), n(Counter::NewContacts))
+            }
+            KpiKind::ChurnRate => (self.churn_rate, self.customers_at_start as i64),
+            KpiKind::RetentionRate => (self.retention_rate, self.customers_at_start as i64),
+            KpiKind::RepeatPurchaseRate => (self.repeat_purchase_rate, n(Counter::Buyers)),
+            KpiKind::PurchaseFrequency => (self.purchase_frequency, n(Counter::Orders)),
+            KpiKind::Nps => (self.nps(), n(Counter::NpsTotal)),
+            KpiKind::Csat => (self.csat(), n(Counter::CsatTotal)),
+            KpiKind::Ces => (self.ces(), n(Counter::CesTotal)),
+            KpiKind::ReferralRate => (self.referral_rate, self.customers_at_end as i64),
+            KpiKind::CustomerLifetimeValue => (units(self.predicted_clv), self.customers_at_end as i64),
+            KpiKind::ClvToCacRatio => (ratio(self.predicted_clv, self.cac()), n(Counter::NewCustomers)),
         }
     }
 }
@@ -305,7 +340,7 @@ mod tests {
     use super::*;
 
     fn row(name: &str, currency: &str, n: i64, s: i64) -> KpiRow {
-        KpiRow { name: name.into(), currency: currency.into(), group: String::new(), day: 0, n, s: s.into() }
+        KpiRow { name: name.parse().unwrap(), currency: currency.into(), group: String::new(), day: 0, n, s: s.into() }
     }
 
     #[test]
@@ -329,17 +364,17 @@ mod tests {
         assert_eq!(c.currency, "EUR");
         assert_eq!(c.other_currencies, vec!["USD"]);
         let s = Snapshot { c, currency: "EUR".into(), ..Snapshot::default() };
-        assert_eq!(s.kpi(pb::Kpi::CostPerLead).0, 200.0);
-        assert_eq!(s.kpi(pb::Kpi::CloseRate).0, 0.4);
-        assert_eq!(s.kpi(pb::Kpi::Cac).0, 500.0);
-        assert_eq!(s.kpi(pb::Kpi::Revenue).0, 600.0);
-        assert_eq!(s.kpi(pb::Kpi::AverageDealSize).0, 250.0, "first purchases only");
-        assert_eq!(s.kpi(pb::Kpi::AverageOrderValue).0, 200.0);
-        assert_eq!(s.kpi(pb::Kpi::Nps).0, 30.0);
-        assert_eq!(s.kpi(pb::Kpi::Csat).0, 75.0);
-        assert_eq!(s.kpi(pb::Kpi::Ces).0, 4.5);
+        assert_eq!(s.kpi(KpiKind::CostPerLead).0, 200.0);
+        assert_eq!(s.kpi(KpiKind::CloseRate).0, 0.4);
+        assert_eq!(s.kpi(KpiKind::Cac).0, 500.0);
+        assert_eq!(s.kpi(KpiKind::Revenue).0, 600.0);
+        assert_eq!(s.kpi(KpiKind::AverageDealSize).0, 250.0, "first purchases only");
+        assert_eq!(s.kpi(KpiKind::AverageOrderValue).0, 200.0);
+        assert_eq!(s.kpi(KpiKind::Nps).0, 30.0);
+        assert_eq!(s.kpi(KpiKind::Csat).0, 75.0);
+        assert_eq!(s.kpi(KpiKind::Ces).0, 4.5);
         let empty = Snapshot::default();
-        assert_eq!(empty.kpi(pb::Kpi::CloseRate).0, 0.0, "no leads: 0, not NaN");
+        assert_eq!(empty.kpi(KpiKind::CloseRate).0, 0.0, "no leads: 0, not NaN");
         assert_eq!(money(1_500_000.0, "EUR").unwrap().nanos, 500_000_000);
     }
 
@@ -349,15 +384,26 @@ mod tests {
         let one = 1_000_000_000_000_999_999_i64;
         let rows: Vec<KpiRow> = (0..10).map(|_| row("revenue", "EUR", 1, one)).collect();
         let c = Counters::from_rows(&rows);
-        assert_eq!(c.sum("revenue"), 10 * i128::from(one));
-        let m = money_exact(c.sum("revenue"), "EUR").unwrap();
+        assert_eq!(c.sum(Counter::Revenue), 10 * i128::from(one));
+        let m = money_exact(c.sum(Counter::Revenue), "EUR").unwrap();
         assert_eq!((m.units, m.nanos), (10_000_000_000_009, 999_990_000));
-        let avg = money_exact(c.per("revenue", "revenue"), "EUR").unwrap();
+        let avg = money_exact(c.per(Counter::Revenue, Counter::Revenue), "EUR").unwrap();
         assert_eq!((avg.units, avg.nanos), (1_000_000_000_000, 999_999_000));
         assert_eq!(per_count(5, 2), 3);
         assert_eq!(per_count(-5, 2), -3);
         assert_eq!(per_count(7, 0), 0);
         assert_eq!(money_exact(i128::MAX, "EUR").unwrap().units, i64::MAX, "saturates");
         assert_eq!(money(f64::MAX, "EUR").unwrap().units, i64::MAX, "saturates");
+    }
+
+    #[test]
+    fn every_kpi_of_the_api_is_a_kind_and_back() {
+        for k in KpiKind::ALL {
+            assert_eq!(kpi_kind(kpi_pb(k) as i32), Some(k));
+        }
+        let named = (1..100).filter(|n| pb::Kpi::try_from(*n).is_ok()).count();
+        assert_eq!(named, KpiKind::ALL.len(), "every KPI of the proto has a kind");
+        assert_eq!(kpi_kind(pb::Kpi::Unspecified as i32), None);
+        assert_eq!(kpi_kind(999), None);
     }
 }

@@ -19,9 +19,10 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use crate::domain::kpi::{Counter, KpiKind};
 use crate::domain::{self, DAY, Gran, ratio};
-use crate::store::read::{self, Slice, cohorts, funnel};
-use kpi::{ClvModel, Snapshot, money, money_exact};
+use crate::store::read::{self, Group, Slice, cohorts, funnel};
+use kpi::{ClvModel, Snapshot, kpi_kind, kpi_pb, money, money_exact};
 
 /// Default lead-quality threshold (lead score).
 const DEFAULT_LEAD_THRESHOLD: i32 = 50;
@@ -196,36 +197,36 @@ impl MetricsService for MetricsApi {
             if req.lead_quality_threshold == 0 { DEFAULT_LEAD_THRESHOLD } else { req.lead_quality_threshold };
         let tenant = &ctx.tenant;
         let s = Snapshot::load(&self.db, tenant, &slice, threshold).await?;
-        let by_channel = read::kpis(&self.db, tenant, &slice, &["new_contacts"], "channel").await?;
+        let by_channel = read::kpis(&self.db, tenant, &slice, &[Counter::NewContacts], Group::Channel).await?;
         let c = &s.c;
         let cur = s.currency.as_str();
-        let n = |name: &str| c.n(name) as i64;
+        let n = |name: Counter| c.n(name) as i64;
         Ok(Response::new(pb::GetStageMetricsResponse {
             acquisition: Some(pb::AcquisitionMetrics {
-                new_contacts: n("new_contacts"),
-                leads: n("leads"),
-                acquisition_cost: money_exact(c.sum("acquisition_cost"), cur),
-                cost_per_lead: money_exact(c.per("acquisition_cost", "leads"), cur),
+                new_contacts: n(Counter::NewContacts),
+                leads: n(Counter::Leads),
+                acquisition_cost: money_exact(c.sum(Counter::AcquisitionCost), cur),
+                cost_per_lead: money_exact(c.per(Counter::AcquisitionCost, Counter::Leads), cur),
                 lead_quality_rate: s.lead_quality_rate,
                 new_contacts_by_channel: by_channel.into_iter().map(|r| (r.group, r.n)).collect(),
             }),
             conversion: Some(pb::ConversionMetrics {
-                new_customers: n("new_customers"),
-                close_rate: ratio(c.n("leads_won"), c.n("leads")),
-                revenue: money_exact(c.sum("revenue"), cur),
-                average_deal_size: money_exact(c.per("first_purchases", "first_purchases"), cur),
+                new_customers: n(Counter::NewCustomers),
+                close_rate: ratio(c.n(Counter::LeadsWon), c.n(Counter::Leads)),
+                revenue: money_exact(c.sum(Counter::Revenue), cur),
+                average_deal_size: money_exact(c.per(Counter::FirstPurchases, Counter::FirstPurchases), cur),
                 median_time_to_close: s.median_time_to_close.map(duration),
                 p90_time_to_close: s.p90_time_to_close.map(duration),
-                cac: money_exact(c.per("acquisition_cost", "new_customers"), cur),
+                cac: money_exact(c.per(Counter::AcquisitionCost, Counter::NewCustomers), cur),
             }),
             retention: Some(pb::RetentionMetrics {
                 churn_rate: s.churn_rate,
                 retention_rate: s.retention_rate,
                 repeat_purchase_rate: s.repeat_purchase_rate,
                 purchase_frequency: s.purchase_frequency,
-                average_order_value: money_exact(c.per("revenue", "revenue"), cur),
-                dormant: n("dormant"),
-                reactivated: n("reactivated"),
+                average_order_value: money_exact(c.per(Counter::Revenue, Counter::Revenue), cur),
+                dormant: n(Counter::Dormant),
+                reactivated: n(Counter::Reactivated),
                 nps: s.nps(),
                 csat: s.csat(),
                 ces: s.ces(),
@@ -233,9 +234,9 @@ impl MetricsService for MetricsApi {
             }),
             loyalty: Some(pb::LoyaltyMetrics {
                 referral_rate: s.referral_rate,
-                advocates: n("nps_promoters") + n("reviewers"),
-                promoters: n("nps_promoters"),
-                reviewers: n("reviewers"),
+                advocates: n(Counter::NpsPromoters) + n(Counter::Reviewers),
+                promoters: n(Counter::NpsPromoters),
+                reviewers: n(Counter::Reviewers),
                 historical_clv: money_exact(s.historical_clv_micros, cur),
                 predicted_clv: money(s.predicted_clv, cur),
                 clv_to_cac_ratio: ratio(s.predicted_clv, s.cac()),
@@ -254,12 +255,19 @@ impl MetricsService for MetricsApi {
         let mut slice = slice(&ctx.tenant, req.scope.as_ref(), "scope.", &mut v);
         v.finish()?;
         slice.contacts = self.members(&ctx.tenant, req.scope.as_ref(), "scope.segment_filter").await?;
-        let group = if req.by_campaign { "channel,campaign" } else { "channel" };
+        let group = if req.by_campaign { Group::ChannelCampaign } else { Group::Channel };
         let rows = read::kpis(
             &self.db,
             &ctx.tenant,
             &slice,
-            &["new_contacts", "leads", "leads_won", "new_customers", "acquisition_cost", "revenue"],
+            &[
+                Counter::NewContacts,
+                Counter::Leads,
+                Counter::LeadsWon,
+                Counter::NewCustomers,
+                Counter::AcquisitionCost,
+                Counter::Revenue,
+            ],
             group,
         )
         .await?;
@@ -279,14 +287,14 @@ impl MetricsService for MetricsApi {
                 pb::ChannelMetrics {
                     channel,
                     campaign,
-                    new_contacts: c.n("new_contacts") as i64,
-                    leads: c.n("leads") as i64,
-                    customers: c.n("new_customers") as i64,
-                    close_rate: ratio(c.n("leads_won"), c.n("leads")),
-                    acquisition_cost: money_exact(c.sum("acquisition_cost"), cur),
-                    cost_per_lead: money_exact(c.per("acquisition_cost", "leads"), cur),
-                    cac: money_exact(c.per("acquisition_cost", "new_customers"), cur),
-                    revenue: money_exact(c.sum("revenue"), cur),
+                    new_contacts: c.n(Counter::NewContacts) as i64,
+                    leads: c.n(Counter::Leads) as i64,
+                    customers: c.n(Counter::NewCustomers) as i64,
+                    close_rate: ratio(c.n(Counter::LeadsWon), c.n(Counter::Leads)),
+                    acquisition_cost: money_exact(c.sum(Counter::AcquisitionCost), cur),
+                    cost_per_lead: money_exact(c.per(Counter::AcquisitionCost, Counter::Leads), cur),
+                    cac: money_exact(c.per(Counter::AcquisitionCost, Counter::NewCustomers), cur),
+                    revenue: money_exact(c.sum(Counter::Revenue), cur),
                 }
             })
             .collect();
@@ -392,12 +400,19 @@ impl MetricsService for MetricsApi {
         let tenant = &ctx.tenant;
         let start = domain::period_start(slice.start, g);
         let wide = Slice { start, ..slice.clone() };
-        let rows = read::kpis(&self.db, tenant, &wide, &["reactivated", "dormant", "churned"], "day").await?;
+        let rows = read::kpis(
+            &self.db,
+            tenant,
+            &wide,
+            &[Counter::Reactivated, Counter::Dormant, Counter::Churned],
+            Group::Day,
+        )
+        .await?;
         let counts = cohorts::period_counts(&self.db, tenant, &slice, g, start, slice.end).await?;
         let periods = domain::periods(start, slice.end, g)
             .into_iter()
             .map(|p| {
-                let sum = |name: &str| -> i64 {
+                let sum = |name: Counter| -> i64 {
                     rows.iter().filter(|r| r.name == name && domain::period_start(r.day, g) == p).map(|r| r.n).sum()
                 };
                 let (returning, first) = counts.iter().find(|c| c.0 == p).map_or((0, 0), |c| (c.2, c.3));
@@ -405,9 +420,9 @@ impl MetricsService for MetricsApi {
                     period_start_time: Some(timestamp(p)),
                     new: first,
                     returning,
-                    reactivated: sum("reactivated"),
-                    dormant: sum("dormant"),
-                    churned: sum("churned"),
+                    reactivated: sum(Counter::Reactivated),
+                    dormant: sum(Counter::Dormant),
+                    churned: sum(Counter::Churned),
                 }
             })
             .collect();
@@ -505,15 +520,17 @@ impl MetricsService for MetricsApi {
         let mut v = Violations::new();
         let mut slice = slice(&ctx.tenant, req.scope.as_ref(), "scope.", &mut v);
         let g = gran(&mut v, "granularity", req.granularity, Gran::Month, true);
-        let k = pb::Kpi::try_from(req.kpi).unwrap_or_default();
-        if k == pb::Kpi::Unspecified {
-            v.add("kpi", "which KPI (KPI_NEW_CONTACTS, KPI_NPS, …)");
+        const WHICH: &str = "which KPI (KPI_NEW_CONTACTS, KPI_NPS, …)";
+        let k = kpi_kind(req.kpi);
+        if k.is_none() {
+            v.add("kpi", WHICH);
         }
         let periods = domain::periods(slice.start, slice.end, g);
         if periods.len() > 400 {
             v.add("granularity", "at most 400 periods per series; use a coarser granularity");
         }
         v.finish()?;
+        let k = k.ok_or_else(|| Error::invalid("kpi", WHICH))?;
         slice.contacts = self.members(&ctx.tenant, req.scope.as_ref(), "scope.segment_filter").await?;
         let mut points = Vec::with_capacity(periods.len());
         for p in periods {
@@ -532,8 +549,8 @@ impl MetricsService for MetricsApi {
         let req = req.into_inner();
         let mut v = Violations::new();
         let mut slice = slice(&ctx.tenant, req.scope.as_ref(), "scope.", &mut v);
-        let kpis: Vec<pb::Kpi> = req.kpis.iter().map(|k| pb::Kpi::try_from(*k).unwrap_or_default()).collect();
-        if kpis.is_empty() || kpis.len() > 22 || kpis.contains(&pb::Kpi::Unspecified) {
+        let kpis: Vec<KpiKind> = req.kpis.iter().filter_map(|k| kpi_kind(*k)).collect();
+        if kpis.is_empty() || kpis.len() > KpiKind::ALL.len() || kpis.len() != req.kpis.len() {
             v.add("kpis", "1 to 22 KPIs, each specified");
         }
         v.finish()?;
@@ -544,7 +561,7 @@ impl MetricsService for MetricsApi {
         let tenant = ctx.tenant.clone();
         let mut changes = crate::watch::subscribe();
         tokio::spawn(async move {
-            let mut last: HashMap<i32, f64> = HashMap::new();
+            let mut last: HashMap<KpiKind, f64> = HashMap::new();
             loop {
                 let mut s = slice.clone();
                 if follow_end {
@@ -554,10 +571,10 @@ impl MetricsService for MetricsApi {
                     Ok(snap) => {
                         for k in &kpis {
                             let (value, _) = snap.kpi(*k);
-                            if last.get(&(*k as i32)).is_none_or(|old| (old - value).abs() > f64::EPSILON) {
-                                last.insert(*k as i32, value);
+                            if last.get(k).is_none_or(|old| (old - value).abs() > f64::EPSILON) {
+                                last.insert(*k, value);
                                 let msg = pb::WatchKpisResponse {
-                                    kpi: *k as i32,
+                                    kpi: kpi_pb(*k) as i32,
                                     value,
                                     update_time: Some(timestamp(now_micros())),
                                 };
@@ -576,7 +593,7 @@ impl MetricsService for MetricsApi {
                 let wait = async {
                     loop {
                         match changes.recv().await {
-                            Ok(t) if t == tenant.as_str() => return,
+                            Ok(t) if t == tenant => return,
                             Err(tokio::sync::broadcast::error::RecvError::Closed) => {
                                 futures::future::pending::<()>().await;
                             }

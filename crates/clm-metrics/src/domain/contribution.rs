@@ -12,9 +12,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::kpi::Counter;
 use super::{DAY, Gran, bucket, day, period_index, period_start};
 
-pub use super::facts::{Activity, Category, Event, Facts, Key, Role, Survey, Transition};
+pub use super::facts::{Activity, Category, Event, Facts, Key, Money, Role, Survey, Transition};
 
 /// The two meanings of "a customer left", both kept (the lifecycle model's
 /// `churn_excludes_dormancy` picks one):
@@ -51,7 +52,8 @@ pub fn block(at: i64, span: i64) -> i64 {
 pub const ACTIVITY_GRANS: [Gran; 3] = [Gran::Day, Gran::Week, Gran::Month];
 pub const COHORT_GRANS: [Gran; 2] = [Gran::Week, Gran::Month];
 
-/// Aggregate cells: (table, key) → deltas, one per summed column of the table.
+/// Aggregate cells: (table, key) → deltas, one per summed column of the table. A key holds the
+/// table's key columns after `tenant_id` (the store adds the tenant).
 pub type Cells = BTreeMap<(&'static str, Vec<Key>), Vec<i64>>;
 
 /// A contact's first reach of a stage.
@@ -115,7 +117,6 @@ pub struct Contribution {
 
 /// Builds one contact's cells.
 struct Builder<'a> {
-    tenant: &'a str,
     contact: &'a str,
     facts: &'a Facts,
     cells: Cells,
@@ -131,29 +132,26 @@ impl Builder<'_> {
 
     /// A KPI counter on the day of `at`, attributed to the contact's channel and campaign, in
     /// the tenant's aggregate and the contact's own row.
-    fn kpi(&mut self, name: &str, model: &str, at: i64, currency: &str, n: i64, s: i64) {
-        let (t, c, f) = (self.tenant, self.contact, self.facts);
+    fn kpi(&mut self, name: Counter, model: &str, at: i64, currency: &str, n: i64, s: i64) {
+        let (c, f) = (self.contact, self.facts);
         let tail = [
-            Key::from(name),
+            Key::from(name.key()),
             model.into(),
             day(at).into(),
             f.channel.as_str().into(),
             f.campaign.as_str().into(),
             currency.into(),
         ];
-        let mut key = vec![Key::from(t)];
-        key.extend(tail.iter().cloned());
-        self.add("kpi_daily", key, &[n, s]);
-        let mut key = vec![Key::from(t), c.into()];
+        self.add("kpi_daily", tail.to_vec(), &[n, s]);
+        let mut key = vec![Key::from(c)];
         key.extend(tail);
         self.add("contact_kpis", key, &[n, s]);
     }
 
     fn hist(&mut self, model: &str, name: &str, at: i64, took: i64) {
-        let (t, f) = (self.tenant, self.facts);
+        let f = self.facts;
         let b = bucket(took);
         let key = vec![
-            t.into(),
             model.into(),
             name.into(),
             day(at).into(),
@@ -163,16 +161,15 @@ impl Builder<'_> {
         ];
         self.add("time_hist", key, &[1]);
         for span in ROLL_SPANS.into_iter().filter(|s| *s > 1) {
-            let key = vec![t.into(), model.into(), name.into(), span.into(), block(at, span).into(), b.into()];
+            let key = vec![model.into(), name.into(), span.into(), block(at, span).into(), b.into()];
             self.add("time_hist_roll", key, &[1]);
         }
     }
 
     fn funnel(&mut self, model: &str, entry: i64, stage: &str, at: i64) {
-        let (t, f) = (self.tenant, self.facts);
+        let f = self.facts;
         let delay = delay_bucket((at - entry).max(0) / DAY);
         let key = vec![
-            t.into(),
             model.into(),
             day(entry).into(),
             f.channel.as_str().into(),
@@ -182,7 +179,7 @@ impl Builder<'_> {
         ];
         self.add("funnel_cells", key, &[1]);
         for span in ROLL_SPANS {
-            let key = vec![t.into(), model.into(), span.into(), block(entry, span).into(), stage.into(), delay.into()];
+            let key = vec![model.into(), span.into(), block(entry, span).into(), stage.into(), delay.into()];
             self.add("funnel_roll", key, &[1]);
         }
     }
@@ -190,10 +187,9 @@ impl Builder<'_> {
     /// A customer spell from `start` to `end` (open: `None`), with the day of the contact's
     /// first referral (`OPEN`: none), so "customers who referred" is a subset of customers.
     fn spell(&mut self, model: &str, basis: &str, start: i64, end: Option<i64>, referred: Option<i64>) {
-        let (t, c, f) = (self.tenant, self.contact, self.facts);
+        let (c, f) = (self.contact, self.facts);
         let (s, e, r) = (day(start), end.map_or(OPEN, day), referred.map_or(OPEN, day));
         let key = vec![
-            t.into(),
             model.into(),
             basis.into(),
             f.channel.as_str().into(),
@@ -203,26 +199,20 @@ impl Builder<'_> {
             r.into(),
         ];
         self.add("customer_spells", key, &[1]);
-        let key = vec![t.into(), c.into(), model.into(), basis.into(), s.into(), e.into(), r.into()];
+        let key = vec![c.into(), model.into(), basis.into(), s.into(), e.into(), r.into()];
         self.add("contact_spells", key, &[1]);
     }
 }
 
-/// The contribution of contact `contact` of `tenant`.
-pub fn contribution(
-    tenant: &str,
-    contact: &str,
-    facts: &Facts,
-    transitions: &[Transition],
-    events: &[Event],
-) -> Contribution {
-    let mut b = Builder { tenant, contact, facts, cells: Cells::new() };
+/// The contribution of contact `contact` (of the tenant whose ledger this is).
+pub fn contribution(contact: &str, facts: &Facts, transitions: &[Transition], events: &[Event]) -> Contribution {
+    let mut b = Builder { contact, facts, cells: Cells::new() };
     let mut out = Contribution::default();
     // The contact itself.
     if let Some(at) = facts.acquired {
-        b.kpi("new_contacts", "", at, "", 1, 0);
-        if let Some((currency, cost)) = &facts.cost {
-            b.kpi("acquisition_cost", "", at, currency, 1, *cost);
+        b.kpi(Counter::NewContacts, "", at, "", 1, 0);
+        if let Some(Money { currency, micros }) = &facts.cost {
+            b.kpi(Counter::AcquisitionCost, "", at, currency, 1, *micros);
         }
     }
     let mut events: Vec<&Event> = events.iter().collect();
@@ -290,18 +280,18 @@ fn journey(b: &mut Builder<'_>, out: &mut Contribution, model: &str, ts: &[&Tran
             from == Some(Category::Customer) && t.to_category != Category::Customer,
         );
         if into {
-            b.kpi("customers_in", model, t.at, "", 1, 0);
+            b.kpi(Counter::CustomersIn, model, t.at, "", 1, 0);
         }
         if out_of {
-            b.kpi("customers_out", model, t.at, "", 1, 0);
+            b.kpi(Counter::CustomersOut, model, t.at, "", 1, 0);
         }
         match t.to_role {
-            Role::Dormant => b.kpi("dormant", model, t.at, "", 1, 0),
-            Role::Churned => b.kpi("churned", model, t.at, "", 1, 0),
+            Role::Dormant => b.kpi(Counter::Dormant, model, t.at, "", 1, 0),
+            Role::Churned => b.kpi(Counter::Churned, model, t.at, "", 1, 0),
             _ => {}
         }
         if t.reactivation {
-            b.kpi("reactivated", model, t.at, "", 1, 0);
+            b.kpi(Counter::Reactivated, model, t.at, "", 1, 0);
         }
         // Spells of being a customer. `lost`: in the customer category. `churned`: from
         // entering it until a churned stage or a prospect stage; dormancy pauses it.
@@ -331,9 +321,9 @@ fn journey(b: &mut Builder<'_>, out: &mut Contribution, model: &str, ts: &[&Tran
         b.funnel(model, entry, &r.stage, r.first_time);
     }
     if let Some(l) = lead {
-        b.kpi("leads", model, l, "", 1, 0);
+        b.kpi(Counter::Leads, model, l, "", 1, 0);
         if customer.is_some() {
-            b.kpi("leads_won", model, l, "", 1, 0);
+            b.kpi(Counter::LeadsWon, model, l, "", 1, 0);
         }
     }
     let mut close_took = None;
@@ -343,10 +333,10 @@ fn journey(b: &mut Builder<'_>, out: &mut Contribution, model: &str, ts: &[&Tran
         let base = lead.filter(|l| *l < c).or(b.facts.acquired.filter(|a| *a < c)).unwrap_or(c);
         let took = c - base;
         close_took = Some(took);
-        b.kpi("new_customers", model, c, "", 1, took);
+        b.kpi(Counter::NewCustomers, model, c, "", 1, took);
         b.hist(model, "__time_to_close", c, took);
         if let Some(at) = b.facts.acquired {
-            b.kpi("new_contacts_won", model, at, "", 1, 0);
+            b.kpi(Counter::NewContactsWon, model, at, "", 1, 0);
         }
     }
     out.reaches.extend(reaches);
@@ -367,22 +357,22 @@ fn activity(b: &mut Builder<'_>, out: &mut Contribution, events: &[&Event]) {
     let mut by_currency: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
     for e in events {
         match &e.what {
-            Activity::Purchase { amount, currency } => {
-                b.kpi("revenue", "", e.at, currency, 1, *amount);
-                b.kpi("orders", "", e.at, "", 1, 0);
+            Activity::Purchase(Money { currency, micros: amount }) => {
+                b.kpi(Counter::Revenue, "", e.at, currency, 1, *amount);
+                b.kpi(Counter::Orders, "", e.at, "", 1, 0);
                 if c.orders == 0 {
-                    b.kpi("first_purchases", "", e.at, currency, 1, *amount);
-                    b.kpi("buyers", "", e.at, "", 1, 0);
+                    b.kpi(Counter::FirstPurchases, "", e.at, currency, 1, *amount);
+                    b.kpi(Counter::Buyers, "", e.at, "", 1, 0);
                     c.first_purchase = Some(e.at);
                 } else {
-                    b.kpi("repeat_orders", "", e.at, "", 1, 0);
+                    b.kpi(Counter::RepeatOrders, "", e.at, "", 1, 0);
                 }
                 if c.orders == 1 {
-                    b.kpi("repeat_customers", "", e.at, "", 1, 0);
+                    b.kpi(Counter::RepeatCustomers, "", e.at, "", 1, 0);
                 }
                 let cur = by_currency.entry(currency.as_str()).or_default();
                 if cur.0 == 0 {
-                    b.kpi("currency_buyers", "", e.at, currency, 1, 0);
+                    b.kpi(Counter::CurrencyBuyers, "", e.at, currency, 1, 0);
                 }
                 cur.0 += 1;
                 cur.1 = cur.1.saturating_add(*amount);
@@ -390,16 +380,16 @@ fn activity(b: &mut Builder<'_>, out: &mut Contribution, events: &[&Event]) {
                 c.last_purchase = Some(e.at);
             }
             Activity::Referral => {
-                b.kpi("referrals", "", e.at, "", 1, 0);
+                b.kpi(Counter::Referrals, "", e.at, "", 1, 0);
                 if c.referrals == 0 {
-                    b.kpi("referrers", "", e.at, "", 1, 0);
+                    b.kpi(Counter::Referrers, "", e.at, "", 1, 0);
                 }
                 c.referrals += 1;
             }
             Activity::Review => {
-                b.kpi("reviews", "", e.at, "", 1, 0);
+                b.kpi(Counter::Reviews, "", e.at, "", 1, 0);
                 if c.reviews == 0 {
-                    b.kpi("reviewers", "", e.at, "", 1, 0);
+                    b.kpi(Counter::Reviewers, "", e.at, "", 1, 0);
                 }
                 c.reviews += 1;
             }
@@ -407,24 +397,24 @@ fn activity(b: &mut Builder<'_>, out: &mut Contribution, events: &[&Event]) {
                 let s = i64::from(*score);
                 match survey {
                     Survey::Nps => {
-                        b.kpi("nps_total", "", e.at, "", 1, s);
+                        b.kpi(Counter::NpsTotal, "", e.at, "", 1, s);
                         if *score >= 9 {
-                            b.kpi("nps_promoters", "", e.at, "", 1, 0);
+                            b.kpi(Counter::NpsPromoters, "", e.at, "", 1, 0);
                         } else if *score <= 6 {
-                            b.kpi("nps_detractors", "", e.at, "", 1, 0);
+                            b.kpi(Counter::NpsDetractors, "", e.at, "", 1, 0);
                         }
                         c.last_nps = Some(s);
                     }
                     Survey::Csat => {
-                        b.kpi("csat_total", "", e.at, "", 1, s);
+                        b.kpi(Counter::CsatTotal, "", e.at, "", 1, s);
                         if *score >= 4 {
-                            b.kpi("csat_satisfied", "", e.at, "", 1, 0);
+                            b.kpi(Counter::CsatSatisfied, "", e.at, "", 1, 0);
                         }
                     }
                     Survey::Ces => {
-                        b.kpi("ces_total", "", e.at, "", 1, s);
+                        b.kpi(Counter::CesTotal, "", e.at, "", 1, s);
                         if *score >= 5 {
-                            b.kpi("ces_easy", "", e.at, "", 1, 0);
+                            b.kpi(Counter::CesEasy, "", e.at, "", 1, 0);
                         }
                     }
                     Survey::Custom => {}
@@ -446,7 +436,7 @@ fn activity(b: &mut Builder<'_>, out: &mut Contribution, events: &[&Event]) {
         let mut periods: BTreeMap<i64, BTreeMap<&str, (i64, i64)>> = BTreeMap::new();
         for e in events {
             let p = periods.entry(period_start(e.at, g)).or_default();
-            if let Activity::Purchase { amount, currency } = &e.what {
+            if let Activity::Purchase(Money { currency, micros: amount }) = &e.what {
                 let x = p.entry(currency.as_str()).or_default();
                 x.0 += 1;
                 x.1 = x.1.saturating_add(*amount);
@@ -457,7 +447,7 @@ fn activity(b: &mut Builder<'_>, out: &mut Contribution, events: &[&Event]) {
             let previous = period_start(p - 1, g);
             let returning = i64::from(periods.contains_key(&previous));
             let is_first = i64::from(first == Some(*p));
-            b.add("period_counts", vec![b.tenant.into(), g.key().into(), (*p).into()], &[1, returning, is_first]);
+            b.add("period_counts", vec![g.key().into(), (*p).into()], &[1, returning, is_first]);
             if money.is_empty() {
                 out.periods.push(Period { gran: g.key(), period: *p, currency: String::new(), orders: 0, revenue: 0 });
             }
@@ -474,26 +464,21 @@ fn activity(b: &mut Builder<'_>, out: &mut Contribution, events: &[&Event]) {
         // Cohorts by the period of the first purchase.
         let Some(first_purchase) = c.first_purchase.filter(|_| g != Gran::Day) else { continue };
         let cohort = period_start(first_purchase, g);
-        let t = b.tenant;
-        b.add("cohort_sizes", vec![t.into(), g.key().into(), cohort.into()], &[1]);
+        b.add("cohort_sizes", vec![g.key().into(), cohort.into()], &[1]);
         let mut last = None;
         for (p, money) in &periods {
             let idx = period_index(cohort, *p, g);
             if idx < 0 {
                 continue;
             }
-            b.add("cohort_cells", vec![t.into(), g.key().into(), cohort.into(), idx.into()], &[1]);
+            b.add("cohort_cells", vec![g.key().into(), cohort.into(), idx.into()], &[1]);
             for (cur, (_, revenue)) in money {
-                b.add(
-                    "cohort_revenue",
-                    vec![t.into(), g.key().into(), cohort.into(), idx.into(), (*cur).into()],
-                    &[*revenue],
-                );
+                b.add("cohort_revenue", vec![g.key().into(), cohort.into(), idx.into(), (*cur).into()], &[*revenue]);
             }
             last = last.max(Some(idx));
         }
         if let Some(l) = last {
-            b.add("cohort_last", vec![t.into(), g.key().into(), cohort.into(), l.into()], &[1]);
+            b.add("cohort_last", vec![g.key().into(), cohort.into(), l.into()], &[1]);
         }
     }
     if known {
@@ -551,7 +536,7 @@ mod tests {
             t("r", 5, 20, "dormant", "retention", Category::Customer),
             t("c", 0, 5, "", "conversion", Category::Customer),
         ];
-        let c = contribution("acme", "x", &Facts::default(), &all, &[]);
+        let c = contribution("x", &Facts::default(), &all, &[]);
         assert_eq!(c.now[0].stage, "loyalty");
         let mut ts: Vec<&Transition> = all.iter().collect();
         ts.sort_by_key(|t| (t.at, t.seq));
@@ -565,14 +550,13 @@ mod tests {
         let buy = |id: &str, at: i64, cur: &str| Event {
             id: id.into(),
             at,
-            what: Activity::Purchase { amount: 5_000_000, currency: cur.into() },
+            what: Activity::Purchase(Money { currency: cur.into(), micros: 5_000_000 }),
         };
-        let one = contribution("acme", "x", &facts, &[], &[buy("b", 3 * DAY, "EUR")]);
+        let one = contribution("x", &facts, &[], &[buy("b", 3 * DAY, "EUR")]);
         // A backdated purchase in another currency becomes the first; the later one a repeat.
-        let two = contribution("acme", "x", &facts, &[], &[buy("b", 3 * DAY, "EUR"), buy("a", DAY, "USD")]);
+        let two = contribution("x", &facts, &[], &[buy("b", 3 * DAY, "EUR"), buy("a", DAY, "USD")]);
         let kpi = |c: &Contribution, name: &str, at: i64, cur: &str| {
-            let key =
-                vec![Key::from("acme"), name.into(), "".into(), day(at).into(), "web".into(), "".into(), cur.into()];
+            let key = vec![Key::from(name), "".into(), day(at).into(), "web".into(), "".into(), cur.into()];
             c.cells.get(&("kpi_daily", key)).cloned()
         };
         assert_eq!(kpi(&one, "first_purchases", 3 * DAY, "EUR"), Some(vec![1, 5_000_000]));
@@ -583,7 +567,7 @@ mod tests {
         let d = diff(&one.cells, &two.cells);
         let first_eur = d
             .iter()
-            .find(|(t, k, _)| *t == "kpi_daily" && k[1] == Key::from("first_purchases") && k[6] == Key::from("EUR"));
+            .find(|(t, k, _)| *t == "kpi_daily" && k[0] == Key::from("first_purchases") && k[5] == Key::from("EUR"));
         assert_eq!(first_eur.map(|x| x.2.clone()), Some(vec![-1, -5_000_000]), "taken back from the later day");
         assert!(diff(&two.cells, &two.cells).is_empty());
         assert_eq!(two.customer.as_ref().map(|c| (c.orders, c.currency_orders)), Some((2, 1)));

@@ -82,6 +82,24 @@ impl Role {
     }
 }
 
+/// An amount of money: µ-units of a currency (its ISO 4217 code, as the producer checked it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Money {
+    pub currency: String,
+    pub micros: i64,
+}
+
+impl Money {
+    /// From whole units and nanos, as `clm.common.v1.Money` carries them. Producers bound
+    /// amounts to 10^12 units (10^18 µ-units); one from before that bound saturates at the ends
+    /// of i64 rather than wrapping.
+    pub fn from_units(currency: &str, units: i64, nanos: i32) -> Self {
+        let micros = i128::from(units) * 1_000_000 + i128::from(nanos / 1000);
+        let micros = i64::try_from(micros).unwrap_or(if micros < 0 { i64::MIN } else { i64::MAX });
+        Self { currency: currency.to_owned(), micros }
+    }
+}
+
 /// What metrics knows of a contact from contact events.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Facts {
@@ -89,8 +107,8 @@ pub struct Facts {
     pub campaign: String,
     /// Acquisition time (else creation time); `None` before the contact's create event.
     pub acquired: Option<i64>,
-    /// Acquisition cost: (currency, µ-units).
-    pub cost: Option<(String, i64)>,
+    /// Acquisition cost.
+    pub cost: Option<Money>,
 }
 
 impl Default for Facts {
@@ -152,10 +170,7 @@ impl Survey {
 /// What a contact did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Activity {
-    Purchase {
-        amount: i64,
-        currency: String,
-    },
+    Purchase(Money),
     Referral,
     Review,
     /// A complete, scored survey response (NPS 0-10, CSAT 1-5, CES 1-7).
@@ -170,7 +185,7 @@ pub enum Activity {
 impl Activity {
     pub fn kind(&self) -> &'static str {
         match self {
-            Self::Purchase { .. } => "purchase",
+            Self::Purchase(_) => "purchase",
             Self::Referral => "referral",
             Self::Review => "review",
             Self::Score { survey, .. } => survey.key(),
@@ -184,4 +199,17 @@ pub struct Event {
     pub id: String,
     pub at: i64,
     pub what: Activity,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn money_from_units_is_exact_and_saturates() {
+        assert_eq!(Money::from_units("EUR", 12, 340_000_000), Money { currency: "EUR".into(), micros: 12_340_000 });
+        assert_eq!(Money::from_units("EUR", -1, -500_000_000).micros, -1_500_000);
+        assert_eq!(Money::from_units("EUR", i64::MAX, 0).micros, i64::MAX);
+        assert_eq!(Money::from_units("EUR", i64::MIN, 0).micros, i64::MIN);
+    }
 }

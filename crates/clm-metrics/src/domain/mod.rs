@@ -6,6 +6,7 @@ use chrono::{Datelike, Months, NaiveDate, TimeZone, Utc};
 
 pub mod contribution;
 pub mod facts;
+pub mod kpi;
 
 pub const DAY: i64 = 86_400_000_000;
 

@@ -14,12 +14,11 @@ use clm_platform::TenantId;
 use clm_platform::events::inbox::EventHandler;
 use clm_proto::events::v1 as ev;
 use clm_proto::events::v1::event_envelope::Payload;
-use sea_orm::sea_query::OnConflict;
-use sea_orm::{ActiveValue, ColumnTrait, ConnectionTrait as _, DatabaseTransaction, EntityTrait, QueryFilter};
+use sea_orm::DatabaseTransaction;
 use tracing::Instrument as _;
 
-use crate::domain::contribution::{Activity, Category, Event, Role, SPELL_BASES, Survey, Transition};
-use crate::store::contact_facts;
+use crate::domain::contribution::{Activity, Category, Event, Money, Role, SPELL_BASES, Survey, Transition};
+use crate::store::write::facts::{self, ContactFacts, ContactState};
 use crate::store::write::{self, ledger};
 
 /// Durable consumer name on the bus and in the inbox.
@@ -30,92 +29,23 @@ fn micros(ts: Option<&prost_types::Timestamp>) -> Option<i64> {
     ts.and_then(clm_platform::convert::micros)
 }
 
-/// An event's amount in µ-units. Producers bound amounts to 10^12 units (10^18 µ-units); an
-/// event from before that bound saturates at the ends of i64 rather than wrapping.
-fn money(m: Option<&clm_proto::common::v1::Money>) -> (Option<String>, Option<i64>) {
-    match m {
-        Some(m) => {
-            let micros = i128::from(m.units) * 1_000_000 + i128::from(m.nanos / 1000);
-            let micros = i64::try_from(micros).unwrap_or(if micros < 0 { i64::MIN } else { i64::MAX });
-            (Some(m.currency_code.clone()), Some(micros))
-        }
-        None => (None, None),
+/// An event's amount (`Money::from_units`).
+fn money(m: Option<&clm_proto::common::v1::Money>) -> Option<Money> {
+    m.map(|m| Money::from_units(&m.currency_code, m.units, m.nanos))
+}
+
+/// A contact event's facts, as `contact_facts` keeps them.
+fn contact_facts(f: Option<&ev::ContactFacts>) -> ContactFacts {
+    let f = f.cloned().unwrap_or_default();
+    ContactFacts {
+        cost: money(f.acquisition_cost.as_ref()),
+        referred_by: (!f.referred_by_contact_id.is_empty()).then_some(f.referred_by_contact_id),
+        lead_score: f.lead_score,
+        acquire_time: micros(f.acquire_time.as_ref()),
+        acquisition_channel: f.acquisition_channel,
+        campaign: f.campaign,
+        country_code: f.country_code,
     }
-}
-
-fn facts_model(
-    tenant: &str,
-    id: &str,
-    f: &ev::ContactFacts,
-    create_time: i64,
-    state: &str,
-) -> contact_facts::ActiveModel {
-    let (cur, micros_cost) = money(f.acquisition_cost.as_ref());
-    contact_facts::ActiveModel {
-        tenant_id: ActiveValue::Set(tenant.to_owned()),
-        contact_id: ActiveValue::Set(id.to_owned()),
-        acquisition_channel: ActiveValue::Set(f.acquisition_channel.clone()),
-        campaign: ActiveValue::Set(f.campaign.clone()),
-        cost_currency: ActiveValue::Set(cur),
-        cost_micros: ActiveValue::Set(micros_cost),
-        referred_by: ActiveValue::Set((!f.referred_by_contact_id.is_empty()).then(|| f.referred_by_contact_id.clone())),
-        lead_score: ActiveValue::Set(f.lead_score),
-        country_code: ActiveValue::Set(f.country_code.clone()),
-        acquire_time: ActiveValue::Set(micros(f.acquire_time.as_ref())),
-        create_time: ActiveValue::Set(create_time),
-        state: ActiveValue::Set(state.to_owned()),
-        merged_into: ActiveValue::Set(None),
-    }
-}
-
-/// Updates the facts of a contact already known; unknown contacts are ignored (their create
-/// event comes first per aggregate). The batch moves the contact's counts with its facts.
-async fn update_facts(
-    txn: &DatabaseTransaction,
-    tenant: &str,
-    id: &str,
-    f: &ev::ContactFacts,
-) -> clm_platform::Result<()> {
-    let (cur, cost) = money(f.acquisition_cost.as_ref());
-    contact_facts::Entity::update_many()
-        .set(contact_facts::ActiveModel {
-            acquisition_channel: ActiveValue::Set(f.acquisition_channel.clone()),
-            campaign: ActiveValue::Set(f.campaign.clone()),
-            cost_currency: ActiveValue::Set(cur),
-            cost_micros: ActiveValue::Set(cost),
-            referred_by: ActiveValue::Set(
-                (!f.referred_by_contact_id.is_empty()).then(|| f.referred_by_contact_id.clone()),
-            ),
-            lead_score: ActiveValue::Set(f.lead_score),
-            country_code: ActiveValue::Set(f.country_code.clone()),
-            acquire_time: ActiveValue::Set(micros(f.acquire_time.as_ref())),
-            ..Default::default()
-        })
-        .filter(contact_facts::Column::TenantId.eq(tenant))
-        .filter(contact_facts::Column::ContactId.eq(id))
-        .exec(txn)
-        .await?;
-    Ok(())
-}
-
-async fn set_state(
-    txn: &DatabaseTransaction,
-    tenant: &str,
-    ids: &[String],
-    state: &str,
-    merged_into: Option<&str>,
-) -> clm_platform::Result<()> {
-    contact_facts::Entity::update_many()
-        .set(contact_facts::ActiveModel {
-            state: ActiveValue::Set(state.to_owned()),
-            merged_into: ActiveValue::Set(merged_into.map(str::to_owned)),
-            ..Default::default()
-        })
-        .filter(contact_facts::Column::TenantId.eq(tenant))
-        .filter(contact_facts::Column::ContactId.is_in(ids.iter().cloned()))
-        .exec(txn)
-        .await?;
-    Ok(())
 }
 
 /// The contacts an event says something about (whose contribution it may change).
@@ -140,35 +70,28 @@ impl MetricsHandler {
     /// Record what `e` says in the ledger and the contact facts.
     async fn record(&self, txn: &DatabaseTransaction, e: &ev::EventEnvelope) -> clm_platform::Result<()> {
         let Ok(tenant) = TenantId::parse(&e.tenant_id) else { return Ok(()) };
-        let t = tenant.as_str();
         let now = || chrono::Utc::now().timestamp_micros();
         match &e.payload {
             Some(Payload::ContactCreated(c)) => {
-                let f = c.facts.clone().unwrap_or_default();
                 let created = micros(c.create_time.as_ref()).unwrap_or_default();
-                contact_facts::Entity::insert(facts_model(t, &c.contact_id, &f, created, "active"))
-                    .on_conflict(
-                        OnConflict::columns([contact_facts::Column::TenantId, contact_facts::Column::ContactId])
-                            .do_nothing()
-                            .to_owned(),
-                    )
-                    .exec_without_returning(txn)
-                    .await?;
+                facts::insert(txn, &tenant, &c.contact_id, &contact_facts(c.facts.as_ref()), created).await?;
             }
             Some(Payload::ContactUpdated(u)) => {
-                update_facts(txn, t, &u.contact_id, &u.facts.clone().unwrap_or_default()).await?;
+                // The batch moves the contact's counts with its facts.
+                facts::update(txn, &tenant, &u.contact_id, &contact_facts(u.facts.as_ref())).await?;
             }
             Some(Payload::ContactDeleted(d)) => {
-                let state = if d.restored { "active" } else { "deleted" };
-                set_state(txn, t, std::slice::from_ref(&d.contact_id), state, None).await?;
+                let state = if d.restored { ContactState::Active } else { ContactState::Deleted };
+                facts::set_state(txn, &tenant, std::slice::from_ref(&d.contact_id), state, None).await?;
             }
             Some(Payload::ContactMerged(m)) => {
-                update_facts(txn, t, &m.survivor_id, &m.facts.clone().unwrap_or_default()).await?;
-                set_state(txn, t, &m.merged_ids, "merged", Some(&m.survivor_id)).await?;
+                facts::update(txn, &tenant, &m.survivor_id, &contact_facts(m.facts.as_ref())).await?;
+                facts::set_state(txn, &tenant, &m.merged_ids, ContactState::Merged, Some(&m.survivor_id)).await?;
             }
             Some(Payload::ContactErased(x)) => {
                 // The facts hold no personal data; the contact still counts in past periods.
-                set_state(txn, t, std::slice::from_ref(&x.contact_id), "erased", None).await?;
+                let erased = ContactState::Erased;
+                facts::set_state(txn, &tenant, std::slice::from_ref(&x.contact_id), erased, None).await?;
             }
             Some(Payload::StageChanged(s)) => {
                 let Some(at) = micros(s.transition_time.as_ref()) else { return Ok(()) };
@@ -194,7 +117,7 @@ impl MetricsHandler {
                     };
                     ledger::put_transition(txn, &tenant, &s.contact_id, &tr).await?;
                 }
-                crate::watch::touched(t);
+                crate::watch::touched(&tenant);
             }
             Some(Payload::JourneyEventRecorded(j)) => {
                 let Some(at) = micros(j.occur_time.as_ref()) else { return Ok(()) };
@@ -206,17 +129,14 @@ impl MetricsHandler {
                     {
                         return Ok(());
                     }
-                    ev::JourneyEventKind::Purchase => {
-                        let (cur, amount) = money(j.amount.as_ref());
-                        Activity::Purchase { amount: amount.unwrap_or(0), currency: cur.unwrap_or_default() }
-                    }
+                    ev::JourneyEventKind::Purchase => Activity::Purchase(money(j.amount.as_ref()).unwrap_or_default()),
                     ev::JourneyEventKind::Referral => Activity::Referral,
                     ev::JourneyEventKind::Review => Activity::Review,
                     _ => Activity::Other,
                 };
                 let event = Event { id: j.journey_event_id.clone(), at, what };
                 ledger::put_event(txn, &tenant, &j.contact_id, &event).await?;
-                crate::watch::touched(t);
+                crate::watch::touched(&tenant);
             }
             Some(Payload::ResponseSubmitted(r)) if r.complete => {
                 // A complete answer is activity; a scored NPS, CSAT or CES one is also a score.
@@ -234,13 +154,13 @@ impl MetricsHandler {
                 };
                 let event = Event { id: format!("response:{}", r.response_id), at, what };
                 ledger::put_event(txn, &tenant, &r.contact_id, &event).await?;
-                crate::watch::touched(t);
+                crate::watch::touched(&tenant);
             }
             Some(Payload::ReviewRecorded(r)) => {
                 let at = micros(r.create_time.as_ref()).unwrap_or_else(now);
                 let event = Event { id: format!("review:{}", r.review_id), at, what: Activity::Review };
                 ledger::put_event(txn, &tenant, &r.contact_id, &event).await?;
-                crate::watch::touched(t);
+                crate::watch::touched(&tenant);
             }
             _ => {}
         }
@@ -276,7 +196,7 @@ impl MetricsHandler {
 
 #[async_trait]
 impl EventHandler for MetricsHandler {
-    async fn handle(&self, txn: &DatabaseTransaction, e: &ev::EventEnvelope) -> clm_platform::Result<()> {
+    async fn handle(&self, txn: &clm_platform::events::UnitOfWork, e: &ev::EventEnvelope) -> clm_platform::Result<()> {
         self.apply(txn, &[e], &|_| tracing::Span::current()).await
     }
 
@@ -284,7 +204,7 @@ impl EventHandler for MetricsHandler {
     /// (`store::counters`).
     async fn handle_batch(
         &self,
-        txn: &DatabaseTransaction,
+        txn: &clm_platform::events::UnitOfWork,
         events: &[&ev::EventEnvelope],
         span: &(dyn for<'e> Fn(&'e ev::EventEnvelope) -> tracing::Span + Send + Sync),
     ) -> clm_platform::Result<()> {
@@ -292,11 +212,7 @@ impl EventHandler for MetricsHandler {
     }
 
     async fn reset(&self, txn: &DatabaseTransaction) -> clm_platform::Result<()> {
-        contact_facts::Entity::delete_many().exec(txn).await?;
-        for t in crate::store::migrations::READ_MODEL_TABLES {
-            txn.execute_unprepared(&format!("DELETE FROM {t}")).await?;
-        }
-        Ok(())
+        write::clear(txn).await
     }
 }
 

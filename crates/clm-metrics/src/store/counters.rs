@@ -1,6 +1,6 @@
 //! The read model's additive counters (the `n`, `s`, … columns of the aggregate tables).
 //!
-//! [`add`] adds deltas to one row (an upsert). Inside [`deferred`] — a consumer's batch — the
+//! [`add`] adds deltas to one row of a tenant (an upsert). Inside [`deferred`] — a consumer's batch — the
 //! deltas are summed in memory per row instead and written when the batch ends, as one
 //! multi-row upsert per table in the batch's transaction: a batch of 100 events touching the
 //! same day's KPIs writes each counter row once, not once per event. Nothing the handlers
@@ -9,10 +9,12 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
-use clm_platform::Result;
+use clm_platform::{Result, TenantId};
 use sea_orm::{ConnectionTrait, Value};
 
-/// An aggregate table: its key columns and the columns deltas are added to.
+use super::sql::{Sql, exec};
+
+/// An aggregate table: its key columns (`tenant_id` first) and the columns deltas are added to.
 #[derive(Debug)]
 pub struct Table {
     pub name: &'static str,
@@ -86,8 +88,8 @@ fn value(k: &Key) -> Value {
     }
 }
 
-/// Rows waiting for the end of the batch: (table, key) → deltas.
-type Pending = BTreeMap<(&'static str, Vec<Key>), Vec<i64>>;
+/// Rows waiting for the end of the batch: (table, tenant, key) → deltas.
+type Pending = BTreeMap<(&'static str, TenantId, Vec<Key>), Vec<i64>>;
 
 tokio::task_local! {
     static PENDING: RefCell<Pending>;
@@ -96,41 +98,50 @@ tokio::task_local! {
 /// Most bound parameters one statement carries (SQLite allows 32,766, PostgreSQL 65,535).
 const MAX_PARAMS: usize = 30_000;
 
-/// Add `deltas` (one per `t.sums` column) to the row `key` (one value per `t.keys` column).
-pub async fn add(db: &impl ConnectionTrait, t: &'static Table, key: Vec<Key>, deltas: &[i64]) -> Result<()> {
-    debug_assert_eq!(key.len(), t.keys.len(), "{}: key", t.name);
+/// Add `deltas` (one per `t.sums` column) to the row of `tenant` at `key` (one value per
+/// `t.keys` column after `tenant_id`).
+pub async fn add(
+    db: &impl ConnectionTrait,
+    tenant: &TenantId,
+    t: &'static Table,
+    key: Vec<Key>,
+    deltas: &[i64],
+) -> Result<()> {
+    debug_assert_eq!(key.len() + 1, t.keys.len(), "{}: key", t.name);
     debug_assert_eq!(deltas.len(), t.sums.len(), "{}: deltas", t.name);
     if PENDING.try_with(|_| ()).is_ok() {
         PENDING.with(|p| {
             let mut p = p.borrow_mut();
-            let sums = p.entry((t.name, key)).or_insert_with(|| vec![0; deltas.len()]);
+            let sums = p.entry((t.name, tenant.clone(), key)).or_insert_with(|| vec![0; deltas.len()]);
             for (sum, d) in sums.iter_mut().zip(deltas) {
                 *sum = sum.saturating_add(*d);
             }
         });
         return Ok(());
     }
-    upsert(db, t, &[(key, deltas.to_vec())]).await
+    upsert(db, tenant, t, &[(key, deltas.to_vec())]).await
 }
 
 /// Run `work` with the counters it adds held back, then write them (one multi-row upsert per
-/// table and chunk), all on `db` — the batch's transaction.
+/// table, tenant and chunk), all on `db` — the batch's transaction.
 pub async fn deferred<T>(db: &impl ConnectionTrait, work: impl Future<Output = Result<T>>) -> Result<T> {
     PENDING
         .scope(RefCell::new(Pending::new()), async {
             let out = work.await?;
             let pending = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
             let mut rows: Vec<(Vec<Key>, Vec<i64>)> = Vec::new();
-            let mut table: Option<&'static Table> = None;
-            for ((name, key), sums) in pending {
-                if table.is_some_and(|t| t.name != name) {
-                    upsert(db, table.expect("checked"), &std::mem::take(&mut rows)).await?;
+            let mut at: Option<(&'static Table, TenantId)> = None;
+            for ((name, tenant, key), sums) in pending {
+                if let Some((t, was)) = &at
+                    && (t.name != name || *was != tenant)
+                {
+                    upsert(db, was, t, &std::mem::take(&mut rows)).await?;
                 }
-                table = Some(by_name(name));
+                at = Some((by_name(name), tenant));
                 rows.push((key, sums));
             }
-            if let Some(t) = table {
-                upsert(db, t, &rows).await?;
+            if let Some((t, tenant)) = at {
+                upsert(db, &tenant, t, &rows).await?;
             }
             Ok(out)
         })
@@ -180,26 +191,18 @@ pub fn saturating_sum(table: &str, col: &str) -> String {
 }
 
 /// `INSERT … VALUES (…), (…) ON CONFLICT (keys) DO UPDATE SET sum = table.sum + excluded.sum`
-/// (saturating: [`saturating_sum`]), in chunks under the parameter limit (each key appears
-/// once: rows are summed per key).
-async fn upsert(db: &impl ConnectionTrait, t: &Table, rows: &[(Vec<Key>, Vec<i64>)]) -> Result<()> {
+/// (saturating: [`saturating_sum`]) for rows of `tenant`, in chunks under the parameter limit
+/// (each key appears once: rows are summed per key).
+async fn upsert(db: &impl ConnectionTrait, tenant: &TenantId, t: &Table, rows: &[(Vec<Key>, Vec<i64>)]) -> Result<()> {
+    debug_assert_eq!(t.keys.first(), Some(&"tenant_id"), "{}: tenant first", t.name);
     let width = t.keys.len() + t.sums.len();
-    let cols = t.keys.iter().chain(t.sums).copied().collect::<Vec<_>>().join(", ");
-    let tuple = format!("({})", vec!["?"; width].join(", "));
+    let cols: Vec<&str> = t.keys.iter().skip(1).chain(t.sums).copied().collect();
     let set = t.sums.iter().map(|c| format!("{c} = {}", saturating_sum(t.name, c))).collect::<Vec<_>>().join(", ");
+    let conflict = format!(" ON CONFLICT ({}) DO UPDATE SET {set}", t.keys.join(", "));
     for chunk in rows.chunks((MAX_PARAMS / width).max(1)) {
-        let mut vals = Vec::with_capacity(chunk.len() * width);
-        for (key, sums) in chunk {
-            vals.extend(key.iter().map(value));
-            vals.extend(sums.iter().map(|s| Value::from(*s)));
-        }
-        let sql = format!(
-            "INSERT INTO {} ({cols}) VALUES {} ON CONFLICT ({}) DO UPDATE SET {set}",
-            t.name,
-            vec![tuple.as_str(); chunk.len()].join(", "),
-            t.keys.join(", ")
-        );
-        super::sql::exec(db, &sql, vals).await?;
+        let values =
+            chunk.iter().map(|(key, sums)| key.iter().map(value).chain(sums.iter().map(|s| Value::from(*s))).collect());
+        exec(db, Sql::insert(tenant, t.name, &cols, values).then(&conflict, [])).await?;
     }
     Ok(())
 }

@@ -1,9 +1,9 @@
 //! Goals as stored: the tenant's own data (not rebuilt by a replay).
 
 use clm_platform::{Result, TenantId};
-use sea_orm::{ConnectionTrait, QueryResult, Value};
+use sea_orm::{ConnectionTrait, QueryResult};
 
-use super::sql::{exec, one, rows};
+use super::sql::{Sql, exec, one, rows, v};
 
 /// One goal row; `scope` is the encoded `clm.metrics.v1.MetricsScope`.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,10 +20,6 @@ pub struct GoalRecord {
     pub version: i64,
     pub create_time: i64,
     pub update_time: i64,
-}
-
-fn v<T: Into<Value>>(x: T) -> Value {
-    x.into()
 }
 
 fn from_row(r: &QueryResult) -> Result<GoalRecord> {
@@ -52,36 +48,40 @@ fn scope_text(g: &GoalRecord) -> String {
 }
 
 pub async fn insert(db: &impl ConnectionTrait, tenant: &TenantId, g: &GoalRecord) -> Result<()> {
-    exec(
-        db,
-        "INSERT INTO goals (id, tenant_id, display_name, kpi, scope, stage_key, target, direction, period, tolerance, version, create_time, update_time) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        vec![
-            v(g.id.as_str()),
-            v(tenant.as_str()),
-            v(g.display_name.as_str()),
-            v(i64::from(g.kpi)),
-            v(scope_text(g)),
-            v(g.stage_key.as_str()),
-            v(g.target),
-            v(i64::from(g.direction)),
-            v(i64::from(g.period)),
-            v(g.tolerance),
-            v(g.version),
-            v(g.create_time),
-            v(g.update_time),
-        ],
-    )
-    .await?;
+    let cols = [
+        "id",
+        "display_name",
+        "kpi",
+        "scope",
+        "stage_key",
+        "target",
+        "direction",
+        "period",
+        "tolerance",
+        "version",
+        "create_time",
+        "update_time",
+    ];
+    let row = vec![
+        v(g.id.as_str()),
+        v(g.display_name.as_str()),
+        v(i64::from(g.kpi)),
+        v(scope_text(g)),
+        v(g.stage_key.as_str()),
+        v(g.target),
+        v(i64::from(g.direction)),
+        v(i64::from(g.period)),
+        v(g.tolerance),
+        v(g.version),
+        v(g.create_time),
+        v(g.update_time),
+    ];
+    exec(db, Sql::insert(tenant, "goals", &cols, [row])).await?;
     Ok(())
 }
 
 pub async fn get(db: &impl ConnectionTrait, tenant: &TenantId, id: &str) -> Result<Option<GoalRecord>> {
-    one(db, "SELECT * FROM goals WHERE tenant_id = ? AND id = ?", vec![v(tenant.as_str()), v(id)])
-        .await?
-        .as_ref()
-        .map(from_row)
-        .transpose()
+    one(db, Sql::select(tenant, "*", "goals").and("id = ?", [v(id)])).await?.as_ref().map(from_row).transpose()
 }
 
 /// A page after `after` (create time, id), oldest first; `limit + 1` rows to detect more.
@@ -92,24 +92,20 @@ pub async fn list(
     limit: u64,
 ) -> Result<Vec<GoalRecord>> {
     let (t, id) = after.cloned().unwrap_or((i64::MIN, String::new()));
-    rows(
-        db,
-        "SELECT * FROM goals WHERE tenant_id = ? AND (create_time > ? OR (create_time = ? AND id > ?)) ORDER BY create_time, id LIMIT ?",
-        vec![v(tenant.as_str()), v(t), v(t), v(id), v(i64::try_from(limit + 1).unwrap_or(i64::MAX))],
-    )
-    .await?
-    .iter()
-    .map(from_row)
-    .collect()
+    let q = Sql::select(tenant, "*", "goals")
+        .and("(create_time > ? OR (create_time = ? AND id > ?))", [v(t), v(t), v(id)])
+        .then(" ORDER BY create_time, id LIMIT ?", [v(i64::try_from(limit + 1).unwrap_or(i64::MAX))]);
+    rows(db, q).await?.iter().map(from_row).collect()
 }
 
 /// Write `g` (its version already bumped) if the stored version is still `expected`.
 pub async fn update(db: &impl ConnectionTrait, tenant: &TenantId, g: &GoalRecord, expected: i64) -> Result<bool> {
-    let n = exec(
-        db,
-        "UPDATE goals SET display_name = ?, kpi = ?, scope = ?, stage_key = ?, target = ?, direction = ?, period = ?, \
-         tolerance = ?, version = ?, update_time = ? WHERE tenant_id = ? AND id = ? AND version = ?",
-        vec![
+    let q = Sql::update(
+        tenant,
+        "goals",
+        "display_name = ?, kpi = ?, scope = ?, stage_key = ?, target = ?, direction = ?, period = ?, \
+         tolerance = ?, version = ?, update_time = ?",
+        [
             v(g.display_name.as_str()),
             v(i64::from(g.kpi)),
             v(scope_text(g)),
@@ -120,21 +116,14 @@ pub async fn update(db: &impl ConnectionTrait, tenant: &TenantId, g: &GoalRecord
             v(g.tolerance),
             v(g.version),
             v(g.update_time),
-            v(tenant.as_str()),
-            v(g.id.as_str()),
-            v(expected),
         ],
     )
-    .await?;
+    .and("id = ? AND version = ?", [v(g.id.as_str()), v(expected)]);
+    let n = exec(db, q).await?;
     Ok(n == 1)
 }
 
 pub async fn delete(db: &impl ConnectionTrait, tenant: &TenantId, id: &str, expected: i64) -> Result<bool> {
-    Ok(exec(
-        db,
-        "DELETE FROM goals WHERE tenant_id = ? AND id = ? AND version = ?",
-        vec![v(tenant.as_str()), v(id), v(expected)],
-    )
-    .await?
-        == 1)
+    let q = Sql::delete(tenant, "goals").and("id = ? AND version = ?", [v(id), v(expected)]);
+    Ok(exec(db, q).await? == 1)
 }

@@ -120,7 +120,8 @@ async fn apply_together(
     envs: &[EventEnvelope],
     handler: &dyn EventHandler,
 ) -> anyhow::Result<Vec<Verdict>> {
-    let txn = crate::db::begin_write(db).await?;
+    // A unit of work: what the handler appends to its own outbox is published on commit.
+    let txn = super::work::UnitOfWork::begin(db).await?;
     crate::db::advisory_lock(&txn, &format!("consumer:{}", spec.name)).await?;
     // One inbox read, one positions read and one write of each for the batch.
     let ids: Vec<&str> = envs.iter().map(|e| e.event_id.as_str()).collect();

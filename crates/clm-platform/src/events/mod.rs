@@ -3,8 +3,8 @@
 //! applied by consumers through their **inbox** exactly once in effect.
 //!
 //! ```text
-//! request ─▶ handler ─┬─ UPDATE contacts …         ┐ one transaction
-//!                     └─ INSERT outbox (envelope)  ┘
+//! request ─▶ handler ─┬─ UPDATE contacts …         ┐ one transaction (a UnitOfWork)
+//!                     └─ INSERT outbox (envelope)  ┘ commit → wake the relay
 //!            relay ──▶ bus (JetStream | durable log) ──▶ consumer ─┬─ INSERT inbox (event id) ┐ one
 //!                                                                  └─ apply to read model     ┘ txn
 //! ```
@@ -26,6 +26,8 @@ pub mod ordering;
 pub mod outbox;
 pub mod prune;
 pub mod transport;
+pub mod work;
 
 pub use bus::{Delivery, EventBus};
 pub use envelope::{SCHEMA_VERSION, envelope, payload_name, service_subjects, subject};
+pub use work::UnitOfWork;

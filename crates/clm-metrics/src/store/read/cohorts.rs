@@ -5,9 +5,9 @@ use std::collections::{BTreeMap, HashMap};
 use clm_platform::{Result, TenantId};
 use sea_orm::ConnectionTrait;
 
-use super::{Slice, push_in};
+use super::Slice;
 use crate::domain::{self, Gran};
-use crate::store::sql::{rows, v};
+use crate::store::sql::{Sql, rows, v};
 
 /// A cohort matrix: sizes (cohort, n); active members (cohort, idx, n); revenue (cohort, idx,
 /// currency, µ-units); members by their last active period (cohort, last idx, n).
@@ -31,43 +31,33 @@ pub async fn cohorts(
     if slice.contacts.is_some() {
         return cohorts_of_members(db, tenant, slice, g, start, end).await;
     }
-    let base = vec![v(tenant.as_str()), v(g.key()), v(start), v(end)];
-    let sizes = rows(
-        db,
-        "SELECT cohort, n FROM cohort_sizes WHERE tenant_id = ? AND gran = ? AND cohort >= ? AND cohort < ? AND n > 0 ORDER BY cohort",
-        base.clone(),
-    )
-    .await?
-    .into_iter()
-    .map(|r| Ok((r.try_get("", "cohort")?, r.try_get("", "n")?)))
-    .collect::<Result<Vec<_>>>()?;
-    let cells = rows(
-        db,
-        "SELECT cohort, idx, n FROM cohort_cells WHERE tenant_id = ? AND gran = ? AND cohort >= ? AND cohort < ? AND n <> 0",
-        base.clone(),
-    )
-    .await?
-    .into_iter()
-    .map(|r| Ok((r.try_get("", "cohort")?, r.try_get("", "idx")?, r.try_get("", "n")?)))
-    .collect::<Result<Vec<_>>>()?;
-    let revenue = rows(
-        db,
-        "SELECT cohort, idx, currency, revenue FROM cohort_revenue WHERE tenant_id = ? AND gran = ? AND cohort >= ? AND cohort < ? AND revenue <> 0",
-        base.clone(),
-    )
-    .await?
-    .into_iter()
-    .map(|r| Ok((r.try_get("", "cohort")?, r.try_get("", "idx")?, r.try_get("", "currency")?, r.try_get("", "revenue")?)))
-    .collect::<Result<Vec<_>>>()?;
-    let last = rows(
-        db,
-        "SELECT cohort, last_idx, n FROM cohort_last WHERE tenant_id = ? AND gran = ? AND cohort >= ? AND cohort < ? AND n <> 0",
-        base,
-    )
-    .await?
-    .into_iter()
-    .map(|r| Ok((r.try_get("", "cohort")?, r.try_get("", "last_idx")?, r.try_get("", "n")?)))
-    .collect::<Result<Vec<_>>>()?;
+    let q = |cols: &str, table: &str, nonzero: &str| {
+        Sql::select(tenant, cols, table)
+            .and("gran = ? AND cohort >= ? AND cohort < ?", [v(g.key()), v(start), v(end)])
+            .and(nonzero, [])
+    };
+    let sizes = rows(db, q("cohort, n", "cohort_sizes", "n > 0").then(" ORDER BY cohort", []))
+        .await?
+        .into_iter()
+        .map(|r| Ok((r.try_get("", "cohort")?, r.try_get("", "n")?)))
+        .collect::<Result<Vec<_>>>()?;
+    let cells = rows(db, q("cohort, idx, n", "cohort_cells", "n <> 0"))
+        .await?
+        .into_iter()
+        .map(|r| Ok((r.try_get("", "cohort")?, r.try_get("", "idx")?, r.try_get("", "n")?)))
+        .collect::<Result<Vec<_>>>()?;
+    let revenue = rows(db, q("cohort, idx, currency, revenue", "cohort_revenue", "revenue <> 0"))
+        .await?
+        .into_iter()
+        .map(|r| {
+            Ok((r.try_get("", "cohort")?, r.try_get("", "idx")?, r.try_get("", "currency")?, r.try_get("", "revenue")?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let last = rows(db, q("cohort, last_idx, n", "cohort_last", "n <> 0"))
+        .await?
+        .into_iter()
+        .map(|r| Ok((r.try_get("", "cohort")?, r.try_get("", "last_idx")?, r.try_get("", "n")?)))
+        .collect::<Result<Vec<_>>>()?;
     Ok(Cohorts { sizes, cells, revenue, last })
 }
 
@@ -81,13 +71,11 @@ async fn member_periods(
     g: Gran,
     ids: Option<&[String]>,
 ) -> Result<HashMap<String, Periods>> {
-    let mut sql =
-        "SELECT contact_id, period, currency, orders, revenue FROM contact_periods WHERE tenant_id = ? AND gran = ?"
-            .to_owned();
-    let mut vals = vec![v(tenant.as_str()), v(g.key())];
-    push_in(&mut sql, &mut vals, "contact_id", ids);
+    let q = Sql::select(tenant, "contact_id, period, currency, orders, revenue", "contact_periods")
+        .and("gran = ?", [v(g.key())])
+        .and_in("contact_id", ids);
     let mut out: HashMap<String, Periods> = HashMap::new();
-    for r in rows(db, &sql, vals).await? {
+    for r in rows(db, q).await? {
         out.entry(r.try_get("", "contact_id")?).or_default().entry(r.try_get("", "period")?).or_default().push((
             r.try_get("", "currency")?,
             r.try_get("", "orders")?,
@@ -111,12 +99,10 @@ async fn cohorts_of_members(
     let mut revenue: BTreeMap<(i64, i64, String), i64> = BTreeMap::new();
     let mut last: BTreeMap<(i64, i64), i64> = BTreeMap::new();
     for ids in slice.chunks() {
-        let mut sql =
-            "SELECT contact_id, first_purchase FROM customer_facts WHERE tenant_id = ? AND first_purchase IS NOT NULL"
-                .to_owned();
-        let mut vals = vec![v(tenant.as_str())];
-        push_in(&mut sql, &mut vals, "contact_id", ids);
-        let firsts = rows(db, &sql, vals).await?;
+        let q = Sql::select(tenant, "contact_id, first_purchase", "customer_facts")
+            .and("first_purchase IS NOT NULL", [])
+            .and_in("contact_id", ids);
+        let firsts = rows(db, q).await?;
         let periods = member_periods(db, tenant, g, ids).await?;
         for r in firsts {
             let contact: String = r.try_get("", "contact_id")?;
@@ -161,17 +147,21 @@ pub async fn period_counts(
     end: i64,
 ) -> Result<Vec<(i64, i64, i64, i64)>> {
     if slice.contacts.is_none() {
-        return rows(
-            db,
-            "SELECT period, active, returners, firsts FROM period_counts WHERE tenant_id = ? AND gran = ? AND period >= ? AND period < ? ORDER BY period",
-            vec![v(tenant.as_str()), v(g.key()), v(start), v(end)],
-        )
-        .await?
-        .into_iter()
-        .map(|r| {
-            Ok((r.try_get("", "period")?, r.try_get("", "active")?, r.try_get("", "returners")?, r.try_get("", "firsts")?))
-        })
-        .collect();
+        let q = Sql::select(tenant, "period, active, returners, firsts", "period_counts")
+            .and("gran = ? AND period >= ? AND period < ?", [v(g.key()), v(start), v(end)])
+            .then(" ORDER BY period", []);
+        return rows(db, q)
+            .await?
+            .into_iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("", "period")?,
+                    r.try_get("", "active")?,
+                    r.try_get("", "returners")?,
+                    r.try_get("", "firsts")?,
+                ))
+            })
+            .collect();
     }
     let mut counts: BTreeMap<i64, (i64, i64, i64)> = BTreeMap::new();
     for ids in slice.chunks() {

@@ -4,10 +4,10 @@
 use clm_platform::{Result, TenantId};
 use sea_orm::{ConnectionTrait, Value};
 
-use super::{Slice, push_in};
+use super::Slice;
 use crate::domain::contribution::{ROLL_SPANS, delay_bucket};
 use crate::domain::{self};
-use crate::store::sql::{rows, v};
+use crate::store::sql::{Sql, rows, v};
 
 /// The blocks that cover the days [lo, hi) exactly (both day starts): (span, first block,
 /// end), where rows of `span` days starting in [first, end) tile the part they cover; each
@@ -42,14 +42,9 @@ pub fn cover(lo: i64, hi: i64) -> Vec<(i64, i64, i64)> {
 
 /// ` AND (<span_col> = ? AND <day_col> >= ? AND <day_col> < ? OR …)` for the parts of a cover
 /// (`span_col` `None`: a table of single days, given only the one-day parts).
-fn push_cover(
-    sql: &mut String,
-    vals: &mut Vec<Value>,
-    parts: &[(i64, i64, i64)],
-    day_col: &str,
-    span_col: Option<&str>,
-) {
-    sql.push_str(" AND (");
+fn and_cover(q: Sql, parts: &[(i64, i64, i64)], day_col: &str, span_col: Option<&str>) -> Sql {
+    let mut sql = String::from("(");
+    let mut vals: Vec<Value> = Vec::new();
     for (i, (span, from, to)) in parts.iter().enumerate() {
         if i > 0 {
             sql.push_str(" OR ");
@@ -68,6 +63,7 @@ fn push_cover(
         vals.push(v(*to));
     }
     sql.push(')');
+    q.and(&sql, vals)
 }
 
 /// The funnel of the contacts who entered the model in the slice: per stage, how many reached
@@ -85,24 +81,19 @@ pub async fn funnel(
     if lo >= hi {
         return Ok(Vec::new());
     }
-    let (mut sql, vals) = if slice.channel.is_none() && slice.campaign.is_none() {
+    let cols = "stage_key, CAST(SUM(n) AS BIGINT) AS n";
+    let q = if slice.channel.is_none() && slice.campaign.is_none() {
         // Every channel and campaign: the roll-up's blocks.
-        let mut sql = "SELECT stage_key, CAST(SUM(n) AS BIGINT) AS n FROM funnel_roll \
-                       WHERE tenant_id = ? AND model_id = ? AND delay_days <= ?"
-            .to_owned();
-        let mut vals = vec![v(tenant.as_str()), v(slice.model.as_str()), v(window_days)];
-        push_cover(&mut sql, &mut vals, &cover(lo, hi), "cohort_day", Some("span_days"));
-        (sql, vals)
+        let q = Sql::select(tenant, cols, "funnel_roll")
+            .and("model_id = ? AND delay_days <= ?", [v(slice.model.as_str()), v(window_days)]);
+        and_cover(q, &cover(lo, hi), "cohort_day", Some("span_days"))
     } else {
-        let mut sql = "SELECT stage_key, CAST(SUM(n) AS BIGINT) AS n FROM funnel_cells WHERE tenant_id = ? \
-                       AND model_id = ? AND cohort_day >= ? AND cohort_day < ? AND delay_days <= ?"
-            .to_owned();
-        let mut vals = vec![v(tenant.as_str()), v(slice.model.as_str()), v(lo), v(hi), v(window_days)];
-        slice.filters("", &mut sql, &mut vals);
-        (sql, vals)
+        slice.filters(Sql::select(tenant, cols, "funnel_cells").and(
+            "model_id = ? AND cohort_day >= ? AND cohort_day < ? AND delay_days <= ?",
+            [v(slice.model.as_str()), v(lo), v(hi), v(window_days)],
+        ))
     };
-    sql.push_str(" GROUP BY stage_key");
-    rows(db, &sql, vals)
+    rows(db, q.then(" GROUP BY stage_key", []))
         .await?
         .into_iter()
         .map(|r| Ok((r.try_get("", "stage_key")?, r.try_get::<Option<i64>>("", "n")?.unwrap_or(0))))
@@ -119,15 +110,12 @@ async fn funnel_of_members(
 ) -> Result<Vec<(String, i64)>> {
     let mut counts: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
     for ids in slice.chunks() {
-        let mut sql = "SELECT r.contact_id, r.stage_key, r.first_time FROM stage_reach r \
-             LEFT JOIN contact_facts f ON f.tenant_id = r.tenant_id AND f.contact_id = r.contact_id \
-             WHERE r.tenant_id = ? AND r.model_id = ?"
-            .to_owned();
-        let mut vals = vec![v(tenant.as_str()), v(slice.model.as_str())];
-        slice.fact_filters(&mut sql, &mut vals);
-        push_in(&mut sql, &mut vals, "r.contact_id", ids);
+        let q = Sql::select(tenant, "r.contact_id, r.stage_key, r.first_time", "stage_reach r")
+            .left_join("contact_facts f", "f.contact_id = r.contact_id")
+            .and("r.model_id = ?", [v(slice.model.as_str())]);
+        let q = slice.fact_filters(q).and_in("r.contact_id", ids);
         let mut reaches: std::collections::HashMap<String, Vec<(String, i64)>> = std::collections::HashMap::new();
-        for r in rows(db, &sql, vals).await? {
+        for r in rows(db, q).await? {
             reaches
                 .entry(r.try_get("", "contact_id")?)
                 .or_default()
@@ -175,13 +163,9 @@ pub async fn histograms(
         }
         if slice.channel.is_some() || slice.campaign.is_some() {
             // A channel or campaign: the day cells, which carry them.
-            let mut sql = "SELECT name, bucket, CAST(SUM(n) AS BIGINT) AS n FROM time_hist \
-                           WHERE tenant_id = ? AND model_id = ? AND day >= ? AND day < ?"
-                .to_owned();
-            let mut vals = vec![v(tenant.as_str()), v(slice.model.as_str()), v(lo), v(hi)];
-            slice.filters("", &mut sql, &mut vals);
-            sql.push_str(" GROUP BY name, bucket");
-            for r in rows(db, &sql, vals).await? {
+            let q = Sql::select(tenant, "name, bucket, CAST(SUM(n) AS BIGINT) AS n", "time_hist")
+                .and("model_id = ? AND day >= ? AND day < ?", [v(slice.model.as_str()), v(lo), v(hi)]);
+            for r in rows(db, slice.filters(q).then(" GROUP BY name, bucket", [])).await? {
                 out.entry(r.try_get("", "name")?)
                     .or_default()
                     .push((r.try_get("", "bucket")?, r.try_get::<Option<i64>>("", "n")?.unwrap_or(0)));
@@ -190,22 +174,21 @@ pub async fn histograms(
         }
         let parts = cover(lo, hi);
         let (days, blocks): (Vec<_>, Vec<_>) = parts.into_iter().partition(|p| p.0 == 1);
-        let mut branches = Vec::new();
-        let mut vals = Vec::new();
+        let mut branches: Option<Sql> = None;
         for (table, parts, span_col) in [("time_hist", days, None), ("time_hist_roll", blocks, Some("span_days"))] {
             if parts.is_empty() {
                 continue;
             }
-            let mut sql = format!("SELECT name, bucket, n FROM {table} WHERE tenant_id = ? AND model_id = ?");
-            vals.extend([v(tenant.as_str()), v(slice.model.as_str())]);
-            push_cover(&mut sql, &mut vals, &parts, "day", span_col);
-            branches.push(sql);
+            let q = Sql::select(tenant, "name, bucket, n", table).and("model_id = ?", [v(slice.model.as_str())]);
+            let q = and_cover(q, &parts, "day", span_col);
+            branches = Some(match branches {
+                None => q,
+                Some(b) => b.union_all(q),
+            });
         }
-        let sql = format!(
-            "SELECT name, bucket, CAST(SUM(n) AS BIGINT) AS n FROM ({}) x GROUP BY name, bucket",
-            branches.join(" UNION ALL ")
-        );
-        for r in rows(db, &sql, vals).await? {
+        let Some(branches) = branches else { return Ok(out) };
+        let q = Sql::around("name, bucket, CAST(SUM(n) AS BIGINT) AS n", branches).then(" GROUP BY name, bucket", []);
+        for r in rows(db, q).await? {
             out.entry(r.try_get("", "name")?)
                 .or_default()
                 .push((r.try_get("", "bucket")?, r.try_get::<Option<i64>>("", "n")?.unwrap_or(0)));
@@ -215,28 +198,26 @@ pub async fn histograms(
     // The members' own durations, bucketed as the histograms bucket them.
     let mut cells: std::collections::BTreeMap<(String, i64), i64> = std::collections::BTreeMap::new();
     for ids in slice.chunks() {
-        for (sql, name_col) in [
+        for (cols, table, cond, name_col) in [
             (
-                "SELECT stage_key AS name, took FROM stage_reach WHERE tenant_id = ? AND model_id = ? \
-                 AND took IS NOT NULL AND took_day >= ? AND took_day < ?",
+                "stage_key AS name, took",
+                "stage_reach",
+                "model_id = ? AND took IS NOT NULL AND took_day >= ? AND took_day < ?",
                 true,
             ),
             (
-                "SELECT close_took AS took FROM contact_now WHERE tenant_id = ? AND model_id = ? \
-                 AND close_took IS NOT NULL AND close_day >= ? AND close_day < ?",
+                "close_took AS took",
+                "contact_now",
+                "model_id = ? AND close_took IS NOT NULL AND close_day >= ? AND close_day < ?",
                 false,
             ),
         ] {
-            let mut sql = sql.to_owned();
-            let mut vals = vec![v(tenant.as_str()), v(slice.model.as_str()), v(slice.start), v(slice.end)];
-            if slice.channel.is_some() || slice.campaign.is_some() {
-                sql.push_str(" AND contact_id IN (SELECT f.contact_id FROM contact_facts f WHERE f.tenant_id = ?");
-                vals.push(v(tenant.as_str()));
-                slice.fact_filters(&mut sql, &mut vals);
-                sql.push(')');
+            let mut q =
+                Sql::select(tenant, cols, table).and(cond, [v(slice.model.as_str()), v(slice.start), v(slice.end)]);
+            if let Some(matching) = slice.fact_matches(tenant) {
+                q = q.and_in_select("contact_id", matching);
             }
-            push_in(&mut sql, &mut vals, "contact_id", ids);
-            for r in rows(db, &sql, vals).await? {
+            for r in rows(db, q.and_in("contact_id", ids)).await? {
                 let name = if name_col { r.try_get("", "name")? } else { "__time_to_close".to_owned() };
                 *cells.entry((name, domain::bucket(r.try_get("", "took")?))).or_default() += 1;
             }

@@ -12,13 +12,12 @@
 pub mod cohorts;
 pub mod funnel;
 
-use std::fmt::Write as _;
-
 use clm_platform::{Result, TenantId};
-use sea_orm::{ConnectionTrait, Value};
+use sea_orm::ConnectionTrait;
 
-use super::sql::{one, rows, v};
+use super::sql::{Sql, one, rows, v};
 use crate::domain::contribution::{Customer, SPELL_BASES};
+use crate::domain::kpi::Counter;
 use crate::domain::{self};
 
 /// Most contact ids one statement binds.
@@ -37,28 +36,32 @@ pub struct Slice {
 }
 
 impl Slice {
-    /// ` AND channel = ? AND campaign = ?` for the filters set, on columns prefixed `p`.
-    fn filters(&self, p: &str, sql: &mut String, vals: &mut Vec<Value>) {
+    /// ` AND channel = ? AND campaign = ?` for the filters set.
+    fn filters(&self, mut q: Sql) -> Sql {
         if let Some(c) = &self.channel {
-            let _ = write!(sql, " AND {p}channel = ?");
-            vals.push(v(c.as_str()));
+            q = q.and("channel = ?", [v(c.as_str())]);
         }
         if let Some(c) = &self.campaign {
-            let _ = write!(sql, " AND {p}campaign = ?");
-            vals.push(v(c.as_str()));
+            q = q.and("campaign = ?", [v(c.as_str())]);
         }
+        q
     }
 
     /// Channel and campaign as conditions on the contact's facts (`f`).
-    fn fact_filters(&self, sql: &mut String, vals: &mut Vec<Value>) {
+    fn fact_filters(&self, mut q: Sql) -> Sql {
         if let Some(c) = &self.channel {
-            sql.push_str(" AND COALESCE(f.acquisition_channel, 'unknown') = ?");
-            vals.push(v(c.as_str()));
+            q = q.and("COALESCE(f.acquisition_channel, 'unknown') = ?", [v(c.as_str())]);
         }
         if let Some(c) = &self.campaign {
-            sql.push_str(" AND COALESCE(f.campaign, '') = ?");
-            vals.push(v(c.as_str()));
+            q = q.and("COALESCE(f.campaign, '') = ?", [v(c.as_str())]);
         }
+        q
+    }
+
+    /// Of the contacts whose facts match the channel and campaign set (`None`: neither is).
+    fn fact_matches(&self, tenant: &TenantId) -> Option<Sql> {
+        (self.channel.is_some() || self.campaign.is_some())
+            .then(|| self.fact_filters(Sql::select(tenant, "f.contact_id", "contact_facts f")))
     }
 
     /// The statements to run: one over everything (`None`), or one per chunk of the segment.
@@ -70,22 +73,10 @@ impl Slice {
     }
 }
 
-/// `AND <col> IN (?, …)` for a chunk of contact ids.
-fn push_in(sql: &mut String, vals: &mut Vec<Value>, col: &str, ids: Option<&[String]>) {
-    if let Some(ids) = ids {
-        sql.push_str(" AND ");
-        sql.push_str(col);
-        sql.push_str(" IN (");
-        sql.push_str(&vec!["?"; ids.len()].join(", "));
-        sql.push(')');
-        vals.extend(ids.iter().map(|i| v(i.as_str())));
-    }
-}
-
-/// One aggregated KPI counter: (name, currency, group) → (count, sum).
+/// One aggregated KPI counter: (counter, currency, group) → (count, sum).
 #[derive(Debug, Clone, PartialEq)]
 pub struct KpiRow {
-    pub name: String,
+    pub name: Counter,
     pub currency: String,
     /// The GROUP BY value: a day, a channel, a channel/campaign pair, or empty.
     pub group: String,
@@ -95,44 +86,56 @@ pub struct KpiRow {
     pub s: i128,
 }
 
-/// KPI counters in the slice, grouped by `group` ("", "day", "channel" or "channel,campaign").
+/// How [`kpis`] groups its rows (`KpiRow::group`, `KpiRow::day`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Group {
+    /// One row per counter and currency.
+    All,
+    /// Per day (`KpiRow::day`).
+    Day,
+    /// Per channel (`KpiRow::group`).
+    Channel,
+    /// Per channel and campaign (`KpiRow::group` = "channel/campaign").
+    ChannelCampaign,
+}
+
+/// KPI counters in the slice, grouped by `group`.
 pub async fn kpis(
     db: &impl ConnectionTrait,
     tenant: &TenantId,
     slice: &Slice,
-    names: &[&str],
-    group: &str,
+    names: &[Counter],
+    group: Group,
 ) -> Result<Vec<KpiRow>> {
-    let marks = vec!["?"; names.len()].join(", ");
+    let in_names = format!("name IN ({})", vec!["?"; names.len()].join(", "));
     let (select_group, group_by) = match group {
-        "day" => ("'' AS grp, day", ", day"),
-        "channel" => ("channel AS grp, CAST(0 AS BIGINT) AS day", ", channel"),
-        "channel,campaign" => ("channel || '/' || campaign AS grp, CAST(0 AS BIGINT) AS day", ", channel, campaign"),
-        _ => ("'' AS grp, CAST(0 AS BIGINT) AS day", ""),
+        Group::Day => ("'' AS grp, day", ", day"),
+        Group::Channel => ("channel AS grp, CAST(0 AS BIGINT) AS day", ", channel"),
+        Group::ChannelCampaign => {
+            ("channel || '/' || campaign AS grp, CAST(0 AS BIGINT) AS day", ", channel, campaign")
+        }
+        Group::All => ("'' AS grp, CAST(0 AS BIGINT) AS day", ""),
     };
     let table = if slice.contacts.is_some() { "contact_kpis" } else { "kpi_daily" };
-    let mut sum: std::collections::BTreeMap<(String, String, String, i64), (i64, i128)> =
+    let mut sum: std::collections::BTreeMap<(Counter, String, String, i64), (i64, i128)> =
         std::collections::BTreeMap::new();
     for ids in slice.chunks() {
         // SUM(s) of many days' money overflows BIGINT (SQLite: "integer overflow"; PostgreSQL:
         // NUMERIC, then the cast fails): sum the whole millions and the rest apart, each far
         // from the limit, and put them together in i128.
-        let mut sql = format!(
-            "SELECT name, currency, {select_group}, CAST(SUM(n) AS BIGINT) AS n, \
-             CAST(SUM(s / 1000000) AS BIGINT) AS s_hi, CAST(SUM(s % 1000000) AS BIGINT) AS s_lo FROM {table} \
-             WHERE tenant_id = ? AND name IN ({marks}) AND model_id IN ('', ?) AND day >= ? AND day < ?"
+        let cols = format!(
+            "name, currency, {select_group}, CAST(SUM(n) AS BIGINT) AS n, \
+             CAST(SUM(s / 1000000) AS BIGINT) AS s_hi, CAST(SUM(s % 1000000) AS BIGINT) AS s_lo"
         );
-        let mut vals = vec![v(tenant.as_str())];
-        vals.extend(names.iter().map(|n| v(*n)));
-        vals.extend([v(slice.model.as_str()), v(slice.start), v(slice.end)]);
-        slice.filters("", &mut sql, &mut vals);
-        push_in(&mut sql, &mut vals, "contact_id", ids);
-        sql.push_str(" GROUP BY name, currency");
-        sql.push_str(group_by);
-        for r in rows(db, &sql, vals).await? {
+        let range = [v(slice.model.as_str()), v(slice.start), v(slice.end)];
+        let q = Sql::select(tenant, &cols, table)
+            .and(&in_names, names.iter().map(|n| v(n.key())))
+            .and("model_id IN ('', ?) AND day >= ? AND day < ?", range);
+        let q = slice.filters(q).and_in("contact_id", ids).then(&format!(" GROUP BY name, currency{group_by}"), []);
+        for r in rows(db, q).await? {
             let e = sum
                 .entry((
-                    r.try_get("", "name")?,
+                    r.try_get::<String>("", "name")?.parse().map_err(clm_platform::Error::internal)?,
                     r.try_get("", "currency")?,
                     r.try_get("", "grp")?,
                     r.try_get("", "day")?,
@@ -169,33 +172,26 @@ async fn spells(
     let mut total = 0;
     for ids in slice.chunks() {
         let table = if ids.is_some() { "contact_spells" } else { "customer_spells" };
-        let mut sql = format!(
-            "SELECT CAST(SUM(n) AS BIGINT) AS n FROM {table} WHERE tenant_id = ? AND model_id = ? AND basis = ? \
-             AND start_day < ? AND end_day >= ?"
+        let mut q = Sql::select(tenant, "CAST(SUM(n) AS BIGINT) AS n", table).and(
+            "model_id = ? AND basis = ? AND start_day < ? AND end_day >= ?",
+            [v(slice.model.as_str()), v(basis), v(domain::days_before(at)), v(lo)],
         );
-        let mut vals = vec![v(tenant.as_str()), v(slice.model.as_str()), v(basis), v(domain::days_before(at)), v(lo)];
         if let Some(hi) = hi {
-            sql.push_str(" AND end_day < ?");
-            vals.push(v(hi));
+            q = q.and("end_day < ?", [v(hi)]);
         }
         if referred {
-            sql.push_str(" AND referred_day < ?");
-            vals.push(v(domain::days_before(at)));
+            q = q.and("referred_day < ?", [v(domain::days_before(at))]);
         }
         if ids.is_some() {
             // Per-contact spells carry no channel: filter on the contact's facts.
-            if slice.channel.is_some() || slice.campaign.is_some() {
-                sql.push_str(" AND contact_id IN (SELECT f.contact_id FROM contact_facts f WHERE f.tenant_id = ?");
-                vals.push(v(tenant.as_str()));
-                slice.fact_filters(&mut sql, &mut vals);
-                sql.push(')');
+            if let Some(matching) = slice.fact_matches(tenant) {
+                q = q.and_in_select("contact_id", matching);
             }
-            push_in(&mut sql, &mut vals, "contact_id", ids);
+            q = q.and_in("contact_id", ids);
         } else {
-            slice.filters("", &mut sql, &mut vals);
+            q = slice.filters(q);
         }
-        total +=
-            one(db, &sql, vals).await?.map(|r| r.try_get::<Option<i64>>("", "n")).transpose()?.flatten().unwrap_or(0);
+        total += one(db, q).await?.map(|r| r.try_get::<Option<i64>>("", "n")).transpose()?.flatten().unwrap_or(0);
     }
     Ok(total)
 }
@@ -238,12 +234,7 @@ pub async fn customers_lost(
 /// The customer-spell basis a model's churn reads (`contribution::SPELL_BASES`): "churned"
 /// when its lifecycle model leaves dormancy out of churn, else "lost".
 pub async fn spell_basis(db: &impl ConnectionTrait, tenant: &TenantId, model: &str) -> Result<&'static str> {
-    let r = one(
-        db,
-        "SELECT spell_basis FROM model_settings WHERE tenant_id = ? AND model_id = ?",
-        vec![v(tenant.as_str()), v(model)],
-    )
-    .await?;
+    let r = one(db, Sql::select(tenant, "spell_basis", "model_settings").and("model_id = ?", [v(model)])).await?;
     let basis = r.map(|r| r.try_get::<String>("", "spell_basis")).transpose()?;
     Ok(SPELL_BASES.into_iter().find(|b| Some(*b) == basis.as_deref()).unwrap_or(SPELL_BASES[0]))
 }
@@ -254,29 +245,35 @@ pub async fn model_stages(
     tenant: &TenantId,
     model: &str,
 ) -> Result<Vec<(String, i64, String, String)>> {
-    rows(
-        db,
-        "SELECT stage_key, position, category, role FROM model_stages WHERE tenant_id = ? AND model_id = ? ORDER BY position",
-        vec![v(tenant.as_str()), v(model)],
-    )
-    .await?
-    .into_iter()
-    .map(|r| Ok((r.try_get("", "stage_key")?, r.try_get("", "position")?, r.try_get("", "category")?, r.try_get("", "role")?)))
-    .collect()
+    let q = Sql::select(tenant, "stage_key, position, category, role", "model_stages")
+        .and("model_id = ?", [v(model)])
+        .then(" ORDER BY position", []);
+    rows(db, q)
+        .await?
+        .into_iter()
+        .map(|r| {
+            Ok((
+                r.try_get("", "stage_key")?,
+                r.try_get("", "position")?,
+                r.try_get("", "category")?,
+                r.try_get("", "role")?,
+            ))
+        })
+        .collect()
 }
 
 /// Distinct contacts who purchased in the slice (days with an order, any currency).
 pub async fn purchasers(db: &impl ConnectionTrait, tenant: &TenantId, slice: &Slice) -> Result<i64> {
     let mut total = 0;
     for ids in slice.chunks() {
-        let mut sql = "SELECT COUNT(DISTINCT p.contact_id) AS n FROM contact_periods p \
-             LEFT JOIN contact_facts f ON f.tenant_id = p.tenant_id AND f.contact_id = p.contact_id \
-             WHERE p.tenant_id = ? AND p.gran = 'day' AND p.period >= ? AND p.period < ? AND p.orders > 0"
-            .to_owned();
-        let mut vals = vec![v(tenant.as_str()), v(domain::day(slice.start)), v(slice.end)];
-        slice.fact_filters(&mut sql, &mut vals);
-        push_in(&mut sql, &mut vals, "p.contact_id", ids);
-        total += one(db, &sql, vals).await?.map(|r| r.try_get::<i64>("", "n")).transpose()?.unwrap_or(0);
+        let q = Sql::select(tenant, "COUNT(DISTINCT p.contact_id) AS n", "contact_periods p")
+            .left_join("contact_facts f", "f.contact_id = p.contact_id")
+            .and(
+                "p.gran = 'day' AND p.period >= ? AND p.period < ? AND p.orders > 0",
+                [v(domain::day(slice.start)), v(slice.end)],
+            );
+        let q = slice.fact_filters(q).and_in("p.contact_id", ids);
+        total += one(db, q).await?.map(|r| r.try_get::<i64>("", "n")).transpose()?.unwrap_or(0);
     }
     Ok(total)
 }
@@ -290,14 +287,19 @@ pub async fn lead_quality(
 ) -> Result<(i64, i64)> {
     let (mut leads, mut good) = (0, 0);
     for ids in slice.chunks() {
-        let mut sql = "SELECT COUNT(*) AS leads, CAST(SUM(CASE WHEN f.lead_score >= ? OR n.customer_time IS NOT NULL THEN 1 ELSE 0 END) AS BIGINT) AS good \
-             FROM contact_now n LEFT JOIN contact_facts f ON f.tenant_id = n.tenant_id AND f.contact_id = n.contact_id \
-             WHERE n.tenant_id = ? AND n.model_id = ? AND n.lead_time >= ? AND n.lead_time < ?"
-            .to_owned();
-        let mut vals = vec![v(threshold), v(tenant.as_str()), v(slice.model.as_str()), v(slice.start), v(slice.end)];
-        slice.fact_filters(&mut sql, &mut vals);
-        push_in(&mut sql, &mut vals, "n.contact_id", ids);
-        if let Some(r) = one(db, &sql, vals).await? {
+        // The threshold is an integer of 0 to 100 (api/), written into the select list.
+        let cols = format!(
+            "COUNT(*) AS leads, CAST(SUM(CASE WHEN f.lead_score >= {threshold} OR n.customer_time IS NOT NULL \
+             THEN 1 ELSE 0 END) AS BIGINT) AS good"
+        );
+        let q = Sql::select(tenant, &cols, "contact_now n")
+            .left_join("contact_facts f", "f.contact_id = n.contact_id")
+            .and(
+                "n.model_id = ? AND n.lead_time >= ? AND n.lead_time < ?",
+                [v(slice.model.as_str()), v(slice.start), v(slice.end)],
+            );
+        let q = slice.fact_filters(q).and_in("n.contact_id", ids);
+        if let Some(r) = one(db, q).await? {
             leads += r.try_get::<i64>("", "leads")?;
             good += r.try_get::<Option<i64>>("", "good")?.unwrap_or(0);
         }
@@ -312,26 +314,17 @@ pub async fn current_stage(
     model: &str,
     contact: &str,
 ) -> Result<Option<String>> {
-    Ok(one(
-        db,
-        "SELECT stage_key FROM contact_now WHERE tenant_id = ? AND model_id = ? AND contact_id = ?",
-        vec![v(tenant.as_str()), v(model), v(contact)],
-    )
-    .await?
-    .map(|r| r.try_get("", "stage_key"))
-    .transpose()?)
+    let q =
+        Sql::select(tenant, "stage_key", "contact_now").and("model_id = ? AND contact_id = ?", [v(model), v(contact)]);
+    Ok(one(db, q).await?.map(|r| r.try_get("", "stage_key")).transpose()?)
 }
 
 /// Whether metrics has heard of the contact (its create event or any fact about it).
 pub async fn contact_known(db: &impl ConnectionTrait, tenant: &TenantId, contact: &str) -> Result<bool> {
-    Ok(one(
-        db,
-        "SELECT 1 AS x FROM contact_facts WHERE tenant_id = ? AND contact_id = ? \
-         UNION ALL SELECT 1 AS x FROM customer_facts WHERE tenant_id = ? AND contact_id = ?",
-        vec![v(tenant.as_str()), v(contact), v(tenant.as_str()), v(contact)],
-    )
-    .await?
-    .is_some())
+    let q = Sql::select(tenant, "1 AS x", "contact_facts")
+        .and("contact_id = ?", [v(contact)])
+        .union_all(Sql::select(tenant, "1 AS x", "customer_facts").and("contact_id = ?", [v(contact)]));
+    Ok(one(db, q).await?.is_some())
 }
 
 /// A contact's acquisition cost (µ-units, currency).
@@ -340,12 +333,8 @@ pub async fn acquisition_cost(
     tenant: &TenantId,
     contact: &str,
 ) -> Result<Option<(i64, String)>> {
-    let r = one(
-        db,
-        "SELECT cost_micros, cost_currency FROM contact_facts WHERE tenant_id = ? AND contact_id = ?",
-        vec![v(tenant.as_str()), v(contact)],
-    )
-    .await?;
+    let q = Sql::select(tenant, "cost_micros, cost_currency", "contact_facts").and("contact_id = ?", [v(contact)]);
+    let r = one(db, q).await?;
     Ok(match r {
         Some(r) => r.try_get::<Option<i64>>("", "cost_micros")?.zip(r.try_get::<Option<String>>("", "cost_currency")?),
         None => None,
@@ -354,12 +343,7 @@ pub async fn acquisition_cost(
 
 /// A contact's purchase and advocacy facts.
 pub async fn customer(db: &impl ConnectionTrait, tenant: &TenantId, contact: &str) -> Result<Option<Customer>> {
-    let r = one(
-        db,
-        "SELECT * FROM customer_facts WHERE tenant_id = ? AND contact_id = ?",
-        vec![v(tenant.as_str()), v(contact)],
-    )
-    .await?;
+    let r = one(db, Sql::select(tenant, "*", "customer_facts").and("contact_id = ?", [v(contact)])).await?;
     r.map(|r| {
         Ok(Customer {
             first_purchase: r.try_get("", "first_purchase")?,

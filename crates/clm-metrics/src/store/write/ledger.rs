@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use clm_platform::{Result, TenantId};
 use sea_orm::ConnectionTrait;
 
-use crate::domain::contribution::{Activity, Category, Event, Facts, Role, Survey, Transition};
-use crate::store::sql::{exec, rows, v};
+use crate::domain::contribution::{Activity, Category, Event, Facts, Money, Role, Survey, Transition};
+use crate::store::sql::{Sql, exec, rows, v};
 
 /// Most contact ids one statement binds.
 pub const ID_CHUNK: usize = 2_000;
@@ -24,29 +24,25 @@ pub struct Known {
     pub events: Vec<Event>,
 }
 
-fn marks(n: usize) -> String {
-    vec!["?"; n].join(", ")
-}
-
 /// What is known about each of `contacts` (every one of them gets an entry).
 pub async fn load(db: &impl ConnectionTrait, tenant: &TenantId, contacts: &[String]) -> Result<HashMap<String, Known>> {
     let mut out: HashMap<String, Known> = contacts.iter().map(|c| (c.clone(), Known::default())).collect();
     for ids in contacts.chunks(ID_CHUNK) {
-        let mut vals = vec![v(tenant.as_str())];
-        vals.extend(ids.iter().map(|i| v(i.as_str())));
-        let m = marks(ids.len());
+        let of = |cols: &str, table: &str| Sql::select(tenant, cols, table).and_in("contact_id", Some(ids));
         for r in rows(
             db,
-            &format!(
-                "SELECT contact_id, acquisition_channel, campaign, create_time, acquire_time, cost_currency, cost_micros \
-                 FROM contact_facts WHERE tenant_id = ? AND contact_id IN ({m})"
+            of(
+                "contact_id, acquisition_channel, campaign, create_time, acquire_time, cost_currency, cost_micros",
+                "contact_facts",
             ),
-            vals.clone(),
         )
         .await?
         {
             let id: String = r.try_get("", "contact_id")?;
-            let cost = r.try_get::<Option<String>>("", "cost_currency")?.zip(r.try_get::<Option<i64>>("", "cost_micros")?);
+            let cost = r
+                .try_get::<Option<String>>("", "cost_currency")?
+                .zip(r.try_get::<Option<i64>>("", "cost_micros")?)
+                .map(|(currency, micros)| Money { currency, micros });
             if let Some(k) = out.get_mut(&id) {
                 k.facts = Facts {
                     channel: r.try_get("", "acquisition_channel")?,
@@ -60,11 +56,11 @@ pub async fn load(db: &impl ConnectionTrait, tenant: &TenantId, contacts: &[Stri
         }
         for r in rows(
             db,
-            &format!(
-                "SELECT contact_id, transition_id, model_id, seq, at, from_stage, to_stage, to_category, to_role, position, reactivation \
-                 FROM ledger_transitions WHERE tenant_id = ? AND contact_id IN ({m})"
+            of(
+                "contact_id, transition_id, model_id, seq, at, from_stage, to_stage, to_category, to_role, position, \
+                 reactivation",
+                "ledger_transitions",
             ),
-            vals.clone(),
         )
         .await?
         {
@@ -84,24 +80,15 @@ pub async fn load(db: &impl ConnectionTrait, tenant: &TenantId, contacts: &[Stri
                 });
             }
         }
-        for r in rows(
-            db,
-            &format!(
-                "SELECT contact_id, event_id, kind, at, amount, currency, score \
-                 FROM ledger_events WHERE tenant_id = ? AND contact_id IN ({m})"
-            ),
-            vals,
-        )
-        .await?
-        {
+        for r in rows(db, of("contact_id, event_id, kind, at, amount, currency, score", "ledger_events")).await? {
             let id: String = r.try_get("", "contact_id")?;
             let kind: String = r.try_get("", "kind")?;
             let score = r.try_get::<Option<i64>>("", "score")?.unwrap_or(0);
             let what = match kind.as_str() {
-                "purchase" => Activity::Purchase {
-                    amount: r.try_get::<Option<i64>>("", "amount")?.unwrap_or(0),
+                "purchase" => Activity::Purchase(Money {
                     currency: r.try_get("", "currency")?,
-                },
+                    micros: r.try_get::<Option<i64>>("", "amount")?.unwrap_or(0),
+                }),
                 "referral" => Activity::Referral,
                 "review" => Activity::Review,
                 "nps" | "csat" | "ces" => {
@@ -119,16 +106,24 @@ pub async fn load(db: &impl ConnectionTrait, tenant: &TenantId, contacts: &[Stri
 
 /// Record a transition (again: its latest publication wins).
 pub async fn put_transition(db: &impl ConnectionTrait, tenant: &TenantId, contact: &str, t: &Transition) -> Result<()> {
-    exec(
-        db,
-        "INSERT INTO ledger_transitions (tenant_id, contact_id, transition_id, model_id, seq, at, from_stage, to_stage, \
-         to_category, to_role, position, reactivation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-         ON CONFLICT (tenant_id, contact_id, transition_id) DO UPDATE SET model_id = excluded.model_id, \
-         seq = excluded.seq, at = excluded.at, from_stage = excluded.from_stage, to_stage = excluded.to_stage, \
-         to_category = excluded.to_category, \
-         to_role = excluded.to_role, position = excluded.position, reactivation = excluded.reactivation",
-        vec![
-            v(tenant.as_str()),
+    let cols = [
+        "contact_id",
+        "transition_id",
+        "model_id",
+        "seq",
+        "at",
+        "from_stage",
+        "to_stage",
+        "to_category",
+        "to_role",
+        "position",
+        "reactivation",
+    ];
+    let q = Sql::insert(
+        tenant,
+        "ledger_transitions",
+        &cols,
+        [vec![
             v(contact),
             v(t.id.as_str()),
             v(t.model.as_str()),
@@ -140,9 +135,16 @@ pub async fn put_transition(db: &impl ConnectionTrait, tenant: &TenantId, contac
             v(t.to_role.key()),
             v(t.position),
             v(i64::from(t.reactivation)),
-        ],
+        ]],
     )
-    .await?;
+    .then(
+        " ON CONFLICT (tenant_id, contact_id, transition_id) DO UPDATE SET model_id = excluded.model_id, \
+         seq = excluded.seq, at = excluded.at, from_stage = excluded.from_stage, to_stage = excluded.to_stage, \
+         to_category = excluded.to_category, \
+         to_role = excluded.to_role, position = excluded.position, reactivation = excluded.reactivation",
+        [],
+    );
+    exec(db, q).await?;
     Ok(())
 }
 
@@ -150,8 +152,7 @@ pub async fn put_transition(db: &impl ConnectionTrait, tenant: &TenantId, contac
 pub async fn retract_transition(db: &impl ConnectionTrait, tenant: &TenantId, contact: &str, id: &str) -> Result<()> {
     exec(
         db,
-        "DELETE FROM ledger_transitions WHERE tenant_id = ? AND contact_id = ? AND transition_id = ?",
-        vec![v(tenant.as_str()), v(contact), v(id)],
+        Sql::delete(tenant, "ledger_transitions").and("contact_id = ? AND transition_id = ?", [v(contact), v(id)]),
     )
     .await?;
     Ok(())
@@ -160,50 +161,32 @@ pub async fn retract_transition(db: &impl ConnectionTrait, tenant: &TenantId, co
 /// Record an activity (once per id).
 pub async fn put_event(db: &impl ConnectionTrait, tenant: &TenantId, contact: &str, e: &Event) -> Result<()> {
     let (amount, currency, score) = match &e.what {
-        Activity::Purchase { amount, currency } => (Some(*amount), currency.as_str(), None),
+        Activity::Purchase(m) => (Some(m.micros), m.currency.as_str(), None),
         Activity::Score { score, .. } => (None, "", Some(i64::from(*score))),
         _ => (None, "", None),
     };
-    exec(
-        db,
-        "INSERT INTO ledger_events (tenant_id, contact_id, event_id, kind, at, amount, currency, score) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant_id, contact_id, event_id) DO NOTHING",
-        vec![
-            v(tenant.as_str()),
-            v(contact),
-            v(e.id.as_str()),
-            v(e.what.kind()),
-            v(e.at),
-            v(amount),
-            v(currency),
-            v(score),
-        ],
-    )
-    .await?;
+    let row = vec![v(contact), v(e.id.as_str()), v(e.what.kind()), v(e.at), v(amount), v(currency), v(score)];
+    let cols = ["contact_id", "event_id", "kind", "at", "amount", "currency", "score"];
+    let q = Sql::insert(tenant, "ledger_events", &cols, [row])
+        .then(" ON CONFLICT (tenant_id, contact_id, event_id) DO NOTHING", []);
+    exec(db, q).await?;
     Ok(())
 }
 
 /// Record that a purchase with this order id was counted; false when it was already (the same
 /// sale: count it once).
 pub async fn claim_order(db: &impl ConnectionTrait, tenant: &TenantId, order_id: &str) -> Result<bool> {
-    let n = exec(
-        db,
-        "INSERT INTO purchase_orders (tenant_id, order_id) VALUES (?, ?) ON CONFLICT (tenant_id, order_id) DO NOTHING",
-        vec![v(tenant.as_str()), v(order_id)],
-    )
-    .await?;
+    let q = Sql::insert(tenant, "purchase_orders", &["order_id"], [vec![v(order_id)]])
+        .then(" ON CONFLICT (tenant_id, order_id) DO NOTHING", []);
+    let n = exec(db, q).await?;
     Ok(n == 1)
 }
 
 /// Remember a model's churn basis as its events show it (`contribution::SPELL_BASES`).
 pub async fn put_basis(db: &impl ConnectionTrait, tenant: &TenantId, model: &str, basis: &str) -> Result<()> {
-    exec(
-        db,
-        "INSERT INTO model_settings (tenant_id, model_id, spell_basis) VALUES (?, ?, ?) \
-         ON CONFLICT (tenant_id, model_id) DO UPDATE SET spell_basis = excluded.spell_basis",
-        vec![v(tenant.as_str()), v(model), v(basis)],
-    )
-    .await?;
+    let q = Sql::insert(tenant, "model_settings", &["model_id", "spell_basis"], [vec![v(model), v(basis)]])
+        .then(" ON CONFLICT (tenant_id, model_id) DO UPDATE SET spell_basis = excluded.spell_basis", []);
+    exec(db, q).await?;
     Ok(())
 }
 
@@ -217,13 +200,13 @@ pub async fn put_stage(
     category: &str,
     role: &str,
 ) -> Result<()> {
-    exec(
-        db,
-        "INSERT INTO model_stages (tenant_id, model_id, stage_key, position, category, role) VALUES (?, ?, ?, ?, ?, ?) \
-         ON CONFLICT (tenant_id, model_id, stage_key) DO UPDATE SET position = excluded.position, \
-         category = excluded.category, role = excluded.role",
-        vec![v(tenant.as_str()), v(model), v(stage), v(position), v(category), v(role)],
-    )
-    .await?;
+    let cols = ["model_id", "stage_key", "position", "category", "role"];
+    let q = Sql::insert(tenant, "model_stages", &cols, [vec![v(model), v(stage), v(position), v(category), v(role)]])
+        .then(
+            " ON CONFLICT (tenant_id, model_id, stage_key) DO UPDATE SET position = excluded.position, \
+             category = excluded.category, role = excluded.role",
+            [],
+        );
+    exec(db, q).await?;
     Ok(())
 }

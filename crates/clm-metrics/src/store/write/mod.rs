@@ -8,6 +8,7 @@
 //! replaces the contacts' own rows (`rows`). So the aggregates always equal the sum of every
 //! contact's contribution to its current facts, whatever order the facts arrived in.
 
+pub mod facts;
 pub mod ledger;
 pub mod rows;
 
@@ -17,6 +18,7 @@ use clm_platform::{Result, TenantId};
 use sea_orm::ConnectionTrait;
 
 use super::counters;
+use super::sql::{Sql, rows, v};
 use crate::domain::contribution::{self, Contribution};
 
 /// The contacts a batch touches, per tenant, with their contributions before it.
@@ -34,7 +36,7 @@ async fn contributions(
     Ok(known
         .into_iter()
         .map(|(c, k)| {
-            let x = contribution::contribution(tenant.as_str(), &c, &k.facts, &k.transitions, &k.events);
+            let x = contribution::contribution(&c, &k.facts, &k.transitions, &k.events);
             (c, x)
         })
         .collect())
@@ -75,7 +77,7 @@ async fn apply(
     for (contact, new) in after {
         let old = before.get(contact).unwrap_or(&empty);
         for (table, key, deltas) in contribution::diff(&old.cells, &new.cells) {
-            counters::add(db, counters::by_name(table), key, &deltas).await?;
+            counters::add(db, tenant, counters::by_name(table), key, &deltas).await?;
         }
         if (&old.reaches, &old.now, &old.customer, &old.periods)
             != (&new.reaches, &new.now, &new.customer, &new.periods)
@@ -87,6 +89,14 @@ async fn apply(
     rows::replace(db, tenant, &changed).await
 }
 
+/// Empty the read model and `contact_facts`, of every tenant: the consumer's reset before a
+/// replay refills them from the first event.
+pub async fn clear(db: &impl ConnectionTrait) -> Result<()> {
+    let mut tables = vec!["contact_facts"];
+    tables.extend(super::migrations::READ_MODEL_TABLES);
+    super::sql::clear_every_tenant(db, &tables).await
+}
+
 /// The bulk entry point: compute every contact of `tenant` in the ledger and add their
 /// contributions, for a tenant whose aggregates and per-contact rows are empty (a bulk load
 /// of raw facts into the ledger and `contact_facts`, as `clm-bench` does). Runs `chunk`
@@ -95,23 +105,11 @@ pub async fn rebuild(db: &impl ConnectionTrait, tenant: &TenantId, chunk: usize)
     let mut done = 0;
     let mut after = String::new();
     loop {
-        let page = super::sql::rows(
-            db,
-            "SELECT contact_id FROM (SELECT contact_id FROM contact_facts WHERE tenant_id = ? AND contact_id > ? \
-             UNION SELECT contact_id FROM ledger_transitions WHERE tenant_id = ? AND contact_id > ? \
-             UNION SELECT contact_id FROM ledger_events WHERE tenant_id = ? AND contact_id > ?) x \
-             ORDER BY contact_id LIMIT ?",
-            vec![
-                tenant.as_str().into(),
-                after.as_str().into(),
-                tenant.as_str().into(),
-                after.as_str().into(),
-                tenant.as_str().into(),
-                after.as_str().into(),
-                i64::try_from(chunk).unwrap_or(i64::MAX).into(),
-            ],
-        )
-        .await?;
+        let ids_after = |table| Sql::select(tenant, "contact_id", table).and("contact_id > ?", [v(after.as_str())]);
+        let q = ids_after("contact_facts").union(ids_after("ledger_transitions")).union(ids_after("ledger_events"));
+        let q = Sql::around("contact_id", q)
+            .then(" ORDER BY contact_id LIMIT ?", [v(i64::try_from(chunk).unwrap_or(i64::MAX))]);
+        let page = rows(db, q).await?;
         let ids: Vec<String> =
             page.iter().map(|r| r.try_get("", "contact_id")).collect::<std::result::Result<_, _>>()?;
         let Some(last) = ids.last().cloned() else { return Ok(done) };

@@ -6,36 +6,32 @@ use sea_orm::{ConnectionTrait, Value};
 
 use crate::domain::contribution::Contribution;
 use crate::domain::day;
-use crate::store::sql::{exec, v};
+use crate::store::sql::{Sql, exec, v};
 
 /// Rows per multi-row insert.
 const ROWS: usize = 500;
 
-async fn insert(db: &impl ConnectionTrait, table: &str, cols: &[&str], rows: Vec<Vec<Value>>) -> Result<()> {
-    let tuple = format!("({})", vec!["?"; cols.len()].join(", "));
+async fn insert(
+    db: &impl ConnectionTrait,
+    tenant: &TenantId,
+    table: &str,
+    cols: &[&str],
+    rows: Vec<Vec<Value>>,
+) -> Result<()> {
     let mut rows = rows.into_iter().peekable();
     while rows.peek().is_some() {
         let chunk: Vec<Vec<Value>> = rows.by_ref().take(ROWS).collect();
-        let sql = format!(
-            "INSERT INTO {table} ({}) VALUES {}",
-            cols.join(", "),
-            vec![tuple.as_str(); chunk.len()].join(", ")
-        );
-        exec(db, &sql, chunk.into_iter().flatten().collect()).await?;
+        exec(db, Sql::insert(tenant, table, cols, chunk)).await?;
     }
     Ok(())
 }
 
 /// Replace the rows of each `(contact, contribution)`.
 pub async fn replace(db: &impl ConnectionTrait, tenant: &TenantId, all: &[(&str, &Contribution)]) -> Result<()> {
-    let t = tenant.as_str();
     for chunk in all.chunks(super::ledger::ID_CHUNK) {
-        let ids: Vec<Value> = chunk.iter().map(|(c, _)| v(*c)).collect();
-        let marks = vec!["?"; ids.len()].join(", ");
+        let ids: Vec<String> = chunk.iter().map(|(c, _)| (*c).to_owned()).collect();
         for table in ["stage_reach", "contact_now", "customer_facts", "contact_periods"] {
-            let mut vals = vec![v(t)];
-            vals.extend(ids.iter().cloned());
-            exec(db, &format!("DELETE FROM {table} WHERE tenant_id = ? AND contact_id IN ({marks})"), vals).await?;
+            exec(db, Sql::delete(tenant, table).and_in("contact_id", Some(&ids))).await?;
         }
         let mut reach = Vec::new();
         let mut now = Vec::new();
@@ -44,7 +40,6 @@ pub async fn replace(db: &impl ConnectionTrait, tenant: &TenantId, all: &[(&str,
         for (contact, c) in chunk {
             for r in &c.reaches {
                 reach.push(vec![
-                    v(t),
                     v(r.model.as_str()),
                     v(*contact),
                     v(r.stage.as_str()),
@@ -55,7 +50,6 @@ pub async fn replace(db: &impl ConnectionTrait, tenant: &TenantId, all: &[(&str,
             }
             for n in &c.now {
                 now.push(vec![
-                    v(t),
                     v(n.model.as_str()),
                     v(*contact),
                     v(n.stage.as_str()),
@@ -69,7 +63,6 @@ pub async fn replace(db: &impl ConnectionTrait, tenant: &TenantId, all: &[(&str,
             }
             if let Some(f) = &c.customer {
                 customer.push(vec![
-                    v(t),
                     v(*contact),
                     v(f.first_purchase),
                     v(f.last_purchase),
@@ -84,7 +77,6 @@ pub async fn replace(db: &impl ConnectionTrait, tenant: &TenantId, all: &[(&str,
             }
             for p in &c.periods {
                 periods.push(vec![
-                    v(t),
                     v(*contact),
                     v(p.gran),
                     v(p.period),
@@ -96,16 +88,17 @@ pub async fn replace(db: &impl ConnectionTrait, tenant: &TenantId, all: &[(&str,
         }
         insert(
             db,
+            tenant,
             "stage_reach",
-            &["tenant_id", "model_id", "contact_id", "stage_key", "first_time", "took", "took_day"],
+            &["model_id", "contact_id", "stage_key", "first_time", "took", "took_day"],
             reach,
         )
         .await?;
         insert(
             db,
+            tenant,
             "contact_now",
             &[
-                "tenant_id",
                 "model_id",
                 "contact_id",
                 "stage_key",
@@ -121,9 +114,9 @@ pub async fn replace(db: &impl ConnectionTrait, tenant: &TenantId, all: &[(&str,
         .await?;
         insert(
             db,
+            tenant,
             "customer_facts",
             &[
-                "tenant_id",
                 "contact_id",
                 "first_purchase",
                 "last_purchase",
@@ -140,8 +133,9 @@ pub async fn replace(db: &impl ConnectionTrait, tenant: &TenantId, all: &[(&str,
         .await?;
         insert(
             db,
+            tenant,
             "contact_periods",
-            &["tenant_id", "contact_id", "gran", "period", "currency", "orders", "revenue"],
+            &["contact_id", "gran", "period", "currency", "orders", "revenue"],
             periods,
         )
         .await?;

@@ -379,7 +379,7 @@ impl EventBus for LogBus {
 mod tests {
     use super::schema::CreateLog;
     use super::*;
-    use crate::testing::{Backend, TestDb};
+    use clm_testkit::{Backend, TestDb};
 
     /// A log as the first version left it (no stream column).
     struct V1;

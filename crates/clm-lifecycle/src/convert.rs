@@ -1,4 +1,7 @@
-//! Proto ↔ domain for lifecycle: models, stages, journey events and transitions.
+//! Proto ↔ domain for lifecycle: models, stages, journey events and transitions — checked
+//! into domain values on the way in, mapped back on the way out. Shared by `api` (requests and
+//! responses), `publish` (event payloads) and `events` (the watch feed), so it sits below them,
+//! over `store` and `domain`.
 
 use clm_platform::convert::{duration, duration_micros, etag, timestamp};
 use clm_platform::{FieldViolation, Violations};

@@ -21,35 +21,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{AuthMode, AuthSettings};
-use crate::error::FieldViolation;
 use crate::jwt_keys::{KeySet, VerifyKey};
-
-/// A tenant identifier: 1-64 chars of `[A-Za-z0-9_-]`. Valid by construction.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TenantId(String);
-
-impl TenantId {
-    pub fn parse(raw: &str) -> Result<Self, FieldViolation> {
-        let ok = !raw.is_empty()
-            && raw.len() <= 64
-            && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        if ok {
-            Ok(Self(raw.to_owned()))
-        } else {
-            Err(FieldViolation::new("tenant", "must be 1-64 characters of letters, digits, '_' or '-'"))
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for TenantId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+pub use crate::tenant::TenantId;
 
 /// What a caller may do: three separate grants. `Admin` allows everything; `Write` does not
 /// imply `Read` (an ingestion client holding only `clm.write` cannot read contacts back).
@@ -249,12 +222,13 @@ impl Authenticator {
         let dev_tenant = if s.mode == AuthMode::Dev {
             TenantId::parse(&s.dev_tenant).map_err(|v| anyhow::anyhow!("key `auth.dev_tenant`: {}", v.description))?
         } else {
-            TenantId("unused".into())
+            // Never read: jwt mode takes the tenant from each token.
+            TenantId::parse("unused").map_err(|v| anyhow::anyhow!("{}", v.description))?
         };
         let keys = match (s.mode, &s.keys) {
             (AuthMode::Dev, _) => KeySet::default(),
             (AuthMode::Jwt, Some(keys)) => keys.clone(),
-            (AuthMode::Jwt, None) => KeySet::load_local(s)?,
+            (AuthMode::Jwt, None) => KeySet::load_local(&s.key_sources())?,
         };
         if s.mode == AuthMode::Jwt && keys.is_empty() {
             anyhow::bail!(
@@ -766,7 +740,7 @@ mod tests {
 
     #[test]
     fn unusable_keys_are_refused_naming_the_key() {
-        let err = |s: AuthSettings| KeySet::load_local(&s).unwrap_err().to_string();
+        let err = |s: AuthSettings| KeySet::load_local(&s.key_sources()).unwrap_err().to_string();
         let e = err(asymmetric(|s| s.jwt_public_key_pem = EC_PRIVATE.into()));
         assert!(e.contains("auth.jwt_public_key_pem") && e.contains("private key"), "{e}");
         let e = err(asymmetric(|s| s.jwt_public_key_pem = "not a key".into()));
@@ -836,7 +810,7 @@ mod tests {
         let doc = Arc::new(std::sync::Mutex::new(jwks(&[(EC_PRIVATE, Algorithm::ES256, "2024")])));
         let (url, hits) = jwks_server(doc.clone()).await;
         let mut s = asymmetric(|s| s.jwks_url = url);
-        s.keys = Some(KeySet::load(&s).await.unwrap());
+        s.keys = Some(KeySet::load(&s.key_sources()).await.unwrap());
         assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1, "fetched once at start");
         let a = Authenticator::from_settings(&s).unwrap();
         a.authenticate(Some(&bearer(&signed(EC_PRIVATE, Some("2024"))))).unwrap();
@@ -868,7 +842,7 @@ mod tests {
     async fn an_unreachable_jwks_url_fails_the_start_naming_the_key() {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let s = asymmetric(|s| s.jwks_url = format!("http://127.0.0.1:{port}/jwks.json"));
-        let e = format!("{:#}", KeySet::load(&s).await.unwrap_err());
+        let e = format!("{:#}", KeySet::load(&s.key_sources()).await.unwrap_err());
         assert!(e.contains("auth.jwks_url") && e.contains("cannot connect"), "{e}");
     }
 

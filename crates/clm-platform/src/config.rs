@@ -1,4 +1,5 @@
-//! Typed settings, layered with the `config` crate.
+//! Typed settings, layered with the `config` crate: one cohesive thing — the settings schema,
+//! its sources and its validation — kept in one file so every key and its check read together.
 //!
 //! Order (later wins): built-in defaults (`defaults.toml`, compiled in) → the built-in profile of
 //! the environment (`production.toml`, compiled in, for `env = "production"`) → `<dir>/default.toml`
@@ -135,6 +136,18 @@ pub struct AuthSettings {
 }
 
 impl AuthSettings {
+    /// The keys' settings, for `crate::jwt_keys` (which reads no settings itself).
+    pub fn key_sources(&self) -> crate::jwt_keys::KeySources<'_> {
+        crate::jwt_keys::KeySources {
+            jwt_hs256_secret: &self.jwt_hs256_secret,
+            jwt_public_key_pem: &self.jwt_public_key_pem,
+            jwt_public_key_file: &self.jwt_public_key_file,
+            jwks_file: &self.jwks_file,
+            jwks_url: &self.jwks_url,
+            jwks_refresh_secs: self.jwks_refresh_secs,
+        }
+    }
+
     /// Whether any verification key is configured (not whether it loads: see `prepare`).
     pub fn has_key(&self) -> bool {
         [&self.jwt_hs256_secret, &self.jwt_public_key_pem, &self.jwt_public_key_file, &self.jwks_file, &self.jwks_url]
@@ -219,19 +232,8 @@ pub struct EventSettings {
     pub order_wait_ms: u64,
 }
 
-/// TLS of the gRPC port and of calls to other CLM services (see `crate::tls`).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsSettings {
-    /// PEM certificate chain of this process. With `key_file`: the port speaks TLS only.
-    pub cert_file: String,
-    pub key_file: String,
-    /// PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS).
-    pub client_ca_file: String,
-    /// PEM CA bundle that signs the other services' certificates, for `https://` service URLs.
-    /// Empty: the system's roots.
-    pub ca_file: String,
-}
+/// TLS of the gRPC port and of calls to other CLM services: kept with the code that reads it.
+pub use crate::tls::TlsSettings;
 
 /// Settings owned by one service.
 #[derive(Debug, Clone, Deserialize)]
@@ -366,7 +368,9 @@ impl Settings {
     /// `auth.keys` for the server) and the TLS files read and parsed. Errors name the key.
     pub async fn prepare(&mut self) -> Result<(), ConfigError> {
         if self.auth.mode == AuthMode::Jwt && self.auth.keys.is_none() {
-            let keys = crate::jwt_keys::KeySet::load(&self.auth).await.map_err(|e| ConfigError(format!("{e:#}")))?;
+            let keys = crate::jwt_keys::KeySet::load(&self.auth.key_sources())
+                .await
+                .map_err(|e| ConfigError(format!("{e:#}")))?;
             self.auth.keys = Some(keys);
         }
         crate::tls::check_files(&self.tls).map_err(|e| ConfigError(format!("{e:#}")))?;
@@ -530,7 +534,7 @@ impl Settings {
                 );
             }
             AuthMode::Dev => {
-                if crate::auth::TenantId::parse(&a.dev_tenant).is_err() {
+                if crate::tenant::TenantId::parse(&a.dev_tenant).is_err() {
                     return bad("auth.dev_tenant", "must be 1-64 characters of letters, digits, '_' or '-'".into());
                 }
             }

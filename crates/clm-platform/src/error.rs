@@ -216,7 +216,13 @@ impl From<Error> for Status {
                 Status::with_error_details(Code::InvalidArgument, clip(&message, MAX_MESSAGE), details)
             }
             Error::Internal(source) => {
-                let trace_id = crate::telemetry::current_trace_id();
+                // The current span's trace id (as `telemetry::current_trace_id`; inlined so
+                // errors, below telemetry, depend on no settings).
+                let trace_id = {
+                    use opentelemetry::trace::TraceContextExt as _;
+                    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+                    tracing::Span::current().context().span().span_context().trace_id().to_string()
+                };
                 tracing::error!(error = ?source, trace_id = %trace_id, "internal error");
                 Status::internal(format!("internal error (trace id {trace_id})"))
             }

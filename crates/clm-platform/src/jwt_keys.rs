@@ -24,8 +24,6 @@ use bytes::Bytes;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 
-use crate::config::AuthSettings;
-
 /// Soonest a token with an unknown `kid` may trigger another JWKS fetch.
 pub const MIN_ON_DEMAND_GAP: Duration = Duration::from_secs(10);
 /// How long one JWKS fetch may take, and how large the document may be.
@@ -57,6 +55,19 @@ impl fmt::Debug for VerifyKey {
 
 /// The keys an `[auth]` section names, loaded and checked: fixed ones (secret, PEM, JWKS file)
 /// and, with `auth.jwks_url`, the live set fetched from there.
+/// The settings that name verification keys (the `auth.*` keys above), as
+/// `config::AuthSettings::key_sources` lends them: this module reads no settings itself, so it
+/// sits below `config` (which keeps the loaded [`KeySet`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KeySources<'a> {
+    pub jwt_hs256_secret: &'a str,
+    pub jwt_public_key_pem: &'a str,
+    pub jwt_public_key_file: &'a str,
+    pub jwks_file: &'a str,
+    pub jwks_url: &'a str,
+    pub jwks_refresh_secs: u64,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct KeySet {
     pub fixed: Arc<Vec<VerifyKey>>,
@@ -66,7 +77,7 @@ pub struct KeySet {
 impl KeySet {
     /// Load every configured key and fetch `auth.jwks_url` once; an error names the key whose
     /// value cannot be used. This is what `serve` and `check-config` do.
-    pub async fn load(s: &AuthSettings) -> anyhow::Result<Self> {
+    pub async fn load(s: &KeySources<'_>) -> anyhow::Result<Self> {
         let set = Self::load_local(s)?;
         if let Some(remote) = &set.remote {
             let n = remote.refresh().await.with_context(|| format!("key `auth.jwks_url`: {}", remote.url))?;
@@ -76,7 +87,7 @@ impl KeySet {
     }
 
     /// Everything but the JWKS URL fetch (its set starts empty).
-    pub fn load_local(s: &AuthSettings) -> anyhow::Result<Self> {
+    pub fn load_local(s: &KeySources<'_>) -> anyhow::Result<Self> {
         let mut fixed = Vec::new();
         if !s.jwt_hs256_secret.is_empty() {
             fixed.push(VerifyKey {
@@ -88,7 +99,7 @@ impl KeySet {
         }
         if !s.jwt_public_key_pem.trim().is_empty() {
             fixed.extend(
-                pem_keys(&s.jwt_public_key_pem, "auth.jwt_public_key_pem")
+                pem_keys(s.jwt_public_key_pem, "auth.jwt_public_key_pem")
                     .map_err(|e| anyhow!("key `auth.jwt_public_key_pem`: {e:#}"))?,
             );
         }

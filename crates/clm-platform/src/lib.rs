@@ -25,6 +25,7 @@ pub mod server;
 pub mod shed;
 pub mod storage;
 pub mod telemetry;
+pub mod tenant;
 pub mod tls;
 
 pub use auth::{RequestContext, Scope, TenantId};

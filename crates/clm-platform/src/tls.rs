@@ -6,9 +6,22 @@
 //!   system's roots) and present this process's certificate, so one certificate per service,
 //!   valid for server and client authentication, gives mutual TLS between services.
 
+use serde::Deserialize;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
-use crate::config::TlsSettings;
+/// TLS of the gRPC port and of calls to other CLM services (`[tls]` in the settings, `crate::config`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM certificate chain of this process. With `key_file`: the port speaks TLS only.
+    pub cert_file: String,
+    pub key_file: String,
+    /// PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS).
+    pub client_ca_file: String,
+    /// PEM CA bundle that signs the other services' certificates, for `https://` service URLs.
+    /// Empty: the system's roots.
+    pub ca_file: String,
+}
 
 fn read(key: &str, path: &str) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {path} (key `{key}`): {e}"))

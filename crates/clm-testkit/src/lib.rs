@@ -7,6 +7,7 @@
 //! PostgreSQL tests run when `CLM_TEST_DATABASE_URL` points at a server where the role may
 //! create databases; without it they print that they were skipped.
 
+pub mod arch;
 mod db;
 mod server;
 

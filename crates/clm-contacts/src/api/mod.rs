@@ -3,9 +3,11 @@
 
 pub mod convert;
 mod import;
+mod merge;
+mod referrals;
 mod request_key;
+mod segments;
 
-use std::collections::HashSet;
 use std::pin::Pin;
 
 use chrono::Datelike;
@@ -19,8 +21,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
-use crate::domain::filter::{self as cfilter, Cond};
-use crate::domain::merge::{MERGE_FIELDS, merge};
+use crate::domain::filter as cfilter;
 use crate::domain::model::{Contact, ContactData, ContactState};
 use crate::domain::values;
 use crate::events::Publisher;
@@ -517,295 +518,63 @@ impl ContactsService for ContactsApi {
         &self,
         req: Request<pb::MergeContactsRequest>,
     ) -> Result<Response<pb::MergeContactsResponse>, Status> {
-        let ctx = ctx(&req)?;
-        let req = req.into_inner();
-        let mut v = Violations::new();
-        let survivor_id = v.check(uuid("survivor_id", &req.survivor_id));
-        let rid = RequestKey::of(&mut v, "MergeContacts", &req.request_id, &req);
-        if req.merged_ids.is_empty() || req.merged_ids.len() > MAX_MERGE {
-            v.add("merged_ids", format!("1 to {MAX_MERGE} ids"));
-        }
-        let mut merged_ids: Vec<Uuid> = Vec::new();
-        for (i, raw) in req.merged_ids.iter().enumerate() {
-            if let Some(id) = v.check(uuid(&format!("merged_ids[{i}]"), raw)) {
-                if Some(id) == survivor_id {
-                    v.add(format!("merged_ids[{i}]"), "is the survivor");
-                } else if merged_ids.contains(&id) {
-                    v.add(format!("merged_ids[{i}]"), "appears twice");
-                } else {
-                    merged_ids.push(id);
-                }
-            }
-        }
-        let prefer: HashSet<String> =
-            req.prefer_merged_fields.map(|m| m.paths).unwrap_or_default().into_iter().collect();
-        for p in &prefer {
-            if !MERGE_FIELDS.contains(&p.as_str()) {
-                v.add("prefer_merged_fields", format!("unknown field {p:?}; one of {}", MERGE_FIELDS.join(", ")));
-            }
-        }
-        v.finish()?;
-        let survivor_id = survivor_id.expect("checked");
-
-        let txn = UnitOfWork::begin(&self.db).await?;
-        if let Some(rid) = &rid
-            && rid.find(&txn, &ctx.tenant).await?.is_some()
-        {
-            let c = store::get_resolved(&txn, &ctx.tenant, survivor_id).await?;
-            return Ok(Response::new(pb::MergeContactsResponse {
-                contact: Some(to_pb(&c)),
-                merged_ids: merged_ids.iter().map(ToString::to_string).collect(),
-            }));
-        }
-        let survivor = store::find_contact(&txn, &ctx.tenant, survivor_id)
-            .await?
-            .filter(|c| c.state == ContactState::Active)
-            .ok_or_else(|| Error::not_found("contact", survivor_id.to_string()))?;
-        let mut merged = Vec::new();
-        for (i, id) in merged_ids.iter().enumerate() {
-            match store::find_contact(&txn, &ctx.tenant, *id).await? {
-                Some(c) if c.state != ContactState::Merged => merged.push(c),
-                Some(_) => {
-                    return Err(Error::FailedPrecondition(format!("merged_ids[{i}] {id} is already merged")).into());
-                }
-                None => return Err(Error::not_found("contact", id.to_string()).into()),
-            }
-        }
-        let data = merge(&survivor, &merged, &prefer);
-        let now = now_micros();
-        // Tombstone the duplicates first (freeing their emails), then write the survivor.
-        for m in &merged {
-            let tomb = Contact {
-                data: ContactData::default(),
-                state: ContactState::Merged,
-                merged_into: Some(survivor_id),
-                update_time: now,
-                version: m.version + 1,
-                ..m.clone()
-            };
-            store::update_contact(&txn, &ctx.tenant, &tomb, m.version).await?;
-        }
-        let updated = Contact { data, update_time: now, version: survivor.version + 1, ..survivor.clone() };
-        store::update_contact(&txn, &ctx.tenant, &updated, survivor.version).await?;
-        store::repoint_referrals(&txn, &ctx.tenant, &merged_ids, survivor_id).await?;
-        if let Some(rid) = &rid {
-            rid.record(&txn, &ctx.tenant, &survivor_id.to_string()).await?;
-        }
-        self.events.merged(&txn, &ctx.tenant, &updated, &merged_ids).await?;
-        txn.commit().await?;
-        Ok(Response::new(pb::MergeContactsResponse {
-            contact: Some(to_pb(&updated)),
-            merged_ids: merged_ids.iter().map(ToString::to_string).collect(),
-        }))
+        merge::merge_contacts(self, req).await
     }
 
     async fn create_segment(
         &self,
         req: Request<pb::CreateSegmentRequest>,
     ) -> Result<Response<pb::CreateSegmentResponse>, Status> {
-        let ctx = ctx(&req)?;
-        let req = req.into_inner();
-        let mut v = Violations::new();
-        let rid = RequestKey::of(&mut v, "CreateSegment", &req.request_id, &req);
-        let Some(s) = req.segment else {
-            return Err(Error::invalid("segment", "is required").into());
-        };
-        let fields = segment_fields(&s, &["display_name", "description", "filter"], &mut v);
-        v.finish()?;
-        let (display_name, description, filter) = fields;
-        let txn = UnitOfWork::begin(&self.db).await?;
-        if let Some(rid) = &rid
-            && let Some(existing) = rid.find(&txn, &ctx.tenant).await?
-        {
-            let seg =
-                store::get_segment(&txn, &ctx.tenant, Uuid::parse_str(&existing).map_err(Error::internal)?).await?;
-            return Ok(Response::new(pb::CreateSegmentResponse { segment: Some(segment_pb(&seg)) }));
-        }
-        let now = now_micros();
-        let seg = store::Segment {
-            id: Uuid::now_v7(),
-            display_name: display_name.unwrap_or_default(),
-            description: description.unwrap_or_default(),
-            filter: filter.unwrap_or_default(),
-            create_time: now,
-            update_time: now,
-            version: 1,
-        };
-        store::insert_segment(&txn, &ctx.tenant, &seg).await?;
-        if let Some(rid) = &rid {
-            rid.record(&txn, &ctx.tenant, &seg.id.to_string()).await?;
-        }
-        txn.commit().await?;
-        Ok(Response::new(pb::CreateSegmentResponse { segment: Some(segment_pb(&seg)) }))
+        segments::create_segment(self, req).await
     }
 
     async fn get_segment(
         &self,
         req: Request<pb::GetSegmentRequest>,
     ) -> Result<Response<pb::GetSegmentResponse>, Status> {
-        let ctx = ctx(&req)?;
-        let id = uuid("id", &req.get_ref().id).map_err(Error::from)?;
-        let seg = store::get_segment(&self.db, &ctx.tenant, id).await?;
-        Ok(Response::new(pb::GetSegmentResponse { segment: Some(segment_pb(&seg)) }))
+        segments::get_segment(self, req).await
     }
 
     async fn list_segments(
         &self,
         req: Request<pb::ListSegmentsRequest>,
     ) -> Result<Response<pb::ListSegmentsResponse>, Status> {
-        let ctx = ctx(&req)?;
-        let req = req.into_inner();
-        let limit = page_size(req.page_size)?;
-        let after: Option<(i64, String)> = self.tokens.decode(&req.page_token, &ctx.tenant, "segments")?;
-        let (segs, next) = store::list_segments(&self.db, &ctx.tenant, after.as_ref(), limit).await?;
-        Ok(Response::new(pb::ListSegmentsResponse {
-            segments: segs.iter().map(segment_pb).collect(),
-            next_page_token: next.map(|c| self.tokens.encode(&ctx.tenant, "segments", &c)).unwrap_or_default(),
-        }))
+        segments::list_segments(self, req).await
     }
 
     async fn update_segment(
         &self,
         req: Request<pb::UpdateSegmentRequest>,
     ) -> Result<Response<pb::UpdateSegmentResponse>, Status> {
-        let ctx = ctx(&req)?;
-        let req = req.into_inner();
-        let Some(s) = req.segment else {
-            return Err(Error::invalid("segment", "is required").into());
-        };
-        let mut v = Violations::new();
-        let id = v.check(uuid("segment.id", &s.id));
-        let expected = v.check(etag_version("segment.etag", &s.etag)).flatten();
-        let paths: Vec<String> = req.update_mask.map(|m| m.paths).unwrap_or_default();
-        let paths: Vec<&str> = if paths.is_empty() {
-            let mut p = Vec::new();
-            if !s.display_name.is_empty() {
-                p.push("display_name");
-            }
-            if !s.description.is_empty() {
-                p.push("description");
-            }
-            if !s.filter.is_empty() {
-                p.push("filter");
-            }
-            p
-        } else {
-            paths
-                .iter()
-                .filter_map(|p| match p.as_str() {
-                    "display_name" | "description" | "filter" => Some(p.as_str()),
-                    other => {
-                        v.add(
-                            "update_mask",
-                            format!("unknown path {other:?}; one of display_name, description, filter"),
-                        );
-                        None
-                    }
-                })
-                .collect()
-        };
-        let (display_name, description, filter) = segment_fields(&s, &paths, &mut v);
-        v.finish()?;
-        let id = id.expect("checked");
-        let txn = UnitOfWork::begin(&self.db).await?;
-        let current = store::get_segment(&txn, &ctx.tenant, id).await?;
-        if expected.is_some_and(|e| e != current.version) {
-            return Err(Error::Aborted("etag mismatch: the segment changed; re-read and retry".into()).into());
-        }
-        let updated = store::Segment {
-            display_name: display_name.unwrap_or_else(|| current.display_name.clone()),
-            description: description.unwrap_or_else(|| current.description.clone()),
-            filter: filter.unwrap_or_else(|| current.filter.clone()),
-            update_time: now_micros(),
-            version: current.version + 1,
-            ..current.clone()
-        };
-        store::update_segment(&txn, &ctx.tenant, &updated, current.version).await?;
-        txn.commit().await?;
-        Ok(Response::new(pb::UpdateSegmentResponse { segment: Some(segment_pb(&updated)) }))
+        segments::update_segment(self, req).await
     }
 
     async fn delete_segment(
         &self,
         req: Request<pb::DeleteSegmentRequest>,
     ) -> Result<Response<pb::DeleteSegmentResponse>, Status> {
-        let ctx = ctx(&req)?;
-        let req = req.into_inner();
-        let mut v = Violations::new();
-        let id = v.check(uuid("id", &req.id));
-        let expected = v.check(etag_version("etag", &req.etag)).flatten();
-        v.finish()?;
-        let id = id.expect("checked");
-        let txn = UnitOfWork::begin(&self.db).await?;
-        let current = store::get_segment(&txn, &ctx.tenant, id).await?;
-        if expected.is_some_and(|e| e != current.version) {
-            return Err(Error::Aborted("etag mismatch: the segment changed; re-read and retry".into()).into());
-        }
-        store::delete_segment(&txn, &ctx.tenant, id).await?;
-        txn.commit().await?;
-        Ok(Response::new(pb::DeleteSegmentResponse {}))
+        segments::delete_segment(self, req).await
     }
 
     async fn list_segment_members(
         &self,
         req: Request<pb::ListSegmentMembersRequest>,
     ) -> Result<Response<pb::ListSegmentMembersResponse>, Status> {
-        let ctx = ctx(&req)?;
-        let req = req.into_inner();
-        let mut v = Violations::new();
-        let id = v.check(uuid("segment_id", &req.segment_id));
-        let limit = v.check(page_size(req.page_size).map_err(first_violation));
-        let sort = v.check(parse_order_by(&req.order_by));
-        v.finish()?;
-        let seg = store::get_segment(&self.db, &ctx.tenant, id.expect("checked")).await?;
-        let filter = segment_filter(&seg)?;
-        let q = ListQuery { filter, sort: sort.expect("checked"), show_deleted: false, referred_by: None };
-        // The token is bound to the segment's current filter: if it changes, old tokens expire.
-        let fingerprint = format!("segment|{}|{}|{}", seg.id, seg.version, req.order_by);
-        let cursor: Option<Cursor> = self.tokens.decode(&req.page_token, &ctx.tenant, &fingerprint)?;
-        let (contacts, next) =
-            store::list_contacts(&self.db, &ctx.tenant, &q, cursor.as_ref(), limit.expect("checked")).await?;
-        Ok(Response::new(pb::ListSegmentMembersResponse {
-            contacts: contacts.iter().map(to_pb).collect(),
-            next_page_token: next.map(|c| self.tokens.encode(&ctx.tenant, &fingerprint, &c)).unwrap_or_default(),
-        }))
+        segments::list_segment_members(self, req).await
     }
 
     async fn count_segment(
         &self,
         req: Request<pb::CountSegmentRequest>,
     ) -> Result<Response<pb::CountSegmentResponse>, Status> {
-        let ctx = ctx(&req)?;
-        let id = uuid("segment_id", &req.get_ref().segment_id).map_err(Error::from)?;
-        let seg = store::get_segment(&self.db, &ctx.tenant, id).await?;
-        let q = ListQuery { filter: segment_filter(&seg)?, ..ListQuery::default() };
-        let count = store::count_contacts(&self.db, &ctx.tenant, &q).await?;
-        Ok(Response::new(pb::CountSegmentResponse { count: i64::try_from(count).unwrap_or(i64::MAX) }))
+        segments::count_segment(self, req).await
     }
 
     async fn list_referrals(
         &self,
         req: Request<pb::ListReferralsRequest>,
     ) -> Result<Response<pb::ListReferralsResponse>, Status> {
-        let ctx = ctx(&req)?;
-        let req = req.into_inner();
-        let mut v = Violations::new();
-        let id = v.check(uuid("contact_id", &req.contact_id));
-        let limit = v.check(page_size(req.page_size).map_err(first_violation));
-        v.finish()?;
-        let id = id.expect("checked");
-        let referrer = store::get_resolved(&self.db, &ctx.tenant, id).await?;
-        let q = ListQuery { referred_by: Some(referrer.id), ..ListQuery::default() };
-        let fingerprint = format!("referrals|{}", referrer.id);
-        let cursor: Option<Cursor> = self.tokens.decode(&req.page_token, &ctx.tenant, &fingerprint)?;
-        let (contacts, next) =
-            store::list_contacts(&self.db, &ctx.tenant, &q, cursor.as_ref(), limit.expect("checked")).await?;
-        let total = store::count_contacts(&self.db, &ctx.tenant, &q).await?;
-        Ok(Response::new(pb::ListReferralsResponse {
-            referred_contacts: contacts.iter().map(to_pb).collect(),
-            next_page_token: next.map(|c| self.tokens.encode(&ctx.tenant, &fingerprint, &c)).unwrap_or_default(),
-            total_count: i64::try_from(total).unwrap_or(i64::MAX),
-        }))
+        referrals::list_referrals(self, req).await
     }
 }
 
@@ -813,59 +582,5 @@ fn first_violation(e: Error) -> FieldViolation {
     match e {
         Error::InvalidArgument(mut v) if !v.is_empty() => v.remove(0),
         other => FieldViolation::new("", other.to_string()),
-    }
-}
-
-/// Validate the named segment fields: (display_name, description, filter), `None` = not named.
-fn segment_fields(
-    s: &pb::Segment,
-    paths: &[&str],
-    v: &mut Violations,
-) -> (Option<String>, Option<String>, Option<String>) {
-    let mut out = (None, None, None);
-    for p in paths {
-        match *p {
-            "display_name" => {
-                let name = v.check(values::text("segment.display_name", &s.display_name));
-                if name.as_deref() == Some("") {
-                    v.add("segment.display_name", "is required");
-                }
-                out.0 = name;
-            }
-            "description" => {
-                if s.description.chars().count() > 2048 {
-                    v.add("segment.description", "must be at most 2048 characters");
-                } else {
-                    out.1 = Some(s.description.trim().to_owned());
-                }
-            }
-            "filter" => {
-                if v.check(cfilter::compile("segment.filter", &s.filter)).is_some() {
-                    out.2 = Some(s.filter.trim().to_owned());
-                }
-            }
-            _ => {}
-        }
-    }
-    out
-}
-
-fn segment_filter(seg: &store::Segment) -> Result<Option<Cond>, Error> {
-    // Stored filters were valid when saved; the language only grows, so this cannot fail
-    // unless the row was edited by hand.
-    cfilter::compile("segment.filter", &seg.filter).map_err(|e| {
-        Error::FailedPrecondition(format!("the segment's stored filter no longer parses: {}", e.description))
-    })
-}
-
-fn segment_pb(s: &store::Segment) -> pb::Segment {
-    pb::Segment {
-        id: s.id.to_string(),
-        display_name: s.display_name.clone(),
-        description: s.description.clone(),
-        filter: s.filter.clone(),
-        create_time: Some(timestamp(s.create_time)),
-        update_time: Some(timestamp(s.update_time)),
-        etag: crate::domain::model::etag(s.version),
     }
 }

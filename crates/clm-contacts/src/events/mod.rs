@@ -10,8 +10,8 @@ use clm_proto::events::v1 as ev;
 use clm_proto::events::v1::event_envelope::Payload;
 use uuid::Uuid;
 
-use crate::api::convert::timestamp;
 use crate::domain::model::Contact;
+use clm_platform::convert::timestamp;
 
 pub const AGGREGATE: &str = "contact";
 

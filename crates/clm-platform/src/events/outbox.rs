@@ -22,6 +22,7 @@ use tokio::sync::{Notify, watch};
 use tracing::Instrument;
 
 use super::bus::EventBus;
+pub use super::work::OutboxInserts;
 use super::work::UnitOfWork;
 use crate::auth::TenantId;
 
@@ -186,7 +187,7 @@ impl OutboxWriter {
         let keys = super::ordering::first(tenant, &mut env);
         let mut out: Vec<_> = super::ordering::first_insert(&keys).into_iter().collect();
         out.push(sea_orm::QueryTrait::into_query(entity::Entity::insert(row(tenant, &env))));
-        (OutboxInserts { statements: out, wake: self.wake.clone() }, env)
+        (OutboxInserts::new(out, self.wake.clone()), env)
     }
 
     /// The first events of several new aggregates of one type as multi-row inserts of at most
@@ -197,7 +198,7 @@ impl OutboxWriter {
         aggregate_type: &str,
         events: impl IntoIterator<Item = (String, i64, Payload)>,
     ) -> OutboxInserts {
-        let mut out = OutboxInserts { statements: Vec::new(), wake: self.wake.clone() };
+        let mut out = OutboxInserts::new(Vec::new(), self.wake.clone());
         let mut events = events.into_iter().peekable();
         while events.peek().is_some() {
             let mut keys = Vec::new();
@@ -219,31 +220,6 @@ impl OutboxWriter {
 
 /// Most outbox rows in one of [`OutboxWriter::insert_many`]'s statements.
 pub const INSERT_ROWS: usize = 1000;
-
-/// Outbox rows (and their ordering counters) as insert statements, to be run only by
-/// [`UnitOfWork::insert_all`] (with the change, in one statement) or [`UnitOfWork::insert`] (in
-/// a unit of work): either wakes the relay after the commit.
-#[must_use = "events are written only by UnitOfWork::insert_all or UnitOfWork::insert"]
-#[derive(Debug)]
-pub struct OutboxInserts {
-    statements: Vec<sea_orm::sea_query::InsertStatement>,
-    wake: Arc<Notify>,
-}
-
-impl OutboxInserts {
-    /// How many statements (not rows) these are.
-    pub fn len(&self) -> usize {
-        self.statements.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.statements.is_empty()
-    }
-
-    pub(super) fn into_parts(self) -> (Vec<sea_orm::sea_query::InsertStatement>, Arc<Notify>) {
-        (self.statements, self.wake)
-    }
-}
 
 /// The outbox row of `env`.
 fn row(tenant: &TenantId, env: &EventEnvelope) -> entity::ActiveModel {

@@ -24,8 +24,6 @@ use sea_orm::{
 };
 use tokio::sync::Notify;
 
-use super::outbox::OutboxInserts;
-
 /// A write transaction whose outbox events are published once it commits. Derefs to the
 /// transaction and is itself a [`ConnectionTrait`], so store functions take `&work` as they
 /// took `&txn`.
@@ -142,5 +140,35 @@ impl ConnectionTrait for UnitOfWork {
 
     fn support_returning(&self) -> bool {
         self.txn.support_returning()
+    }
+}
+
+/// Outbox rows (and their ordering counters) as insert statements, to be run only by
+/// [`UnitOfWork::insert_all`] (with the change, in one statement) or [`UnitOfWork::insert`] (in
+/// a unit of work): either wakes the relay after the commit.
+#[must_use = "events are written only by UnitOfWork::insert_all or UnitOfWork::insert"]
+#[derive(Debug)]
+pub struct OutboxInserts {
+    pub(super) statements: Vec<InsertStatement>,
+    wake: Arc<Notify>,
+}
+
+impl OutboxInserts {
+    /// Statements an outbox made (`super::outbox::OutboxWriter::insert`), with its relay's wake.
+    pub(super) fn new(statements: Vec<InsertStatement>, wake: Arc<Notify>) -> Self {
+        Self { statements, wake }
+    }
+
+    /// How many statements (not rows) these are.
+    pub fn len(&self) -> usize {
+        self.statements.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.statements.is_empty()
+    }
+
+    pub(super) fn into_parts(self) -> (Vec<InsertStatement>, Arc<Notify>) {
+        (self.statements, self.wake)
     }
 }

@@ -72,9 +72,17 @@ fn parse_item(i: usize, r: &pb::ImportedResponse, qs: &Questions) -> Result<Item
         match survey::check_answers(qs, &HashMap::new(), &answers, &p) {
             Ok((given, _)) => match response::check_complete(qs, &given) {
                 Ok(()) => all = Some(given),
-                Err(list) => list.into_iter().for_each(|fv| v.add(format!("{p}{}", fv.field), fv.description)),
+                Err(list) => {
+                    for fv in list {
+                        v.add(format!("{p}{}", fv.field), fv.description);
+                    }
+                }
             },
-            Err(list) => list.into_iter().for_each(|fv| v.add(fv.field, fv.description)),
+            Err(list) => {
+                for fv in list {
+                    v.add(fv.field, fv.description);
+                }
+            }
         }
     }
     match (v.finish(), contact, all, at) {
@@ -116,7 +124,9 @@ pub async fn import(
         match parse_item(i, r, &qs) {
             Ok(it) => items.push(Some(it)),
             Err(list) => {
-                list.into_iter().for_each(|fv| v.add(fv.field, fv.description));
+                for fv in list {
+                    v.add(fv.field, fv.description);
+                }
                 items.push(None);
             }
         }

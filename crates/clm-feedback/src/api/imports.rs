@@ -118,8 +118,9 @@ pub async fn import(
     let mut items = Vec::with_capacity(req.responses.len());
     let mut first_of: HashMap<&str, usize> = HashMap::new();
     for (i, r) in req.responses.iter().enumerate() {
-        if let Some(j) = first_of.insert(&r.external_id, i).filter(|_| !r.external_id.trim().is_empty()) {
-            v.add(format!("responses[{i}].external_id"), format!("repeats responses[{j}].external_id"));
+        let first = *first_of.entry(&r.external_id).or_insert(i);
+        if first != i && !r.external_id.trim().is_empty() {
+            v.add(format!("responses[{i}].external_id"), format!("repeats responses[{first}].external_id"));
         }
         match parse_item(i, r, &qs) {
             Ok(it) => items.push(Some(it)),

@@ -1250,7 +1250,7 @@ async fn submitted_events(url: &str) -> std::collections::HashMap<String, (i64, 
 /// not duplicated when imported again; bad items fail the batch, each named.
 async fn historical_responses_are_imported_at_their_times(backend: Backend) {
     let Some(env) = Env::start(backend, "fbimp").await else { return };
-    let Clients { mut f, mut c, .. } = env.clients("acme").await;
+    let Clients { mut f, mut c, mut l } = env.clients("acme").await;
     let a = new_contact(&mut c, "a@example.com", &[]).await;
     let b = new_contact(&mut c, "b@example.com", &[]).await;
     let survey = new_survey(&mut f, pb::SurveyKind::Nps, vec![why_question()], "").await;
@@ -1321,6 +1321,20 @@ async fn historical_responses_are_imported_at_their_times(backend: Backend) {
     for (id, at) in out.response_ids.iter().zip([m5, m3, m1]) {
         assert_eq!(events.get(id), Some(&(at, at)), "{id}");
     }
+    // Lifecycle hears it as the contact's activity back then.
+    let heard = wait_for("lifecycle records the imported response", async || {
+        let e = l
+            .list_journey_events(lpb::ListJourneyEventsRequest { contact_id: b.clone(), ..Default::default() })
+            .await
+            .ok()?
+            .into_inner();
+        e.events
+            .iter()
+            .find(|e| matches!(&e.detail, Some(lpb::journey_event::Detail::Custom(c)) if c.properties.get("response_id") == Some(&out.response_ids[1])))
+            .and_then(|e| micros(e.occur_time.as_ref()?))
+    })
+    .await;
+    assert_eq!(heard, m3);
 
     // Imported again (with one new answer): the known ones are skipped and reported.
     let mut again = batch.clone();

@@ -18,10 +18,6 @@ use support::{ClmProcess, NatsServer, PrivatePostgres};
 
 const SERVICES: [&str; 4] = ["contacts", "lifecycle", "feedback", "metrics"];
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// How long NATS stays down: a minute unless `CLM_TEST_NATS_OUTAGE_SECS` says otherwise.
 fn outage() -> Duration {
     Duration::from_secs(std::env::var("CLM_TEST_NATS_OUTAGE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(60))
@@ -53,7 +49,7 @@ async fn nats_outage_and_kill_9_lose_nothing() {
     }
     let pg = PrivatePostgres::init().expect("PostgreSQL's binaries (pg_config --bindir) for a private server");
     let mut nats = NatsServer::start().expect("nats-server for a private NATS");
-    let ports: Vec<u16> = SERVICES.iter().map(|_| free_port()).collect();
+    let ports: Vec<u16> = SERVICES.iter().map(|_| clm_testkit::free_port()).collect();
     let mut env: Vec<(String, String)> = vec![
         ("CLM_TELEMETRY__LOG_FILTER".into(), "info".into()),
         ("CLM_EVENTS__TRANSPORT".into(), "nats".into()),

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use clm_platform::testing::{self, Backend, TestDb};
 use clm_proto::contacts::v1 as pb;
 use clm_proto::contacts::v1::contacts_service_client::ContactsServiceClient;
+use clm_testkit::{self as testing, Backend, TestDb};
 use sea_orm::{ConnectionTrait, Database, Statement};
 
 #[derive(Clone, Copy)]
@@ -37,16 +37,6 @@ async fn facts(url: &str, contact_id: &str) -> Option<(String, String, Option<i6
             r.try_get("", "cost_micros").unwrap(),
         )
     })
-}
-
-async fn wait_for<T>(mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    for _ in 0..200 {
-        if let Some(v) = f().await {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("condition not reached in 10 s");
 }
 
 async fn contact_events_reach_metrics(backend: Backend, transport: Transport) {
@@ -91,7 +81,8 @@ async fn contact_events_reach_metrics(backend: Backend, transport: Transport) {
         .into_inner()
         .contact
         .unwrap();
-    let (state, channel, cost) = wait_for(async || facts(&metrics_db.url, &created.id).await).await;
+    let (state, channel, cost) =
+        testing::wait_for("the contact's facts in metrics", async || facts(&metrics_db.url, &created.id).await).await;
     assert_eq!((state.as_str(), channel.as_str(), cost), ("active", "paid_search", Some(40_000_000)));
 
     // An update and an erase follow, in order.
@@ -106,8 +97,10 @@ async fn contact_events_reach_metrics(backend: Backend, transport: Transport) {
     .await
     .unwrap();
     c.erase_contact(pb::EraseContactRequest { id: created.id.clone(), reason: "test".into() }).await.unwrap();
-    let (state, channel, _) =
-        wait_for(async || facts(&metrics_db.url, &created.id).await.filter(|f| f.0 == "erased")).await;
+    let (state, channel, _) = testing::wait_for("the erasure in metrics", async || {
+        facts(&metrics_db.url, &created.id).await.filter(|f| f.0 == "erased")
+    })
+    .await;
     assert_eq!((state.as_str(), channel.as_str()), ("erased", "social"));
 
     server.stop().await.unwrap();

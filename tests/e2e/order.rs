@@ -45,7 +45,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::Utc;
-use clm_platform::testing::Backend;
+use clm_testkit::Backend;
 
 use env::{Env, Fed, feed};
 use hand::invariants;

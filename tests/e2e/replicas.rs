@@ -32,10 +32,6 @@ fn contacts_count() -> usize {
     std::env::var("CLM_TEST_REPLICA_CONTACTS").ok().and_then(|s| s.parse().ok()).unwrap_or(200)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn ts(micros: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: micros.div_euclid(1_000_000),
@@ -57,11 +53,11 @@ impl Cluster {
     fn new(pg: &PrivatePostgres, nats: &NatsServer, tag: &str, replicas: usize) -> Self {
         let mut ports = BTreeMap::new();
         for svc in ["contacts", "feedback"] {
-            ports.insert((svc, 0), free_port());
+            ports.insert((svc, 0), clm_testkit::free_port());
         }
         for svc in ["lifecycle", "metrics"] {
             for r in 0..replicas {
-                ports.insert((svc, r), free_port());
+                ports.insert((svc, r), clm_testkit::free_port());
             }
         }
         let mut env: Vec<(String, String)> = vec![

@@ -6,9 +6,9 @@ mod support;
 
 use std::time::Duration;
 
-use clm_platform::testing::{Backend, TestDb};
 use clm_proto::contacts::v1 as cpb;
 use clm_proto::contacts::v1::contacts_service_client::ContactsServiceClient;
+use clm_testkit::{Backend, TestDb};
 use support::ClmProcess;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -155,4 +155,4 @@ async fn sigterm_drains(backend: Backend) {
     }
 }
 
-clm_platform::backend_tests!(serves_health_and_reflection, sigterm_drains);
+clm_testkit::backend_tests!(serves_health_and_reflection, sigterm_drains);

@@ -17,9 +17,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use clm_platform::testing::{self, Backend, TestDb};
 use clm_proto::contacts::v1 as pb;
 use clm_proto::contacts::v1::contacts_service_client::ContactsServiceClient;
+use clm_testkit::{self as testing, Backend, TestDb};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use tonic_health::pb::HealthCheckRequest;

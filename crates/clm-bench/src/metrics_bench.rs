@@ -15,9 +15,9 @@ use std::fmt::Write as _;
 use std::time::Instant;
 
 use clm_platform::TenantId;
-use clm_platform::testing::{self, Backend, TestDb};
 use clm_proto::metrics::v1 as pb;
 use clm_proto::metrics::v1::metrics_service_client::MetricsServiceClient;
+use clm_testkit::{self as testing, Backend, TestDb};
 use sea_orm::{ConnectionTrait, DatabaseConnection};
 
 use crate::Figure;
@@ -159,7 +159,6 @@ async fn feed(db: &DatabaseConnection, raw: &str, tenant: &str, model: &str) -> 
     use clm_platform::events::inbox::EventHandler as _;
     use clm_proto::events::v1 as ev;
     use ev::event_envelope::Payload;
-    use sea_orm::TransactionTrait as _;
     let q = |s: String| sea_orm::Statement::from_string(db.get_database_backend(), s);
     let envelope = |p: Payload| ev::EventEnvelope { tenant_id: tenant.into(), payload: Some(p), ..Default::default() };
     let mut events = Vec::new();
@@ -232,7 +231,7 @@ async fn feed(db: &DatabaseConnection, raw: &str, tenant: &str, model: &str) -> 
         })));
     }
     for chunk in events.chunks(100) {
-        let txn = db.begin().await?;
+        let txn = clm_platform::events::UnitOfWork::begin(db).await?;
         let refs: Vec<&ev::EventEnvelope> = chunk.iter().collect();
         clm_metrics::events::MetricsHandler.handle_batch(&txn, &refs, &|_| tracing::Span::none()).await?;
         txn.commit().await?;

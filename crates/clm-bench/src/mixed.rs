@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use clm_platform::testing::{Backend, TestDb};
 use clm_proto::common::v1::Money;
 use clm_proto::contacts::v1 as cpb;
 use clm_proto::contacts::v1::contacts_service_client::ContactsServiceClient;
@@ -23,11 +22,13 @@ use clm_proto::lifecycle::v1 as lpb;
 use clm_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
 use clm_proto::metrics::v1 as mpb;
 use clm_proto::metrics::v1::metrics_service_client::MetricsServiceClient;
+use clm_testkit::free_port;
+use clm_testkit::{Backend, TestDb};
 use hdrhistogram::Histogram;
 use tonic::transport::Channel;
 
 use crate::Figure;
-use crate::resources::{binary, free_port, start_with};
+use crate::resources::{binary, start_with};
 
 /// Where the mixed workload's services keep their data and send their events.
 pub enum Setup {

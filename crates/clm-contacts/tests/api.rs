@@ -1,10 +1,10 @@
 //! Contacts over real gRPC on a real socket, against SQLite and PostgreSQL.
 
 use clm_contacts::ContactsService;
-use clm_platform::testing::{self, Backend, BearerInterceptor, TestDb, TestServer};
 use clm_proto::common::v1::Money;
 use clm_proto::contacts::v1 as pb;
 use clm_proto::contacts::v1::contacts_service_client::ContactsServiceClient;
+use clm_testkit::{self as testing, Backend, BearerInterceptor, TestDb, TestServer, violated_fields};
 use prost_types::FieldMask;
 use sea_orm::{ConnectionTrait, Database};
 use tonic::Code;
@@ -36,10 +36,6 @@ async fn create(c: &mut Client, contact: pb::Contact) -> pb::Contact {
         .into_inner()
         .contact
         .expect("contact")
-}
-
-fn violations(s: &tonic::Status) -> Vec<String> {
-    clm_platform::error::field_violations(s).into_iter().map(|v| v.field).collect()
 }
 
 fn nf<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) {
@@ -154,7 +150,7 @@ async fn lifecycle_of_a_record(backend: Backend) {
         })
         .await
         .unwrap_err();
-    assert_eq!((err.code(), violations(&err)), (Code::InvalidArgument, vec!["update_mask".to_string()]));
+    assert_eq!((err.code(), violated_fields(&err)), (Code::InvalidArgument, vec!["update_mask".to_string()]));
 
     // Soft delete hides it from lists; undelete brings it back.
     let del = c
@@ -310,7 +306,7 @@ async fn bad_input_is_invalid_argument_with_the_field(backend: Backend) {
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
-        assert_eq!(violations(&err), vec![field.to_string()], "{field}: {}", err.message());
+        assert_eq!(violated_fields(&err), vec![field.to_string()], "{field}: {}", err.message());
     }
     // Several bad fields at once are all reported.
     let err = c
@@ -320,25 +316,25 @@ async fn bad_input_is_invalid_argument_with_the_field(backend: Backend) {
         })
         .await
         .unwrap_err();
-    let mut fields = violations(&err);
+    let mut fields = violated_fields(&err);
     fields.sort();
     assert_eq!(fields, vec!["contact.email", "contact.phone", "request_id"]);
 
     let err = c.get_contact(pb::GetContactRequest { id: "123".into() }).await.unwrap_err();
-    assert_eq!((err.code(), violations(&err)), (Code::InvalidArgument, vec!["id".to_string()]));
+    assert_eq!((err.code(), violated_fields(&err)), (Code::InvalidArgument, vec!["id".to_string()]));
     let err = c.list_contacts(pb::ListContactsRequest { page_size: 1001, ..Default::default() }).await.unwrap_err();
-    assert_eq!((err.code(), violations(&err)), (Code::InvalidArgument, vec!["page_size".to_string()]));
+    assert_eq!((err.code(), violated_fields(&err)), (Code::InvalidArgument, vec!["page_size".to_string()]));
     let err =
         c.list_contacts(pb::ListContactsRequest { order_by: "email".into(), ..Default::default() }).await.unwrap_err();
-    assert_eq!(violations(&err), vec!["order_by".to_string()]);
+    assert_eq!(violated_fields(&err), vec!["order_by".to_string()]);
     let err = c
         .batch_get_contacts(pb::BatchGetContactsRequest { ids: vec![uuid::Uuid::nil().to_string(); 1001] })
         .await
         .unwrap_err();
-    assert_eq!(violations(&err), vec!["ids".to_string()]);
+    assert_eq!(violated_fields(&err), vec!["ids".to_string()]);
     let err =
         c.create_contact(pb::CreateContactRequest { contact: None, request_id: String::new() }).await.unwrap_err();
-    assert_eq!(violations(&err), vec!["contact".to_string()]);
+    assert_eq!(violated_fields(&err), vec!["contact".to_string()]);
     server.stop().await.unwrap();
     db.cleanup().await;
 }
@@ -454,7 +450,7 @@ async fn list_filters_orders_and_pages(backend: Backend) {
         })
         .await
         .unwrap_err();
-    assert_eq!((err.code(), violations(&err)), (Code::InvalidArgument, vec!["page_token".to_string()]));
+    assert_eq!((err.code(), violated_fields(&err)), (Code::InvalidArgument, vec!["page_token".to_string()]));
     let err = c
         .list_contacts(pb::ListContactsRequest { page_size: 5, page_token: page.next_page_token, ..Default::default() })
         .await
@@ -742,7 +738,7 @@ async fn merge_folds_duplicates(backend: Backend) {
         })
         .await
         .unwrap_err();
-    assert_eq!(violations(&err), vec!["merged_ids[0]".to_string()]);
+    assert_eq!(violated_fields(&err), vec!["merged_ids[0]".to_string()]);
     server.stop().await.unwrap();
     db.cleanup().await;
 }
@@ -876,7 +872,7 @@ async fn segments_are_live(backend: Backend) {
         })
         .await
         .unwrap_err();
-    assert_eq!(violations(&err), vec!["segment.filter".to_string()]);
+    assert_eq!(violated_fields(&err), vec!["segment.filter".to_string()]);
     let listed = c.list_segments(pb::ListSegmentsRequest::default()).await.unwrap().into_inner();
     assert_eq!(listed.segments.len(), 1);
     c.delete_segment(pb::DeleteSegmentRequest { id: seg.id.clone(), etag: String::new() }).await.unwrap();
@@ -984,7 +980,7 @@ async fn bad_times_and_amounts_are_refused_by_field(backend: Backend) {
             .await
             .expect_err(field);
         assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
-        assert_eq!(violations(&err), vec![field.to_string()], "{err:?}");
+        assert_eq!(violated_fields(&err), vec![field.to_string()], "{err:?}");
         // Updates and imports refuse the same values the same way.
         let err = c
             .update_contact(pb::UpdateContactRequest {
@@ -1075,7 +1071,7 @@ async fn request_id_reused_for_another_request_fails(backend: Backend) {
     let mut c = client(&server, "acme", RW).await;
     let is_reuse = |err: tonic::Status| {
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-        assert_eq!(violations(&err), vec!["request_id".to_string()], "{err:?}");
+        assert_eq!(violated_fields(&err), vec!["request_id".to_string()], "{err:?}");
         assert!(err.message().contains("different request"), "{err:?}");
     };
     // CreateContact: the same payload (its map built afresh, so in another order) is a retry.
@@ -1127,7 +1123,156 @@ async fn request_id_reused_for_another_request_fails(backend: Backend) {
     db.cleanup().await;
 }
 
-clm_platform::backend_tests!(
+/// An event a consumer appends goes out when its batch commits, not at the relay's next poll:
+/// with the poll at a minute, the ContactUpdated an automation's tag request makes is published
+/// (the contacts outbox empty) well within `wait_for`'s 15 s.
+async fn events_a_consumer_appends_are_published_at_once(backend: Backend) {
+    let Some(db) = TestDb::create(backend, "consumerwake").await else { return };
+    let settings =
+        testing::settings(&[("CLM_CONTACTS__DATABASE_URL", &db.url), ("CLM_EVENTS__RELAY_POLL_MS", "60000")]);
+    let server = testing::spawn::<ContactsService>(settings.clone()).await;
+    let mut c = client(&server, "acme", RW).await;
+    let ada = create(&mut c, contact("ada@example.com", "Ada", "Lovelace")).await;
+    let conn = clm_platform::db::connect(&db.url, &settings.database).await.unwrap();
+    let unsent = || async { clm_platform::events::outbox::pending(&conn).await.unwrap() };
+    testing::wait_for("ContactCreated published", async || (unsent().await == 0).then_some(())).await;
+
+    // Lifecycle asks, by event, for a tag: contacts' consumer applies it and appends ContactUpdated.
+    let ask = clm_proto::events::v1::event_envelope::Payload::AutomationTriggered(
+        clm_proto::events::v1::AutomationTriggered {
+            automation_id: uuid::Uuid::new_v4().to_string(),
+            contact_id: ada.id.clone(),
+            topic: "contacts.add_tag".into(),
+            payload: [("tag".to_string(), "vip".to_string())].into(),
+        },
+    );
+    testing::publish_event(&settings, "lifecycle", "acme", "journey", &ada.id, ask).await;
+    testing::wait_for("the tag applied", async || {
+        let got = c.get_contact(pb::GetContactRequest { id: ada.id.clone() }).await.unwrap().into_inner();
+        got.contact.unwrap().tags.contains(&"vip".to_string()).then_some(())
+    })
+    .await;
+    testing::wait_for("the consumer's ContactUpdated published before the relay's poll", async || {
+        (unsent().await == 0).then_some(())
+    })
+    .await;
+    conn.close().await.ok();
+    server.stop().await.unwrap();
+    db.cleanup().await;
+}
+
+/// Request ids live in the platform's `idempotency_keys` (one implementation for every
+/// service); ids a database recorded in contacts' own table before are moved there and still
+/// answer retries, and still refuse another request.
+async fn request_ids_are_the_platforms_and_old_ones_still_answer(backend: Backend) {
+    use sea_orm_migration::MigratorTrait as _;
+    let Some(db) = TestDb::create(backend, "ridmove").await else { return };
+    // A database as the release before left it: its first seven migrations, a segment created
+    // with a request id recorded in `request_ids`.
+    let conn = clm_platform::db::connect(&db.url, &testing::settings(&[]).database).await.unwrap();
+    clm_contacts::store::migrations::Migrator::up(&conn, Some(7)).await.unwrap();
+    let tenant = clm_platform::TenantId::parse("acme").unwrap();
+    let seg_id = uuid::Uuid::now_v7();
+    let segment = clm_contacts::store::Segment {
+        id: seg_id,
+        display_name: "VIPs".into(),
+        description: String::new(),
+        filter: r#"tags:"vip""#.into(),
+        create_time: 1_700_000_000_000_000,
+        update_time: 1_700_000_000_000_000,
+        version: 1,
+    };
+    clm_contacts::store::insert_segment(&conn, &tenant, &segment).await.unwrap();
+    let rid = uuid::Uuid::new_v4().to_string();
+    let request = |name: &str| pb::CreateSegmentRequest {
+        segment: Some(pb::Segment { display_name: name.into(), filter: r#"tags:"vip""#.into(), ..Default::default() }),
+        request_id: rid.clone(),
+    };
+    let hash = clm_platform::idempotency::fingerprint("clm.contacts.v1.CreateSegmentRequest", &request("VIPs"));
+    let placeholder = |n: usize| match backend {
+        Backend::Postgres => format!("${n}"),
+        Backend::Sqlite => "?".into(),
+    };
+    conn.execute_raw(sea_orm::Statement::from_sql_and_values(
+        conn.get_database_backend(),
+        format!(
+            "INSERT INTO request_ids (tenant_id, method, request_id, resource_id, create_time, request_hash) \
+             VALUES ({}, {}, {}, {}, {}, {})",
+            placeholder(1),
+            placeholder(2),
+            placeholder(3),
+            placeholder(4),
+            placeholder(5),
+            placeholder(6)
+        ),
+        [
+            "acme".into(),
+            "CreateSegment".into(),
+            rid.clone().into(),
+            seg_id.to_string().into(),
+            1_700_000_000_000_000_i64.into(),
+            hash.into(),
+        ],
+    ))
+    .await
+    .unwrap();
+
+    // The upgraded service: the old id answers its retry and refuses another request.
+    let server = testing::spawn::<ContactsService>(testing::settings(&[("CLM_CONTACTS__DATABASE_URL", &db.url)])).await;
+    let mut c = client(&server, "acme", RW).await;
+    let again = c.create_segment(request("VIPs")).await.unwrap().into_inner().segment.unwrap();
+    assert_eq!(again.id, seg_id.to_string(), "the retry gets the segment the id made before the upgrade");
+    let err = c.create_segment(request("Others")).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert_eq!(violated_fields(&err), vec!["request_id".to_string()]);
+
+    // New ids are kept in the platform's table, and the old one was moved there.
+    let crid = uuid::Uuid::new_v4().to_string();
+    let ada = c
+        .create_contact(pb::CreateContactRequest {
+            contact: Some(contact("ada@example.com", "Ada", "Lovelace")),
+            request_id: crid.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .contact
+        .unwrap();
+    let kept = conn
+        .query_all_raw(sea_orm::Statement::from_string(
+            conn.get_database_backend(),
+            "SELECT method, request_id, resource_id, request_hash FROM idempotency_keys ORDER BY method",
+        ))
+        .await
+        .expect("the platform's idempotency_keys table");
+    let kept: Vec<(String, String, String, bool)> = kept
+        .iter()
+        .map(|r| {
+            (
+                r.try_get("", "method").unwrap(),
+                r.try_get("", "request_id").unwrap(),
+                r.try_get("", "resource_id").unwrap(),
+                r.try_get::<Option<String>>("", "request_hash").unwrap().is_some(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kept,
+        vec![
+            ("CreateContact".to_string(), crid, ada.id.clone(), true),
+            ("CreateSegment".to_string(), rid.clone(), seg_id.to_string(), true),
+        ]
+    );
+    let old_table = conn
+        .query_all_raw(sea_orm::Statement::from_string(conn.get_database_backend(), "SELECT * FROM request_ids"))
+        .await;
+    assert!(old_table.is_err(), "contacts' own request_ids table is gone");
+    conn.close().await.ok();
+    server.stop().await.unwrap();
+    db.cleanup().await;
+}
+
+clm_testkit::backend_tests!(
     lifecycle_of_a_record,
     idempotent_create_and_duplicate_email,
     bad_input_is_invalid_argument_with_the_field,
@@ -1143,4 +1288,6 @@ clm_platform::backend_tests!(
     bad_times_and_amounts_are_refused_by_field,
     import_message_over_the_size_limit_fails_the_call,
     request_id_reused_for_another_request_fails,
+    events_a_consumer_appends_are_published_at_once,
+    request_ids_are_the_platforms_and_old_ones_still_answer,
 );

@@ -5,7 +5,6 @@ use clm_contacts::ContactsService;
 use clm_feedback::FeedbackService;
 use clm_lifecycle::LifecycleService;
 use clm_platform::convert::micros;
-use clm_platform::testing::{self, Backend, BearerInterceptor, Services, TestDb, TestServer, wait_for};
 use clm_proto::common::v1::Money;
 use clm_proto::contacts::v1 as cpb;
 use clm_proto::contacts::v1::contacts_service_client::ContactsServiceClient;
@@ -13,6 +12,9 @@ use clm_proto::feedback::v1 as pb;
 use clm_proto::feedback::v1::feedback_service_client::FeedbackServiceClient;
 use clm_proto::lifecycle::v1 as lpb;
 use clm_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
+use clm_testkit::{
+    self as testing, Backend, BearerInterceptor, Services, TestDb, TestServer, violated_fields, wait_for,
+};
 use tonic::Code;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -156,10 +158,6 @@ fn in_app(survey: &str, contact: &str, answers: Vec<pb::Answer>, complete: bool)
     }
 }
 
-fn fields(s: &tonic::Status) -> Vec<String> {
-    clm_platform::error::field_violations(s).into_iter().map(|v| v.field).collect()
-}
-
 async fn invite(f: &mut Fb, survey: &str, contact: &str) -> pb::CreateInvitationResponse {
     f.create_invitation(pb::CreateInvitationRequest {
         survey_id: survey.into(),
@@ -195,7 +193,7 @@ async fn surveys_are_validated_and_versioned(backend: Backend) {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    let got = fields(&err);
+    let got = violated_fields(&err);
     for want in ["survey.display_name", "survey.kind", "survey.target_stage_key", "survey.status", "request_id"] {
         assert!(got.iter().any(|g| g == want), "{want} missing from {got:?}");
     }
@@ -217,7 +215,7 @@ async fn surveys_are_validated_and_versioned(backend: Backend) {
         })
         .await
         .unwrap_err();
-    assert_eq!(fields(&err), vec!["survey.questions[0].primary"]);
+    assert_eq!(violated_fields(&err), vec!["survey.questions[0].primary"]);
 
     // An NPS survey gets its 0-10 question; created twice with one request id, it exists once.
     let rid = uuid::Uuid::new_v4().to_string();
@@ -282,7 +280,7 @@ async fn surveys_are_validated_and_versioned(backend: Backend) {
         })
         .await
         .unwrap_err();
-    assert_eq!(fields(&err), vec!["update_mask"]);
+    assert_eq!(violated_fields(&err), vec!["update_mask"]);
 
     // Filters.
     let listed = f
@@ -298,7 +296,7 @@ async fn surveys_are_validated_and_versioned(backend: Backend) {
         .list_surveys(pb::ListSurveysRequest { filter: r#"colour = "red""#.into(), ..Default::default() })
         .await
         .unwrap_err();
-    assert_eq!(fields(&err), vec!["filter"]);
+    assert_eq!(violated_fields(&err), vec!["filter"]);
 
     // A survey with responses keeps its questions and cannot be deleted.
     let who = new_contact(&mut c, "answered@example.com", &[]).await;
@@ -553,13 +551,13 @@ async fn bad_responses_are_refused_with_reasons(backend: Backend) {
     for (answers, field) in cases {
         let err = f.submit_response(in_app(&survey.id, &who, answers, false)).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
-        assert_eq!(fields(&err), vec![field]);
+        assert_eq!(violated_fields(&err), vec![field]);
     }
     let err = f
         .submit_response(by_token("0192f0c0a0b07c3d8e9f000000000000.AAAAAAAAAAAAAAAAAAAAAA", vec![], true))
         .await
         .unwrap_err();
-    assert_eq!(fields(&err), vec!["invitation_token"], "a forged token");
+    assert_eq!(violated_fields(&err), vec!["invitation_token"], "a forged token");
     let err =
         f.submit_response(in_app(&survey.id, &uuid::Uuid::now_v7().to_string(), vec![], false)).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "unknown contact");
@@ -786,7 +784,7 @@ async fn difficult_ces_answers_are_followed_up(backend: Backend) {
     };
     let err = f.update_feedback_settings(update(7, &s.etag)).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert_eq!(fields(&err), ["feedback_settings.ces_follow_up_threshold"]);
+    assert_eq!(violated_fields(&err), ["feedback_settings.ces_follow_up_threshold"]);
     f.update_feedback_settings(update(4, &s.etag)).await.unwrap();
     let medium = new_contact(&mut c, "medium@example.com", &[]).await;
     let r = wait_for("contacts know the respondent", async || {
@@ -899,7 +897,7 @@ async fn a_republished_transition_invites_once(backend: Backend) {
             payload: Some(payload),
             ..Default::default()
         };
-        let txn = clm_platform::db::begin_write(&db).await.unwrap();
+        let txn = clm_platform::events::UnitOfWork::begin(&db).await.unwrap();
         handler.handle(&txn, &e).await.unwrap();
         txn.commit().await.unwrap();
     };
@@ -971,7 +969,7 @@ async fn reviews_count_as_advocacy(backend: Backend) {
         })
         .await
         .unwrap_err();
-    assert_eq!(fields(&err), vec!["review.rating", "review.url"]);
+    assert_eq!(violated_fields(&err), vec!["review.rating", "review.url"]);
     let r = f
         .create_review(pb::CreateReviewRequest {
             review: Some(pb::Review {
@@ -1081,7 +1079,7 @@ async fn tenants_are_isolated(backend: Backend) {
         Code::NotFound
     );
     let err = other.submit_response(by_token(&inv.token, vec![rating("score", 10)], true)).await.unwrap_err();
-    assert_eq!(fields(&err), vec!["invitation_token"], "a token is worthless in another tenant");
+    assert_eq!(violated_fields(&err), vec!["invitation_token"], "a token is worthless in another tenant");
     let err = other
         .create_invitation(pb::CreateInvitationRequest {
             survey_id: survey.id.clone(),
@@ -1155,7 +1153,7 @@ async fn bad_times_and_reused_request_ids_are_refused(backend: Backend) {
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-        assert_eq!(fields(&err)[0], field, "{err:?}");
+        assert_eq!(violated_fields(&err)[0], field, "{err:?}");
     }
     f.get_survey_results(pb::GetSurveyResultsRequest { survey_id: survey.id.clone(), ..Default::default() })
         .await
@@ -1163,7 +1161,7 @@ async fn bad_times_and_reused_request_ids_are_refused(backend: Backend) {
 
     let is_reuse = |err: tonic::Status| {
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-        assert_eq!(fields(&err), vec!["request_id".to_string()], "{err:?}");
+        assert_eq!(violated_fields(&err), vec!["request_id".to_string()], "{err:?}");
         assert!(err.message().contains("different request"), "{err:?}");
     };
     let rid = uuid::Uuid::new_v4().to_string();
@@ -1372,7 +1370,7 @@ async fn historical_responses_are_imported_at_their_times(backend: Backend) {
     ];
     let err = f.import_responses(req(bad)).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    let mut named = fields(&err);
+    let mut named = violated_fields(&err);
     named.sort();
     let mut want = vec![
         "responses[1].submit_time",
@@ -1391,13 +1389,16 @@ async fn historical_responses_are_imported_at_their_times(backend: Backend) {
     assert_eq!(count, 4, "a refused batch writes nothing");
     // A future time alone is refused too.
     let err = f.import_responses(req(vec![imported(&a, vec![rating("score", 7)], future, "f-1")])).await.unwrap_err();
-    assert_eq!((err.code(), fields(&err)), (Code::InvalidArgument, vec!["responses[0].submit_time".to_owned()]));
+    assert_eq!(
+        (err.code(), violated_fields(&err)),
+        (Code::InvalidArgument, vec!["responses[0].submit_time".to_owned()])
+    );
     // Request-level limits.
     let err = f.import_responses(req(vec![])).await.unwrap_err();
-    assert_eq!(fields(&err), vec!["responses".to_owned()]);
+    assert_eq!(violated_fields(&err), vec!["responses".to_owned()]);
     let many = (0..1001).map(|i| imported(&a, vec![rating("score", 7)], m1, &format!("m-{i}"))).collect();
     let err = f.import_responses(req(many)).await.unwrap_err();
-    assert_eq!(fields(&err), vec!["responses".to_owned()]);
+    assert_eq!(violated_fields(&err), vec!["responses".to_owned()]);
     // A draft's questions may still change: no imports into it.
     let draft = f
         .create_survey(pb::CreateSurveyRequest {
@@ -1425,7 +1426,7 @@ async fn historical_responses_are_imported_at_their_times(backend: Backend) {
     env.done().await;
 }
 
-clm_platform::backend_tests!(
+clm_testkit::backend_tests!(
     surveys_are_validated_and_versioned,
     segment_invited_answered_nps_read_back_and_follow_up,
     bad_responses_are_refused_with_reasons,

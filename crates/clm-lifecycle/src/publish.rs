@@ -3,12 +3,12 @@
 //! publish (`journeys`, the consumers in `events`, the handlers in `api`), so each of them can.
 
 use clm_platform::convert::timestamp;
+use clm_platform::events::UnitOfWork;
 use clm_platform::events::outbox::OutboxWriter;
 use clm_platform::{Result, TenantId};
 use clm_proto::events::v1 as ev;
 use clm_proto::events::v1::event_envelope::Payload;
 use clm_proto::lifecycle::v1 as pb;
-use sea_orm::ConnectionTrait;
 
 use crate::convert::kind_key;
 use crate::store::entities::{journey_event, transition};
@@ -25,16 +25,12 @@ impl Publisher {
         Self { outbox }
     }
 
-    pub fn committed(&self) {
-        self.outbox.committed();
-    }
-
     /// StageChanged for each new transition, after a retraction of each dropped one. Retractions
     /// go newest first, so a consumer that keeps "the current stage" and undoes a retracted
     /// transition back to the stage it left (feedback) unwinds the history in order.
     pub async fn stage_changes(
         &self,
-        txn: &impl ConnectionTrait,
+        txn: &UnitOfWork,
         tenant: &TenantId,
         model: &ModelRecord,
         all: &[transition::Model],
@@ -102,12 +98,7 @@ impl Publisher {
         Ok(())
     }
 
-    pub async fn automation(
-        &self,
-        txn: &impl ConnectionTrait,
-        tenant: &TenantId,
-        a: ev::AutomationTriggered,
-    ) -> Result<()> {
+    pub async fn automation(&self, txn: &UnitOfWork, tenant: &TenantId, a: ev::AutomationTriggered) -> Result<()> {
         let contact = a.contact_id.clone();
         self.outbox.append(txn, tenant, "journey", &contact, now_micros(), Payload::AutomationTriggered(a)).await?;
         Ok(())
@@ -115,7 +106,7 @@ impl Publisher {
 
     pub async fn event_recorded(
         &self,
-        txn: &impl ConnectionTrait,
+        txn: &UnitOfWork,
         tenant: &TenantId,
         row: &journey_event::Model,
         e: &pb::JourneyEvent,

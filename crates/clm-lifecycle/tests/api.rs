@@ -6,13 +6,13 @@ use std::time::Duration;
 use clm_contacts::ContactsService;
 use clm_lifecycle::LifecycleService;
 use clm_platform::convert::timestamp;
-use clm_platform::testing::{self, Backend, BearerInterceptor, TestDb, TestServer};
 use clm_proto::common::v1::Money;
 use clm_proto::contacts::v1 as cpb;
 use clm_proto::contacts::v1::contacts_service_client::ContactsServiceClient;
 use clm_proto::events::v1 as ev;
 use clm_proto::lifecycle::v1 as pb;
 use clm_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
+use clm_testkit::{self as testing, Backend, BearerInterceptor, TestDb, TestServer, violated_fields};
 use tonic::Code;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -59,18 +59,7 @@ impl Env {
 
     /// Publish `payload` on the bus as `producer` would (a consumed event).
     async fn publish(&self, producer: &str, tenant: &str, about: &str, payload: ev::event_envelope::Payload) {
-        use clm_platform::events::EventBus;
-        let bus = clm_platform::events::log_bus::LogBus::connect(
-            &self.settings.events.log_database_url,
-            &self.settings.database,
-        )
-        .await
-        .unwrap();
-        let tenant = clm_platform::TenantId::parse(tenant).unwrap();
-        let env = clm_platform::events::envelope(producer, &tenant, "test", about, now(), payload);
-        bus.publish(&clm_platform::events::subject(&env), &env.event_id, prost::Message::encode_to_vec(&env).into())
-            .await
-            .unwrap();
+        testing::publish_event(&self.settings, producer, tenant, "test", about, payload).await;
     }
 
     /// The StageChanged events lifecycle wrote to its outbox, in order.
@@ -823,7 +812,6 @@ async fn conditions_on_filters_and_segments(backend: Backend) {
 
 /// Survey responses (as feedback publishes them) move promoters to loyalty and flag detractors.
 async fn survey_responses_drive_the_journey(backend: Backend) {
-    use clm_platform::events::EventBus;
     use clm_proto::events::v1 as ev;
     let Some(env) = Env::start(backend, "nps").await else { return };
     let (mut c, mut l) = env.clients("acme").await;
@@ -832,33 +820,19 @@ async fn survey_responses_drive_the_journey(backend: Backend) {
     for id in [&promoter, &detractor] {
         record(&mut l, purchase(id, "o-1", None)).await;
     }
-    let bus =
-        clm_platform::events::log_bus::LogBus::connect(&env.settings.events.log_database_url, &env.settings.database)
-            .await
-            .unwrap();
-    let tenant = clm_platform::TenantId::parse("acme").unwrap();
     for (id, score) in [(&promoter, 10), (&detractor, 2)] {
-        let env = clm_platform::events::envelope(
-            "feedback",
-            &tenant,
-            "response",
-            id,
-            now(),
-            ev::event_envelope::Payload::ResponseSubmitted(ev::ResponseSubmitted {
-                response_id: uuid::Uuid::new_v4().to_string(),
-                survey_id: uuid::Uuid::new_v4().to_string(),
-                contact_id: (*id).clone(),
-                kind: ev::SurveyKind::Nps as i32,
-                score,
-                has_score: true,
-                complete: true,
-                submit_time: Some(timestamp(now())),
-                stage_key: String::new(),
-            }),
-        );
-        bus.publish(&clm_platform::events::subject(&env), &env.event_id, prost::Message::encode_to_vec(&env).into())
-            .await
-            .unwrap();
+        let response = ev::event_envelope::Payload::ResponseSubmitted(ev::ResponseSubmitted {
+            response_id: uuid::Uuid::new_v4().to_string(),
+            survey_id: uuid::Uuid::new_v4().to_string(),
+            contact_id: (*id).clone(),
+            kind: ev::SurveyKind::Nps as i32,
+            score,
+            has_score: true,
+            complete: true,
+            submit_time: Some(timestamp(now())),
+            stage_key: String::new(),
+        });
+        testing::publish_event(&env.settings, "feedback", "acme", "response", id, response).await;
     }
     let mut ok = (false, false);
     for _ in 0..100 {
@@ -1307,10 +1281,6 @@ async fn automations_ask_contacts_outside_the_transaction(backend: Backend) {
     env.done().await;
 }
 
-fn fields(err: &tonic::Status) -> Vec<String> {
-    clm_platform::error::field_violations(err).into_iter().map(|v| v.field).collect()
-}
-
 async fn bad_times_and_amounts_are_refused_by_field(backend: Backend) {
     let Some(env) = Env::start(backend, "badvalues").await else { return };
     let (mut c, mut l) = env.clients("acme").await;
@@ -1325,7 +1295,7 @@ async fn bad_times_and_amounts_are_refused_by_field(backend: Backend) {
             .await
             .expect_err(why);
         assert_eq!(err.code(), Code::InvalidArgument, "{why}: {err:?}");
-        assert_eq!(fields(&err), vec!["event.occur_time"], "{why}: {err:?}");
+        assert_eq!(violated_fields(&err), vec!["event.occur_time"], "{why}: {err:?}");
         let summary = l
             .import_journey_events(tokio_stream::iter(vec![pb::ImportJourneyEventsRequest {
                 model_id: String::new(),
@@ -1347,7 +1317,7 @@ async fn bad_times_and_amounts_are_refused_by_field(backend: Backend) {
             .await
             .expect_err(why);
         assert_eq!(err.code(), Code::InvalidArgument, "{why}: {err:?}");
-        assert_eq!(fields(&err), vec!["transition_time"], "{why}: {err:?}");
+        assert_eq!(violated_fields(&err), vec!["transition_time"], "{why}: {err:?}");
     }
     // Amounts: at most 10^12 units.
     let mut huge = purchase(&id, "huge", None);
@@ -1358,7 +1328,7 @@ async fn bad_times_and_amounts_are_refused_by_field(backend: Backend) {
         .record_journey_event(pb::RecordJourneyEventRequest { event: Some(huge.clone()), ..Default::default() })
         .await
         .unwrap_err();
-    assert_eq!(fields(&err), vec!["event.purchase.amount.units"], "{err:?}");
+    assert_eq!(violated_fields(&err), vec!["event.purchase.amount.units"], "{err:?}");
     if let Some(pb::journey_event::Detail::Purchase(p)) = &mut huge.detail {
         p.amount = Some(Money { currency_code: "EUR".into(), units: 1_000_000_000_000, nanos: 999_999_999 });
     }
@@ -1435,7 +1405,7 @@ async fn request_id_reused_for_another_request_fails(backend: Backend) {
     let (mut c, mut l) = env.clients("acme").await;
     let is_reuse = |err: tonic::Status, field: &str| {
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-        assert_eq!(fields(&err), vec![field.to_string()], "{err:?}");
+        assert_eq!(violated_fields(&err), vec![field.to_string()], "{err:?}");
         assert!(err.message().contains("different"), "{err:?}");
     };
     let rid = uuid::Uuid::new_v4().to_string();
@@ -1507,7 +1477,7 @@ async fn request_id_reused_for_another_request_fails(backend: Backend) {
     env.done().await;
 }
 
-clm_platform::backend_tests!(
+clm_testkit::backend_tests!(
     backdated_events_republish_what_changed,
     survey_responses_are_activity,
     every_path_runs_automations,

@@ -8,7 +8,6 @@ use clm_contacts::ContactsService;
 use clm_feedback::FeedbackService;
 use clm_lifecycle::LifecycleService;
 use clm_metrics::MetricsService;
-use clm_platform::testing::{self, Backend, BearerInterceptor, Services, TestDb, TestServer, wait_for};
 use clm_proto::common::v1::Money;
 use clm_proto::contacts::v1 as cpb;
 use clm_proto::contacts::v1::contacts_service_client::ContactsServiceClient;
@@ -18,6 +17,7 @@ use clm_proto::lifecycle::v1 as lpb;
 use clm_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
 use clm_proto::metrics::v1 as pb;
 use clm_proto::metrics::v1::metrics_service_client::MetricsServiceClient;
+use clm_testkit::{self as testing, Backend, BearerInterceptor, Services, TestDb, TestServer, wait_for};
 use tonic::Code;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -396,7 +396,7 @@ async fn every_kpi_from_the_event_stream_and_a_replay_agrees(backend: Backend) {
         .create_goal(pb::CreateGoalRequest { goal: Some(pb::Goal::default()), request_id: String::new() })
         .await
         .unwrap_err();
-    let fields: Vec<String> = clm_platform::error::field_violations(&err).into_iter().map(|v| v.field).collect();
+    let fields = testing::violated_fields(&err);
     assert!(fields.contains(&"goal.kpi".to_owned()) && fields.contains(&"goal.direction".to_owned()), "{fields:?}");
 
     // Another tenant sees nothing of it.
@@ -429,7 +429,7 @@ async fn every_kpi_from_the_event_stream_and_a_replay_agrees(backend: Backend) {
     let before = figures(&mut m).await;
     env.server.take().unwrap().stop().await.unwrap();
     let settings = env.settings.clone();
-    let bus = clm_platform::events::bus::from_settings(&settings.events, &settings.database).await.unwrap();
+    let bus = clm_platform::events::transport::from_settings(&settings.events, &settings.database).await.unwrap();
     let db = clm_platform::db::connect(&env.dbs[3].url, &settings.database).await.unwrap();
     clm_platform::events::consumer::replay(
         bus.as_ref(),
@@ -568,7 +568,7 @@ async fn watch_streams_changes_and_bad_input_is_named(backend: Backend) {
 
     let field = |s: tonic::Status| -> Vec<String> {
         assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
-        clm_platform::error::field_violations(&s).into_iter().map(|v| v.field).collect()
+        testing::violated_fields(&s)
     };
     let bad_range = pb::MetricsScope {
         start_time: Some(prost_types::Timestamp { seconds: 2_000_000_000, nanos: 0 }),
@@ -871,7 +871,7 @@ async fn bad_times_and_reused_request_ids_are_refused(backend: Backend) {
     let year_0 = prost_types::Timestamp { seconds: -62_135_596_801, nanos: 0 };
     let fields = |s: tonic::Status| -> Vec<String> {
         assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
-        clm_platform::error::field_violations(&s).into_iter().map(|v| v.field).collect()
+        testing::violated_fields(&s)
     };
     for (scope, field) in [
         (pb::MetricsScope { end_time: Some(year_10000), ..Default::default() }, "scope.end_time"),
@@ -921,7 +921,7 @@ async fn bad_times_and_reused_request_ids_are_refused(backend: Backend) {
     env.done().await;
 }
 
-clm_platform::backend_tests!(
+clm_testkit::backend_tests!(
     a_retracted_transition_is_uncounted,
     a_segment_filter_narrows_every_kpi,
     every_kpi_from_the_event_stream_and_a_replay_agrees,

@@ -9,8 +9,8 @@ use clm_metrics::api::kpi::Snapshot;
 use clm_metrics::domain::DAY;
 use clm_metrics::domain::kpi::KpiKind as Kpi;
 use clm_metrics::store::read::Slice;
-use clm_platform::testing::Backend;
 use clm_proto::events::v1 as ev;
+use clm_testkit::Backend;
 use common::*;
 
 /// The fixture, fed in the order given (the order does not matter: `read_model.rs`).
@@ -146,4 +146,4 @@ async fn every_kpi_equals_its_hand_computation(backend: Backend) {
     t.cleanup().await;
 }
 
-clm_platform::backend_tests!(every_kpi_equals_its_hand_computation);
+clm_testkit::backend_tests!(every_kpi_equals_its_hand_computation);

@@ -8,8 +8,8 @@ use clm_metrics::domain::kpi::Counter;
 use clm_metrics::domain::{DAY, Gran};
 use clm_metrics::store::read::{self, Group, KpiRow, Slice, cohorts, funnel};
 use clm_platform::TenantId;
-use clm_platform::testing::Backend;
 use clm_proto::events::v1 as ev;
+use clm_testkit::Backend;
 use common::*;
 use sea_orm::DatabaseConnection;
 
@@ -341,7 +341,7 @@ async fn an_order_counts_once_and_money_never_wraps(backend: Backend) {
     t.cleanup().await;
 }
 
-clm_platform::backend_tests!(
+clm_testkit::backend_tests!(
     any_order_gives_the_same_numbers,
     a_segment_counts_as_a_tenant_of_its_members,
     roll_ups_answer_any_range,

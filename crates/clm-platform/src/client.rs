@@ -1,10 +1,16 @@
-//! Outgoing gRPC: a channel that carries the current trace context (`traceparent`) and the
-//! caller's credentials on every call, so a trace follows a request across services.
+//! Outgoing gRPC: a channel that makes a CLIENT span for every call (`rpc.*` attributes, the
+//! status recorded when the answer ends: `telemetry::semconv`) and carries that span's W3C
+//! trace context (`traceparent`), so a trace follows a request across services and shows the
+//! call from both sides.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::task::{Context, Poll};
 
-/// Wraps a transport (usually a `tonic::transport::Channel`) and injects the current span's
-/// W3C trace context into each request's headers.
+use crate::telemetry::semconv::{self, Side};
+
+/// Wraps a transport (usually a `tonic::transport::Channel`): each request gets a CLIENT span,
+/// child of the current span, whose context goes into the request's headers.
 #[derive(Clone, Debug)]
 pub struct TracePropagation<S> {
     inner: S,
@@ -16,21 +22,101 @@ impl<S> TracePropagation<S> {
     }
 }
 
-impl<S, B> tower::Service<http::Request<B>> for TracePropagation<S>
+impl<S, B, R> tower::Service<http::Request<B>> for TracePropagation<S>
 where
-    S: tower::Service<http::Request<B>>,
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
 {
-    type Response = S::Response;
+    type Response = http::Response<Traced<R>>;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        crate::telemetry::inject_current(req.headers_mut());
-        self.inner.call(req)
+        let span = semconv::rpc_span(Side::Client, req.uri().path());
+        crate::telemetry::inject(&span, req.headers_mut());
+        let sent = {
+            let _entered = span.enter();
+            self.inner.call(req)
+        };
+        Box::pin(async move {
+            match sent.await {
+                Ok(response) => {
+                    // A trailers-only answer (most errors) has its status in the headers.
+                    if let Some(code) = semconv::grpc_status(response.headers()) {
+                        semconv::record_grpc_status(&span, Side::Client, code);
+                    }
+                    Ok(response.map(|body| Traced { inner: body, span: Some(span) }))
+                }
+                Err(e) => {
+                    // No answer (connection refused, reset): tonic reports UNAVAILABLE.
+                    semconv::record_grpc_status(&span, Side::Client, tonic::Code::Unavailable as i32);
+                    Err(e)
+                }
+            }
+        })
+    }
+}
+
+/// A response body that keeps the call's CLIENT span open until the answer ends and records
+/// the `grpc-status` of its trailers.
+#[derive(Debug)]
+pub struct Traced<B> {
+    inner: B,
+    span: Option<tracing::Span>,
+}
+
+/// An empty answer with no span (what an interceptor that refuses a call sends back).
+impl<B: Default> Default for Traced<B> {
+    fn default() -> Self {
+        Self { inner: B::default(), span: None }
+    }
+}
+
+impl<B> http_body::Body for Traced<B>
+where
+    B: http_body::Body + Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(trailers), Some(span)) = (frame.trailers_ref(), &self.span)
+                    && let Some(code) = semconv::grpc_status(trailers)
+                {
+                    semconv::record_grpc_status(span, Side::Client, code);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(span) = &self.span {
+                    span.record("otel.status_code", "error");
+                }
+            }
+            Poll::Ready(None) => self.span = None,
+            Poll::Pending => {}
+        }
+        if self.inner.is_end_stream() {
+            // The answer is complete: the span ends now, not when the body is dropped.
+            self.span = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

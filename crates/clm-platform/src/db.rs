@@ -266,6 +266,22 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// A real write to `db` (a one-row table of its own, created on first use): readiness uses it
+/// to see that storage which failed takes writes again.
+pub async fn probe_write(db: &DatabaseConnection) -> Result<(), crate::Error> {
+    crate::storage::check_space(db)?;
+    let now = chrono::Utc::now().timestamp_micros();
+    let txn = begin_write(db).await?;
+    txn.execute_unprepared("CREATE TABLE IF NOT EXISTS clm_storage_probe (id INTEGER PRIMARY KEY, at BIGINT NOT NULL)")
+        .await?;
+    txn.execute_unprepared(&format!(
+        "INSERT INTO clm_storage_probe (id, at) VALUES (1, {now}) ON CONFLICT (id) DO UPDATE SET at = excluded.at"
+    ))
+    .await?;
+    txn.commit().await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

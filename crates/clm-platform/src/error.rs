@@ -118,15 +118,34 @@ impl From<FieldViolation> for Error {
     }
 }
 
+/// A storage fault a write hit (the storage is marked suspect, so readiness checks it).
+impl From<crate::storage::Fault> for Error {
+    fn from(fault: crate::storage::Fault) -> Self {
+        use crate::storage::Fault;
+        crate::storage::mark_suspect();
+        match fault {
+            Fault::Full => Self::ResourceExhausted(fault.message().into()),
+            Fault::Unwritable => Self::Unavailable(fault.message().into()),
+        }
+    }
+}
+
+/// A write refused for want of the free-space reserve.
+impl From<crate::storage::Refusal> for Error {
+    fn from(refusal: crate::storage::Refusal) -> Self {
+        Self::ResourceExhausted(refusal.0)
+    }
+}
+
 impl From<sea_orm::DbErr> for Error {
     fn from(err: sea_orm::DbErr) -> Self {
         use sea_orm::DbErr;
         if let Some(refusal) = crate::storage::reserve_refusal(&err) {
-            return refusal;
+            return refusal.into();
         }
         if let Some(fault) = crate::storage::classify(&err) {
             tracing::warn!(error = %err, "the database's storage refused a write");
-            return crate::storage::fault_error(fault);
+            return fault.into();
         }
         match &err {
             DbErr::ConnectionAcquire(sea_orm::error::ConnAcquireErr::Timeout)

@@ -1,7 +1,8 @@
 //! Request ids (AIP-155): a create retried with the same `request_id` returns what the first
 //! call produced instead of creating twice. Services add [`IdempotencyMigration`] and
 //! [`IdempotencyHashMigration`] to their migrator and call [`find`] before and [`record`]
-//! inside the transaction of the change.
+//! inside the transaction of the change (or write [`insert`] in the change's one statement).
+//! Every service keeps its request ids here, in its own database's `idempotency_keys`.
 //!
 //! A request id names one request: with it we keep the [`fingerprint`] of the request (SHA-256
 //! of its canonical encoding, `request_id` left out). The same id with another payload is a
@@ -162,17 +163,7 @@ pub async fn record(
     fingerprint: &str,
     resource_id: &str,
 ) -> Result<()> {
-    entity::Entity::insert(entity::ActiveModel {
-        tenant_id: ActiveValue::Set(tenant.as_str().to_owned()),
-        method: ActiveValue::Set(method.to_owned()),
-        request_id: ActiveValue::Set(request_id.to_owned()),
-        resource_id: ActiveValue::Set(resource_id.to_owned()),
-        create_time: ActiveValue::Set(chrono::Utc::now().timestamp_micros()),
-        request_hash: ActiveValue::Set(Some(fingerprint.to_owned())),
-    })
-    .exec_without_returning(db)
-    .await
-    .map_err(|e| {
+    db.execute(&insert(tenant, method, request_id, fingerprint, resource_id)).await.map_err(|e| {
         if matches!(e.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_))) {
             Error::Aborted("a concurrent request with the same request_id is in progress; retry".into())
         } else {
@@ -180,6 +171,26 @@ pub async fn record(
         }
     })?;
     Ok(())
+}
+
+/// [`record`] as an insert statement, for a write that lands in one statement with the change
+/// (`UnitOfWork::insert_all`, contacts' CreateContact). A request id recorded before fails the
+/// statement with a unique violation; the caller then [`find`]s the first result.
+pub fn insert(
+    tenant: &TenantId,
+    method: &str,
+    request_id: &str,
+    fingerprint: &str,
+    resource_id: &str,
+) -> sea_orm::sea_query::InsertStatement {
+    sea_orm::QueryTrait::into_query(entity::Entity::insert(entity::ActiveModel {
+        tenant_id: ActiveValue::Set(tenant.as_str().to_owned()),
+        method: ActiveValue::Set(method.to_owned()),
+        request_id: ActiveValue::Set(request_id.to_owned()),
+        resource_id: ActiveValue::Set(resource_id.to_owned()),
+        create_time: ActiveValue::Set(chrono::Utc::now().timestamp_micros()),
+        request_hash: ActiveValue::Set(Some(fingerprint.to_owned())),
+    }))
 }
 
 /// The error of a request id used again for another request.

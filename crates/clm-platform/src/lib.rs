@@ -30,12 +30,14 @@ pub mod tls;
 pub use auth::{RequestContext, Scope, TenantId};
 pub use config::Settings;
 pub use error::{Error, FieldViolation, Result, Violations};
-#[cfg(feature = "testing")]
-pub mod testing;
 
 /// Every CLM binary allocates with mimalloc. A gRPC call makes many small, short-lived
 /// allocations (HTTP/2 frames, protobuf messages, SQL text, rows) across threads, and glibc's
 /// malloc spent ~13 % of a GetContact load in malloc/free and arena consolidation; with
 /// mimalloc the same load ran 30–40 % more calls a second (BENCHMARKS.md).
+///
+/// Not in this crate's own unit-test build: its tests link the library a second time (through
+/// the dev-dependency `clm-testkit`), and that copy brings the allocator; two would conflict.
+#[cfg(not(test))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -19,7 +19,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tower::ServiceBuilder;
-use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::auth::{AuthLayer, Authenticator};
 use crate::config::Settings;
@@ -45,7 +45,7 @@ pub struct Shared {
 impl Shared {
     /// Build the process-wide parts: page-token key and the event bus the settings name.
     pub async fn new(settings: Settings) -> anyhow::Result<Self> {
-        let bus = crate::events::bus::from_settings(&settings.events, &settings.database).await?;
+        let bus = crate::events::transport::from_settings(&settings.events, &settings.database).await?;
         Ok(Self::with_bus(settings, bus))
     }
 
@@ -205,7 +205,7 @@ impl Health {
                 ok = false;
             }
             if ok && m.suspect.load(Ordering::Acquire) {
-                match tokio::time::timeout(Duration::from_secs(3), crate::storage::probe_write(&m.probe)).await {
+                match tokio::time::timeout(Duration::from_secs(3), crate::db::probe_write(&m.probe)).await {
                     Ok(Ok(())) => {
                         tracing::info!(module = m.module.name, "database takes writes again: ready");
                         m.suspect.store(false, Ordering::Release);
@@ -308,7 +308,8 @@ pub async fn serve(
                 .make_span_with(request_span::<tonic::body::Body>)
                 // A caller's mistake is not the server's error: details at debug, while internal
                 // errors are logged at error level where they are mapped (crate::error).
-                .on_response(DefaultOnResponse::new().level(tracing::Level::DEBUG))
+                .on_response(crate::telemetry::semconv::ServerOutcome)
+                .on_eos(crate::telemetry::semconv::ServerOutcome)
                 .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         )
         .layer(crate::header_limit::HeaderLimitLayer::new(settings.server.max_header_bytes))
@@ -400,19 +401,10 @@ fn answer_unserved(routes: tonic::service::Routes, served: &[&str]) -> tonic::se
     routes.into_axum_router().fallback(fallback).into()
 }
 
-/// The span of one call, named after the RPC, child of the caller's `traceparent` if any.
+/// The span of one call (SERVER, named after the RPC: `telemetry::semconv`), child of the
+/// caller's `traceparent` if any.
 fn request_span<B>(req: &http::Request<B>) -> tracing::Span {
-    let path = req.uri().path();
-    let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or((path, ""));
-    let span = tracing::info_span!(
-        "grpc.request",
-        otel.name = %path.trim_start_matches('/'),
-        otel.kind = "server",
-        rpc.system = "grpc",
-        rpc.service = %service,
-        rpc.method = %method,
-        tenant = tracing::field::Empty,
-    );
+    let span = crate::telemetry::semconv::rpc_span(crate::telemetry::semconv::Side::Server, req.uri().path());
     crate::telemetry::set_remote_parent(&span, crate::telemetry::extract_context(req.headers()));
     span
 }

@@ -5,12 +5,15 @@
 //!   is RESOURCE_EXHAUSTED; one that fails because the storage is read-only or failing
 //!   (`SQLITE_READONLY`, `SQLITE_IOERR`, `SQLITE_CANTOPEN`, PostgreSQL `25006`, `58xxx`) is
 //!   UNAVAILABLE. Both say why, and both mark the storage suspect ([`suspect`]): readiness
-//!   then stays NOT_SERVING until a real write ([`probe_write`]) succeeds again.
+//!   then stays NOT_SERVING until a real write (`db::probe_write`) succeeds again.
 //! - On SQLite, a write transaction is refused before it starts when the file system holding
 //!   the database has less than `database.min_free_bytes` free ([`check_space`]): the reserve
 //!   keeps room for SQLite's own needs (WAL growth, checkpoints) and for the event consumers to
 //!   catch up, and turns a full disk into a clean refusal instead of a failure half-way.
 //!   PostgreSQL manages its own disk; its `disk_full` errors are mapped as above.
+//!
+//! This module only classifies and remembers; `error` turns a [`Fault`] or a [`Refusal`] into
+//! the status a client gets, and `db::probe_write` is the real write readiness makes.
 //!
 //! A failed write never leaves anything behind: SQLite rolls the transaction back (and the
 //! patched sqlx-sqlite in `vendor/` no longer mistakes the connection for one still inside it,
@@ -20,9 +23,7 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex};
 
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, RuntimeErr};
-
-use crate::Error;
+use sea_orm::{DatabaseConnection, DbBackend, DbErr, RuntimeErr};
 
 /// Why the storage refused a write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,18 +61,27 @@ pub fn classify(err: &DbErr) -> Option<Fault> {
     }
 }
 
-/// The client-facing error for a fault (and the storage is marked suspect).
-pub fn fault_error(fault: Fault) -> Error {
-    mark_suspect();
-    match fault {
-        Fault::Full => Error::ResourceExhausted(
-            "no space left on the database's disk: the write was not applied; retry once space is freed".into(),
-        ),
-        Fault::Unwritable => Error::Unavailable(
-            "the database's storage cannot be written (read-only or failing): the write was not applied; retry \
-             with backoff"
-                .into(),
-        ),
+impl Fault {
+    /// What the client is told.
+    pub fn message(self) -> &'static str {
+        match self {
+            Fault::Full => "no space left on the database's disk: the write was not applied; retry once space is freed",
+            Fault::Unwritable => {
+                "the database's storage cannot be written (read-only or failing): the write was not applied; retry \
+                 with backoff"
+            }
+        }
+    }
+}
+
+/// A write refused before it started, for want of the free-space reserve ([`check_space`]):
+/// RESOURCE_EXHAUSTED with this message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal(pub String);
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -104,12 +114,12 @@ pub(crate) fn set_min_free(bytes: u64) {
 
 /// Refuse a SQLite write (RESOURCE_EXHAUSTED) when the file system holding the database has
 /// less than `database.min_free_bytes` free. PostgreSQL and in-memory SQLite: always fine.
-pub fn check_space(db: &DatabaseConnection) -> Result<(), Error> {
+pub fn check_space(db: &DatabaseConnection) -> Result<(), Refusal> {
     match below_reserve(db) {
         None => Ok(()),
         Some((free, min)) => {
             mark_suspect();
-            Err(Error::ResourceExhausted(format!(
+            Err(Refusal(format!(
                 "no space left for writes: the database's disk has {free} bytes free, below the reserve of {min} \
                  (database.min_free_bytes); the write was not applied; retry once space is freed"
             )))
@@ -143,28 +153,12 @@ pub fn check_space_db(db: &DatabaseConnection) -> Result<(), DbErr> {
     check_space(db).map_err(|e| DbErr::Custom(format!("{RESERVE_REFUSAL}{e}")))
 }
 
-/// The refusal [`check_space_db`] made, back as the error it stands for.
-pub(crate) fn reserve_refusal(err: &DbErr) -> Option<Error> {
+/// The refusal [`check_space_db`] made, back as what it was.
+pub(crate) fn reserve_refusal(err: &DbErr) -> Option<Refusal> {
     match err {
-        DbErr::Custom(msg) => msg.strip_prefix(RESERVE_REFUSAL).map(|m| Error::ResourceExhausted(m.to_owned())),
+        DbErr::Custom(msg) => msg.strip_prefix(RESERVE_REFUSAL).map(|m| Refusal(m.to_owned())),
         _ => None,
     }
-}
-
-/// A real write to `db` (a one-row table of its own, created on first use): readiness uses it
-/// to see that storage which failed takes writes again.
-pub async fn probe_write(db: &DatabaseConnection) -> Result<(), Error> {
-    check_space(db)?;
-    let now = chrono::Utc::now().timestamp_micros();
-    let txn = crate::db::begin_write(db).await?;
-    txn.execute_unprepared("CREATE TABLE IF NOT EXISTS clm_storage_probe (id INTEGER PRIMARY KEY, at BIGINT NOT NULL)")
-        .await?;
-    txn.execute_unprepared(&format!(
-        "INSERT INTO clm_storage_probe (id, at) VALUES (1, {now}) ON CONFLICT (id) DO UPDATE SET at = excluded.at"
-    ))
-    .await?;
-    txn.commit().await?;
-    Ok(())
 }
 
 /// Modules whose database did not answer its last health ping.

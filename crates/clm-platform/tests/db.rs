@@ -2,7 +2,7 @@
 
 use clm_platform::config::DatabaseSettings;
 use clm_platform::db;
-use clm_platform::testing::{Backend, TestDb};
+use clm_testkit::{Backend, TestDb};
 use sea_orm::sea_query::{Alias, Expr, Func, Index, InsertStatement, Query, Table};
 use sea_orm::{ConnectionTrait, DatabaseConnection};
 

@@ -18,9 +18,9 @@ use clm_platform::events::consumer::{consume_once, replay};
 use clm_platform::events::log_bus::LogBus;
 use clm_platform::events::nats::NatsBus;
 use clm_platform::events::outbox::{OutboxWriter, pending, relay_once};
-use clm_platform::testing::{Backend, TestDb};
 use clm_proto::events::v1 as ev;
 use clm_proto::events::v1::event_envelope::Payload;
+use clm_testkit::{Backend, TestDb};
 use common::{Recorder, TestMigrator, applied, db_settings, drain, nats_url, spec};
 use sea_orm::DatabaseConnection;
 
@@ -35,7 +35,7 @@ async fn produce(
     let tenant = TenantId::parse("t1").unwrap();
     for n in start..start + per_aggregate {
         for agg in aggregates {
-            let txn = clm_platform::db::begin_write(db).await.unwrap();
+            let txn = clm_platform::events::UnitOfWork::begin(db).await.unwrap();
             outbox
                 .append(
                     &txn,
@@ -482,4 +482,102 @@ async fn leases_sqlite() {
 #[tokio::test]
 async fn leases_postgres() {
     leases(Backend::Postgres).await;
+}
+
+/// Appends one event per applied event to the outbox it is given, in the consumer's unit of
+/// work (as a service's consumer that publishes does).
+struct Forwarder(OutboxWriter);
+
+#[async_trait]
+impl clm_platform::events::inbox::EventHandler for Forwarder {
+    async fn handle(&self, work: &clm_platform::events::UnitOfWork, e: &ev::EventEnvelope) -> clm_platform::Result<()> {
+        let tenant = TenantId::parse(&e.tenant_id).unwrap();
+        let payload = Payload::ContactUpdated(ev::ContactUpdated {
+            contact_id: format!("fwd-{}", e.aggregate_id),
+            changed_paths: vec!["0".into()],
+            facts: None,
+        });
+        self.0.append(work, &tenant, "contact", &format!("fwd-{}", e.aggregate_id), 0, payload).await?;
+        Ok(())
+    }
+
+    async fn reset(&self, _txn: &sea_orm::DatabaseTransaction) -> clm_platform::Result<()> {
+        Ok(())
+    }
+}
+
+/// Every way of writing events wakes the relay once its unit of work commits — an API's
+/// transaction, a one-statement insert, a consumer's batch — so with the relay's poll at a
+/// minute each is still published at once; a unit of work dropped uncommitted leaves nothing.
+async fn a_unit_of_work_wakes_the_relay_on_commit(backend: Backend) {
+    use clm_platform::events::UnitOfWork;
+    let Some((testdb, db, bus, env)) = setup(backend, Transport::Log, "wake").await else { return };
+    let svc = service_name();
+    let outbox = OutboxWriter::new(svc);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let opts = clm_platform::events::outbox::RelayOptions { poll: Duration::from_mins(1), ..Default::default() };
+    let relay = clm_platform::events::outbox::spawn_relay(svc, db.clone(), bus.clone(), &outbox, opts, stop_rx);
+    let all_sent = async |what: &str| {
+        for _ in 0..200 {
+            if pending(&db).await.unwrap() == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{what}: still unsent after 10 s (the relay polls only every minute)");
+    };
+    let tenant = TenantId::parse("t1").unwrap();
+    let updated = |id: &str| {
+        Payload::ContactUpdated(ev::ContactUpdated {
+            contact_id: id.into(),
+            changed_paths: vec!["0".into()],
+            facts: None,
+        })
+    };
+
+    produce(&db, &outbox, &["a"], 1, 0).await;
+    all_sent("an event appended in a unit of work").await;
+
+    let dropped = UnitOfWork::begin(&db).await.unwrap();
+    outbox.append(&dropped, &tenant, "contact", "never", 0, updated("never")).await.unwrap();
+    drop(dropped);
+    assert_eq!(pending(&db).await.unwrap(), 0, "a unit of work dropped uncommitted wrote nothing");
+
+    let (event, _) = outbox.insert(&tenant, "contact", "b", 0, updated("b"));
+    UnitOfWork::insert_all(&db, Vec::new(), event).await.unwrap();
+    all_sent("an event inserted in one statement").await;
+
+    let work = UnitOfWork::begin(&db).await.unwrap();
+    work.insert(outbox.insert_many(&tenant, "contact", [("c".to_string(), 0, updated("c"))])).await.unwrap();
+    work.commit().await.unwrap();
+    all_sent("events inserted in a unit of work").await;
+
+    // A consumer's handler appends: its batch's commit wakes the relay.
+    let s = spec("wake", svc);
+    let mut forwarded = 0;
+    for _ in 0..50 {
+        forwarded +=
+            consume_once(bus.as_ref(), &db, &s, &s.prefixes[0], &Forwarder(outbox.clone())).await.unwrap().done;
+        if forwarded >= 3 {
+            break;
+        }
+    }
+    assert_eq!(forwarded, 3, "a, b and c consumed");
+    all_sent("the events a consumer appended").await;
+
+    stop_tx.send(true).unwrap();
+    relay.await.unwrap();
+    db.close().await.ok();
+    testdb.cleanup().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unit_of_work_wakes_the_relay_on_commit_sqlite() {
+    a_unit_of_work_wakes_the_relay_on_commit(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unit_of_work_wakes_the_relay_on_commit_postgres() {
+    a_unit_of_work_wakes_the_relay_on_commit(Backend::Postgres).await;
 }

@@ -2,7 +2,7 @@
 //! ends with RESOURCE_EXHAUSTED naming the limit (not UNKNOWN from the HTTP/2 layer's own
 //! HTTP 431, nor a closed connection), and the server goes on serving.
 
-use clm_platform::testing::{Services, settings};
+use clm_testkit::{Services, settings};
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;

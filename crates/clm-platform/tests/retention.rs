@@ -19,9 +19,9 @@ use clm_platform::events::log_bus::LogBus;
 use clm_platform::events::nats::NatsBus;
 use clm_platform::events::outbox::{OutboxWriter, pending, relay_once};
 use clm_platform::events::prune::{prune_inbox, prune_outbox};
-use clm_platform::testing::{Backend, TestDb};
 use clm_proto::events::v1 as ev;
 use clm_proto::events::v1::event_envelope::Payload;
+use clm_testkit::{Backend, TestDb};
 use common::{Recorder, TestMigrator, db_settings, drain, nats_url, spec};
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
 
@@ -35,11 +35,11 @@ async fn migrated(backend: Backend, label: &str) -> Option<(TestDb, DatabaseConn
     Some((testdb, db))
 }
 
-/// `n` events of service `svc` in one transaction (one multi-row insert per thousand), each
+/// `n` events of service `svc` in one unit of work (one multi-row insert per thousand), each
 /// the first of a contact of its own.
 async fn produce(db: &DatabaseConnection, outbox: &OutboxWriter, n: usize) {
     let tenant = TenantId::parse("t1").unwrap();
-    let txn = clm_platform::db::begin_write(db).await.unwrap();
+    let txn = clm_platform::events::UnitOfWork::begin(db).await.unwrap();
     let call = uuid::Uuid::new_v4().simple().to_string();
     let events: Vec<_> = (0..n)
         .map(|i| {
@@ -52,11 +52,7 @@ async fn produce(db: &DatabaseConnection, outbox: &OutboxWriter, n: usize) {
             (id, 0, payload)
         })
         .collect();
-    for chunk in events.chunks(500) {
-        for insert in outbox.insert_many(&tenant, "contact", chunk.iter().cloned()) {
-            txn.execute(&insert).await.unwrap();
-        }
-    }
+    txn.insert(outbox.insert_many(&tenant, "contact", events)).await.unwrap();
     txn.commit().await.unwrap();
 }
 
@@ -211,7 +207,7 @@ async fn the_log_keeps_what_a_consumer_has_not_consumed(backend: Backend) {
     logdb.cleanup().await;
 }
 
-clm_platform::backend_tests!(
+clm_testkit::backend_tests!(
     old_published_outbox_rows_go_unsent_and_recent_ones_stay,
     inbox_forgets_old_keys_and_still_drops_redeliveries,
     the_log_keeps_what_a_consumer_has_not_consumed,
@@ -251,7 +247,7 @@ async fn every_server_runs_the_pruner() {
     backdate(&logconn, "bus_log", "append_time", "1 = 1", DAY * 2).await;
     produce(&db, &outbox, 3).await;
 
-    let settings = clm_platform::testing::settings(&[
+    let settings = clm_testkit::settings(&[
         ("CLM_CONTACTS__DATABASE_URL", testdb.url.as_str()),
         ("CLM_EVENTS__LOG_DATABASE_URL", log_url.as_str()),
         ("CLM_EVENTS__PRUNE_INTERVAL_MS", "1000"),
@@ -260,7 +256,7 @@ async fn every_server_runs_the_pruner() {
         ("CLM_EVENTS__LOG_RETENTION_HOURS", "24"),
     ]);
     let started = std::time::Instant::now();
-    let server = clm_platform::testing::spawn::<Plain>(settings).await;
+    let server = clm_testkit::spawn::<Plain>(settings).await;
     let counts = async || {
         (
             count(&db, "SELECT COUNT(*) FROM outbox").await,
@@ -268,7 +264,7 @@ async fn every_server_runs_the_pruner() {
             count(&logconn, "SELECT COUNT(*) FROM bus_log").await,
         )
     };
-    clm_platform::testing::wait_for("old outbox rows, inbox keys and log entries pruned", async || {
+    clm_testkit::wait_for("old outbox rows, inbox keys and log entries pruned", async || {
         (counts().await == (3, 0, 0)).then_some(())
     })
     .await;

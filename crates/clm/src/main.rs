@@ -214,7 +214,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             let _telemetry = clm_platform::telemetry::init(&settings)?;
             anyhow::ensure!(consumer == "metrics", "unknown consumer {consumer:?}; consumers: metrics");
             let db = open_database::<clm_metrics::MetricsService>(&settings, true).await?;
-            let bus = clm_platform::events::bus::from_settings(&settings.events, &settings.database).await?;
+            let bus = clm_platform::events::transport::from_settings(&settings.events, &settings.database).await?;
             let spec = clm_metrics::events::consumer_spec(&settings.events);
             clm_platform::events::consumer::replay(bus.as_ref(), &db, &spec, &clm_metrics::events::MetricsHandler)
                 .await?;

@@ -11,9 +11,10 @@
 
 use std::collections::HashMap;
 
+use clm_platform::events::UnitOfWork;
 use clm_platform::{Error, TenantId, Violations};
 use clm_proto::contacts::v1 as pb;
-use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction};
+use sea_orm::DatabaseConnection;
 use tokio_stream::Stream;
 use tonic::{Status, Streaming};
 use uuid::Uuid;
@@ -66,7 +67,7 @@ async fn batch_in_one_txn(
     first_row: i64,
     rows: &[pb::Contact],
 ) -> Result<Vec<Row>, Error> {
-    let txn = clm_platform::db::begin_write(db).await?;
+    let txn = UnitOfWork::begin(db).await?;
     let emails: Vec<String> =
         rows.iter().filter(|c| !c.email.trim().is_empty()).map(|c| c.email.trim().to_lowercase()).collect();
     let mut existing: HashMap<String, Contact> = store::find_by_emails(&txn, tenant, &emails).await?;
@@ -138,13 +139,12 @@ async fn batch_in_one_txn(
     }
     flush(&txn, events, tenant, &mut pending).await?;
     txn.commit().await?;
-    events.committed();
     Ok(results)
 }
 
 /// Write the batch's new contacts and their ContactCreated events.
 async fn flush(
-    txn: &DatabaseTransaction,
+    txn: &UnitOfWork,
     events: &Publisher,
     tenant: &TenantId,
     pending: &mut Vec<Contact>,
@@ -153,9 +153,7 @@ async fn flush(
         return Ok(());
     }
     store::insert_contacts(txn, tenant, pending).await?;
-    for insert in events.created_inserts(tenant, pending) {
-        txn.execute(&insert).await?;
-    }
+    txn.insert(events.created_inserts(tenant, pending)).await?;
     pending.clear();
     Ok(())
 }

@@ -3,11 +3,13 @@
 
 pub mod convert;
 mod import;
+mod request_key;
 
 use std::collections::HashSet;
 use std::pin::Pin;
 
 use chrono::Datelike;
+use clm_platform::events::UnitOfWork;
 use clm_platform::pagination::{PageTokens, page_size};
 use clm_platform::{Error, FieldViolation, RequestContext, TenantId, Violations};
 use clm_proto::contacts::v1 as pb;
@@ -22,8 +24,9 @@ use crate::domain::merge::{MERGE_FIELDS, merge};
 use crate::domain::model::{Contact, ContactData, ContactState};
 use crate::domain::values;
 use crate::events::Publisher;
-use crate::store::{self, Cursor, ListQuery, RequestKey, Sort, SortKey, now_micros};
+use crate::store::{self, Cursor, ListQuery, Sort, SortKey, now_micros};
 use convert::{LEAF_PATHS, etag_version, expand_mask, patch_for, timestamp, to_pb, uuid};
+use request_key::RequestKey;
 
 /// Most ids in one BatchGetContacts, most contacts merged at once.
 pub const MAX_BATCH_GET: usize = 1000;
@@ -53,7 +56,7 @@ impl ContactsApi {
 
     /// The contact an earlier CreateContact with this request id made, if there was one.
     async fn created_by(&self, tenant: &TenantId, key: &RequestKey) -> Result<Option<pb::Contact>, Error> {
-        let Some(id) = store::find_request(&self.db, tenant, key).await? else {
+        let Some(id) = key.find(&self.db, tenant).await? else {
             return Ok(None);
         };
         let id = Uuid::parse_str(&id).map_err(Error::internal)?;
@@ -85,30 +88,6 @@ pub(crate) fn apply_fields(
         }
     }
     data
-}
-
-/// The request id of a `method` request (AIP-155), with the request's fingerprint: `None`
-/// when there is none (or it is not a UUID: then a violation).
-fn request_key(
-    v: &mut Violations,
-    method: &'static str,
-    raw: &str,
-    request: &impl prost::Message,
-) -> Option<RequestKey> {
-    if raw.is_empty() {
-        return None;
-    }
-    match Uuid::parse_str(raw) {
-        Ok(u) => Some(RequestKey {
-            method,
-            request_id: u.to_string(),
-            fingerprint: clm_platform::idempotency::fingerprint(&format!("clm.contacts.v1.{method}Request"), request),
-        }),
-        Err(_) => {
-            v.add("request_id", "must be a UUID");
-            None
-        }
-    }
 }
 
 fn parse_order_by(raw: &str) -> Result<Sort, FieldViolation> {
@@ -197,7 +176,7 @@ impl ContactsService for ContactsApi {
         let ctx = ctx(&req)?;
         let req = req.into_inner();
         let mut v = Violations::new();
-        let rid = request_key(&mut v, "CreateContact", &req.request_id, &req);
+        let rid = RequestKey::of(&mut v, "CreateContact", &req.request_id, &req);
         let Some(c) = req.contact.as_ref() else {
             return Err(Error::invalid("contact", "is required").into());
         };
@@ -226,13 +205,14 @@ impl ContactsService for ContactsApi {
             version: 1,
         };
         // The contact, its index rows, the request id and the event: one atomic write (one
-        // statement on PostgreSQL). A taken email or request id fails it as a whole.
+        // statement on PostgreSQL) that wakes the relay. A taken email or request id fails it
+        // as a whole.
         let mut inserts = store::contact_inserts(&ctx.tenant, &contact);
         if let Some(rid) = &rid {
-            inserts.push(store::request_insert(&ctx.tenant, rid, &contact.id.to_string()));
+            inserts.push(rid.insert(&ctx.tenant, &contact.id.to_string()));
         }
-        inserts.extend(self.events.created_insert(&ctx.tenant, &contact));
-        if let Err(e) = clm_platform::db::insert_all(&self.db, inserts).await {
+        let event = self.events.created_insert(&ctx.tenant, &contact);
+        if let Err(e) = UnitOfWork::insert_all(&self.db, inserts, event).await {
             if !store::is_unique_violation(&e) {
                 return Err(Error::from(e).into());
             }
@@ -249,7 +229,6 @@ impl ContactsService for ContactsApi {
             }
             return Err(store::duplicate_email(&self.db, &ctx.tenant, &contact).await.into());
         }
-        self.events.committed();
         tracing::info!(contact_id = %contact.id, "contact created");
         Ok(Response::new(pb::CreateContactResponse { contact: Some(to_pb(&contact)) }))
     }
@@ -307,7 +286,7 @@ impl ContactsService for ContactsApi {
         v.finish()?;
         let (id, paths) = (id.expect("checked"), paths.expect("checked"));
 
-        let txn = clm_platform::db::begin_write(&self.db).await?;
+        let txn = UnitOfWork::begin(&self.db).await?;
         let current = store::find_contact(&txn, &ctx.tenant, id)
             .await?
             .ok_or_else(|| Error::not_found("contact", id.to_string()))?;
@@ -347,8 +326,7 @@ impl ContactsService for ContactsApi {
         };
         store::update_contact(&txn, &ctx.tenant, &updated, current.version).await?;
         self.events.updated(&txn, &ctx.tenant, &updated, &paths).await?;
-        txn.commit().await.map_err(Error::from)?;
-        self.events.committed();
+        txn.commit().await?;
         Ok(Response::new(pb::UpdateContactResponse { contact: Some(to_pb(&updated)) }))
     }
 
@@ -363,7 +341,7 @@ impl ContactsService for ContactsApi {
         let expected = v.check(etag_version("etag", &req.etag)).flatten();
         v.finish()?;
         let id = id.expect("checked");
-        let txn = clm_platform::db::begin_write(&self.db).await?;
+        let txn = UnitOfWork::begin(&self.db).await?;
         let current = store::find_contact(&txn, &ctx.tenant, id)
             .await?
             .ok_or_else(|| Error::not_found("contact", id.to_string()))?;
@@ -386,8 +364,7 @@ impl ContactsService for ContactsApi {
         };
         store::update_contact(&txn, &ctx.tenant, &deleted, current.version).await?;
         self.events.deleted(&txn, &ctx.tenant, &deleted, false).await?;
-        txn.commit().await.map_err(Error::from)?;
-        self.events.committed();
+        txn.commit().await?;
         Ok(Response::new(pb::DeleteContactResponse { contact: Some(to_pb(&deleted)) }))
     }
 
@@ -397,7 +374,7 @@ impl ContactsService for ContactsApi {
     ) -> Result<Response<pb::UndeleteContactResponse>, Status> {
         let ctx = ctx(&req)?;
         let id = uuid("id", &req.get_ref().id).map_err(Error::from)?;
-        let txn = clm_platform::db::begin_write(&self.db).await?;
+        let txn = UnitOfWork::begin(&self.db).await?;
         let current = store::find_contact(&txn, &ctx.tenant, id)
             .await?
             .ok_or_else(|| Error::not_found("contact", id.to_string()))?;
@@ -419,8 +396,7 @@ impl ContactsService for ContactsApi {
         };
         store::update_contact(&txn, &ctx.tenant, &restored, current.version).await?;
         self.events.deleted(&txn, &ctx.tenant, &restored, true).await?;
-        txn.commit().await.map_err(Error::from)?;
-        self.events.committed();
+        txn.commit().await?;
         Ok(Response::new(pb::UndeleteContactResponse { contact: Some(to_pb(&restored)) }))
     }
 
@@ -435,7 +411,7 @@ impl ContactsService for ContactsApi {
         let reason = v.check(values::text("reason", &req.reason));
         v.finish()?;
         let (id, reason) = (id.expect("checked"), reason.expect("checked"));
-        let txn = clm_platform::db::begin_write(&self.db).await?;
+        let txn = UnitOfWork::begin(&self.db).await?;
         if let Some(at) = store::erased_at(&txn, &ctx.tenant, id).await? {
             return Ok(Response::new(pb::EraseContactResponse { id: id.to_string(), erase_time: Some(timestamp(at)) }));
         }
@@ -444,8 +420,7 @@ impl ContactsService for ContactsApi {
             return Err(Error::not_found("contact", id.to_string()).into());
         }
         self.events.erased(&txn, &ctx.tenant, id, now).await?;
-        txn.commit().await.map_err(Error::from)?;
-        self.events.committed();
+        txn.commit().await?;
         tracing::info!(contact_id = %id, "contact erased");
         Ok(Response::new(pb::EraseContactResponse { id: id.to_string(), erase_time: Some(timestamp(now)) }))
     }
@@ -546,7 +521,7 @@ impl ContactsService for ContactsApi {
         let req = req.into_inner();
         let mut v = Violations::new();
         let survivor_id = v.check(uuid("survivor_id", &req.survivor_id));
-        let rid = request_key(&mut v, "MergeContacts", &req.request_id, &req);
+        let rid = RequestKey::of(&mut v, "MergeContacts", &req.request_id, &req);
         if req.merged_ids.is_empty() || req.merged_ids.len() > MAX_MERGE {
             v.add("merged_ids", format!("1 to {MAX_MERGE} ids"));
         }
@@ -572,9 +547,9 @@ impl ContactsService for ContactsApi {
         v.finish()?;
         let survivor_id = survivor_id.expect("checked");
 
-        let txn = clm_platform::db::begin_write(&self.db).await?;
+        let txn = UnitOfWork::begin(&self.db).await?;
         if let Some(rid) = &rid
-            && store::find_request(&txn, &ctx.tenant, rid).await?.is_some()
+            && rid.find(&txn, &ctx.tenant).await?.is_some()
         {
             let c = store::get_resolved(&txn, &ctx.tenant, survivor_id).await?;
             return Ok(Response::new(pb::MergeContactsResponse {
@@ -614,11 +589,10 @@ impl ContactsService for ContactsApi {
         store::update_contact(&txn, &ctx.tenant, &updated, survivor.version).await?;
         store::repoint_referrals(&txn, &ctx.tenant, &merged_ids, survivor_id).await?;
         if let Some(rid) = &rid {
-            store::record_request(&txn, &ctx.tenant, rid, &survivor_id.to_string()).await?;
+            rid.record(&txn, &ctx.tenant, &survivor_id.to_string()).await?;
         }
         self.events.merged(&txn, &ctx.tenant, &updated, &merged_ids).await?;
-        txn.commit().await.map_err(Error::from)?;
-        self.events.committed();
+        txn.commit().await?;
         Ok(Response::new(pb::MergeContactsResponse {
             contact: Some(to_pb(&updated)),
             merged_ids: merged_ids.iter().map(ToString::to_string).collect(),
@@ -632,16 +606,16 @@ impl ContactsService for ContactsApi {
         let ctx = ctx(&req)?;
         let req = req.into_inner();
         let mut v = Violations::new();
-        let rid = request_key(&mut v, "CreateSegment", &req.request_id, &req);
+        let rid = RequestKey::of(&mut v, "CreateSegment", &req.request_id, &req);
         let Some(s) = req.segment else {
             return Err(Error::invalid("segment", "is required").into());
         };
         let fields = segment_fields(&s, &["display_name", "description", "filter"], &mut v);
         v.finish()?;
         let (display_name, description, filter) = fields;
-        let txn = clm_platform::db::begin_write(&self.db).await?;
+        let txn = UnitOfWork::begin(&self.db).await?;
         if let Some(rid) = &rid
-            && let Some(existing) = store::find_request(&txn, &ctx.tenant, rid).await?
+            && let Some(existing) = rid.find(&txn, &ctx.tenant).await?
         {
             let seg =
                 store::get_segment(&txn, &ctx.tenant, Uuid::parse_str(&existing).map_err(Error::internal)?).await?;
@@ -659,9 +633,9 @@ impl ContactsService for ContactsApi {
         };
         store::insert_segment(&txn, &ctx.tenant, &seg).await?;
         if let Some(rid) = &rid {
-            store::record_request(&txn, &ctx.tenant, rid, &seg.id.to_string()).await?;
+            rid.record(&txn, &ctx.tenant, &seg.id.to_string()).await?;
         }
-        txn.commit().await.map_err(Error::from)?;
+        txn.commit().await?;
         Ok(Response::new(pb::CreateSegmentResponse { segment: Some(segment_pb(&seg)) }))
     }
 
@@ -733,7 +707,7 @@ impl ContactsService for ContactsApi {
         let (display_name, description, filter) = segment_fields(&s, &paths, &mut v);
         v.finish()?;
         let id = id.expect("checked");
-        let txn = clm_platform::db::begin_write(&self.db).await?;
+        let txn = UnitOfWork::begin(&self.db).await?;
         let current = store::get_segment(&txn, &ctx.tenant, id).await?;
         if expected.is_some_and(|e| e != current.version) {
             return Err(Error::Aborted("etag mismatch: the segment changed; re-read and retry".into()).into());
@@ -747,7 +721,7 @@ impl ContactsService for ContactsApi {
             ..current.clone()
         };
         store::update_segment(&txn, &ctx.tenant, &updated, current.version).await?;
-        txn.commit().await.map_err(Error::from)?;
+        txn.commit().await?;
         Ok(Response::new(pb::UpdateSegmentResponse { segment: Some(segment_pb(&updated)) }))
     }
 
@@ -762,13 +736,13 @@ impl ContactsService for ContactsApi {
         let expected = v.check(etag_version("etag", &req.etag)).flatten();
         v.finish()?;
         let id = id.expect("checked");
-        let txn = clm_platform::db::begin_write(&self.db).await?;
+        let txn = UnitOfWork::begin(&self.db).await?;
         let current = store::get_segment(&txn, &ctx.tenant, id).await?;
         if expected.is_some_and(|e| e != current.version) {
             return Err(Error::Aborted("etag mismatch: the segment changed; re-read and retry".into()).into());
         }
         store::delete_segment(&txn, &ctx.tenant, id).await?;
-        txn.commit().await.map_err(Error::from)?;
+        txn.commit().await?;
         Ok(Response::new(pb::DeleteSegmentResponse {}))
     }
 

@@ -2,13 +2,12 @@
 //! platform outbox in the same transaction as the change. Payloads carry the contact's
 //! non-personal facts only (channel, campaign, cost, referrer, score, tags, country, bands).
 
-use clm_platform::events::outbox::OutboxWriter;
+use clm_platform::events::UnitOfWork;
+use clm_platform::events::outbox::{OutboxInserts, OutboxWriter};
 use clm_platform::{Result, TenantId};
 use clm_proto::common::v1::Money as PbMoney;
 use clm_proto::events::v1 as ev;
 use clm_proto::events::v1::event_envelope::Payload;
-use sea_orm::ConnectionTrait;
-use sea_orm::sea_query::InsertStatement;
 use uuid::Uuid;
 
 use crate::api::convert::timestamp;
@@ -56,40 +55,26 @@ impl Publisher {
         Self { outbox }
     }
 
-    /// Wake the relay after a commit.
-    pub fn committed(&self) {
-        self.outbox.committed();
-    }
-
-    async fn append(&self, txn: &impl ConnectionTrait, tenant: &TenantId, id: Uuid, at: i64, p: Payload) -> Result<()> {
+    async fn append(&self, txn: &UnitOfWork, tenant: &TenantId, id: Uuid, at: i64, p: Payload) -> Result<()> {
         self.outbox.append(txn, tenant, AGGREGATE, &id.to_string(), at, p).await.map(|_| ())
     }
 
-    /// ContactCreated's outbox row as an insert, to write with the contact in one statement.
-    pub fn created_insert(&self, tenant: &TenantId, c: &Contact) -> Vec<InsertStatement> {
+    /// ContactCreated's outbox row as an insert, to write with the contact in one statement
+    /// (`UnitOfWork::insert_all`).
+    pub fn created_insert(&self, tenant: &TenantId, c: &Contact) -> OutboxInserts {
         self.outbox.insert(tenant, AGGREGATE, &c.id.to_string(), c.create_time, created_payload(c)).0
     }
 
-    /// ContactCreated for many contacts, as multi-row inserts of at most 1,000 rows.
-    pub fn created_inserts(&self, tenant: &TenantId, list: &[Contact]) -> Vec<InsertStatement> {
-        list.chunks(1000)
-            .flat_map(|chunk| {
-                self.outbox.insert_many(
-                    tenant,
-                    AGGREGATE,
-                    chunk.iter().map(|c| (c.id.to_string(), c.create_time, created_payload(c))),
-                )
-            })
-            .collect()
+    /// ContactCreated for many contacts, as multi-row inserts (`UnitOfWork::insert`).
+    pub fn created_inserts(&self, tenant: &TenantId, list: &[Contact]) -> OutboxInserts {
+        self.outbox.insert_many(
+            tenant,
+            AGGREGATE,
+            list.iter().map(|c| (c.id.to_string(), c.create_time, created_payload(c))),
+        )
     }
 
-    pub async fn updated(
-        &self,
-        txn: &impl ConnectionTrait,
-        tenant: &TenantId,
-        c: &Contact,
-        paths: &[&str],
-    ) -> Result<()> {
+    pub async fn updated(&self, txn: &UnitOfWork, tenant: &TenantId, c: &Contact, paths: &[&str]) -> Result<()> {
         let p = Payload::ContactUpdated(ev::ContactUpdated {
             contact_id: c.id.to_string(),
             changed_paths: paths.iter().map(|p| (*p).to_owned()).collect(),
@@ -98,24 +83,12 @@ impl Publisher {
         self.append(txn, tenant, c.id, c.update_time, p).await
     }
 
-    pub async fn deleted(
-        &self,
-        txn: &impl ConnectionTrait,
-        tenant: &TenantId,
-        c: &Contact,
-        restored: bool,
-    ) -> Result<()> {
+    pub async fn deleted(&self, txn: &UnitOfWork, tenant: &TenantId, c: &Contact, restored: bool) -> Result<()> {
         let p = Payload::ContactDeleted(ev::ContactDeleted { contact_id: c.id.to_string(), restored });
         self.append(txn, tenant, c.id, c.update_time, p).await
     }
 
-    pub async fn merged(
-        &self,
-        txn: &impl ConnectionTrait,
-        tenant: &TenantId,
-        survivor: &Contact,
-        merged: &[Uuid],
-    ) -> Result<()> {
+    pub async fn merged(&self, txn: &UnitOfWork, tenant: &TenantId, survivor: &Contact, merged: &[Uuid]) -> Result<()> {
         let p = Payload::ContactMerged(ev::ContactMerged {
             survivor_id: survivor.id.to_string(),
             merged_ids: merged.iter().map(ToString::to_string).collect(),
@@ -124,7 +97,7 @@ impl Publisher {
         self.append(txn, tenant, survivor.id, survivor.update_time, p).await
     }
 
-    pub async fn erased(&self, txn: &impl ConnectionTrait, tenant: &TenantId, id: Uuid, at: i64) -> Result<()> {
+    pub async fn erased(&self, txn: &UnitOfWork, tenant: &TenantId, id: Uuid, at: i64) -> Result<()> {
         let p =
             Payload::ContactErased(ev::ContactErased { contact_id: id.to_string(), erase_time: Some(timestamp(at)) });
         self.append(txn, tenant, id, at, p).await
@@ -140,7 +113,7 @@ pub struct AutomationRequests {
 
 #[async_trait::async_trait]
 impl clm_platform::events::inbox::EventHandler for AutomationRequests {
-    async fn handle(&self, txn: &sea_orm::DatabaseTransaction, e: &ev::EventEnvelope) -> Result<()> {
+    async fn handle(&self, txn: &UnitOfWork, e: &ev::EventEnvelope) -> Result<()> {
         let Some(Payload::AutomationTriggered(a)) = &e.payload else { return Ok(()) };
         let add = match a.topic.as_str() {
             "contacts.add_tag" => true,

@@ -121,31 +121,6 @@ pub mod segment {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
-pub mod request_id {
-    use sea_orm::entity::prelude::*;
-
-    /// A create/merge request id already served, and what it produced (idempotent retries).
-    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
-    #[sea_orm(table_name = "request_ids")]
-    pub struct Model {
-        #[sea_orm(primary_key, auto_increment = false)]
-        pub tenant_id: String,
-        #[sea_orm(primary_key, auto_increment = false)]
-        pub method: String,
-        #[sea_orm(primary_key, auto_increment = false)]
-        pub request_id: String,
-        pub resource_id: String,
-        pub create_time: i64,
-        /// The fingerprint of the request (none for ids recorded before it was kept).
-        pub request_hash: Option<String>,
-    }
-
-    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-    pub enum Relation {}
-
-    impl ActiveModelBehavior for ActiveModel {}
-}
-
 pub mod erasure {
     use sea_orm::entity::prelude::*;
 

@@ -16,6 +16,9 @@ impl MigratorTrait for Migrator {
             Box::new(clm_platform::events::ordering::OutboxKeysMigration),
             Box::new(clm_platform::events::ordering::InboxPositionsMigration),
             Box::new(clm_platform::events::prune::InboxAgeIndexMigration),
+            Box::new(clm_platform::idempotency::IdempotencyMigration),
+            Box::new(clm_platform::idempotency::IdempotencyHashMigration),
+            Box::new(M0003RequestIdsToPlatform),
         ]
     }
 }
@@ -93,6 +96,18 @@ enum Segments {
 
 #[derive(DeriveIden)]
 enum RequestIds {
+    Table,
+    TenantId,
+    Method,
+    RequestId,
+    ResourceId,
+    CreateTime,
+    RequestHash,
+}
+
+/// The platform's table (`clm_platform::idempotency`), as [`M0003RequestIdsToPlatform`] fills it.
+#[derive(DeriveIden)]
+enum IdempotencyKeys {
     Table,
     TenantId,
     Method,
@@ -360,5 +375,74 @@ impl MigrationTrait for M0002RequestHash {
 
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
         m.alter_table(Table::alter().table(RequestIds::Table).drop_column(RequestIds::RequestHash).to_owned()).await
+    }
+}
+
+/// Request ids move to the platform's `idempotency_keys` (made by the platform's migrations
+/// just before), so contacts keeps them as every other service does (`clm_platform::idempotency`):
+/// the rows are copied as they are, fingerprints included, and `request_ids` is dropped. The
+/// two tables have the same key (tenant, method, request id).
+struct M0003RequestIdsToPlatform;
+
+impl MigrationName for M0003RequestIdsToPlatform {
+    fn name(&self) -> &'static str {
+        "m0003_request_ids_to_idempotency_keys"
+    }
+}
+
+/// `INSERT INTO to (columns) SELECT columns FROM from`: the rows of one request id table copied
+/// into the other.
+fn copy_request_ids(from: impl IntoIden, to: impl IntoIden) -> Result<InsertStatement, DbErr> {
+    let select = Query::select()
+        .columns([
+            RequestIds::TenantId,
+            RequestIds::Method,
+            RequestIds::RequestId,
+            RequestIds::ResourceId,
+            RequestIds::CreateTime,
+            RequestIds::RequestHash,
+        ])
+        .from(from)
+        .to_owned();
+    Ok(Query::insert()
+        .into_table(to)
+        .columns([
+            IdempotencyKeys::TenantId,
+            IdempotencyKeys::Method,
+            IdempotencyKeys::RequestId,
+            IdempotencyKeys::ResourceId,
+            IdempotencyKeys::CreateTime,
+            IdempotencyKeys::RequestHash,
+        ])
+        .select_from(select)
+        .map_err(|e| DbErr::Migration(e.to_string()))?
+        .to_owned())
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0003RequestIdsToPlatform {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.get_connection().execute(&copy_request_ids(RequestIds::Table, IdempotencyKeys::Table)?).await?;
+        m.drop_table(Table::drop().table(RequestIds::Table).to_owned()).await
+    }
+
+    async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.create_table(
+            Table::create()
+                .table(RequestIds::Table)
+                .col(ColumnDef::new(RequestIds::TenantId).string().not_null())
+                .col(ColumnDef::new(RequestIds::Method).string().not_null())
+                .col(ColumnDef::new(RequestIds::RequestId).string().not_null())
+                .col(ColumnDef::new(RequestIds::ResourceId).string().not_null())
+                .col(bigint(RequestIds::CreateTime))
+                .col(ColumnDef::new(RequestIds::RequestHash).string().null())
+                .primary_key(
+                    Index::create().col(RequestIds::TenantId).col(RequestIds::Method).col(RequestIds::RequestId),
+                )
+                .to_owned(),
+        )
+        .await?;
+        m.get_connection().execute(&copy_request_ids(IdempotencyKeys::Table, RequestIds::Table)?).await?;
+        m.get_connection().execute(&Query::delete().from_table(IdempotencyKeys::Table).to_owned()).await.map(|_| ())
     }
 }

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::domain::filter::Cond;
 use crate::domain::model::{AttrValue, Contact, ContactState};
-use entities::{attribute, contact, erasure, label, request_id, segment};
+use entities::{attribute, contact, erasure, label, segment};
 
 /// Microseconds since the Unix epoch, now.
 pub fn now_micros() -> i64 {
@@ -411,19 +411,6 @@ pub fn contact_inserts(tenant: &TenantId, c: &Contact) -> Vec<InsertStatement> {
     inserts
 }
 
-/// A request id record (see [`record_request`]) as an insert.
-pub fn request_insert(tenant: &TenantId, key: &RequestKey, resource_id: &str) -> InsertStatement {
-    request_id::Entity::insert(request_id::ActiveModel {
-        tenant_id: ActiveValue::Set(tenant.as_str().to_owned()),
-        method: ActiveValue::Set(key.method.to_owned()),
-        request_id: ActiveValue::Set(key.request_id.clone()),
-        resource_id: ActiveValue::Set(resource_id.to_owned()),
-        create_time: ActiveValue::Set(now_micros()),
-        request_hash: ActiveValue::Set(Some(key.fingerprint.clone())),
-    })
-    .into_query()
-}
-
 /// Remove a contact's personal data for good and record the erasure (no personal data).
 /// Returns false when there was nothing to erase.
 pub async fn erase_contact(
@@ -466,48 +453,6 @@ pub async fn erased_at(db: &impl ConnectionTrait, tenant: &TenantId, id: Uuid) -
         .one(db)
         .await?
         .map(|e| e.erase_time))
-}
-
-/// A request id as served: the method, the id and the request's fingerprint
-/// (`clm_platform::idempotency::fingerprint`, the request without its id).
-#[derive(Debug, Clone)]
-pub struct RequestKey {
-    pub method: &'static str,
-    pub request_id: String,
-    pub fingerprint: String,
-}
-
-/// The resource an earlier call with this request id produced; INVALID_ARGUMENT on
-/// `request_id` when that call's request was another one.
-pub async fn find_request(db: &impl ConnectionTrait, tenant: &TenantId, key: &RequestKey) -> Result<Option<String>> {
-    let Some(row) = request_id::Entity::find()
-        .filter(request_id::Column::TenantId.eq(tenant.as_str()))
-        .filter(request_id::Column::Method.eq(key.method))
-        .filter(request_id::Column::RequestId.eq(&key.request_id))
-        .one(db)
-        .await?
-    else {
-        return Ok(None);
-    };
-    clm_platform::idempotency::same_request(row.request_hash.as_deref(), &key.fingerprint)?;
-    Ok(Some(row.resource_id))
-}
-
-/// Remember what a request id produced (in the same transaction as the change).
-pub async fn record_request(
-    db: &impl ConnectionTrait,
-    tenant: &TenantId,
-    key: &RequestKey,
-    resource_id: &str,
-) -> Result<()> {
-    db.execute(&request_insert(tenant, key, resource_id)).await.map_err(|e| {
-        if is_unique_violation(&e) {
-            Error::Aborted("a concurrent request with the same request_id is in progress; retry".into())
-        } else {
-            e.into()
-        }
-    })?;
-    Ok(())
 }
 
 // ---- segments ----

@@ -54,7 +54,7 @@ pub async fn update(
     let id = uuid("follow_up.id", &f.id).map_err(|fv| Error::InvalidArgument(vec![fv]))?;
     let set = set_fields(&[("status", f.status != 0), ("owner", !f.owner.is_empty()), ("note", !f.note.is_empty())]);
     let paths = mask_paths(req.update_mask.as_ref(), &["status", "owner", "note"], &set)?;
-    let txn = clm_platform::db::begin_write(&api.db).await?;
+    let txn = clm_platform::events::UnitOfWork::begin(&api.db).await?;
     let old = store::get_follow_up(&txn, &ctx.tenant, id).await?;
     check_etag("follow_up.etag", &f.etag, old.version)?;
     let mut row = old.clone();
@@ -84,7 +84,6 @@ pub async fn update(
     if closes {
         api.events.follow_up_closed(&txn, &ctx.tenant, &row).await?;
     }
-    txn.commit().await.map_err(Error::from)?;
-    api.events.committed();
+    txn.commit().await?;
     Ok(Response::new(pb::UpdateFollowUpResponse { follow_up: Some(follow_up_pb(&row)) }))
 }

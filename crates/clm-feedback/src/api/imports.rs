@@ -146,7 +146,7 @@ pub async fn import(
     let items: Vec<Item> = items.into_iter().flatten().collect();
 
     let mut out = pb::ImportResponsesResponse { received: items.len() as i64, ..Default::default() };
-    let txn = clm_platform::db::begin_write(&api.db).await?;
+    let txn = clm_platform::events::UnitOfWork::begin(&api.db).await?;
     let ext: Vec<String> = items.iter().map(|it| it.external_id.clone()).collect();
     let already = store::imported_responses(&txn, &tenant, survey_id, &ext).await?;
     for (i, it) in items.into_iter().enumerate() {
@@ -185,8 +185,7 @@ pub async fn import(
         out.imported += 1;
         out.response_ids.push(row.id);
     }
-    txn.commit().await.map_err(Error::from)?;
-    api.events.committed();
+    txn.commit().await?;
     tracing::info!(received = out.received, imported = out.imported, skipped = out.skipped, "responses imported");
     Ok(Response::new(out))
 }

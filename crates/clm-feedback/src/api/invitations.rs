@@ -81,7 +81,7 @@ pub async fn create(
     if api.contacts.existing(&ctx.tenant, &[contact]).await?.is_empty() {
         return Err(Error::not_found("contact", contact.to_string()).into());
     }
-    let txn = clm_platform::db::begin_write(&api.db).await?;
+    let txn = clm_platform::events::UnitOfWork::begin(&api.db).await?;
     let settings = store::settings(&txn, &ctx.tenant).await?;
     let out =
         invite(&txn, &api.events, &ctx.tenant, &settings, &survey, contact, Source::Manual, None, None, now_micros())
@@ -95,8 +95,7 @@ pub async fn create(
         }
         Err(skip) => pb::CreateInvitationResponse { invitation: None, skipped: Some(skipped_pb(contact, &skip)) },
     };
-    txn.commit().await.map_err(Error::from)?;
-    api.events.committed();
+    txn.commit().await?;
     Ok(Response::new(resp))
 }
 
@@ -156,7 +155,7 @@ pub async fn batch_create(
             known
         }
     };
-    let txn = clm_platform::db::begin_write(&api.db).await?;
+    let txn = clm_platform::events::UnitOfWork::begin(&api.db).await?;
     let settings = store::settings(&txn, &ctx.tenant).await?;
     let now = now_micros();
     let mut invitations = Vec::new();
@@ -179,8 +178,7 @@ pub async fn batch_create(
         let raw = serde_json::to_string(&o).map_err(Error::internal)?;
         idempotency::record(&txn, &ctx.tenant, "BatchCreateInvitations", rid, &fingerprint, &raw).await?;
     }
-    txn.commit().await.map_err(Error::from)?;
-    api.events.committed();
+    txn.commit().await?;
     Ok(Response::new(pb::BatchCreateInvitationsResponse { invitations, skipped }))
 }
 

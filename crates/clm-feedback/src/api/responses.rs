@@ -75,7 +75,7 @@ pub async fn submit(
         return Err(Error::not_found("contact", c.to_string()).into());
     }
     let now = now_micros();
-    let txn = clm_platform::db::begin_write(&api.db).await?;
+    let txn = clm_platform::events::UnitOfWork::begin(&api.db).await?;
     let settings = store::settings(&txn, &tenant).await?;
     let who = match target.expect("checked") {
         (None, Some(inv_id)) => {
@@ -139,8 +139,7 @@ pub async fn submit(
         CesThreshold::from_stored(settings.ces_threshold),
     )
     .await?;
-    txn.commit().await.map_err(Error::from)?;
-    api.events.committed();
+    txn.commit().await?;
     Ok(Response::new(out))
 }
 
@@ -149,7 +148,7 @@ pub async fn submit(
 #[allow(clippy::too_many_arguments)]
 async fn save(
     api: &FeedbackApi,
-    txn: &sea_orm::DatabaseTransaction,
+    txn: &clm_platform::events::UnitOfWork,
     tenant: &TenantId,
     survey: &survey_row::Model,
     qs: &Questions,

@@ -53,14 +53,13 @@ pub async fn create(
         url: url.as_str().to_owned(),
         create_time: now_micros(),
     };
-    let txn = clm_platform::db::begin_write(&api.db).await?;
+    let txn = clm_platform::events::UnitOfWork::begin(&api.db).await?;
     store::insert_review(&txn, &ctx.tenant, row.clone()).await?;
     api.events.review_recorded(&txn, &ctx.tenant, &row).await?;
     if let Some(rid) = &rid {
         idempotency::record(&txn, &ctx.tenant, "CreateReview", rid, &fingerprint, &row.id).await?;
     }
-    txn.commit().await.map_err(Error::from)?;
-    api.events.committed();
+    txn.commit().await?;
     Ok(Response::new(pb::CreateReviewResponse { review: Some(review_pb(&row)) }))
 }
 

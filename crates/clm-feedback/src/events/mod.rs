@@ -5,12 +5,13 @@
 
 use async_trait::async_trait;
 use clm_platform::convert::timestamp;
+use clm_platform::events::UnitOfWork;
 use clm_platform::events::inbox::EventHandler;
 use clm_platform::events::outbox::OutboxWriter;
 use clm_platform::{Result, TenantId};
 use clm_proto::events::v1 as ev;
 use clm_proto::events::v1::event_envelope::Payload;
-use sea_orm::{ConnectionTrait, DatabaseTransaction};
+use sea_orm::{ConnectionTrait as _, DatabaseTransaction};
 use uuid::Uuid;
 
 use crate::domain::survey::Kind;
@@ -42,13 +43,9 @@ impl Publisher {
         Self { outbox }
     }
 
-    pub fn committed(&self) {
-        self.outbox.committed();
-    }
-
     pub async fn survey_requested(
         &self,
-        txn: &impl ConnectionTrait,
+        txn: &UnitOfWork,
         tenant: &TenantId,
         inv: &invitation::Model,
         token: &str,
@@ -68,7 +65,7 @@ impl Publisher {
 
     pub async fn response_submitted(
         &self,
-        txn: &impl ConnectionTrait,
+        txn: &UnitOfWork,
         tenant: &TenantId,
         r: &response::Model,
         kind: &str,
@@ -89,12 +86,7 @@ impl Publisher {
         Ok(())
     }
 
-    pub async fn follow_up_opened(
-        &self,
-        txn: &impl ConnectionTrait,
-        tenant: &TenantId,
-        f: &follow_up::Model,
-    ) -> Result<()> {
+    pub async fn follow_up_opened(&self, txn: &UnitOfWork, tenant: &TenantId, f: &follow_up::Model) -> Result<()> {
         let p = Payload::FollowUpOpened(ev::FollowUpOpened {
             follow_up_id: f.id.clone(),
             response_id: f.response_id.clone(),
@@ -106,12 +98,7 @@ impl Publisher {
         Ok(())
     }
 
-    pub async fn follow_up_closed(
-        &self,
-        txn: &impl ConnectionTrait,
-        tenant: &TenantId,
-        f: &follow_up::Model,
-    ) -> Result<()> {
+    pub async fn follow_up_closed(&self, txn: &UnitOfWork, tenant: &TenantId, f: &follow_up::Model) -> Result<()> {
         let at = f.resolve_time.unwrap_or_else(now_micros);
         let p = Payload::FollowUpClosed(ev::FollowUpClosed {
             follow_up_id: f.id.clone(),
@@ -123,12 +110,7 @@ impl Publisher {
         Ok(())
     }
 
-    pub async fn review_recorded(
-        &self,
-        txn: &impl ConnectionTrait,
-        tenant: &TenantId,
-        r: &review::Model,
-    ) -> Result<()> {
+    pub async fn review_recorded(&self, txn: &UnitOfWork, tenant: &TenantId, r: &review::Model) -> Result<()> {
         let p = Payload::ReviewRecorded(ev::ReviewRecorded {
             review_id: r.id.clone(),
             contact_id: r.contact_id.clone(),
@@ -179,7 +161,7 @@ impl Source {
 /// returned as is. Returns the invitation and its token.
 #[allow(clippy::too_many_arguments)]
 pub async fn invite(
-    txn: &impl ConnectionTrait,
+    txn: &UnitOfWork,
     publisher: &Publisher,
     tenant: &TenantId,
     settings: &settings::Model,
@@ -258,7 +240,7 @@ impl FeedbackHandler {
     #[allow(clippy::too_many_arguments)]
     async fn invite_for_event(
         &self,
-        txn: &DatabaseTransaction,
+        txn: &UnitOfWork,
         tenant: &TenantId,
         key: InvitationKey<'_>,
         survey: &survey::Model,
@@ -280,7 +262,7 @@ impl FeedbackHandler {
 
 #[async_trait]
 impl EventHandler for FeedbackHandler {
-    async fn handle(&self, txn: &DatabaseTransaction, e: &ev::EventEnvelope) -> Result<()> {
+    async fn handle(&self, txn: &UnitOfWork, e: &ev::EventEnvelope) -> Result<()> {
         let tenant_str = e.tenant_id.as_str();
         let Ok(tenant) = TenantId::parse(tenant_str) else { return Ok(()) };
         match &e.payload {

@@ -4,11 +4,11 @@
 //! (`journeys::automations::run_owed`), before the answer.
 
 use clm_platform::convert::{TimeBounds, duration, parse_time, timestamp, uuid};
+use clm_platform::events::UnitOfWork;
 use clm_platform::idempotency;
 use clm_platform::pagination::page_size;
 use clm_platform::{Error, TenantId, Violations};
 use clm_proto::lifecycle::v1 as pb;
-use sea_orm::ConnectionTrait;
 use tokio::sync::broadcast;
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
@@ -89,7 +89,7 @@ impl LifecycleApi {
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn record(
         &self,
-        txn: &impl ConnectionTrait,
+        txn: &UnitOfWork,
         tenant: &TenantId,
         model: &ModelRecord,
         e: &pb::JourneyEvent,
@@ -196,7 +196,7 @@ pub(super) async fn record_journey_event(
     let contact = contact.expect("checked");
     api.require_contact(&ctx.tenant, contact).await?;
     let key = (!req.idempotency_key.is_empty()).then(|| req.idempotency_key.clone());
-    let txn = clm_platform::db::begin_write(&api.db).await?;
+    let txn = UnitOfWork::begin(&api.db).await?;
     let model = store::get_model(&txn, &ctx.tenant, model_uuid_or_default(&req.model_id)).await?;
     let (row, fresh) = api.record(&txn, &ctx.tenant, &model, &e, key, "event.", "idempotency_key").await?;
     let (all, owed) = if fresh {
@@ -210,8 +210,7 @@ pub(super) async fn record_journey_event(
     } else {
         (store::transitions_of(&txn, &ctx.tenant, contact, model.id).await?, false)
     };
-    txn.commit().await.map_err(Error::from)?;
-    api.events.committed();
+    txn.commit().await?;
     if owed {
         automations::run_owed(&api.db, &api.automator, &ctx.tenant, contact).await;
     }
@@ -251,7 +250,7 @@ pub(super) async fn import_journey_events(
                 known.insert(c, api.require_contact(&ctx.tenant, c).await.is_ok());
             }
         }
-        let txn = clm_platform::db::begin_write(&api.db).await?;
+        let txn = UnitOfWork::begin(&api.db).await?;
         let model = store::get_model(&txn, &ctx.tenant, &mid).await?;
         for e in &msg.events {
             let index = out.received;
@@ -297,17 +296,16 @@ pub(super) async fn import_journey_events(
                 Err(other) => return Err(other.into()),
             }
         }
-        txn.commit().await.map_err(Error::from)?;
+        txn.commit().await?;
     }
     // Advance each touched journey once, after everything is in (history in time order); the
     // automations its new transitions fire run after its commit (`journeys` header: an import
     // fires stage triggers, not each imported event's own).
     for (mid, contact) in &touched {
-        let txn = clm_platform::db::begin_write(&api.db).await?;
+        let txn = UnitOfWork::begin(&api.db).await?;
         let model = store::get_model(&txn, &ctx.tenant, mid).await?;
         let done = advance(&txn, &api.events, &ctx.tenant, *contact, &model, now_micros(), Happened::Imported).await?;
-        txn.commit().await.map_err(Error::from)?;
-        api.events.committed();
+        txn.commit().await?;
         out.journeys_rebuilt += 1;
         if done.owed {
             automations::run_owed(&api.db, &api.automator, &ctx.tenant, *contact).await;
@@ -345,7 +343,7 @@ pub(super) async fn transition_stage(
     v.finish()?;
     let (contact, to, at) = (contact.expect("checked"), to.expect("checked"), at.expect("checked"));
     api.require_contact(&ctx.tenant, contact).await?;
-    let txn = clm_platform::db::begin_write(&api.db).await?;
+    let txn = UnitOfWork::begin(&api.db).await?;
     let model = store::get_model(&txn, &ctx.tenant, model_uuid_or_default(&req.model_id)).await?;
     if model.model.stage(&to).is_none() {
         return Err(Error::invalid("to_stage", "no such stage in the model").into());
@@ -396,8 +394,7 @@ pub(super) async fn transition_stage(
         };
         owed = advance(&txn, &api.events, &ctx.tenant, contact, &model, now, happened).await?.owed;
     }
-    txn.commit().await.map_err(Error::from)?;
-    api.events.committed();
+    txn.commit().await?;
     if owed {
         automations::run_owed(&api.db, &api.automator, &ctx.tenant, contact).await;
     }

@@ -7,12 +7,13 @@ pub mod scheduler;
 pub mod watch;
 
 use async_trait::async_trait;
+use clm_platform::events::UnitOfWork;
 use clm_platform::events::inbox::EventHandler;
 use clm_platform::{Result, TenantId};
 use clm_proto::events::v1 as ev;
 use clm_proto::events::v1::event_envelope::Payload;
 use clm_proto::lifecycle::v1 as pb;
-use sea_orm::{ConnectionTrait, DatabaseTransaction};
+use sea_orm::{ConnectionTrait as _, DatabaseTransaction};
 use uuid::Uuid;
 
 use crate::convert::SURVEY_RESPONSE;
@@ -59,7 +60,7 @@ pub struct LifecycleHandler {
 
 #[async_trait]
 impl EventHandler for LifecycleHandler {
-    async fn handle(&self, txn: &DatabaseTransaction, e: &ev::EventEnvelope) -> Result<()> {
+    async fn handle(&self, txn: &UnitOfWork, e: &ev::EventEnvelope) -> Result<()> {
         let Ok(tenant) = TenantId::parse(&e.tenant_id) else { return Ok(()) };
         match &e.payload {
             Some(Payload::ContactCreated(c)) => {

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use clm_platform::TenantId;
+use clm_platform::events::UnitOfWork;
 use clm_platform::events::outbox::{RelayOptions, hold_lease};
 use sea_orm::DatabaseConnection;
 use tokio::sync::watch;
@@ -30,11 +31,10 @@ pub async fn tick(db: &DatabaseConnection, automator: &Automator, now: i64) -> c
         let (Ok(tenant), Ok(contact)) = (TenantId::parse(&j.tenant_id), Uuid::parse_str(&j.contact_id)) else {
             continue;
         };
-        let txn = clm_platform::db::begin_write(db).await?;
+        let txn = UnitOfWork::begin(db).await?;
         let model = store::get_model(&txn, &tenant, &j.model_id).await?;
         let done = advance(&txn, &automator.publisher, &tenant, contact, &model, now, Happened::Clock).await?;
         txn.commit().await?;
-        automator.publisher.committed();
         let moved = if done.owed { automations::run_owed(db, automator, &tenant, contact).await } else { 0 };
         if !done.new.is_empty() || moved > 0 {
             changed += 1;

@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use clm_platform::events::UnitOfWork;
 use clm_platform::{Error, TenantId};
 use clm_proto::events::v1 as ev;
 use clm_proto::lifecycle::v1 as pb;
@@ -218,14 +219,14 @@ async fn run_job(
         RemoteFacts::new()
     };
     // Step 2: one transaction, which takes the job (another runner may have).
-    let txn = clm_platform::db::begin_write(db).await?;
+    let txn = UnitOfWork::begin(db).await?;
     if !store::automations::claim(&txn, tenant, &job.id).await? {
         return Ok(0);
     }
     // Erased or merged away since the job was owed: nothing runs for it (a move would bring
     // a journey back).
     if store::contact_state(&txn, tenant, contact).await?.is_some_and(ContactState::is_gone) {
-        txn.commit().await.map_err(Error::from)?;
+        txn.commit().await?;
         return Ok(0);
     }
     let moved = match store::get_model(&txn, tenant, &job.model_id).await {
@@ -237,8 +238,7 @@ async fn run_job(
         Err(Error::NotFound { .. }) => 0,
         Err(e) => return Err(e),
     };
-    txn.commit().await.map_err(Error::from)?;
-    automator.publisher.committed();
+    txn.commit().await?;
     Ok(moved)
 }
 
@@ -308,7 +308,7 @@ struct Run<'a> {
 impl Run<'_> {
     /// Run the automations `triggers` fire, inside `txn`. A move goes through [`advance`], which
     /// owes the automations it fires as a job one deeper. Returns how many transitions moves made.
-    async fn execute(&self, txn: &impl ConnectionTrait, triggers: &[Trigger]) -> Result<usize, Error> {
+    async fn execute(&self, txn: &UnitOfWork, triggers: &[Trigger]) -> Result<usize, Error> {
         let (tenant, contact) = (self.tenant, self.contact);
         let autos = store::automations::enabled(txn, tenant, self.model.id).await?;
         let mut moved = 0;
@@ -385,7 +385,7 @@ impl Run<'_> {
     /// Carry out the actions; the run's outcome, its message and how many transitions moves made.
     async fn actions(
         &self,
-        txn: &impl ConnectionTrait,
+        txn: &UnitOfWork,
         a: &automation::Model,
         body: &pb::Automation,
         current: &str,
@@ -456,7 +456,7 @@ impl Run<'_> {
 
     async fn publish(
         &self,
-        txn: &impl ConnectionTrait,
+        txn: &UnitOfWork,
         a: &automation::Model,
         topic: &str,
         payload: HashMap<String, String>,

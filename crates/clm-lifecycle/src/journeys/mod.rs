@@ -4,16 +4,16 @@
 //! merges (`events/mod.rs`), and the automations' MoveToStage action ([`automations`]).
 //!
 //! ```text
-//!  caller: begin_write ─ writes its input (a journey event row) ─┐
+//!  caller: UnitOfWork::begin ─ writes its input (a journey event) ┐
 //!    advance(txn, …, Happened)                                   │ one transaction
 //!      a move? write it (manual_moves)                           │
 //!      store::rebuild_journey (rules → replay → transitions)     │
 //!      Publisher::stage_changes (new + changed, retractions)     │
 //!      automations owed? write a job (automation_jobs)           │
-//!  caller: commit ───────────────────────────────────────────────┘
+//!  caller: commit (wakes the relay) ─────────────────────────────┘
 //!  automations::run_owed (after commit; the consumer's jobs: the runner)
 //!      per job: ask contacts the remote conditions (no transaction open)
-//!               begin_write ─ claim the job ─ run automations ─ commit
+//!               UnitOfWork::begin ─ claim the job ─ run automations ─ commit
 //!               (a MoveToStage is `advance` again: its automations are a job one deeper)
 //! ```
 //!
@@ -42,6 +42,7 @@
 
 pub mod automations;
 
+use clm_platform::events::UnitOfWork;
 use clm_platform::{Result, TenantId};
 use sea_orm::ConnectionTrait;
 use uuid::Uuid;
@@ -92,7 +93,7 @@ pub struct Advanced {
 /// `txn`: write the move if one happened, rebuild the history, publish its changes, and owe the
 /// automations they fire. The caller commits, then runs what is owed.
 pub async fn advance(
-    txn: &impl ConnectionTrait,
+    txn: &UnitOfWork,
     publisher: &Publisher,
     tenant: &TenantId,
     contact: Uuid,

@@ -196,7 +196,7 @@ impl MetricsHandler {
 
 #[async_trait]
 impl EventHandler for MetricsHandler {
-    async fn handle(&self, txn: &DatabaseTransaction, e: &ev::EventEnvelope) -> clm_platform::Result<()> {
+    async fn handle(&self, txn: &clm_platform::events::UnitOfWork, e: &ev::EventEnvelope) -> clm_platform::Result<()> {
         self.apply(txn, &[e], &|_| tracing::Span::current()).await
     }
 
@@ -204,7 +204,7 @@ impl EventHandler for MetricsHandler {
     /// (`store::counters`).
     async fn handle_batch(
         &self,
-        txn: &DatabaseTransaction,
+        txn: &clm_platform::events::UnitOfWork,
         events: &[&ev::EventEnvelope],
         span: &(dyn for<'e> Fn(&'e ev::EventEnvelope) -> tracing::Span + Send + Sync),
     ) -> clm_platform::Result<()> {

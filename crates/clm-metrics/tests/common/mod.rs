@@ -4,16 +4,15 @@
 
 use clm_metrics::domain::DAY;
 use clm_platform::events::inbox::EventHandler as _;
-use clm_platform::testing::{Backend, TestDb};
 use clm_proto::events::v1 as ev;
+use clm_testkit::{Backend, TestDb};
 use ev::event_envelope::Payload;
-use sea_orm::TransactionTrait as _;
 
 pub const HOUR: i64 = 3_600_000_000;
 
 pub async fn db(backend: Backend, label: &str) -> Option<(TestDb, sea_orm::DatabaseConnection)> {
     let t = TestDb::create(backend, label).await?;
-    let db = clm_platform::db::connect(&t.url, &clm_platform::testing::settings(&[]).database).await.unwrap();
+    let db = clm_platform::db::connect(&t.url, &clm_testkit::settings(&[]).database).await.unwrap();
     clm_platform::db::migrate::<clm_metrics::store::migrations::Migrator>(&db).await.unwrap();
     Some((t, db))
 }
@@ -161,7 +160,7 @@ pub fn score(tenant: &str, contact: &str, id: &str, kind: ev::SurveyKind, score:
 /// Feed `events` through the metrics handler, `batch` per transaction (as the consumer does).
 pub async fn feed(db: &sea_orm::DatabaseConnection, events: &[ev::EventEnvelope], batch: usize) {
     for chunk in events.chunks(batch.max(1)) {
-        let txn = db.begin().await.unwrap();
+        let txn = clm_platform::events::UnitOfWork::begin(db).await.unwrap();
         let refs: Vec<&ev::EventEnvelope> = chunk.iter().collect();
         clm_metrics::events::MetricsHandler.handle_batch(&txn, &refs, &|_| tracing::Span::none()).await.unwrap();
         txn.commit().await.unwrap();

@@ -1,6 +1,8 @@
-//! The transport between services, behind one trait: NATS JetStream in the distributed mode,
-//! a durable database log in the single binary. Both are at-least-once and keep per-subject
-//! order for a single consumer instance.
+//! The transport between services, behind one trait: NATS JetStream in the distributed mode
+//! (`nats`), a durable database log in the single binary (`log_bus`). Both are at-least-once
+//! and keep per-subject order for a single consumer instance. This module is the bottom of
+//! the events layers: it defines the trait and what travels through it, the buses implement
+//! it, and `transport` picks one from the settings.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,6 +84,11 @@ impl Delivery {
 
 #[async_trait]
 pub trait EventBus: Send + Sync + std::fmt::Debug + 'static {
+    /// The bus's `messaging.system` in spans (OpenTelemetry semantic conventions).
+    fn system(&self) -> &'static str {
+        "unknown"
+    }
+
     /// Publish one event. `Ok` means the bus has it durably; publishing the same `event_id`
     /// twice is harmless (deduplicated by the bus where it can, by inboxes always).
     async fn publish(&self, subject: &str, event_id: &str, payload: Bytes) -> anyhow::Result<()>;
@@ -115,7 +122,7 @@ pub trait EventBus: Send + Sync + std::fmt::Debug + 'static {
     async fn reset(&self, consumer: &str, prefix: &str) -> anyhow::Result<()>;
 
     /// Delete events stored longer than `older_than` that every consumer registered on the
-    /// bus has consumed; how many (`crate::events::prune`). A bus that ages events out by
+    /// bus has consumed; how many (the pruner, `events::prune`, asks). A bus that ages events out by
     /// itself (JetStream's `max_age`) has nothing to do here.
     async fn prune(&self, _older_than: Duration) -> anyhow::Result<u64> {
         Ok(0)
@@ -135,17 +142,4 @@ pub trait EventBus: Send + Sync + std::fmt::Debug + 'static {
 /// Whether `subject` is one [`EventBus::tail`]'s `pattern` names.
 pub fn matches(pattern: &str, subject: &str) -> bool {
     if pattern.ends_with('.') { subject.starts_with(pattern) } else { subject == pattern }
-}
-
-/// Build the bus the settings ask for.
-pub async fn from_settings(
-    settings: &crate::config::EventSettings,
-    db: &crate::config::DatabaseSettings,
-) -> anyhow::Result<Arc<dyn EventBus>> {
-    match settings.transport {
-        crate::config::EventTransport::Log => {
-            Ok(Arc::new(super::log_bus::LogBus::connect(&settings.log_database_url, db).await?))
-        }
-        crate::config::EventTransport::Nats => Ok(Arc::new(super::nats::NatsBus::connect(settings).await?)),
-    }
 }

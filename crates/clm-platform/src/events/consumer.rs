@@ -9,7 +9,6 @@ use clm_proto::events::v1::EventEnvelope;
 use prost::Message;
 use sea_orm::DatabaseConnection;
 use tokio::sync::watch;
-use tracing::Instrument;
 
 use super::bus::EventBus;
 use super::inbox::EventHandler;
@@ -29,6 +28,8 @@ pub struct ConsumerSpec {
     pub order_wait: Duration,
     /// Since when this process has been holding each event it holds.
     pub waiting: Waiting,
+    /// The bus's `messaging.system`, for the consumer's spans (`telemetry::semconv`).
+    pub system: &'static str,
 }
 
 /// When this process first held each event it is holding back ([`Verdict::Hold`]), so one
@@ -70,6 +71,7 @@ impl ConsumerSpec {
             wait: Duration::from_millis(500),
             order_wait: Duration::from_millis(settings.order_wait_ms),
             waiting: Waiting::default(),
+            system: crate::telemetry::semconv::messaging_system(settings.transport),
         }
     }
 }
@@ -87,16 +89,14 @@ pub async fn consume_once(
 }
 
 fn consume_span(spec: &ConsumerSpec, env: &EventEnvelope) -> tracing::Span {
-    let span = tracing::info_span!(
-        "event.consume",
-        otel.name = %format!("consume {}", env.event_type),
-        otel.kind = "consumer",
-        consumer = %spec.name,
-        event_id = %env.event_id,
-        tenant = %env.tenant_id,
-    );
-    crate::telemetry::set_remote_parent(&span, crate::telemetry::context_from_map(&env.trace_context));
-    span
+    crate::telemetry::semconv::process_span(
+        spec.system,
+        &spec.name,
+        &super::subject(env),
+        &env.event_id,
+        &env.tenant_id,
+        &env.trace_context,
+    )
 }
 
 /// What became of a batch's deliveries.
@@ -120,7 +120,8 @@ async fn apply_together(
     envs: &[EventEnvelope],
     handler: &dyn EventHandler,
 ) -> anyhow::Result<Vec<Verdict>> {
-    let txn = crate::db::begin_write(db).await?;
+    // A unit of work: what the handler appends to its own outbox is published on commit.
+    let txn = super::work::UnitOfWork::begin(db).await?;
     crate::db::advisory_lock(&txn, &format!("consumer:{}", spec.name)).await?;
     // One inbox read, one positions read and one write of each for the batch.
     let ids: Vec<&str> = envs.iter().map(|e| e.event_id.as_str()).collect();
@@ -237,8 +238,8 @@ async fn apply_batch(
     let mut total = Settled { done: undecodable, held: 0 };
     let mut rest = kept.into_iter().zip(envs);
     while let Some((d, one)) = rest.next() {
-        let span = consume_span(spec, &one);
-        match apply_together(db, spec, std::slice::from_ref(&one), handler).instrument(span).await {
+        // The event is applied under its process span, which `apply_together` makes for it.
+        match apply_together(db, spec, std::slice::from_ref(&one), handler).await {
             Ok(verdicts) => {
                 let s = settle(vec![d], &verdicts).await?;
                 total.done += s.done;

@@ -11,6 +11,8 @@ use sea_orm::{
 use sea_orm_migration::prelude::*;
 use tracing::Instrument as _;
 
+use super::work::UnitOfWork;
+
 pub(crate) mod entity {
     use sea_orm::entity::prelude::*;
 
@@ -67,18 +69,19 @@ impl MigrationTrait for InboxMigration {
     }
 }
 
-/// What a consumer does with one event, inside the inbox transaction.
+/// What a consumer does with one event, inside the inbox transaction: a [`UnitOfWork`], so
+/// the events a handler appends to its own outbox are published as soon as the batch commits.
 #[async_trait]
 pub trait EventHandler: Send + Sync + 'static {
     /// Apply `event` using `txn` (the inbox row is already in it).
-    async fn handle(&self, txn: &DatabaseTransaction, event: &EventEnvelope) -> crate::Result<()>;
+    async fn handle(&self, txn: &UnitOfWork, event: &EventEnvelope) -> crate::Result<()>;
 
     /// Apply `events` in order using `txn`, each under the span `span` makes for it. The
     /// default handles them one by one; a handler may override it to put off part of the work
     /// to the end of the batch (still in `txn`, before the commit).
     async fn handle_batch(
         &self,
-        txn: &DatabaseTransaction,
+        txn: &UnitOfWork,
         events: &[&EventEnvelope],
         span: &(dyn for<'e> Fn(&'e EventEnvelope) -> tracing::Span + Send + Sync),
     ) -> crate::Result<()> {

@@ -3,89 +3,31 @@
 //! applied by consumers through their **inbox** exactly once in effect.
 //!
 //! ```text
-//! request ─▶ handler ─┬─ UPDATE contacts …         ┐ one transaction
-//!                     └─ INSERT outbox (envelope)  ┘
+//! request ─▶ handler ─┬─ UPDATE contacts …         ┐ one transaction (a UnitOfWork)
+//!                     └─ INSERT outbox (envelope)  ┘ commit → wake the relay
 //!            relay ──▶ bus (JetStream | durable log) ──▶ consumer ─┬─ INSERT inbox (event id) ┐ one
 //!                                                                  └─ apply to read model     ┘ txn
 //! ```
 //! Delivery is at-least-once end to end; the inbox makes it exactly-once in effect. The
-//! envelope carries the producer's W3C trace context; relay and consumer spans are its children.
+//! envelope carries the W3C trace context it was written in; the relay's PRODUCER span and the
+//! consumer's CONSUMER span (which also links to it) are its children (`telemetry::semconv`).
+//!
+//! No module here imports one that imports it: `bus` (the trait, deliveries, acks) imports no
+//! sibling; the buses `log_bus` and `nats` implement it, and `transport`, above both, picks one
+//! from the settings; `outbox`, `consumer` and `prune` use the trait, never a bus.
 
 pub mod bus;
 pub mod consumer;
+pub mod envelope;
 pub mod inbox;
 pub mod log_bus;
 pub mod nats;
 pub mod ordering;
 pub mod outbox;
 pub mod prune;
-
-use clm_proto::events::v1::EventEnvelope;
-use clm_proto::events::v1::event_envelope::Payload;
-
-use crate::auth::TenantId;
+pub mod transport;
+pub mod work;
 
 pub use bus::{Delivery, EventBus};
-
-/// Current payload schema version.
-pub const SCHEMA_VERSION: u32 = 1;
-
-/// The payload's message name, e.g. `ContactCreated`.
-pub fn payload_name(p: &Payload) -> &'static str {
-    match p {
-        Payload::ContactCreated(_) => "ContactCreated",
-        Payload::ContactUpdated(_) => "ContactUpdated",
-        Payload::ContactMerged(_) => "ContactMerged",
-        Payload::ContactErased(_) => "ContactErased",
-        Payload::ContactDeleted(_) => "ContactDeleted",
-        Payload::StageChanged(_) => "StageChanged",
-        Payload::JourneyEventRecorded(_) => "JourneyEventRecorded",
-        Payload::AutomationTriggered(_) => "AutomationTriggered",
-        Payload::SurveyRequested(_) => "SurveyRequested",
-        Payload::ResponseSubmitted(_) => "ResponseSubmitted",
-        Payload::FollowUpOpened(_) => "FollowUpOpened",
-        Payload::FollowUpClosed(_) => "FollowUpClosed",
-        Payload::ReviewRecorded(_) => "ReviewRecorded",
-    }
-}
-
-/// Subject of an event: `clm.<service>.<aggregate_type>.<PayloadName>`. Consumers subscribe
-/// to a service's space with the prefix `clm.<service>.`.
-pub fn subject(env: &EventEnvelope) -> String {
-    let name = env.payload.as_ref().map_or("Unknown", payload_name);
-    format!("clm.{}.{}.{}", env.source_service, env.aggregate_type, name)
-}
-
-/// The subject prefix of everything a service publishes.
-pub fn service_subjects(service: &str) -> String {
-    format!("clm.{service}.")
-}
-
-/// A new envelope for `payload`, stamped with a UUID v7, the time, and the current trace context.
-pub fn envelope(
-    service: &str,
-    tenant: &TenantId,
-    aggregate_type: &str,
-    aggregate_id: &str,
-    occur_time_micros: i64,
-    payload: Payload,
-) -> EventEnvelope {
-    EventEnvelope {
-        event_id: uuid::Uuid::now_v7().to_string(),
-        event_type: format!("clm.events.v1.{}", payload_name(&payload)),
-        tenant_id: tenant.as_str().to_owned(),
-        aggregate_type: aggregate_type.to_owned(),
-        aggregate_id: aggregate_id.to_owned(),
-        occur_time: Some(prost_types::Timestamp {
-            seconds: occur_time_micros.div_euclid(1_000_000),
-            nanos: (occur_time_micros.rem_euclid(1_000_000) * 1000) as i32,
-        }),
-        schema_version: SCHEMA_VERSION,
-        trace_context: crate::telemetry::current_context_map(),
-        source_service: service.to_owned(),
-        sequence: 0,
-        ordering: Vec::new(),
-        after: Vec::new(),
-        payload: Some(payload),
-    }
-}
+pub use envelope::{SCHEMA_VERSION, envelope, payload_name, service_subjects, subject};
+pub use work::UnitOfWork;

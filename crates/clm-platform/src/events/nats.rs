@@ -205,6 +205,10 @@ impl Acker for NatsAck {
 
 #[async_trait]
 impl EventBus for NatsBus {
+    fn system(&self) -> &'static str {
+        crate::telemetry::semconv::NATS
+    }
+
     async fn publish(&self, subject: &str, event_id: &str, payload: Bytes) -> anyhow::Result<()> {
         self.stream(service_of(subject)?).await?;
         let mut headers = async_nats::HeaderMap::new();

@@ -1,8 +1,9 @@
 //! The transactional outbox and its relay.
 //!
 //! A service writes each event into its own `outbox` table in the same transaction as the
-//! change ([`Outbox::append`]). The [`relay`] publishes unsent rows in sequence order and marks
-//! them sent; if the bus is down it backs off and the outbox simply grows, and after a crash it
+//! change ([`OutboxWriter::append`] in a [`UnitOfWork`], which wakes the relay after the
+//! commit). The relay ([`spawn_relay`]) publishes unsent rows in sequence order and marks them
+//! sent; if the bus is down it backs off and the outbox simply grows, and after a crash it
 //! resumes from the first unsent row (at-least-once; inboxes drop repeats). With several
 //! replicas, a lease row makes one relay active at a time so order is kept.
 
@@ -21,6 +22,7 @@ use tokio::sync::{Notify, watch};
 use tracing::Instrument;
 
 use super::bus::EventBus;
+use super::work::UnitOfWork;
 use crate::auth::TenantId;
 
 pub(crate) mod entity {
@@ -135,7 +137,8 @@ impl MigrationTrait for OutboxMigration {
     }
 }
 
-/// A producer's handle on its outbox: append events inside a transaction, then poke the relay.
+/// A producer's handle on its outbox: append events in a [`UnitOfWork`], which wakes the
+/// relay after it commits.
 #[derive(Clone, Debug)]
 pub struct OutboxWriter {
     service: &'static str,
@@ -147,12 +150,12 @@ impl OutboxWriter {
         Self { service, wake: Arc::new(Notify::new()) }
     }
 
-    /// Append an event in `txn` (commit it with the change), with its place among this
-    /// producer's events of each contact it is about ([`super::ordering`]). Returns the
-    /// envelope written.
+    /// Append an event in `work` (committed with the change; the relay is woken when `work`
+    /// commits), with its place among this producer's events of each contact it is about
+    /// ([`super::ordering`]). Returns the envelope written.
     pub async fn append(
         &self,
-        txn: &impl ConnectionTrait,
+        work: &UnitOfWork,
         tenant: &TenantId,
         aggregate_type: &str,
         aggregate_id: &str,
@@ -160,16 +163,17 @@ impl OutboxWriter {
         payload: Payload,
     ) -> crate::Result<EventEnvelope> {
         let mut env = super::envelope(self.service, tenant, aggregate_type, aggregate_id, occur_time_micros, payload);
-        super::ordering::stamp(txn, tenant, &mut env).await?;
+        super::ordering::stamp(work, tenant, &mut env).await?;
         let insert = sea_orm::QueryTrait::into_query(entity::Entity::insert(row(tenant, &env)));
-        txn.execute(&insert).await?;
+        work.execute(&insert).await?;
+        work.woken_after_commit(&self.wake);
         Ok(env)
     }
 
     /// The first event of a new aggregate as insert statements (the outbox row and the start of
     /// its contacts' ordering counters), for callers that write it together with the change in
-    /// one statement ([`crate::db::insert_all`]) instead of in a transaction. Fails when
-    /// executed if a contact it names has had events before.
+    /// one statement ([`UnitOfWork::insert_all`]) instead of appending it in a transaction.
+    /// Fails when executed if a contact it names has had events before.
     pub fn insert(
         &self,
         tenant: &TenantId,
@@ -177,43 +181,67 @@ impl OutboxWriter {
         aggregate_id: &str,
         occur_time_micros: i64,
         payload: Payload,
-    ) -> (Vec<sea_orm::sea_query::InsertStatement>, EventEnvelope) {
+    ) -> (OutboxInserts, EventEnvelope) {
         let mut env = super::envelope(self.service, tenant, aggregate_type, aggregate_id, occur_time_micros, payload);
         let keys = super::ordering::first(tenant, &mut env);
         let mut out: Vec<_> = super::ordering::first_insert(&keys).into_iter().collect();
         out.push(sea_orm::QueryTrait::into_query(entity::Entity::insert(row(tenant, &env))));
-        (out, env)
+        (OutboxInserts { statements: out, wake: self.wake.clone() }, env)
     }
 
-    /// The first events of several new aggregates of one type as multi-row inserts (empty when
-    /// there are none), like [`Self::insert`]. Keep a call to a thousand events or so:
-    /// databases cap bound parameters.
+    /// The first events of several new aggregates of one type as multi-row inserts of at most
+    /// [`INSERT_ROWS`] rows each (databases cap bound parameters), like [`Self::insert`].
     pub fn insert_many(
         &self,
         tenant: &TenantId,
         aggregate_type: &str,
         events: impl IntoIterator<Item = (String, i64, Payload)>,
-    ) -> Vec<sea_orm::sea_query::InsertStatement> {
-        let mut keys = Vec::new();
-        let rows: Vec<_> = events
-            .into_iter()
-            .map(|(aggregate_id, at, payload)| {
-                let mut env = super::envelope(self.service, tenant, aggregate_type, &aggregate_id, at, payload);
-                keys.extend(super::ordering::first(tenant, &mut env));
-                row(tenant, &env)
-            })
-            .collect();
-        if rows.is_empty() {
-            return Vec::new();
+    ) -> OutboxInserts {
+        let mut out = OutboxInserts { statements: Vec::new(), wake: self.wake.clone() };
+        let mut events = events.into_iter().peekable();
+        while events.peek().is_some() {
+            let mut keys = Vec::new();
+            let rows: Vec<_> = events
+                .by_ref()
+                .take(INSERT_ROWS)
+                .map(|(aggregate_id, at, payload)| {
+                    let mut env = super::envelope(self.service, tenant, aggregate_type, &aggregate_id, at, payload);
+                    keys.extend(super::ordering::first(tenant, &mut env));
+                    row(tenant, &env)
+                })
+                .collect();
+            out.statements.extend(super::ordering::first_insert(&keys));
+            out.statements.push(sea_orm::QueryTrait::into_query(entity::Entity::insert_many(rows)));
         }
-        let mut out: Vec<_> = super::ordering::first_insert(&keys).into_iter().collect();
-        out.push(sea_orm::QueryTrait::into_query(entity::Entity::insert_many(rows)));
         out
     }
+}
 
-    /// Tell the relay there is something new (call after commit; it also polls).
-    pub fn committed(&self) {
-        self.wake.notify_one();
+/// Most outbox rows in one of [`OutboxWriter::insert_many`]'s statements.
+pub const INSERT_ROWS: usize = 1000;
+
+/// Outbox rows (and their ordering counters) as insert statements, to be run only by
+/// [`UnitOfWork::insert_all`] (with the change, in one statement) or [`UnitOfWork::insert`] (in
+/// a unit of work): either wakes the relay after the commit.
+#[must_use = "events are written only by UnitOfWork::insert_all or UnitOfWork::insert"]
+#[derive(Debug)]
+pub struct OutboxInserts {
+    statements: Vec<sea_orm::sea_query::InsertStatement>,
+    wake: Arc<Notify>,
+}
+
+impl OutboxInserts {
+    /// How many statements (not rows) these are.
+    pub fn len(&self) -> usize {
+        self.statements.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.statements.is_empty()
+    }
+
+    pub(super) fn into_parts(self) -> (Vec<sea_orm::sea_query::InsertStatement>, Arc<Notify>) {
+        (self.statements, self.wake)
     }
 }
 
@@ -318,11 +346,9 @@ pub async fn relay_once(db: &DatabaseConnection, bus: &dyn EventBus, batch: u64)
     let spans: Vec<tracing::Span> = rows
         .iter()
         .map(|row| {
-            let span = tracing::info_span!("outbox.publish", otel.name = %format!("publish {}", row.subject), event_id = %row.event_id);
-            if let Ok(env) = EventEnvelope::decode(row.payload.as_slice()) {
-                crate::telemetry::set_remote_parent(&span, crate::telemetry::context_from_map(&env.trace_context));
-            }
-            span
+            let trace_context =
+                EventEnvelope::decode(row.payload.as_slice()).map(|env| env.trace_context).unwrap_or_default();
+            crate::telemetry::semconv::publish_span(bus.system(), &row.subject, &row.event_id, &trace_context)
         })
         .collect();
     let outgoing: Vec<super::bus::Outgoing<'_>> = rows

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use clm_platform::config::DatabaseSettings;
+use clm_platform::events::UnitOfWork;
 use clm_platform::events::bus::EventBus;
 use clm_platform::events::consumer::{ConsumerSpec, Waiting, consume_once};
 use clm_platform::events::inbox::{EventHandler, InboxMigration};
@@ -64,7 +65,7 @@ pub struct Recorder;
 
 #[async_trait]
 impl EventHandler for Recorder {
-    async fn handle(&self, txn: &DatabaseTransaction, e: &ev::EventEnvelope) -> clm_platform::Result<()> {
+    async fn handle(&self, txn: &UnitOfWork, e: &ev::EventEnvelope) -> clm_platform::Result<()> {
         let Some(Payload::ContactUpdated(u)) = &e.payload else { return Ok(()) };
         let n: i64 = u.changed_paths[0].parse().unwrap();
         txn.execute_raw(Statement::from_sql_and_values(
@@ -106,6 +107,7 @@ pub fn spec(name: &str, service: &str) -> ConsumerSpec {
         wait: Duration::from_millis(200),
         order_wait: Duration::from_mins(1),
         waiting: Waiting::default(),
+        system: "test",
     }
 }
 

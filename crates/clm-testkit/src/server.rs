@@ -1,85 +1,20 @@
-//! Test support for services (feature `testing`): start a real server on 127.0.0.1:0 against a
-//! fresh SQLite file or a fresh PostgreSQL database, mint tokens, build authenticated clients.
-//!
-//! PostgreSQL tests run when `CLM_TEST_DATABASE_URL` points at a server where the role may
-//! create databases (CI sets it); each test gets its own database, dropped when the test
-//! passes. Without it they print that they were skipped.
+//! Services on a real socket: settings for a test server, tokens it trusts, and servers of one
+//! or several services in one process (as the single binary runs them).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use sea_orm::{ConnectionTrait, Database};
+use clm_platform::auth::{Claims, mint_hs256};
+use clm_platform::config::{Settings, Sources};
+use clm_platform::runtime::{Service, start};
+use clm_platform::server::{ServiceModule, Shared, serve};
 use tokio::sync::oneshot;
 use tonic::service::RoutesBuilder;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-use crate::auth::{Claims, mint_hs256};
-use crate::config::{Settings, Sources};
-use crate::runtime::{Service, start};
-use crate::server::{Shared, serve};
-
 /// Signing secret of the tokens tests mint; servers started here trust it.
 pub const TEST_SECRET: &str = "clm-test-secret-0123456789abcdef";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-/// A database made for one test; PostgreSQL ones are dropped by [`TestDb::cleanup`].
-#[derive(Debug)]
-pub struct TestDb {
-    pub url: String,
-    admin_url: Option<String>,
-    name: Option<String>,
-    _dir: Option<tempfile::TempDir>,
-}
-
-impl TestDb {
-    /// A fresh database, or `None` (with a note on stderr) when the backend is not available.
-    pub async fn create(backend: Backend, label: &str) -> Option<TestDb> {
-        match backend {
-            Backend::Sqlite => {
-                let dir = tempfile::tempdir().expect("temp dir");
-                let url = format!("sqlite://{}/{label}.db?mode=rwc", dir.path().display());
-                Some(TestDb { url, admin_url: None, name: None, _dir: Some(dir) })
-            }
-            Backend::Postgres => {
-                let Ok(base) = std::env::var("CLM_TEST_DATABASE_URL") else {
-                    eprintln!("skipped: PostgreSQL test {label} (set CLM_TEST_DATABASE_URL to run it)");
-                    return None;
-                };
-                let name = format!(
-                    "clm_t_{}_{}",
-                    label.chars().filter(char::is_ascii_alphanumeric).take(20).collect::<String>().to_lowercase(),
-                    uuid::Uuid::new_v4().simple().to_string().get(..12).unwrap_or("x")
-                );
-                let admin = Database::connect(&base).await.expect("connect to CLM_TEST_DATABASE_URL");
-                admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await.expect("create test database");
-                admin.close().await.ok();
-                let url = match base.rfind('/') {
-                    Some(i) if base[..i].contains("://") && i > base.find("://").unwrap() + 2 => {
-                        let query = base[i..].find('?').map_or("", |q| &base[i + q..]);
-                        format!("{}/{name}{query}", &base[..i])
-                    }
-                    _ => format!("{base}/{name}"),
-                };
-                Some(TestDb { url, admin_url: Some(base), name: Some(name), _dir: None })
-            }
-        }
-    }
-
-    /// Drop a PostgreSQL test database (call at the end of a passing test).
-    pub async fn cleanup(self) {
-        if let (Some(admin), Some(name)) = (self.admin_url, self.name)
-            && let Ok(db) = Database::connect(&admin).await
-        {
-            let _ = db.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
-        }
-    }
-}
 
 /// Settings for a test server: jwt auth with [`TEST_SECRET`], a random port, `overrides` as
 /// `CLM_*` variables (e.g. `CLM_CONTACTS__DATABASE_URL`).
@@ -196,24 +131,12 @@ pub async fn spawn_pair<A: Service, B: Service>(settings: Settings) -> TestServe
     serve_modules(shared, routes, vec![a, b]).await
 }
 
-/// Poll `f` every 50 ms until it gives a value (events arrive asynchronously); panics naming
-/// `what` after 15 s.
-pub async fn wait_for<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    for _ in 0..300 {
-        if let Some(v) = f().await {
-            return v;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("{what}: not reached in 15 s");
-}
-
 /// Start any set of services in one process (one port, one bus), as the single binary does:
 /// `Services::new(settings).await.with::<A>().await.with::<B>().await.serve().await`.
 pub struct Services {
     shared: Shared,
     routes: RoutesBuilder,
-    modules: Vec<crate::server::ServiceModule>,
+    modules: Vec<ServiceModule>,
 }
 
 impl Services {
@@ -233,11 +156,7 @@ impl Services {
     }
 }
 
-async fn serve_modules(
-    shared: Shared,
-    routes: RoutesBuilder,
-    modules: Vec<crate::server::ServiceModule>,
-) -> TestServer {
+async fn serve_modules(shared: Shared, routes: RoutesBuilder, modules: Vec<ServiceModule>) -> TestServer {
     let listener = tokio::net::TcpListener::bind(shared.settings.server.listen_addr).await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = oneshot::channel::<()>();
@@ -248,27 +167,4 @@ async fn serve_modules(
         .await
     });
     TestServer { addr, shutdown: Some(tx), handle: Some(handle) }
-}
-
-/// Run `test` against SQLite and, when available, PostgreSQL.
-#[macro_export]
-macro_rules! backend_tests {
-    ($($name:ident),+ $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name($crate::testing::Backend::Sqlite).await;
-                }
-            )+
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name($crate::testing::Backend::Postgres).await;
-                }
-            )+
-        }
-    };
 }

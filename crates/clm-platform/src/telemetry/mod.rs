@@ -4,6 +4,17 @@
 //! propagated (incoming `traceparent` → server span → outgoing calls and events). Spans are
 //! *exported* only when `telemetry.otlp_endpoint` is set; otherwise they are dropped as they
 //! end, which costs little.
+//!
+//! Every log line written inside a span carries that span's OpenTelemetry `trace_id` and
+//! `span_id` (`log_ids`), in both formats, so a line leads to its trace. Span kinds, names and
+//! attributes follow the OpenTelemetry semantic conventions (`semconv`): SERVER and CLIENT spans
+//! for gRPC (`rpc.*`), PRODUCER and CONSUMER spans for events (`messaging.*`).
+
+mod capture;
+mod log_ids;
+pub mod semconv;
+
+pub use capture::LogCapture;
 
 use std::time::Duration;
 
@@ -15,6 +26,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, TracerProviderBuilder};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -61,8 +73,21 @@ pub fn provider_builder(settings: &Settings) -> anyhow::Result<TracerProviderBui
     Ok(builder)
 }
 
-/// Install the global subscriber (filter + pretty/JSON logs + OpenTelemetry) and propagator.
+/// Install the global subscriber (filter + pretty/JSON logs on stderr + OpenTelemetry) and
+/// propagator.
 pub fn install(settings: &Settings, builder: TracerProviderBuilder) -> anyhow::Result<TelemetryGuard> {
+    install_with_writer(settings, builder, std::io::stderr)
+}
+
+/// [`install`], with the log lines written to `writer` instead of stderr (tests read them).
+pub fn install_with_writer<W>(
+    settings: &Settings,
+    builder: TracerProviderBuilder,
+    writer: W,
+) -> anyhow::Result<TelemetryGuard>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
     let provider = builder.build();
     let tracer = provider.tracer("clm");
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
@@ -71,22 +96,37 @@ pub fn install(settings: &Settings, builder: TracerProviderBuilder) -> anyhow::R
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&settings.telemetry.log_filter))
         .map_err(|e| anyhow::anyhow!("key `telemetry.log_filter`: {e}"))?;
-    let fmt_layer = match settings.log_format() {
-        LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .with_writer(std::io::stderr)
-            .boxed(),
-        _ => tracing_subscriber::fmt::layer().with_target(false).compact().with_writer(std::io::stderr).boxed(),
-    };
     tracing_subscriber::registry()
         .with(filter)
-        .with(fmt_layer)
+        .with(log_layer(settings.log_format(), writer))
         .with(tracing_opentelemetry::layer().with_tracer(tracer))
         .try_init()?;
     Ok(TelemetryGuard { provider })
+}
+
+/// The log lines: JSON (one object a line, the event's fields flattened, the current span's
+/// fields under `span`) or pretty (compact, one line an event); both with `trace_id` and
+/// `span_id` of the span the event happened in (`log_ids`).
+fn log_layer<S, W>(format: LogFormat, writer: W) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let dispatch = log_ids::DispatchCell::default();
+    let capture = log_ids::CaptureDispatch(dispatch.clone());
+    match format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(log_ids::JsonLines::new(dispatch))
+            .with_writer(writer)
+            .and_then(capture)
+            .boxed(),
+        _ => tracing_subscriber::fmt::layer()
+            .event_format(log_ids::Pretty::new(dispatch))
+            .with_writer(writer)
+            .and_then(capture)
+            .boxed(),
+    }
 }
 
 /// `provider_builder` + `install`: what binaries call at start-up.
@@ -130,8 +170,12 @@ pub fn extract_context(headers: &http::HeaderMap) -> Context {
 
 /// Write the current span's context as `traceparent`/`tracestate` headers.
 pub fn inject_current(headers: &mut http::HeaderMap) {
-    let cx = tracing::Span::current().context();
-    TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(headers));
+    inject(&tracing::Span::current(), headers);
+}
+
+/// Write `span`'s context as `traceparent`/`tracestate` headers.
+pub fn inject(span: &tracing::Span, headers: &mut http::HeaderMap) {
+    TraceContextPropagator::new().inject_context(&span.context(), &mut HeaderInjector(headers));
 }
 
 /// The current span's context as a string map (for event envelopes).

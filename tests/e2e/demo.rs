@@ -72,6 +72,16 @@ fn seed_then_report_shows_every_chart_labelled() {
     assert!(page.contains(" per customer · "), "CAC with its unit");
     assert!(page.contains(" EUR"), "money with its currency");
     assert!(page.contains(">n="), "NPS months say how many answers");
+    // The seeded answers are dated after the purchases they follow, over the year: the NPS
+    // trend has points in many months, not one.
+    let nps = page.split(r#"aria-label="NPS trend">"#).nth(1).expect("NPS trend");
+    let nps = &nps[..nps.find("</svg>").expect("svg end")];
+    let answered = nps
+        .split(">n=")
+        .skip(1)
+        .filter(|t| t[..t.find('<').expect("n end")].parse::<u64>().expect("n is a count") > 0)
+        .count();
+    assert!(answered >= 6, "NPS answers in {answered} months only:\n{nps}");
     // Every headline tile has a value, and no figure is left as a bare dash.
     let tiles: Vec<&str> =
         page.split(r#"<div class="tile"><span>"#).skip(1).map(|t| t.split("<b>").nth(1).unwrap()).collect();

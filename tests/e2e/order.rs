@@ -24,8 +24,8 @@
 //! counted once, whatever the currency. Leads, customers and churn are counted by hand from
 //! A's stage histories (lifecycle's journeys, the source of truth, which B's must equal).
 //!
-//! Survey responses cannot be backdated (SubmitResponse has no time): they happen when
-//! submitted, seconds apart in A and B. Times from the test run on (and the durations of
+//! Survey responses are submitted (SubmitResponse has no time; only ImportResponses dates
+//! answers): they happen when submitted, seconds apart in A and B. Times from the test run on (and the durations of
 //! transitions at such times) compare as "now"; everything else compares exactly.
 
 // A test target's root file is a crate root, so `mod x;` here would look for e2e/x.rs, beside

@@ -2,8 +2,8 @@
 //! contacts acquired across channels over the last year with their acquisition costs, their
 //! journeys dated when they happened (visits, leads, purchases, repeat purchases, referrals,
 //! reviews; the stage transitions follow from them at those times), NPS and CSAT surveys with
-//! answers, and a few goals. Survey answers are the one thing dated now: SubmitResponse takes
-//! no time. Deterministic for a given `--seed-value`.
+//! answers imported at the times customers gave them (after their purchases, ImportResponses),
+//! and a few goals. Deterministic for a given `--seed-value`.
 
 use clm_platform::convert::timestamp;
 use clm_proto::common::v1::Money;
@@ -21,8 +21,8 @@ use rand::{Rng, SeedableRng};
 use crate::client::Authed;
 
 const DAY: i64 = 86_400_000_000;
-/// Customers who bought within this long before now answer the demo surveys.
-const RECENT: i64 = 60 * DAY;
+/// Survey answers per ImportResponses call (the server takes at most 1000).
+const ANSWER_BATCH: usize = 500;
 
 /// Channel, share of contacts, cost per contact (EUR), chance a lead converts.
 const CHANNELS: &[(cpb::AcquisitionChannel, f64, i64, f64)] = &[
@@ -159,6 +159,7 @@ pub async fn seed(ch: Authed, contacts: usize, seed_value: u64) -> anyhow::Resul
     // Journeys: a visit; maybe a lead; maybe a first purchase and repeats; referrals, reviews.
     let mut events = Vec::new();
     let mut customers = Vec::new();
+    let mut purchases = Vec::new();
     for (id, plan) in ids.iter().zip(&plans) {
         if id.is_empty() {
             continue;
@@ -191,10 +192,9 @@ pub async fn seed(ch: Authed, contacts: usize, seed_value: u64) -> anyhow::Resul
                 ..Default::default()
             });
             if order == 1 {
-                customers.push((id.clone(), t));
-            } else if let Some(last) = customers.last_mut() {
-                last.1 = t;
+                customers.push(id.clone());
             }
+            purchases.push((id.clone(), t));
             if rng.random_bool(0.08) {
                 events.push(lpb::JourneyEvent {
                     contact_id: id.clone(),
@@ -237,10 +237,10 @@ pub async fn seed(ch: Authed, contacts: usize, seed_value: u64) -> anyhow::Resul
     }
     anyhow::ensure!(refused * 100 <= events.len(), "{refused} of {} journey events were refused", events.len());
 
-    // Surveys: relationship NPS and post-purchase CSAT, answered by a share of the customers who
-    // bought in the last RECENT days. SubmitResponse records an answer when it is submitted (it
-    // takes no time), so every answer is dated now: only recent buyers answer, as they would
-    // in-app, so that answering does not make the whole customer base look active this month.
+    // Surveys: relationship NPS and post-purchase CSAT, answered by a share of the customers a
+    // few days after a purchase, so every month of the year has its answers. Imported with
+    // those dates (ImportResponses), each with an external id, as answers from another survey
+    // tool would be.
     let mut survey = async |name: &str, kind: fpb::SurveyKind| -> anyhow::Result<String> {
         Ok(f.create_survey(fpb::CreateSurveyRequest {
             survey: Some(fpb::Survey {
@@ -259,12 +259,11 @@ pub async fn seed(ch: Authed, contacts: usize, seed_value: u64) -> anyhow::Resul
     };
     let nps = survey("Relationship NPS", fpb::SurveyKind::Nps).await?;
     let csat = survey("Post-purchase CSAT", fpb::SurveyKind::Csat).await?;
-    for (id, last_purchase) in &customers {
-        if now - last_purchase > RECENT {
-            continue;
-        }
-        for (survey_id, lo, hi, chance) in [(&nps, 0, 10, 0.5), (&csat, 1, 5, 0.3)] {
-            if !rng.random_bool(chance) {
+    let mut answers: [(String, Vec<fpb::ImportedResponse>); 2] = [(nps, Vec::new()), (csat, Vec::new())];
+    for (n, (id, bought)) in purchases.iter().enumerate() {
+        for (k, (lo, hi, chance)) in [(0, 10, 0.35), (1, 5, 0.25)].into_iter().enumerate() {
+            let at = bought + rng.random_range(DAY..7 * DAY);
+            if at >= now || !rng.random_bool(chance) {
                 continue;
             }
             // Skewed towards happy customers, with a tail of unhappy ones.
@@ -273,20 +272,27 @@ pub async fn seed(ch: Authed, contacts: usize, seed_value: u64) -> anyhow::Resul
             } else {
                 rng.random_range(lo..=hi)
             };
-            f.submit_response(fpb::SubmitResponseRequest {
-                target: Some(fpb::submit_response_request::Target::InApp(fpb::InAppTarget {
-                    survey_id: survey_id.clone(),
-                    contact_id: id.clone(),
-                })),
+            answers[k].1.push(fpb::ImportedResponse {
+                contact_id: id.clone(),
                 answers: vec![fpb::Answer {
                     question_id: "score".into(),
                     value: Some(fpb::answer::Value::Rating(score)),
                 }],
-                response_id: String::new(),
-                complete: true,
-            })
-            .await?;
-            summary.responses += 1;
+                submit_time: Some(timestamp(at)),
+                external_id: format!("demo-{run:08x}-{k}-{n}"),
+            });
+        }
+    }
+    for (survey_id, responses) in answers {
+        for chunk in responses.chunks(ANSWER_BATCH) {
+            let out = f
+                .import_responses(fpb::ImportResponsesRequest {
+                    survey_id: survey_id.clone(),
+                    responses: chunk.to_vec(),
+                })
+                .await?
+                .into_inner();
+            summary.responses += usize::try_from(out.imported).unwrap_or(0);
         }
     }
 

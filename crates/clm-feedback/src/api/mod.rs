@@ -1,12 +1,13 @@
 //! gRPC handlers of `clm.feedback.v1.FeedbackService`, one module per resource: `surveys`,
-//! `invitations`, `responses`, `results`, `follow_ups`, `reviews`, `settings`. Each handler
-//! parses its request into domain values (`request` for the common fields, `convert` for proto
+//! `invitations`, `responses` (and `imports` of historical ones), `results`, `follow_ups`,
+//! `reviews`, `settings`. Each handler parses its request into domain values (`request` for the common fields, `convert` for proto
 //! ↔ domain and rows), applies the rules of `domain`, calls the store (in a transaction when
 //! it writes, publishing through the outbox) and maps back. No SQL here. This file only wires
 //! the tonic service to them.
 
 pub mod convert;
 mod follow_ups;
+mod imports;
 mod invitations;
 mod request;
 mod responses;
@@ -111,6 +112,13 @@ impl FeedbackService for FeedbackApi {
         req: Request<pb::SubmitResponseRequest>,
     ) -> Result<Response<pb::SubmitResponseResponse>, Status> {
         responses::submit(self, req).await
+    }
+
+    async fn import_responses(
+        &self,
+        req: Request<pb::ImportResponsesRequest>,
+    ) -> Result<Response<pb::ImportResponsesResponse>, Status> {
+        imports::import(self, req).await
     }
 
     async fn get_response(

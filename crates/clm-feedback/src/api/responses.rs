@@ -195,6 +195,7 @@ async fn save(
                 update_time: now,
                 complete_time: complete.then_some(now),
                 version: 1,
+                external_id: None,
             };
             store::insert_response(txn, tenant, row.clone()).await?;
             row

@@ -104,6 +104,18 @@ pub fn check_answerable(id: impl std::fmt::Display, status: &str) -> Result<(), 
     }
 }
 
+/// May historical responses be imported into survey `id` (stored status `status`)? Into an
+/// active or a closed one (answers given while it ran), not a draft: its questions may still
+/// change, and imported answers would freeze them.
+pub fn check_importable(id: impl std::fmt::Display, status: &str) -> Result<(), Error> {
+    match SurveyStatus::from_key(status) {
+        Some(SurveyStatus::Active | SurveyStatus::Closed) => Ok(()),
+        _ => Err(Error::FailedPrecondition(format!(
+            "survey {id} is {status}; responses are imported into active or closed surveys"
+        ))),
+    }
+}
+
 /// Survey `id`, in `old` status, set to `new`: once it has responses it cannot go back to draft.
 pub fn check_status_change(
     id: impl std::fmt::Display,
@@ -463,6 +475,14 @@ mod tests {
 
     fn q(id: &str, kind: QuestionKind) -> Question {
         Question { id: id.into(), text: id.into(), required: false, kind, show_if: None, primary: false }
+    }
+
+    #[test]
+    fn drafts_take_no_imports() {
+        assert!(check_importable("s", "active").is_ok());
+        assert!(check_importable("s", "closed").is_ok());
+        assert!(matches!(check_importable("s", "draft"), Err(Error::FailedPrecondition(_))));
+        assert!(matches!(check_answerable("s", "closed"), Err(Error::FailedPrecondition(_))));
     }
 
     #[test]

@@ -92,6 +92,9 @@ pub mod response {
         pub update_time: i64,
         pub complete_time: Option<i64>,
         pub version: i64,
+        /// The source system's id of an imported response (unique per tenant and survey);
+        /// `None` for responses submitted here.
+        pub external_id: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -18,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(clm_platform::events::ordering::InboxPositionsMigration),
             Box::new(clm_platform::events::prune::InboxAgeIndexMigration),
             Box::new(M0002CesScale),
+            Box::new(M0003ResponseExternalIds),
         ]
     }
 }
@@ -235,5 +236,31 @@ impl MigrationTrait for M0002CesScale {
         )
         .await?;
         Ok(())
+    }
+}
+
+/// Imported responses keep their source system's id, unique per tenant and survey, so that
+/// importing the same answers again skips them (ImportResponses). Responses submitted here have
+/// none (NULL, which a unique index does not compare).
+struct M0003ResponseExternalIds;
+
+impl MigrationName for M0003ResponseExternalIds {
+    fn name(&self) -> &'static str {
+        "m0003_response_external_ids"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0003ResponseExternalIds {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.alter_table(Table::alter().table(Alias::new("responses")).add_column(text_null("external_id")).to_owned())
+            .await?;
+        index(m, "ux_responses_external", "responses", &["tenant_id", "survey_id", "external_id"], true).await
+    }
+
+    async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.drop_index(Index::drop().name("ux_responses_external").table(Alias::new("responses")).to_owned()).await?;
+        m.alter_table(Table::alter().table(Alias::new("responses")).drop_column(Alias::new("external_id")).to_owned())
+            .await
     }
 }

@@ -27,8 +27,8 @@ pub use invitations::{
     mark_responded, pending_invitation,
 };
 pub use responses::{
-    RESPONSE_FILTER, ResultRow, get_response, insert_response, list_responses, response_count, response_of_invitation,
-    result_rows, update_response,
+    RESPONSE_FILTER, ResultRow, get_response, imported_responses, insert_response, list_responses, response_count,
+    response_of_invitation, result_rows, update_response,
 };
 pub use reviews::{get_review, insert_review, list_reviews};
 pub use settings::{settings, update_settings};

@@ -1,4 +1,6 @@
-//! Responses: insert, update under their version, read, list, and the rows results count.
+//! Responses: insert (submitted or imported), find imported ones by external id, update under their version, read, list, and the rows results count.
+
+use std::collections::HashMap;
 
 use clm_platform::filter_sql::{Field, FieldKind};
 use clm_platform::{Error, Result, TenantId};
@@ -39,12 +41,35 @@ pub async fn insert_response(db: &impl ConnectionTrait, tenant: &TenantId, mut r
     tenant.as_str().clone_into(&mut row.tenant_id);
     response::Entity::insert(row.into_active_model()).exec_without_returning(db).await.map_err(|e| {
         if matches!(e.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_))) {
-            Error::Aborted("a concurrent response to this invitation is being saved; retry".into())
+            Error::Aborted(
+                "a concurrent response to this invitation (or import of this external_id) is being saved; retry".into(),
+            )
         } else {
             e.into()
         }
     })?;
     Ok(())
+}
+
+/// Which of `external_ids` were already imported into survey `survey_id`: external id →
+/// the id of the response stored for it.
+pub async fn imported_responses(
+    db: &impl ConnectionTrait,
+    tenant: &TenantId,
+    survey_id: Uuid,
+    external_ids: &[String],
+) -> Result<HashMap<String, String>> {
+    let mut out = HashMap::new();
+    for chunk in external_ids.chunks(500) {
+        let rows = response::Entity::find()
+            .filter(response::Column::TenantId.eq(tenant.as_str()))
+            .filter(response::Column::SurveyId.eq(survey_id.to_string()))
+            .filter(response::Column::ExternalId.is_in(chunk.iter().cloned()))
+            .all(db)
+            .await?;
+        out.extend(rows.into_iter().filter_map(|r| Some((r.external_id?, r.id))));
+    }
+    Ok(out)
 }
 
 pub async fn update_response(

@@ -921,7 +921,43 @@ async fn bad_times_and_reused_request_ids_are_refused(backend: Backend) {
     env.done().await;
 }
 
+/// A contact acquired on no channel counts under "unknown" — with the contacts not heard of
+/// yet, in the channel table and under a scope's channel filter alike (any case).
+async fn a_contact_without_a_channel_counts_under_unknown(backend: Backend) {
+    let Some(env) = Env::start(backend, "mtunk").await else { return };
+    let Clients { mut c, mut l, mut m, .. } = env.clients("acme").await;
+    use cpb::AcquisitionChannel as A;
+    let none = contact(&mut c, "none@example.com", A::Unspecified, None).await;
+    let paid = contact(&mut c, "paid@example.com", A::PaidSearch, None).await;
+    for id in [&none, &paid] {
+        record(&mut l, id, touch(lpb::TouchpointKind::FormSubmitted)).await;
+    }
+    let channels = wait_for("both leads counted", async || {
+        let ch = m.get_channel_metrics(pb::GetChannelMetricsRequest::default()).await.ok()?.into_inner().channels;
+        (ch.iter().map(|c| c.leads).sum::<i64>() == 2).then_some(ch)
+    })
+    .await;
+    let mut names: Vec<(&str, i64, i64)> =
+        channels.iter().map(|c| (c.channel.as_str(), c.new_contacts, c.leads)).collect();
+    names.sort_unstable();
+    assert_eq!(names, [("paid_search", 1, 1), ("unknown", 1, 1)], "no channel of its own for \"\"");
+    for filter in ["unknown", " Unknown "] {
+        let scoped = m
+            .get_stage_metrics(pb::GetStageMetricsRequest {
+                scope: Some(pb::MetricsScope { channel: filter.into(), ..Default::default() }),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let acq = scoped.acquisition.unwrap();
+        assert_eq!((acq.new_contacts, acq.leads), (1, 1), "scope.channel {filter:?}");
+    }
+    env.done().await;
+}
+
 clm_testkit::backend_tests!(
+    a_contact_without_a_channel_counts_under_unknown,
     a_retracted_transition_is_uncounted,
     a_segment_filter_narrows_every_kpi,
     every_kpi_from_the_event_stream_and_a_replay_agrees,

@@ -7,6 +7,7 @@ use clm_proto::metrics::v1 as pb;
 use uuid::Uuid;
 
 use super::{DEFAULT_RANGE, MAX_FILTER_BYTES};
+use crate::domain::channel::Channel;
 use crate::domain::{DAY, Gran};
 use crate::store::read::Slice;
 
@@ -55,7 +56,7 @@ pub fn slice(tenant: &TenantId, scope: Option<&pb::MetricsScope>, prefix: &str, 
         model,
         start,
         end,
-        channel: (!s.channel.is_empty()).then(|| s.channel.to_lowercase()),
+        channel: (!s.channel.trim().is_empty()).then(|| Channel::from_key(&s.channel)),
         campaign: (!s.campaign.is_empty()).then(|| s.campaign.clone()),
         contacts: None,
     }

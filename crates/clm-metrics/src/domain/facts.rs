@@ -103,7 +103,7 @@ impl Money {
 /// What metrics knows of a contact from contact events.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Facts {
-    pub channel: String,
+    pub channel: super::channel::Channel,
     pub campaign: String,
     /// Acquisition time (else creation time); `None` before the contact's create event.
     pub acquired: Option<i64>,
@@ -115,7 +115,7 @@ impl Default for Facts {
     /// A contact not heard of yet: its counts are attributed to channel "unknown" until its
     /// create event arrives, which moves them.
     fn default() -> Self {
-        Self { channel: "unknown".into(), campaign: String::new(), acquired: None, cost: None }
+        Self { channel: super::channel::Channel::unknown(), campaign: String::new(), acquired: None, cost: None }
     }
 }
 

@@ -17,6 +17,7 @@ use clm_proto::events::v1::event_envelope::Payload;
 use sea_orm::DatabaseTransaction;
 use tracing::Instrument as _;
 
+use crate::domain::channel::Channel;
 use crate::domain::contribution::{Activity, Category, Event, Money, Role, SPELL_BASES, Survey, Transition};
 use crate::store::write::facts::{self, ContactFacts, ContactState};
 use crate::store::write::{self, ledger};
@@ -42,7 +43,7 @@ fn contact_facts(f: Option<&ev::ContactFacts>) -> ContactFacts {
         referred_by: (!f.referred_by_contact_id.is_empty()).then_some(f.referred_by_contact_id),
         lead_score: f.lead_score,
         acquire_time: micros(f.acquire_time.as_ref()),
-        acquisition_channel: f.acquisition_channel,
+        acquisition_channel: Channel::from_key(&f.acquisition_channel),
         campaign: f.campaign,
         country_code: f.country_code,
     }

@@ -16,6 +16,7 @@ use clm_platform::{Result, TenantId};
 use sea_orm::ConnectionTrait;
 
 use super::sql::{Sql, one, rows, v};
+use crate::domain::channel::Channel;
 use crate::domain::contribution::{Customer, SPELL_BASES};
 use crate::domain::kpi::Counter;
 use crate::domain::{self};
@@ -29,7 +30,7 @@ pub struct Slice {
     pub model: String,
     pub start: i64,
     pub end: i64,
-    pub channel: Option<String>,
+    pub channel: Option<Channel>,
     pub campaign: Option<String>,
     /// Only these contacts (a segment's members); `None`: every contact.
     pub contacts: Option<std::sync::Arc<Vec<String>>>,

@@ -5,13 +5,14 @@
 use clm_platform::{Result, TenantId};
 use sea_orm::{ConnectionTrait, Value};
 
+use crate::domain::channel::Channel;
 use crate::domain::facts::Money;
 use crate::store::sql::{Sql, exec, v};
 
 /// A contact's facts as its latest contact event states them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ContactFacts {
-    pub acquisition_channel: String,
+    pub acquisition_channel: Channel,
     pub campaign: String,
     pub cost: Option<Money>,
     pub referred_by: Option<String>,

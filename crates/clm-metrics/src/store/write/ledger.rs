@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use clm_platform::{Result, TenantId};
 use sea_orm::ConnectionTrait;
 
+use crate::domain::channel::Channel;
 use crate::domain::contribution::{Activity, Category, Event, Facts, Money, Role, Survey, Transition};
 use crate::store::sql::{Sql, exec, rows, v};
 
@@ -45,7 +46,7 @@ pub async fn load(db: &impl ConnectionTrait, tenant: &TenantId, contacts: &[Stri
                 .map(|(currency, micros)| Money { currency, micros });
             if let Some(k) = out.get_mut(&id) {
                 k.facts = Facts {
-                    channel: r.try_get("", "acquisition_channel")?,
+                    channel: Channel::from_key(&r.try_get::<String>("", "acquisition_channel")?),
                     campaign: r.try_get("", "campaign")?,
                     acquired: Some(
                         r.try_get::<Option<i64>>("", "acquire_time")?.unwrap_or(r.try_get::<i64>("", "create_time")?),

@@ -123,7 +123,7 @@ async fn every_kpi_equals_its_hand_computation(backend: Backend) {
         assert!((0.0..=1.0).contains(&v), "{k:?} = {v}");
     }
     // A channel filter applies to every base: web has A, C, D; at the start only C, who stayed.
-    let web = Slice { channel: Some("web".into()), ..slice.clone() };
+    let web = Slice { channel: Some(clm_metrics::domain::channel::Channel::from_key("web")), ..slice.clone() };
     let w = Snapshot::load(&db, &acme, &web, 50).await.unwrap();
     assert_eq!((w.customers_at_start, w.customers_lost, w.churn_rate), (1.0, 0.0, 0.0));
     assert!(close(w.kpi(Kpi::ReferralRate).0, 0.5), "web customers at the end A, C; A had referred");

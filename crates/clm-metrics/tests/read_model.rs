@@ -153,7 +153,7 @@ async fn any_order_gives_the_same_numbers(backend: Backend) {
         assert_same(&db, &ta, &whole, &tb, &whole).await;
         let month = Slice { start: day0 + 60 * DAY, end: day0 + 91 * DAY, ..whole.clone() };
         assert_same(&db, &ta, &month, &tb, &month).await;
-        let web = Slice { channel: Some("web".into()), ..whole.clone() };
+        let web = Slice { channel: Some(clm_metrics::domain::channel::Channel::from_key("web")), ..whole.clone() };
         assert_same(&db, &ta, &web, &tb, &web).await;
         let spring = Slice { campaign: Some("spring".into()), ..month.clone() };
         assert_same(&db, &ta, &spring, &tb, &spring).await;
@@ -200,7 +200,7 @@ async fn a_segment_counts_as_a_tenant_of_its_members(backend: Backend) {
     // Narrower ranges and a channel cut the same way.
     let spring = Slice { start: day0 + 30 * DAY, end: day0 + 90 * DAY, ..segment.clone() };
     assert_same(&db, &all, &spring, &third, &Slice { contacts: None, ..spring.clone() }).await;
-    let web = Slice { channel: Some("web".into()), ..segment.clone() };
+    let web = Slice { channel: Some(clm_metrics::domain::channel::Channel::from_key("web")), ..segment.clone() };
     assert_same(&db, &all, &web, &third, &Slice { contacts: None, ..web.clone() }).await;
     // The segment is not everyone: it counts fewer contacts than the tenant.
     let n = |f: Vec<(String, i64)>| f.iter().find(|r| r.0 == "acquisition").map_or(0, |r| r.1);

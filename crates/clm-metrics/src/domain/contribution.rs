@@ -546,7 +546,12 @@ mod tests {
 
     #[test]
     fn a_contribution_and_its_difference() {
-        let facts = Facts { channel: crate::domain::channel::Channel::from_key("web"), campaign: String::new(), acquired: Some(0), cost: None };
+        let facts = Facts {
+            channel: crate::domain::channel::Channel::from_key("web"),
+            campaign: String::new(),
+            acquired: Some(0),
+            cost: None,
+        };
         let buy = |id: &str, at: i64, cur: &str| Event {
             id: id.into(),
             at,

@@ -20,6 +20,7 @@ pub fn payload_name(p: &Payload) -> &'static str {
         Payload::StageChanged(_) => "StageChanged",
         Payload::JourneyEventRecorded(_) => "JourneyEventRecorded",
         Payload::AutomationTriggered(_) => "AutomationTriggered",
+        Payload::UnsubscribeRecorded(_) => "UnsubscribeRecorded",
         Payload::SurveyRequested(_) => "SurveyRequested",
         Payload::ResponseSubmitted(_) => "ResponseSubmitted",
         Payload::FollowUpOpened(_) => "FollowUpOpened",

@@ -80,6 +80,7 @@ async fn lifecycle_of_a_record(backend: Backend) {
             status: pb::ConsentStatus::Granted as i32,
             update_time: None,
             source: "signup".into(),
+            ..Default::default()
         }],
         acquisition: Some(pb::Acquisition {
             channel: pb::AcquisitionChannel::PaidSearch as i32,
@@ -950,6 +951,7 @@ async fn bad_times_and_amounts_are_refused_by_field(backend: Backend) {
         status: pb::ConsentStatus::Granted as i32,
         update_time: Some(ts),
         source: "web".into(),
+        ..Default::default()
     };
     let acquired = |ts| pb::Acquisition { acquire_time: Some(ts), ..Default::default() };
     let cost = |units| pb::Acquisition {

@@ -178,6 +178,7 @@ def main():
                     elif name == "clm-auth":
                         env["CLM_AUTH__JWT_HS256_SECRET"] = SECRET_PLACEHOLDER
                         env["CLM_SERVER__PAGE_TOKEN_SECRET"] = SECRET_PLACEHOLDER
+                        env["CLM_MESSAGING__LINK_SECRET"] = SECRET_PLACEHOLDER
             for e in c.get("env", []):
                 env[e["name"]] = str(e.get("value", ""))
             if "CLM_AUTH__JWKS_URL" in env:

@@ -165,6 +165,8 @@ async fn production_with_a_jwks_serves_valid_tokens_only() {
         ("CLM_AUTH__JWT_ISSUER", ISSUER.to_owned()),
         ("CLM_AUTH__JWT_AUDIENCE", AUDIENCE.to_owned()),
         ("CLM_AUTH__JWKS_URL", jwks_url.clone()),
+        ("CLM_MESSAGING__LINK_SECRET", "link-secret-of-the-test-0123456789abcdef".to_owned()),
+        ("CLM_MESSAGING__PUBLIC_URL", "https://clm.example.com".to_owned()),
     ];
     for bin in ["clm", "clm-contacts", "clm-metrics"] {
         let (status, out) = run_to_exit(bin, &["check-config"], &env);

@@ -9,6 +9,8 @@
 //!   feed `WatchStageChanges` streams.
 //! - `journeys`: the one use case that changes a journey (`advance`) and the automations it
 //!   owes (run after commit, never with a transaction open while asking contacts).
+//! - `messaging`: messages to contacts — deliveries queued in the caller's transaction, sent
+//!   after commit by the sender (SMTP, signed webhooks) while consent allows.
 //! - `contacts_client`: what automations need to run — the publisher and the contacts service.
 //! - `publish`: what lifecycle publishes (StageChanged, JourneyEventRecorded,
 //!   AutomationTriggered), appended to the outbox in the caller's transaction.
@@ -22,6 +24,7 @@ pub mod convert;
 pub mod domain;
 pub mod events;
 pub mod journeys;
+pub mod messaging;
 pub mod publish;
 pub mod store;
 
@@ -82,11 +85,17 @@ impl clm_platform::runtime::Service for LifecycleService {
             shared.relay_options().poll,
             shared.stopping(),
         ));
+        let m = &shared.settings.messaging;
+        let links = messaging::links::Links::new(&m.link_secret, &m.public_url);
+        shared.track(messaging::sender::spawn(
+            messaging::sender::Sender::from_settings(db.clone(), automator.contacts.clone(), links.clone(), m)?,
+            shared.stopping(),
+        ));
         let changes = events::watch::changes();
         shared.track(events::watch::spawn_feed(shared.bus.clone(), db.clone(), changes.clone(), shared.stopping()));
         let max = shared.max_message_bytes();
         let server = clm_proto::lifecycle::v1::lifecycle_service_server::LifecycleServiceServer::new(
-            api::LifecycleApi::new(db, shared.page_tokens.clone(), automator, changes),
+            api::LifecycleApi::new(db, shared.page_tokens.clone(), automator, changes, links),
         )
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);

@@ -34,10 +34,21 @@ pub enum Scope {
 }
 
 /// Verbs of methods that only read (AIP standard methods and their batch forms).
-const READ_VERBS: [&str; 6] = ["Get", "List", "BatchGet", "Count", "Export", "Watch"];
+const READ_VERBS: [&str; 7] = ["Get", "List", "BatchGet", "Count", "Export", "Watch", "Render"];
 /// Verbs of methods that change data; each returns at most what it wrote.
-const WRITE_VERBS: [&str; 10] =
-    ["Create", "BatchCreate", "Update", "Delete", "Undelete", "Merge", "Import", "Record", "Submit", "Transition"];
+const WRITE_VERBS: [&str; 11] = [
+    "Create",
+    "BatchCreate",
+    "Update",
+    "Delete",
+    "Undelete",
+    "Merge",
+    "Import",
+    "Record",
+    "Submit",
+    "Transition",
+    "Send",
+];
 
 impl Scope {
     pub fn parse(s: &str) -> Option<Self> {

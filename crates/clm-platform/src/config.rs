@@ -54,6 +54,7 @@ pub struct Settings {
     pub lifecycle: ServiceSettings,
     pub feedback: ServiceSettings,
     pub metrics: ServiceSettings,
+    pub messaging: MessagingSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -248,6 +249,61 @@ pub struct ServiceSettings {
     /// Empty: the contacts service in the same process.
     #[serde(default)]
     pub contacts_url: String,
+}
+
+/// `[messaging]`: how lifecycle sends messages (docs/messaging.md).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessagingSettings {
+    /// SMTP relay, lettre's URL form: `smtps://user:pass@host:465`,
+    /// `smtp://user:pass@host:587?tls=required` (STARTTLS), or `smtp://host:25` (no TLS: local
+    /// development only). Empty: email deliveries wait and are retried, saying so.
+    pub smtp_url: String,
+    /// The sender address of every email (`From`); templates set the display name.
+    pub from_address: String,
+    pub smtp_timeout_ms: u64,
+    pub webhook_timeout_ms: u64,
+    /// Let webhooks go to loopback, private and link-local addresses, and over plain http
+    /// (development and tests only: SSRF).
+    pub allow_private_webhooks: bool,
+    /// Attempts before a delivery is given up (dead).
+    pub max_attempts: u32,
+    /// Backoff: base·2^(attempt-1) with full jitter, at most `retry_max_ms`.
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    /// Attempts per tenant per minute across replicas (0: no limit).
+    pub tenant_messages_per_minute: u64,
+    /// How often an idle sender looks for due deliveries.
+    pub poll_interval_ms: u64,
+    /// How long a sender holds a delivery it took (longer than any send can take).
+    pub lease_ms: u64,
+    /// Deliveries one replica sends at once.
+    pub concurrency: usize,
+    /// Base URL of the hosted pages (unsubscribe), as contacts reach it, e.g.
+    /// `https://clm.example.com`.
+    pub public_url: String,
+    /// Key that signs links in messages (≥ 32 bytes in deployed environments; empty in
+    /// development: a random key per process).
+    pub link_secret: String,
+}
+
+impl std::fmt::Debug for MessagingSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessagingSettings")
+            .field("smtp_url", &redact_url(&self.smtp_url))
+            .field("from_address", &self.from_address)
+            .field("max_attempts", &self.max_attempts)
+            .field("public_url", &self.public_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A URL without its password.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://***{}", &url[..scheme], &url[at..]),
+        _ => url.to_owned(),
+    }
 }
 
 /// A whole number of hours. The `config` crate rounds a float given for an integer, which
@@ -453,6 +509,7 @@ impl Settings {
             return bad("events.relay_poll_ms", "must be at least 10 (ms); lower only spins a core");
         }
         self.validate_retention()?;
+        self.validate_messaging()?;
         if self.events.stream_prefix.is_empty()
             || !self.events.stream_prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         {
@@ -486,6 +543,44 @@ impl Settings {
 
     /// Retention: the inbox outlives what the bus can still deliver (else an event delivered
     /// again after its key was pruned would be applied twice); sane pruning and replicas.
+    /// The `[messaging]` rules: sane numbers; in a deployed environment a signing key for links,
+    /// an https public URL, and no webhooks to private addresses.
+    fn validate_messaging(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError(format!("key `messaging.{key}`: {why}")));
+        let m = &self.messaging;
+        let url = &m.smtp_url;
+        if !(url.is_empty() || url.starts_with("smtp://") || url.starts_with("smtps://")) {
+            return bad("smtp_url", "must start with smtp:// or smtps://, or be empty");
+        }
+        if m.max_attempts == 0 || m.max_attempts > 50 {
+            return bad("max_attempts", "must be 1 to 50");
+        }
+        if m.retry_base_ms == 0 || m.retry_max_ms < m.retry_base_ms {
+            return bad("retry_base_ms", "must be at least 1 and at most retry_max_ms");
+        }
+        if m.poll_interval_ms < 10 || m.lease_ms < 1000 || m.concurrency == 0 {
+            return bad("poll_interval_ms", "poll_interval_ms ≥ 10, lease_ms ≥ 1000, concurrency ≥ 1");
+        }
+        if m.lease_ms <= m.smtp_timeout_ms.max(m.webhook_timeout_ms) + 5_000 {
+            return bad("lease_ms", "must exceed the SMTP and webhook timeouts by 5 s (a send must end before its lease)");
+        }
+        if !(m.public_url.is_empty() || m.public_url.starts_with("http://") || m.public_url.starts_with("https://")) {
+            return bad("public_url", "must be an http:// or https:// URL");
+        }
+        if !self.is_local_env() {
+            if m.link_secret.len() < MIN_HS256_SECRET_BYTES {
+                return bad("link_secret", "at least 32 bytes in a deployed environment (it signs unsubscribe links)");
+            }
+            if !m.public_url.starts_with("https://") {
+                return bad("public_url", "an https:// URL in a deployed environment (links in messages open it)");
+            }
+            if m.allow_private_webhooks {
+                return bad("allow_private_webhooks", "must be false in a deployed environment (SSRF)");
+            }
+        }
+        Ok(())
+    }
+
     fn validate_retention(&self) -> Result<(), ConfigError> {
         let e = &self.events;
         let bad = |key: &str, why: String| Err(ConfigError(format!("key `{key}`: {why}")));

@@ -220,6 +220,17 @@ impl ContactsClient {
         }
     }
 
+    /// The contact `id` as the contacts service knows it now; `None` when it is deleted,
+    /// erased or unknown (a merged id answers with its survivor).
+    pub async fn get(&self, tenant: &TenantId, id: Uuid) -> Result<Option<cpb::Contact>, Error> {
+        let req = self.request(tenant, cpb::GetContactRequest { id: id.to_string() })?;
+        match self.client()?.get_contact(req).await {
+            Ok(resp) => Ok(resp.into_inner().contact),
+            Err(s) if matches!(s.code(), tonic::Code::NotFound | tonic::Code::FailedPrecondition) => Ok(None),
+            Err(s) => Err(Self::unavailable(&s)),
+        }
+    }
+
     /// Which of `ids` are existing contacts (not deleted, erased or merged away).
     pub async fn existing(&self, tenant: &TenantId, ids: &[Uuid]) -> Result<HashSet<Uuid>, Error> {
         let mut out = HashSet::new();

@@ -58,6 +58,9 @@ fn check(a: &pb::Automation, v: &mut Violations) {
             Some(pb::action::Kind::RequestSurvey(s)) => {
                 v.check(uuid(&format!("automation.actions[{i}].request_survey"), s));
             }
+            Some(pb::action::Kind::SendMessage(t)) => {
+                v.check(uuid(&format!("automation.actions[{i}].send_message"), t));
+            }
             Some(pb::action::Kind::PublishWebhook(w)) if w.topic.trim().is_empty() || w.topic.len() > 128 => {
                 v.add(format!("automation.actions[{i}].publish_webhook.topic"), "1 to 128 characters");
             }
@@ -84,6 +87,25 @@ fn check(a: &pb::Automation, v: &mut Violations) {
             Some(_) => {}
         }
     }
+}
+
+/// Every template a send_message action names exists (else INVALID_ARGUMENT naming the action).
+async fn templates_exist(db: &impl ConnectionTrait, tenant: &TenantId, a: &pb::Automation) -> Result<(), Error> {
+    let mut v = Violations::new();
+    for (i, act) in a.actions.iter().enumerate() {
+        if let Some(pb::action::Kind::SendMessage(t)) = &act.kind
+            && let Ok(id) = Uuid::parse_str(t)
+        {
+            match store::messaging::find_template(db, tenant, id).await {
+                Ok(_) => {}
+                Err(Error::NotFound { .. }) => {
+                    v.add(format!("automation.actions[{i}].send_message"), format!("no message template {t}"));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    v.finish()
 }
 
 fn to_pb(m: &automation::Model) -> pb::Automation {
@@ -152,6 +174,7 @@ pub async fn create(
             return Err(Error::invalid("automation.actions", format!("the model has no stage {s}")).into());
         }
     }
+    templates_exist(&txn, &ctx.tenant, &a).await?;
     let now = now_micros();
     let row = automation::Model {
         id: id.to_string(),
@@ -240,6 +263,7 @@ pub async fn update(
     let mut v = Violations::new();
     check(&next, &mut v);
     v.finish()?;
+    templates_exist(&txn, &ctx.tenant, &next).await?;
     let saved = automation::Model {
         display_name: next.display_name.trim().to_owned(),
         enabled: next.enabled,

@@ -1,12 +1,15 @@
 //! gRPC handlers of `clm.lifecycle.v1.LifecycleService`: validate, call the domain and the
 //! store, map back. No SQL here. The service trait is a list of delegations; the bodies live
 //! by resource: `models.rs`, `journeys.rs` (journey events, moves, journeys, watches; every
-//! change through `journeys::advance`), `automations.rs`, `rules.rs`.
+//! change through `journeys::advance`), `automations.rs`, `rules.rs`, `templates.rs` (message
+//! templates and their preview), `deliveries.rs` (SendMessage and the delivery log).
 
 pub mod automations;
+mod deliveries;
 mod journeys;
 mod models;
 mod rules;
+mod templates;
 
 use std::pin::Pin;
 
@@ -27,6 +30,7 @@ pub struct LifecycleApi {
     pub(crate) events: Publisher,
     pub(crate) automator: crate::contacts_client::Automator,
     pub(crate) watch: crate::events::watch::Changes,
+    pub(crate) links: crate::messaging::links::Links,
 }
 
 impl LifecycleApi {
@@ -36,8 +40,9 @@ impl LifecycleApi {
         tokens: PageTokens,
         automator: crate::contacts_client::Automator,
         watch: crate::events::watch::Changes,
+        links: crate::messaging::links::Links,
     ) -> Self {
-        Self { db, tokens, events: automator.publisher.clone(), automator, watch }
+        Self { db, tokens, events: automator.publisher.clone(), automator, watch, links }
     }
 }
 
@@ -190,6 +195,69 @@ impl LifecycleService for LifecycleApi {
         req: Request<pb::ListAutomationRunsRequest>,
     ) -> Result<Response<pb::ListAutomationRunsResponse>, Status> {
         automations::list_runs(self, req).await
+    }
+
+    async fn create_message_template(
+        &self,
+        req: Request<pb::CreateMessageTemplateRequest>,
+    ) -> Result<Response<pb::CreateMessageTemplateResponse>, Status> {
+        templates::create(self, req).await
+    }
+
+    async fn get_message_template(
+        &self,
+        req: Request<pb::GetMessageTemplateRequest>,
+    ) -> Result<Response<pb::GetMessageTemplateResponse>, Status> {
+        templates::get(self, req).await
+    }
+
+    async fn list_message_templates(
+        &self,
+        req: Request<pb::ListMessageTemplatesRequest>,
+    ) -> Result<Response<pb::ListMessageTemplatesResponse>, Status> {
+        templates::list(self, req).await
+    }
+
+    async fn update_message_template(
+        &self,
+        req: Request<pb::UpdateMessageTemplateRequest>,
+    ) -> Result<Response<pb::UpdateMessageTemplateResponse>, Status> {
+        templates::update(self, req).await
+    }
+
+    async fn delete_message_template(
+        &self,
+        req: Request<pb::DeleteMessageTemplateRequest>,
+    ) -> Result<Response<pb::DeleteMessageTemplateResponse>, Status> {
+        templates::delete(self, req).await
+    }
+
+    async fn render_message_template(
+        &self,
+        req: Request<pb::RenderMessageTemplateRequest>,
+    ) -> Result<Response<pb::RenderMessageTemplateResponse>, Status> {
+        templates::render(self, req).await
+    }
+
+    async fn send_message(
+        &self,
+        req: Request<pb::SendMessageRequest>,
+    ) -> Result<Response<pb::SendMessageResponse>, Status> {
+        deliveries::send(self, req).await
+    }
+
+    async fn get_delivery(
+        &self,
+        req: Request<pb::GetDeliveryRequest>,
+    ) -> Result<Response<pb::GetDeliveryResponse>, Status> {
+        deliveries::get(self, req).await
+    }
+
+    async fn list_deliveries(
+        &self,
+        req: Request<pb::ListDeliveriesRequest>,
+    ) -> Result<Response<pb::ListDeliveriesResponse>, Status> {
+        deliveries::list(self, req).await
     }
 
     async fn get_rule_settings(

@@ -4,4 +4,5 @@
 
 pub mod contact;
 pub mod journey;
+pub mod message;
 pub mod model;

@@ -448,6 +448,19 @@ impl Run<'_> {
                     self.publish(txn, a, &w.topic, w.payload.clone()).await?;
                     notes.push(format!("published {}", w.topic));
                 }
+                Some(pb::action::Kind::SendMessage(t)) => {
+                    let Ok(template) = Uuid::parse_str(t) else {
+                        return Ok((pb::RunOutcome::Failed, format!("bad message template id {t:?}"), moved));
+                    };
+                    let source = crate::messaging::Source::Automation(&a.id);
+                    match crate::messaging::enqueue(txn, tenant, Uuid::now_v7(), contact, template, source).await {
+                        Ok(d) => notes.push(format!("message {} queued", d.id)),
+                        Err(Error::NotFound { .. }) => {
+                            return Ok((pb::RunOutcome::Failed, format!("no message template {t}"), moved));
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
                 None => {}
             }
         }

@@ -304,3 +304,111 @@ pub mod automation_job {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+/// A message template: its content as an encoded `clm.lifecycle.v1.MessageTemplate` (without the
+/// webhook signing secret, kept apart and never returned).
+pub mod message_template {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "message_templates")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub tenant_id: String,
+        pub display_name: String,
+        /// "email" or "webhook".
+        pub channel: String,
+        pub body: Vec<u8>,
+        pub signing_secret: String,
+        pub version: i64,
+        pub create_time: i64,
+        pub update_time: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// One message to one contact: the durable queue the sender works from.
+pub mod delivery {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "deliveries")]
+    pub struct Model {
+        /// UUID v7; also the message's idempotency key.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub tenant_id: String,
+        pub contact_id: String,
+        pub template_id: String,
+        pub channel: String,
+        /// "api" or "automation".
+        pub source: String,
+        pub automation_id: String,
+        /// "queued", "retrying", "sent", "skipped" or "dead".
+        pub state: String,
+        pub reason: String,
+        pub recipient: String,
+        pub subject: String,
+        pub attempt_count: i64,
+        pub next_attempt_time: i64,
+        /// A sender holds it until then (0: nobody).
+        pub lease_until: i64,
+        pub create_time: i64,
+        pub finish_time: Option<i64>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod delivery_attempt {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "delivery_attempts")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub tenant_id: String,
+        pub delivery_id: String,
+        pub attempt_time: i64,
+        pub accepted: bool,
+        pub detail: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// An unsubscribe recorded here (and published to contacts): nothing more goes to the contact
+/// on that channel for that purpose, even before contacts has applied it.
+pub mod suppression {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "suppressions")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub tenant_id: String,
+        pub contact_id: String,
+        pub channel: String,
+        pub purpose: String,
+        pub delivery_id: String,
+        pub create_time: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

@@ -20,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(clm_platform::events::prune::InboxAgeIndexMigration),
             Box::new(M0003AutomationJobs),
             Box::new(M0004ChurnSetting),
+            Box::new(M0006Messaging),
         ]
     }
 }
@@ -301,5 +302,103 @@ impl MigrationTrait for M0004ChurnSetting {
                 .to_owned(),
         )
         .await
+    }
+}
+
+/// Messages: templates, the delivery queue (`deliveries`, leased by the sender), each attempt,
+/// and the unsubscribes recorded here before contacts applies them (`suppressions`).
+struct M0006Messaging;
+
+impl MigrationName for M0006Messaging {
+    fn name(&self) -> &'static str {
+        "m0006_messaging"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0006Messaging {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.create_table(
+            Table::create()
+                .table(Alias::new("message_templates"))
+                .col(id("id"))
+                .col(text("tenant_id"))
+                .col(text("display_name"))
+                .col(text("channel"))
+                .col(ColumnDef::new(Alias::new("body")).blob().not_null())
+                .col(text("signing_secret"))
+                .col(big("version"))
+                .col(big("create_time"))
+                .col(big("update_time"))
+                .to_owned(),
+        )
+        .await?;
+        index(m, "ix_message_templates_tenant", "message_templates", &["tenant_id", "create_time", "id"], false)
+            .await?;
+        m.create_table(
+            Table::create()
+                .table(Alias::new("deliveries"))
+                .col(id("id"))
+                .col(text("tenant_id"))
+                .col(text("contact_id"))
+                .col(text("template_id"))
+                .col(text("channel"))
+                .col(text("source"))
+                .col(text("automation_id"))
+                .col(text("state"))
+                .col(long_text("reason"))
+                .col(long_text("recipient"))
+                .col(long_text("subject"))
+                .col(big("attempt_count"))
+                .col(big("next_attempt_time"))
+                .col(big("lease_until"))
+                .col(big("create_time"))
+                .col(big_null("finish_time"))
+                .to_owned(),
+        )
+        .await?;
+        // The sender's scan: what is due, across tenants.
+        index(m, "ix_deliveries_due", "deliveries", &["state", "next_attempt_time"], false).await?;
+        index(m, "ix_deliveries_tenant", "deliveries", &["tenant_id", "create_time", "id"], false).await?;
+        index(m, "ix_deliveries_contact", "deliveries", &["tenant_id", "contact_id", "create_time"], false).await?;
+        index(m, "ix_deliveries_automation", "deliveries", &["tenant_id", "automation_id", "create_time"], false)
+            .await?;
+        m.create_table(
+            Table::create()
+                .table(Alias::new("delivery_attempts"))
+                .col(id("id"))
+                .col(text("tenant_id"))
+                .col(text("delivery_id"))
+                .col(big("attempt_time"))
+                .col(flag("accepted"))
+                .col(long_text("detail"))
+                .to_owned(),
+        )
+        .await?;
+        index(m, "ix_delivery_attempts_delivery", "delivery_attempts", &["tenant_id", "delivery_id", "attempt_time"], false)
+            .await?;
+        // The per-tenant rate limit counts a tenant's recent attempts.
+        index(m, "ix_delivery_attempts_tenant_time", "delivery_attempts", &["tenant_id", "attempt_time"], false).await?;
+        m.create_table(
+            Table::create()
+                .table(Alias::new("suppressions"))
+                .col(id("id"))
+                .col(text("tenant_id"))
+                .col(text("contact_id"))
+                .col(text("channel"))
+                .col(text("purpose"))
+                .col(text("delivery_id"))
+                .col(big("create_time"))
+                .to_owned(),
+        )
+        .await?;
+        index(m, "ux_suppressions", "suppressions", &["tenant_id", "contact_id", "channel", "purpose"], true).await
+    }
+
+    async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        for t in ["suppressions", "delivery_attempts", "deliveries", "message_templates"] {
+            m.drop_table(Table::drop().table(Alias::new(t)).to_owned()).await?;
+        }
+        Ok(())
     }
 }

@@ -10,6 +10,7 @@
 pub mod automations;
 pub mod entities;
 mod journeys;
+pub mod messaging;
 pub mod migrations;
 
 pub use journeys::*;
@@ -392,6 +393,7 @@ pub async fn contact_state(
 /// Remove everything about a contact (erased upstream).
 pub async fn erase_contact(db: &impl ConnectionTrait, tenant: &TenantId, contact: &str) -> Result<()> {
     automations::drop_jobs(db, tenant, contact).await?;
+    messaging::drop_contact(db, tenant, contact).await?;
     journey_event::Entity::delete_many()
         .filter(journey_event::Column::TenantId.eq(tenant.as_str()))
         .filter(journey_event::Column::ContactId.eq(contact))

@@ -178,9 +178,7 @@ impl RemoteJwks {
 
     /// Fetch now; on success the fetched keys replace the old ones. Returns how many.
     pub async fn refresh(&self) -> anyhow::Result<usize> {
-        let body = tokio::time::timeout(FETCH_TIMEOUT, http_get(&self.url))
-            .await
-            .map_err(|_| anyhow!("no answer within {} s", FETCH_TIMEOUT.as_secs()))??;
+        let body = http_get(&self.url).await?;
         let text = std::str::from_utf8(&body).map_err(|_| anyhow!("the document is not UTF-8"))?;
         let keys = jwks_keys(text, "auth.jwks_url")?;
         let n = keys.len();
@@ -364,78 +362,15 @@ fn check_rsa_size(key: &DecodingKey) -> anyhow::Result<()> {
 /// GET `url` (http or https, HTTP/1.1; https verified against the system's roots, which
 /// `SSL_CERT_FILE` / `SSL_CERT_DIR` can replace) and return the body of a 200 answer.
 async fn http_get(url: &str) -> anyhow::Result<Bytes> {
-    use http_body_util::BodyExt as _;
-    use hyper_util::rt::TokioIo;
-
-    let uri: http::Uri = url.parse().map_err(|e| anyhow!("bad URL: {e}"))?;
-    let https = match uri.scheme_str() {
-        Some("https") => true,
-        Some("http") => false,
-        _ => bail!("the URL must start with https:// or http://"),
-    };
-    let host = uri.host().ok_or_else(|| anyhow!("the URL has no host"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
-    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let authority = uri.authority().map(ToString::to_string).unwrap_or_default();
-    let path = uri.path_and_query().map_or("/", http::uri::PathAndQuery::as_str).to_owned();
-    let request = http::Request::get(path)
-        .header(http::header::HOST, authority)
-        .header(http::header::ACCEPT, "application/jwk-set+json, application/json")
-        .header(http::header::USER_AGENT, concat!("clm/", env!("CARGO_PKG_VERSION")))
-        .body(http_body_util::Empty::<Bytes>::new())?;
-
-    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
-        .await
-        .map_err(|e| anyhow!("cannot connect to {host}:{port}: {e}"))?;
-    let response = if https {
-        let name = rustls_pki_types::ServerName::try_from(host.clone()).map_err(|e| anyhow!("bad host name: {e}"))?;
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(tls_client_config()?))
-            .connect(name, tcp)
-            .await
-            .map_err(|e| anyhow!("TLS with {host}: {e}"))?;
-        send(TokioIo::new(tls), request).await?
-    } else {
-        send(TokioIo::new(tcp), request).await?
-    };
-    let status = response.status();
-    if status != http::StatusCode::OK {
-        bail!("HTTP {status}");
+    use crate::http_client::{Client, Request};
+    let request = Request::get(url)
+        .header(http::header::ACCEPT, http::HeaderValue::from_static("application/jwk-set+json, application/json"))
+        .header(http::header::USER_AGENT, http::HeaderValue::from_static(concat!("clm/", env!("CARGO_PKG_VERSION"))))
+        .timeout(FETCH_TIMEOUT)
+        .max_response_bytes(MAX_JWKS_BYTES);
+    let response = Client::new().send(request).await?;
+    if response.status != http::StatusCode::OK {
+        bail!("HTTP {}", response.status);
     }
-    let body = http_body_util::Limited::new(response.into_body(), MAX_JWKS_BYTES)
-        .collect()
-        .await
-        .map_err(|e| anyhow!("reading the answer: {e}"))?;
-    Ok(body.to_bytes())
-}
-
-async fn send<T>(
-    io: hyper_util::rt::TokioIo<T>,
-    request: http::Request<http_body_util::Empty<Bytes>>,
-) -> anyhow::Result<http::Response<hyper::body::Incoming>>
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
-    let conn = tokio::spawn(conn);
-    let response = sender.send_request(request).await;
-    if response.is_err() {
-        conn.abort();
-    }
-    Ok(response?)
-}
-
-fn tls_client_config() -> anyhow::Result<tokio_rustls::rustls::ClientConfig> {
-    use tokio_rustls::rustls;
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    let (added, _) = roots.add_parsable_certificates(native.certs);
-    if added == 0 {
-        bail!("no trusted root certificates found on this system (set SSL_CERT_FILE)");
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
+    Ok(response.body)
 }

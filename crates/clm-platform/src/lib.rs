@@ -14,6 +14,7 @@ pub mod events;
 pub mod filter;
 pub mod filter_sql;
 pub mod header_limit;
+pub mod http_client;
 pub mod idempotency;
 pub mod jwt_keys;
 pub mod listener;

@@ -26,6 +26,12 @@ fn channel_key(c: i32) -> &'static str {
 }
 
 /// Check a template; `prefix` is the field path of the template in the request.
+fn text(v: &mut Violations, field: String, source: &str, escape: Escape) {
+    if let Err(e) = check_text(&field, source, escape) {
+        v.add(e.field, e.description);
+    }
+}
+
 pub(super) fn check(t: &pb::MessageTemplate, prefix: &str, v: &mut Violations) {
     let name = t.display_name.trim();
     if name.is_empty() || name.chars().count() > 200 {
@@ -34,11 +40,6 @@ pub(super) fn check(t: &pb::MessageTemplate, prefix: &str, v: &mut Violations) {
     if pb::MessagePurpose::try_from(t.purpose).unwrap_or_default() == pb::MessagePurpose::Unspecified {
         v.add(format!("{prefix}.purpose"), "one of MARKETING, FEEDBACK, TRANSACTIONAL (decides the consent needed)");
     }
-    let mut text = |field: String, source: &str, escape| {
-        if let Err(e) = check_text(&field, source, escape) {
-            v.add(e.field, e.description);
-        }
-    };
     match pb::MessageChannel::try_from(t.channel).unwrap_or_default() {
         pb::MessageChannel::Email => {
             let Some(e) = &t.email else {
@@ -48,13 +49,13 @@ pub(super) fn check(t: &pb::MessageTemplate, prefix: &str, v: &mut Violations) {
             if e.subject.trim().is_empty() || e.subject.chars().count() > 500 {
                 v.add(format!("{prefix}.email.subject"), "1 to 500 characters");
             } else {
-                text(format!("{prefix}.email.subject"), &e.subject, Escape::Text);
+                text(v, format!("{prefix}.email.subject"), &e.subject, Escape::Text);
             }
             if e.html_body.trim().is_empty() && e.text_body.trim().is_empty() {
                 v.add(format!("{prefix}.email.html_body"), "an html_body or a text_body is required");
             }
-            text(format!("{prefix}.email.html_body"), &e.html_body, Escape::Html);
-            text(format!("{prefix}.email.text_body"), &e.text_body, Escape::Text);
+            text(v, format!("{prefix}.email.html_body"), &e.html_body, Escape::Html);
+            text(v, format!("{prefix}.email.text_body"), &e.text_body, Escape::Text);
             if e.from_name.chars().count() > 100 || e.from_name.chars().any(char::is_control) {
                 v.add(format!("{prefix}.email.from_name"), "at most 100 characters, no control characters");
             }
@@ -74,7 +75,7 @@ pub(super) fn check(t: &pb::MessageTemplate, prefix: &str, v: &mut Violations) {
                 Ok(u) if matches!(u.scheme(), "https" | "http") && u.host().is_some() => {}
                 _ => v.add(format!("{prefix}.webhook.url"), "must be an https:// URL"),
             }
-            text(format!("{prefix}.webhook.body"), &w.body, Escape::Json);
+            text(v, format!("{prefix}.webhook.body"), &w.body, Escape::Json);
             if !w.signing_secret.is_empty() && (w.signing_secret.len() < MIN_SECRET || w.signing_secret.len() > 256) {
                 v.add(format!("{prefix}.webhook.signing_secret"), format!("{MIN_SECRET} to 256 bytes"));
             }

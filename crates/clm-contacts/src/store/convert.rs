@@ -8,8 +8,8 @@ use uuid::Uuid;
 
 use super::entities::contact;
 use crate::domain::model::{
-    AcquisitionChannel, AgeBand, AttrValue, Consent, ConsentChannel, ConsentStatus, Contact, ContactData, ContactState,
-    Gender,
+    AcquisitionChannel, AgeBand, AttrValue, Consent, ConsentChannel, ConsentPurpose, ConsentStatus, Contact,
+    ContactData, ContactState, Gender,
 };
 use crate::domain::values::{AttributeKey, CountryCode, Email, LeadScore, Money, Phone};
 
@@ -35,13 +35,21 @@ enum StoredAttr {
     Time(i64),
 }
 
+/// A consent in `contacts.consents` (JSON). Rows written before purposes have none: they are
+/// marketing consents, the only kind there was.
 #[derive(Serialize, Deserialize)]
 struct StoredConsent {
     channel: String,
+    #[serde(default = "marketing")]
+    purpose: String,
     status: String,
     at: i64,
     #[serde(default)]
     source: String,
+}
+
+fn marketing() -> String {
+    ConsentPurpose::Marketing.key().to_owned()
 }
 
 fn corrupt(what: &str, id: &str) -> Error {
@@ -74,6 +82,7 @@ pub fn to_domain(m: contact::Model) -> Result<Contact> {
         .map(|c| {
             Ok(Consent {
                 channel: ConsentChannel::from_key(&c.channel).ok_or_else(|| corrupt("consent", &m.id))?,
+                purpose: ConsentPurpose::from_key(&c.purpose).ok_or_else(|| corrupt("consent", &m.id))?,
                 status: ConsentStatus::from_key(&c.status).ok_or_else(|| corrupt("consent", &m.id))?,
                 updated_at: c.at,
                 source: c.source,
@@ -164,6 +173,7 @@ pub fn to_model(tenant: &str, c: &Contact) -> contact::Model {
         .iter()
         .map(|c| StoredConsent {
             channel: c.channel.key().into(),
+            purpose: c.purpose.key().into(),
             status: c.status.key().into(),
             at: c.updated_at,
             source: c.source.clone(),

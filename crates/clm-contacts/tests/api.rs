@@ -1407,6 +1407,120 @@ async fn consent_purposes(backend: Backend) {
     db.cleanup().await;
 }
 
+/// `consents.<channel>[.<purpose>]` filters ListContacts by decision (no purpose: marketing),
+/// for contacts written now and for contacts stored before purposes and consent filters
+/// existed (migration m0004 indexes their consents as marketing ones).
+async fn consent_filters(backend: Backend) {
+    use clm_contacts::domain::model::{Contact, ContactData, ContactState};
+    use pb::{ConsentChannel as Ch, ConsentPurpose as Pu, ConsentStatus as St};
+    use sea_orm_migration::MigratorTrait as _;
+    let Some(db) = TestDb::create(backend, "consentfilter").await else { return };
+    // A contact as the release before stored it: its consent JSON without a purpose, no
+    // consent label rows.
+    let conn = clm_platform::db::connect(&db.url, &testing::settings(&[]).database).await.unwrap();
+    clm_contacts::store::migrations::Migrator::up(&conn, Some(10)).await.unwrap();
+    let tenant = clm_platform::TenantId::parse("acme").unwrap();
+    let old_id = uuid::Uuid::now_v7();
+    let old = Contact {
+        id: old_id,
+        data: ContactData {
+            email: Some(clm_contacts::domain::values::Email::parse("email", "old@example.com").unwrap()),
+            ..Default::default()
+        },
+        state: ContactState::Active,
+        merged_into: None,
+        create_time: 1_700_000_000_000_000,
+        update_time: 1_700_000_000_000_000,
+        delete_time: None,
+        version: 1,
+    };
+    clm_contacts::store::insert_contacts(&conn, &tenant, &[old]).await.unwrap();
+    let json = r#"[{"channel":"email","status":"granted","at":1700000000000000,"source":"old-form"},{"channel":"sms","status":"withdrawn","at":1700000000000000,"source":"old-form"}]"#;
+    conn.execute_raw(sea_orm::Statement::from_sql_and_values(
+        conn.get_database_backend(),
+        format!("UPDATE contacts SET consents = {} WHERE id = {}", placeholder(backend, 1), placeholder(backend, 2)),
+        [json.into(), old_id.to_string().into()],
+    ))
+    .await
+    .unwrap();
+
+    let server = testing::spawn::<ContactsService>(testing::settings(&[("CLM_CONTACTS__DATABASE_URL", &db.url)])).await;
+    let mut c = client(&server, "acme", RW).await;
+    let ada = create(
+        &mut c,
+        pb::Contact {
+            consents: vec![
+                consent(Ch::Email, Pu::Marketing, St::Withdrawn),
+                consent(Ch::Email, Pu::Feedback, St::Granted),
+            ],
+            ..contact("ada@example.com", "Ada", "")
+        },
+    )
+    .await;
+    let bob = create(
+        &mut c,
+        pb::Contact {
+            consents: vec![consent(Ch::Sms, Pu::Transactional, St::Granted)],
+            ..contact("bob@example.com", "Bob", "")
+        },
+    )
+    .await;
+    let old_id = old_id.to_string();
+    let got = c.get_contact(pb::GetContactRequest { id: old_id.clone() }).await.unwrap().into_inner().contact.unwrap();
+    assert_eq!(
+        consents_of(&got),
+        vec![
+            (Ch::Email as i32, Pu::Marketing as i32, St::Granted as i32, "old-form".into()),
+            (Ch::Sms as i32, Pu::Marketing as i32, St::Withdrawn as i32, "old-form".into()),
+        ],
+        "consents stored before purposes are marketing ones"
+    );
+    let lister = c.clone();
+    let ids = async |filter: &str| {
+        let r = lister.clone().list_contacts(pb::ListContactsRequest { filter: filter.into(), ..Default::default() }).await;
+        let mut out: Vec<String> = r.unwrap().into_inner().contacts.into_iter().map(|x| x.id).collect();
+        out.sort();
+        out
+    };
+    let sorted = |mut v: Vec<&String>| {
+        v.sort();
+        v.into_iter().cloned().collect::<Vec<String>>()
+    };
+    assert_eq!(ids(r#"consents.email = "granted""#).await, vec![old_id.clone()]);
+    assert_eq!(ids(r#"consents.email.marketing = "granted""#).await, vec![old_id.clone()]);
+    assert_eq!(ids(r#"consents.email = "withdrawn""#).await, vec![ada.id.clone()]);
+    assert_eq!(ids(r#"consents.email.feedback = "granted""#).await, vec![ada.id.clone()]);
+    assert_eq!(ids(r#"consents.sms = "withdrawn""#).await, vec![old_id.clone()]);
+    assert_eq!(ids(r#"consents.sms.transactional = "granted""#).await, vec![bob.id.clone()]);
+    assert_eq!(ids(r#"consents.email != "granted""#).await, sorted(vec![&ada.id, &bob.id]));
+    assert_eq!(
+        ids(r#"consents.email.feedback = "granted" OR consents.sms.transactional = "granted""#).await,
+        sorted(vec![&ada.id, &bob.id])
+    );
+    let err = c
+        .list_contacts(pb::ListContactsRequest { filter: r#"consents.fax = "granted""#.into(), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&err), vec!["filter".to_string()]);
+
+    // A write keeps the rows in step: a withdrawn feedback consent no longer matches.
+    c.update_contact(pb::UpdateContactRequest {
+        contact: Some(pb::Contact {
+            id: ada.id.clone(),
+            consents: vec![consent(Ch::Email, Pu::Feedback, St::Withdrawn)],
+            ..Default::default()
+        }),
+        update_mask: mask(&["consents"]),
+    })
+    .await
+    .unwrap();
+    assert!(ids(r#"consents.email.feedback = "granted""#).await.is_empty());
+    assert_eq!(ids(r#"consents.email.feedback = "withdrawn""#).await, vec![ada.id.clone()]);
+    conn.close().await.ok();
+    server.stop().await.unwrap();
+    db.cleanup().await;
+}
+
 /// The ContactUpdated events in contacts' outbox: (contact id, changed paths), oldest first.
 async fn contact_updates(conn: &sea_orm::DatabaseConnection) -> Vec<(String, Vec<String>)> {
     use clm_proto::events::v1::event_envelope::Payload;
@@ -1575,5 +1689,6 @@ clm_testkit::backend_tests!(
     events_a_consumer_appends_are_published_at_once,
     request_ids_are_the_platforms_and_old_ones_still_answer,
     consent_purposes,
+    consent_filters,
     unsubscribes_withdraw_one_consent,
 );

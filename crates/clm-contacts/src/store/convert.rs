@@ -48,6 +48,22 @@ struct StoredConsent {
     source: String,
 }
 
+/// The consent label rows (`domain::filter::consent_label`) of a stored `consents` JSON list;
+/// entries with unknown keys are left out.
+pub(crate) fn consent_labels(json: &str) -> serde_json::Result<Vec<String>> {
+    let list: Vec<StoredConsent> = serde_json::from_str(json)?;
+    Ok(list
+        .iter()
+        .filter_map(|c| {
+            Some(crate::domain::filter::consent_label(
+                ConsentChannel::from_key(&c.channel)?,
+                ConsentPurpose::from_key(&c.purpose)?,
+                ConsentStatus::from_key(&c.status)?,
+            ))
+        })
+        .collect())
+}
+
 fn marketing() -> String {
     ConsentPurpose::Marketing.key().to_owned()
 }

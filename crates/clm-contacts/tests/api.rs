@@ -80,6 +80,7 @@ async fn lifecycle_of_a_record(backend: Backend) {
             status: pb::ConsentStatus::Granted as i32,
             update_time: None,
             source: "signup".into(),
+            purpose: pb::ConsentPurpose::Unspecified as i32,
         }],
         acquisition: Some(pb::Acquisition {
             channel: pb::AcquisitionChannel::PaidSearch as i32,
@@ -950,6 +951,7 @@ async fn bad_times_and_amounts_are_refused_by_field(backend: Backend) {
         status: pb::ConsentStatus::Granted as i32,
         update_time: Some(ts),
         source: "web".into(),
+        purpose: pb::ConsentPurpose::Marketing as i32,
     };
     let acquired = |ts| pb::Acquisition { acquire_time: Some(ts), ..Default::default() };
     let cost = |units| pb::Acquisition {
@@ -1387,7 +1389,10 @@ async fn consent_purposes(backend: Backend) {
         exported.extend(m.contacts);
     }
     let cy = exported.iter().find(|x| x.email == "cy@example.com").expect("cy exported");
-    assert_eq!(consents_of(cy), vec![(Ch::Phone as i32, Pu::Feedback as i32, St::Granted as i32, "signup-form".into())]);
+    assert_eq!(
+        consents_of(cy),
+        vec![(Ch::Phone as i32, Pu::Feedback as i32, St::Granted as i32, "signup-form".into())]
+    );
     assert_eq!(exported.iter().find(|x| x.id == ada.id).map(consents_of), Some(sorted));
 
     // A consent stored before purposes (no "purpose" in its JSON) is a marketing one.
@@ -1401,7 +1406,10 @@ async fn consent_purposes(backend: Backend) {
     .await
     .unwrap();
     let got = c.get_contact(pb::GetContactRequest { id: ada.id.clone() }).await.unwrap().into_inner().contact.unwrap();
-    assert_eq!(consents_of(&got), vec![(Ch::Email as i32, Pu::Marketing as i32, St::Granted as i32, "old-form".into())]);
+    assert_eq!(
+        consents_of(&got),
+        vec![(Ch::Email as i32, Pu::Marketing as i32, St::Granted as i32, "old-form".into())]
+    );
     conn.close().await.ok();
     server.stop().await.unwrap();
     db.cleanup().await;
@@ -1477,7 +1485,8 @@ async fn consent_filters(backend: Backend) {
     );
     let lister = c.clone();
     let ids = async |filter: &str| {
-        let r = lister.clone().list_contacts(pb::ListContactsRequest { filter: filter.into(), ..Default::default() }).await;
+        let r =
+            lister.clone().list_contacts(pb::ListContactsRequest { filter: filter.into(), ..Default::default() }).await;
         let mut out: Vec<String> = r.unwrap().into_inner().contacts.into_iter().map(|x| x.id).collect();
         out.sort();
         out

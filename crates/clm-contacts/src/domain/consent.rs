@@ -11,8 +11,13 @@ pub const UNSUBSCRIBE_SOURCE: &str = "unsubscribe-link";
 /// older link) or when it is already withdrawn (the first withdrawal, its time and source, is
 /// kept), so applying the same unsubscribe twice changes nothing.
 pub fn unsubscribe(consents: &mut Vec<Consent>, channel: ConsentChannel, purpose: ConsentPurpose, at: i64) -> bool {
-    let withdrawn =
-        Consent { channel, purpose, status: ConsentStatus::Withdrawn, updated_at: at, source: UNSUBSCRIBE_SOURCE.into() };
+    let withdrawn = Consent {
+        channel,
+        purpose,
+        status: ConsentStatus::Withdrawn,
+        updated_at: at,
+        source: UNSUBSCRIBE_SOURCE.into(),
+    };
     match consents.iter_mut().find(|c| c.same_subject(&withdrawn)) {
         Some(c) if c.updated_at > at || c.status == ConsentStatus::Withdrawn => false,
         Some(c) => {

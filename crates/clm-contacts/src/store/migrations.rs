@@ -515,8 +515,10 @@ impl MigrationTrait for M0004ConsentLabels {
     }
 
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
-        let delete =
-            Query::delete().from_table(ContactLabels::Table).and_where(Expr::col(ContactLabels::Kind).eq("consent")).to_owned();
+        let delete = Query::delete()
+            .from_table(ContactLabels::Table)
+            .and_where(Expr::col(ContactLabels::Kind).eq("consent"))
+            .to_owned();
         m.get_connection().execute(&delete).await.map(|_| ())
     }
 }

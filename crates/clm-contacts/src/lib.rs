@@ -38,7 +38,7 @@ impl clm_platform::runtime::Service for ContactsService {
             shared.bus.clone(),
             db.clone(),
             clm_platform::events::consumer::ConsumerSpec::new(&shared.settings.events, "contacts", &["lifecycle"]),
-            std::sync::Arc::new(events::AutomationRequests { publisher: publisher.clone() }),
+            std::sync::Arc::new(events::LifecycleEvents { publisher: publisher.clone() }),
             shared.stopping(),
         ));
         let server = clm_proto::contacts::v1::contacts_service_server::ContactsServiceServer::new(

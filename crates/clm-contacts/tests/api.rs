@@ -80,7 +80,7 @@ async fn lifecycle_of_a_record(backend: Backend) {
             status: pb::ConsentStatus::Granted as i32,
             update_time: None,
             source: "signup".into(),
-            ..Default::default()
+            purpose: pb::ConsentPurpose::Unspecified as i32,
         }],
         acquisition: Some(pb::Acquisition {
             channel: pb::AcquisitionChannel::PaidSearch as i32,
@@ -951,7 +951,7 @@ async fn bad_times_and_amounts_are_refused_by_field(backend: Backend) {
         status: pb::ConsentStatus::Granted as i32,
         update_time: Some(ts),
         source: "web".into(),
-        ..Default::default()
+        purpose: pb::ConsentPurpose::Marketing as i32,
     };
     let acquired = |ts| pb::Acquisition { acquire_time: Some(ts), ..Default::default() };
     let cost = |units| pb::Acquisition {
@@ -1274,6 +1274,411 @@ async fn request_ids_are_the_platforms_and_old_ones_still_answer(backend: Backen
     db.cleanup().await;
 }
 
+fn consent(channel: pb::ConsentChannel, purpose: pb::ConsentPurpose, status: pb::ConsentStatus) -> pb::Consent {
+    pb::Consent {
+        channel: channel as i32,
+        purpose: purpose as i32,
+        status: status as i32,
+        update_time: Some(prost_types::Timestamp { seconds: 1_700_000_000, nanos: 0 }),
+        source: "signup-form".into(),
+    }
+}
+
+/// (channel, purpose, status, source) of each consent, sorted, to compare without times.
+fn consents_of(c: &pb::Contact) -> Vec<(i32, i32, i32, String)> {
+    let mut out: Vec<_> = c.consents.iter().map(|x| (x.channel, x.purpose, x.status, x.source.clone())).collect();
+    out.sort();
+    out
+}
+
+fn placeholder(backend: Backend, n: usize) -> String {
+    match backend {
+        Backend::Postgres => format!("${n}"),
+        Backend::Sqlite => "?".into(),
+    }
+}
+
+/// Consents per channel and purpose: purposes round-trip (create, get, update, import, export),
+/// an unspecified purpose is marketing, a second entry for the same channel and purpose is
+/// refused naming it, and consents stored before purposes existed read as marketing.
+async fn consent_purposes(backend: Backend) {
+    use pb::{ConsentChannel as Ch, ConsentPurpose as Pu, ConsentStatus as St};
+    let Some((server, db)) = setup(backend, "purposes").await else { return };
+    let mut c = client(&server, "acme", RW).await;
+    let ada = create(
+        &mut c,
+        pb::Contact {
+            consents: vec![
+                consent(Ch::Email, Pu::Unspecified, St::Granted),
+                consent(Ch::Email, Pu::Feedback, St::Withdrawn),
+                consent(Ch::Sms, Pu::Transactional, St::Granted),
+            ],
+            ..contact("ada@example.com", "Ada", "Lovelace")
+        },
+    )
+    .await;
+    let expected = vec![
+        (Ch::Email as i32, Pu::Marketing as i32, St::Granted as i32, "signup-form".to_string()),
+        (Ch::Email as i32, Pu::Feedback as i32, St::Withdrawn as i32, "signup-form".to_string()),
+        (Ch::Sms as i32, Pu::Transactional as i32, St::Granted as i32, "signup-form".to_string()),
+    ];
+    let mut sorted = expected.clone();
+    sorted.sort();
+    assert_eq!(consents_of(&ada), sorted, "unspecified is stored and returned as MARKETING");
+    let got = c.get_contact(pb::GetContactRequest { id: ada.id.clone() }).await.unwrap().into_inner().contact.unwrap();
+    assert_eq!(got, ada);
+
+    // At most one entry per channel and purpose, on create, update and import.
+    let dup = vec![
+        consent(Ch::Email, Pu::Feedback, St::Granted),
+        consent(Ch::Email, Pu::Marketing, St::Granted),
+        consent(Ch::Email, Pu::Unspecified, St::Withdrawn),
+    ];
+    let err = c
+        .create_contact(pb::CreateContactRequest {
+            contact: Some(pb::Contact { consents: dup.clone(), ..contact("bob@example.com", "Bob", "") }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert_eq!(violated_fields(&err), vec!["contact.consents[2]".to_string()], "{err:?}");
+    let err = c
+        .update_contact(pb::UpdateContactRequest {
+            contact: Some(pb::Contact { id: ada.id.clone(), consents: dup.clone(), ..Default::default() }),
+            update_mask: mask(&["consents"]),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&err), vec!["contact.consents[2]".to_string()], "{err:?}");
+    let err = c
+        .create_contact(pb::CreateContactRequest {
+            contact: Some(pb::Contact {
+                consents: vec![pb::Consent { purpose: 9, ..consent(Ch::Email, Pu::Marketing, St::Granted) }],
+                ..contact("bob@example.com", "Bob", "")
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&err), vec!["contact.consents[0].purpose".to_string()], "{err:?}");
+    let batch = pb::ImportContactsRequest {
+        contacts: vec![
+            pb::Contact { consents: dup, ..contact("bob@example.com", "Bob", "") },
+            pb::Contact {
+                consents: vec![consent(Ch::Phone, Pu::Feedback, St::Granted)],
+                ..contact("cy@example.com", "Cy", "")
+            },
+        ],
+    };
+    let mut out = c.import_contacts(tokio_stream::iter(vec![batch])).await.unwrap().into_inner();
+    let mut rows = Vec::new();
+    while let Some(msg) = out.message().await.unwrap() {
+        if let Some(pb::import_contacts_response::Result::Rows(r)) = msg.result {
+            rows.extend(r.results);
+        }
+    }
+    assert_eq!(rows[0].outcome, pb::ImportOutcome::Skipped as i32, "{rows:?}");
+    assert_eq!(rows[0].field, "consents[2]", "{rows:?}");
+    assert_eq!(rows[1].outcome, pb::ImportOutcome::Created as i32, "{rows:?}");
+
+    // Export returns purposes as stored.
+    let mut export = c.export_contacts(pb::ExportContactsRequest::default()).await.unwrap().into_inner();
+    let mut exported = Vec::new();
+    while let Some(m) = export.message().await.unwrap() {
+        exported.extend(m.contacts);
+    }
+    let cy = exported.iter().find(|x| x.email == "cy@example.com").expect("cy exported");
+    assert_eq!(
+        consents_of(cy),
+        vec![(Ch::Phone as i32, Pu::Feedback as i32, St::Granted as i32, "signup-form".into())]
+    );
+    assert_eq!(exported.iter().find(|x| x.id == ada.id).map(consents_of), Some(sorted));
+
+    // A consent stored before purposes (no "purpose" in its JSON) is a marketing one.
+    let conn = clm_platform::db::connect(&db.url, &testing::settings(&[]).database).await.unwrap();
+    let old = r#"[{"channel":"email","status":"granted","at":1700000000000000,"source":"old-form"}]"#;
+    conn.execute_raw(sea_orm::Statement::from_sql_and_values(
+        conn.get_database_backend(),
+        format!("UPDATE contacts SET consents = {} WHERE id = {}", placeholder(backend, 1), placeholder(backend, 2)),
+        [old.into(), ada.id.clone().into()],
+    ))
+    .await
+    .unwrap();
+    let got = c.get_contact(pb::GetContactRequest { id: ada.id.clone() }).await.unwrap().into_inner().contact.unwrap();
+    assert_eq!(
+        consents_of(&got),
+        vec![(Ch::Email as i32, Pu::Marketing as i32, St::Granted as i32, "old-form".into())]
+    );
+    conn.close().await.ok();
+    server.stop().await.unwrap();
+    db.cleanup().await;
+}
+
+/// `consents.<channel>[.<purpose>]` filters ListContacts by decision (no purpose: marketing),
+/// for contacts written now and for contacts stored before purposes and consent filters
+/// existed (migration m0004 indexes their consents as marketing ones).
+async fn consent_filters(backend: Backend) {
+    use clm_contacts::domain::model::{Contact, ContactData, ContactState};
+    use pb::{ConsentChannel as Ch, ConsentPurpose as Pu, ConsentStatus as St};
+    use sea_orm_migration::MigratorTrait as _;
+    let Some(db) = TestDb::create(backend, "consentfilter").await else { return };
+    // A contact as the release before stored it: its consent JSON without a purpose, no
+    // consent label rows.
+    let conn = clm_platform::db::connect(&db.url, &testing::settings(&[]).database).await.unwrap();
+    clm_contacts::store::migrations::Migrator::up(&conn, Some(10)).await.unwrap();
+    let tenant = clm_platform::TenantId::parse("acme").unwrap();
+    let old_id = uuid::Uuid::now_v7();
+    let old = Contact {
+        id: old_id,
+        data: ContactData {
+            email: Some(clm_contacts::domain::values::Email::parse("email", "old@example.com").unwrap()),
+            ..Default::default()
+        },
+        state: ContactState::Active,
+        merged_into: None,
+        create_time: 1_700_000_000_000_000,
+        update_time: 1_700_000_000_000_000,
+        delete_time: None,
+        version: 1,
+    };
+    clm_contacts::store::insert_contacts(&conn, &tenant, &[old]).await.unwrap();
+    let json = r#"[{"channel":"email","status":"granted","at":1700000000000000,"source":"old-form"},{"channel":"sms","status":"withdrawn","at":1700000000000000,"source":"old-form"}]"#;
+    conn.execute_raw(sea_orm::Statement::from_sql_and_values(
+        conn.get_database_backend(),
+        format!("UPDATE contacts SET consents = {} WHERE id = {}", placeholder(backend, 1), placeholder(backend, 2)),
+        [json.into(), old_id.to_string().into()],
+    ))
+    .await
+    .unwrap();
+
+    let server = testing::spawn::<ContactsService>(testing::settings(&[("CLM_CONTACTS__DATABASE_URL", &db.url)])).await;
+    let mut c = client(&server, "acme", RW).await;
+    let ada = create(
+        &mut c,
+        pb::Contact {
+            consents: vec![
+                consent(Ch::Email, Pu::Marketing, St::Withdrawn),
+                consent(Ch::Email, Pu::Feedback, St::Granted),
+            ],
+            ..contact("ada@example.com", "Ada", "")
+        },
+    )
+    .await;
+    let bob = create(
+        &mut c,
+        pb::Contact {
+            consents: vec![consent(Ch::Sms, Pu::Transactional, St::Granted)],
+            ..contact("bob@example.com", "Bob", "")
+        },
+    )
+    .await;
+    let old_id = old_id.to_string();
+    let got = c.get_contact(pb::GetContactRequest { id: old_id.clone() }).await.unwrap().into_inner().contact.unwrap();
+    assert_eq!(
+        consents_of(&got),
+        vec![
+            (Ch::Email as i32, Pu::Marketing as i32, St::Granted as i32, "old-form".into()),
+            (Ch::Sms as i32, Pu::Marketing as i32, St::Withdrawn as i32, "old-form".into()),
+        ],
+        "consents stored before purposes are marketing ones"
+    );
+    let lister = c.clone();
+    let ids = async |filter: &str| {
+        let r =
+            lister.clone().list_contacts(pb::ListContactsRequest { filter: filter.into(), ..Default::default() }).await;
+        let mut out: Vec<String> = r.unwrap().into_inner().contacts.into_iter().map(|x| x.id).collect();
+        out.sort();
+        out
+    };
+    let sorted = |mut v: Vec<&String>| {
+        v.sort();
+        v.into_iter().cloned().collect::<Vec<String>>()
+    };
+    assert_eq!(ids(r#"consents.email = "granted""#).await, vec![old_id.clone()]);
+    assert_eq!(ids(r#"consents.email.marketing = "granted""#).await, vec![old_id.clone()]);
+    assert_eq!(ids(r#"consents.email = "withdrawn""#).await, vec![ada.id.clone()]);
+    assert_eq!(ids(r#"consents.email.feedback = "granted""#).await, vec![ada.id.clone()]);
+    assert_eq!(ids(r#"consents.sms = "withdrawn""#).await, vec![old_id.clone()]);
+    assert_eq!(ids(r#"consents.sms.transactional = "granted""#).await, vec![bob.id.clone()]);
+    assert_eq!(ids(r#"consents.email != "granted""#).await, sorted(vec![&ada.id, &bob.id]));
+    assert_eq!(
+        ids(r#"consents.email.feedback = "granted" OR consents.sms.transactional = "granted""#).await,
+        sorted(vec![&ada.id, &bob.id])
+    );
+    let err = c
+        .list_contacts(pb::ListContactsRequest { filter: r#"consents.fax = "granted""#.into(), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&err), vec!["filter".to_string()]);
+
+    // A write keeps the rows in step: a withdrawn feedback consent no longer matches.
+    c.update_contact(pb::UpdateContactRequest {
+        contact: Some(pb::Contact {
+            id: ada.id.clone(),
+            consents: vec![consent(Ch::Email, Pu::Feedback, St::Withdrawn)],
+            ..Default::default()
+        }),
+        update_mask: mask(&["consents"]),
+    })
+    .await
+    .unwrap();
+    assert!(ids(r#"consents.email.feedback = "granted""#).await.is_empty());
+    assert_eq!(ids(r#"consents.email.feedback = "withdrawn""#).await, vec![ada.id.clone()]);
+    conn.close().await.ok();
+    server.stop().await.unwrap();
+    db.cleanup().await;
+}
+
+/// The ContactUpdated events in contacts' outbox: (contact id, changed paths), oldest first.
+async fn contact_updates(conn: &sea_orm::DatabaseConnection) -> Vec<(String, Vec<String>)> {
+    use clm_proto::events::v1::event_envelope::Payload;
+    let rows = conn
+        .query_all_raw(sea_orm::Statement::from_string(
+            conn.get_database_backend(),
+            "SELECT payload FROM outbox ORDER BY seq",
+        ))
+        .await
+        .unwrap();
+    rows.iter()
+        .filter_map(|r| {
+            let bytes: Vec<u8> = r.try_get("", "payload").unwrap();
+            match <clm_proto::events::v1::EventEnvelope as prost::Message>::decode(bytes.as_slice()).unwrap().payload {
+                Some(Payload::ContactUpdated(u)) => Some((u.contact_id, u.changed_paths)),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Lifecycle's UnsubscribeRecorded withdraws exactly the consent it names (source
+/// "unsubscribe-link", at the unsubscribe time) and publishes ContactUpdated; a grant made
+/// after the unsubscribe stands; the same unsubscribe again, and one for an unknown or deleted
+/// contact, change nothing.
+async fn unsubscribes_withdraw_one_consent(backend: Backend) {
+    use clm_proto::events::v1::{UnsubscribeRecorded, event_envelope::Payload};
+    use pb::{ConsentChannel as Ch, ConsentPurpose as Pu, ConsentStatus as St};
+    let Some(db) = TestDb::create(backend, "unsubscribe").await else { return };
+    let settings = testing::settings(&[("CLM_CONTACTS__DATABASE_URL", &db.url)]);
+    let server = testing::spawn::<ContactsService>(settings.clone()).await;
+    let conn = clm_platform::db::connect(&db.url, &settings.database).await.unwrap();
+    let mut c = client(&server, "acme", RW).await;
+    let granted = |ch, pu| consent(ch, pu, St::Granted);
+    let ada = create(
+        &mut c,
+        pb::Contact {
+            consents: vec![
+                granted(Ch::Email, Pu::Marketing),
+                granted(Ch::Email, Pu::Feedback),
+                granted(Ch::Sms, Pu::Marketing),
+            ],
+            ..contact("ada@example.com", "Ada", "Lovelace")
+        },
+    )
+    .await;
+    let get = |c: &mut Client, id: &str| {
+        let mut c = c.clone();
+        let id = id.to_owned();
+        async move { c.get_contact(pb::GetContactRequest { id }).await.unwrap().into_inner().contact.unwrap() }
+    };
+    let unsubscribe_time = prost_types::Timestamp { seconds: 1_750_000_000, nanos: 0 };
+    let unsubscribe = |contact_id: &str, channel: &str, purpose: &str, at: &prost_types::Timestamp| {
+        Payload::UnsubscribeRecorded(UnsubscribeRecorded {
+            contact_id: contact_id.into(),
+            channel: channel.into(),
+            purpose: purpose.into(),
+            delivery_id: uuid::Uuid::new_v4().to_string(),
+            unsubscribe_time: Some(*at),
+        })
+    };
+    let consumed = async |event_id: &str| {
+        let sql = format!(
+            "SELECT event_id FROM inbox WHERE consumer = 'contacts' AND event_id = {}",
+            placeholder(backend, 1)
+        );
+        let stmt = sea_orm::Statement::from_sql_and_values(conn.get_database_backend(), sql, [event_id.into()]);
+        testing::wait_for("the event consumed", async || {
+            (!conn.query_all_raw(stmt.clone()).await.unwrap().is_empty()).then_some(())
+        })
+        .await;
+    };
+    let publish = async |p: Payload, id: &str| {
+        let env = testing::publish_event(&settings, "lifecycle", "acme", "delivery", id, p).await;
+        consumed(&env.event_id).await;
+    };
+
+    // Unsubscribing from email feedback withdraws that consent alone.
+    publish(unsubscribe(&ada.id, "email", "feedback", &unsubscribe_time), &ada.id).await;
+    let after = get(&mut c, &ada.id).await;
+    let feedback = after
+        .consents
+        .iter()
+        .find(|x| x.channel == Ch::Email as i32 && x.purpose == Pu::Feedback as i32)
+        .expect("email feedback consent");
+    assert_eq!(
+        (feedback.status, feedback.source.as_str(), feedback.update_time),
+        (St::Withdrawn as i32, "unsubscribe-link", Some(unsubscribe_time))
+    );
+    assert_eq!(
+        consents_of(&after),
+        {
+            let mut v = vec![
+                (Ch::Email as i32, Pu::Marketing as i32, St::Granted as i32, "signup-form".to_string()),
+                (Ch::Email as i32, Pu::Feedback as i32, St::Withdrawn as i32, "unsubscribe-link".to_string()),
+                (Ch::Sms as i32, Pu::Marketing as i32, St::Granted as i32, "signup-form".to_string()),
+            ];
+            v.sort();
+            v
+        },
+        "the other purposes and channels are untouched"
+    );
+    assert_ne!(after.etag, ada.etag);
+    assert_eq!(contact_updates(&conn).await, vec![(ada.id.clone(), vec!["consents".to_string()])]);
+
+    // The same unsubscribe again (another event, same facts) changes nothing.
+    publish(unsubscribe(&ada.id, "email", "feedback", &unsubscribe_time), &ada.id).await;
+    assert_eq!(get(&mut c, &ada.id).await, after);
+
+    // A grant made after the unsubscribe wins over it (a late or replayed unsubscribe).
+    let regranted = c
+        .update_contact(pb::UpdateContactRequest {
+            contact: Some(pb::Contact {
+                id: ada.id.clone(),
+                consents: vec![
+                    pb::Consent {
+                        update_time: Some(prost_types::Timestamp { seconds: 1_760_000_000, nanos: 0 }),
+                        ..granted(Ch::Email, Pu::Marketing)
+                    },
+                    granted(Ch::Email, Pu::Feedback),
+                ],
+                ..Default::default()
+            }),
+            update_mask: mask(&["consents"]),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .contact
+        .unwrap();
+    publish(unsubscribe(&ada.id, "email", "marketing", &unsubscribe_time), &ada.id).await;
+    assert_eq!(get(&mut c, &ada.id).await, regranted, "the later grant stands");
+
+    // Unknown and deleted contacts, and keys that are no channel or purpose, are no-ops.
+    let bob = create(&mut c, contact("bob@example.com", "Bob", "")).await;
+    c.delete_contact(pb::DeleteContactRequest { id: bob.id.clone(), etag: String::new() }).await.unwrap();
+    let updates = contact_updates(&conn).await;
+    let unknown = uuid::Uuid::now_v7().to_string();
+    publish(unsubscribe(&unknown, "email", "marketing", &unsubscribe_time), &unknown).await;
+    publish(unsubscribe(&bob.id, "email", "marketing", &unsubscribe_time), &bob.id).await;
+    publish(unsubscribe(&ada.id, "fax", "marketing", &unsubscribe_time), &ada.id).await;
+    publish(unsubscribe(&ada.id, "sms", "spam", &unsubscribe_time), &ada.id).await;
+    assert_eq!(get(&mut c, &ada.id).await, regranted);
+    assert_eq!(contact_updates(&conn).await, updates, "no ContactUpdated for a no-op");
+    conn.close().await.ok();
+    server.stop().await.unwrap();
+    db.cleanup().await;
+}
+
 clm_testkit::backend_tests!(
     lifecycle_of_a_record,
     idempotent_create_and_duplicate_email,
@@ -1292,4 +1697,7 @@ clm_testkit::backend_tests!(
     request_id_reused_for_another_request_fails,
     events_a_consumer_appends_are_published_at_once,
     request_ids_are_the_platforms_and_old_ones_still_answer,
+    consent_purposes,
+    consent_filters,
+    unsubscribes_withdraw_one_consent,
 );

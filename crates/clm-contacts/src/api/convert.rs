@@ -8,8 +8,8 @@ use clm_proto::common::v1::Money as PbMoney;
 use clm_proto::contacts::v1 as pb;
 
 use crate::domain::model::{
-    AcquisitionChannel, AgeBand, AttrValue, Consent, ConsentChannel, ConsentStatus, Contact, ContactState, Gender,
-    Patch,
+    AcquisitionChannel, AgeBand, AttrValue, Consent, ConsentChannel, ConsentPurpose, ConsentStatus, Contact,
+    ContactState, Gender, Patch,
 };
 use crate::domain::values::{self, AttributeKey, CountryCode, Email, LeadScore, Money, Phone};
 
@@ -248,18 +248,36 @@ fn consents(field: &str, raw: &[pb::Consent], v: &mut Violations) -> Option<Vec<
                 None
             }
         };
+        // Unspecified is marketing: the only purpose there was before purposes.
+        let purpose = match pb::ConsentPurpose::try_from(c.purpose) {
+            Ok(pb::ConsentPurpose::Unspecified | pb::ConsentPurpose::Marketing) => Some(ConsentPurpose::Marketing),
+            Ok(pb::ConsentPurpose::Feedback) => Some(ConsentPurpose::Feedback),
+            Ok(pb::ConsentPurpose::Transactional) => Some(ConsentPurpose::Transactional),
+            Err(_) => {
+                v.add(format!("{f}.purpose"), "must be MARKETING, FEEDBACK or TRANSACTIONAL (unspecified = MARKETING)");
+                None
+            }
+        };
         let at = match &c.update_time {
             None => Some(now),
             Some(ts) => v.check(parse_time(&format!("{f}.update_time"), ts, TimeBounds::Event)),
         };
         let source = v.check(values::text(&format!("{f}.source"), &c.source));
-        match (channel, status, at, source) {
-            (Some(channel), Some(status), Some(updated_at), Some(source)) => {
-                if out.iter().any(|o| o.channel == channel) {
-                    v.add(format!("{f}.channel"), "appears more than once");
+        match (channel, purpose, status, at, source) {
+            (Some(channel), Some(purpose), Some(status), Some(updated_at), Some(source)) => {
+                let consent = Consent { channel, purpose, status, updated_at, source };
+                if out.iter().any(|o| o.same_subject(&consent)) {
+                    v.add(
+                        f.clone(),
+                        format!(
+                            "a second entry for channel {} and purpose {} (at most one per channel and purpose)",
+                            channel.key(),
+                            purpose.key()
+                        ),
+                    );
                     ok = false;
                 } else {
-                    out.push(Consent { channel, status, updated_at, source });
+                    out.push(consent);
                 }
             }
             _ => ok = false,
@@ -401,6 +419,11 @@ pub fn to_pb(c: &Contact) -> pb::Contact {
                 purpose: pb::ConsentPurpose::Marketing as i32,
                 update_time: Some(timestamp(c.updated_at)),
                 source: c.source.clone(),
+                purpose: match c.purpose {
+                    ConsentPurpose::Marketing => pb::ConsentPurpose::Marketing,
+                    ConsentPurpose::Feedback => pb::ConsentPurpose::Feedback,
+                    ConsentPurpose::Transactional => pb::ConsentPurpose::Transactional,
+                } as i32,
             })
             .collect(),
         acquisition: Some(pb::Acquisition {

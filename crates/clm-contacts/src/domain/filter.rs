@@ -4,7 +4,7 @@
 use clm_platform::FieldViolation;
 use clm_platform::filter::{self, Expr, Op, Value};
 
-use super::model::{AcquisitionChannel, AgeBand, Gender};
+use super::model::{AcquisitionChannel, AgeBand, ConsentChannel, ConsentPurpose, ConsentStatus, Gender};
 use super::values::AttributeKey;
 
 /// Text columns a filter can name.
@@ -39,12 +39,14 @@ pub enum IntField {
     AcquiredAt,
 }
 
-/// Label lists stored as rows (tag, interest, value).
+/// Label lists stored as rows (tag, interest, value), and consent decisions (one row per
+/// consent, valued [`consent_label`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LabelKind {
     Tag,
     Interest,
     Value,
+    Consent,
 }
 
 impl LabelKind {
@@ -53,8 +55,15 @@ impl LabelKind {
             LabelKind::Tag => "tag",
             LabelKind::Interest => "interest",
             LabelKind::Value => "value",
+            LabelKind::Consent => "consent",
         }
     }
+}
+
+/// The label row a consent decision is filtered by: `<channel>.<purpose>.<status>`, such as
+/// `email.feedback.granted`.
+pub fn consent_label(channel: ConsentChannel, purpose: ConsentPurpose, status: ConsentStatus) -> String {
+    format!("{}.{}.{}", channel.key(), purpose.key(), status.key())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,7 +124,48 @@ pub enum Cond {
 pub const FILTER_FIELDS: &str = "id, email, phone, given_name, family_name, company, job_title, demographics.locale \
      (or locale), country_code, region, city, gender, age_band, birth_year, lead_score, tags, interests, values, \
      acquisition.channel, acquisition.campaign, acquisition.source_detail, acquisition.referred_by_contact_id, \
-     acquisition.acquire_time, create_time, update_time, attributes.<name>";
+     acquisition.acquire_time, create_time, update_time, attributes.<name>, consents.<channel> (marketing), \
+     consents.<channel>.<purpose>";
+
+/// `consents.<channel>` (marketing, the only purpose before purposes) or
+/// `consents.<channel>.<purpose>` compared with `"granted"` or `"withdrawn"`: `=` matches
+/// contacts whose decision it is, `!=` every other contact (none recorded included).
+fn consent(
+    field: &[String],
+    op: Op,
+    value: &Value,
+    err: impl Fn(String) -> FieldViolation,
+) -> Result<Cond, FieldViolation> {
+    let keys = |all: &[&str]| all.join(", ");
+    let channel = ConsentChannel::from_key(&field[1].to_ascii_lowercase()).ok_or_else(|| {
+        err(format!(
+            "unknown consent channel {:?}; one of {}",
+            field[1],
+            keys(&ConsentChannel::ALL.iter().map(|c| c.key()).collect::<Vec<_>>())
+        ))
+    })?;
+    let purpose = match field.get(2) {
+        None => ConsentPurpose::Marketing,
+        Some(p) => ConsentPurpose::from_key(&p.to_ascii_lowercase()).ok_or_else(|| {
+            err(format!(
+                "unknown consent purpose {p:?}; one of {}",
+                keys(&ConsentPurpose::ALL.iter().map(|c| c.key()).collect::<Vec<_>>())
+            ))
+        })?,
+    };
+    let path = field.join(".");
+    let usage = || err(format!("`{path}` takes = or != with \"granted\" or \"withdrawn\""));
+    let status = match value {
+        Value::Text(s) => ConsentStatus::from_key(&s.to_ascii_lowercase()).ok_or_else(usage)?,
+        _ => return Err(usage()),
+    };
+    let decided = Cond::Label { kind: LabelKind::Consent, value: consent_label(channel, purpose, status) };
+    match op {
+        Op::Eq => Ok(decided),
+        Op::Ne => Ok(Cond::Not(Box::new(decided))),
+        _ => Err(usage()),
+    }
+}
 
 fn text_field(path: &str) -> Option<TextField> {
     Some(match path {
@@ -206,6 +256,9 @@ fn check(name: &str, e: &Expr) -> Result<Cond, FieldViolation> {
                     }
                 };
             }
+            if (2..=3).contains(&field.len()) && field[0] == "consents" {
+                return consent(field, *op, value, err);
+            }
             if let Some(kind) = label_kind(&path) {
                 return match (op, value) {
                     (Op::Has, Value::Any) => Ok(Cond::LabelAny(kind)),
@@ -293,6 +346,30 @@ mod tests {
             Cond::Text { field: TextField::AcquisitionChannel, cmp: Cmp::Eq, value: "paid_search".into() }
         );
         assert!(compile("f", "").unwrap().is_none());
+    }
+
+    #[test]
+    fn consents_by_channel_and_purpose() {
+        let label = |value: &str| Cond::Label { kind: LabelKind::Consent, value: value.into() };
+        assert_eq!(compile("f", r#"consents.email = "granted""#).unwrap().unwrap(), label("email.marketing.granted"));
+        assert_eq!(
+            compile("f", r#"consents.sms.feedback = "WITHDRAWN""#).unwrap().unwrap(),
+            label("sms.feedback.withdrawn")
+        );
+        assert_eq!(
+            compile("f", r#"consents.phone.transactional != "granted""#).unwrap().unwrap(),
+            Cond::Not(Box::new(label("phone.transactional.granted")))
+        );
+        for (bad, says) in [
+            (r#"consents.fax = "granted""#, "unknown consent channel"),
+            (r#"consents.email.spam = "granted""#, "unknown consent purpose"),
+            (r#"consents.email = "maybe""#, "\"granted\" or \"withdrawn\""),
+            (r#"consents.email > "granted""#, "takes = or !="),
+            ("consents.email:*", "takes = or !="),
+        ] {
+            let e = compile("filter", bad).unwrap_err();
+            assert!(e.description.contains(says), "{bad}: {e:?}");
+        }
     }
 
     #[test]

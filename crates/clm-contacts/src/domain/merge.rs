@@ -5,7 +5,7 @@
 //! listed in `prefer_merged` take the newest non-empty merged value even when the survivor has
 //! one. Tags, interests and values are unioned; attributes are unioned with the survivor (or,
 //! when `attributes` is preferred, the newest merged contact) winning a key both have; consents
-//! keep the latest decision per channel.
+//! keep the latest decision per channel and purpose.
 
 use std::collections::HashSet;
 
@@ -84,7 +84,7 @@ pub fn merge(survivor: &Contact, merged: &[Contact], prefer_merged: &HashSet<Str
     }
     for c in &newest_first {
         for consent in &c.data.consents {
-            match out.consents.iter_mut().find(|x| x.channel == consent.channel) {
+            match out.consents.iter_mut().find(|x| x.same_subject(consent)) {
                 Some(existing) if existing.updated_at >= consent.updated_at => {}
                 Some(existing) => *existing = consent.clone(),
                 None => out.consents.push(consent.clone()),
@@ -126,7 +126,7 @@ fn union(into: &mut Vec<String>, from: &[String]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::model::{AttrValue, Consent, ConsentChannel, ConsentStatus, ContactState};
+    use crate::domain::model::{AttrValue, Consent, ConsentChannel, ConsentPurpose, ConsentStatus, ContactState};
     use crate::domain::values::{AttributeKey, Email};
     use uuid::Uuid;
 
@@ -186,11 +186,33 @@ mod tests {
     }
 
     #[test]
-    fn consents_keep_latest_decision() {
-        let c = |status, at| Consent { channel: ConsentChannel::Email, status, updated_at: at, source: String::new() };
-        let survivor = contact(10, |d| d.consents = vec![c(ConsentStatus::Granted, 100)]);
-        let other = contact(5, |d| d.consents = vec![c(ConsentStatus::Withdrawn, 200)]);
+    fn consents_keep_latest_decision_per_channel_and_purpose() {
+        let c = |purpose, status, at| Consent {
+            channel: ConsentChannel::Email,
+            purpose,
+            status,
+            updated_at: at,
+            source: String::new(),
+        };
+        let (marketing, feedback) = (ConsentPurpose::Marketing, ConsentPurpose::Feedback);
+        let survivor = contact(10, |d| {
+            d.consents = vec![c(marketing, ConsentStatus::Granted, 100), c(feedback, ConsentStatus::Granted, 300)];
+        });
+        let other = contact(5, |d| {
+            d.consents = vec![
+                c(marketing, ConsentStatus::Withdrawn, 200),
+                c(feedback, ConsentStatus::Withdrawn, 200),
+                c(ConsentPurpose::Transactional, ConsentStatus::Granted, 50),
+            ];
+        });
         let out = merge(&survivor, &[other], &HashSet::new());
-        assert_eq!(out.consents, vec![c(ConsentStatus::Withdrawn, 200)]);
+        assert_eq!(
+            out.consents,
+            vec![
+                c(marketing, ConsentStatus::Withdrawn, 200),
+                c(feedback, ConsentStatus::Granted, 300),
+                c(ConsentPurpose::Transactional, ConsentStatus::Granted, 50),
+            ]
+        );
     }
 }

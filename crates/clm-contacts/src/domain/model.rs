@@ -73,6 +73,15 @@ keyed_enum!(
 );
 
 keyed_enum!(
+    /// What a consent is for. Consents recorded before purposes existed are marketing ones.
+    ConsentPurpose {
+        Marketing => "marketing",
+        Feedback => "feedback",
+        Transactional => "transactional",
+    }
+);
+
+keyed_enum!(
     ConsentStatus {
         Granted => "granted",
         Withdrawn => "withdrawn",
@@ -97,13 +106,22 @@ pub enum AttrValue {
     Time(i64),
 }
 
+/// The decision for one channel and purpose (a contact has at most one per pair).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Consent {
     pub channel: ConsentChannel,
+    pub purpose: ConsentPurpose,
     pub status: ConsentStatus,
     /// When it was given or withdrawn (µs since epoch).
     pub updated_at: i64,
     pub source: String,
+}
+
+impl Consent {
+    /// Whether `self` is the decision for `other`'s channel and purpose.
+    pub fn same_subject(&self, other: &Consent) -> bool {
+        self.channel == other.channel && self.purpose == other.purpose
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]

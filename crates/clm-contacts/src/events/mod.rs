@@ -1,5 +1,6 @@
 //! What contacts publishes: ContactCreated/Updated/Deleted/Merged/Erased, through the
-//! platform outbox in the same transaction as the change. Payloads carry the contact's
+//! platform outbox in the same transaction as the change; and what it consumes from lifecycle
+//! ([`LifecycleEvents`]: tag requests, unsubscribes). Payloads carry the contact's
 //! non-personal facts only (channel, campaign, cost, referrer, score, tags, country, bands).
 
 use clm_platform::events::UnitOfWork;
@@ -10,8 +11,9 @@ use clm_proto::events::v1 as ev;
 use clm_proto::events::v1::event_envelope::Payload;
 use uuid::Uuid;
 
-use crate::domain::model::Contact;
-use clm_platform::convert::timestamp;
+use crate::domain::consent;
+use crate::domain::model::{ConsentChannel, ConsentPurpose, Contact, ContactData, ContactState};
+use clm_platform::convert::{TimeBounds, micros, parse_time, timestamp};
 
 pub const AGGREGATE: &str = "contact";
 
@@ -104,29 +106,46 @@ impl Publisher {
     }
 }
 
-/// Consumes lifecycle automation requests addressed to contacts: `contacts.add_tag` and
-/// `contacts.remove_tag` (payload `tag`). The change publishes ContactUpdated like any other.
+/// Consumes what lifecycle asks of contacts: automation requests `contacts.add_tag` and
+/// `contacts.remove_tag` (payload `tag`), and unsubscribes (UnsubscribeRecorded), which
+/// withdraw a consent. Each change publishes ContactUpdated like any other.
 #[derive(Debug)]
-pub struct AutomationRequests {
+pub struct LifecycleEvents {
     pub publisher: Publisher,
 }
 
 #[async_trait::async_trait]
-impl clm_platform::events::inbox::EventHandler for AutomationRequests {
+impl clm_platform::events::inbox::EventHandler for LifecycleEvents {
     async fn handle(&self, txn: &UnitOfWork, e: &ev::EventEnvelope) -> Result<()> {
-        let Some(Payload::AutomationTriggered(a)) = &e.payload else { return Ok(()) };
+        let Ok(tenant) = TenantId::parse(&e.tenant_id) else { return Ok(()) };
+        match &e.payload {
+            Some(Payload::AutomationTriggered(a)) => self.tag_request(txn, &tenant, a).await,
+            Some(Payload::UnsubscribeRecorded(u)) if e.source_service == "lifecycle" => {
+                self.unsubscribe(txn, &tenant, u, e.occur_time.as_ref()).await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn reset(&self, _txn: &sea_orm::DatabaseTransaction) -> Result<()> {
+        // Tag and consent changes are applied to contacts' own data; a replay only re-checks
+        // them (an unsubscribe applied again changes nothing).
+        Ok(())
+    }
+}
+
+impl LifecycleEvents {
+    async fn tag_request(&self, txn: &UnitOfWork, tenant: &TenantId, a: &ev::AutomationTriggered) -> Result<()> {
         let add = match a.topic.as_str() {
             "contacts.add_tag" => true,
             "contacts.remove_tag" => false,
             _ => return Ok(()),
         };
-        let (Ok(tenant), Ok(id), Some(tag)) =
-            (TenantId::parse(&e.tenant_id), Uuid::parse_str(&a.contact_id), a.payload.get("tag"))
-        else {
+        let (Ok(id), Some(tag)) = (Uuid::parse_str(&a.contact_id), a.payload.get("tag")) else {
             return Ok(());
         };
-        let Some(current) = crate::store::find_contact(txn, &tenant, id).await? else { return Ok(()) };
-        if current.state != crate::domain::model::ContactState::Active {
+        let Some(current) = crate::store::find_contact(txn, tenant, id).await? else { return Ok(()) };
+        if current.state != ContactState::Active {
             return Ok(());
         }
         let mut data = current.data.clone();
@@ -145,19 +164,76 @@ impl clm_platform::events::inbox::EventHandler for AutomationRequests {
             (false, true) => data.tags.retain(|t| !t.eq_ignore_ascii_case(tag)),
             _ => return Ok(()),
         }
+        self.save(txn, tenant, &current, data, &["tags"]).await
+    }
+
+    /// Withdraw the consent the contact unsubscribed from, unless it was decided after the
+    /// unsubscribe ([`consent::unsubscribe`]). A merged contact's unsubscribe applies to its
+    /// survivor (the same person); unknown, erased and deleted contacts are left alone.
+    async fn unsubscribe(
+        &self,
+        txn: &UnitOfWork,
+        tenant: &TenantId,
+        u: &ev::UnsubscribeRecorded,
+        occurred: Option<&prost_types::Timestamp>,
+    ) -> Result<()> {
+        let (Ok(id), Some(channel), Some(purpose)) = (
+            Uuid::parse_str(&u.contact_id),
+            ConsentChannel::from_key(&u.channel),
+            ConsentPurpose::from_key(&u.purpose),
+        ) else {
+            tracing::warn!(contact_id = %u.contact_id, channel = %u.channel, purpose = %u.purpose,
+                "unsubscribe ignored: not a contact id, consent channel or purpose");
+            return Ok(());
+        };
+        // An unsubscribe time that is no valid event time (missing, far in the future) is
+        // replaced by when the event occurred: a future one would outrank later grants.
+        let at = u
+            .unsubscribe_time
+            .as_ref()
+            .and_then(|t| parse_time("unsubscribe_time", t, TimeBounds::Event).ok())
+            .or_else(|| occurred.and_then(micros))
+            .unwrap_or_else(crate::store::now_micros);
+        let Some(current) = active_survivor(txn, tenant, id).await? else { return Ok(()) };
+        let mut data = current.data.clone();
+        if !consent::unsubscribe(&mut data.consents, channel, purpose, at) {
+            return Ok(());
+        }
+        self.save(txn, tenant, &current, data, &["consents"]).await
+    }
+
+    /// Write `data` over `current` (next version) and publish ContactUpdated naming `paths`.
+    async fn save(
+        &self,
+        txn: &UnitOfWork,
+        tenant: &TenantId,
+        current: &Contact,
+        data: ContactData,
+        paths: &[&str],
+    ) -> Result<()> {
         let updated = Contact {
             data,
             update_time: crate::store::now_micros().max(current.update_time),
             version: current.version + 1,
             ..current.clone()
         };
-        crate::store::update_contact(txn, &tenant, &updated, current.version).await?;
-        self.publisher.updated(txn, &tenant, &updated, &["tags"]).await?;
-        Ok(())
+        crate::store::update_contact(txn, tenant, &updated, current.version).await?;
+        self.publisher.updated(txn, tenant, &updated, paths).await
     }
+}
 
-    async fn reset(&self, _txn: &sea_orm::DatabaseTransaction) -> Result<()> {
-        // Tag changes are applied to contacts' own data; a replay only re-checks them.
-        Ok(())
+/// The active contact `id` is, following merges to the survivor; `None` when unknown,
+/// erased or deleted.
+async fn active_survivor(txn: &UnitOfWork, tenant: &TenantId, id: Uuid) -> Result<Option<Contact>> {
+    let mut current = id;
+    // Merge chains are short; the bound protects against a corrupt cycle.
+    for _ in 0..16 {
+        let Some(c) = crate::store::find_contact(txn, tenant, current).await? else { return Ok(None) };
+        match (c.state, c.merged_into) {
+            (ContactState::Merged, Some(next)) => current = next,
+            (ContactState::Active, _) => return Ok(Some(c)),
+            _ => return Ok(None),
+        }
     }
+    Ok(None)
 }

@@ -8,8 +8,8 @@ use uuid::Uuid;
 
 use super::entities::contact;
 use crate::domain::model::{
-    AcquisitionChannel, AgeBand, AttrValue, Consent, ConsentChannel, ConsentStatus, Contact, ContactData, ContactState,
-    Gender,
+    AcquisitionChannel, AgeBand, AttrValue, Consent, ConsentChannel, ConsentPurpose, ConsentStatus, Contact,
+    ContactData, ContactState, Gender,
 };
 use crate::domain::values::{AttributeKey, CountryCode, Email, LeadScore, Money, Phone};
 
@@ -35,13 +35,37 @@ enum StoredAttr {
     Time(i64),
 }
 
+/// A consent in `contacts.consents` (JSON). Rows written before purposes have none: they are
+/// marketing consents, the only kind there was.
 #[derive(Serialize, Deserialize)]
 struct StoredConsent {
     channel: String,
+    #[serde(default = "marketing")]
+    purpose: String,
     status: String,
     at: i64,
     #[serde(default)]
     source: String,
+}
+
+/// The consent label rows (`domain::filter::consent_label`) of a stored `consents` JSON list;
+/// entries with unknown keys are left out.
+pub(crate) fn consent_labels(json: &str) -> serde_json::Result<Vec<String>> {
+    let list: Vec<StoredConsent> = serde_json::from_str(json)?;
+    Ok(list
+        .iter()
+        .filter_map(|c| {
+            Some(crate::domain::filter::consent_label(
+                ConsentChannel::from_key(&c.channel)?,
+                ConsentPurpose::from_key(&c.purpose)?,
+                ConsentStatus::from_key(&c.status)?,
+            ))
+        })
+        .collect())
+}
+
+fn marketing() -> String {
+    ConsentPurpose::Marketing.key().to_owned()
 }
 
 fn corrupt(what: &str, id: &str) -> Error {
@@ -74,6 +98,7 @@ pub fn to_domain(m: contact::Model) -> Result<Contact> {
         .map(|c| {
             Ok(Consent {
                 channel: ConsentChannel::from_key(&c.channel).ok_or_else(|| corrupt("consent", &m.id))?,
+                purpose: ConsentPurpose::from_key(&c.purpose).ok_or_else(|| corrupt("consent", &m.id))?,
                 status: ConsentStatus::from_key(&c.status).ok_or_else(|| corrupt("consent", &m.id))?,
                 updated_at: c.at,
                 source: c.source,
@@ -164,6 +189,7 @@ pub fn to_model(tenant: &str, c: &Contact) -> contact::Model {
         .iter()
         .map(|c| StoredConsent {
             channel: c.channel.key().into(),
+            purpose: c.purpose.key().into(),
             status: c.status.key().into(),
             at: c.updated_at,
             source: c.source.clone(),

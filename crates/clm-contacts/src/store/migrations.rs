@@ -19,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(clm_platform::idempotency::IdempotencyMigration),
             Box::new(clm_platform::idempotency::IdempotencyHashMigration),
             Box::new(M0003RequestIdsToPlatform),
+            Box::new(M0004ConsentLabels),
         ]
     }
 }
@@ -444,5 +445,80 @@ impl MigrationTrait for M0003RequestIdsToPlatform {
         .await?;
         m.get_connection().execute(&copy_request_ids(IdempotencyKeys::Table, RequestIds::Table)?).await?;
         m.get_connection().execute(&Query::delete().from_table(IdempotencyKeys::Table).to_owned()).await.map(|_| ())
+    }
+}
+
+/// Consents become filterable (`consents.<channel>[.<purpose>]`) through label rows of kind
+/// `consent` (`<channel>.<purpose>.<status>`), which every write now keeps; this writes them for
+/// the contacts stored before (their consents, without a purpose, are marketing ones). Merged
+/// contacts have no label rows.
+struct M0004ConsentLabels;
+
+impl MigrationName for M0004ConsentLabels {
+    fn name(&self) -> &'static str {
+        "m0004_consent_labels"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0004ConsentLabels {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        let db = m.get_connection();
+        // Keyset pages of (tenant, id), so memory stays flat on a large table.
+        let mut after: Option<(String, String)> = None;
+        loop {
+            let mut page = Query::select()
+                .columns([Contacts::TenantId, Contacts::Id, Contacts::Consents])
+                .from(Contacts::Table)
+                .and_where(Expr::col(Contacts::State).ne("merged"))
+                .and_where(Expr::col(Contacts::Consents).ne("[]"))
+                .order_by(Contacts::TenantId, Order::Asc)
+                .order_by(Contacts::Id, Order::Asc)
+                .limit(500)
+                .to_owned();
+            if let Some((tenant, id)) = &after {
+                page.cond_where(
+                    Cond::any().add(Expr::col(Contacts::TenantId).gt(tenant.as_str())).add(
+                        Cond::all()
+                            .add(Expr::col(Contacts::TenantId).eq(tenant.as_str()))
+                            .add(Expr::col(Contacts::Id).gt(id.as_str())),
+                    ),
+                );
+            }
+            let rows = db.query_all(&page).await?;
+            let Some(last) = rows.last() else { return Ok(()) };
+            after = Some((last.try_get("", "tenant_id")?, last.try_get("", "id")?));
+            let mut insert = Query::insert()
+                .into_table(ContactLabels::Table)
+                .columns([ContactLabels::TenantId, ContactLabels::ContactId, ContactLabels::Kind, ContactLabels::Value])
+                .on_conflict(
+                    OnConflict::columns([ContactLabels::ContactId, ContactLabels::Kind, ContactLabels::Value])
+                        .do_nothing()
+                        .to_owned(),
+                )
+                .to_owned();
+            let mut any = false;
+            for row in &rows {
+                let (tenant, id, json): (String, String, String) =
+                    (row.try_get("", "tenant_id")?, row.try_get("", "id")?, row.try_get("", "consents")?);
+                let labels = super::convert::consent_labels(&json)
+                    .map_err(|e| DbErr::Migration(format!("contact {id}: unreadable consents: {e}")))?;
+                for value in labels {
+                    insert.values_panic([tenant.clone().into(), id.clone().into(), "consent".into(), value.into()]);
+                    any = true;
+                }
+            }
+            if any {
+                db.execute(&insert).await?;
+            }
+        }
+    }
+
+    async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        let delete = Query::delete()
+            .from_table(ContactLabels::Table)
+            .and_where(Expr::col(ContactLabels::Kind).eq("consent"))
+            .to_owned();
+        m.get_connection().execute(&delete).await.map(|_| ())
     }
 }

@@ -16,7 +16,7 @@ use sea_orm::{
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::domain::filter::Cond;
+use crate::domain::filter::{Cond, LabelKind, consent_label};
 use crate::domain::model::{AttrValue, Contact, ContactState};
 use entities::{attribute, contact, erasure, label, segment};
 
@@ -356,7 +356,8 @@ pub async fn insert_contacts(db: &impl ConnectionTrait, tenant: &TenantId, list:
     Ok(())
 }
 
-/// The label and attribute rows of `c` (none for a merged contact).
+/// The label (tags, interests, values, consents) and attribute rows of `c` (none for a merged
+/// contact).
 fn index_models(tenant: &TenantId, c: &Contact) -> (Vec<label::ActiveModel>, Vec<attribute::ActiveModel>) {
     if c.state == ContactState::Merged {
         return (Vec::new(), Vec::new());
@@ -376,6 +377,14 @@ fn index_models(tenant: &TenantId, c: &Contact) -> (Vec<label::ActiveModel>, Vec
                 });
             }
         }
+    }
+    for consent in &c.data.consents {
+        labels.push(label::ActiveModel {
+            contact_id: ActiveValue::Set(id.clone()),
+            kind: ActiveValue::Set(LabelKind::Consent.key().to_owned()),
+            value: ActiveValue::Set(consent_label(consent.channel, consent.purpose, consent.status)),
+            tenant_id: ActiveValue::Set(tenant.as_str().to_owned()),
+        });
     }
     let attrs: Vec<_> = c
         .data

@@ -416,7 +416,6 @@ pub fn to_pb(c: &Contact) -> pb::Contact {
                     ConsentStatus::Granted => pb::ConsentStatus::Granted,
                     ConsentStatus::Withdrawn => pb::ConsentStatus::Withdrawn,
                 } as i32,
-                purpose: pb::ConsentPurpose::Marketing as i32,
                 update_time: Some(timestamp(c.updated_at)),
                 source: c.source.clone(),
                 purpose: match c.purpose {

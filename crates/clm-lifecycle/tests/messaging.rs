@@ -69,12 +69,7 @@ fn consent(purpose: cpb::ConsentPurpose, status: cpb::ConsentStatus) -> cpb::Con
 
 async fn contact(ct: &mut Ct, email: &str, given: &str, consents: Vec<cpb::Consent>) -> String {
     ct.create_contact(cpb::CreateContactRequest {
-        contact: Some(cpb::Contact {
-            email: email.into(),
-            given_name: given.into(),
-            consents,
-            ..Default::default()
-        }),
+        contact: Some(cpb::Contact { email: email.into(), given_name: given.into(), consents, ..Default::default() }),
         ..Default::default()
     })
     .await
@@ -102,10 +97,13 @@ fn email_template(subject: &str, html: &str, text: &str) -> pb::MessageTemplate 
 }
 
 async fn create_template(lc: &mut Lc, t: pb::MessageTemplate) -> pb::CreateMessageTemplateResponse {
-    lc.create_message_template(pb::CreateMessageTemplateRequest { message_template: Some(t), request_id: String::new() })
-        .await
-        .unwrap()
-        .into_inner()
+    lc.create_message_template(pb::CreateMessageTemplateRequest {
+        message_template: Some(t),
+        request_id: String::new(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
 }
 
 async fn send(lc: &mut Lc, template: &str, contact: &str) -> pb::Delivery {
@@ -136,7 +134,10 @@ async fn templates_are_checked_when_saved(backend: Backend) {
     let (_, mut lc) = env.clients("acme").await;
     let bad = email_template("Hi {{ contact.frist_name }}", "<p>{{ contact.first_name", "");
     let err = lc
-        .create_message_template(pb::CreateMessageTemplateRequest { message_template: Some(bad), request_id: String::new() })
+        .create_message_template(pb::CreateMessageTemplateRequest {
+            message_template: Some(bad),
+            request_id: String::new(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -160,7 +161,10 @@ async fn templates_are_checked_when_saved(backend: Backend) {
         (hook.clone(), "message_template.webhook.body"),
     ] {
         let err = lc
-            .create_message_template(pb::CreateMessageTemplateRequest { message_template: Some(t), request_id: String::new() })
+            .create_message_template(pb::CreateMessageTemplateRequest {
+                message_template: Some(t),
+                request_id: String::new(),
+            })
             .await
             .unwrap_err();
         assert!(violated_fields(&err).contains(&field.to_string()), "{field}: {err:?}");
@@ -262,7 +266,11 @@ async fn an_email_arrives_personalised_with_an_unsubscribe_header(backend: Backe
 
 async fn consent_is_checked_at_send_time(backend: Backend) {
     let sink = SmtpSink::start().await;
-    let Some(env) = Env::start(backend, "msgconsent", &sink.url(), &[]).await else { return };
+    // Many attempts: a delivery keeps retrying until the contact changes (below).
+    let Some(env) = Env::start(backend, "msgconsent", &sink.url(), &[("CLM_MESSAGING__MAX_ATTEMPTS", "50")]).await
+    else {
+        return;
+    };
     let (mut ct, mut lc) = env.clients("acme").await;
     let t = create_template(&mut lc, email_template("News", "<p>news</p>", "news")).await.message_template.unwrap();
     let none = contact(&mut ct, "none@example.com", "N", vec![]).await;
@@ -300,13 +308,55 @@ async fn consent_is_checked_at_send_time(backend: Backend) {
     }
     // A deleted contact cannot be sent to at all.
     let err = lc
-        .send_message(pb::SendMessageRequest { template_id: t.id.clone(), contact_id: deleted, request_id: String::new() })
+        .send_message(pb::SendMessageRequest {
+            template_id: t.id.clone(),
+            contact_id: deleted,
+            request_id: String::new(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
     // Nothing reached the server.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(sink.messages().is_empty(), "{:?}", sink.messages().len());
+
+    // Consent is read when the message goes, not when it was queued: a contact who withdraws
+    // (or is deleted) while a delivery waits for a retry gets nothing.
+    let later = contact(
+        &mut ct,
+        "later@example.com",
+        "L",
+        vec![consent(cpb::ConsentPurpose::Marketing, cpb::ConsentStatus::Granted)],
+    )
+    .await;
+    let gone_later = contact(
+        &mut ct,
+        "gone-later@example.com",
+        "G",
+        vec![consent(cpb::ConsentPurpose::Marketing, cpb::ConsentStatus::Granted)],
+    )
+    .await;
+    sink.fail_next(10_000, 451);
+    let d1 = send(&mut lc, &t.id, &later).await;
+    let d2 = send(&mut lc, &t.id, &gone_later).await;
+    settled(&mut lc, &d1.id, pb::DeliveryState::Retrying).await;
+    settled(&mut lc, &d2.id, pb::DeliveryState::Retrying).await;
+    let mut withdrawn_now = consent(cpb::ConsentPurpose::Marketing, cpb::ConsentStatus::Withdrawn);
+    withdrawn_now.source = "preference-center".into();
+    ct.update_contact(cpb::UpdateContactRequest {
+        contact: Some(cpb::Contact { id: later.clone(), consents: vec![withdrawn_now], ..Default::default() }),
+        update_mask: Some(prost_types::FieldMask { paths: vec!["consents".into()] }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    ct.delete_contact(cpb::DeleteContactRequest { id: gone_later.clone(), ..Default::default() }).await.unwrap();
+    let d1 = settled(&mut lc, &d1.id, pb::DeliveryState::Skipped).await;
+    assert!(d1.reason.contains("withdrew"), "{}", d1.reason);
+    let d2 = settled(&mut lc, &d2.id, pb::DeliveryState::Skipped).await;
+    assert!(d2.reason.contains("deleted"), "{}", d2.reason);
+    assert!(d2.attempt_count >= 1 && !d2.attempts.iter().any(|a| a.accepted), "{d2:?}");
+    assert!(sink.messages().is_empty());
 }
 
 async fn failures_are_retried_then_dead_lettered(backend: Backend) {
@@ -361,7 +411,8 @@ async fn webhooks_are_signed_and_retried(backend: Backend) {
             purpose: pb::MessagePurpose::Transactional as i32,
             webhook: Some(pb::WebhookContent {
                 url: format!("{}/hooks/clm", receiver.url()),
-                body: r#"{"email": {{ contact.email }}, "name": {{ contact.first_name }}, "d": {{ delivery.id }}}"#.into(),
+                body: r#"{"email": {{ contact.email }}, "name": {{ contact.first_name }}, "d": {{ delivery.id }}}"#
+                    .into(),
                 signing_secret: "whsec-0123456789abcdef".into(),
                 ..Default::default()
             }),

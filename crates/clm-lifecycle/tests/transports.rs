@@ -186,8 +186,11 @@ async fn no_webhook_receiver_is_transient() {
 #[tokio::test]
 async fn private_destinations_are_refused_unless_allowed() {
     let receiver = Receiver::start(&[]).await;
-    let strict =
-        Webhooks::new(WebhookConfig { timeout: Duration::from_secs(5), allow_private_hosts: false, max_response_bytes: 4096 });
+    let strict = Webhooks::new(WebhookConfig {
+        timeout: Duration::from_secs(5),
+        allow_private_hosts: false,
+        max_response_bytes: 4096,
+    });
     let port = receiver.addr.port();
     for url in [
         format!("https://127.0.0.1:{port}/"),

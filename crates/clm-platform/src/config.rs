@@ -562,7 +562,10 @@ impl Settings {
             return bad("poll_interval_ms", "poll_interval_ms ≥ 10, lease_ms ≥ 1000, concurrency ≥ 1");
         }
         if m.lease_ms <= m.smtp_timeout_ms.max(m.webhook_timeout_ms) + 5_000 {
-            return bad("lease_ms", "must exceed the SMTP and webhook timeouts by 5 s (a send must end before its lease)");
+            return bad(
+                "lease_ms",
+                "must exceed the SMTP and webhook timeouts by 5 s (a send must end before its lease)",
+            );
         }
         if !(m.public_url.is_empty() || m.public_url.starts_with("http://") || m.public_url.starts_with("https://")) {
             return bad("public_url", "must be an http:// or https:// URL");

@@ -225,7 +225,7 @@ impl ContactsClient {
     pub async fn get(&self, tenant: &TenantId, id: Uuid) -> Result<Option<cpb::Contact>, Error> {
         let req = self.request(tenant, cpb::GetContactRequest { id: id.to_string() })?;
         match self.client()?.get_contact(req).await {
-            Ok(resp) => Ok(resp.into_inner().contact),
+            Ok(resp) => Ok(resp.into_inner().contact.filter(|c| c.state == cpb::ContactState::Active as i32)),
             Err(s) if matches!(s.code(), tonic::Code::NotFound | tonic::Code::FailedPrecondition) => Ok(None),
             Err(s) => Err(Self::unavailable(&s)),
         }

@@ -52,7 +52,8 @@ impl Receiver {
     pub async fn start(statuses: &[u16]) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let state = Arc::new(State { requests: Mutex::default(), script: Mutex::new(statuses.iter().copied().collect()) });
+        let state =
+            Arc::new(State { requests: Mutex::default(), script: Mutex::new(statuses.iter().copied().collect()) });
         let shared = state.clone();
         let task = tokio::spawn(async move {
             loop {

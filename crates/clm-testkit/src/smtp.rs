@@ -104,7 +104,10 @@ impl SmtpSink {
                     return sink;
                 }
                 if let Ok(Some(status)) = sink.child.try_wait() {
-                    last = format!("{status}: {}", std::fs::read_to_string(sink.dir.path().join("stderr")).unwrap_or_default());
+                    last = format!(
+                        "{status}: {}",
+                        std::fs::read_to_string(sink.dir.path().join("stderr")).unwrap_or_default()
+                    );
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;

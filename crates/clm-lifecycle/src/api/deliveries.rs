@@ -93,7 +93,8 @@ pub async fn send(
         if known.is_some()
             && let Ok(existing) = store::messaging::find_delivery(&work, &ctx.tenant, id).await
         {
-            let attempts = store::messaging::attempts_of(&work, &ctx.tenant, std::slice::from_ref(&existing.id)).await?;
+            let attempts =
+                store::messaging::attempts_of(&work, &ctx.tenant, std::slice::from_ref(&existing.id)).await?;
             let a = attempts.get(&existing.id).map_or(&[][..], Vec::as_slice);
             return Ok(Response::new(pb::SendMessageResponse { delivery: Some(to_pb(&existing, a)) }));
         }
@@ -131,7 +132,8 @@ pub async fn list(
     let ctx = clm_platform::auth::context(&req)?;
     let req = req.into_inner();
     let mut v = Violations::new();
-    let opt = |v: &mut Violations, field: &str, raw: &str| if raw.is_empty() { None } else { v.check(uuid(field, raw)) };
+    let opt =
+        |v: &mut Violations, field: &str, raw: &str| if raw.is_empty() { None } else { v.check(uuid(field, raw)) };
     let filter = DeliveryFilter {
         contact: opt(&mut v, "contact_id", &req.contact_id),
         automation: opt(&mut v, "automation_id", &req.automation_id),
@@ -152,7 +154,8 @@ pub async fn list(
     let fp = format!("deliveries|{}|{}|{}|{}", req.contact_id, req.automation_id, req.template_id, req.state);
     let after: Option<(i64, String)> = api.tokens.decode(&req.page_token, &ctx.tenant, &fp)?;
     let (rows, next) =
-        store::messaging::list_deliveries(&api.db, &ctx.tenant, &filter, after.as_ref(), limit.expect("checked")).await?;
+        store::messaging::list_deliveries(&api.db, &ctx.tenant, &filter, after.as_ref(), limit.expect("checked"))
+            .await?;
     let ids: Vec<String> = rows.iter().map(|d| d.id.clone()).collect();
     let attempts: HashMap<String, Vec<delivery_attempt::Model>> =
         store::messaging::attempts_of(&api.db, &ctx.tenant, &ids).await?;

@@ -339,14 +339,22 @@ pub async fn render(
     v.finish()?;
     let template = match template {
         Some(t) => t,
-        None => to_pb(&store::messaging::find_template(&api.db, &ctx.tenant, Uuid::parse_str(&template_id).map_err(Error::internal)?).await?),
+        None => to_pb(
+            &store::messaging::find_template(
+                &api.db,
+                &ctx.tenant,
+                Uuid::parse_str(&template_id).map_err(Error::internal)?,
+            )
+            .await?,
+        ),
     };
     let contact = contact.expect("checked");
     // Asked of contacts with no transaction open.
     let found = api.automator.contacts.get(&ctx.tenant, contact).await?;
     let Some(found) = found else { return Err(Error::not_found("contact", contact.to_string()).into()) };
     let preview_id = Uuid::nil().to_string();
-    let out = compose(Mode::Preview, &api.db, &api.links, &ctx.tenant, &template_id, &template, &found, &preview_id).await?;
+    let out =
+        compose(Mode::Preview, &api.db, &api.links, &ctx.tenant, &template_id, &template, &found, &preview_id).await?;
     let resp = match out {
         Composition::Ready(c) => pb::RenderMessageTemplateResponse {
             subject: c.subject,

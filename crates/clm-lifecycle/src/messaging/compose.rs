@@ -72,7 +72,8 @@ pub async fn compose(
         return Ok(Composition::Refused(why));
     }
     let stage = current_stage(db, tenant, &contact.id).await?;
-    let mut ctx = Context { contact: variables(contact), stage, delivery_id: delivery_id.to_owned(), unsubscribe_url: None };
+    let mut ctx =
+        Context { contact: variables(contact), stage, delivery_id: delivery_id.to_owned(), unsubscribe_url: None };
     let email_channel = template.channel == pb::MessageChannel::Email as i32;
     match (&template.email, &template.webhook) {
         (Some(email), _) if email_channel => {

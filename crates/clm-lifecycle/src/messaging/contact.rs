@@ -126,7 +126,9 @@ pub fn variables(c: &cpb::Contact) -> serde_json::Map<String, Value> {
             Some(Kind::NumberValue(n)) => json!(n),
             Some(Kind::BoolValue(b)) => json!(b),
             Some(Kind::TimestampValue(t)) => json!(
-                chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32).map(|d| d.to_rfc3339()).unwrap_or_default()
+                chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32)
+                    .map(|d| d.to_rfc3339())
+                    .unwrap_or_default()
             ),
             None => continue,
         };

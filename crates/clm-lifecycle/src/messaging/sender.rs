@@ -194,18 +194,20 @@ impl Sender {
         let template = pb::MessageTemplate::decode(row.body.as_slice()).map_err(Error::internal)?;
         let Ok(contact_id) = Uuid::parse_str(&d.contact_id) else { return Ok(dead("bad contact id".into())) };
         // The contact now, from where it lives; no transaction is open.
-        let contact = match tokio::time::timeout(self.config.contacts_timeout, self.contacts.get(tenant, contact_id)).await
-        {
-            Ok(Ok(Some(c))) => c,
-            Ok(Ok(None)) => return Ok(skip("the contact was deleted or erased".into())),
-            Ok(Err(e)) => return self.deferred(tenant, d, &format!("contacts service: {e}")).await,
-            Err(_) => return self.deferred(tenant, d, "contacts service: no answer in time").await,
-        };
-        let composed = match compose(Mode::Send, &self.db, &self.links, tenant, &d.template_id, &template, &contact, &d.id).await? {
-            Composition::Ready(c) => c,
-            Composition::Refused(why) => return Ok(skip(why)),
-            Composition::Broken(why) => return Ok(dead(why)),
-        };
+        let contact =
+            match tokio::time::timeout(self.config.contacts_timeout, self.contacts.get(tenant, contact_id)).await {
+                Ok(Ok(Some(c))) => c,
+                Ok(Ok(None)) => return Ok(skip("the contact was deleted or erased".into())),
+                Ok(Err(e)) => return self.deferred(tenant, d, &format!("contacts service: {e}")).await,
+                Err(_) => return self.deferred(tenant, d, "contacts service: no answer in time").await,
+            };
+        let composed =
+            match compose(Mode::Send, &self.db, &self.links, tenant, &d.template_id, &template, &contact, &d.id).await?
+            {
+                Composition::Ready(c) => c,
+                Composition::Refused(why) => return Ok(skip(why)),
+                Composition::Broken(why) => return Ok(dead(why)),
+            };
         let attempt = u32::try_from(d.attempt_count).unwrap_or(u32::MAX).saturating_add(1);
         let sent = if let Some(body) = composed.webhook_body.clone() {
             let request = Webhook {
@@ -237,10 +239,9 @@ impl Sender {
             };
             match &self.mailer {
                 Some(m) => m.send(&message).await.map(|reply| format!("accepted: {reply}")),
-                None => Err(SendError {
-                    permanent: false,
-                    detail: "no SMTP relay configured (messaging.smtp_url)".into(),
-                }),
+                None => {
+                    Err(SendError { permanent: false, detail: "no SMTP relay configured (messaging.smtp_url)".into() })
+                }
             }
         };
         let (recipient, subject) = (composed.recipient, composed.subject);

@@ -12,7 +12,9 @@ use std::collections::HashMap;
 
 use clm_platform::{Error, Result, TenantId};
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+};
 use uuid::Uuid;
 
 use super::entities::{delivery, delivery_attempt, message_template, suppression};
@@ -37,7 +39,10 @@ pub async fn find_template(db: &impl ConnectionTrait, tenant: &TenantId, id: Uui
 }
 
 pub async fn count_templates(db: &impl ConnectionTrait, tenant: &TenantId) -> Result<u64> {
-    Ok(message_template::Entity::find().filter(message_template::Column::TenantId.eq(tenant.as_str())).count(db).await?)
+    Ok(message_template::Entity::find()
+        .filter(message_template::Column::TenantId.eq(tenant.as_str()))
+        .count(db)
+        .await?)
 }
 
 /// Write `row` if the stored version is still `expected_version` (else ABORTED).
@@ -83,11 +88,11 @@ pub async fn list_templates(
 ) -> Result<(Vec<message_template::Model>, Option<(i64, String)>)> {
     let mut q = message_template::Entity::find().filter(message_template::Column::TenantId.eq(tenant.as_str()));
     if let Some((t, id)) = after {
-        q = q.filter(Expr::col(message_template::Column::CreateTime).gt(*t).or(
-            Expr::col(message_template::Column::CreateTime)
+        q = q.filter(
+            Expr::col(message_template::Column::CreateTime).gt(*t).or(Expr::col(message_template::Column::CreateTime)
                 .eq(*t)
-                .and(Expr::col(message_template::Column::Id).gt(id.clone())),
-        ));
+                .and(Expr::col(message_template::Column::Id).gt(id.clone()))),
+        );
     }
     let rows = q
         .order_by_asc(message_template::Column::CreateTime)
@@ -178,11 +183,10 @@ pub async fn list_deliveries(
         q = q.filter(delivery::Column::State.eq(s));
     }
     if let Some((t, id)) = after {
-        q = q.filter(
-            Expr::col(delivery::Column::CreateTime)
-                .lt(*t)
-                .or(Expr::col(delivery::Column::CreateTime).eq(*t).and(Expr::col(delivery::Column::Id).lt(id.clone()))),
-        );
+        q =
+            q.filter(Expr::col(delivery::Column::CreateTime).lt(*t).or(
+                Expr::col(delivery::Column::CreateTime).eq(*t).and(Expr::col(delivery::Column::Id).lt(id.clone())),
+            ));
     }
     let rows = q
         .order_by_desc(delivery::Column::CreateTime)
@@ -264,7 +268,12 @@ pub struct Outcome {
 }
 
 /// Record `outcome` for a delivery this sender leased: its state and, if it tried, the attempt.
-pub async fn finish(db: &impl ConnectionTrait, tenant: &TenantId, d: &delivery::Model, outcome: &Outcome) -> Result<()> {
+pub async fn finish(
+    db: &impl ConnectionTrait,
+    tenant: &TenantId,
+    d: &delivery::Model,
+    outcome: &Outcome,
+) -> Result<()> {
     let tried = i64::from(outcome.attempt.is_some());
     let finished = matches!(outcome.state, "sent" | "skipped" | "dead").then_some(outcome.at);
     delivery::Entity::update_many()

@@ -375,10 +375,17 @@ impl MigrationTrait for M0006Messaging {
                 .to_owned(),
         )
         .await?;
-        index(m, "ix_delivery_attempts_delivery", "delivery_attempts", &["tenant_id", "delivery_id", "attempt_time"], false)
-            .await?;
+        index(
+            m,
+            "ix_delivery_attempts_delivery",
+            "delivery_attempts",
+            &["tenant_id", "delivery_id", "attempt_time"],
+            false,
+        )
+        .await?;
         // The per-tenant rate limit counts a tenant's recent attempts.
-        index(m, "ix_delivery_attempts_tenant_time", "delivery_attempts", &["tenant_id", "attempt_time"], false).await?;
+        index(m, "ix_delivery_attempts_tenant_time", "delivery_attempts", &["tenant_id", "attempt_time"], false)
+            .await?;
         m.create_table(
             Table::create()
                 .table(Alias::new("suppressions"))

@@ -93,8 +93,11 @@ impl Mailer {
     /// Nothing is sent or connected yet.
     pub fn new(cfg: &SmtpConfig) -> anyhow::Result<Self> {
         let url = without_credentials(&cfg.url);
-        let builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(&cfg.url)
-            .map_err(|e| anyhow!("SMTP URL {url:?}: {e} (expected smtp://host:port, smtp://host:587?tls=required or smtps://host:465)"))?;
+        let builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(&cfg.url).map_err(|e| {
+            anyhow!(
+                "SMTP URL {url:?}: {e} (expected smtp://host:port, smtp://host:587?tls=required or smtps://host:465)"
+            )
+        })?;
         Ok(Self { transport: builder.timeout(Some(cfg.timeout)).build(), url })
     }
 
@@ -128,7 +131,8 @@ pub fn message(email: &Email) -> Result<Message, SendError> {
         builder = builder.reply_to(mailbox("Reply-To", reply_to)?);
     }
     if let Some(url) = &email.list_unsubscribe {
-        if !url.starts_with("https://") || url.contains(|c: char| c.is_whitespace() || c.is_control() || "<>".contains(c))
+        if !url.starts_with("https://")
+            || url.contains(|c: char| c.is_whitespace() || c.is_control() || "<>".contains(c))
         {
             return Err(SendError::permanent(format!("bad List-Unsubscribe URL {url:?}: expected https://…")));
         }

@@ -87,11 +87,13 @@ impl Webhooks {
 
     /// POST `hook`; `Ok` with the 2xx status it was answered with.
     pub async fn post(&self, hook: &Webhook) -> Result<u16, SendError> {
-        let scheme_ok = hook.url.starts_with("https://") || (self.cfg.allow_private_hosts && hook.url.starts_with("http://"));
+        let scheme_ok =
+            hook.url.starts_with("https://") || (self.cfg.allow_private_hosts && hook.url.starts_with("http://"));
         if !scheme_ok {
             return Err(SendError::permanent(format!("webhook URL {:?} must be https://", redact(&hook.url))));
         }
-        let header = |s: &str| HeaderValue::from_str(s).map_err(|_| SendError::permanent(format!("bad header value {s:?}")));
+        let header =
+            |s: &str| HeaderValue::from_str(s).map_err(|_| SendError::permanent(format!("bad header value {s:?}")));
         let request = Request::post(&hook.url)
             .header(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .header(http::header::USER_AGENT, HeaderValue::from_static(USER_AGENT))

@@ -4,10 +4,10 @@ CARGO ?= cargo
 BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
 
-.PHONY: help run build test lint fmt fmt-check clippy lint-proto buf bench profile profile-mixed clean
+.PHONY: help run build test test-deps lint fmt fmt-check clippy lint-proto buf bench profile profile-mixed clean
 
 help: ## list targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 run: ## run all four services in one process on 127.0.0.1:50051 (SQLite under ./data)
 	$(CARGO) run --bin clm -- serve
@@ -15,9 +15,26 @@ run: ## run all four services in one process on 127.0.0.1:50051 (SQLite under ./
 build: ## build every binary (debug)
 	$(CARGO) build --workspace --bins
 
-test: ## run every test (PostgreSQL tests too when CLM_TEST_DATABASE_URL is set)
+test: test-deps ## run every test (PostgreSQL tests too when CLM_TEST_DATABASE_URL is set)
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --no-fail-fast
+
+# Python tools the tests run (aiosmtpd behind clm_testkit::smtp::SmtpSink), in .venv-test/;
+# reinstalled only when tests/support/requirements.txt changed or the venv cannot import them.
+PYTHON ?= python3
+VENV_TEST := .venv-test
+test-deps: ## Python test tools (tests/support/requirements.txt) into .venv-test/
+	@if $(VENV_TEST)/bin/python -c 'import aiosmtpd' 2>/dev/null && \
+	    cmp -s tests/support/requirements.txt $(VENV_TEST)/requirements.txt; then \
+	  echo "test-deps: $(VENV_TEST) is up to date"; \
+	else \
+	  set -e; \
+	  $(PYTHON) -m venv $(VENV_TEST); \
+	  $(VENV_TEST)/bin/pip install --quiet --disable-pip-version-check -r tests/support/requirements.txt; \
+	  $(VENV_TEST)/bin/python -c 'import aiosmtpd'; \
+	  cp tests/support/requirements.txt $(VENV_TEST)/requirements.txt; \
+	  echo "test-deps: $(VENV_TEST) ready"; \
+	fi
 
 lint: fmt-check clippy lint-proto ## rustfmt check, clippy -D warnings, buf lint
 

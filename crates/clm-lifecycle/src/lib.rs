@@ -22,6 +22,7 @@ pub mod convert;
 pub mod domain;
 pub mod events;
 pub mod journeys;
+pub mod messaging;
 pub mod publish;
 pub mod store;
 

@@ -338,9 +338,8 @@ async fn send<T>(
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| Error::Exchange(format!("HTTP handshake: {e}")))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(io).await.map_err(|e| Error::Exchange(format!("HTTP handshake: {e}")))?;
     let conn = tokio::spawn(conn);
     let response = sender.send_request(request).await;
     if response.is_err() {

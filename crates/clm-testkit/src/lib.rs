@@ -2,14 +2,18 @@
 //! start real services on 127.0.0.1:0 against fresh SQLite/PostgreSQL databases ([`spawn`],
 //! [`spawn_pair`], [`Services`], [`TestDb`]), mint the tokens they trust ([`token`]), wait for
 //! asynchronous effects ([`wait_for`]), publish an event as another service would
-//! ([`publish_event`]), and run a test on both backends ([`backend_tests!`]).
+//! ([`publish_event`]), and run a test on both backends ([`backend_tests!`]). For what CLM sends
+//! out: a real SMTP server keeping every message ([`smtp::SmtpSink`], Python's aiosmtpd from
+//! `make test-deps`) and a real HTTP server recording every request ([`http::Receiver`]).
 //!
 //! PostgreSQL tests run when `CLM_TEST_DATABASE_URL` points at a server where the role may
 //! create databases; without it they print that they were skipped.
 
 pub mod arch;
 mod db;
+pub mod http;
 mod server;
+pub mod smtp;
 
 use std::time::Duration;
 

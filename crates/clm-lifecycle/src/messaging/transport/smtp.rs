@@ -202,7 +202,7 @@ mod tests {
     fn bad_addresses_and_headers_are_permanent_errors() {
         let cases = [
             Email { from: "not an address".into(), ..email() },
-            Email { to: "".into(), ..email() },
+            Email { to: String::new(), ..email() },
             Email { reply_to: Some("x@".into()), ..email() },
             Email { text: None, ..email() },
             Email { list_unsubscribe: Some("http://acme.test/u".into()), ..email() },

@@ -115,9 +115,11 @@ impl SmtpSink {
             if last.is_empty() {
                 last = "not ready in 15 s".into();
             }
-            if last.contains("No module named") {
-                panic!("the SMTP sink needs aiosmtpd: run `make test-deps` ({}): {last}", python.display());
-            }
+            assert!(
+                !last.contains("No module named"),
+                "the SMTP sink needs aiosmtpd: run `make test-deps` ({}): {last}",
+                python.display()
+            );
         }
         panic!("the SMTP sink did not start: {last}");
     }

@@ -29,7 +29,7 @@ mod tests {
     use super::*;
 
     const BASE: Duration = Duration::from_secs(10);
-    const MAX: Duration = Duration::from_secs(3600);
+    const MAX: Duration = Duration::from_hours(1);
 
     #[test]
     fn the_ceiling_doubles_per_attempt_up_to_max() {

@@ -90,9 +90,11 @@ impl std::fmt::Debug for Mailer {
 
 impl Mailer {
     /// A mailer for `cfg.url`; an unusable URL is an error naming it (without its password).
-    /// Nothing is sent or connected yet.
+    /// Nothing is sent or connected yet. Call it inside a Tokio runtime: the connection pool
+    /// closes idle connections from a task of its own.
     pub fn new(cfg: &SmtpConfig) -> anyhow::Result<Self> {
         let url = without_credentials(&cfg.url);
+        tokio::runtime::Handle::try_current().map_err(|_| anyhow!("SMTP {url:?}: the mailer needs a Tokio runtime"))?;
         let builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(&cfg.url).map_err(|e| {
             anyhow!(
                 "SMTP URL {url:?}: {e} (expected smtp://host:port, smtp://host:587?tls=required or smtps://host:465)"
@@ -200,7 +202,7 @@ mod tests {
     fn bad_addresses_and_headers_are_permanent_errors() {
         let cases = [
             Email { from: "not an address".into(), ..email() },
-            Email { to: "".into(), ..email() },
+            Email { to: String::new(), ..email() },
             Email { reply_to: Some("x@".into()), ..email() },
             Email { text: None, ..email() },
             Email { list_unsubscribe: Some("http://acme.test/u".into()), ..email() },
@@ -215,8 +217,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_bad_url_is_an_error_naming_it_without_the_password() {
+    #[tokio::test]
+    async fn a_bad_url_is_an_error_naming_it_without_the_password() {
         let cfg = SmtpConfig { url: "smtpx://u:hunter2@mail.test:25".into(), timeout: Duration::from_secs(1) };
         let e = Mailer::new(&cfg).unwrap_err().to_string();
         assert!(e.contains("smtpx://") && e.contains("mail.test") && !e.contains("hunter2"), "{e}");

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use clm_testkit::arch::{self, assert_layered, cycle, edges, module_of};
 
 /// Top-level modules, top to bottom: each uses only modules after it (lib.rs).
-const LAYERS: &[&str] = &["api", "events", "journeys", "contacts_client", "publish", "convert", "store", "domain"];
+const LAYERS: &[&str] =
+    &["api", "events", "journeys", "messaging", "contacts_client", "publish", "convert", "store", "domain"];
 
 fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
@@ -96,7 +97,15 @@ fn only_advance_changes_journeys() {
     assert_eq!(users("rebuild_journey("), ["journeys/mod.rs", "store/journeys.rs"]);
     assert_eq!(users("insert_move("), ["journeys/mod.rs", "store/journeys.rs"]);
     assert_eq!(users(".stage_changes("), ["journeys/mod.rs"]);
-    assert_eq!(users("enqueue("), ["journeys/mod.rs", "store/automations.rs"]);
+    assert_eq!(users("automations::enqueue("), ["journeys/mod.rs"]);
+}
+
+#[test]
+fn deliveries_are_queued_in_one_place() {
+    // A delivery is written by `messaging::enqueue`, in the caller's unit of work, so it exists
+    // exactly when the change that asked for it committed.
+    assert_eq!(users("insert_delivery("), ["messaging/mod.rs", "store/messaging.rs"]);
+    assert_eq!(users("messaging::enqueue("), ["api/deliveries.rs", "journeys/automations.rs"]);
 }
 
 #[test]
@@ -105,6 +114,14 @@ fn contacts_is_asked_in_one_place_with_no_transaction_open() {
     // (`Run`) holds no contacts client.
     assert_eq!(users(".matches(tenant"), ["journeys/automations.rs"]);
     assert_eq!(users(".in_segment("), ["journeys/automations.rs"]);
+    // Messages read the contact before any transaction opens (the sender, SendMessage, the
+    // preview): each `contacts.get` comes before the file's first `UnitOfWork::begin`.
+    assert_eq!(users("contacts.get("), ["api/deliveries.rs", "api/templates.rs", "messaging/sender.rs"]);
+    for f in ["api/deliveries.rs", "messaging/sender.rs"] {
+        let text = std::fs::read_to_string(src().join(f)).unwrap();
+        let asked = text.find("contacts.get(").unwrap();
+        assert!(text.find("UnitOfWork::begin").is_none_or(|b| b > asked), "{f}: contacts is asked inside a transaction");
+    }
     let engine =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/journeys/automations.rs")).unwrap();
     let run = &engine[engine.find("struct Run<'a>").unwrap()..];

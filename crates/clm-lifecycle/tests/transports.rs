@@ -211,3 +211,18 @@ async fn private_destinations_are_refused_unless_allowed() {
     // Allowed (development, tests): the same receiver is reached.
     assert_eq!(local().post(&hook(receiver.url(), "{}")).await, Ok(200));
 }
+
+#[tokio::test]
+async fn an_answer_over_the_size_limit_still_counts_by_its_status() {
+    // The receiver answers "503 Service Unavailable", then "200 OK": both over 2 bytes.
+    let receiver = Receiver::start(&[503]).await;
+    let tiny = Webhooks::new(WebhookConfig {
+        timeout: Duration::from_secs(5),
+        allow_private_hosts: true,
+        max_response_bytes: 2,
+    });
+    let h = hook(receiver.url(), "{}");
+    let e = tiny.post(&h).await.unwrap_err();
+    assert!(!e.permanent && e.detail.contains("503"), "{e}");
+    assert_eq!(tiny.post(&h).await, Ok(200));
+}

@@ -1,12 +1,13 @@
 //! Every KPI against a hand computation on a small fixture of five contacts (docs/metrics.md
-//! has each definition), on SQLite and PostgreSQL: purchases in two currencies, a lead with no
-//! previous stage, a customer lost during the range, a lead who did not convert. Each rate
-//! stays in [0, 1].
+//! has each definition), on SQLite and PostgreSQL: purchases in two currencies, leads with no
+//! previous stage (one before the range, one in it), a customer lost during the range, a lead
+//! who did not convert. Each rate stays in [0, 1].
 
 mod common;
 
 use clm_metrics::api::kpi::Snapshot;
 use clm_metrics::domain::DAY;
+use clm_metrics::domain::channel::Channel;
 use clm_metrics::domain::kpi::KpiKind as Kpi;
 use clm_metrics::store::read::Slice;
 use clm_proto::events::v1 as ev;
@@ -31,8 +32,8 @@ fn fixture(s: i64) -> Vec<ev::EventEnvelope> {
         purchase(t, "a", "a-p2", d(10), 50, "EUR"),
         journey(t, "a", "a-rf", ev::JourneyEventKind::Referral, d(12), None),
         score(t, "a", "a-nps", ev::SurveyKind::Nps, 10, d(6)),
-        // B: a lead from its first stage (no previous one), a customer before the range who
-        // goes dormant in it; bought in USD; a detractor who found it easy (CES 6).
+        // B: a lead from its first stage (no previous one) before the range, a customer before
+        // the range who goes dormant in it; bought in USD; a detractor who found it easy (CES 6).
         contact(t, "b", "paid_search", "", d(-40), Some((80, "USD"))),
         stage(t, "b", "b1", 0, "acquisition", d(-40), false),
         stage(t, "b", "b2", 1, "conversion", d(-30), false),
@@ -53,10 +54,10 @@ fn fixture(s: i64) -> Vec<ev::EventEnvelope> {
         journey(t, "c", "c-rv", ev::JourneyEventKind::Review, d(9), None),
         score(t, "c", "c-csat", ev::SurveyKind::Csat, 5, d(3)),
         score(t, "c", "c-ces", ev::SurveyKind::Ces, 2, d(4)),
-        // D: new, a lead of low score who does not convert.
+        // D: new, a lead of low score from its first stage (no previous one) in the range, who
+        // does not convert.
         low,
-        stage(t, "d", "d1", 0, "awareness", d(3), false),
-        stage(t, "d", "d2", 1, "acquisition", d(4), false),
+        stage(t, "d", "d1", 0, "acquisition", d(4), false),
         // E: new, nothing else.
         contact(t, "e", "referral", "", d(20), None),
     ]
@@ -76,7 +77,7 @@ async fn every_kpi_equals_its_hand_computation(backend: Backend) {
     assert_eq!(snap.currency, "EUR", "the reporting currency: the most money in the range");
     let expected: Vec<(Kpi, f64, &str)> = vec![
         (Kpi::NewContacts, 3.0, "A, D, E created in the range"),
-        (Kpi::Leads, 2.0, "A (day 2), D (day 4); B and C became leads before"),
+        (Kpi::Leads, 2.0, "A (day 2), D (day 4, its first stage); B (its first stage) and C became leads before"),
         (Kpi::CostPerLead, 50.0, "100 EUR ÷ 2 leads"),
         (Kpi::LeadQualityRate, 0.5, "A converted; D scores 10 < 50"),
         (Kpi::NewCustomers, 1.0, "A"),
@@ -109,6 +110,9 @@ async fn every_kpi_equals_its_hand_computation(backend: Backend) {
     // per year (6 orders ÷ 2 customers at the end) × lifespan (no customer a year before the
     // end, so no churn measured: the 10-year cap).
     assert!(close(snap.predicted_clv / 1e6, 62.5 * 3.0 * 10.0), "{}", snap.predicted_clv);
+    // CLV:CAC: that predicted CLV ÷ CAC (100 EUR ÷ 1 new customer).
+    let ratio = snap.kpi(Kpi::ClvToCacRatio).0;
+    assert!(close(ratio, 62.5 * 3.0 * 10.0 / 100.0), "CLV:CAC {ratio}");
     // Every rate stays in [0, 1].
     for k in [
         Kpi::LeadQualityRate,
@@ -123,7 +127,7 @@ async fn every_kpi_equals_its_hand_computation(backend: Backend) {
         assert!((0.0..=1.0).contains(&v), "{k:?} = {v}");
     }
     // A channel filter applies to every base: web has A, C, D; at the start only C, who stayed.
-    let web = Slice { channel: Some(clm_metrics::domain::channel::Channel::from_key("web")), ..slice.clone() };
+    let web = Slice { channel: Some(Channel::from_key("web")), ..slice.clone() };
     let w = Snapshot::load(&db, &acme, &web, 50).await.unwrap();
     assert_eq!((w.customers_at_start, w.customers_lost, w.churn_rate), (1.0, 0.0, 0.0));
     assert!(close(w.kpi(Kpi::ReferralRate).0, 0.5), "web customers at the end A, C; A had referred");

@@ -5,11 +5,13 @@
 
 mod common;
 
+use std::collections::BTreeMap;
+
 use clm_metrics::api::kpi::Snapshot;
-use clm_metrics::domain::DAY;
 use clm_metrics::domain::channel::Channel;
-use clm_metrics::domain::kpi::KpiKind as Kpi;
-use clm_metrics::store::read::Slice;
+use clm_metrics::domain::kpi::{Counter, KpiKind as Kpi};
+use clm_metrics::domain::{self, DAY};
+use clm_metrics::store::read::{Slice, funnel};
 use clm_proto::events::v1 as ev;
 use clm_testkit::Backend;
 use common::*;
@@ -150,4 +152,91 @@ async fn every_kpi_equals_its_hand_computation(backend: Backend) {
     t.cleanup().await;
 }
 
-clm_testkit::backend_tests!(every_kpi_equals_its_hand_computation);
+/// A slice's duration histograms, each sorted: name → [(bucket, n)].
+async fn durations(db: &sea_orm::DatabaseConnection, slice: &Slice) -> BTreeMap<String, Vec<(i64, i64)>> {
+    let mut out: BTreeMap<String, Vec<(i64, i64)>> =
+        funnel::histograms(db, &tenant("acme"), slice).await.unwrap().into_iter().collect();
+    out.values_mut().for_each(|h| h.sort_unstable());
+    out
+}
+
+/// Histograms of durations given in days: name → the buckets of its durations, counted.
+fn by_hand(durations: &[(&str, &[i64])]) -> BTreeMap<String, Vec<(i64, i64)>> {
+    let mut out = BTreeMap::new();
+    for (name, days) in durations {
+        let mut cells: BTreeMap<i64, i64> = BTreeMap::new();
+        for d in *days {
+            *cells.entry(domain::bucket(d * DAY)).or_default() += 1;
+        }
+        out.insert((*name).to_owned(), cells.into_iter().collect());
+    }
+    out
+}
+
+/// Stage-to-stage times and time to close under a channel and a campaign filter: each counts
+/// only the filter's contacts (docs/metrics.md § Funnel, Time to close), so the filtered
+/// answers differ from the unfiltered one; every histogram computed by hand.
+async fn durations_under_a_filter_count_only_its_contacts(backend: Backend) {
+    let Some((t, db)) = db(backend, "mdur").await else { return };
+    let s = 20_000 * DAY;
+    let d = |n: i64| s + n * DAY;
+    let a = "acme";
+    let events = vec![
+        // P (web): awareness → acquisition in 2 days → conversion in 5; closes in 5 (lead day 3).
+        contact(a, "p", "web", "", d(0), None),
+        stage(a, "p", "p1", 0, "awareness", d(1), false),
+        stage(a, "p", "p2", 1, "acquisition", d(3), false),
+        stage(a, "p", "p3", 2, "conversion", d(8), false),
+        // Q (paid_search): acquisition in 1 day, conversion in 20; closes in 20.
+        contact(a, "q", "paid_search", "", d(0), None),
+        stage(a, "q", "q1", 0, "awareness", d(1), false),
+        stage(a, "q", "q2", 1, "acquisition", d(2), false),
+        stage(a, "q", "q3", 2, "conversion", d(22), false),
+        // R (paid_search): enters at acquisition (no stage-to-stage time for it), conversion in
+        // 10; closes in 10.
+        contact(a, "r", "paid_search", "", d(0), None),
+        stage(a, "r", "r1", 0, "acquisition", d(4), false),
+        stage(a, "r", "r2", 1, "conversion", d(14), false),
+        // S (web, spring): acquisition in 8 days; does not close.
+        contact(a, "s", "web", "spring", d(0), None),
+        stage(a, "s", "s1", 0, "awareness", d(2), false),
+        stage(a, "s", "s2", 1, "acquisition", d(10), false),
+        // Before the range: not counted in it.
+        contact(a, "o", "web", "", d(-20), None),
+        stage(a, "o", "o1", 0, "awareness", d(-20), false),
+        stage(a, "o", "o2", 1, "acquisition", d(-19), false),
+    ];
+    feed(&db, &events, 5).await;
+    let all = Slice { model: "m".into(), start: s, end: s + 30 * DAY, ..Slice::default() };
+    let web = Slice { channel: Some(Channel::from_key("web")), ..all.clone() };
+    let paid = Slice { channel: Some(Channel::from_key("paid_search")), ..all.clone() };
+    let spring = Slice { campaign: Some("spring".into()), ..all.clone() };
+    let ttc = "__time_to_close";
+    assert_eq!(
+        durations(&db, &all).await,
+        by_hand(&[("acquisition", &[2, 1, 8]), ("conversion", &[5, 20, 10]), (ttc, &[5, 20, 10])])
+    );
+    assert_eq!(
+        durations(&db, &web).await,
+        by_hand(&[("acquisition", &[2, 8]), ("conversion", &[5]), (ttc, &[5])]),
+        "web: P and S"
+    );
+    assert_eq!(
+        durations(&db, &paid).await,
+        by_hand(&[("acquisition", &[1]), ("conversion", &[20, 10]), (ttc, &[20, 10])]),
+        "paid_search: Q and R"
+    );
+    assert_eq!(durations(&db, &spring).await, by_hand(&[("acquisition", &[8])]), "spring: S");
+    // The KPI: the median time to close of all is R's 10 days; of web, P's 5.
+    let acme = tenant("acme");
+    let median = |snap: &Snapshot| snap.kpi(Kpi::TimeToCloseDays).0;
+    let near = |got: f64, want: f64| (got - want).abs() / want < 0.1;
+    let (everyone, of_web) =
+        (Snapshot::load(&db, &acme, &all, 50).await.unwrap(), Snapshot::load(&db, &acme, &web, 50).await.unwrap());
+    assert!(near(median(&everyone), 10.0), "all: {}", median(&everyone));
+    assert!(near(median(&of_web), 5.0), "web: {}", median(&of_web));
+    assert!(close(everyone.c.n(Counter::NewCustomers), 3.0) && close(of_web.c.n(Counter::NewCustomers), 1.0));
+    t.cleanup().await;
+}
+
+clm_testkit::backend_tests!(every_kpi_equals_its_hand_computation, durations_under_a_filter_count_only_its_contacts,);

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use clm_metrics::api::kpi::Snapshot;
 use clm_metrics::domain::channel::Channel;
 use clm_metrics::domain::kpi::{Counter, KpiKind as Kpi};
-use clm_metrics::domain::{self, DAY};
-use clm_metrics::store::read::{Slice, funnel};
+use clm_metrics::domain::{self, DAY, Gran};
+use clm_metrics::store::read::{Slice, cohorts, funnel};
 use clm_proto::events::v1 as ev;
 use clm_testkit::Backend;
 use common::*;
@@ -239,4 +239,62 @@ async fn durations_under_a_filter_count_only_its_contacts(backend: Backend) {
     t.cleanup().await;
 }
 
-clm_testkit::backend_tests!(every_kpi_equals_its_hand_computation, durations_under_a_filter_count_only_its_contacts,);
+/// Cohort revenue is kept per currency and never summed across currencies; a member who
+/// bought in two currencies in one period counts once; a segment of every contact reads the
+/// same matrix from the members' own rows.
+async fn cohort_revenue_is_per_currency_and_members_count_once(backend: Backend) {
+    let Some((t, db)) = db(backend, "mcoh").await else { return };
+    let a = "acme";
+    let m0 = domain::period_start(20_000 * DAY, Gran::Month);
+    let m1 = domain::period_start(m0 + 40 * DAY, Gran::Month);
+    let m2 = domain::period_start(m1 + 40 * DAY, Gran::Month);
+    let events = vec![
+        // X: first buys in month 0 in EUR and USD, then in EUR in month 1.
+        contact(a, "x", "web", "", m0, None),
+        purchase(a, "x", "x1", m0 + 2 * DAY, 100, "EUR"),
+        purchase(a, "x", "x2", m0 + 3 * DAY, 40, "USD"),
+        purchase(a, "x", "x3", m1 + 2 * DAY, 30, "EUR"),
+        // Y: first buys in month 0 in USD, again in month 1.
+        contact(a, "y", "web", "", m0, None),
+        purchase(a, "y", "y1", m0 + 5 * DAY, 60, "USD"),
+        purchase(a, "y", "y2", m1 + 5 * DAY, 10, "USD"),
+        // Z: first buys in month 1, in EUR.
+        contact(a, "z", "web", "", m0, None),
+        purchase(a, "z", "z1", m1 + 7 * DAY, 25, "EUR"),
+    ];
+    feed(&db, &events, 4).await;
+    let acme = tenant("acme");
+    let m = 1_000_000;
+    let want = cohorts::Cohorts {
+        sizes: vec![(m0, 2), (m1, 1)],
+        cells: vec![(m0, 0, 2), (m0, 1, 2), (m1, 0, 1)],
+        revenue: vec![
+            (m0, 0, "EUR".into(), 100 * m),
+            (m0, 0, "USD".into(), 100 * m),
+            (m0, 1, "EUR".into(), 30 * m),
+            (m0, 1, "USD".into(), 10 * m),
+            (m1, 0, "EUR".into(), 25 * m),
+        ],
+        last: vec![(m0, 1, 2), (m1, 0, 1)],
+    };
+    let sorted = |mut c: cohorts::Cohorts| {
+        c.sizes.sort_unstable();
+        c.cells.sort_unstable();
+        c.revenue.sort_unstable();
+        c.last.sort_unstable();
+        c
+    };
+    let all = Slice { start: m0, end: m2, ..Slice::default() };
+    let got = sorted(cohorts::cohorts(&db, &acme, &all, Gran::Month, m0, m2).await.unwrap());
+    assert_eq!(got, want, "month 0: X and Y active once each; EUR 100 (X) and USD 100 (X 40 + Y 60) apart");
+    let members = Slice { contacts: Some(std::sync::Arc::new(vec!["x".into(), "y".into(), "z".into()])), ..all };
+    let seg = sorted(cohorts::cohorts(&db, &acme, &members, Gran::Month, m0, m2).await.unwrap());
+    assert_eq!(seg, want, "a segment of every contact");
+    t.cleanup().await;
+}
+
+clm_testkit::backend_tests!(
+    every_kpi_equals_its_hand_computation,
+    durations_under_a_filter_count_only_its_contacts,
+    cohort_revenue_is_per_currency_and_members_count_once,
+);

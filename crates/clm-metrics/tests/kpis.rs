@@ -140,15 +140,47 @@ async fn every_kpi_equals_its_hand_computation(backend: Backend) {
     assert_eq!((sp.customers_at_start, sp.kpi(Kpi::NewContacts).0, sp.kpi(Kpi::Revenue).0), (0.0, 2.0, 150.0));
     // The model leaves dormancy out of churn (lifecycle's setting, on its StageChanged): B,
     // dormant, is still a customer; nobody left.
-    let mut flagged = stage("acme", "e", "e1", 0, "awareness", s + 21 * DAY, false);
-    if let Some(ev::event_envelope::Payload::StageChanged(c)) = &mut flagged.payload {
-        c.churn_excludes_dormancy = true;
-    }
+    let flagged = of_revision(&stage("acme", "e", "e1", 0, "awareness", s + 21 * DAY, false), 2, true);
     feed(&db, &[flagged], 1).await;
     let snap = Snapshot::load(&db, &acme, &slice, 50).await.unwrap();
     assert_eq!((snap.customers_at_start, snap.customers_lost, snap.customers_at_end), (2.0, 0.0, 3.0));
     assert!(close(snap.kpi(Kpi::ChurnRate).0, 0.0) && close(snap.kpi(Kpi::RetentionRate).0, 1.0));
     assert!(close(snap.kpi(Kpi::ReferralRate).0, 1.0 / 3.0), "customers A, B, C; A had referred");
+    t.cleanup().await;
+}
+
+/// The churn basis is the model's setting of its newest revision, whichever event brings it
+/// and in whatever order they come: a StageChanged of an older revision consumed late does not
+/// restore the older setting, and a change of the setting alone (LifecycleModelChanged, no
+/// StageChanged) takes effect.
+async fn the_newest_model_revision_sets_the_churn_basis(backend: Backend) {
+    let Some((t, db)) = db(backend, "mrev").await else { return };
+    let s = 20_000 * DAY;
+    feed(&db, &fixture(s), 7).await;
+    let acme = tenant("acme");
+    let slice = Slice { model: "m".into(), start: s, end: s + 30 * DAY, ..Slice::default() };
+    let churn = async || {
+        let snap = Snapshot::load(&db, &acme, &slice, 50).await.unwrap();
+        (snap.customers_lost, snap.kpi(Kpi::ChurnRate).0)
+    };
+    assert_eq!(churn().await, (1.0, 0.5), "dormancy is churn (the fixture's events: no revision, the default)");
+    // Revision 2 leaves dormancy out: B, dormant, did not leave.
+    let e1 = stage("acme", "e", "e1", 0, "awareness", s + 21 * DAY, false);
+    feed(&db, &[of_revision(&e1, 2, true)], 1).await;
+    assert_eq!(churn().await, (0.0, 0.0), "revision 2");
+    // A StageChanged published under revision 1 (dormancy is churn), consumed after: ignored.
+    let d2 = stage("acme", "d", "d2", 1, "conversion", s + 25 * DAY, false);
+    feed(&db, &[of_revision(&d2, 1, false)], 1).await;
+    assert_eq!(churn().await, (0.0, 0.0), "an older revision consumed late changes nothing");
+    // So is the model's own event of an older revision, and one without a revision.
+    feed(&db, &[model_changed("acme", 1, false), of_revision(&e1, 0, false)], 1).await;
+    assert_eq!(churn().await, (0.0, 0.0), "older revisions again");
+    // Revision 3 turns the setting back, with no StageChanged: dormancy is churn again.
+    feed(&db, &[model_changed("acme", 3, false)], 1).await;
+    assert_eq!(churn().await, (1.0, 0.5), "the setting alone, revision 3");
+    // The same revision again (a redelivery under another event id) changes nothing.
+    feed(&db, &[of_revision(&d2, 3, false)], 1).await;
+    assert_eq!(churn().await, (1.0, 0.5), "revision 3 again");
     t.cleanup().await;
 }
 
@@ -297,6 +329,7 @@ async fn cohort_revenue_is_per_currency_and_members_count_once(backend: Backend)
 
 clm_testkit::backend_tests!(
     every_kpi_equals_its_hand_computation,
+    the_newest_model_revision_sets_the_churn_basis,
     durations_under_a_filter_count_only_its_contacts,
     cohort_revenue_is_per_currency_and_members_count_once,
 );

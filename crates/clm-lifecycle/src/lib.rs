@@ -13,7 +13,8 @@
 //!   after commit by the sender (SMTP, signed webhooks) while consent allows.
 //! - `contacts_client`: what automations need to run — the publisher and the contacts service.
 //! - `publish`: what lifecycle publishes (StageChanged, JourneyEventRecorded,
-//!   AutomationTriggered), appended to the outbox in the caller's transaction.
+//!   AutomationTriggered, LifecycleModelChanged), appended to the outbox in the caller's
+//!   transaction.
 //! - `convert`: proto ↔ domain (models, journey events, transitions).
 //! - `store`: schema, migrations, queries; every query takes the `TenantId`.
 //! - `domain`: the rules as pure functions (models; a journey replayed from its timeline).

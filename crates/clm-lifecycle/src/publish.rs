@@ -1,6 +1,7 @@
 //! What lifecycle publishes, appended to the outbox in the caller's transaction: StageChanged
-//! (and its retractions), JourneyEventRecorded and AutomationTriggered. Below the use cases that
-//! publish (`journeys`, the consumers in `events`, the handlers in `api`), so each of them can.
+//! (and its retractions), JourneyEventRecorded, AutomationTriggered and LifecycleModelChanged.
+//! Below the use cases that publish (`journeys`, the consumers in `events`, the handlers in
+//! `api`), so each of them can.
 
 use clm_platform::convert::timestamp;
 use clm_platform::events::UnitOfWork;
@@ -91,10 +92,26 @@ impl Publisher {
                 to_stage_position: i32::try_from(position).unwrap_or(i32::MAX),
                 sequence: i32::try_from(t.seq).unwrap_or(i32::MAX),
                 churn_excludes_dormancy: model.churn_excludes_dormancy,
+                model_revision: model.version,
                 retracted,
             });
             self.outbox.append(txn, tenant, "journey", &t.contact_id, t.at, p).await?;
         }
+        Ok(())
+    }
+
+    /// LifecycleModelChanged: a model's settings as of its revision, in the transaction that
+    /// created or updated it, so consumers (metrics' churn basis) learn a change without
+    /// waiting for the model's next StageChanged.
+    pub async fn model_changed(&self, txn: &UnitOfWork, tenant: &TenantId, model: &ModelRecord) -> Result<()> {
+        let p = Payload::LifecycleModelChanged(ev::LifecycleModelChanged {
+            model_id: model.id.to_string(),
+            revision: model.version,
+            churn_excludes_dormancy: model.churn_excludes_dormancy,
+            update_time: Some(timestamp(model.update_time)),
+        });
+        let id = model.id.to_string();
+        self.outbox.append(txn, tenant, "lifecycle_model", &id, model.update_time, p).await?;
         Ok(())
     }
 

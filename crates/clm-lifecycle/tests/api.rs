@@ -64,6 +64,30 @@ impl Env {
 
     /// The StageChanged events lifecycle wrote to its outbox, in order.
     async fn stage_changes(&self, contact: &str) -> Vec<ev::StageChanged> {
+        self.outbox()
+            .await
+            .into_iter()
+            .filter_map(|p| match p {
+                ev::event_envelope::Payload::StageChanged(c) if c.contact_id == contact => Some(c),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The LifecycleModelChanged events lifecycle wrote to its outbox, in order.
+    async fn model_changes(&self) -> Vec<ev::LifecycleModelChanged> {
+        self.outbox()
+            .await
+            .into_iter()
+            .filter_map(|p| match p {
+                ev::event_envelope::Payload::LifecycleModelChanged(m) => Some(m),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Every payload lifecycle wrote to its outbox, in order.
+    async fn outbox(&self) -> Vec<ev::event_envelope::Payload> {
         use sea_orm::ConnectionTrait;
         let db = clm_platform::db::connect(self.lifecycle_url(), &self.settings.database).await.unwrap();
         let rows = db
@@ -77,14 +101,7 @@ impl Env {
         rows.iter()
             .filter_map(|r| {
                 let bytes: Vec<u8> = r.try_get("", "payload").unwrap();
-                match prost::Message::decode(bytes.as_slice()).ok()? {
-                    ev::EventEnvelope { payload: Some(ev::event_envelope::Payload::StageChanged(c)), .. }
-                        if c.contact_id == contact =>
-                    {
-                        Some(c)
-                    }
-                    _ => None,
-                }
+                prost::Message::decode(bytes.as_slice()).ok().and_then(|e: ev::EventEnvelope| e.payload)
             })
             .collect()
     }
@@ -453,11 +470,25 @@ async fn models_are_validated_and_protected(backend: Backend) {
         .lifecycle_model
         .unwrap();
     assert!(got.churn_excludes_dormancy);
+    // Each create and update publishes the model's settings with its revision (the etag's
+    // version), so metrics learns a change before the model's next StageChanged.
+    let revision = |etag: &str| clm_platform::convert::etag_version("etag", etag).unwrap().unwrap();
+    let changes = env.model_changes().await;
+    let of_saas: Vec<(i64, bool)> =
+        changes.iter().filter(|m| m.model_id == saas.id).map(|m| (m.revision, m.churn_excludes_dormancy)).collect();
+    assert_eq!(
+        of_saas,
+        [(revision(&saas.etag), false), (revision(&renamed.etag), false), (revision(&set.etag), true)],
+        "created, renamed, the setting changed"
+    );
+    assert!(changes.iter().all(|m| m.update_time.is_some()));
     l.transition_stage(move_to("onboarding")).await.unwrap();
     let published = env.stage_changes(&id).await;
     let last = published.last().expect("a StageChanged");
     assert!(last.to_stage == "onboarding" && last.churn_excludes_dormancy, "{last:?}");
+    assert_eq!(last.model_revision, revision(&set.etag), "the setting's revision travels with it");
     assert!(!published[0].churn_excludes_dormancy, "published before the setting changed");
+    assert!(published[0].model_revision < last.model_revision);
     let err = l
         .update_lifecycle_model(pb::UpdateLifecycleModelRequest {
             lifecycle_model: Some(pb::LifecycleModel {

@@ -551,6 +551,57 @@ async fn retention_and_loyalty_kpis_follow_the_journeys(backend: Backend) {
     env.done().await;
 }
 
+/// Set the default model's `churn_excludes_dormancy` alone (an update with only that path).
+async fn set_churn_excludes_dormancy(l: &mut LifecycleServiceClient<Ch>, on: bool) {
+    l.update_lifecycle_model(lpb::UpdateLifecycleModelRequest {
+        lifecycle_model: Some(lpb::LifecycleModel { churn_excludes_dormancy: on, ..Default::default() }),
+        update_mask: Some(prost_types::FieldMask { paths: vec!["churn_excludes_dormancy".into()] }),
+    })
+    .await
+    .unwrap();
+}
+
+/// Lifecycle's `churn_excludes_dormancy` reaches metrics when the setting alone changes, with
+/// no stage change after it (docs/metrics.md § Customer spells), both ways.
+#[allow(clippy::float_cmp)]
+async fn a_models_churn_setting_reaches_metrics_by_itself(backend: Backend) {
+    let Some(env) = Env::start(backend, "mtbasis").await else { return };
+    let Clients { mut c, mut l, m: mut mc, .. } = env.clients("acme").await;
+    let now = chrono::Utc::now().timestamp_micros();
+    let c1 = contact(&mut c, "b1@example.com", cpb::AcquisitionChannel::Email, None).await;
+    let c2 = contact(&mut c, "b2@example.com", cpb::AcquisitionChannel::Email, None).await;
+    // Both customers 40 days ago; c2 goes dormant in the range.
+    for (id, order) in [(&c1, "b-1"), (&c2, "b-2")] {
+        let e = lpb::JourneyEvent {
+            contact_id: id.clone(),
+            occur_time: Some(clm_platform::convert::timestamp(now - 40 * 86_400_000_000)),
+            detail: Some(purchase(order, 30)),
+            ..Default::default()
+        };
+        record_event(&mut l, e).await;
+    }
+    l.transition_stage(lpb::TransitionStageRequest {
+        contact_id: c2.clone(),
+        to_stage: "dormant".into(),
+        reason: "no reply for months".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut churn = async || {
+        let r = mc.get_stage_metrics(pb::GetStageMetricsRequest::default()).await.ok()?.into_inner().retention?;
+        (r.customers_at_start == 2 && r.dormant == 1).then_some(r.churn_rate)
+    };
+    assert_eq!(wait_for("dormancy counted", &mut churn).await, 0.5, "dormancy is churn by default");
+    // The setting alone, no StageChanged after it: c2, dormant, no longer left.
+    set_churn_excludes_dormancy(&mut l, true).await;
+    wait_for("dormancy left out of churn", async || (churn().await? == 0.0).then_some(())).await;
+    // And back.
+    set_churn_excludes_dormancy(&mut l, false).await;
+    wait_for("dormancy is churn again", async || (churn().await? == 0.5).then_some(())).await;
+    env.done().await;
+}
+
 #[allow(clippy::float_cmp)]
 async fn watch_streams_changes_and_bad_input_is_named(backend: Backend) {
     let Some(env) = Env::start(backend, "mtwatch").await else { return };
@@ -958,6 +1009,7 @@ async fn a_contact_without_a_channel_counts_under_unknown(backend: Backend) {
 
 clm_testkit::backend_tests!(
     a_contact_without_a_channel_counts_under_unknown,
+    a_models_churn_setting_reaches_metrics_by_itself,
     a_retracted_transition_is_uncounted,
     a_segment_filter_narrows_every_kpi,
     every_kpi_from_the_event_stream_and_a_replay_agrees,

@@ -1,7 +1,9 @@
 //! Lifecycle model handlers: create, read, list, update (stages in use cannot be removed),
-//! delete (not the default, not one in use).
+//! delete (not the default, not one in use). Create and update publish LifecycleModelChanged
+//! in their transaction.
 
 use clm_platform::convert::{etag_version, uuid};
+use clm_platform::events::UnitOfWork;
 use clm_platform::idempotency;
 use clm_platform::pagination::page_size;
 use clm_platform::{Error, Violations};
@@ -44,7 +46,7 @@ pub(super) async fn create_lifecycle_model(
         Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("{}/model/{r}", ctx.tenant).as_bytes())
     });
     const METHOD: &str = "CreateLifecycleModel";
-    let txn = clm_platform::db::begin_write(&api.db).await?;
+    let txn = UnitOfWork::begin(&api.db).await?;
     let mut known = false;
     if let Some(r) = rid {
         // Refused when the id served another request; else the model it made (for ids
@@ -76,7 +78,8 @@ pub(super) async fn create_lifecycle_model(
     if rec.is_default {
         store::set_default(&txn, &ctx.tenant, rec.id).await?;
     }
-    txn.commit().await.map_err(Error::from)?;
+    api.events.model_changed(&txn, &ctx.tenant, &rec).await?;
+    txn.commit().await?;
     rec.is_default = m.is_default;
     Ok(Response::new(pb::CreateLifecycleModelResponse { lifecycle_model: Some(model_to_pb(&rec)) }))
 }
@@ -125,7 +128,7 @@ pub(super) async fn update_lifecycle_model(
     }
     v.finish()?;
     let has = |p: &str| paths.is_empty() || paths.iter().any(|x| x == p);
-    let txn = clm_platform::db::begin_write(&api.db).await?;
+    let txn = UnitOfWork::begin(&api.db).await?;
     let current = store::get_model(&txn, &ctx.tenant, model_uuid_or_default(&m.id)).await?;
     if expected.is_some_and(|e| e != current.version) {
         return Err(Error::Aborted("etag mismatch: the model changed; re-read and retry".into()).into());
@@ -185,7 +188,9 @@ pub(super) async fn update_lifecycle_model(
     if next.is_default && !current.is_default {
         store::set_default(&txn, &ctx.tenant, next.id).await?;
     }
-    txn.commit().await.map_err(Error::from)?;
+    // The new revision's settings reach consumers now, not at the model's next StageChanged.
+    api.events.model_changed(&txn, &ctx.tenant, &next).await?;
+    txn.commit().await?;
     Ok(Response::new(pb::UpdateLifecycleModelResponse { lifecycle_model: Some(model_to_pb(&next)) }))
 }
 

@@ -1,11 +1,12 @@
 //! What metrics consumes: contact events (`contact_facts`: channel, campaign, acquisition time
 //! and cost), lifecycle's StageChanged and JourneyEventRecorded (transitions, purchases,
-//! referrals, reviews, activity), feedback's ResponseSubmitted and ReviewRecorded (survey
-//! answers, reviews). Each event records what it says about its contacts in the ledger
-//! (`store::write::ledger`); a batch then adds to the aggregates the change of each touched
-//! contact's contribution (`store::write`). Applied through the platform inbox, so a
-//! redelivered event changes nothing; any order of the same events, and a replay from the first
-//! one, gives the same numbers.
+//! referrals, reviews, activity) and LifecycleModelChanged (a model's churn basis: the newest
+//! revision is kept, whichever event brings it), feedback's ResponseSubmitted and
+//! ReviewRecorded (survey answers, reviews). Each event records what it says about its contacts
+//! in the ledger (`store::write::ledger`); a batch then adds to the aggregates the change of
+//! each touched contact's contribution (`store::write`). Applied through the platform inbox, so
+//! a redelivered event changes nothing; any order of the same events, and a replay from the
+//! first one, gives the same numbers.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -103,7 +104,7 @@ impl MetricsHandler {
                     ledger::put_stage(txn, &tenant, &s.model_id, &s.to_stage, position, &s.to_category, &s.to_role)
                         .await?;
                     let basis = SPELL_BASES[usize::from(s.churn_excludes_dormancy)];
-                    ledger::put_basis(txn, &tenant, &s.model_id, basis).await?;
+                    ledger::put_basis(txn, &tenant, &s.model_id, basis, s.model_revision).await?;
                     let tr = Transition {
                         id: s.transition_id.clone(),
                         model: s.model_id.clone(),
@@ -118,6 +119,12 @@ impl MetricsHandler {
                     };
                     ledger::put_transition(txn, &tenant, &s.contact_id, &tr).await?;
                 }
+                crate::watch::touched(&tenant);
+            }
+            Some(Payload::LifecycleModelChanged(m)) => {
+                // Both bases are kept, so a changed setting re-reads all history at once.
+                let basis = SPELL_BASES[usize::from(m.churn_excludes_dormancy)];
+                ledger::put_basis(txn, &tenant, &m.model_id, basis, m.revision).await?;
                 crate::watch::touched(&tenant);
             }
             Some(Payload::JourneyEventRecorded(j)) => {

@@ -101,6 +101,30 @@ pub fn stage(
     )
 }
 
+/// `e` (a [`stage`] event) as published by model `revision` with its churn setting.
+pub fn of_revision(e: &ev::EventEnvelope, revision: i64, churn_excludes_dormancy: bool) -> ev::EventEnvelope {
+    let mut r = e.clone();
+    if let Some(Payload::StageChanged(s)) = &mut r.payload {
+        s.model_revision = revision;
+        s.churn_excludes_dormancy = churn_excludes_dormancy;
+    }
+    r
+}
+
+/// LifecycleModelChanged of model "m" at `revision`.
+pub fn model_changed(tenant: &str, revision: i64, churn_excludes_dormancy: bool) -> ev::EventEnvelope {
+    envelope(
+        tenant,
+        format!("mc-m-{revision}"),
+        Payload::LifecycleModelChanged(ev::LifecycleModelChanged {
+            model_id: "m".into(),
+            revision,
+            churn_excludes_dormancy,
+            update_time: None,
+        }),
+    )
+}
+
 /// The retraction of `e` (a [`stage`] event).
 pub fn retract(e: &ev::EventEnvelope) -> ev::EventEnvelope {
     let mut r = e.clone();

@@ -56,7 +56,8 @@ pub fn keys_of(aggregate_type: &str, aggregate_id: &str, payload: Option<&Payloa
         Some(Payload::FollowUpOpened(p)) => vec![&p.contact_id],
         Some(Payload::FollowUpClosed(p)) => vec![&p.contact_id],
         Some(Payload::ReviewRecorded(p)) => vec![&p.contact_id],
-        None => vec![],
+        // About a model, no contact: keyed by its aggregate.
+        Some(Payload::LifecycleModelChanged(_)) | None => vec![],
     };
     contacts.retain(|c| !c.is_empty());
     let mut keys: Vec<String> = if contacts.is_empty() {

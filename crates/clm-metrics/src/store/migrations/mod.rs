@@ -1,6 +1,7 @@
 //! Schema migrations of the metrics database: the read model built from events, and the inbox.
 
 mod ledger;
+mod revision;
 
 use sea_orm_migration::prelude::*;
 
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(clm_platform::events::ordering::InboxPositionsMigration),
             Box::new(clm_platform::events::prune::InboxAgeIndexMigration),
             Box::new(ledger::M0007Ledger),
+            Box::new(revision::M0008BasisRevision),
         ]
     }
 }

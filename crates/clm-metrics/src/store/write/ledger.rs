@@ -183,10 +183,23 @@ pub async fn claim_order(db: &impl ConnectionTrait, tenant: &TenantId, order_id:
     Ok(n == 1)
 }
 
-/// Remember a model's churn basis as its events show it (`contribution::SPELL_BASES`).
-pub async fn put_basis(db: &impl ConnectionTrait, tenant: &TenantId, model: &str, basis: &str) -> Result<()> {
-    let q = Sql::insert(tenant, "model_settings", &["model_id", "spell_basis"], [vec![v(model), v(basis)]])
-        .then(" ON CONFLICT (tenant_id, model_id) DO UPDATE SET spell_basis = excluded.spell_basis", []);
+/// Remember a model's churn basis (`contribution::SPELL_BASES`) as of the model's `revision`
+/// (lifecycle's; 0 when the event carried none): it replaces the stored one only when of the
+/// same or a newer revision, so an older event consumed late (events about different contacts
+/// and the model's own arrive in no set order) cannot restore an older setting.
+pub async fn put_basis(
+    db: &impl ConnectionTrait,
+    tenant: &TenantId,
+    model: &str,
+    basis: &str,
+    revision: i64,
+) -> Result<()> {
+    let cols = ["model_id", "spell_basis", "basis_revision"];
+    let q = Sql::insert(tenant, "model_settings", &cols, [vec![v(model), v(basis), v(revision)]]).then(
+        " ON CONFLICT (tenant_id, model_id) DO UPDATE SET spell_basis = excluded.spell_basis, \
+         basis_revision = excluded.basis_revision WHERE model_settings.basis_revision <= excluded.basis_revision",
+        [],
+    );
     exec(db, q).await?;
     Ok(())
 }

@@ -117,11 +117,22 @@ fn contacts_is_asked_in_one_place_with_no_transaction_open() {
     // Messages read the contact before any transaction opens (the sender, SendMessage, the
     // preview): each `contacts.get` comes before the file's first `UnitOfWork::begin`.
     assert_eq!(users("contacts.get("), ["api/deliveries.rs", "api/templates.rs", "messaging/sender.rs"]);
-    for f in ["api/deliveries.rs", "messaging/sender.rs"] {
+    let before = |f: &str, first: &str, then: &str| {
         let text = std::fs::read_to_string(src().join(f)).unwrap();
-        let asked = text.find("contacts.get(").unwrap();
-        assert!(text.find("UnitOfWork::begin").is_none_or(|b| b > asked), "{f}: contacts is asked inside a transaction");
-    }
+        let (a, b) = (text.find(first).unwrap(), text.find(then).unwrap());
+        assert!(a < b, "{f}: `{first}` must come before `{then}`");
+    };
+    before("api/deliveries.rs", "contacts.get(", "UnitOfWork::begin");
+    // The sender asks contacts in `process`, which is given no transaction; `take` opens one
+    // only after `process` has returned.
+    before("messaging/sender.rs", "let outcome = self.process(", "UnitOfWork::begin");
+    let sender = std::fs::read_to_string(src().join("messaging/sender.rs")).unwrap();
+    let process = &sender[sender.find("async fn process(").unwrap()..];
+    let signature = &process[..process.find('{').unwrap()];
+    assert!(
+        !signature.contains("txn") && !signature.contains("UnitOfWork"),
+        "process gets no transaction: {signature}"
+    );
     let engine =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/journeys/automations.rs")).unwrap();
     let run = &engine[engine.find("struct Run<'a>").unwrap()..];

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use prost::Message;
 
 fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
+    // A directory's own mtime changes when a file is added to it (a new .proto).
+    println!("cargo:rerun-if-changed={}", dir.display());
     let mut entries: Vec<_> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
         .map(|e| e.expect("dir entry").path())

@@ -7,8 +7,9 @@
 //! - `api`: the gRPC handlers of `clm.lifecycle.v1.LifecycleService`, one module per resource.
 //! - `events`: what lifecycle consumes (`LifecycleHandler`), the scheduler's sweep, and the
 //!   feed `WatchStageChanges` streams.
-//! - `journeys`: the one use case that changes a journey (`advance`) and the automations it
-//!   owes (run after commit, never with a transaction open while asking contacts).
+//! - `journeys`: the one use case that changes a journey (`advance`), the automations it owes
+//!   (run after commit, never with a transaction open while asking contacts) and the campaign
+//!   engine (enrolments, steps, durable timers).
 //! - `messaging`: messages to contacts — deliveries queued in the caller's transaction, sent
 //!   after commit by the sender (SMTP, signed webhooks) while consent allows.
 //! - `contacts_client`: what automations need to run — the publisher and the contacts service.
@@ -90,6 +91,13 @@ impl clm_platform::runtime::Service for LifecycleService {
         let links = messaging::links::Links::new(&m.link_secret, &m.public_url);
         shared.track(messaging::sender::spawn(
             messaging::sender::Sender::from_settings(db.clone(), automator.contacts.clone(), links.clone(), m)?,
+            shared.stopping(),
+        ));
+        // Campaign enrolments whose timer is due (and new ones, woken at once).
+        shared.track(journeys::campaigns::spawn_runner(
+            db.clone(),
+            automator.clone(),
+            std::time::Duration::from_millis(m.poll_interval_ms.max(10)),
             shared.stopping(),
         ));
         let changes = events::watch::changes();

@@ -105,15 +105,23 @@ fn deliveries_are_queued_in_one_place() {
     // A delivery is written by `messaging::enqueue`, in the caller's unit of work, so it exists
     // exactly when the change that asked for it committed.
     assert_eq!(users("insert_delivery("), ["messaging/mod.rs", "store/messaging.rs"]);
-    assert_eq!(users("messaging::enqueue("), ["api/deliveries.rs", "journeys/automations.rs"]);
+    assert_eq!(users("messaging::enqueue("), ["api/deliveries.rs", "journeys/automations.rs", "journeys/campaigns.rs"]);
 }
 
 #[test]
 fn contacts_is_asked_in_one_place_with_no_transaction_open() {
-    // `journeys::automations::ask` is given no transaction; the code that runs inside one
-    // (`Run`) holds no contacts client.
-    assert_eq!(users(".matches(tenant"), ["journeys/automations.rs"]);
-    assert_eq!(users(".in_segment("), ["journeys/automations.rs"]);
+    // `journeys::conditions::ask` is given no transaction; the code that runs inside one (an
+    // automation's `Run`, a campaign's `run_step`) holds no contacts client.
+    assert_eq!(users(".matches(tenant"), ["journeys/conditions.rs"]);
+    assert_eq!(users(".in_segment("), ["journeys/conditions.rs"]);
+    let campaigns =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/journeys/campaigns.rs")).unwrap();
+    let run_step = &campaigns[campaigns.find("async fn run_step(").unwrap()..];
+    let signature = &run_step[..run_step.find('{').unwrap()];
+    assert!(
+        !signature.contains("ContactsProbe") && !signature.contains("Automator"),
+        "run_step must not hold a client: {signature}"
+    );
     // Messages read the contact before any transaction opens (the sender, SendMessage, the
     // preview): each `contacts.get` comes before the file's first `UnitOfWork::begin`.
     assert_eq!(users("contacts.get("), ["api/deliveries.rs", "api/templates.rs", "messaging/sender.rs"]);
@@ -138,7 +146,9 @@ fn contacts_is_asked_in_one_place_with_no_transaction_open() {
     let run = &engine[engine.find("struct Run<'a>").unwrap()..];
     let fields = &run[..run.find('}').unwrap()];
     assert!(!fields.contains("ContactsProbe") && !fields.contains("Automator"), "Run must not hold a client: {fields}");
-    let ask = &engine[engine.find("pub async fn ask(").unwrap()..];
+    let conditions =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/journeys/conditions.rs")).unwrap();
+    let ask = &conditions[conditions.find("pub async fn ask(").unwrap()..];
     let signature = &ask[..ask.find('{').unwrap()];
     assert!(!signature.contains("txn") && !signature.contains("Transaction"), "ask gets no transaction: {signature}");
 }

@@ -106,6 +106,11 @@ impl Violations {
         self.0.is_empty()
     }
 
+    /// The violations recorded (to re-file them under another field path).
+    pub fn into_violations(self) -> Vec<FieldViolation> {
+        self.0
+    }
+
     /// `Ok(())` when nothing was recorded, else `InvalidArgument` with every violation.
     pub fn finish(self) -> Result<()> {
         if self.0.is_empty() { Ok(()) } else { Err(Error::InvalidArgument(self.0)) }

@@ -17,7 +17,7 @@ use crate::store::{self, now_micros};
 
 // ---- CRUD ----
 
-fn check(a: &pb::Automation, v: &mut Violations) {
+pub(super) fn check(a: &pb::Automation, v: &mut Violations) {
     let name = a.display_name.trim();
     if name.is_empty() || name.chars().count() > 128 {
         v.add("automation.display_name", "1 to 128 characters");

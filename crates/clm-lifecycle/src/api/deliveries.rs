@@ -49,6 +49,7 @@ pub(super) fn to_pb(d: &delivery::Model, attempts: &[delivery_attempt::Model]) -
         reason: d.reason.clone(),
         source: d.source.clone(),
         automation_id: d.automation_id.clone(),
+        campaign_id: d.campaign_id.clone(),
         recipient: d.recipient.clone(),
         subject: d.subject.clone(),
         attempt_count: i32::try_from(d.attempt_count).unwrap_or(i32::MAX),
@@ -138,6 +139,7 @@ pub async fn list(
         contact: opt(&mut v, "contact_id", &req.contact_id),
         automation: opt(&mut v, "automation_id", &req.automation_id),
         template: opt(&mut v, "template_id", &req.template_id),
+        campaign: opt(&mut v, "campaign_id", &req.campaign_id),
         state: match pb::DeliveryState::try_from(req.state) {
             Ok(s) => state_key(s),
             Err(_) => {
@@ -151,7 +153,10 @@ pub async fn list(
         v.add("page_size", "must be 0 to 1000");
     }
     v.finish()?;
-    let fp = format!("deliveries|{}|{}|{}|{}", req.contact_id, req.automation_id, req.template_id, req.state);
+    let fp = format!(
+        "deliveries|{}|{}|{}|{}|{}",
+        req.contact_id, req.automation_id, req.template_id, req.state, req.campaign_id
+    );
     let after: Option<(i64, String)> = api.tokens.decode(&req.page_token, &ctx.tenant, &fp)?;
     let (rows, next) =
         store::messaging::list_deliveries(&api.db, &ctx.tenant, &filter, after.as_ref(), limit.expect("checked"))

@@ -2,9 +2,11 @@
 //! store, map back. No SQL here. The service trait is a list of delegations; the bodies live
 //! by resource: `models.rs`, `journeys.rs` (journey events, moves, journeys, watches; every
 //! change through `journeys::advance`), `automations.rs`, `rules.rs`, `templates.rs` (message
-//! templates and their preview), `deliveries.rs` (SendMessage and the delivery log).
+//! templates and their preview), `deliveries.rs` (SendMessage and the delivery log),
+//! `campaigns.rs` (campaigns, their statistics and enrolments).
 
 pub mod automations;
+mod campaigns;
 mod deliveries;
 mod journeys;
 mod models;
@@ -258,6 +260,55 @@ impl LifecycleService for LifecycleApi {
         req: Request<pb::ListDeliveriesRequest>,
     ) -> Result<Response<pb::ListDeliveriesResponse>, Status> {
         deliveries::list(self, req).await
+    }
+
+    async fn create_campaign(
+        &self,
+        req: Request<pb::CreateCampaignRequest>,
+    ) -> Result<Response<pb::CreateCampaignResponse>, Status> {
+        campaigns::create(self, req).await
+    }
+
+    async fn get_campaign(
+        &self,
+        req: Request<pb::GetCampaignRequest>,
+    ) -> Result<Response<pb::GetCampaignResponse>, Status> {
+        campaigns::get(self, req).await
+    }
+
+    async fn list_campaigns(
+        &self,
+        req: Request<pb::ListCampaignsRequest>,
+    ) -> Result<Response<pb::ListCampaignsResponse>, Status> {
+        campaigns::list(self, req).await
+    }
+
+    async fn update_campaign(
+        &self,
+        req: Request<pb::UpdateCampaignRequest>,
+    ) -> Result<Response<pb::UpdateCampaignResponse>, Status> {
+        campaigns::update(self, req).await
+    }
+
+    async fn delete_campaign(
+        &self,
+        req: Request<pb::DeleteCampaignRequest>,
+    ) -> Result<Response<pb::DeleteCampaignResponse>, Status> {
+        campaigns::delete(self, req).await
+    }
+
+    async fn get_campaign_stats(
+        &self,
+        req: Request<pb::GetCampaignStatsRequest>,
+    ) -> Result<Response<pb::GetCampaignStatsResponse>, Status> {
+        campaigns::stats(self, req).await
+    }
+
+    async fn list_enrolments(
+        &self,
+        req: Request<pb::ListEnrolmentsRequest>,
+    ) -> Result<Response<pb::ListEnrolmentsResponse>, Status> {
+        campaigns::list_enrolments(self, req).await
     }
 
     async fn get_rule_settings(

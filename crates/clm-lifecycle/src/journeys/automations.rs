@@ -23,153 +23,33 @@ use clm_proto::events::v1 as ev;
 use clm_proto::lifecycle::v1 as pb;
 use prost::Message;
 use sea_orm::{ConnectionTrait, DatabaseConnection};
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::{Happened, advance};
-use crate::contacts_client::{Automator, ContactsProbe};
+use crate::contacts_client::Automator;
 use crate::domain::contact::ContactState;
 use crate::domain::model::StageKey;
 use crate::publish::Publisher;
-use crate::store::entities::{automation, automation_job, automation_run, manual_move, transition};
+use crate::store::entities::{automation, automation_job, automation_run, manual_move};
 use crate::store::{self, ModelRecord, now_micros};
 
-/// Longest chain of automation-caused moves from one original event.
-pub const MAX_CHAIN: usize = 5;
+pub use super::MAX_CHAIN;
 /// Most automations per tenant.
 pub const MAX_AUTOMATIONS: u64 = 200;
-/// How long one question to the contacts service may take before the run is logged FAILED.
-pub const REMOTE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// What happened that may fire automations.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum Trigger {
-    Entered {
-        stage: String,
-        transition_id: String,
-    },
-    Exited {
-        stage: String,
-        transition_id: String,
-    },
-    JourneyEvent {
-        kind: String,
-        custom_name: String,
-        event_id: String,
-    },
-    SurveyResponse {
-        kind: String,
-        score: i32,
-        response_id: String,
-    },
-    /// No journey event for `idle_micros`, the last one at `since`.
-    Inactive {
-        idle_micros: i64,
-        since: i64,
-    },
-}
-
-impl Trigger {
-    fn reference(&self) -> String {
-        match self {
-            Trigger::Entered { transition_id, .. } | Trigger::Exited { transition_id, .. } => transition_id.clone(),
-            Trigger::JourneyEvent { event_id, .. } => event_id.clone(),
-            Trigger::SurveyResponse { response_id, .. } => response_id.clone(),
-            Trigger::Inactive { .. } => "inactivity".into(),
-        }
-    }
-
-    fn matches(&self, t: &pb::Trigger) -> bool {
-        use pb::trigger::Kind;
-        match (&t.kind, self) {
-            (Some(Kind::StageEntered(s)), Trigger::Entered { stage, .. })
-            | (Some(Kind::StageExited(s)), Trigger::Exited { stage, .. }) => s == stage,
-            (Some(Kind::JourneyEvent(k)), Trigger::JourneyEvent { kind, custom_name, .. }) => {
-                k == kind || (kind == "custom" && k == custom_name)
-            }
-            (Some(Kind::SurveyResponse(r)), Trigger::SurveyResponse { kind, score, .. }) => {
-                (r.survey_kind.is_empty() || &r.survey_kind == kind) && (r.min_score..=r.max_score).contains(score)
-            }
-            (Some(Kind::Inactivity(d)), Trigger::Inactive { idle_micros, .. }) => {
-                clm_platform::convert::duration_micros(d).is_some_and(|need| *idle_micros >= need)
-            }
-            _ => false,
-        }
-    }
-
-    /// Whether this trigger fires automation `a` (its stored body).
-    pub fn fires(&self, a: &automation::Model) -> bool {
-        pb::Automation::decode(a.body.as_slice()).is_ok_and(|b| b.trigger.as_ref().is_some_and(|t| self.matches(t)))
-    }
-}
-
-/// Triggers implied by new transitions.
-pub fn stage_triggers(new: &[transition::Model]) -> Vec<Trigger> {
-    let mut out = Vec::new();
-    for t in new {
-        if let Some(from) = &t.from_stage {
-            out.push(Trigger::Exited { stage: from.clone(), transition_id: t.id.clone() });
-        }
-        out.push(Trigger::Entered { stage: t.to_stage.clone(), transition_id: t.id.clone() });
-    }
-    out
-}
+pub use super::conditions::{REMOTE_TIMEOUT, Remote, RemoteFacts, ask};
+pub use super::triggers::{Trigger, stage_triggers};
 
 // ---- conditions the contacts service answers, asked before the transaction ----
-
-/// A condition only the contacts service can answer.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Remote {
-    Filter(String),
-    Segment(String),
-}
-
-/// The answers to the remote conditions a job needs: `Err` names why one could not be asked
-/// (contacts unreachable, a bad filter, a missing segment); the run is then logged FAILED.
-pub type RemoteFacts = HashMap<Remote, Result<bool, String>>;
-
-fn remote(c: &pb::Condition) -> Option<Remote> {
-    match &c.kind {
-        Some(pb::condition::Kind::ContactFilter(f)) => Some(Remote::Filter(f.clone())),
-        Some(pb::condition::Kind::SegmentId(s)) => Some(Remote::Segment(s.clone())),
-        _ => None,
-    }
-}
 
 /// The remote conditions of the automations `triggers` fire.
 fn needed(autos: &[automation::Model], triggers: &[Trigger]) -> Vec<Remote> {
     let mut out = Vec::new();
     for a in autos.iter().filter(|a| triggers.iter().any(|t| t.fires(a))) {
         let Ok(body) = pb::Automation::decode(a.body.as_slice()) else { continue };
-        for r in body.conditions.iter().filter_map(remote) {
-            if !out.contains(&r) {
-                out.push(r);
-            }
-        }
+        super::conditions::needed_of(&body.conditions, &mut out);
     }
     out
-}
-
-/// Ask the contacts service the remote conditions. The only place lifecycle calls contacts
-/// for automations; it is given no transaction, and callers hold none open.
-pub async fn ask(contacts: &ContactsProbe, tenant: &TenantId, contact: Uuid, needed: Vec<Remote>) -> RemoteFacts {
-    let mut facts = RemoteFacts::new();
-    for r in needed {
-        let call = async {
-            match &r {
-                Remote::Filter(f) => contacts.matches(tenant, contact, f).await,
-                Remote::Segment(s) => contacts.in_segment(tenant, contact, s).await,
-            }
-        };
-        let answer = match tokio::time::timeout(REMOTE_TIMEOUT, call).await {
-            Ok(Ok(b)) => Ok(b),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("contacts service: no answer within {REMOTE_TIMEOUT:?}")),
-        };
-        facts.insert(r, answer);
-    }
-    facts
 }
 
 // ---- running jobs ----
@@ -213,8 +93,12 @@ async fn run_job(
     let model_id = Uuid::parse_str(&job.model_id).unwrap_or_default();
     // Step 1, no transaction: what the job fires, and the contacts service's answers for it.
     let autos = store::automations::enabled(db, tenant, model_id).await?;
+    // Campaigns the triggers may enrol the contact into (their entry conditions are asked too).
+    let campaigns = store::campaigns::active(db, tenant, model_id).await?;
     let facts = if depth < MAX_CHAIN {
-        ask(&automator.contacts, tenant, contact, needed(&autos, &triggers)).await
+        let mut remote = needed(&autos, &triggers);
+        super::campaigns::needed(&campaigns, &triggers, &mut remote);
+        ask(&automator.contacts, tenant, contact, remote).await
     } else {
         RemoteFacts::new()
     };
@@ -232,13 +116,19 @@ async fn run_job(
     let moved = match store::get_model(&txn, tenant, &job.model_id).await {
         Ok(model) => {
             let run = Run { publisher: &automator.publisher, tenant, model: &model, contact, depth, facts: &facts };
-            run.execute(&txn, &triggers).await?
+            let moved = run.execute(&txn, &triggers).await?;
+            // The same triggers move the contact's campaign enrolments on (exit rules, waits
+            // for an event) and enrol it into campaigns; their steps run in the campaign runner.
+            super::campaigns::on_triggers(&txn, tenant, &model, contact, depth, &triggers, &facts).await?;
+            moved
         }
         // The model was deleted since: nothing to run in it.
         Err(Error::NotFound { .. }) => 0,
         Err(e) => return Err(e),
     };
     txn.commit().await?;
+    // Enrolments this job made or moved on are due now.
+    super::campaigns::wake();
     Ok(moved)
 }
 
@@ -362,24 +252,7 @@ impl Run<'_> {
         body: &pb::Automation,
         current: &str,
     ) -> Result<Result<bool, String>, Error> {
-        let (tags, channel) = store::contact_facts(txn, self.tenant, self.contact).await?;
-        for c in &body.conditions {
-            let ok = match (&c.kind, remote(c)) {
-                (_, Some(r)) => self
-                    .facts
-                    .get(&r)
-                    .cloned()
-                    .unwrap_or_else(|| Err("the automation changed while it ran; not asked".into())),
-                (Some(pb::condition::Kind::InStage(s)), None) => Ok(s == current),
-                (Some(pb::condition::Kind::HasTag(t)), None) => Ok(tags.contains(&t.to_lowercase())),
-                (Some(pb::condition::Kind::AcquisitionChannel(ch)), None) => Ok(ch == &channel),
-                _ => Ok(true),
-            };
-            if ok != Ok(true) {
-                return Ok(ok);
-            }
-        }
-        Ok(Ok(true))
+        super::conditions::evaluate(txn, self.tenant, self.contact, &body.conditions, current, self.facts).await
     }
 
     /// Carry out the actions; the run's outcome, its message and how many transitions moves made.

@@ -41,6 +41,12 @@
 //! - **Watchers** need nothing from here: `events/watch.rs` follows StageChanged on the bus.
 
 pub mod automations;
+pub mod campaigns;
+pub mod conditions;
+pub mod triggers;
+
+/// Longest chain of automation- or campaign-caused moves from one original event.
+pub const MAX_CHAIN: usize = 5;
 
 use clm_platform::events::UnitOfWork;
 use clm_platform::{Result, TenantId};
@@ -154,7 +160,13 @@ async fn owe(
         return Ok(false);
     }
     let autos = store::automations::enabled(txn, tenant, model.id).await?;
-    let fired: Vec<Trigger> = triggers.into_iter().filter(|t| autos.iter().any(|a| t.fires(a))).collect();
+    // Campaigns care about every trigger of a contact they hold (exit rules, waits), and about
+    // the triggers that enrol into them.
+    let fired: Vec<Trigger> = if campaigns::concerned(txn, tenant, model.id, contact, &triggers).await? {
+        triggers
+    } else {
+        triggers.into_iter().filter(|t| autos.iter().any(|a| t.fires(a))).collect()
+    };
     if fired.is_empty() {
         return Ok(false);
     }

@@ -27,6 +27,7 @@ use crate::store::{self, now_micros};
 pub enum Source<'a> {
     Api,
     Automation(&'a str),
+    Campaign(&'a str),
 }
 
 /// Queue template `template` for `contact` in `work` (the change that asks for it): the
@@ -42,9 +43,10 @@ pub async fn enqueue(
 ) -> Result<delivery::Model, Error> {
     let t = store::messaging::find_template(work, tenant, template).await?;
     let now = now_micros();
-    let (source, automation) = match source {
-        Source::Api => ("api", String::new()),
-        Source::Automation(a) => ("automation", a.to_owned()),
+    let (source, automation, campaign) = match source {
+        Source::Api => ("api", String::new(), String::new()),
+        Source::Automation(a) => ("automation", a.to_owned(), String::new()),
+        Source::Campaign(c) => ("campaign", String::new(), c.to_owned()),
     };
     let row = delivery::Model {
         id: id.to_string(),
@@ -54,6 +56,7 @@ pub async fn enqueue(
         channel: t.channel.clone(),
         source: source.to_owned(),
         automation_id: automation,
+        campaign_id: campaign,
         state: "queued".into(),
         reason: String::new(),
         recipient: String::new(),

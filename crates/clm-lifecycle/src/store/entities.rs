@@ -346,9 +346,11 @@ pub mod delivery {
         pub contact_id: String,
         pub template_id: String,
         pub channel: String,
-        /// "api" or "automation".
+        /// "api", "automation" or "campaign".
         pub source: String,
         pub automation_id: String,
+        /// The campaign that sent it ("" if none).
+        pub campaign_id: String,
         /// "queued", "retrying", "sent", "skipped" or "dead".
         pub state: String,
         pub reason: String,
@@ -405,6 +407,96 @@ pub mod suppression {
         pub purpose: String,
         pub delivery_id: String,
         pub create_time: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// A campaign: its definition as an encoded `clm.lifecycle.v1.Campaign` (trigger, conditions,
+/// steps, exit rules, re-entry).
+pub mod campaign {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "campaigns")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub tenant_id: String,
+        pub display_name: String,
+        /// "draft", "active" or "paused".
+        pub status: String,
+        pub model_id: String,
+        pub body: Vec<u8>,
+        pub version: i64,
+        pub create_time: i64,
+        pub update_time: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// One contact's way through one campaign: the step it is at and its timer.
+pub mod enrolment {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "campaign_enrolments")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub tenant_id: String,
+        pub campaign_id: String,
+        pub contact_id: String,
+        /// "active", "completed" or "exited".
+        pub state: String,
+        pub step_key: String,
+        /// At a wait step, its timer set.
+        pub waiting: bool,
+        /// When the runner should look at it (µs; due now when enrolled or moved on).
+        pub wake_time: i64,
+        /// A wait step's event ("" = none).
+        pub waiting_event: String,
+        pub converted: bool,
+        pub exit_reason: String,
+        /// How many automation or campaign moves led to the enrolment (loop guard).
+        pub depth: i64,
+        pub lease_until: i64,
+        pub version: i64,
+        pub enrol_time: i64,
+        pub finish_time: Option<i64>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// What each enrolment did at each step: "entered", "completed", "exited" (the statistics).
+pub mod step_log {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "campaign_step_log")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub tenant_id: String,
+        pub campaign_id: String,
+        pub enrolment_id: String,
+        pub step_key: String,
+        pub what: String,
+        pub converted: bool,
+        /// A send step's delivery id; an exit's reason.
+        pub detail: String,
+        pub at: i64,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -158,6 +158,7 @@ pub struct DeliveryFilter {
     pub contact: Option<Uuid>,
     pub automation: Option<Uuid>,
     pub template: Option<Uuid>,
+    pub campaign: Option<Uuid>,
     pub state: Option<&'static str>,
 }
 
@@ -178,6 +179,9 @@ pub async fn list_deliveries(
     }
     if let Some(t) = filter.template {
         q = q.filter(delivery::Column::TemplateId.eq(t.to_string()));
+    }
+    if let Some(c) = filter.campaign {
+        q = q.filter(delivery::Column::CampaignId.eq(c.to_string()));
     }
     if let Some(s) = filter.state {
         q = q.filter(delivery::Column::State.eq(s));

@@ -21,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(M0003AutomationJobs),
             Box::new(M0004ChurnSetting),
             Box::new(M0006Messaging),
+            Box::new(M0008Campaigns),
         ]
     }
 }
@@ -404,6 +405,100 @@ impl MigrationTrait for M0006Messaging {
 
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
         for t in ["suppressions", "delivery_attempts", "deliveries", "message_templates"] {
+            m.drop_table(Table::drop().table(Alias::new(t)).to_owned()).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Campaigns, each contact's enrolment (its step and its timer, leased by one runner at a time)
+/// and the step log behind the statistics; deliveries name the campaign that sent them.
+struct M0008Campaigns;
+
+impl MigrationName for M0008Campaigns {
+    fn name(&self) -> &'static str {
+        "m0008_campaigns"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0008Campaigns {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.create_table(
+            Table::create()
+                .table(Alias::new("campaigns"))
+                .col(id("id"))
+                .col(text("tenant_id"))
+                .col(text("display_name"))
+                .col(text("status"))
+                .col(text("model_id"))
+                .col(ColumnDef::new(Alias::new("body")).blob().not_null())
+                .col(big("version"))
+                .col(big("create_time"))
+                .col(big("update_time"))
+                .to_owned(),
+        )
+        .await?;
+        index(m, "ix_campaigns_tenant", "campaigns", &["tenant_id", "create_time", "id"], false).await?;
+        m.create_table(
+            Table::create()
+                .table(Alias::new("campaign_enrolments"))
+                .col(id("id"))
+                .col(text("tenant_id"))
+                .col(text("campaign_id"))
+                .col(text("contact_id"))
+                .col(text("state"))
+                .col(text("step_key"))
+                .col(flag("waiting"))
+                .col(big("wake_time"))
+                .col(text("waiting_event"))
+                .col(flag("converted"))
+                .col(long_text("exit_reason"))
+                .col(big("depth"))
+                .col(big("lease_until"))
+                .col(big("version"))
+                .col(big("enrol_time"))
+                .col(big_null("finish_time"))
+                .to_owned(),
+        )
+        .await?;
+        // The runner's scan: active enrolments whose timer is due.
+        index(m, "ix_enrolments_due", "campaign_enrolments", &["state", "wake_time"], false).await?;
+        index(m, "ix_enrolments_contact", "campaign_enrolments", &["tenant_id", "contact_id", "state"], false).await?;
+        index(m, "ix_enrolments_campaign", "campaign_enrolments", &["tenant_id", "campaign_id", "contact_id"], false)
+            .await?;
+        m.create_table(
+            Table::create()
+                .table(Alias::new("campaign_step_log"))
+                .col(id("id"))
+                .col(text("tenant_id"))
+                .col(text("campaign_id"))
+                .col(text("enrolment_id"))
+                .col(text("step_key"))
+                .col(text("what"))
+                .col(flag("converted"))
+                .col(long_text("detail"))
+                .col(big("at"))
+                .to_owned(),
+        )
+        .await?;
+        index(m, "ix_step_log_campaign", "campaign_step_log", &["tenant_id", "campaign_id", "step_key", "what"], false)
+            .await?;
+        index(m, "ix_step_log_enrolment", "campaign_step_log", &["tenant_id", "enrolment_id"], false).await?;
+        m.alter_table(
+            Table::alter()
+                .table(Alias::new("deliveries"))
+                .add_column(ColumnDef::new(Alias::new("campaign_id")).text().not_null().default(""))
+                .to_owned(),
+        )
+        .await?;
+        index(m, "ix_deliveries_campaign", "deliveries", &["tenant_id", "campaign_id", "create_time"], false).await
+    }
+
+    async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.alter_table(Table::alter().table(Alias::new("deliveries")).drop_column(Alias::new("campaign_id")).to_owned())
+            .await?;
+        for t in ["campaign_step_log", "campaign_enrolments", "campaigns"] {
             m.drop_table(Table::drop().table(Alias::new(t)).to_owned()).await?;
         }
         Ok(())

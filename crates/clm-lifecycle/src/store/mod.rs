@@ -8,6 +8,7 @@
 //! [`insert_move`].
 
 pub mod automations;
+pub mod campaigns;
 pub mod entities;
 mod journeys;
 pub mod messaging;
@@ -394,6 +395,7 @@ pub async fn contact_state(
 pub async fn erase_contact(db: &impl ConnectionTrait, tenant: &TenantId, contact: &str) -> Result<()> {
     automations::drop_jobs(db, tenant, contact).await?;
     messaging::drop_contact(db, tenant, contact).await?;
+    campaigns::drop_contact(db, tenant, contact).await?;
     journey_event::Entity::delete_many()
         .filter(journey_event::Column::TenantId.eq(tenant.as_str()))
         .filter(journey_event::Column::ContactId.eq(contact))

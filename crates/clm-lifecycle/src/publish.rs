@@ -115,6 +115,31 @@ impl Publisher {
         Ok(())
     }
 
+    /// CampaignEnrolmentChanged: an enrolment began or ended (metrics: conversion by campaign).
+    pub async fn enrolment(
+        &self,
+        txn: &UnitOfWork,
+        tenant: &TenantId,
+        campaign_name: &str,
+        e: &crate::store::entities::enrolment::Model,
+    ) -> Result<()> {
+        let at = e.finish_time.unwrap_or(e.enrol_time);
+        let p = Payload::CampaignEnrolmentChanged(ev::CampaignEnrolmentChanged {
+            campaign_id: e.campaign_id.clone(),
+            campaign_name: campaign_name.to_owned(),
+            enrolment_id: e.id.clone(),
+            contact_id: e.contact_id.clone(),
+            state: e.state.clone(),
+            converted: e.converted,
+            step_key: e.step_key.clone(),
+            exit_reason: e.exit_reason.clone(),
+            enrol_time: Some(timestamp(e.enrol_time)),
+            finish_time: e.finish_time.map(timestamp),
+        });
+        self.outbox.append(txn, tenant, "journey", &e.contact_id, at, p).await?;
+        Ok(())
+    }
+
     pub async fn automation(&self, txn: &UnitOfWork, tenant: &TenantId, a: ev::AutomationTriggered) -> Result<()> {
         let contact = a.contact_id.clone();
         self.outbox.append(txn, tenant, "journey", &contact, now_micros(), Payload::AutomationTriggered(a)).await?;

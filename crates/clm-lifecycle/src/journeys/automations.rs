@@ -119,7 +119,17 @@ async fn run_job(
             let moved = run.execute(&txn, &triggers).await?;
             // The same triggers move the contact's campaign enrolments on (exit rules, waits
             // for an event) and enrol it into campaigns; their steps run in the campaign runner.
-            super::campaigns::on_triggers(&txn, tenant, &model, contact, depth, &triggers, &facts).await?;
+            super::campaigns::on_triggers(
+                &txn,
+                &automator.publisher,
+                tenant,
+                &model,
+                contact,
+                depth,
+                &triggers,
+                &facts,
+            )
+            .await?;
             moved
         }
         // The model was deleted since: nothing to run in it.

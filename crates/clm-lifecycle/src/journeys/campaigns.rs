@@ -155,8 +155,10 @@ async fn exit(
 
 /// What `triggers` do to campaigns for `contact`, inside the automation job's transaction:
 /// move its active enrolments on (exit rules, waits for an event), then enrol it.
+#[allow(clippy::too_many_arguments)]
 pub async fn on_triggers(
     txn: &UnitOfWork,
+    publisher: &Publisher,
     tenant: &TenantId,
     model: &ModelRecord,
     contact: Uuid,
@@ -167,8 +169,8 @@ pub async fn on_triggers(
     let now = now_micros();
     for mut e in store::campaigns::active_of(txn, tenant, &contact.to_string()).await? {
         let Ok(id) = Uuid::parse_str(&e.campaign_id) else { continue };
-        let c = match store::campaigns::find(txn, tenant, id).await {
-            Ok(c) if c.model_id == model.id.to_string() => body(&c),
+        let (name, c) = match store::campaigns::find(txn, tenant, id).await {
+            Ok(c) if c.model_id == model.id.to_string() => (c.display_name.clone(), body(&c)),
             Ok(_) => continue,
             Err(Error::NotFound { .. }) => continue,
             Err(err) => return Err(err),
@@ -192,7 +194,9 @@ pub async fn on_triggers(
             continue;
         }
         e.lease_until = 0;
-        store::campaigns::save(txn, tenant, &e, version).await?;
+        if store::campaigns::save(txn, tenant, &e, version).await? && e.state != "active" {
+            publisher.enrolment(txn, tenant, &name, &e).await?;
+        }
     }
     if depth >= MAX_CHAIN {
         return Ok(());
@@ -231,6 +235,7 @@ pub async fn on_triggers(
         };
         store::campaigns::enrol(txn, e.clone()).await?;
         store::campaigns::log(txn, tenant, &e, &e.step_key, "entered", false, "", now).await?;
+        publisher.enrolment(txn, tenant, &row.display_name, &e).await?;
     }
     Ok(())
 }
@@ -359,6 +364,9 @@ async fn step(
     now_e.lease_until = if now_e.state == "active" && !now_e.waiting { now_e.lease_until } else { 0 };
     if !store::campaigns::save(&txn, tenant, &now_e, version).await? {
         return Ok(None);
+    }
+    if now_e.state != "active" {
+        automator.publisher.enrolment(&txn, tenant, &row.display_name, &now_e).await?;
     }
     txn.commit().await?;
     messaging::wake();

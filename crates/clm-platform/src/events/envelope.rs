@@ -21,6 +21,7 @@ pub fn payload_name(p: &Payload) -> &'static str {
         Payload::JourneyEventRecorded(_) => "JourneyEventRecorded",
         Payload::AutomationTriggered(_) => "AutomationTriggered",
         Payload::UnsubscribeRecorded(_) => "UnsubscribeRecorded",
+        Payload::CampaignEnrolmentChanged(_) => "CampaignEnrolmentChanged",
         Payload::LifecycleModelChanged(_) => "LifecycleModelChanged",
         Payload::SurveyRequested(_) => "SurveyRequested",
         Payload::ResponseSubmitted(_) => "ResponseSubmitted",

@@ -51,6 +51,7 @@ pub fn keys_of(aggregate_type: &str, aggregate_id: &str, payload: Option<&Payloa
         Some(Payload::JourneyEventRecorded(p)) => vec![&p.contact_id],
         Some(Payload::AutomationTriggered(p)) => vec![&p.contact_id],
         Some(Payload::UnsubscribeRecorded(p)) => vec![&p.contact_id],
+        Some(Payload::CampaignEnrolmentChanged(p)) => vec![&p.contact_id],
         Some(Payload::SurveyRequested(p)) => vec![&p.contact_id],
         Some(Payload::ResponseSubmitted(p)) => vec![&p.contact_id],
         Some(Payload::FollowUpOpened(p)) => vec![&p.contact_id],

@@ -105,7 +105,15 @@ fn deliveries_are_queued_in_one_place() {
     // A delivery is written by `messaging::enqueue`, in the caller's unit of work, so it exists
     // exactly when the change that asked for it committed.
     assert_eq!(users("insert_delivery("), ["messaging/mod.rs", "store/messaging.rs"]);
-    assert_eq!(users("messaging::enqueue("), ["api/deliveries.rs", "journeys/automations.rs", "journeys/campaigns.rs"]);
+    assert_eq!(users("messaging::enqueue("), ["api/deliveries.rs", "journeys/actions.rs"]);
+}
+
+#[test]
+fn automations_and_campaigns_act_through_one_module() {
+    // One engine: the triggers, the conditions and the actions of automations and campaigns
+    // are the same code (`journeys::{triggers, conditions, actions}`).
+    assert_eq!(users("perform("), ["journeys/actions.rs", "journeys/automations.rs", "journeys/campaigns.rs"]);
+    assert_eq!(users("evaluate("), ["journeys/automations.rs", "journeys/campaigns.rs", "journeys/conditions.rs"]);
 }
 
 #[test]

@@ -14,25 +14,21 @@
 //! job and the automations it fires, ask contacts the remote conditions (no transaction open),
 //! then in one write transaction claim the job, run the automations and commit.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use clm_platform::events::UnitOfWork;
 use clm_platform::{Error, TenantId};
-use clm_proto::events::v1 as ev;
 use clm_proto::lifecycle::v1 as pb;
 use prost::Message;
 use sea_orm::{ConnectionTrait, DatabaseConnection};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use super::{Happened, advance};
 use crate::contacts_client::Automator;
 use crate::domain::contact::ContactState;
-use crate::domain::model::StageKey;
 use crate::publish::Publisher;
-use crate::store::entities::{automation, automation_job, automation_run, manual_move};
-use crate::store::{self, ModelRecord, now_micros};
+use crate::store::entities::{automation, automation_job, automation_run};
+use crate::store::{self, ModelRecord};
 
 pub use super::MAX_CHAIN;
 /// Most automations per tenant.
@@ -265,104 +261,37 @@ impl Run<'_> {
         super::conditions::evaluate(txn, self.tenant, self.contact, &body.conditions, current, self.facts).await
     }
 
-    /// Carry out the actions; the run's outcome, its message and how many transitions moves made.
+    /// Carry out the actions (`journeys::actions`, shared with campaigns); the run's outcome,
+    /// its message and how many transitions moves made.
     async fn actions(
         &self,
         txn: &UnitOfWork,
         a: &automation::Model,
         body: &pb::Automation,
-        current: &str,
+        _current: &str,
     ) -> Result<(pb::RunOutcome, String, usize), Error> {
-        let (tenant, contact, model) = (self.tenant, self.contact, self.model);
+        use super::actions::{Act, Actor, perform};
+        let actor = Actor::Automation { id: &a.id, name: &a.display_name };
         let mut notes = Vec::new();
         let mut moved = 0;
         for action in &body.actions {
-            match &action.kind {
-                Some(pb::action::Kind::MoveToStage(s)) => {
-                    let Ok(to) = StageKey::parse("move_to_stage", s) else {
-                        return Ok((pb::RunOutcome::Failed, format!("bad stage {s:?}"), moved));
-                    };
-                    if model.model.stage(&to).is_none() {
-                        return Ok((pb::RunOutcome::Failed, format!("the model has no stage {s}"), moved));
-                    }
-                    if current == to.as_str() {
-                        notes.push(format!("already in {s}"));
-                        continue;
-                    }
-                    let now = now_micros();
-                    let row = manual_move::Model {
-                        id: Uuid::now_v7().to_string(),
-                        tenant_id: tenant.as_str().to_owned(),
-                        contact_id: contact.to_string(),
-                        model_id: model.id.to_string(),
-                        to_stage: to.as_str().to_owned(),
-                        at: now,
-                        reason: format!("automation {}", a.display_name),
-                        actor: format!("automation:{}", a.id),
-                    };
-                    let done = advance(
-                        txn,
-                        self.publisher,
-                        tenant,
-                        contact,
-                        model,
-                        now,
-                        Happened::Automated { row, depth: self.depth },
-                    )
-                    .await?;
-                    moved += done.new.len();
-                    notes.push(format!("moved to {s}"));
+            let act = match &action.kind {
+                Some(pb::action::Kind::MoveToStage(s)) => Act::MoveToStage(s),
+                Some(pb::action::Kind::AddTag(t)) => Act::AddTag(t),
+                Some(pb::action::Kind::RemoveTag(t)) => Act::RemoveTag(t),
+                Some(pb::action::Kind::RequestSurvey(s)) => Act::RequestSurvey(s),
+                Some(pb::action::Kind::PublishWebhook(w)) => Act::Publish { topic: &w.topic, payload: &w.payload },
+                Some(pb::action::Kind::SendMessage(t)) => Act::SendMessage(t),
+                None => continue,
+            };
+            match perform(txn, self.publisher, self.tenant, self.model, self.contact, self.depth, actor, act).await? {
+                Ok(done) => {
+                    moved += done.moved;
+                    notes.push(done.note);
                 }
-                Some(pb::action::Kind::AddTag(t) | pb::action::Kind::RemoveTag(t)) => {
-                    let topic = if matches!(action.kind, Some(pb::action::Kind::AddTag(_))) {
-                        "contacts.add_tag"
-                    } else {
-                        "contacts.remove_tag"
-                    };
-                    self.publish(txn, a, topic, [("tag".to_string(), t.clone())].into()).await?;
-                    notes.push(format!("{topic} {t}"));
-                }
-                Some(pb::action::Kind::RequestSurvey(survey)) => {
-                    let payload = [("survey_id".to_string(), survey.clone())].into();
-                    self.publish(txn, a, "feedback.request_survey", payload).await?;
-                    notes.push(format!("survey {survey} requested"));
-                }
-                Some(pb::action::Kind::PublishWebhook(w)) => {
-                    self.publish(txn, a, &w.topic, w.payload.clone()).await?;
-                    notes.push(format!("published {}", w.topic));
-                }
-                Some(pb::action::Kind::SendMessage(t)) => {
-                    let Ok(template) = Uuid::parse_str(t) else {
-                        return Ok((pb::RunOutcome::Failed, format!("bad message template id {t:?}"), moved));
-                    };
-                    let source = crate::messaging::Source::Automation(&a.id);
-                    match crate::messaging::enqueue(txn, tenant, Uuid::now_v7(), contact, template, source).await {
-                        Ok(d) => notes.push(format!("message {} queued", d.id)),
-                        Err(Error::NotFound { .. }) => {
-                            return Ok((pb::RunOutcome::Failed, format!("no message template {t}"), moved));
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
-                None => {}
+                Err(why) => return Ok((pb::RunOutcome::Failed, why, moved)),
             }
         }
         Ok((pb::RunOutcome::Succeeded, notes.join("; "), moved))
-    }
-
-    async fn publish(
-        &self,
-        txn: &UnitOfWork,
-        a: &automation::Model,
-        topic: &str,
-        payload: HashMap<String, String>,
-    ) -> Result<(), Error> {
-        let event = ev::AutomationTriggered {
-            automation_id: a.id.clone(),
-            contact_id: self.contact.to_string(),
-            topic: topic.to_owned(),
-            payload,
-        };
-        self.publisher.automation(txn, self.tenant, event).await
     }
 }

@@ -21,23 +21,21 @@ use std::time::Duration;
 
 use clm_platform::events::UnitOfWork;
 use clm_platform::{Error, TenantId};
-use clm_proto::events::v1 as ev;
 use clm_proto::lifecycle::v1 as pb;
 use prost::Message;
 use sea_orm::{ConnectionTrait, DatabaseConnection};
 use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
+use super::MAX_CHAIN;
 use super::conditions::{RemoteFacts, ask, evaluate, needed_of};
 use super::triggers::Trigger;
-use super::{Happened, MAX_CHAIN, advance};
 use crate::contacts_client::Automator;
 use crate::convert::SURVEY_RESPONSE;
 use crate::domain::contact::ContactState;
-use crate::domain::model::StageKey;
-use crate::messaging::{self, Source};
+use crate::messaging;
 use crate::publish::Publisher;
-use crate::store::entities::{campaign, enrolment, manual_move};
+use crate::store::entities::{campaign, enrolment};
 use crate::store::{self, ModelRecord, now_micros};
 
 /// Most steps one runner turn walks for one enrolment (validation forbids a loop without a
@@ -391,32 +389,10 @@ async fn run_step(
     facts: &RemoteFacts,
     now: i64,
 ) -> Result<bool, Error> {
+    use super::actions::{Act, Actor, perform};
     use pb::campaign_step::Kind;
     let contact = Uuid::parse_str(&e.contact_id).map_err(Error::internal)?;
-    let publish = |topic: &'static str, key: &'static str, value: String| ev::AutomationTriggered {
-        automation_id: format!("campaign:{}", row.id),
-        contact_id: e.contact_id.clone(),
-        topic: topic.into(),
-        payload: [(key.to_string(), value)].into(),
-    };
-    match &step.kind {
-        Some(Kind::SendMessage(t)) => {
-            let Ok(template) = Uuid::parse_str(t) else {
-                exit(txn, tenant, e, false, &format!("bad message template id {t:?}"), now).await?;
-                return Ok(false);
-            };
-            match messaging::enqueue(txn, tenant, Uuid::now_v7(), contact, template, Source::Campaign(&row.id)).await {
-                Ok(d) => {
-                    // The delivery id, for `message_sent` branches.
-                    store::campaigns::log(txn, tenant, e, &step.key, "sent", false, &d.id, now).await?;
-                    go(txn, tenant, e, &step.next, now).await?;
-                }
-                Err(Error::NotFound { .. }) => {
-                    exit(txn, tenant, e, false, &format!("no message template {t}"), now).await?;
-                }
-                Err(err) => return Err(err),
-            }
-        }
+    let act = match &step.kind {
         Some(Kind::Wait(w)) => {
             let duration = w.duration.as_ref().and_then(clm_platform::convert::duration_micros).unwrap_or(0);
             if e.waiting {
@@ -428,55 +404,44 @@ async fn run_step(
                 e.wake_time = now + duration;
                 e.waiting_event.clone_from(&w.until_event);
             }
+            return Ok(false);
         }
         Some(Kind::Branch(b)) => {
             let holds = branch_holds(txn, tenant, model, e, contact, b, facts).await?;
             let next = if holds { &b.then_next } else { &b.else_next };
             go(txn, tenant, e, next, now).await?;
+            return Ok(false);
         }
-        Some(Kind::MoveToStage(s)) => {
-            let Some(to) = StageKey::parse("move_to_stage", s).ok().filter(|k| model.model.stage(k).is_some()) else {
-                exit(txn, tenant, e, false, &format!("the model has no stage {s}"), now).await?;
-                return Ok(false);
-            };
-            let current = store::get_journey(txn, tenant, contact, model.id).await?.and_then(|j| j.current_stage);
-            let mut moved = false;
-            if current.as_deref() != Some(to.as_str()) {
-                let row_move = manual_move::Model {
-                    id: Uuid::now_v7().to_string(),
-                    tenant_id: tenant.as_str().to_owned(),
-                    contact_id: contact.to_string(),
-                    model_id: model.id.to_string(),
-                    to_stage: to.as_str().to_owned(),
-                    at: now,
-                    reason: format!("campaign {}", row.display_name),
-                    actor: format!("campaign:{}", row.id),
-                };
-                let depth = usize::try_from(e.depth).unwrap_or(MAX_CHAIN);
-                advance(txn, publisher, tenant, contact, model, now, Happened::Automated { row: row_move, depth })
-                    .await?;
-                moved = true;
+        Some(Kind::Exit(x)) => {
+            exit(txn, tenant, e, x.converted, "exit step", now).await?;
+            return Ok(false);
+        }
+        None => {
+            go(txn, tenant, e, &step.next, now).await?;
+            return Ok(false);
+        }
+        Some(Kind::SendMessage(t)) => Act::SendMessage(t),
+        Some(Kind::MoveToStage(s)) => Act::MoveToStage(s),
+        Some(Kind::AddTag(t)) => Act::AddTag(t),
+        Some(Kind::RemoveTag(t)) => Act::RemoveTag(t),
+        Some(Kind::RequestSurvey(s)) => Act::RequestSurvey(s),
+    };
+    let depth = usize::try_from(e.depth).unwrap_or(MAX_CHAIN);
+    let actor = Actor::Campaign { id: &row.id, name: &row.display_name };
+    match perform(txn, publisher, tenant, model, contact, depth, actor, act).await? {
+        Ok(done) => {
+            if let Some(delivery) = &done.delivery {
+                // The delivery id, for `message_sent` branches.
+                store::campaigns::log(txn, tenant, e, &step.key, "sent", false, delivery, now).await?;
             }
             go(txn, tenant, e, &step.next, now).await?;
-            return Ok(moved);
+            Ok(done.moved > 0)
         }
-        Some(Kind::AddTag(t)) => {
-            publisher.automation(txn, tenant, publish("contacts.add_tag", "tag", t.clone())).await?;
-            go(txn, tenant, e, &step.next, now).await?;
+        Err(why) => {
+            exit(txn, tenant, e, false, &why, now).await?;
+            Ok(false)
         }
-        Some(Kind::RemoveTag(t)) => {
-            publisher.automation(txn, tenant, publish("contacts.remove_tag", "tag", t.clone())).await?;
-            go(txn, tenant, e, &step.next, now).await?;
-        }
-        Some(Kind::RequestSurvey(s)) => {
-            let event = publish("feedback.request_survey", "survey_id", s.clone());
-            publisher.automation(txn, tenant, event).await?;
-            go(txn, tenant, e, &step.next, now).await?;
-        }
-        Some(Kind::Exit(x)) => exit(txn, tenant, e, x.converted, "exit step", now).await?,
-        None => go(txn, tenant, e, &step.next, now).await?,
     }
-    Ok(false)
 }
 
 async fn branch_holds(

@@ -40,6 +40,7 @@
 //!   runner ([`automations::spawn_runner`]) within its poll interval.
 //! - **Watchers** need nothing from here: `events/watch.rs` follows StageChanged on the bus.
 
+pub mod actions;
 pub mod automations;
 pub mod campaigns;
 pub mod conditions;

@@ -50,6 +50,7 @@ impl ClmProcess {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("CLM_SERVER__LISTEN_ADDR", "127.0.0.1:0")
+            .env("CLM_PAGES__LISTEN_ADDR", "127.0.0.1:0")
             .env("CLM_TELEMETRY__LOG_FORMAT", "json")
             .env("CLM_CONFIG_DIR", "/nonexistent")
             .stdout(Stdio::null())

@@ -791,6 +791,34 @@ mod tests {
     }
 
     #[test]
+    fn deployed_environments_need_messaging_secrets_and_refuse_private_webhooks() {
+        let base = [
+            ("CLM_ENV", "production"),
+            ("CLM_AUTH__JWT_HS256_SECRET", "0123456789abcdef0123456789abcdef"),
+            ("CLM_AUTH__JWT_ISSUER", "https://idp.example.com/"),
+            ("CLM_AUTH__JWT_AUDIENCE", "clm"),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let load = |extra: &[(&str, &str)]| {
+            let vars: Vec<(&str, &str)> = base.iter().chain(extra).copied().collect();
+            Settings::load_from(&Sources { dir: Some(dir.path().into()), env: env(&vars) })
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        let secret = ("CLM_MESSAGING__LINK_SECRET", "0123456789abcdef0123456789abcdef");
+        let url = ("CLM_MESSAGING__PUBLIC_URL", "https://clm.example.com");
+        assert!(load(&[url]).unwrap_err().contains("messaging.link_secret"));
+        assert!(load(&[secret, ("CLM_MESSAGING__LINK_SECRET", "short")]).unwrap_err().contains("messaging.link_secret"));
+        assert!(load(&[secret]).unwrap_err().contains("messaging.public_url"));
+        assert!(load(&[secret, ("CLM_MESSAGING__PUBLIC_URL", "http://clm.example.com")]).unwrap_err().contains("public_url"));
+        let private = ("CLM_MESSAGING__ALLOW_PRIVATE_WEBHOOKS", "true");
+        assert!(load(&[secret, url, private]).unwrap_err().contains("messaging.allow_private_webhooks"));
+        load(&[secret, url]).unwrap();
+        let bad_smtp = ("CLM_MESSAGING__SMTP_URL", "mailto:x@y");
+        assert!(load(&[secret, url, bad_smtp]).unwrap_err().contains("messaging.smtp_url"));
+    }
+
+    #[test]
     fn precedence_is_default_then_file_then_env_file_then_env() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
@@ -809,6 +837,9 @@ mod tests {
                 ("CLM_AUTH__JWT_HS256_SECRET", "0123456789abcdef0123456789abcdef"),
                 ("CLM_AUTH__JWT_ISSUER", "https://idp.example.com/"),
                 ("CLM_AUTH__JWT_AUDIENCE", "clm"),
+                ("CLM_MESSAGING__LINK_SECRET", "0123456789abcdef0123456789abcdef"),
+                ("CLM_MESSAGING__PUBLIC_URL", "https://clm.example.com"),
+                ("CLM_MESSAGING__ALLOW_PRIVATE_WEBHOOKS", "false"),
             ]),
         })
         .unwrap();
@@ -1048,11 +1079,14 @@ mod tests {
                 ("CLM_AUTH__JWT_ISSUER", "https://idp.example.com/"),
                 ("CLM_AUTH__JWT_AUDIENCE", "clm"),
                 ("CLM_AUTH__JWT_PUBLIC_KEY_FILE", pem.to_str().unwrap()),
+                ("CLM_MESSAGING__LINK_SECRET", "0123456789abcdef0123456789abcdef"),
+                ("CLM_MESSAGING__PUBLIC_URL", "https://clm.example.com"),
             ]),
         })
         .await
         .unwrap();
         assert_eq!(ok.auth.mode, AuthMode::Jwt, "the built-in production profile");
+        assert!(!ok.messaging.allow_private_webhooks, "the production profile refuses private webhooks");
         assert_eq!(ok.server.listen_addr.to_string(), "0.0.0.0:50051");
         assert_eq!(ok.pages.listen_addr.to_string(), "0.0.0.0:8080");
         assert_eq!(ok.auth.keys.as_ref().map(|k| k.fixed.len()), Some(1), "keys kept for the server");

@@ -9,7 +9,7 @@ use clm_testkit::arch::{self, assert_layered, cycle, edges, module_of};
 
 /// Top-level modules, top to bottom: each uses only modules after it (lib.rs).
 const LAYERS: &[&str] =
-    &["api", "events", "journeys", "messaging", "contacts_client", "publish", "convert", "store", "domain"];
+    &["pages", "api", "events", "journeys", "messaging", "contacts_client", "publish", "convert", "store", "domain"];
 
 fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
@@ -106,6 +106,15 @@ fn deliveries_are_queued_in_one_place() {
     // exactly when the change that asked for it committed.
     assert_eq!(users("insert_delivery("), ["messaging/mod.rs", "store/messaging.rs"]);
     assert_eq!(users("messaging::enqueue("), ["api/deliveries.rs", "journeys/automations.rs"]);
+}
+
+#[test]
+fn unsubscribes_are_recorded_in_one_place() {
+    // A suppression and its UnsubscribeRecorded are written together by
+    // `messaging::unsubscribe::record` (one unit of work), which only the hosted page calls.
+    assert_eq!(users("suppress("), ["messaging/unsubscribe.rs", "store/messaging.rs"]);
+    assert_eq!(users(".unsubscribed("), ["messaging/unsubscribe.rs"]);
+    assert_eq!(users("unsubscribe::record("), ["pages.rs"]);
 }
 
 #[test]

@@ -87,6 +87,25 @@ impl ClmProcess {
         ClmProcess { child, _dir: dir, addr, logs }
     }
 
+    /// Where the process serves its hosted pages: the address its log gives just after
+    /// "serving gRPC" (a process whose services have pages: `clm`, `clm-lifecycle`).
+    pub fn pages_addr(&self) -> SocketAddr {
+        for _ in 0..200 {
+            let found = self.logs.lock().unwrap().iter().find_map(|line| {
+                let v = serde_json::from_str::<serde_json::Value>(line).ok()?;
+                if v.get("message")?.as_str()? != "serving the hosted pages (HTTP)" {
+                    return None;
+                }
+                v.get("addr")?.as_str()?.parse::<SocketAddr>().ok()
+            });
+            if let Some(addr) = found {
+                return addr;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("no \"serving the hosted pages\" line in the log")
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }

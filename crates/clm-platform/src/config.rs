@@ -808,9 +808,15 @@ mod tests {
         let secret = ("CLM_MESSAGING__LINK_SECRET", "0123456789abcdef0123456789abcdef");
         let url = ("CLM_MESSAGING__PUBLIC_URL", "https://clm.example.com");
         assert!(load(&[url]).unwrap_err().contains("messaging.link_secret"));
-        assert!(load(&[secret, ("CLM_MESSAGING__LINK_SECRET", "short")]).unwrap_err().contains("messaging.link_secret"));
+        assert!(
+            load(&[secret, ("CLM_MESSAGING__LINK_SECRET", "short")]).unwrap_err().contains("messaging.link_secret")
+        );
         assert!(load(&[secret]).unwrap_err().contains("messaging.public_url"));
-        assert!(load(&[secret, ("CLM_MESSAGING__PUBLIC_URL", "http://clm.example.com")]).unwrap_err().contains("public_url"));
+        assert!(
+            load(&[secret, ("CLM_MESSAGING__PUBLIC_URL", "http://clm.example.com")])
+                .unwrap_err()
+                .contains("public_url")
+        );
         let private = ("CLM_MESSAGING__ALLOW_PRIVATE_WEBHOOKS", "true");
         assert!(load(&[secret, url, private]).unwrap_err().contains("messaging.allow_private_webhooks"));
         load(&[secret, url]).unwrap();

@@ -2,7 +2,7 @@
 //! one process sending through a real SMTP server, on SQLite and PostgreSQL: the unsubscribe
 //! link of a received email opens a form that changes nothing; the one-click POST (RFC 8058)
 //! withdraws exactly that consent in contacts and stops that purpose's messages at once; a second
-//! POST changes nothing; an edited link is the 404 page; every answer carries the headers that
+//! POST changes nothing, a later message's link after a new grant records again; an edited link is the 404 page; every answer carries the headers that
 //! keep tokens in URLs private.
 
 use std::time::Duration;
@@ -224,6 +224,38 @@ async fn one_click_unsubscribe_withdraws_that_consent(backend: Backend) {
     assert!(skipped.reason.contains("unsubscribed") || skipped.reason.contains("withdrew"), "{}", skipped.reason);
     send(&mut lc, &survey, &ana, pb::DeliveryState::Sent).await;
 
+    // Subscribed again, then unsubscribed through a later message's link: a new decision,
+    // recorded and published again (it wins over the grant in between).
+    ct.update_contact(cpb::UpdateContactRequest {
+        contact: Some(cpb::Contact {
+            id: ana.clone(),
+            consents: vec![consent(cpb::ConsentPurpose::Marketing), consent(cpb::ConsentPurpose::Feedback)],
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask { paths: vec!["consents".into()] }),
+    })
+    .await
+    .unwrap();
+    assert_eq!(preview(&mut lc, &news).await, "", "granted after the unsubscribe");
+    let later = send(&mut lc, &news, &ana, pb::DeliveryState::Sent).await;
+    let mails = sink.wait_for_messages(3, Duration::from_secs(10)).await;
+    let message_id = format!("<{}@clm>", later.id);
+    let later_mail = mails.iter().find(|m| m.header("Message-ID").as_deref() == Some(&message_id)).expect("mail");
+    let later_link = later_mail.header("List-Unsubscribe").expect("List-Unsubscribe");
+    let later_path = later_link.trim_start_matches('<').trim_end_matches('>').strip_prefix(PUBLIC_URL).unwrap();
+    assert_ne!(later_path, path, "a link per delivery");
+    let done = request("POST", &format!("{pages}{later_path}"), &form, ONE_CLICK.as_bytes()).await;
+    assert_eq!(done.status, 200, "{done:?}");
+    assert_eq!(unsubscribe_events(&lifecycle_db).await, 2, "a new decision is published");
+    testing::wait_for("the marketing consent withdrawn again", async || {
+        let got = ct.get_contact(cpb::GetContactRequest { id: ana.clone() }).await.unwrap().into_inner();
+        let m = email_consent(&got.contact.unwrap(), cpb::ConsentPurpose::Marketing);
+        (m.status == cpb::ConsentStatus::Withdrawn as i32).then_some(())
+    })
+    .await;
+    let why = preview(&mut lc, &news).await;
+    assert!(why.contains("unsubscribed") || why.contains("withdrew"), "{why}");
+
     // An edited or forged link is the same 404 as any unknown path, and records nothing.
     let token = path.strip_prefix("/u/").unwrap();
     let (body, sig) = token.split_once('.').unwrap();
@@ -238,7 +270,7 @@ async fn one_click_unsubscribe_withdraws_that_consent(backend: Backend) {
         assert_eq!(got.body, unknown.body, "nothing tells a forged link from an unknown path");
         assert_page(&got);
     }
-    assert_eq!(unsubscribe_events(&lifecycle_db).await, 1);
+    assert_eq!(unsubscribe_events(&lifecycle_db).await, 2);
 
     // A body over pages.max_body_bytes is refused before the page runs.
     let big = vec![b'a'; 64 * 1024];

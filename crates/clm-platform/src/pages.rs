@@ -21,6 +21,13 @@
 //! | `X-Frame-Options` | `DENY` (and CSP `frame-ancestors 'none'`) |
 //! | `Content-Security-Policy` | `default-src 'none'`, the one stylesheet of [`document`] by its hash, forms to this origin only |
 //!
+//! Adding pages: build an `axum::Router` with its state applied (paths of its own: lifecycle has
+//! `/u/`; no fallback, the platform's is [`not_found`]), answer with [`page`] (a [`document`]
+//! around HTML whose values went through [`escape`]; style only through [`STYLE`], the one the
+//! CSP allows; no script), and hand it to `Shared::add_pages` in `Service::register`. A GET
+//! never changes anything (mail scanners open links). axum is built without its form and query
+//! extractors: read a form as `bytes::Bytes` and parse it with `url::form_urlencoded`.
+//!
 //! Layers, outermost first: a SERVER span per request (`telemetry::semconv::http_server_span`,
 //! named `{method} {route}` with the route template, never the path: the path holds the token) →
 //! the headers above → a timeout (`pages.request_timeout_ms` → 503) → the body limit

@@ -10,6 +10,9 @@ offline, and prove the manifests match what the binaries really read:
   in the prod overlay it must be https;
 * the gRPC port of the probes, the containerPort and the Service targetPort are the port in
   CLM_SERVER__LISTEN_ADDR;
+* a service with hosted pages (its lib.rs calls `shared.add_pages`: lifecycle's unsubscribe page)
+  has a `pages` containerPort and Service port on the port of CLM_PAGES__LISTEN_ADDR (default
+  0.0.0.0:8080 in production), which a NetworkPolicy admits; a service without pages has none;
 * each readiness probe asks for the gRPC service name the binary reports in health, and the
   startup and liveness probes ask for `liveness` (a busy or degraded pod is not a dead one);
 * terminationGracePeriodSeconds exceeds CLM_SERVER__SHUTDOWN_GRACE_MS;
@@ -48,6 +51,29 @@ def grpc_name(service):
     if not m:
         fail(f"cannot find the health service name in crates/clm-{service}/src/lib.rs")
     return m.group(1)
+
+
+def has_pages(service):
+    """Whether the service adds hosted pages (`shared.add_pages(` in its lib.rs)."""
+    src = open(os.path.join(ROOT, "crates", f"clm-{service}", "src", "lib.rs")).read()
+    return "shared.add_pages(" in src
+
+
+def pages_admitted(docs, labels, port):
+    """Whether some NetworkPolicy selecting a pod with `labels` admits ingress on `port`."""
+    for d in docs:
+        if d["kind"] != "NetworkPolicy" or "Ingress" not in d["spec"].get("policyTypes", []):
+            continue
+        sel = d["spec"].get("podSelector", {})
+        if any(labels.get(k) != v for k, v in sel.get("matchLabels", {}).items()):
+            continue
+        ok = True
+        for e in sel.get("matchExpressions", []):
+            if e["operator"] == "In" and labels.get(e["key"]) not in e["values"]:
+                ok = False
+        if ok and any(p.get("port") == port for rule in d["spec"].get("ingress", []) for p in rule.get("ports", [])):
+            return True
+    return False
 
 
 # Long enough for every secret rule (auth.jwt_hs256_secret needs 32 bytes).
@@ -208,6 +234,20 @@ def main():
             svc_obj = services.get(f"clm-{svc}")
             if not svc_obj or svc_obj["spec"]["ports"][0]["targetPort"] not in ("grpc", port):
                 fail(f"overlay {overlay}: Service clm-{svc} does not target the grpc port")
+            pages_port = int(env.get("CLM_PAGES__LISTEN_ADDR", "0.0.0.0:8080").rsplit(":", 1)[1])
+            svc_ports = {p["name"]: p for p in svc_obj["spec"]["ports"]}
+            if has_pages(svc):
+                if f"pages_addr=0.0.0.0:{pages_port}" not in r.stdout:
+                    fail(f"overlay {overlay}: clm-{svc} would not serve its pages on 0.0.0.0:{pages_port}: {r.stdout.strip()}")
+                if ports.get("pages") != pages_port:
+                    fail(f"overlay {overlay}: clm-{svc} has hosted pages: containerPort pages must be {pages_port}")
+                if "pages" not in svc_ports or svc_ports["pages"]["targetPort"] not in ("pages", pages_port):
+                    fail(f"overlay {overlay}: Service clm-{svc} needs a port named pages targeting the pages port")
+                labels = dep["spec"]["template"]["metadata"]["labels"]
+                if not pages_admitted(docs, labels, pages_port):
+                    fail(f"overlay {overlay}: no NetworkPolicy admits the hosted pages of clm-{svc} on {pages_port}")
+            elif "pages" in ports or "pages" in svc_ports:
+                fail(f"overlay {overlay}: clm-{svc} has no hosted pages, yet declares a pages port")
             grace_ms = int(env.get("CLM_SERVER__SHUTDOWN_GRACE_MS", "20000"))
             if pod["terminationGracePeriodSeconds"] * 1000 <= grace_ms:
                 fail(f"overlay {overlay}: clm-{svc} terminationGracePeriodSeconds must exceed the drain time ({grace_ms} ms)")

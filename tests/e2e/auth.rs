@@ -37,6 +37,7 @@ fn run_to_exit(bin: &str, args: &[&str], env: &[(&str, String)]) -> (std::proces
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("CLM_CONFIG_DIR", "/nonexistent")
         .env("CLM_SERVER__LISTEN_ADDR", "127.0.0.1:0")
+        .env("CLM_PAGES__LISTEN_ADDR", "127.0.0.1:0")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     for (k, v) in env {

@@ -1,5 +1,5 @@
 //! The single `clm` binary, as a real child process: all four services up, health per
-//! service, reflection listing every service, migrations on SQLite and PostgreSQL, and a
+//! service, reflection listing every service, the hosted pages on their own port, migrations on SQLite and PostgreSQL, and a
 //! graceful drain on SIGTERM.
 
 mod support;
@@ -69,6 +69,15 @@ async fn serves_health_and_reflection(backend: Backend) {
         .unwrap()
         .into_inner();
     assert_eq!(created.contact.unwrap().email, "first@example.com");
+
+    // The hosted pages, on a port of their own: a link that does not verify is the 404 page,
+    // with the headers that keep tokens private.
+    let pages = clm.pages_addr();
+    assert_ne!(pages, clm.addr);
+    let got = clm_testkit::http::request("GET", &format!("http://{pages}/u/not-a-token"), &[], b"").await;
+    assert_eq!(got.status, 404, "{got:?}");
+    assert_eq!(got.header("cache-control"), Some("no-store"));
+    assert_eq!(got.header("referrer-policy"), Some("no-referrer"));
     drop(clm);
     for db in dbs {
         db.cleanup().await;

@@ -50,6 +50,7 @@ impl ClmProcess {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("CLM_SERVER__LISTEN_ADDR", "127.0.0.1:0")
+            .env("CLM_PAGES__LISTEN_ADDR", "127.0.0.1:0")
             .env("CLM_TELEMETRY__LOG_FORMAT", "json")
             .env("CLM_CONFIG_DIR", "/nonexistent")
             .stdout(Stdio::null())
@@ -84,6 +85,25 @@ impl ClmProcess {
             assert!(start.elapsed() < Duration::from_mins(1), "clm did not start in a minute");
         };
         ClmProcess { child, _dir: dir, addr, logs }
+    }
+
+    /// Where the process serves its hosted pages: the address its log gives just after
+    /// "serving gRPC" (a process whose services have pages: `clm`, `clm-lifecycle`).
+    pub fn pages_addr(&self) -> SocketAddr {
+        for _ in 0..200 {
+            let found = self.logs.lock().unwrap().iter().find_map(|line| {
+                let v = serde_json::from_str::<serde_json::Value>(line).ok()?;
+                if v.get("message")?.as_str()? != "serving the hosted pages (HTTP)" {
+                    return None;
+                }
+                v.get("addr")?.as_str()?.parse::<SocketAddr>().ok()
+            });
+            if let Some(addr) = found {
+                return addr;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("no \"serving the hosted pages\" line in the log")
     }
 
     pub fn url(&self) -> String {

@@ -61,6 +61,7 @@ pub async fn start_with(bin: &Path, dir: &Path, port: u16, env: &[(String, Strin
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("CLM_CONFIG_DIR", "/nonexistent")
         .env("CLM_SERVER__LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("CLM_PAGES__LISTEN_ADDR", "127.0.0.1:0")
         .env("CLM_TELEMETRY__LOG_FILTER", "warn")
         .env("CLM_SERVER__HEALTH_CHECK_INTERVAL_MS", "100")
         .stdout(Stdio::null())

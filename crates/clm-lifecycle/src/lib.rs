@@ -4,6 +4,7 @@
 //! gRPC (asking contacts about filters and segments) and events.
 //!
 //! Modules, top to bottom; each uses only the ones below it (`tests/architecture.rs`):
+//! - `pages`: the hosted pages (HTTP) links in messages open: the unsubscribe confirmation.
 //! - `api`: the gRPC handlers of `clm.lifecycle.v1.LifecycleService`, one module per resource.
 //! - `events`: what lifecycle consumes (`LifecycleHandler`), the scheduler's sweep, and the
 //!   feed `WatchStageChanges` streams.
@@ -11,10 +12,10 @@
 //!   (run after commit, never with a transaction open while asking contacts) and the campaign
 //!   engine (enrolments, steps, durable timers).
 //! - `messaging`: messages to contacts — deliveries queued in the caller's transaction, sent
-//!   after commit by the sender (SMTP, signed webhooks) while consent allows.
+//!   after commit by the sender (SMTP, signed webhooks) while consent allows; unsubscribes.
 //! - `contacts_client`: what automations need to run — the publisher and the contacts service.
 //! - `publish`: what lifecycle publishes (StageChanged, JourneyEventRecorded,
-//!   AutomationTriggered, LifecycleModelChanged), appended to the outbox in the caller's
+//!   AutomationTriggered, LifecycleModelChanged, UnsubscribeRecorded), appended to the outbox in the caller's
 //!   transaction.
 //! - `convert`: proto ↔ domain (models, journey events, transitions).
 //! - `store`: schema, migrations, queries; every query takes the `TenantId`.
@@ -27,6 +28,7 @@ pub mod domain;
 pub mod events;
 pub mod journeys;
 pub mod messaging;
+pub mod pages;
 pub mod publish;
 pub mod store;
 
@@ -100,6 +102,7 @@ impl clm_platform::runtime::Service for LifecycleService {
             std::time::Duration::from_millis(m.poll_interval_ms.max(10)),
             shared.stopping(),
         ));
+        shared.add_pages(pages::router(db.clone(), links.clone(), publisher.clone()));
         let changes = events::watch::changes();
         shared.track(events::watch::spawn_feed(shared.bus.clone(), db.clone(), changes.clone(), shared.stopping()));
         let max = shared.max_message_bytes();

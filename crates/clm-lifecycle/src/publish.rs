@@ -1,5 +1,6 @@
 //! What lifecycle publishes, appended to the outbox in the caller's transaction: StageChanged
-//! (and its retractions), JourneyEventRecorded, AutomationTriggered and LifecycleModelChanged.
+//! (and its retractions), JourneyEventRecorded, AutomationTriggered, LifecycleModelChanged and
+//! UnsubscribeRecorded.
 //! Below the use cases that publish (`journeys`, the consumers in `events`, the handlers in
 //! `api`), so each of them can.
 
@@ -137,6 +138,21 @@ impl Publisher {
             finish_time: e.finish_time.map(timestamp),
         });
         self.outbox.append(txn, tenant, "journey", &e.contact_id, at, p).await?;
+        Ok(())
+    }
+
+    /// UnsubscribeRecorded: a contact used a message's unsubscribe link, in the transaction
+    /// that recorded the suppression (`messaging::unsubscribe`); contacts withdraws the consent.
+    /// Keyed by the delivery; ordered among the contact's events by its `contact_id`.
+    pub async fn unsubscribed(
+        &self,
+        txn: &UnitOfWork,
+        tenant: &TenantId,
+        u: ev::UnsubscribeRecorded,
+        at: i64,
+    ) -> Result<()> {
+        let delivery = u.delivery_id.clone();
+        self.outbox.append(txn, tenant, "delivery", &delivery, at, Payload::UnsubscribeRecorded(u)).await?;
         Ok(())
     }
 

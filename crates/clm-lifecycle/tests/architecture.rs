@@ -9,7 +9,7 @@ use clm_testkit::arch::{self, assert_layered, cycle, edges, module_of};
 
 /// Top-level modules, top to bottom: each uses only modules after it (lib.rs).
 const LAYERS: &[&str] =
-    &["api", "events", "journeys", "messaging", "contacts_client", "publish", "convert", "store", "domain"];
+    &["pages", "api", "events", "journeys", "messaging", "contacts_client", "publish", "convert", "store", "domain"];
 
 fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
@@ -114,6 +114,15 @@ fn automations_and_campaigns_act_through_one_module() {
     // are the same code (`journeys::{triggers, conditions, actions}`).
     assert_eq!(users("perform("), ["journeys/actions.rs", "journeys/automations.rs", "journeys/campaigns.rs"]);
     assert_eq!(users("evaluate("), ["journeys/automations.rs", "journeys/campaigns.rs", "journeys/conditions.rs"]);
+}
+
+#[test]
+fn unsubscribes_are_recorded_in_one_place() {
+    // A suppression and its UnsubscribeRecorded are written together by
+    // `messaging::unsubscribe::record` (one unit of work), which only the hosted page calls.
+    assert_eq!(users("suppress("), ["messaging/unsubscribe.rs", "store/messaging.rs"]);
+    assert_eq!(users(".unsubscribed("), ["messaging/unsubscribe.rs"]);
+    assert_eq!(users("unsubscribe::record("), ["pages.rs"]);
 }
 
 #[test]

@@ -39,12 +39,16 @@ const MESSAGE_BYTES: std::ops::RangeInclusive<usize> = 16 * 1024..=1024 * 1024 *
 /// fit, above 1 MiB the HTTP/2 layer reads 4 MiB header blocks (`header_limit::http2_limit`).
 const HEADER_BYTES: std::ops::RangeInclusive<usize> = 4 * 1024..=1024 * 1024;
 
+/// Bounds of `pages.max_body_bytes`: a page's form is a few fields; a megabyte is plenty.
+const PAGE_BODY_BYTES: std::ops::RangeInclusive<usize> = 1024..=1024 * 1024;
+
 /// All settings of a CLM process.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     pub env: String,
     pub server: ServerSettings,
+    pub pages: PagesSettings,
     pub telemetry: TelemetrySettings,
     pub auth: AuthSettings,
     pub tls: TlsSettings,
@@ -80,6 +84,18 @@ pub struct ServerSettings {
     /// unanswered for `keepalive_timeout_ms`.
     pub keepalive_interval_ms: u64,
     pub keepalive_timeout_ms: u64,
+}
+
+/// `[pages]`: the hosted pages' HTTP server (`crate::pages`): the pages links in messages open
+/// (unsubscribe, surveys), on a port of their own.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PagesSettings {
+    pub listen_addr: std::net::SocketAddr,
+    /// A request not answered within this gets 503.
+    pub request_timeout_ms: u64,
+    /// Largest request body (a form post); larger is 413.
+    pub max_body_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -470,6 +486,18 @@ impl Settings {
         if !HEADER_BYTES.contains(&self.server.max_header_bytes) {
             return bad("server.max_header_bytes", "must be between 4096 (4 KiB) and 1048576 (1 MiB)");
         }
+        if self.pages.request_timeout_ms == 0 {
+            return bad("pages.request_timeout_ms", "must be at least 1");
+        }
+        if !PAGE_BODY_BYTES.contains(&self.pages.max_body_bytes) {
+            return bad("pages.max_body_bytes", "must be between 1024 (1 KiB) and 1048576 (1 MiB)");
+        }
+        if self.pages.listen_addr.port() != 0 && self.pages.listen_addr == self.server.listen_addr {
+            return bad(
+                "pages.listen_addr",
+                "must differ from server.listen_addr (the pages have a port of their own)",
+            );
+        }
         if self.server.health_check_interval_ms < 100 {
             return bad("server.health_check_interval_ms", "must be at least 100 (ms)");
         }
@@ -756,6 +784,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Settings::load_from(&Sources { dir: Some(dir.path().into()), env: env(&[]) }).unwrap();
         assert_eq!(s.server.listen_addr.to_string(), "127.0.0.1:50051");
+        assert_eq!(s.pages.listen_addr.to_string(), "127.0.0.1:8080");
         assert_eq!(s.auth.mode, AuthMode::Dev);
         assert_eq!(s.log_format(), LogFormat::Pretty);
         assert!(s.contacts.database_url.starts_with("sqlite:"));
@@ -941,6 +970,10 @@ mod tests {
             ("CLM_SERVER__MAX_MESSAGE_BYTES", "2048", "server.max_message_bytes"),
             ("CLM_SERVER__MAX_HEADER_BYTES", "1024", "server.max_header_bytes"),
             ("CLM_SERVER__MAX_HEADER_BYTES", "2000000", "server.max_header_bytes"),
+            ("CLM_PAGES__LISTEN_ADDR", "127.0.0.1:50051", "pages.listen_addr"),
+            ("CLM_PAGES__LISTEN_ADDR", "not-an-address", "pages.listen_addr"),
+            ("CLM_PAGES__REQUEST_TIMEOUT_MS", "0", "pages.request_timeout_ms"),
+            ("CLM_PAGES__MAX_BODY_BYTES", "10", "pages.max_body_bytes"),
             ("CLM_DATABASE__CONNECT_TIMEOUT_MS", "0", "database.connect_timeout_ms"),
             ("CLM_DATABASE__ACQUIRE_TIMEOUT_MS", "0", "database.acquire_timeout_ms"),
             ("CLM_LIFECYCLE__SCHEDULER_INTERVAL_MS", "0", "lifecycle.scheduler_interval_ms"),
@@ -1061,6 +1094,7 @@ mod tests {
         assert_eq!(ok.auth.mode, AuthMode::Jwt, "the built-in production profile");
         assert!(!ok.messaging.allow_private_webhooks, "the production profile refuses private webhooks");
         assert_eq!(ok.server.listen_addr.to_string(), "0.0.0.0:50051");
+        assert_eq!(ok.pages.listen_addr.to_string(), "0.0.0.0:8080");
         assert_eq!(ok.auth.keys.as_ref().map(|k| k.fixed.len()), Some(1), "keys kept for the server");
     }
 

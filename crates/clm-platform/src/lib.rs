@@ -1,5 +1,5 @@
 //! What every CLM service shares: configuration, telemetry, the gRPC server (health,
-//! reflection, limits, shutdown), authentication and tenancy, errors, page tokens and
+//! reflection, limits, shutdown) and the hosted pages' HTTP server, authentication and tenancy, errors, page tokens and
 //! database connections. Services depend on this crate and on `clm-proto`, never on each other.
 
 pub mod auth;
@@ -18,6 +18,7 @@ pub mod http_client;
 pub mod idempotency;
 pub mod jwt_keys;
 pub mod listener;
+pub mod pages;
 pub mod pagination;
 pub mod reflection;
 pub mod runtime;

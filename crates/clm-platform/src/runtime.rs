@@ -12,15 +12,18 @@ use tonic::service::RoutesBuilder;
 use crate::config::Settings;
 use crate::server::{ServiceModule, Shared};
 
-/// A CLM service: its name, its schema and how it registers its gRPC handlers.
+/// A CLM service: its name, its schema and how it registers its gRPC handlers (and, if it has
+/// any, its hosted pages: `register` hands them to `Shared::add_pages`; the process serves every
+/// service's pages on one HTTP port, `crate::pages`).
 pub trait Service {
     /// Short name; also the settings section holding its `database_url`.
     const NAME: &'static str;
     /// Its own schema's migrations (it owns its database; no other service reads it).
     type Migrator: MigratorTrait;
 
-    /// Register the handlers on `routes` and start background work; returns the fully-qualified
-    /// gRPC service names it serves (for health).
+    /// Register the handlers on `routes` (and any hosted pages with `shared.add_pages`) and
+    /// start background work; returns the fully-qualified gRPC service names it serves (for
+    /// health).
     fn register(
         shared: &Shared,
         db: DatabaseConnection,
@@ -60,12 +63,13 @@ struct ServiceCli {
 
 #[derive(Debug, Subcommand)]
 enum ServiceCommand {
-    /// Serve gRPC (the default).
+    /// Serve gRPC, and the hosted pages if the service has any (the default).
     Serve,
     /// Apply schema migrations to this service's database and exit.
     Migrate,
     /// Run every check `serve` runs before it listens (values, auth keys, TLS files), print the
-    /// effective listen address and exit: non-zero exactly when `serve` would refuse to start.
+    /// effective listen addresses (gRPC, hosted pages) and exit: non-zero exactly when `serve`
+    /// would refuse to start.
     CheckConfig,
 }
 
@@ -114,7 +118,10 @@ pub fn service_main<S: Service>() -> ExitCode {
     let result = runtime.block_on(async move {
         match command {
             ServiceCommand::CheckConfig => {
-                println!("configuration ok; listen_addr={}", settings.server.listen_addr);
+                println!(
+                    "configuration ok; listen_addr={} pages_addr={}",
+                    settings.server.listen_addr, settings.pages.listen_addr
+                );
                 Ok(())
             }
             ServiceCommand::Migrate => {

@@ -40,6 +40,8 @@ pub struct Shared {
     /// Background tasks to wait for (briefly) at shutdown, so they finish their batch and
     /// give up their leases.
     background: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    /// The hosted pages services added ([`Shared::add_pages`]), served by [`serve`].
+    pages: Arc<crate::pages::Registry>,
 }
 
 impl Shared {
@@ -60,7 +62,27 @@ impl Shared {
             stop: Arc::new(stop),
             local_addr: Arc::new(std::sync::OnceLock::new()),
             background: Arc::default(),
+            pages: Arc::default(),
         }
+    }
+
+    /// Add a service's hosted pages (`crate::pages`): routes with their state applied, merged
+    /// with the other services' and served on `pages.listen_addr` by [`serve`]. Call it from
+    /// `Service::register`. Two services must not claim the same path (axum panics at the
+    /// merge, at start).
+    pub fn add_pages(&self, routes: axum::Router) {
+        self.pages.add(routes);
+    }
+
+    /// Bind `pages.listen_addr` now if any service added pages, and say where (port 0: the port
+    /// the system chose); `None` when this process has no pages. [`serve`] binds it otherwise.
+    pub async fn bind_pages(&self) -> anyhow::Result<Option<std::net::SocketAddr>> {
+        self.pages.bind(&self.settings).await
+    }
+
+    /// Where the hosted pages listen, once bound.
+    pub fn pages_addr(&self) -> Option<std::net::SocketAddr> {
+        self.pages.addr()
     }
 
     /// Background tasks (relays, consumers) stop when this turns true.
@@ -253,6 +275,11 @@ pub async fn shutdown_signal() {
 /// `server.shutdown_grace_ms`: health turns NOT_SERVING, the listener closes, new calls on open
 /// connections are refused (HTTP/2 GOAWAY) and in-flight calls complete.
 ///
+/// The hosted pages services added (`crate::pages`) are served on `pages.listen_addr` (bound
+/// before anything is served, so a port in use fails the start naming the key) from just before
+/// the gRPC server starts; their graceful shutdown begins with the drain, and shutdown waits
+/// for them like the other background tasks.
+///
 /// It also runs the process's pruner over the modules' outboxes and inboxes and the bus
 /// (`crate::events::prune`), a background task like the relays and consumers.
 pub async fn serve(
@@ -263,6 +290,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let settings = &shared.settings;
+    shared.bind_pages().await?;
     shared.track(crate::events::prune::spawn(
         shared.bus.clone(),
         modules.iter().map(|m| m.db.clone()).collect(),
@@ -333,6 +361,16 @@ pub async fn serve(
     });
     let grace = Duration::from_millis(settings.server.shutdown_grace_ms);
 
+    // The pages drain when the gRPC drain begins, or when the gRPC server ended by itself.
+    let pages_stop = {
+        let (mut draining, mut stopped) = (stop_rx.clone(), shared.stopping());
+        async move {
+            tokio::select! {
+                _ = draining.wait_for(|s| *s) => {}
+                _ = stopped.wait_for(|s| *s) => {}
+            }
+        }
+    };
     let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = {
         let health = health.clone();
@@ -362,6 +400,9 @@ pub async fn serve(
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, signal);
     tokio::pin!(server);
+    if let Some(pages) = crate::pages::spawn(&shared.pages, settings, pages_stop).await? {
+        shared.track(pages);
+    }
 
     let result = tokio::select! {
         r = &mut server => r.map_err(anyhow::Error::from),

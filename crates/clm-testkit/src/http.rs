@@ -1,5 +1,6 @@
 //! [`Receiver`]: a real HTTP/1.1 server on 127.0.0.1 (hyper) that records every request and
-//! answers from a script of statuses, for testing what CLM sends (webhooks).
+//! answers from a script of statuses, for testing what CLM sends (webhooks); [`request`]: one
+//! real HTTP/1.1 request, for testing what CLM serves (the hosted pages).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -117,4 +118,41 @@ async fn answer(
     let status = http::StatusCode::from_u16(code).expect("a status code");
     let text = format!("{} {}", code, status.canonical_reason().unwrap_or(""));
     Ok(http::Response::builder().status(status).body(Full::new(Bytes::from(text))).expect("response"))
+}
+
+/// An answer as [`request`] received it.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub status: http::StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+impl Answer {
+    /// The first value of header `name` as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// One HTTP/1.1 request on a connection of its own: `method` to `url` (`http://host:port/path`)
+/// with `headers` and `body`; the whole answer, body as text. Panics when the server cannot be
+/// reached (a test failure).
+pub async fn request(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
+    let uri: http::Uri = url.parse().expect("a URL");
+    let authority = uri.authority().expect("host and port").clone();
+    let tcp = tokio::net::TcpStream::connect(authority.as_str()).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.expect("HTTP handshake");
+    tokio::spawn(conn);
+    let mut req = http::Request::builder().method(method).uri(uri.path_and_query().map_or("/", |p| p.as_str()));
+    req = req.header(http::header::HOST, authority.as_str());
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let req = req.body(Full::new(Bytes::copy_from_slice(body))).expect("request");
+    let res = sender.send_request(req).await.expect("an answer");
+    let (parts, body) = res.into_parts();
+    let body = body.collect().await.expect("the body").to_bytes();
+    Answer { status: parts.status, headers: parts.headers, body: String::from_utf8_lossy(&body).into_owned() }
 }

@@ -22,6 +22,7 @@ pub fn settings(overrides: &[(&str, &str)]) -> Settings {
     let mut env: HashMap<String, String> = [
         ("CLM_ENV", "test"),
         ("CLM_SERVER__LISTEN_ADDR", "127.0.0.1:0"),
+        ("CLM_PAGES__LISTEN_ADDR", "127.0.0.1:0"),
         ("CLM_SERVER__HEALTH_CHECK_INTERVAL_MS", "200"),
         ("CLM_SERVER__SHUTDOWN_GRACE_MS", "5000"),
         ("CLM_AUTH__MODE", "jwt"),
@@ -63,6 +64,8 @@ pub fn token(tenant: &str, scope: &str) -> String {
 #[derive(Debug)]
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// Where the hosted pages listen, when a service of the server has pages.
+    pub pages_addr: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -70,6 +73,12 @@ pub struct TestServer {
 impl TestServer {
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// `http://127.0.0.1:PORT` of the hosted pages (append a path); panics when the server's
+    /// services have none.
+    pub fn pages_url(&self) -> String {
+        format!("http://{}", self.pages_addr.expect("a service with hosted pages"))
     }
 
     /// A plain channel to the server.
@@ -159,6 +168,7 @@ impl Services {
 async fn serve_modules(shared: Shared, routes: RoutesBuilder, modules: Vec<ServiceModule>) -> TestServer {
     let listener = tokio::net::TcpListener::bind(shared.settings.server.listen_addr).await.expect("bind");
     let addr = listener.local_addr().expect("addr");
+    let pages_addr = shared.bind_pages().await.expect("bind the hosted pages");
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(async move {
         serve(&shared, listener, routes, modules, async move {
@@ -166,5 +176,5 @@ async fn serve_modules(shared: Shared, routes: RoutesBuilder, modules: Vec<Servi
         })
         .await
     });
-    TestServer { addr, shutdown: Some(tx), handle: Some(handle) }
+    TestServer { addr, pages_addr, shutdown: Some(tx), handle: Some(handle) }
 }

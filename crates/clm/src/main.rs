@@ -142,7 +142,10 @@ fn main() -> ExitCode {
 async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
     match command {
         Command::CheckConfig => {
-            println!("configuration ok; listen_addr={}", settings.server.listen_addr);
+            println!(
+                "configuration ok; listen_addr={} pages_addr={}",
+                settings.server.listen_addr, settings.pages.listen_addr
+            );
             Ok(())
         }
         Command::Token { tenant, scope, subject, ttl_secs, private_key_file, kid } => {

@@ -4,13 +4,15 @@
 //!
 //! Modules, top to bottom: `sender` (the queue worker) ▸ `compose` (consent, address,
 //! variables, rendering for one contact) ▸ `contact` (the contact as messages see it) ▸
-//! `links` (signed unsubscribe links) ▸ `transport` (SMTP, webhooks, backoff).
+//! `unsubscribe` (recording a link's use: suppression + event) ▸ `links` (signed unsubscribe
+//! links) ▸ `transport` (SMTP, webhooks, backoff).
 
 pub mod compose;
 pub mod contact;
 pub mod links;
 pub mod sender;
 pub mod transport;
+pub mod unsubscribe;
 
 use std::sync::Arc;
 

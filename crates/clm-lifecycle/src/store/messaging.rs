@@ -367,7 +367,8 @@ pub async fn suppressed_at(
         .map(|s| s.create_time))
 }
 
-/// Record an unsubscribe; `false` when it was already recorded.
+/// Record an unsubscribe; `false` when one for that contact, channel and purpose was recorded
+/// already (see [`resuppress`]).
 pub async fn suppress(db: &impl ConnectionTrait, row: suppression::Model) -> Result<bool> {
     let res = suppression::Entity::insert(row.into_active_model())
         .on_conflict(
@@ -383,4 +384,22 @@ pub async fn suppress(db: &impl ConnectionTrait, row: suppression::Model) -> Res
         .exec_without_returning(db)
         .await?;
     Ok(res == 1)
+}
+
+/// Record again an unsubscribe already recorded for the contact, channel and purpose, when it
+/// comes from another delivery's link (a new decision, perhaps after a consent granted again):
+/// its delivery and time become `row`'s. `false` when the recorded one is that delivery's (the
+/// same link used again: nothing changes).
+pub async fn resuppress(db: &impl ConnectionTrait, tenant: &TenantId, row: &suppression::Model) -> Result<bool> {
+    let res = suppression::Entity::update_many()
+        .col_expr(suppression::Column::DeliveryId, Expr::val(row.delivery_id.clone()))
+        .col_expr(suppression::Column::CreateTime, Expr::val(row.create_time))
+        .filter(suppression::Column::TenantId.eq(tenant.as_str()))
+        .filter(suppression::Column::ContactId.eq(row.contact_id.clone()))
+        .filter(suppression::Column::Channel.eq(row.channel.clone()))
+        .filter(suppression::Column::Purpose.eq(row.purpose.clone()))
+        .filter(suppression::Column::DeliveryId.ne(row.delivery_id.clone()))
+        .exec(db)
+        .await?;
+    Ok(res.rows_affected == 1)
 }

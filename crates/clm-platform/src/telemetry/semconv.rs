@@ -5,6 +5,7 @@
 //! |---|---|---|---|
 //! | a call served | SERVER | `clm.contacts.v1.ContactsService/CreateContact` | `rpc.system`, `rpc.service`, `rpc.method`, `rpc.grpc.status_code` |
 //! | a call to another service | CLIENT | same as the server's | same |
+//! | a hosted page served (`crate::pages`) | SERVER | `POST /u/{token}`: method and route template (never the path, which holds a token) | `http.request.method`, `http.route`, `url.scheme`, `network.protocol.version`, `http.response.status_code` |
 //! | the relay publishing an event | PRODUCER | `publish <subject>` | `messaging.system`, `messaging.destination.name` (the subject), `messaging.message.id` (the event id), `messaging.operation.type` = `send`, `messaging.operation.name` = `publish` |
 //! | a consumer applying an event | CONSUMER | `process <subject>` | the same `messaging.*`, `messaging.operation.type` = `process`, `messaging.consumer.group.name` |
 //!
@@ -168,5 +169,49 @@ impl tower_http::trace::OnEos for ServerOutcome {
             record_grpc_status(span, Side::Server, code);
         }
         tower_http::trace::DefaultOnEos::new().on_eos(trailers, stream_duration, span);
+    }
+}
+
+/// The span of one HTTP request to the hosted pages (SERVER): named `{method} {route}` after the
+/// route template (`POST /u/{token}`), or the method alone when no route matched. The path is
+/// not recorded: it holds the page's token. The status is recorded by [`HttpOutcome`].
+pub fn http_server_span(method: &str, route: Option<&str>, version: http::Version) -> tracing::Span {
+    let name = match route {
+        Some(route) => format!("{method} {route}"),
+        None => method.to_owned(),
+    };
+    let version = match version {
+        http::Version::HTTP_09 => "0.9",
+        http::Version::HTTP_10 => "1.0",
+        http::Version::HTTP_2 => "2",
+        http::Version::HTTP_3 => "3",
+        _ => "1.1",
+    };
+    tracing::info_span!(
+        "http.request",
+        otel.name = %name,
+        otel.kind = "server",
+        otel.status_code = Empty,
+        http.request.method = %method,
+        http.route = route.unwrap_or_default(),
+        url.scheme = "http",
+        network.protocol.version = version,
+        http.response.status_code = Empty,
+    )
+}
+
+/// The hosted pages' `TraceLayer` callback: `http.response.status_code` onto the span, an
+/// error status for a 5xx only (a 4xx is the client's), then tower-http's line at debug level.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HttpOutcome;
+
+impl<B> tower_http::trace::OnResponse<B> for HttpOutcome {
+    fn on_response(self, response: &http::Response<B>, latency: std::time::Duration, span: &tracing::Span) {
+        let status = response.status();
+        span.record("http.response.status_code", i64::from(status.as_u16()));
+        if status.is_server_error() {
+            span.record("otel.status_code", "error");
+        }
+        tower_http::trace::DefaultOnResponse::new().level(tracing::Level::DEBUG).on_response(response, latency, span);
     }
 }

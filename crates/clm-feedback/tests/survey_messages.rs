@@ -417,7 +417,7 @@ async fn without_feedback_consent_the_invitation_is_skipped(backend: Backend) {
         .into_inner()
         .message_template
         .unwrap();
-    let s = new_survey(&mut f, "Ours", "", |s| s.message_template_id = t.id.clone()).await;
+    let s = new_survey(&mut f, "Ours", "", |s| s.message_template_id.clone_from(&t.id)).await;
     let marketing_only = new_contact(&mut c, "m@example.com", cpb::ConsentPurpose::Marketing).await;
     let ok = new_contact(&mut c, "ok@example.com", cpb::ConsentPurpose::Feedback).await;
     invite(&mut f, &s.id, &marketing_only).await.invitation.unwrap();

@@ -354,13 +354,40 @@ async fn the_throttle_window_caps_invitations_across_surveys(backend: Backend) {
     let asked = new_contact(&mut c, "asked@example.com", cpb::ConsentPurpose::Feedback).await;
     let fresh = new_contact(&mut c, "fresh@example.com", cpb::ConsentPurpose::Feedback).await;
     invite(&mut f, &first.id, &asked).await.invitation.unwrap();
+    // An automation asks for another survey on the same stage entry.
+    let requested = new_survey(&mut f, "Requested", "", |_| {}).await;
+    l.create_automation(lpb::CreateAutomationRequest {
+        automation: Some(lpb::Automation {
+            display_name: "ask on conversion".into(),
+            enabled: true,
+            trigger: Some(lpb::Trigger { kind: Some(lpb::trigger::Kind::StageEntered("conversion".into())) }),
+            actions: vec![lpb::Action { kind: Some(lpb::action::Kind::RequestSurvey(requested.id.clone())) }],
+            ..Default::default()
+        }),
+        request_id: String::new(),
+    })
+    .await
+    .unwrap();
 
-    // Stage-targeted: both enter the stage; only the one not asked lately is invited.
+    // Stage-targeted and automation-requested: both contacts enter the stage; the one asked
+    // lately gets neither survey, the other exactly one of the two (the second is throttled
+    // by the first).
     purchase(&mut l, &asked, "o-1").await;
     purchase(&mut l, &fresh, "o-2").await;
     wait_for("the fresh contact is invited", async || invitations(&mut f, &staged.id, &fresh).await.pop()).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for("the automation's request is handled", async || {
+        let runs = l
+            .list_automation_runs(lpb::ListAutomationRunsRequest { contact_id: fresh.clone(), ..Default::default() })
+            .await
+            .ok()?
+            .into_inner();
+        runs.runs.into_iter().next()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(invitations(&mut f, &staged.id, &asked).await.is_empty(), "throttled on stage entry");
+    assert!(invitations(&mut f, &requested.id, &asked).await.is_empty(), "throttled on an automation's request");
+    assert!(invitations(&mut f, &requested.id, &fresh).await.is_empty(), "throttled by the stage's survey");
     // Batch and manual invitations are throttled too.
     let batch = f
         .batch_create_invitations(pb::BatchCreateInvitationsRequest {

@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use clm_contacts::ContactsService;
 use clm_feedback::FeedbackService;
+use clm_feedback::events::{Publisher, sweep};
 use clm_lifecycle::LifecycleService;
 use clm_platform::convert::micros;
+use clm_platform::events::outbox::OutboxWriter;
 use clm_proto::common::v1::Money;
 use clm_proto::contacts::v1 as cpb;
 use clm_proto::contacts::v1::contacts_service_client::ContactsServiceClient;
@@ -135,6 +137,10 @@ async fn new_contact(c: &mut Ct, email: &str, purpose: cpb::ConsentPurpose) -> S
     .contact
     .unwrap()
     .id
+}
+
+fn micros_now() -> i64 {
+    chrono::Utc::now().timestamp_micros()
 }
 
 fn ms(n: i64) -> prost_types::Duration {
@@ -303,6 +309,20 @@ async fn unanswered_invitations_are_reminded_once_answered_ones_never(backend: B
     let eager = new_contact(&mut c, "eager@example.com", cpb::ConsentPurpose::Feedback).await;
     let inv = invite(&mut f, &csat.id, &quiet).await.invitation.unwrap();
     invite(&mut f, &csat.id, &eager).await.invitation.unwrap();
+    // Replicas: more sweeps of the same database, as fast as they can, beside the server's own.
+    let db = clm_platform::db::connect(&env.dbs[2].url, &testing::settings(&[]).database).await.unwrap();
+    let publisher = Publisher::new(OutboxWriter::new("feedback"));
+    let replicas: Vec<_> = (0..3)
+        .map(|_| {
+            let (db, publisher) = (db.clone(), publisher.clone());
+            tokio::spawn(async move {
+                for _ in 0..60 {
+                    let _ = sweep::tick(&db, &publisher, micros_now()).await;
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+            })
+        })
+        .collect();
     // The eager one answers through the email's link at once.
     let first = env.wait_mails("eager@example.com", 1).await.remove(0);
     f.submit_response(answer(&survey_token(&first), 5)).await.unwrap();
@@ -315,8 +335,11 @@ async fn unanswered_invitations_are_reminded_once_answered_ones_never(backend: B
     let text = decoded(&mails[1]);
     assert!(text.contains(&format!("{PAGES}/s/{}?score=5", inv.token)), "CSAT one-click: {text}");
     assert!(!text.contains("?score=6"), "CSAT is 1-5: {text}");
-    // One reminder and no more; none for the one who answered.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // One reminder and no more, whatever the number of sweeps; none for the one who answered.
+    for r in replicas {
+        r.await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(env.mails_to("quiet@example.com").len(), 2);
     assert_eq!(env.mails_to("eager@example.com").len(), 1);
     let got = f.get_invitation(pb::GetInvitationRequest { id: inv.id.clone() }).await.unwrap().into_inner();
@@ -459,6 +482,32 @@ async fn without_feedback_consent_the_invitation_is_skipped(backend: Backend) {
     assert_eq!(mail.header("Subject").as_deref(), Some("Tell us: Ours"));
     assert!(decoded(&mail).contains(&format!("Go to {PAGES}/s/{} (until", inv.token)), "{}", decoded(&mail));
     assert!(env.mails_to("m@example.com").is_empty());
+
+    // A survey naming a template that is not for FEEDBACK gets the built-in invitation (the
+    // contact's feedback consent is what counts).
+    let mut news = lpb::MessageTemplate {
+        display_name: "News".into(),
+        channel: lpb::MessageChannel::Email as i32,
+        purpose: lpb::MessagePurpose::Marketing as i32,
+        email: Some(lpb::EmailContent { subject: "News".into(), text_body: "news".into(), ..Default::default() }),
+        ..Default::default()
+    };
+    news = l
+        .create_message_template(lpb::CreateMessageTemplateRequest {
+            message_template: Some(news),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .message_template
+        .unwrap();
+    let other = new_survey(&mut f, "Other", "", |s| s.message_template_id.clone_from(&news.id)).await;
+    invite(&mut f, &other.id, &ok).await.invitation.unwrap();
+    let mails = env.wait_mails("ok@example.com", 2).await;
+    assert_eq!(mails[1].header("Subject").as_deref(), Some("Other: we would like your feedback"));
+    let ds = deliveries(&mut l, &ok).await;
+    assert_eq!(ds[0].template_id, BUILT_IN, "{ds:?}");
     env.done().await;
 }
 

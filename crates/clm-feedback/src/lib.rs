@@ -43,6 +43,13 @@ impl clm_platform::runtime::Service for FeedbackService {
             std::sync::Arc::new(events::FeedbackHandler { publisher: publisher.clone() }),
             shared.stopping(),
         ));
+        // Reminders and recurring surveys (every replica; each claimed once).
+        shared.track(events::sweep::spawn(
+            db.clone(),
+            publisher.clone(),
+            std::time::Duration::from_millis(shared.settings.feedback.scheduler_interval_ms.max(10)),
+            shared.stopping(),
+        ));
         let contacts = clm_platform::contacts::ContactsClient::new(
             "feedback",
             shared.settings.feedback.contacts_url.clone(),

@@ -41,3 +41,16 @@ fn no_sql_in_api_and_no_io_in_domain() {
     let io = ["sea_orm", "tokio", "async fn", "ConnectionTrait", "crate::store", "tonic", "clm_proto"];
     assert_eq!(offending("domain", &io), Vec::<String>::new(), "domain/ is plain Rust");
 }
+
+#[test]
+fn every_invitation_is_throttled_in_one_place() {
+    // The fatigue cap: an invitation row is written only by `events::invite`, right after it
+    // claimed the contact's ask against the throttle window; every path (API, batch, stage
+    // entry, automation, recurring rounds) calls it. Reminders publish, they do not invite.
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    assert_eq!(arch::users(&src, "insert_invitation("), ["events/mod.rs", "store/invitations.rs"]);
+    assert_eq!(arch::users(&src, "claim_ask("), ["events/mod.rs", "store/invitations.rs"]);
+    let events = std::fs::read_to_string(src.join("events/mod.rs")).unwrap();
+    let (ask, insert) = (events.find("store::claim_ask(").unwrap(), events.find("store::insert_invitation(").unwrap());
+    assert!(ask < insert, "invite claims the ask before it writes the invitation");
+}

@@ -105,7 +105,7 @@ fn deliveries_are_queued_in_one_place() {
     // A delivery is written by `messaging::enqueue`, in the caller's unit of work, so it exists
     // exactly when the change that asked for it committed.
     assert_eq!(users("insert_delivery("), ["messaging/mod.rs", "store/messaging.rs"]);
-    assert_eq!(users("messaging::enqueue("), ["api/deliveries.rs", "journeys/actions.rs"]);
+    assert_eq!(users("messaging::enqueue("), ["api/deliveries.rs", "events/mod.rs", "journeys/actions.rs"]);
 }
 
 #[test]

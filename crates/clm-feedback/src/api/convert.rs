@@ -187,6 +187,10 @@ pub fn survey_pb(row: &survey::Model) -> Result<pb::Survey, Error> {
         create_time: Some(timestamp(row.create_time)),
         update_time: Some(timestamp(row.update_time)),
         etag: etag(row.version),
+        message_template_id: row.message_template_id.clone(),
+        reminder_after: (row.reminder_after > 0).then(|| duration(row.reminder_after)),
+        max_reminders: i32::try_from(row.max_reminders).unwrap_or_default(),
+        recurrence: (row.recurrence > 0).then(|| duration(row.recurrence)),
     })
 }
 
@@ -196,6 +200,7 @@ fn source_pb(s: &str) -> pb::InvitationSource {
         "batch" => pb::InvitationSource::Batch,
         "stage_trigger" => pb::InvitationSource::StageTrigger,
         "automation" => pb::InvitationSource::Automation,
+        "recurrence" => pb::InvitationSource::Recurrence,
         _ => pb::InvitationSource::Unspecified,
     }
 }
@@ -218,6 +223,7 @@ pub fn invitation_pb(row: &invitation_row::Model, token: Option<String>, now: i6
         create_time: Some(timestamp(row.create_time)),
         expire_time: Some(timestamp(row.expire_time)),
         source: source_pb(&row.source) as i32,
+        reminders_sent: i32::try_from(row.reminders_sent).unwrap_or_default(),
     }
 }
 

@@ -12,7 +12,7 @@ use super::convert::{kind_from_pb, load_questions, questions_from_pb, status_fro
 use super::request::{MAX_NAME, check_etag, extend, filter, limit, mask_paths, set_fields, text};
 use super::{FeedbackApi, ctx};
 use crate::domain::survey::{self, Kind, Questions, SurveyStatus};
-use crate::domain::values::{InvitationTtl, StageKey};
+use crate::domain::values::{InvitationTtl, Recurrence, Reminders, StageKey};
 use crate::store::entities::survey as survey_row;
 use crate::store::{self, now_micros};
 
@@ -35,6 +35,32 @@ pub(super) async fn survey_questions(api: &FeedbackApi, tenant: &TenantId, surve
 fn ttl(v: &mut Violations, d: Option<&prost_types::Duration>) -> i64 {
     d.and_then(|d| v.check(InvitationTtl::parse("survey.invitation_ttl", duration_micros(d))))
         .map_or(0, InvitationTtl::micros)
+}
+
+/// A survey's message template field (a lifecycle template: feedback cannot see whether it
+/// exists; lifecycle falls back to its built-in invitation if not): empty → none.
+fn message_template(v: &mut Violations, raw: &str) -> String {
+    if raw.is_empty() {
+        return String::new();
+    }
+    v.check(uuid("survey.message_template_id", raw)).map(|u| u.to_string()).unwrap_or_default()
+}
+
+/// A survey's reminder fields: unset delay → none.
+fn reminders(v: &mut Violations, after: Option<&prost_types::Duration>, max: i32) -> Reminders {
+    let after = after.map_or(Some(0), duration_micros);
+    match Reminders::parse("survey.reminder_after", after, "survey.max_reminders", max) {
+        Ok(r) => r,
+        Err(e) => {
+            extend(v, e);
+            Reminders::default()
+        }
+    }
+}
+
+/// A survey's recurrence field: unset → one-off.
+fn recurrence(v: &mut Violations, d: Option<&prost_types::Duration>) -> i64 {
+    d.and_then(|d| v.check(Recurrence::parse("survey.recurrence", duration_micros(d)))).map_or(0, Recurrence::micros)
 }
 
 /// A survey's target model field: empty → none; stored as the canonical UUID.
@@ -79,6 +105,9 @@ pub async fn create(
     let target_stage_key = target_stage(&mut v, &s.target_stage_key);
     let target_model_id = target_model(&mut v, &s.target_model_id);
     let invitation_ttl = ttl(&mut v, s.invitation_ttl.as_ref());
+    let message_template_id = message_template(&mut v, &s.message_template_id);
+    let reminders = reminders(&mut v, s.reminder_after.as_ref(), s.max_reminders);
+    let recurrence = recurrence(&mut v, s.recurrence.as_ref());
     v.finish()?;
     if let Some(rid) = &rid
         && let Some(id) = idempotency::find(&api.db, &ctx.tenant, "CreateSurvey", rid, &fingerprint).await?
@@ -101,6 +130,10 @@ pub async fn create(
         version: 1,
         create_time: now,
         update_time: now,
+        message_template_id,
+        reminder_after: reminders.after(),
+        max_reminders: i64::from(reminders.max()),
+        recurrence,
     };
     let txn = clm_platform::db::begin_write(&api.db).await?;
     store::insert_survey(&txn, &ctx.tenant, row.clone()).await?;
@@ -157,10 +190,25 @@ pub async fn update(
         ("target_stage_key", !s.target_stage_key.is_empty()),
         ("target_model_id", !s.target_model_id.is_empty()),
         ("invitation_ttl", s.invitation_ttl.is_some()),
+        ("message_template_id", !s.message_template_id.is_empty()),
+        ("reminder_after", s.reminder_after.is_some()),
+        ("max_reminders", s.max_reminders != 0),
+        ("recurrence", s.recurrence.is_some()),
     ]);
     let paths = mask_paths(
         req.update_mask.as_ref(),
-        &["display_name", "questions", "status", "target_stage_key", "target_model_id", "invitation_ttl"],
+        &[
+            "display_name",
+            "questions",
+            "status",
+            "target_stage_key",
+            "target_model_id",
+            "invitation_ttl",
+            "message_template_id",
+            "reminder_after",
+            "max_reminders",
+            "recurrence",
+        ],
         &set,
     )?;
     let txn = clm_platform::db::begin_write(&api.db).await?;
@@ -195,13 +243,31 @@ pub async fn update(
             "target_stage_key" => row.target_stage_key = target_stage(&mut v, &s.target_stage_key),
             "target_model_id" => row.target_model_id = target_model(&mut v, &s.target_model_id),
             "invitation_ttl" => row.invitation_ttl = ttl(&mut v, s.invitation_ttl.as_ref()),
+            "message_template_id" => row.message_template_id = message_template(&mut v, &s.message_template_id),
+            "recurrence" => row.recurrence = recurrence(&mut v, s.recurrence.as_ref()),
             _ => {}
         }
+    }
+    // The reminder delay and count are checked together: each as given, or as stored.
+    if paths.iter().any(|p| p == "reminder_after" || p == "max_reminders") {
+        let old_r = Reminders::from_stored(old.reminder_after, old.max_reminders);
+        let after = if paths.iter().any(|p| p == "reminder_after") {
+            s.reminder_after
+        } else {
+            Some(clm_platform::convert::duration(old_r.after()))
+        };
+        let max = if paths.iter().any(|p| p == "max_reminders") { s.max_reminders } else { old_r.max() };
+        let r = reminders(&mut v, after.as_ref(), max);
+        row.reminder_after = r.after();
+        row.max_reminders = i64::from(r.max());
     }
     v.finish()?;
     row.version += 1;
     row.update_time = now_micros();
     store::update_survey(&txn, &ctx.tenant, row.clone(), old.version).await?;
+    if row.recurrence != old.recurrence {
+        store::set_recurrence(&txn, &ctx.tenant, &row.id, row.recurrence).await?;
+    }
     txn.commit().await.map_err(Error::from)?;
     Ok(Response::new(pb::UpdateSurveyResponse { survey: Some(survey_pb(&row)?) }))
 }

@@ -86,6 +86,80 @@ impl ThrottleWindow {
     }
 }
 
+/// Most reminders a survey may send per invitation.
+pub const MAX_REMINDERS: i32 = 5;
+
+/// A survey's reminders: an unanswered invitation is reminded `after` µs after it was sent
+/// (then after each reminder), at most `max` times. `after` 0 = no reminders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Reminders {
+    after: i64,
+    max: i32,
+}
+
+impl Reminders {
+    /// `after`: 0 to 365 days (`None`: no duration on the wire, a violation); `max`: 0 to
+    /// [`MAX_REMINDERS`], 0 with a delay meaning 1; a count without a delay is refused (it
+    /// would never send).
+    pub fn parse(
+        after_field: &str,
+        after: Option<i64>,
+        max_field: &str,
+        max: i32,
+    ) -> Result<Self, Vec<FieldViolation>> {
+        let mut v = Vec::new();
+        let after = bounded(after_field, after, 0, 365 * DAY_MICROS, "0 (no reminders) to 365 days")
+            .map_err(|e| v.push(e))
+            .unwrap_or_default();
+        if !(0..=MAX_REMINDERS).contains(&max) {
+            v.push(FieldViolation::new(max_field, format!("must be 0 to {MAX_REMINDERS}")));
+        } else if max > 0 && after == 0 && v.is_empty() {
+            v.push(FieldViolation::new(max_field, format!("reminders need a delay: set {after_field}")));
+        }
+        if !v.is_empty() {
+            return Err(v);
+        }
+        Ok(Self { after, max: if after > 0 { max.max(1) } else { 0 } })
+    }
+
+    /// As stored (checked when set).
+    pub fn from_stored(after: i64, max: i64) -> Self {
+        let max = i32::try_from(max.clamp(0, i64::from(MAX_REMINDERS))).unwrap_or_default();
+        if after > 0 { Self { after, max: max.max(1) } } else { Self::default() }
+    }
+
+    pub fn after(self) -> i64 {
+        self.after
+    }
+
+    pub fn max(self) -> i32 {
+        self.max
+    }
+
+    /// When the reminder after `sent` reminders is due, for an invitation sent (or last
+    /// reminded) at `last` and expiring at `expire`: `None` when no more are owed, or the
+    /// invitation would have expired by then.
+    pub fn next_due(self, sent: i64, last: i64, expire: i64) -> Option<i64> {
+        let due = last.saturating_add(self.after);
+        (self.after > 0 && sent < i64::from(self.max) && due < expire).then_some(due)
+    }
+}
+
+/// How long after a contact's last invitation to a recurring survey they are invited again:
+/// 0 (one-off) to 5 years.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recurrence(i64);
+
+impl Recurrence {
+    pub fn parse(field: &str, micros: Option<i64>) -> Result<Self, FieldViolation> {
+        bounded(field, micros, 0, 5 * 365 * DAY_MICROS, "0 (one-off) to 5 years").map(Self)
+    }
+
+    pub fn micros(self) -> i64 {
+        self.0
+    }
+}
+
 /// CES scores up to this open a follow-up (1 = very difficult … 7 = very easy): 1 (only
 /// "very difficult") to 6 (all but "very easy").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -144,6 +218,26 @@ mod tests {
         assert_eq!(CesThreshold::parse("c", 7).unwrap_err().field, "c");
         assert!(CesThreshold::parse("c", 0).is_err());
         assert_eq!(CesThreshold::from_stored(9).value(), 6);
+    }
+
+    #[test]
+    fn reminders_need_a_delay_and_stop_at_the_count_or_the_expiry() {
+        let r = Reminders::parse("a", Some(HOUR_MICROS), "m", 0).unwrap();
+        assert_eq!((r.after(), r.max()), (HOUR_MICROS, 1), "a delay alone is one reminder");
+        assert_eq!(Reminders::parse("a", Some(0), "m", 0).unwrap(), Reminders::default());
+        let e = Reminders::parse("a", Some(0), "m", 2).unwrap_err();
+        assert_eq!(e[0].field, "m");
+        let e = Reminders::parse("a", Some(-1), "m", 6).unwrap_err();
+        assert_eq!(e.iter().map(|f| f.field.as_str()).collect::<Vec<_>>(), ["a", "m"]);
+        assert!(Reminders::parse("a", None, "m", 1).is_err());
+        let r = Reminders::parse("a", Some(10), "m", 2).unwrap();
+        assert_eq!(r.next_due(0, 100, 1000), Some(110));
+        assert_eq!(r.next_due(1, 110, 1000), Some(120));
+        assert_eq!(r.next_due(2, 120, 1000), None, "the count is reached");
+        assert_eq!(r.next_due(0, 100, 110), None, "expired by then");
+        assert_eq!(Reminders::default().next_due(0, 0, i64::MAX), None);
+        assert_eq!(Recurrence::parse("r", Some(90 * DAY_MICROS)).map(Recurrence::micros), Ok(90 * DAY_MICROS));
+        assert_eq!(Recurrence::parse("r", Some(-1)).unwrap_err().field, "r");
     }
 
     proptest! {

@@ -1,7 +1,9 @@
 //! What feedback publishes (SurveyRequested, ResponseSubmitted, FollowUpOpened/Closed,
 //! ReviewRecorded) and consumes: StageChanged (remember stages; invite to surveys targeting the
 //! entered stage), lifecycle automations asking for a survey (`feedback.request_survey`), and
-//! contact merges and erasures.
+//! contact merges and erasures. `sweep`: reminders and recurring surveys, by the clock.
+
+pub mod sweep;
 
 use async_trait::async_trait;
 use clm_platform::convert::timestamp;
@@ -16,6 +18,7 @@ use uuid::Uuid;
 
 use crate::domain::survey::Kind;
 use crate::domain::token;
+use crate::domain::values::Reminders;
 use crate::store::entities::{follow_up, invitation, response, review, settings, survey};
 use crate::store::{self, now_micros};
 
@@ -43,13 +46,18 @@ impl Publisher {
         Self { outbox }
     }
 
+    /// The invitation `inv` to `survey` (`reminder` 0), or its `reminder`-th reminder (same
+    /// invitation, same token), at `at`: lifecycle delivers it as a message.
+    #[allow(clippy::too_many_arguments)]
     pub async fn survey_requested(
         &self,
         txn: &UnitOfWork,
         tenant: &TenantId,
         inv: &invitation::Model,
         token: &str,
-        kind: &str,
+        survey: &survey::Model,
+        reminder: i32,
+        at: i64,
     ) -> Result<()> {
         let p = Payload::SurveyRequested(ev::SurveyRequested {
             invitation_id: inv.id.clone(),
@@ -57,9 +65,12 @@ impl Publisher {
             contact_id: inv.contact_id.clone(),
             token: token.to_owned(),
             expire_time: Some(timestamp(inv.expire_time)),
-            kind: kind_ev(kind) as i32,
+            kind: kind_ev(&survey.kind) as i32,
+            survey_name: survey.display_name.clone(),
+            message_template_id: survey.message_template_id.clone(),
+            reminder,
         });
-        self.outbox.append(txn, tenant, "invitation", &inv.id, inv.create_time, p).await?;
+        self.outbox.append(txn, tenant, "invitation", &inv.id, at, p).await?;
         Ok(())
     }
 
@@ -141,6 +152,8 @@ pub enum Source {
     Batch,
     StageTrigger,
     Automation,
+    /// A recurring survey's next round (the sweep).
+    Recurrence,
 }
 
 impl Source {
@@ -150,15 +163,19 @@ impl Source {
             Source::Batch => "batch",
             Source::StageTrigger => "stage_trigger",
             Source::Automation => "automation",
+            Source::Recurrence => "recurrence",
         }
     }
 }
 
 /// Invite `contact` to `survey` (ACTIVE, checked by the caller) in `txn`: not twice while an
-/// invitation is pending, not more than once per throttling window across surveys. Publishes
-/// SurveyRequested. `id` fixes the invitation id (derived from its cause, `InvitationKey`, so a
-/// redelivered or replayed event does not invite twice); an existing invitation with that id is
-/// returned as is. Returns the invitation and its token.
+/// invitation is pending, not more than once per throttling window across surveys (the
+/// tenant's fatigue cap: every way of inviting comes through here — CreateInvitation, batches,
+/// stage entries, automations, recurring surveys; reminders are not invitations and do not).
+/// Publishes SurveyRequested, and schedules the survey's first reminder and next round. `id`
+/// fixes the invitation id (derived from its cause, `InvitationKey`, so a redelivered or
+/// replayed event does not invite twice); an existing invitation with that id is returned as
+/// is. Returns the invitation and its token.
 #[allow(clippy::too_many_arguments)]
 pub async fn invite(
     txn: &UnitOfWork,
@@ -189,6 +206,8 @@ pub async fn invite(
         None => store::stage_of(txn, tenant, contact).await?,
     };
     let ttl = if survey.invitation_ttl > 0 { survey.invitation_ttl } else { settings.default_ttl };
+    let expire_time = now.saturating_add(ttl);
+    let reminders = Reminders::from_stored(survey.reminder_after, survey.max_reminders);
     let row = invitation::Model {
         id: id.to_string(),
         tenant_id: tenant.as_str().to_owned(),
@@ -198,12 +217,15 @@ pub async fn invite(
         source: source.key().into(),
         stage_key,
         create_time: now,
-        expire_time: now.saturating_add(ttl),
+        expire_time,
         respond_time: None,
+        reminders_sent: 0,
+        next_reminder_time: reminders.next_due(0, now, expire_time),
+        next_recurrence_time: (survey.recurrence > 0).then(|| now.saturating_add(survey.recurrence)),
     };
     store::insert_invitation(txn, tenant, row.clone()).await?;
     let t = token::issue(&settings.token_secret, tenant.as_str(), id);
-    publisher.survey_requested(txn, tenant, &row, &t, &survey.kind).await?;
+    publisher.survey_requested(txn, tenant, &row, &t, survey, 0, now).await?;
     Ok(Ok((row, t)))
 }
 

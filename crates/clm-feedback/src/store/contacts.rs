@@ -103,6 +103,14 @@ pub async fn erase_contact(db: &impl ConnectionTrait, tenant: &TenantId, contact
         .filter(invitation::Column::Status.eq(InvitationStatus::Pending.key()))
         .exec(db)
         .await?;
+    // Nothing more goes to an erased contact: no reminder, no next round of a recurring survey.
+    invitation::Entity::update_many()
+        .col_expr(invitation::Column::NextReminderTime, Expr::value(Option::<i64>::None))
+        .col_expr(invitation::Column::NextRecurrenceTime, Expr::value(Option::<i64>::None))
+        .filter(invitation::Column::TenantId.eq(tenant.as_str()))
+        .filter(invitation::Column::ContactId.eq(contact))
+        .exec(db)
+        .await?;
     let rows = response::Entity::find()
         .filter(response::Column::TenantId.eq(tenant.as_str()))
         .filter(response::Column::ContactId.eq(contact))

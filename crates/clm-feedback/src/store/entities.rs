@@ -19,6 +19,15 @@ pub mod survey {
         pub version: i64,
         pub create_time: i64,
         pub update_time: i64,
+        /// The lifecycle message template of its invitations (empty: lifecycle's built-in).
+        pub message_template_id: String,
+        /// µs after the invitation (or its last reminder) that an unanswered one is reminded;
+        /// 0: never.
+        pub reminder_after: i64,
+        /// Most reminders per invitation.
+        pub max_reminders: i64,
+        /// µs after a contact's last invitation to it that they are invited again; 0: one-off.
+        pub recurrence: i64,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -44,6 +53,13 @@ pub mod invitation {
         pub create_time: i64,
         pub expire_time: i64,
         pub respond_time: Option<i64>,
+        /// Reminders sent (each claimed by a conditional update on this count).
+        pub reminders_sent: i64,
+        /// When the next reminder is due (NULL: none is).
+        pub next_reminder_time: Option<i64>,
+        /// A recurring survey: when its contact is due to be invited again (NULL: not, or
+        /// already handled by the sweep).
+        pub next_recurrence_time: Option<i64>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

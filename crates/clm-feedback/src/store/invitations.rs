@@ -1,7 +1,8 @@
-//! Invitations and throttling (`contact_asks`: when each contact was last asked).
+//! Invitations and throttling (`contact_asks`: when each contact was last asked); what the
+//! sweep finds due (reminders, recurring surveys' next rounds) and claims.
 
 use clm_platform::{Error, Result, TenantId};
-use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
 };
@@ -136,6 +137,7 @@ pub async fn mark_responded(db: &impl ConnectionTrait, tenant: &TenantId, id: &s
     invitation::Entity::update_many()
         .col_expr(invitation::Column::Status, Expr::value(InvitationStatus::Responded.key()))
         .col_expr(invitation::Column::RespondTime, Expr::value(at))
+        .col_expr(invitation::Column::NextReminderTime, Expr::value(Option::<i64>::None))
         .filter(invitation::Column::TenantId.eq(tenant.as_str()))
         .filter(invitation::Column::Id.eq(id))
         .exec(db)
@@ -159,4 +161,142 @@ pub async fn count_invitations(
         .filter(invitation::Column::Status.ne(InvitationStatus::Cancelled.key()))
         .count(db)
         .await?)
+}
+
+/// Invitations of any tenant whose next reminder is due at `now`, soonest first.
+pub async fn due_reminders(db: &impl ConnectionTrait, now: i64, limit: u64) -> Result<Vec<invitation::Model>> {
+    Ok(invitation::Entity::find()
+        .filter(invitation::Column::NextReminderTime.lte(now))
+        .order_by_asc(invitation::Column::NextReminderTime)
+        .order_by_asc(invitation::Column::Id)
+        .limit(limit)
+        .all(db)
+        .await?)
+}
+
+/// Claim reminder number `sent + 1` of invitation `id`, due at `due`: only while it is still
+/// pending with `sent` reminders sent and that reminder due, so of any number of sweeps (and
+/// replicas) exactly one claims it. `next`: when the one after is due, if any.
+pub async fn claim_reminder(
+    db: &impl ConnectionTrait,
+    tenant: &TenantId,
+    id: &str,
+    sent: i64,
+    due: i64,
+    next: Option<i64>,
+) -> Result<bool> {
+    let n = invitation::Entity::update_many()
+        .col_expr(invitation::Column::RemindersSent, Expr::value(sent + 1))
+        .col_expr(invitation::Column::NextReminderTime, Expr::value(next))
+        .filter(invitation::Column::TenantId.eq(tenant.as_str()))
+        .filter(invitation::Column::Id.eq(id))
+        .filter(invitation::Column::Status.eq(InvitationStatus::Pending.key()))
+        .filter(invitation::Column::RemindersSent.eq(sent))
+        .filter(invitation::Column::NextReminderTime.eq(due))
+        .exec(db)
+        .await?
+        .rows_affected;
+    Ok(n == 1)
+}
+
+/// No more reminders for invitation `id` (answered, expired, its survey closed or its
+/// reminders turned off).
+pub async fn clear_reminder(db: &impl ConnectionTrait, tenant: &TenantId, id: &str) -> Result<()> {
+    invitation::Entity::update_many()
+        .col_expr(invitation::Column::NextReminderTime, Expr::value(Option::<i64>::None))
+        .filter(invitation::Column::TenantId.eq(tenant.as_str()))
+        .filter(invitation::Column::Id.eq(id))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+/// Invitations of any tenant whose contact is due for a recurring survey's next round.
+pub async fn due_recurrences(db: &impl ConnectionTrait, now: i64, limit: u64) -> Result<Vec<invitation::Model>> {
+    Ok(invitation::Entity::find()
+        .filter(invitation::Column::NextRecurrenceTime.lte(now))
+        .order_by_asc(invitation::Column::NextRecurrenceTime)
+        .order_by_asc(invitation::Column::Id)
+        .limit(limit)
+        .all(db)
+        .await?)
+}
+
+/// Move invitation `id`'s next round from `from` to `then` (NULL: handled): only while it is
+/// still `from`, so only one sweep moves it.
+pub async fn claim_recurrence(
+    db: &impl ConnectionTrait,
+    tenant: &TenantId,
+    id: &str,
+    from: Option<i64>,
+    then: Option<i64>,
+) -> Result<bool> {
+    let current = match from {
+        Some(t) => invitation::Column::NextRecurrenceTime.eq(t),
+        None => invitation::Column::NextRecurrenceTime.is_null(),
+    };
+    let n = invitation::Entity::update_many()
+        .col_expr(invitation::Column::NextRecurrenceTime, Expr::value(then))
+        .filter(invitation::Column::TenantId.eq(tenant.as_str()))
+        .filter(invitation::Column::Id.eq(id))
+        .filter(current)
+        .exec(db)
+        .await?
+        .rows_affected;
+    Ok(n == 1)
+}
+
+/// The contact's latest invitation to the survey.
+pub async fn latest_invitation(
+    db: &impl ConnectionTrait,
+    tenant: &TenantId,
+    survey_id: &str,
+    contact: &str,
+) -> Result<Option<invitation::Model>> {
+    Ok(invitation::Entity::find()
+        .filter(invitation::Column::TenantId.eq(tenant.as_str()))
+        .filter(invitation::Column::SurveyId.eq(survey_id))
+        .filter(invitation::Column::ContactId.eq(contact))
+        .order_by_desc(invitation::Column::CreateTime)
+        .order_by_desc(invitation::Column::Id)
+        .one(db)
+        .await?)
+}
+
+/// A survey's recurrence changed to `recurrence` µs (0: one-off): every invitation of it not
+/// cancelled is due again that long after it was created (the sweep invites only a contact's
+/// latest), or never.
+pub async fn set_recurrence(
+    db: &impl ConnectionTrait,
+    tenant: &TenantId,
+    survey_id: &str,
+    recurrence: i64,
+) -> Result<()> {
+    let value = if recurrence > 0 {
+        Expr::col(invitation::Column::CreateTime).add(recurrence)
+    } else {
+        Expr::value(Option::<i64>::None)
+    };
+    invitation::Entity::update_many()
+        .col_expr(invitation::Column::NextRecurrenceTime, value)
+        .filter(invitation::Column::TenantId.eq(tenant.as_str()))
+        .filter(invitation::Column::SurveyId.eq(survey_id))
+        .filter(invitation::Column::Status.ne(InvitationStatus::Cancelled.key()))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+/// Cancel invitation `id` if it is still pending (a recurring survey's next round supersedes
+/// it): its token stops working and no reminder follows.
+pub async fn supersede_invitation(db: &impl ConnectionTrait, tenant: &TenantId, id: &str) -> Result<()> {
+    invitation::Entity::update_many()
+        .col_expr(invitation::Column::Status, Expr::value(InvitationStatus::Cancelled.key()))
+        .col_expr(invitation::Column::NextReminderTime, Expr::value(Option::<i64>::None))
+        .filter(invitation::Column::TenantId.eq(tenant.as_str()))
+        .filter(invitation::Column::Id.eq(id))
+        .filter(invitation::Column::Status.eq(InvitationStatus::Pending.key()))
+        .exec(db)
+        .await?;
+    Ok(())
 }

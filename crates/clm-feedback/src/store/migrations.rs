@@ -19,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(clm_platform::events::prune::InboxAgeIndexMigration),
             Box::new(M0002CesScale),
             Box::new(M0003ResponseExternalIds),
+            Box::new(M0004SurveyDelivery),
         ]
     }
 }
@@ -262,5 +263,58 @@ impl MigrationTrait for M0003ResponseExternalIds {
         m.drop_index(Index::drop().name("ux_responses_external").table(Alias::new("responses")).to_owned()).await?;
         m.alter_table(Table::alter().table(Alias::new("responses")).drop_column(Alias::new("external_id")).to_owned())
             .await
+    }
+}
+
+/// Surveys' delivery settings (message template, reminders, recurrence) and invitations'
+/// reminder state: how many were sent, and when the next is due (the sweep's index).
+/// Existing surveys get none: no template, no reminders, one-off.
+struct M0004SurveyDelivery;
+
+impl MigrationName for M0004SurveyDelivery {
+    fn name(&self) -> &'static str {
+        "m0004_survey_delivery"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0004SurveyDelivery {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        // One column per statement: SQLite alters one thing at a time.
+        for column in [
+            text("message_template_id").default("").to_owned(),
+            big("reminder_after").default(0).to_owned(),
+            big("max_reminders").default(0).to_owned(),
+            big("recurrence").default(0).to_owned(),
+        ] {
+            m.alter_table(Table::alter().table(Alias::new("surveys")).add_column(column).to_owned()).await?;
+        }
+        for column in [
+            big("reminders_sent").default(0).to_owned(),
+            big_null("next_reminder_time"),
+            big_null("next_recurrence_time"),
+        ] {
+            m.alter_table(Table::alter().table(Alias::new("invitations")).add_column(column).to_owned()).await?;
+        }
+        // The sweep: reminders and recurrences due, across tenants; a contact's latest
+        // invitation to a survey.
+        index(m, "ix_invitations_reminder", "invitations", &["next_reminder_time"], false).await?;
+        index(m, "ix_invitations_recurrence", "invitations", &["next_recurrence_time"], false).await?;
+        let cols = ["tenant_id", "survey_id", "contact_id", "create_time"];
+        index(m, "ix_invitations_survey_contact", "invitations", &cols, false).await
+    }
+
+    async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        for ix in ["ix_invitations_reminder", "ix_invitations_recurrence", "ix_invitations_survey_contact"] {
+            m.drop_index(Index::drop().name(ix).table(Alias::new("invitations")).to_owned()).await?;
+        }
+        for c in ["next_recurrence_time", "next_reminder_time", "reminders_sent"] {
+            m.alter_table(Table::alter().table(Alias::new("invitations")).drop_column(Alias::new(c)).to_owned())
+                .await?;
+        }
+        for c in ["recurrence", "max_reminders", "reminder_after", "message_template_id"] {
+            m.alter_table(Table::alter().table(Alias::new("surveys")).drop_column(Alias::new(c)).to_owned()).await?;
+        }
+        Ok(())
     }
 }

@@ -23,8 +23,9 @@ pub use crate::domain::values::DAY_MICROS;
 pub use contacts::{erase_contact, reassign_contact, set_stage, stage_of, unset_stage};
 pub use follow_ups::{FOLLOW_UP_FILTER, get_follow_up, insert_follow_up, list_follow_ups, update_follow_up};
 pub use invitations::{
-    claim_ask, count_invitations, get_invitation, insert_invitation, invitations_by_ids, list_invitations,
-    mark_responded, pending_invitation,
+    claim_ask, claim_recurrence, claim_reminder, clear_reminder, count_invitations, due_recurrences, due_reminders,
+    get_invitation, insert_invitation, invitations_by_ids, latest_invitation, list_invitations, mark_responded,
+    pending_invitation, set_recurrence, supersede_invitation,
 };
 pub use responses::{
     RESPONSE_FILTER, ResultRow, get_response, imported_responses, insert_response, list_responses, response_count,

@@ -64,6 +64,8 @@ pub(super) fn to_pb(d: &delivery::Model, attempts: &[delivery_attempt::Model]) -
         create_time: Some(timestamp(d.create_time)),
         next_attempt_time: pending.then(|| timestamp(d.next_attempt_time)),
         finish_time: d.finish_time.map(timestamp),
+        invitation_id: d.invitation_id.clone(),
+        reminder: i32::try_from(d.reminder).unwrap_or_default(),
     }
 }
 

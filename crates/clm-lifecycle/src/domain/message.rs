@@ -40,8 +40,12 @@ pub const CONTACT_FIELDS: &[&str] = &[
 pub const STAGE_FIELDS: &[&str] = &["key", "name"];
 /// Fields of `delivery`.
 pub const DELIVERY_FIELDS: &[&str] = &["id"];
+/// Fields of `survey` (deliveries of feedback survey invitations and reminders; undefined in
+/// other messages). `scores` is a list of `{value, url}`: one-click answers for NPS, CSAT and
+/// CES (empty for custom surveys).
+pub const SURVEY_FIELDS: &[&str] = &["id", "invitation_id", "name", "kind", "url", "expire_time", "scores", "reminder"];
 /// Top-level names: the objects above, and `unsubscribe_url` (emails only).
-pub const ROOTS: &[&str] = &["contact", "stage", "delivery", "unsubscribe_url"];
+pub const ROOTS: &[&str] = &["contact", "stage", "delivery", "survey", "unsubscribe_url"];
 
 /// How a template's values are escaped, by where its output goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +99,7 @@ fn known(path: &str) -> bool {
         "contact" => CONTACT_FIELDS,
         "stage" => STAGE_FIELDS,
         "delivery" => DELIVERY_FIELDS,
+        "survey" => SURVEY_FIELDS,
         "unsubscribe_url" => return field.is_none(),
         _ => return false,
     };
@@ -110,6 +115,7 @@ fn known_list() -> String {
     let mut out: Vec<String> = CONTACT_FIELDS.iter().map(|f| format!("contact.{f}")).collect();
     out.extend(STAGE_FIELDS.iter().map(|f| format!("stage.{f}")));
     out.extend(DELIVERY_FIELDS.iter().map(|f| format!("delivery.{f}")));
+    out.extend(SURVEY_FIELDS.iter().map(|f| format!("survey.{f}")));
     out.push("unsubscribe_url".into());
     out.join(", ")
 }
@@ -176,6 +182,8 @@ pub struct Context {
     pub delivery_id: String,
     /// Emails only.
     pub unsubscribe_url: Option<String>,
+    /// A survey invitation's variables ([`SurveyInvite::variables`]).
+    pub survey: Option<Value>,
 }
 
 impl Context {
@@ -189,6 +197,9 @@ impl Context {
         if let Some(url) = &self.unsubscribe_url {
             root.insert("unsubscribe_url".into(), Value::String(url.clone()));
         }
+        if let Some(survey) = &self.survey {
+            root.insert("survey".into(), survey.clone());
+        }
         Value::Object(root)
     }
 
@@ -201,6 +212,9 @@ impl Context {
         });
         if let Some((key, name)) = &self.stage {
             doc["stage"] = json!({ "key": key, "name": name });
+        }
+        if let Some(survey) = &self.survey {
+            doc["survey"] = survey.clone();
         }
         doc.to_string()
     }
@@ -223,8 +237,133 @@ fn sample() -> Value {
         stage: Some(("retention".into(), "Retention".into())),
         delivery_id: "00000000-0000-0000-0000-000000000000".into(),
         unsubscribe_url: Some("https://example.com/u/sample".into()),
+        survey: Some(
+            SurveyInvite {
+                invitation_id: "00000000-0000-0000-0000-000000000001".into(),
+                survey_id: "00000000-0000-0000-0000-000000000002".into(),
+                name: "Sample survey".into(),
+                kind: "nps".into(),
+                token: "sample".into(),
+                expire_time: 0,
+                reminder: 1,
+            }
+            .variables("https://example.com/s/sample"),
+        ),
     }
     .to_value()
+}
+
+/// What a survey invitation's delivery carries beyond the contact (stored with the delivery,
+/// from feedback's SurveyRequested).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SurveyInvite {
+    pub invitation_id: String,
+    pub survey_id: String,
+    pub name: String,
+    /// "nps", "csat", "ces" or "custom".
+    pub kind: String,
+    /// The invitation's single-use response token.
+    pub token: String,
+    /// When the invitation expires, µs.
+    pub expire_time: i64,
+    /// 0: the invitation; n: its n-th reminder.
+    pub reminder: i32,
+}
+
+impl SurveyInvite {
+    /// The score scale of a one-click answer, by kind (custom surveys have none).
+    pub fn scale(&self) -> Option<std::ops::RangeInclusive<i32>> {
+        match self.kind.as_str() {
+            "nps" => Some(0..=10),
+            "csat" => Some(1..=5),
+            "ces" => Some(1..=7),
+            _ => None,
+        }
+    }
+
+    /// The `survey.*` variables, the survey page being at `url`; a score link is
+    /// `<url>?score=N`.
+    pub fn variables(&self, url: &str) -> Value {
+        let scores: Vec<Value> = self
+            .scale()
+            .into_iter()
+            .flatten()
+            .map(|n| json!({ "value": n, "url": format!("{url}?score={n}") }))
+            .collect();
+        let expire = chrono::DateTime::from_timestamp_micros(self.expire_time)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_default();
+        json!({
+            "id": self.survey_id,
+            "invitation_id": self.invitation_id,
+            "name": self.name,
+            "kind": self.kind,
+            "url": url,
+            "expire_time": expire,
+            "scores": scores,
+            "reminder": self.reminder,
+        })
+    }
+}
+
+/// Lifecycle's own survey invitation, used when a survey names no message template: an email
+/// (purpose FEEDBACK) rendered by the same engine as every template. Plain, accessible HTML
+/// (a language, a title, real links with labels, no images) and a text part with the same
+/// links.
+pub mod survey_invitation {
+    /// The subject.
+    pub const SUBJECT: &str =
+        "{% if survey.reminder %}Reminder: {% endif %}{{ survey.name }}: we would like your feedback";
+
+    /// The HTML body.
+    pub const HTML: &str = r#"<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{{ survey.name }}</title>
+</head>
+<body style="margin:0;padding:24px;background:#f4f4f4;color:#1a1a1a;font-family:Arial,Helvetica,sans-serif;font-size:16px;line-height:1.5;">
+<div role="article" aria-label="{{ survey.name }}" style="max-width:560px;margin:0 auto;background:#ffffff;padding:24px;border-radius:8px;">
+<p>Hi {{ contact.first_name | default("there") }},</p>
+{% if survey.reminder %}<p>A quick reminder: we would still love to hear from you.</p>
+{% endif %}<h1 style="font-size:20px;margin:16px 0;">{{ survey.name }}</h1>
+{% if survey.scores %}<p id="question">{% if survey.kind == "nps" %}How likely are you to recommend us to a friend or colleague?{% elif survey.kind == "csat" %}How satisfied are you with us?{% else %}How easy was it to get what you needed?{% endif %} Choose a number to answer:</p>
+<table role="presentation" aria-describedby="question" style="border-collapse:separate;border-spacing:4px;">
+<tr>
+{% for s in survey.scores %}<td><a href="{{ s.url }}" aria-label="{{ s.value }} out of {{ (survey.scores | last).value }}" style="display:inline-block;min-width:36px;padding:10px 0;text-align:center;border:1px solid #5a5a5a;border-radius:4px;color:#1a1a1a;text-decoration:none;font-weight:bold;">{{ s.value }}</a></td>
+{% endfor %}</tr>
+</table>
+<p style="font-size:14px;color:#4a4a4a;">{% if survey.kind == "nps" %}0 = not at all likely, 10 = extremely likely.{% elif survey.kind == "csat" %}1 = very unsatisfied, 5 = very satisfied.{% else %}1 = very difficult, 7 = very easy.{% endif %}</p>
+{% endif %}<p><a href="{{ survey.url }}" style="display:inline-block;padding:12px 20px;background:#1a56db;color:#ffffff;text-decoration:none;border-radius:4px;font-weight:bold;">{% if survey.scores %}Open the survey{% else %}Answer the survey{% endif %}</a></p>
+<p style="font-size:14px;color:#4a4a4a;">This link is yours alone{% if survey.expire_time %} and works until {{ survey.expire_time[:10] }}{% endif %}. Thank you for your time.</p>
+<hr style="border:none;border-top:1px solid #dddddd;margin:24px 0;">
+<p style="font-size:13px;color:#4a4a4a;">You receive this because you agreed to be asked for feedback. <a href="{{ unsubscribe_url }}" style="color:#1a56db;">Unsubscribe from feedback emails</a>.</p>
+</div>
+</body>
+</html>
+"#;
+
+    /// The text body.
+    pub const TEXT: &str = r#"Hi {{ contact.first_name | default("there") }},
+{% if survey.reminder %}
+A quick reminder: we would still love to hear from you.
+{% endif %}
+{{ survey.name }}
+{% if survey.scores %}
+{% if survey.kind == "nps" %}How likely are you to recommend us to a friend or colleague? (0 = not at all likely, 10 = extremely likely){% elif survey.kind == "csat" %}How satisfied are you with us? (1 = very unsatisfied, 5 = very satisfied){% else %}How easy was it to get what you needed? (1 = very difficult, 7 = very easy){% endif %}
+Open the link of your answer:
+{% for s in survey.scores %}  {{ s.value }}: {{ s.url }}
+{% endfor %}{% endif %}
+Answer the survey: {{ survey.url }}
+{% if survey.expire_time %}The link is yours alone and works until {{ survey.expire_time[:10] }}.
+{% endif %}
+Thank you for your time.
+
+--
+You receive this because you agreed to be asked for feedback.
+Unsubscribe from feedback emails: {{ unsubscribe_url }}
+"#;
 }
 
 #[cfg(test)]
@@ -243,6 +382,7 @@ mod tests {
             stage: Some(("conversion".into(), "Conversion".into())),
             delivery_id: "d1".into(),
             unsubscribe_url: Some("https://x/u/t".into()),
+            survey: None,
         }
         .to_value()
     }
@@ -294,6 +434,81 @@ mod tests {
     #[test]
     fn subjects_are_one_line() {
         assert_eq!(one_line("Hi\r\nBcc: x@y.z"), "Hi Bcc: x@y.z");
+    }
+
+    fn invite(kind: &str, reminder: i32) -> SurveyInvite {
+        SurveyInvite {
+            invitation_id: "i1".into(),
+            survey_id: "s1".into(),
+            name: "Quarterly <NPS>".into(),
+            kind: kind.into(),
+            token: "tok.en".into(),
+            expire_time: 1_800_000_000_000_000,
+            reminder,
+        }
+    }
+
+    fn with_survey(s: &SurveyInvite) -> Value {
+        let mut c = ctx(Some("Ana"));
+        c["survey"] = s.variables("https://clm.example.com/s/tok.en");
+        c
+    }
+
+    #[test]
+    fn the_built_in_invitation_passes_the_save_checks() {
+        check("subject", survey_invitation::SUBJECT, Escape::Text).unwrap();
+        check("html", survey_invitation::HTML, Escape::Html).unwrap();
+        check("text", survey_invitation::TEXT, Escape::Text).unwrap();
+    }
+
+    #[test]
+    fn the_built_in_invitation_links_the_survey_and_each_score() {
+        let c = with_survey(&invite("nps", 0));
+        let html = render(survey_invitation::HTML, Escape::Html, &c).unwrap();
+        assert!(html.contains("Quarterly &lt;NPS&gt;"), "{html}");
+        for n in 0..=10 {
+            assert!(
+                html.contains(&format!("href=\"https:&#x2f;&#x2f;clm.example.com&#x2f;s&#x2f;tok.en?score={n}\"")),
+                "{n}: {html}"
+            );
+        }
+        assert!(html.contains("aria-label=\"10 out of 10\""), "{html}");
+        assert!(html.contains("https:&#x2f;&#x2f;x&#x2f;u&#x2f;t"), "the unsubscribe link: {html}");
+        assert!(html.contains("2027-01-15"), "the expiry date: {html}");
+        assert!(!html.contains("Reminder"), "{html}");
+        let text = render(survey_invitation::TEXT, Escape::Text, &c).unwrap();
+        assert!(text.contains("  7: https://clm.example.com/s/tok.en?score=7\n"), "{text}");
+        assert!(text.contains("Answer the survey: https://clm.example.com/s/tok.en\n"), "{text}");
+        assert!(text.contains("Unsubscribe from feedback emails: https://x/u/t"), "{text}");
+        let subject = render(survey_invitation::SUBJECT, Escape::Text, &c).unwrap();
+        assert_eq!(subject, "Quarterly <NPS>: we would like your feedback");
+    }
+
+    #[test]
+    fn scales_follow_the_kind_and_reminders_say_so() {
+        let csat = invite("csat", 0).variables("u");
+        assert_eq!(csat["scores"].as_array().unwrap().len(), 5);
+        assert_eq!(csat["scores"][0], json!({ "value": 1, "url": "u?score=1" }));
+        assert_eq!(invite("ces", 0).variables("u")["scores"].as_array().unwrap().len(), 7);
+        let custom = with_survey(&invite("custom", 0));
+        let html = render(survey_invitation::HTML, Escape::Html, &custom).unwrap();
+        assert!(!html.contains("?score="), "{html}");
+        assert!(html.contains("Answer the survey"), "{html}");
+        let reminder = with_survey(&invite("nps", 1));
+        let subject = render(survey_invitation::SUBJECT, Escape::Text, &reminder).unwrap();
+        assert!(subject.starts_with("Reminder: "), "{subject}");
+        assert!(render(survey_invitation::TEXT, Escape::Text, &reminder).unwrap().contains("A quick reminder"));
+    }
+
+    #[test]
+    fn survey_variables_are_known() {
+        check(
+            "f",
+            "{{ survey.name }} {{ survey.url }} {% for s in survey.scores %}{{ s.url }}{% endfor %}",
+            Escape::Html,
+        )
+        .unwrap();
+        assert!(check("f", "{{ survey.token }}", Escape::Text).is_err());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! What lifecycle consumes (contact events, to know which contacts exist and to follow merges
-//! and erasures; ResponseSubmitted and ReviewRecorded, journey events of their own), the
+//! and erasures; ResponseSubmitted and ReviewRecorded, journey events of their own;
+//! SurveyRequested, a survey invitation or reminder to deliver as a message), the
 //! scheduler's sweep and the watch feed. Consumed events change journeys through
 //! `journeys::advance` like every other path; what lifecycle publishes is in `publish`.
 
@@ -18,7 +19,9 @@ use uuid::Uuid;
 
 use crate::convert::SURVEY_RESPONSE;
 use crate::domain::contact::ContactState;
+use crate::domain::message::SurveyInvite;
 use crate::journeys::{Happened, SurveyAnswer, advance};
+use crate::messaging::{self, Source};
 use crate::publish::Publisher;
 use crate::store::entities::journey_event;
 use crate::store::{self, ModelRecord, now_micros};
@@ -49,6 +52,42 @@ fn event_row(
         body: prost::Message::encode_to_vec(body),
         order_id: None,
     }
+}
+
+fn kind_key(kind: i32) -> &'static str {
+    match ev::SurveyKind::try_from(kind) {
+        Ok(ev::SurveyKind::Nps) => "nps",
+        Ok(ev::SurveyKind::Csat) => "csat",
+        Ok(ev::SurveyKind::Ces) => "ces",
+        _ => "custom",
+    }
+}
+
+/// Queue the message of a survey invitation (or of its reminder) in the consumer's unit of
+/// work: the survey's own template if it names a FEEDBACK one, else the built-in invitation.
+/// The delivery's id is derived from the invitation and the reminder number, so the same
+/// request seen again (a replay, a republished event) queues nothing more. Consent (email,
+/// FEEDBACK) is the sender's to check when it sends.
+async fn queue_survey(txn: &UnitOfWork, tenant: &TenantId, r: &ev::SurveyRequested) -> Result<()> {
+    let Ok(contact) = Uuid::parse_str(&r.contact_id) else { return Ok(()) };
+    let name = format!("survey/{}/{}/{}", tenant.as_str(), r.invitation_id, r.reminder);
+    let id = Uuid::new_v5(&Uuid::NAMESPACE_OID, name.as_bytes());
+    if store::messaging::find_delivery(txn, tenant, id).await.is_ok() {
+        return Ok(());
+    }
+    let template = messaging::survey_template(txn, tenant, &r.message_template_id).await?;
+    let invite = SurveyInvite {
+        invitation_id: r.invitation_id.clone(),
+        survey_id: r.survey_id.clone(),
+        name: r.survey_name.clone(),
+        kind: kind_key(r.kind).to_owned(),
+        token: r.token.clone(),
+        expire_time: r.expire_time.as_ref().and_then(clm_platform::convert::micros).unwrap_or_default(),
+        reminder: r.reminder,
+    };
+    let d = messaging::enqueue(txn, tenant, id, contact, template, Source::Survey(&invite)).await?;
+    tracing::info!(delivery = %d.id, invitation = %r.invitation_id, reminder = r.reminder, "survey invitation queued");
+    Ok(())
 }
 
 /// Consumes contact and feedback events. The automations a consumed event owes run after the
@@ -98,12 +137,7 @@ impl EventHandler for LifecycleHandler {
             // A response is customer activity, with a score or without (a comment alone).
             Some(Payload::ResponseSubmitted(r)) if r.complete => {
                 let Ok(contact) = Uuid::parse_str(&r.contact_id) else { return Ok(()) };
-                let kind = match ev::SurveyKind::try_from(r.kind) {
-                    Ok(ev::SurveyKind::Nps) => "nps",
-                    Ok(ev::SurveyKind::Csat) => "csat",
-                    Ok(ev::SurveyKind::Ces) => "ces",
-                    _ => "custom",
-                };
+                let kind = kind_key(r.kind);
                 let model = store::default_model(txn, &tenant).await?;
                 let mut properties: std::collections::HashMap<String, String> =
                     [("kind".to_string(), kind.to_string()), ("response_id".to_string(), r.response_id.clone())].into();
@@ -154,6 +188,7 @@ impl EventHandler for LifecycleHandler {
                     advance(txn, &self.publisher, &tenant, contact, &model, now_micros(), happened).await?;
                 }
             }
+            Some(Payload::SurveyRequested(r)) => queue_survey(txn, &tenant, r).await?,
             Some(Payload::ReviewRecorded(r)) => {
                 // A public review is advocacy: recorded on the journey like RecordJourneyEvent would.
                 let Ok(contact) = Uuid::parse_str(&r.contact_id) else { return Ok(()) };

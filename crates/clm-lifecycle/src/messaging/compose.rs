@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::contact::{channel_key, consent_channel, purpose_key, purpose_of, refusal, variables};
 use super::links::{Links, Unsubscribe};
-use crate::domain::message::{Context, Escape, one_line, render};
+use crate::domain::message::{Context, Escape, SurveyInvite, one_line, render};
 use crate::domain::model::StageKey;
 use crate::store;
 
@@ -57,6 +57,23 @@ pub async fn compose(
     contact: &cpb::Contact,
     delivery_id: &str,
 ) -> Result<Composition, Error> {
+    compose_with(mode, db, links, tenant, template_id, template, contact, delivery_id, None).await
+}
+
+/// [`compose`] a delivery that carries a survey invitation (`survey.*` variables, the survey
+/// link built from its token).
+#[allow(clippy::too_many_arguments)]
+pub async fn compose_with(
+    mode: Mode,
+    db: &impl ConnectionTrait,
+    links: &Links,
+    tenant: &TenantId,
+    template_id: &str,
+    template: &pb::MessageTemplate,
+    contact: &cpb::Contact,
+    delivery_id: &str,
+    survey: Option<&SurveyInvite>,
+) -> Result<Composition, Error> {
     let channel = consent_channel(template);
     let purpose = purpose_of(template);
     let unsubscribed = match channel {
@@ -72,8 +89,13 @@ pub async fn compose(
         return Ok(Composition::Refused(why));
     }
     let stage = current_stage(db, tenant, &contact.id).await?;
-    let mut ctx =
-        Context { contact: variables(contact), stage, delivery_id: delivery_id.to_owned(), unsubscribe_url: None };
+    let mut ctx = Context {
+        contact: variables(contact),
+        stage,
+        delivery_id: delivery_id.to_owned(),
+        unsubscribe_url: None,
+        survey: survey.map(|s| s.variables(&links.survey_url(&s.token))),
+    };
     let email_channel = template.channel == pb::MessageChannel::Email as i32;
     match (&template.email, &template.webhook) {
         (Some(email), _) if email_channel => {

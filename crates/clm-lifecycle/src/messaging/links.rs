@@ -68,6 +68,12 @@ impl Links {
         serde_json::from_slice(&body).ok()
     }
 
+    /// The survey page of invitation token `token` (feedback's token, already unguessable:
+    /// an HMAC under the tenant's secret). Tokens are URL-safe (`[0-9a-f]`, `.`, base64url).
+    pub fn survey_url(&self, token: &str) -> String {
+        format!("{}/s/{}", self.base, token)
+    }
+
     /// The unsubscribe page's URL for `u`.
     pub fn unsubscribe_url(&self, u: &Unsubscribe) -> String {
         format!("{}/u/{}", self.base, self.token(u))

@@ -17,7 +17,7 @@ use sea_orm::DatabaseConnection;
 use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
-use super::compose::{Composition, Mode, compose};
+use super::compose::{Composition, Mode, compose_with};
 use super::links::Links;
 use super::transport::smtp::{Email, Mailer};
 use super::transport::webhook::{Webhook, Webhooks};
@@ -186,12 +186,17 @@ impl Sender {
         };
         let dead = |reason: String| Outcome { state: "dead", ..skip(reason) };
         let Ok(template_id) = Uuid::parse_str(&d.template_id) else { return Ok(dead("bad template id".into())) };
-        let row = match q::find_template(&self.db, tenant, template_id).await {
-            Ok(t) => t,
-            Err(Error::NotFound { .. }) => return Ok(dead("the template was deleted".into())),
-            Err(e) => return Err(e),
+        let (template, signing_secret) = if let Some(builtin) = super::builtin_template(&d.template_id) {
+            (builtin, String::new())
+        } else {
+            let row = match q::find_template(&self.db, tenant, template_id).await {
+                Ok(t) => t,
+                Err(Error::NotFound { .. }) => return Ok(dead("the template was deleted".into())),
+                Err(e) => return Err(e),
+            };
+            (pb::MessageTemplate::decode(row.body.as_slice()).map_err(Error::internal)?, row.signing_secret)
         };
-        let template = pb::MessageTemplate::decode(row.body.as_slice()).map_err(Error::internal)?;
+        let extra = super::Extra::of(d);
         let Ok(contact_id) = Uuid::parse_str(&d.contact_id) else { return Ok(dead("bad contact id".into())) };
         // The contact now, from where it lives; no transaction is open.
         let contact =
@@ -201,19 +206,29 @@ impl Sender {
                 Ok(Err(e)) => return self.deferred(tenant, d, &format!("contacts service: {e}")).await,
                 Err(_) => return self.deferred(tenant, d, "contacts service: no answer in time").await,
             };
-        let composed =
-            match compose(Mode::Send, &self.db, &self.links, tenant, &d.template_id, &template, &contact, &d.id).await?
-            {
-                Composition::Ready(c) => c,
-                Composition::Refused(why) => return Ok(skip(why)),
-                Composition::Broken(why) => return Ok(dead(why)),
-            };
+        let composed = match compose_with(
+            Mode::Send,
+            &self.db,
+            &self.links,
+            tenant,
+            &d.template_id,
+            &template,
+            &contact,
+            &d.id,
+            extra.survey.as_ref(),
+        )
+        .await?
+        {
+            Composition::Ready(c) => c,
+            Composition::Refused(why) => return Ok(skip(why)),
+            Composition::Broken(why) => return Ok(dead(why)),
+        };
         let attempt = u32::try_from(d.attempt_count).unwrap_or(u32::MAX).saturating_add(1);
         let sent = if let Some(body) = composed.webhook_body.clone() {
             let request = Webhook {
                 url: composed.recipient.clone(),
                 body,
-                secret: row.signing_secret.clone(),
+                secret: signing_secret.clone(),
                 delivery_id: d.id.clone(),
                 attempt,
                 timestamp: now / 1_000_000,

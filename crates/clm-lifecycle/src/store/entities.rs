@@ -346,7 +346,7 @@ pub mod delivery {
         pub contact_id: String,
         pub template_id: String,
         pub channel: String,
-        /// "api", "automation" or "campaign".
+        /// "api", "automation", "campaign" or "survey".
         pub source: String,
         pub automation_id: String,
         /// The campaign that sent it ("" if none).
@@ -362,6 +362,13 @@ pub mod delivery {
         pub lease_until: i64,
         pub create_time: i64,
         pub finish_time: Option<i64>,
+        /// The feedback invitation it carries (source "survey"), else empty.
+        pub invitation_id: String,
+        /// Which reminder of that invitation (0: the invitation itself).
+        pub reminder: i64,
+        /// What the template needs beyond the contact, as JSON (`messaging::Extra`); empty
+        /// for none.
+        pub context: String,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

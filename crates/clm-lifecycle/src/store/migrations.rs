@@ -21,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(M0003AutomationJobs),
             Box::new(M0004ChurnSetting),
             Box::new(M0006Messaging),
+            Box::new(M0007DeliveryContext),
             Box::new(M0008Campaigns),
         ]
     }
@@ -406,6 +407,39 @@ impl MigrationTrait for M0006Messaging {
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
         for t in ["suppressions", "delivery_attempts", "deliveries", "message_templates"] {
             m.drop_table(Table::drop().table(Alias::new(t)).to_owned()).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Deliveries of survey invitations: the invitation they carry, which reminder, and the
+/// template context beyond the contact (`context`, JSON: the survey's name, kind, token...).
+/// Existing deliveries carry none.
+struct M0007DeliveryContext;
+
+impl MigrationName for M0007DeliveryContext {
+    fn name(&self) -> &'static str {
+        "m0007_delivery_context"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0007DeliveryContext {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        // One column per statement: SQLite alters one thing at a time.
+        for column in [
+            text("invitation_id").default("").to_owned(),
+            big("reminder").default(0).to_owned(),
+            long_text("context").default("").to_owned(),
+        ] {
+            m.alter_table(Table::alter().table(Alias::new("deliveries")).add_column(column).to_owned()).await?;
+        }
+        Ok(())
+    }
+
+    async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        for c in ["context", "reminder", "invitation_id"] {
+            m.alter_table(Table::alter().table(Alias::new("deliveries")).drop_column(Alias::new(c)).to_owned()).await?;
         }
         Ok(())
     }

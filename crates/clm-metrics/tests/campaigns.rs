@@ -336,7 +336,11 @@ async fn a_real_campaign_shows_its_conversion(backend: Backend) {
         .unwrap();
     let id = c
         .create_contact(cpb::CreateContactRequest {
-            contact: Some(cpb::Contact { email: "ana@example.com".into(), ..Default::default() }),
+            contact: Some(cpb::Contact {
+                email: "ana@example.com".into(),
+                tags: vec!["vip".into()],
+                ..Default::default()
+            }),
             request_id: String::new(),
         })
         .await
@@ -376,6 +380,35 @@ async fn a_real_campaign_shows_its_conversion(backend: Backend) {
     assert_eq!((done.enrolled, done.converted, done.exited, done.active, done.completed), (1, 1, 1, 0, 0), "{done:?}");
     assert!((done.conversion_rate - 1.0).abs() < 1e-12);
     assert!(done.median_time_to_convert.is_some());
+    // A purchase after the conversion is its revenue.
+    l.record_journey_event(lpb::RecordJourneyEventRequest {
+        event: Some(lpb::JourneyEvent {
+            contact_id: id.clone(),
+            detail: Some(lpb::journey_event::Detail::Purchase(lpb::Purchase {
+                order_id: "o-1".into(),
+                amount: Some(money(40, "EUR")),
+                items: 1,
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    testing::wait_for("the revenue after conversion", async || {
+        let rows = get(&mut m).await;
+        rows.iter().any(|r| r.revenue_after_conversion == [money(40, "EUR")]).then_some(())
+    })
+    .await;
+    // A segment: the contacts service answers its members.
+    let of_segment = async |m: &mut MetricsServiceClient<Ch>, filter: &str| {
+        let scope = pb::MetricsScope { segment_filter: filter.into(), ..Default::default() };
+        let req = pb::GetCampaignMetricsRequest { scope: Some(scope), campaign_ids: vec![] };
+        m.get_campaign_metrics(req).await.unwrap().into_inner().campaigns
+    };
+    let vip = of_segment(&mut m, r#"tags:"vip""#).await;
+    assert_eq!(vip.iter().map(|r| (r.enrolled, r.converted)).collect::<Vec<_>>(), [(1, 1)]);
+    assert!(of_segment(&mut m, r#"tags:"nobody""#).await.is_empty());
     server.stop().await.unwrap();
     for db in dbs {
         db.cleanup().await;

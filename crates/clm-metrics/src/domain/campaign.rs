@@ -123,7 +123,7 @@ pub fn median(v: &mut [i64]) -> Option<i64> {
     match n {
         0 => None,
         _ if n % 2 == 1 => Some(v[n / 2]),
-        _ => Some(((i128::from(v[n / 2 - 1]) + i128::from(v[n / 2])) / 2) as i64),
+        _ => Some(v[n / 2 - 1].midpoint(v[n / 2])),
     }
 }
 
@@ -247,7 +247,7 @@ mod tests {
         let b = &f["b"];
         assert_eq!((b.enrolled, b.converted, b.median_to_convert), (1, 0, None));
         assert!(b.revenue.is_empty());
-        assert_eq!(b.conversion_rate(), 0.0);
+        assert!(b.conversion_rate().abs() < f64::EPSILON, "no conversion: 0");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! gRPC handlers of `clm.metrics.v1.MetricsService`: parse the scope into a slice of the
 //! aggregates, read them (`store::read`), compute (`kpi`, `domain`), map back.
 
+mod campaigns;
 pub mod goals;
 pub mod kpi;
 mod scope;
@@ -447,6 +448,13 @@ impl MetricsService for MetricsApi {
         req: Request<pb::GetScorecardRequest>,
     ) -> Result<Response<pb::GetScorecardResponse>, Status> {
         goals::scorecard(self, req).await
+    }
+
+    async fn get_campaign_metrics(
+        &self,
+        req: Request<pb::GetCampaignMetricsRequest>,
+    ) -> Result<Response<pb::GetCampaignMetricsResponse>, Status> {
+        campaigns::get(self, req).await
     }
 
     async fn list_kpi_series(

@@ -4,6 +4,7 @@
 
 use chrono::{Datelike, Months, NaiveDate, TimeZone, Utc};
 
+pub mod campaign;
 pub mod channel;
 pub mod contribution;
 pub mod facts;

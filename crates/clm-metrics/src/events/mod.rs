@@ -2,11 +2,12 @@
 //! and cost), lifecycle's StageChanged and JourneyEventRecorded (transitions, purchases,
 //! referrals, reviews, activity) and LifecycleModelChanged (a model's churn basis: the newest
 //! revision is kept, whichever event brings it), feedback's ResponseSubmitted and
-//! ReviewRecorded (survey answers, reviews). Each event records what it says about its contacts
-//! in the ledger (`store::write::ledger`); a batch then adds to the aggregates the change of
-//! each touched contact's contribution (`store::write`). Applied through the platform inbox, so
-//! a redelivered event changes nothing; any order of the same events, and a replay from the
-//! first one, gives the same numbers.
+//! ReviewRecorded (survey answers, reviews), and lifecycle's CampaignEnrolmentChanged (one row
+//! per enrolment, its end kept once seen; read as it is, no counter). Each event records what
+//! it says about its contacts in the ledger (`store::write::ledger`); a batch then adds to the
+//! aggregates the change of each touched contact's contribution (`store::write`). Applied
+//! through the platform inbox, so a redelivered event changes nothing; any order of the same
+//! events, and a replay from the first one, gives the same numbers.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -18,6 +19,7 @@ use clm_proto::events::v1::event_envelope::Payload;
 use sea_orm::DatabaseTransaction;
 use tracing::Instrument as _;
 
+use crate::domain::campaign::{Enrolment, EnrolmentState};
 use crate::domain::channel::Channel;
 use crate::domain::contribution::{Activity, Category, Event, Money, Role, SPELL_BASES, Survey, Transition};
 use crate::store::write::facts::{self, ContactFacts, ContactState};
@@ -48,6 +50,31 @@ fn contact_facts(f: Option<&ev::ContactFacts>) -> ContactFacts {
         campaign: f.campaign,
         country_code: f.country_code,
     }
+}
+
+/// An enrolment as a CampaignEnrolmentChanged states it; `None` for one without an id, a
+/// campaign, a contact, an enrolment time or a known state (nothing to count it by). An end
+/// without a finish time ends at its enrolment time.
+fn enrolment(c: &ev::CampaignEnrolmentChanged) -> Option<Enrolment> {
+    let state = EnrolmentState::parse(&c.state)?;
+    let enrol_time = micros(c.enrol_time.as_ref())?;
+    if c.enrolment_id.is_empty() || c.campaign_id.is_empty() || c.contact_id.is_empty() {
+        return None;
+    }
+    let finish_time = match state {
+        EnrolmentState::Active => None,
+        _ => Some(micros(c.finish_time.as_ref()).unwrap_or(enrol_time)),
+    };
+    Some(Enrolment {
+        id: c.enrolment_id.clone(),
+        contact: c.contact_id.clone(),
+        campaign: c.campaign_id.clone(),
+        campaign_name: c.campaign_name.clone(),
+        state,
+        converted: c.converted && state != EnrolmentState::Active,
+        enrol_time,
+        finish_time,
+    })
 }
 
 /// The contacts an event says something about (whose contribution it may change).
@@ -162,6 +189,13 @@ impl MetricsHandler {
                 };
                 let event = Event { id: format!("response:{}", r.response_id), at, what };
                 ledger::put_event(txn, &tenant, &r.contact_id, &event).await?;
+                crate::watch::touched(&tenant);
+            }
+            Some(Payload::CampaignEnrolmentChanged(c)) => {
+                // A fact of its own (no contribution to the counters): the enrolment's row,
+                // its end kept once seen, whatever order its two events come in.
+                let Some(e) = enrolment(c) else { return Ok(()) };
+                ledger::put_enrolment(txn, &tenant, &e).await?;
                 crate::watch::touched(&tenant);
             }
             Some(Payload::ReviewRecorded(r)) => {

@@ -1,5 +1,6 @@
 //! Schema migrations of the metrics database: the read model built from events, and the inbox.
 
+mod campaigns;
 mod ledger;
 mod revision;
 
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(clm_platform::events::prune::InboxAgeIndexMigration),
             Box::new(ledger::M0007Ledger),
             Box::new(revision::M0008BasisRevision),
+            Box::new(campaigns::M0009CampaignEnrolments),
         ]
     }
 }
@@ -258,6 +260,8 @@ pub const READ_MODEL_TABLES: &[&str] = &[
     "ledger_transitions",
     "ledger_events",
     "model_settings",
+    "ledger_enrolments",
+    "campaign_names",
 ];
 
 #[async_trait::async_trait]

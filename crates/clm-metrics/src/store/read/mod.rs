@@ -9,6 +9,7 @@
 //! `contact_spells`), a chunk of ids per statement, and add the chunks up: the same numbers
 //! the aggregates give for those contacts.
 
+pub mod campaigns;
 pub mod cohorts;
 pub mod funnel;
 

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use clm_platform::{Result, TenantId};
 use sea_orm::ConnectionTrait;
 
+use crate::domain::campaign::Enrolment;
 use crate::domain::channel::Channel;
 use crate::domain::contribution::{Activity, Category, Event, Facts, Money, Role, Survey, Transition};
 use crate::store::sql::{Sql, exec, rows, v};
@@ -221,6 +222,48 @@ pub async fn put_stage(
              category = excluded.category, role = excluded.role",
             [],
         );
+    exec(db, q).await?;
+    Ok(())
+}
+
+/// Record an enrolment as an event states it: the first statement of it inserts the row, an end
+/// replaces the beginning, a beginning never replaces an end, and of two ends the later one
+/// stays (`Enrolment::supersedes`), so any arrival order and any redelivery leave the same row.
+/// The campaign's name is the one of its latest event (then the greatest, for a tie).
+pub async fn put_enrolment(db: &impl ConnectionTrait, tenant: &TenantId, e: &Enrolment) -> Result<()> {
+    let cols = ["enrolment_id", "contact_id", "campaign_id", "state", "converted", "enrol_time", "finish_time"];
+    let row = vec![
+        v(e.id.as_str()),
+        v(e.contact.as_str()),
+        v(e.campaign.as_str()),
+        v(e.state.key()),
+        v(i64::from(e.converted)),
+        v(e.enrol_time),
+        v(e.finish_time),
+    ];
+    let q = Sql::insert(tenant, "ledger_enrolments", &cols, [row]).then(
+        " ON CONFLICT (tenant_id, enrolment_id) DO UPDATE SET contact_id = excluded.contact_id, \
+         campaign_id = excluded.campaign_id, state = excluded.state, converted = excluded.converted, \
+         enrol_time = excluded.enrol_time, finish_time = excluded.finish_time \
+         WHERE excluded.state <> 'active' AND (ledger_enrolments.state = 'active' \
+         OR (COALESCE(excluded.finish_time, 0), excluded.state, excluded.converted) \
+         > (COALESCE(ledger_enrolments.finish_time, 0), ledger_enrolments.state, ledger_enrolments.converted))",
+        [],
+    );
+    exec(db, q).await?;
+    let at = e.finish_time.unwrap_or(e.enrol_time);
+    let q = Sql::insert(
+        tenant,
+        "campaign_names",
+        &["campaign_id", "display_name", "name_time"],
+        [vec![v(e.campaign.as_str()), v(e.campaign_name.as_str()), v(at)]],
+    )
+    .then(
+        " ON CONFLICT (tenant_id, campaign_id) DO UPDATE SET display_name = excluded.display_name, \
+         name_time = excluded.name_time WHERE excluded.name_time > campaign_names.name_time \
+         OR (excluded.name_time = campaign_names.name_time AND excluded.display_name > campaign_names.display_name)",
+        [],
+    );
     exec(db, q).await?;
     Ok(())
 }

@@ -125,7 +125,7 @@ async fn go(
         e.finish_time = Some(now);
         e.wake_time = 0;
     } else {
-        e.step_key = next.to_owned();
+        next.clone_into(&mut e.step_key);
         e.wake_time = now;
         store::campaigns::log(txn, tenant, e, next, "entered", false, "", now).await?;
     }
@@ -144,7 +144,7 @@ async fn exit(
     store::campaigns::log(txn, tenant, e, &e.step_key.clone(), "exited", converted, reason, now).await?;
     e.state = "exited".into();
     e.converted = converted;
-    e.exit_reason = reason.to_owned();
+    reason.clone_into(&mut e.exit_reason);
     e.waiting = false;
     e.wake_time = 0;
     e.finish_time = Some(now);
@@ -169,8 +169,7 @@ pub async fn on_triggers(
         let Ok(id) = Uuid::parse_str(&e.campaign_id) else { continue };
         let (name, c) = match store::campaigns::find(txn, tenant, id).await {
             Ok(c) if c.model_id == model.id.to_string() => (c.display_name.clone(), body(&c)),
-            Ok(_) => continue,
-            Err(Error::NotFound { .. }) => continue,
+            Ok(_) | Err(Error::NotFound { .. }) => continue,
             Err(err) => return Err(err),
         };
         let version = e.version;

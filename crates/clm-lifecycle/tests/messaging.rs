@@ -336,11 +336,20 @@ async fn consent_is_checked_at_send_time(backend: Backend) {
         vec![consent(cpb::ConsentPurpose::Marketing, cpb::ConsentStatus::Granted)],
     )
     .await;
+    let erased_later = contact(
+        &mut ct,
+        "erased-later@example.com",
+        "E",
+        vec![consent(cpb::ConsentPurpose::Marketing, cpb::ConsentStatus::Granted)],
+    )
+    .await;
     sink.fail_next(10_000, 451);
     let d1 = send(&mut lc, &t.id, &later).await;
     let d2 = send(&mut lc, &t.id, &gone_later).await;
+    let d3 = send(&mut lc, &t.id, &erased_later).await;
     settled(&mut lc, &d1.id, pb::DeliveryState::Retrying).await;
     settled(&mut lc, &d2.id, pb::DeliveryState::Retrying).await;
+    settled(&mut lc, &d3.id, pb::DeliveryState::Retrying).await;
     let mut withdrawn_now = consent(cpb::ConsentPurpose::Marketing, cpb::ConsentStatus::Withdrawn);
     withdrawn_now.source = "preference-center".into();
     ct.update_contact(cpb::UpdateContactRequest {
@@ -350,11 +359,24 @@ async fn consent_is_checked_at_send_time(backend: Backend) {
     .await
     .unwrap();
     ct.delete_contact(cpb::DeleteContactRequest { id: gone_later.clone(), ..Default::default() }).await.unwrap();
+    ct.erase_contact(cpb::EraseContactRequest { id: erased_later.clone(), reason: "request".into() }).await.unwrap();
     let d1 = settled(&mut lc, &d1.id, pb::DeliveryState::Skipped).await;
     assert!(d1.reason.contains("withdrew"), "{}", d1.reason);
     let d2 = settled(&mut lc, &d2.id, pb::DeliveryState::Skipped).await;
     assert!(d2.reason.contains("deleted"), "{}", d2.reason);
     assert!(d2.attempt_count >= 1 && !d2.attempts.iter().any(|a| a.accepted), "{d2:?}");
+    // An erased contact's deliveries are erased with it (lifecycle consumes ContactErased), or,
+    // if the sender gets there first, skipped: either way nothing is sent.
+    testing::wait_for("the erased contact's delivery to be gone or skipped", async || {
+        match lc.get_delivery(pb::GetDeliveryRequest { id: d3.id.clone() }).await {
+            Err(e) if e.code() == Code::NotFound => Some(()),
+            Ok(r) if r.get_ref().delivery.as_ref().is_some_and(|d| d.state == pb::DeliveryState::Skipped as i32) => {
+                Some(())
+            }
+            _ => None,
+        }
+    })
+    .await;
     assert!(sink.messages().is_empty());
 }
 

@@ -133,14 +133,18 @@ pub fn message(email: &Email) -> Result<Message, SendError> {
         builder = builder.reply_to(mailbox("Reply-To", reply_to)?);
     }
     if let Some(url) = &email.list_unsubscribe {
-        if !url.starts_with("https://")
+        let https = url.starts_with("https://");
+        if !(https || url.starts_with("http://"))
             || url.contains(|c: char| c.is_whitespace() || c.is_control() || "<>".contains(c))
         {
             return Err(SendError::permanent(format!("bad List-Unsubscribe URL {url:?}: expected https://…")));
         }
-        builder = builder
-            .raw_header(raw("List-Unsubscribe", format!("<{url}>"))?)
-            .raw_header(raw("List-Unsubscribe-Post", "List-Unsubscribe=One-Click".to_owned())?);
+        builder = builder.raw_header(raw("List-Unsubscribe", format!("<{url}>"))?);
+        // RFC 8058 one-click needs https; a plain-http link (local development: deployed
+        // environments require an https `messaging.public_url`) is a link only.
+        if https {
+            builder = builder.raw_header(raw("List-Unsubscribe-Post", "List-Unsubscribe=One-Click".to_owned())?);
+        }
     }
     for (name, value) in &email.extra_headers {
         if RESERVED.contains(&name.to_ascii_lowercase().as_str()) {
@@ -205,7 +209,7 @@ mod tests {
             Email { to: String::new(), ..email() },
             Email { reply_to: Some("x@".into()), ..email() },
             Email { text: None, ..email() },
-            Email { list_unsubscribe: Some("http://acme.test/u".into()), ..email() },
+            Email { list_unsubscribe: Some("ftp://acme.test/u".into()), ..email() },
             Email { list_unsubscribe: Some("https://acme.test/u>\r\nBcc: x@y".into()), ..email() },
             Email { extra_headers: vec![("Bcc".into(), "spy@example.test".into())], ..email() },
             Email { extra_headers: vec![("X-A".into(), "1\r\nBcc: spy@example.test".into())], ..email() },
@@ -215,6 +219,17 @@ mod tests {
             let e = message(&case).unwrap_err();
             assert!(e.permanent, "{case:?}: {e}");
         }
+    }
+
+    #[test]
+    fn one_click_unsubscribe_only_over_https() {
+        let m = formatted(&Email { list_unsubscribe: Some("https://acme.test/u/t".into()), ..email() });
+        assert!(m.contains("\r\nList-Unsubscribe: <https://acme.test/u/t>\r\n"), "{m}");
+        assert!(m.contains("\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"), "{m}");
+        // Local development (deployed environments require an https public_url): a link only.
+        let m = formatted(&Email { list_unsubscribe: Some("http://127.0.0.1:8080/u/t".into()), ..email() });
+        assert!(m.contains("\r\nList-Unsubscribe: <http://127.0.0.1:8080/u/t>\r\n"), "{m}");
+        assert!(!m.contains("List-Unsubscribe-Post"), "{m}");
     }
 
     #[tokio::test]

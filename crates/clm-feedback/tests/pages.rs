@@ -214,7 +214,7 @@ async fn the_survey_page_takes_one_answer(backend: Backend) {
     assert_eq!(got.status, 200, "{got:?}");
     assert_page(&got);
     let html = &got.body;
-    assert!(html.contains("<h1>NPS survey</h1>") && html.contains(r#"<form method="post">"#), "{html}");
+    assert!(html.contains("<h1>Nps survey</h1>") && html.contains(r#"<form method="post">"#), "{html}");
     let legends: Vec<usize> =
         ["1. How likely", "2. What should we improve?", "3. Which topics", "4. How should we reach", "5. How easy"]
             .iter()
@@ -384,17 +384,34 @@ fn artifacts() -> PathBuf {
     dir
 }
 
-/// Run headless Chromium with `args` (a fresh profile), at most a minute.
-async fn chromium(args: &[&str], profile: &std::path::Path) -> std::process::Output {
-    let mut cmd = tokio::process::Command::new("chromium");
-    cmd.args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars"])
-        .arg(format!("--user-data-dir={}", profile.display()))
+/// Run headless Chromium with `args` (a fresh profile), killed after a minute: its exit status,
+/// stdout and stderr.
+async fn chromium(args: &[&str], profile: &std::path::Path) -> (std::process::ExitStatus, String, String) {
+    let out = profile.join("stdout");
+    let err = profile.join("stderr");
+    let mut child = std::process::Command::new("chromium")
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars"])
+        .arg(format!("--user-data-dir={}", profile.join("profile").display()))
         .args(args)
-        .kill_on_drop(true);
-    tokio::time::timeout(Duration::from_secs(60), cmd.output())
-        .await
-        .expect("chromium finishes within a minute")
-        .expect("chromium runs")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .expect("chromium starts");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("chromium did not finish within a minute: {args:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let read = |p: &std::path::Path| String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned();
+    (status, read(&out), read(&err))
 }
 
 /// The page as a phone shows it (390×844), in a real browser: a screenshot kept at
@@ -422,15 +439,14 @@ async fn the_survey_page_renders_in_headless_chromium() {
     let _ = std::fs::remove_file(&png);
 
     let shot = format!("--screenshot={}", png.display());
-    let out = chromium(&["--window-size=390,844", &shot, &url], profile.path()).await;
-    assert!(out.status.success(), "chromium --screenshot: {}", String::from_utf8_lossy(&out.stderr));
+    let (status, _, err) = chromium(&["--window-size=390,844", &shot, &url], profile.path()).await;
+    assert!(status.success(), "chromium --screenshot: {err}");
     let bytes = std::fs::read(&png).unwrap_or_else(|e| panic!("{}: {e}", png.display()));
     assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG");
     assert!(bytes.len() > 10_000, "a page, not a blank: {} bytes", bytes.len());
 
-    let out = chromium(&["--dump-dom", &url], profile.path()).await;
-    assert!(out.status.success(), "chromium --dump-dom: {}", String::from_utf8_lossy(&out.stderr));
-    let dom = String::from_utf8_lossy(&out.stdout);
+    let (status, dom, err) = chromium(&["--dump-dom", &url], profile.path()).await;
+    assert!(status.success(), "chromium --dump-dom: {err}");
     assert_eq!(dom.matches(r#"type="radio" name="score""#).count(), 11, "{dom}");
     assert!(dom.contains(r#"value="9" checked="#) || dom.contains(r#"value="9" checked"#), "{dom}");
     assert!(dom.contains("<textarea name=\"why\""), "{dom}");

@@ -375,10 +375,11 @@ clm_testkit::backend_tests!(the_survey_page_takes_one_answer);
 /// Where test artifacts are kept: `$CARGO_TARGET_DIR/test-artifacts` (or the target directory
 /// this test binary was built in).
 fn artifacts() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
         // target/<profile>/deps/<test binary>
-        std::env::current_exe().unwrap().ancestors().nth(3).expect("the target directory").to_path_buf()
-    });
+        || std::env::current_exe().unwrap().ancestors().nth(3).expect("the target directory").to_path_buf(),
+        PathBuf::from,
+    );
     let dir = target.join("test-artifacts");
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -398,7 +399,7 @@ async fn chromium(args: &[&str], profile: &std::path::Path) -> (std::process::Ex
         .stderr(std::fs::File::create(&err).unwrap())
         .spawn()
         .expect("chromium starts");
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + Duration::from_mins(1);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;

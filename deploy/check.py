@@ -10,7 +10,7 @@ offline, and prove the manifests match what the binaries really read:
   in the prod overlay it must be https;
 * the gRPC port of the probes, the containerPort and the Service targetPort are the port in
   CLM_SERVER__LISTEN_ADDR;
-* a service with hosted pages (its lib.rs calls `shared.add_pages`: lifecycle's unsubscribe page)
+* a service with hosted pages (its lib.rs calls `shared.add_pages`: lifecycle's unsubscribe page, feedback's survey page)
   has a `pages` containerPort and Service port on the port of CLM_PAGES__LISTEN_ADDR (default
   0.0.0.0:8080 in production), which a NetworkPolicy admits; a service without pages has none;
 * each readiness probe asks for the gRPC service name the binary reports in health, and the

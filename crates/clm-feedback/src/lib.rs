@@ -1,11 +1,13 @@
 //! CLM feedback service: surveys (NPS, CSAT, CES, custom), invitations with throttling,
 //! responses, results and closed-loop follow-up, reviews. Owns its own database schema (see
 //! `store`); talks to other services only through gRPC (contacts: segment members, contact
-//! checks) and events (consumes lifecycle and contact events, publishes its own).
+//! checks) and events (consumes lifecycle and contact events, publishes its own). Serves the
+//! survey page of invitation links on the hosted pages' port (`pages`).
 
 pub mod api;
 pub mod domain;
 pub mod events;
+pub mod pages;
 pub mod store;
 
 use clm_platform::server::Shared;
@@ -57,11 +59,12 @@ impl clm_platform::runtime::Service for FeedbackService {
             &shared.settings,
         );
         let max = shared.max_message_bytes();
-        let server = clm_proto::feedback::v1::feedback_service_server::FeedbackServiceServer::new(
-            api::FeedbackApi::new(db, shared.page_tokens.clone(), publisher, contacts),
-        )
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
+        let api = api::FeedbackApi::new(db, shared.page_tokens.clone(), publisher, contacts);
+        // The survey page of invitation links (`/s/<token>`), on the process's pages port.
+        shared.add_pages(pages::router(api.clone()));
+        let server = clm_proto::feedback::v1::feedback_service_server::FeedbackServiceServer::new(api)
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
         routes.add_service(server);
         Ok(vec!["clm.feedback.v1.FeedbackService"])
     }

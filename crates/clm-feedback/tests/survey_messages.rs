@@ -1,7 +1,8 @@
 //! Survey invitations delivered as messages, over real gRPC and a real SMTP server: contacts,
 //! lifecycle and feedback in one process (one event bus), on SQLite and PostgreSQL. Feedback
 //! invites and publishes SurveyRequested; lifecycle queues a delivery in its consumer and the
-//! sender emails it (consent for FEEDBACK checked then); feedback's sweep reminds the
+//! sender emails it (consent for FEEDBACK checked then), whose one-click score link opens the
+//! survey page with the score chosen (feedback's pages); feedback's sweep reminds the
 //! unanswered and invites recurring surveys' contacts again, within the throttle window.
 
 use std::time::Duration;
@@ -288,9 +289,21 @@ async fn a_stage_entry_emails_the_invitation_with_one_click_scores(backend: Back
     assert_eq!((d.source.as_str(), d.invitation_id.as_str(), d.reminder), ("survey", inv.id.as_str(), 0));
     assert_eq!(d.template_id, BUILT_IN);
     assert_eq!(d.state, lpb::DeliveryState::Sent as i32);
-    // The link's token answers the invitation.
-    let r = f.submit_response(answer(&token, 9)).await.unwrap().into_inner().response.unwrap();
-    assert_eq!(r.invitation_id, inv.id);
+    // The email's one-click link, on the pages server: the survey page with 9 chosen (nothing
+    // recorded yet); sending the form answers the invitation.
+    let link = format!("{PAGES}/s/{token}?score=9");
+    let path = link.strip_prefix(PAGES).unwrap();
+    let page = clm_testkit::http::request("GET", &format!("{}{path}", env.server.pages_url()), &[], b"").await;
+    assert_eq!(page.status, 200, "{page:?}");
+    assert!(page.body.contains(r#"value="9" checked required>"#), "{}", page.body);
+    assert_eq!(invitations(&mut f, &nps.id, &ana).await[0].status, pb::InvitationStatus::Pending as i32);
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+    let url = format!("{}/s/{token}", env.server.pages_url());
+    let done = clm_testkit::http::request("POST", &url, &form, b"score=9").await;
+    assert_eq!(done.status, 200, "{done:?}");
+    assert_eq!(invitations(&mut f, &nps.id, &ana).await[0].status, pb::InvitationStatus::Responded as i32);
+    let err = f.submit_response(answer(&token, 9)).await.unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "the token is used");
     env.done().await;
 }
 

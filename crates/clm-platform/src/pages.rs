@@ -1,5 +1,5 @@
 //! The hosted pages: the small HTTP surface links in messages open (lifecycle's unsubscribe
-//! confirmation, feedback's survey pages), on a port of its own (`pages.listen_addr`, 8080).
+//! confirmation, feedback's survey page), on a port of its own (`pages.listen_addr`, 8080).
 //!
 //! Services contribute routes while they register ([`crate::server::Shared::add_pages`], an
 //! `axum::Router` with its state applied); the process merges them and serves one HTTP/1.1
@@ -64,7 +64,27 @@ h1{font-size:1.4rem;margin:0 0 1rem}\
 button{font:inherit;font-weight:600;padding:.7rem 1.4rem;min-height:2.75rem;border:0;border-radius:.35rem;\
 background:#1f5fbf;color:#fff;cursor:pointer}\
 button:focus-visible{outline:3px solid #0b3d91;outline-offset:2px}\
-.note{color:#4a5261;font-size:.95rem}";
+.note{color:#4a5261;font-size:.95rem}\
+fieldset{border:0;margin:0 0 1.75rem;padding:0;min-width:0}\
+legend{font-weight:600;padding:0;margin-bottom:.5rem}\
+.req{font-weight:400;color:#4a5261}\
+.hint{color:#4a5261;font-size:.95rem;margin:0 0 .6rem}\
+.error{color:#b00020;font-weight:600;margin:0 0 .6rem}\
+.errors{border:2px solid #b00020;border-radius:.35rem;padding:.75rem 1rem;margin:0 0 1.5rem}\
+.errors h2{font-size:1.1rem;margin:0 0 .5rem}.errors a{color:#b00020}\
+.scale{display:flex;flex-wrap:wrap;gap:.4rem}\
+.scale label{position:relative}\
+.scale input{position:absolute;top:0;left:0;width:100%;height:100%;margin:0;opacity:0;cursor:pointer}\
+.scale span{display:flex;align-items:center;justify-content:center;min-width:2.75rem;min-height:2.75rem;\
+box-sizing:border-box;border:1px solid #6b7485;border-radius:.35rem;background:#fff;font-weight:600}\
+.scale input:checked+span{background:#1f5fbf;border-color:#1f5fbf;color:#fff}\
+.scale input:focus-visible+span{outline:3px solid #0b3d91;outline-offset:2px}\
+.choices label{display:flex;align-items:center;gap:.6rem;min-height:2.75rem}\
+.choices input{width:1.25rem;height:1.25rem;margin:0;flex:none}\
+textarea{font:inherit;width:100%;box-sizing:border-box;min-height:6rem;padding:.6rem;border:1px solid #6b7485;\
+border-radius:.35rem}\
+textarea:focus-visible,.choices input:focus-visible{outline:3px solid #0b3d91;outline-offset:2px}\
+@media (max-width:30rem){body{padding:1rem .5rem}main{padding:1.25rem 1rem}}";
 
 /// The `Content-Security-Policy` of every answer: nothing from anywhere but [`STYLE`], forms
 /// posted to this origin only, never framed.

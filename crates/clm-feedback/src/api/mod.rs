@@ -1,14 +1,16 @@
 //! gRPC handlers of `clm.feedback.v1.FeedbackService`, one module per resource: `surveys`,
 //! `invitations`, `responses` (and `imports` of historical ones), `results`, `follow_ups`,
-//! `reviews`, `settings`. Each handler parses its request into domain values (`request` for the common fields, `convert` for proto
-//! ↔ domain and rows), applies the rules of `domain`, calls the store (in a transaction when
-//! it writes, publishing through the outbox) and maps back. No SQL here. This file only wires
-//! the tonic service to them.
+//! `reviews`, `settings`; `links`: what a survey link opens, for the hosted survey page. Each
+//! handler parses its request into domain values (`request` for the common fields, `convert`
+//! for proto ↔ domain and rows), applies the rules of `domain`, calls the store (in a
+//! transaction when it writes, publishing through the outbox) and maps back. No SQL here. This
+//! file only wires the tonic service to them.
 
 pub mod convert;
 mod follow_ups;
 mod imports;
 mod invitations;
+mod links;
 mod request;
 mod responses;
 mod results;
@@ -25,6 +27,7 @@ use sea_orm::DatabaseConnection;
 use tonic::{Request, Response, Status};
 
 use crate::events::Publisher;
+pub use links::{LinkState, SurveyLink};
 
 #[derive(Clone, Debug)]
 pub struct FeedbackApi {

@@ -35,10 +35,19 @@ pub async fn submit(
     api: &FeedbackApi,
     req: Request<pb::SubmitResponseRequest>,
 ) -> Result<Response<pb::SubmitResponseResponse>, Status> {
-    use pb::submit_response_request::Target;
     let ctx = ctx(&req)?;
-    let tenant = ctx.tenant.clone();
-    let req = req.into_inner();
+    Ok(Response::new(submit_as(api, &ctx.tenant, req.into_inner()).await?))
+}
+
+/// SubmitResponse for `tenant`: the one path every response takes, the API's and the hosted
+/// survey page's (`crate::pages`, by token) alike.
+pub async fn submit_as(
+    api: &FeedbackApi,
+    tenant: &TenantId,
+    req: pb::SubmitResponseRequest,
+) -> Result<pb::SubmitResponseResponse, Error> {
+    use pb::submit_response_request::Target;
+    let tenant = tenant.clone();
     let mut v = Violations::new();
     let mut answers = Vec::new();
     for (i, a) in req.answers.iter().enumerate() {
@@ -72,7 +81,7 @@ pub async fn submit(
         && api.contacts.existing(&tenant, &[*c]).await?.is_empty()
     {
         // In-app: the respondent must be a contact (asked where contacts live).
-        return Err(Error::not_found("contact", c.to_string()).into());
+        return Err(Error::not_found("contact", c.to_string()));
     }
     let now = now_micros();
     let txn = clm_platform::events::UnitOfWork::begin(&api.db).await?;
@@ -83,7 +92,7 @@ pub async fn submit(
             let inv = store::get_invitation(&txn, &tenant, inv_id).await.ok();
             let genuine = token::verify(&settings.token_secret, tenant.as_str(), raw) == Some(inv_id);
             let Some(inv) = inv.filter(|_| genuine) else {
-                return Err(Error::invalid("invitation_token", "unknown or altered invitation token").into());
+                return Err(Error::invalid("invitation_token", "unknown or altered invitation token"));
             };
             let existing = store::response_of_invitation(&txn, &tenant, &inv.id).await?;
             let answered_by = existing.as_ref().map(|r| r.id.as_str());
@@ -91,7 +100,7 @@ pub async fn submit(
             if let (Some(c), Some(e)) = (continue_id, &existing)
                 && c.to_string() != e.id
             {
-                return Err(Error::invalid("response_id", "is not the response of this invitation").into());
+                return Err(Error::invalid("response_id", "is not the response of this invitation"));
             }
             let survey_id = Uuid::parse_str(&inv.survey_id).map_err(Error::internal)?;
             let contact = Uuid::parse_str(&inv.contact_id).map_err(Error::internal)?;
@@ -105,8 +114,7 @@ pub async fn submit(
                         return Err(Error::invalid(
                             "response_id",
                             "belongs to another survey or contact than in_app names",
-                        )
-                        .into());
+                        ));
                     }
                     Some(r)
                 }
@@ -140,7 +148,7 @@ pub async fn submit(
     )
     .await?;
     txn.commit().await?;
-    Ok(Response::new(out))
+    Ok(out)
 }
 
 /// Store a new or continued response; on completion mark the invitation answered, open a

@@ -62,6 +62,13 @@ pub fn check_complete(qs: &Questions, answers: &HashMap<String, Value>) -> Resul
     Err(missing.into_iter().map(|q| FieldViolation::new("answers", format!("question {q:?} is required"))).collect())
 }
 
+/// The question a violation of [`check_complete`] says is required (for the survey page, which
+/// shows it next to that question).
+pub fn required_question(v: &FieldViolation) -> Option<&str> {
+    let quoted = v.description.strip_prefix("question \"")?.strip_suffix("\" is required")?;
+    (v.field == "answers").then_some(quoted)
+}
+
 /// A complete response is final: response `id` may be continued only while partial.
 pub fn check_open(id: &str, complete: bool) -> Result<(), Error> {
     if complete {
@@ -142,6 +149,8 @@ mod tests {
         assert!(check_complete(&qs, &answers(&[("score", Value::Rating(10))])).is_ok(), "why is not shown");
         let err = check_complete(&qs, &answers(&[("score", Value::Rating(3))])).unwrap_err();
         assert_eq!(err, vec![FieldViolation::new("answers", "question \"why\" is required")]);
+        assert_eq!(required_question(&err[0]), Some("why"), "read back by the survey page");
+        assert_eq!(required_question(&FieldViolation::new("answers[0]", "question \"why\" is required")), None);
         assert_eq!(check_complete(&qs, &answers(&[])).unwrap_err().len(), 1, "the score itself");
         assert!(check_open("r", false).is_ok());
         assert!(matches!(check_open("r", true), Err(Error::FailedPrecondition(m)) if m.contains("complete")));

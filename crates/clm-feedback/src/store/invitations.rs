@@ -75,6 +75,13 @@ pub async fn get_invitation(db: &impl ConnectionTrait, tenant: &TenantId, id: Uu
         .ok_or_else(|| Error::not_found("invitation", id.to_string()))
 }
 
+/// The tenant of invitation `id`, if it exists. The one query without a tenant: a survey link
+/// (`/s/<token>`, the hosted page) names only the invitation, and ids are unique across
+/// tenants; the caller verifies the token under that tenant's secret before using anything.
+pub async fn invitation_tenant(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<String>> {
+    Ok(invitation::Entity::find_by_id(id.to_string()).one(db).await?.map(|i| i.tenant_id))
+}
+
 /// Invitations by id (those of the tenant that exist), in no particular order.
 pub async fn invitations_by_ids(
     db: &impl ConnectionTrait,

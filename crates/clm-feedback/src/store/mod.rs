@@ -1,7 +1,8 @@
 //! The feedback service's own schema (`entities`, `migrations`) and queries, one module per
 //! resource. Every query function takes the `TenantId` and touches only that tenant's rows
-//! (writes of a row take it too: the row is written under it). The functions are re-exported
-//! here, so callers say `store::get_survey`.
+//! (writes of a row take it too: the row is written under it); the one exception,
+//! `invitation_tenant`, finds whose invitation a survey link names, so its token can be checked.
+//! The functions are re-exported here, so callers say `store::get_survey`.
 
 pub mod entities;
 pub mod migrations;
@@ -24,8 +25,8 @@ pub use contacts::{erase_contact, reassign_contact, set_stage, stage_of, unset_s
 pub use follow_ups::{FOLLOW_UP_FILTER, get_follow_up, insert_follow_up, list_follow_ups, update_follow_up};
 pub use invitations::{
     claim_ask, claim_recurrence, claim_reminder, clear_reminder, count_invitations, due_recurrences, due_reminders,
-    get_invitation, insert_invitation, invitations_by_ids, latest_invitation, list_invitations, mark_responded,
-    pending_invitation, set_recurrence, supersede_invitation,
+    get_invitation, insert_invitation, invitation_tenant, invitations_by_ids, latest_invitation, list_invitations,
+    mark_responded, pending_invitation, set_recurrence, supersede_invitation,
 };
 pub use responses::{
     RESPONSE_FILTER, ResultRow, get_response, imported_responses, insert_response, list_responses, response_count,

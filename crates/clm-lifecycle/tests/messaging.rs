@@ -510,7 +510,53 @@ async fn automations_send_messages(backend: Backend) {
     assert!(mail[0].text().contains("<p>conversion</p>"), "{}", mail[0].text());
 }
 
+async fn each_tenant_is_held_to_its_rate(backend: Backend) {
+    let sink = SmtpSink::start().await;
+    let limit = [("CLM_MESSAGING__TENANT_MESSAGES_PER_MINUTE", "3")];
+    let Some(env) = Env::start(backend, "msgrate", &sink.url(), &limit).await else { return };
+    let (mut ct, mut lc) = env.clients("acme").await;
+    let (mut ct2, mut lc2) = env.clients("globex").await;
+    let granted = vec![consent(cpb::ConsentPurpose::Marketing, cpb::ConsentStatus::Granted)];
+    let t = create_template(&mut lc, email_template("Hi", "<p>hi</p>", "hi")).await.message_template.unwrap();
+    let t2 = create_template(&mut lc2, email_template("Hi", "<p>hi</p>", "hi")).await.message_template.unwrap();
+    let mut queued = Vec::new();
+    for i in 0..5 {
+        let c = contact(&mut ct, &format!("a{i}@example.com"), "A", granted.clone()).await;
+        queued.push(send(&mut lc, &t.id, &c).await.id);
+    }
+    let other = contact(&mut ct2, "g@example.com", "G", granted).await;
+    let theirs = send(&mut lc2, &t2.id, &other).await;
+    // Three of acme's five go within the minute; the rest wait, saying why, with no attempt
+    // counted. Another tenant is not held up by acme's limit.
+    settled(&mut lc2, &theirs.id, pb::DeliveryState::Sent).await;
+    testing::wait_for("three of acme's messages sent", async || {
+        let l = lc
+            .list_deliveries(pb::ListDeliveriesRequest { state: pb::DeliveryState::Sent as i32, ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
+        (l.deliveries.len() == 3).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let all = lc
+        .list_deliveries(pb::ListDeliveriesRequest { page_size: 100, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .deliveries;
+    let sent = all.iter().filter(|d| d.state == pb::DeliveryState::Sent as i32).count();
+    let waiting: Vec<&pb::Delivery> = all.iter().filter(|d| d.state == pb::DeliveryState::Queued as i32).collect();
+    assert_eq!((sent, waiting.len()), (3, 2), "{all:?}");
+    for d in waiting {
+        assert!(d.reason.contains("rate limited"), "{d:?}");
+        assert_eq!(d.attempt_count, 0);
+    }
+    assert_eq!(sink.messages().len(), 4);
+}
+
 clm_testkit::backend_tests!(
+    each_tenant_is_held_to_its_rate,
     templates_are_checked_when_saved,
     an_email_arrives_personalised_with_an_unsubscribe_header,
     consent_is_checked_at_send_time,

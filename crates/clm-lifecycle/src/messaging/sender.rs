@@ -132,9 +132,29 @@ impl Sender {
         let now = now_micros();
         let due = q::due(&self.db, now, 100).await?;
         let full = due.len() == 100;
-        futures::stream::iter(due)
-            .for_each_concurrent(self.config.concurrency.max(1), |d| async move {
-                if let Err(e) = self.take(d.clone()).await {
+        // Each tenant's budget for this turn: its per-minute limit less its attempts in the last
+        // minute (exact within a replica; replicas may together overshoot by one turn each).
+        let mut budgets: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+        let mut turn = Vec::with_capacity(due.len());
+        for d in due {
+            let allowed = if self.config.tenant_per_minute == 0 {
+                true
+            } else {
+                if !budgets.contains_key(&d.tenant_id) {
+                    let Ok(tenant) = TenantId::parse(&d.tenant_id) else { continue };
+                    let used = q::attempts_since(&self.db, &tenant, now - 60_000_000).await?;
+                    budgets.insert(d.tenant_id.clone(), self.config.tenant_per_minute.saturating_sub(used));
+                }
+                let budget = budgets.get_mut(&d.tenant_id).expect("just inserted");
+                let ok = *budget > 0;
+                *budget = budget.saturating_sub(1);
+                ok
+            };
+            turn.push((d, allowed));
+        }
+        futures::stream::iter(turn)
+            .for_each_concurrent(self.config.concurrency.max(1), |(d, allowed)| async move {
+                if let Err(e) = self.take(d.clone(), allowed).await {
                     tracing::warn!(error = %e, delivery = %d.id, "delivery not processed; it stays queued");
                 }
             })
@@ -148,17 +168,16 @@ impl Sender {
         Ok(next)
     }
 
-    /// Lease `d` and process it; nothing when another sender holds it.
-    async fn take(&self, d: delivery::Model) -> Result<(), Error> {
+    /// Lease `d` and process it (or, over its tenant's rate, put it back for a second later);
+    /// nothing when another sender holds it.
+    async fn take(&self, d: delivery::Model, allowed: bool) -> Result<(), Error> {
         let Ok(tenant) = TenantId::parse(&d.tenant_id) else { return Ok(()) };
         let now = now_micros();
         let until = now + i64::try_from(self.config.lease.as_micros()).unwrap_or(i64::MAX / 2);
         if !q::lease(&self.db, &tenant, &d.id, now, until).await? {
             return Ok(());
         }
-        if self.config.tenant_per_minute > 0
-            && q::attempts_since(&self.db, &tenant, now - 60_000_000).await? >= self.config.tenant_per_minute
-        {
+        if !allowed {
             let at = now + 1_000_000 + i64::from(rand::random::<u16>() % 1000) * 1000;
             let why = format!("rate limited: {} messages per minute for the tenant", self.config.tenant_per_minute);
             return q::defer(&self.db, &tenant, &d.id, at, &why).await;

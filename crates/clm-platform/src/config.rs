@@ -24,7 +24,8 @@ const DEFAULTS: &str = include_str!("defaults.toml");
 
 /// Built-in profiles, read right after the defaults when `env` names one: a container started
 /// with `CLM_ENV=production` and no config directory gets them all the same.
-const PROFILES: &[(&str, &str)] = &[("production", include_str!("production.toml"))];
+const PROFILES: &[(&str, &str)] =
+    &[("development", include_str!("development.toml")), ("production", include_str!("production.toml"))];
 
 /// Environments where anything goes for a developer: dev auth allowed, issuer and audience
 /// optional, pretty logs. Every other environment is deployed.
@@ -273,8 +274,14 @@ pub struct ServiceSettings {
 pub struct MessagingSettings {
     /// SMTP relay, lettre's URL form: `smtps://user:pass@host:465`,
     /// `smtp://user:pass@host:587?tls=required` (STARTTLS), or `smtp://host:25` (no TLS: local
-    /// development only). Empty: email deliveries wait and are retried, saying so.
+    /// development only). Empty: email goes to `mailbox_dir`, or, with that empty too, email
+    /// deliveries wait and are retried, saying so.
     pub smtp_url: String,
+    /// With no `smtp_url`: write each email to this directory as `<delivery id>.eml` instead of
+    /// sending it (the development profile sets `data/mailbox`: `make run` needs no mail
+    /// server). Refused in a deployed environment without an `smtp_url` (mail would stay on
+    /// one pod's disk).
+    pub mailbox_dir: String,
     /// The sender address of every email (`From`); templates set the display name.
     pub from_address: String,
     pub smtp_timeout_ms: u64,
@@ -307,6 +314,7 @@ impl std::fmt::Debug for MessagingSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MessagingSettings")
             .field("smtp_url", &redact_url(&self.smtp_url))
+            .field("mailbox_dir", &self.mailbox_dir)
             .field("from_address", &self.from_address)
             .field("max_attempts", &self.max_attempts)
             .field("public_url", &self.public_url)
@@ -608,6 +616,12 @@ impl Settings {
             if m.allow_private_webhooks {
                 return bad("allow_private_webhooks", "must be false in a deployed environment (SSRF)");
             }
+            if m.smtp_url.is_empty() && !m.mailbox_dir.is_empty() {
+                return bad(
+                    "mailbox_dir",
+                    "writes email to local files: development only; in a deployed environment set messaging.smtp_url (or leave mailbox_dir empty)",
+                );
+            }
         }
         Ok(())
     }
@@ -783,6 +797,9 @@ mod tests {
     fn defaults_load_without_files_or_env() {
         let dir = tempfile::tempdir().unwrap();
         let s = Settings::load_from(&Sources { dir: Some(dir.path().into()), env: env(&[]) }).unwrap();
+        assert_eq!(s.messaging.mailbox_dir, "data/mailbox", "development writes email to files");
+        let test = Settings::load_from(&Sources { dir: Some(dir.path().into()), env: env(&[("CLM_ENV", "test")]) });
+        assert_eq!(test.unwrap().messaging.mailbox_dir, "", "only development does");
         assert_eq!(s.server.listen_addr.to_string(), "127.0.0.1:50051");
         assert_eq!(s.pages.listen_addr.to_string(), "127.0.0.1:8080");
         assert_eq!(s.auth.mode, AuthMode::Dev);
@@ -822,6 +839,21 @@ mod tests {
         load(&[secret, url]).unwrap();
         let bad_smtp = ("CLM_MESSAGING__SMTP_URL", "mailto:x@y");
         assert!(load(&[secret, url, bad_smtp]).unwrap_err().contains("messaging.smtp_url"));
+        // Email to local files is for development only (its profile sets the directory).
+        let mailbox = ("CLM_MESSAGING__MAILBOX_DIR", "/tmp/mail");
+        let err = load(&[secret, url, mailbox]).unwrap_err();
+        assert!(err.contains("messaging.mailbox_dir"), "{err}");
+        let staging = [
+            secret,
+            url,
+            ("CLM_ENV", "staging"),
+            ("CLM_AUTH__MODE", "jwt"),
+            ("CLM_MESSAGING__ALLOW_PRIVATE_WEBHOOKS", "false"),
+        ];
+        load(&staging).unwrap();
+        let with = |more: &[(&'static str, &'static str)]| [&staging[..], more].concat();
+        assert!(load(&with(&[mailbox])).unwrap_err().contains("messaging.mailbox_dir"));
+        load(&with(&[mailbox, ("CLM_MESSAGING__SMTP_URL", "smtps://relay.example.com:465")])).unwrap();
     }
 
     #[test]

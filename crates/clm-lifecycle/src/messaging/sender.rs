@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use super::compose::{Composition, Mode, compose_with};
 use super::links::Links;
+use super::transport::mailbox::MailboxDir;
 use super::transport::smtp::{Email, Mailer};
 use super::transport::webhook::{Webhook, Webhooks};
 use super::transport::{SendError, backoff};
@@ -49,8 +50,11 @@ pub struct SenderConfig {
 pub struct Sender {
     pub db: DatabaseConnection,
     pub contacts: ContactsProbe,
-    /// `None`: no SMTP relay configured; email deliveries fail (and are retried) saying so.
+    /// `None`: no SMTP relay configured; email goes to `mailbox`.
     pub mailer: Option<Arc<Mailer>>,
+    /// With no relay: the directory email is written to (development); `None` too: email
+    /// deliveries fail (and are retried) saying so.
+    pub mailbox: Option<MailboxDir>,
     pub webhooks: Arc<Webhooks>,
     pub links: Links,
     pub config: SenderConfig,
@@ -84,10 +88,12 @@ impl Sender {
             allow_private_hosts: m.allow_private_webhooks,
             max_response_bytes: 64 * 1024,
         });
+        let mailbox = (m.smtp_url.is_empty() && !m.mailbox_dir.is_empty()).then(|| MailboxDir::new(&m.mailbox_dir));
         Ok(Self {
             db,
             contacts,
             mailer,
+            mailbox,
             webhooks: Arc::new(webhooks),
             links,
             config: SenderConfig {
@@ -271,11 +277,10 @@ impl Sender {
                 list_unsubscribe: composed.unsubscribe_url.clone(),
                 extra_headers: vec![("X-CLM-Delivery-Id".into(), d.id.clone())],
             };
-            match &self.mailer {
-                Some(m) => m.send(&message).await.map(|reply| format!("accepted: {reply}")),
-                None => {
-                    Err(SendError { permanent: false, detail: "no SMTP relay configured (messaging.smtp_url)".into() })
-                }
+            match (&self.mailer, &self.mailbox) {
+                (Some(m), _) => m.send(&message).await.map(|reply| format!("accepted: {reply}")),
+                (None, Some(dir)) => dir.write(&d.id, &message).await,
+                (None, None) => Err(SendError::transient("no SMTP relay configured (messaging.smtp_url)")),
             }
         };
         let (recipient, subject) = (composed.recipient, composed.subject);

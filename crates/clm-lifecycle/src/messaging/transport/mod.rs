@@ -1,15 +1,17 @@
-//! How a message leaves CLM: email over SMTP ([`smtp`]), signed webhooks over HTTPS
-//! ([`webhook`]), and the delays between attempts ([`backoff`]). Each transport takes a plain
+//! How a message leaves CLM: email over SMTP ([`smtp`]) or, in development without a relay,
+//! into a local directory ([`mailbox`]), signed webhooks over HTTPS ([`webhook`]), and the delays between attempts ([`backoff`]). Each transport takes a plain
 //! config struct (no settings) and answers one attempt with `Ok` or a [`SendError`] that says
 //! whether trying again may help: the delivery worker retries transient failures with
 //! [`backoff::jittered`] and gives up at once on permanent ones.
 
 pub mod backoff;
+pub mod mailbox;
 pub mod smtp;
 pub mod webhook;
 
 use std::fmt;
 
+pub use mailbox::MailboxDir;
 pub use smtp::{Email, Mailer, SmtpConfig};
 pub use webhook::{Webhook, WebhookConfig, Webhooks};
 

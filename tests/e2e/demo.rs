@@ -38,6 +38,7 @@ fn seed_then_report_shows_every_chart_labelled() {
     let said = String::from_utf8_lossy(&seeded.stdout);
     assert!(seeded.status.success(), "seed failed: {said}{}", String::from_utf8_lossy(&seeded.stderr));
     assert!(said.contains(&format!("seeded tenant dev: {CONTACTS} contacts")), "{said}");
+    assert!(said.contains("3 campaigns"), "{said}");
 
     // Metrics reads events asynchronously: report until the page stops changing with every
     // contact in the funnel (the demo acquires contacts up to 366 days back; 400 covers them).
@@ -95,4 +96,21 @@ fn seed_then_report_shows_every_chart_labelled() {
         assert!(row.contains("% elapsed)") && (row.contains("at least") || row.contains("at most")), "{goal}: {row}");
     }
     assert!(page.contains("pro-rated by the elapsed share of the period"));
+
+    // The demo campaigns acted: with no SMTP relay (the development profile), their emails are
+    // files in data/mailbox, one per delivery, personalised, each with its unsubscribe link.
+    let mailbox = server.dir().join("data/mailbox");
+    let subjects = |prefix: &str| -> usize {
+        let Ok(entries) = std::fs::read_dir(&mailbox) else { return 0 };
+        entries
+            .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+            .filter(|eml| eml.lines().any(|l| l.starts_with(&format!("Subject: {prefix}"))))
+            .inspect(|eml| assert!(eml.contains("List-Unsubscribe: <http://"), "{eml}"))
+            .count()
+    };
+    let started = Instant::now();
+    while subjects("Welcome to Demo Shop, ") == 0 || subjects("Thank you for recommending us") == 0 {
+        assert!(started.elapsed() < Duration::from_mins(2), "no welcome or thank-you email in {}", mailbox.display());
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }

@@ -30,12 +30,17 @@ pub fn binary(name: &str) -> PathBuf {
 pub struct ClmProcess {
     pub child: Child,
     /// Working directory of the child (relative paths such as the event log land here).
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     pub addr: SocketAddr,
     pub logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl ClmProcess {
+    /// The child's working directory (`data/` of the development profile lands here).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
     /// Start `clm serve` with `env` on a random port; waits until it logs its address.
     pub fn start(env: &[(String, String)]) -> ClmProcess {
         Self::start_bin("clm", env)
@@ -84,7 +89,7 @@ impl ClmProcess {
             }
             assert!(start.elapsed() < Duration::from_mins(1), "clm did not start in a minute");
         };
-        ClmProcess { child, _dir: dir, addr, logs }
+        ClmProcess { child, dir, addr, logs }
     }
 
     /// Where the process serves its hosted pages: the address its log gives just after

@@ -195,11 +195,12 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             let started = std::time::Instant::now();
             let s = seed::seed(ch, contacts, seed_value).await?;
             println!(
-                "seeded tenant {tenant}: {} contacts, {} journey events, {} customers, {} survey responses, 4 goals in {:.1} s",
+                "seeded tenant {tenant}: {} contacts, {} journey events, {} customers, {} survey responses, 4 goals, {} in {:.1} s",
                 s.contacts,
                 s.events,
                 s.customers,
                 s.responses,
+                if s.campaigns { "3 campaigns" } else { "its campaigns kept" },
                 started.elapsed().as_secs_f64()
             );
             Ok(())

@@ -3,7 +3,11 @@
 //! journeys dated when they happened (visits, leads, purchases, repeat purchases, referrals,
 //! reviews; the stage transitions follow from them at those times), NPS and CSAT surveys with
 //! answers imported at the times customers gave them (after their purchases, ImportResponses),
-//! and a few goals. Deterministic for a given `--seed-value`.
+//! a few goals, and the demo campaigns ([`campaigns`]), created first so the seeded year enrols
+//! its contacts (most of whom agreed to marketing email). Deterministic for a given
+//! `--seed-value`.
+
+mod campaigns;
 
 use clm_platform::convert::timestamp;
 use clm_proto::common::v1::Money;
@@ -83,6 +87,8 @@ pub struct Summary {
     pub events: usize,
     pub customers: usize,
     pub responses: usize,
+    /// Whether the demo campaigns were created (else the tenant had them).
+    pub campaigns: bool,
 }
 
 #[allow(clippy::too_many_lines)]
@@ -93,7 +99,7 @@ pub async fn seed(ch: Authed, contacts: usize, seed_value: u64) -> anyhow::Resul
     let mut l = LifecycleServiceClient::new(ch.clone());
     let mut f = FeedbackServiceClient::new(ch.clone());
     let mut m = MetricsServiceClient::new(ch);
-    let mut summary = Summary::default();
+    let mut summary = Summary { campaigns: campaigns::create(&mut l).await?, ..Summary::default() };
 
     // Contacts, imported in batches; each remembers its channel's conversion odds.
     struct Plan {
@@ -114,8 +120,24 @@ pub async fn seed(ch: Authed, contacts: usize, seed_value: u64) -> anyhow::Resul
         if rng.random_bool(0.4) {
             tags.push("newsletter".to_owned());
         }
+        // Most signed up for the newsletter and agreed to surveys; some only to surveys.
+        let email_consent = |purpose: cpb::ConsentPurpose| cpb::Consent {
+            channel: cpb::ConsentChannel::Email as i32,
+            status: cpb::ConsentStatus::Granted as i32,
+            purpose: purpose as i32,
+            source: "demo-signup-form".into(),
+            update_time: Some(timestamp(acquired)),
+        };
+        let mut consents = Vec::new();
+        if rng.random_bool(0.8) {
+            consents.push(email_consent(cpb::ConsentPurpose::Marketing));
+        }
+        if rng.random_bool(0.9) {
+            consents.push(email_consent(cpb::ConsentPurpose::Feedback));
+        }
         let contact = cpb::Contact {
             email: format!("demo-{run:08x}-{i}@example.com"),
+            consents,
             given_name: GIVEN[rng.random_range(0..GIVEN.len())].into(),
             family_name: FAMILY[rng.random_range(0..FAMILY.len())].into(),
             tags,

@@ -34,7 +34,22 @@ struct Pages {
 
 /// The routes lifecycle adds to the process's hosted pages (`Shared::add_pages`).
 pub fn router(db: DatabaseConnection, links: Links, publisher: Publisher) -> Router {
-    Router::new().route("/u/{token}", get(show).post(confirm)).with_state(Pages { db, links, publisher })
+    Router::new()
+        .route(&format!("/u/{}", crate::messaging::links::PREVIEW), get(preview).post(preview))
+        .route("/u/{token}", get(show).post(confirm))
+        .with_state(Pages { db, links, publisher })
+}
+
+/// The link of a preview (RenderMessageTemplate): says what the real link does, records nothing.
+async fn preview() -> Response {
+    page(
+        StatusCode::OK,
+        "Unsubscribe (preview)",
+        "<h1>Unsubscribe</h1>\n\
+         <p>This is a preview. In a message that was sent, this link lets its recipient stop \
+         receiving messages of its purpose, with one click or from this page.</p>\n\
+         <p class=\"note\">Nothing was changed.</p>",
+    )
 }
 
 /// A link's meaning and tenant when CLM made it for a channel and purpose it knows.

@@ -279,4 +279,51 @@ async fn one_click_unsubscribe_withdraws_that_consent(backend: Backend) {
     assert_private(&refused);
 }
 
-clm_testkit::backend_tests!(one_click_unsubscribe_withdraws_that_consent);
+/// A preview (RenderMessageTemplate) links a page that says it is a preview: whoever tries the
+/// link from a preview of a real contact unsubscribes nobody.
+async fn a_previews_unsubscribe_link_unsubscribes_nobody(backend: Backend) {
+    let Some(cdb) = TestDb::create(backend, "pvc").await else { return };
+    let Some(ldb) = TestDb::create(backend, "pvl").await else { return };
+    let settings = testing::settings(&[
+        ("CLM_CONTACTS__DATABASE_URL", cdb.url.as_str()),
+        ("CLM_LIFECYCLE__DATABASE_URL", ldb.url.as_str()),
+        ("CLM_LIFECYCLE__SCHEDULER_INTERVAL_MS", "3600000"),
+        ("CLM_MESSAGING__PUBLIC_URL", PUBLIC_URL),
+        ("CLM_MESSAGING__LINK_SECRET", "a-link-secret-for-the-tests-0123456789"),
+    ]);
+    let lifecycle_db = clm_platform::db::connect(&ldb.url, &settings.database).await.unwrap();
+    let server = testing::spawn_pair::<ContactsService, LifecycleService>(settings).await;
+    let ch = server.authed(&testing::token("acme", "clm.admin")).await;
+    let (mut ct, mut lc): (Ct, Lc) = (ContactsServiceClient::new(ch.clone()), LifecycleServiceClient::new(ch));
+    let contact = cpb::Contact {
+        email: "ana@example.com".into(),
+        consents: vec![consent(cpb::ConsentPurpose::Marketing)],
+        ..Default::default()
+    };
+    let req = cpb::CreateContactRequest { contact: Some(contact), ..Default::default() };
+    let ana = ct.create_contact(req).await.unwrap().into_inner().contact.unwrap().id;
+    let news = create_template(&mut lc, pb::MessagePurpose::Marketing).await;
+    let r = pb::RenderMessageTemplateRequest { id: news, contact_id: ana.clone(), ..Default::default() };
+    let shown = lc.render_message_template(r.clone()).await.unwrap().into_inner();
+    let link = shown.html_body.split("href=\"").nth(1).and_then(|l| l.split('"').next()).expect("a link");
+    assert_eq!(link.replace("&#x2f;", "/"), format!("{PUBLIC_URL}/u/preview"), "{}", shown.html_body);
+
+    let url = format!("{}/u/preview", server.pages_url());
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+    for (method, body) in [("GET", &b""[..]), ("POST", ONE_CLICK.as_bytes())] {
+        let got = request(method, &url, &form, body).await;
+        assert_eq!(got.status, 200, "{got:?}");
+        assert_page(&got);
+        assert!(got.body.contains("preview"), "{}", got.body);
+        assert!(!got.body.contains("<form"), "nothing to press: {}", got.body);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(unsubscribe_events(&lifecycle_db).await, 0);
+    let again = lc.render_message_template(r).await.unwrap().into_inner();
+    assert_eq!(again.suppressed_reason, "", "still subscribed");
+}
+
+clm_testkit::backend_tests!(
+    one_click_unsubscribe_withdraws_that_consent,
+    a_previews_unsubscribe_link_unsubscribes_nobody
+);

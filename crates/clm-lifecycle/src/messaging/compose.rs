@@ -113,7 +113,8 @@ pub async fn compose_with(
                 p: purpose_key(purpose).into(),
                 d: delivery_id.to_owned(),
             };
-            let url = links.unsubscribe_url(&link);
+            let url =
+                if mode == Mode::Preview { links.unsubscribe_preview_url() } else { links.unsubscribe_url(&link) };
             ctx.unsubscribe_url = Some(url.clone());
             let value = ctx.to_value();
             let part = |source: &str, escape| {

@@ -12,6 +12,9 @@ use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// The unsubscribe "token" of a preview (RenderMessageTemplate): never a signed token.
+pub const PREVIEW: &str = "preview";
+
 /// What an unsubscribe link stands for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Unsubscribe {
@@ -77,6 +80,12 @@ impl Links {
     /// The unsubscribe page's URL for `u`.
     pub fn unsubscribe_url(&self, u: &Unsubscribe) -> String {
         format!("{}/u/{}", self.base, self.token(u))
+    }
+
+    /// What a preview links instead ([`PREVIEW`]): a page that says so and records nothing,
+    /// so trying the link of a real contact's preview unsubscribes nobody.
+    pub fn unsubscribe_preview_url(&self) -> String {
+        format!("{}/u/{PREVIEW}", self.base)
     }
 }
 

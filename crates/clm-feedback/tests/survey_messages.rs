@@ -381,6 +381,23 @@ async fn recurring_surveys_invite_again_after_the_interval(backend: Backend) {
     env.done().await;
 }
 
+async fn a_deleted_contact_gets_no_further_rounds(backend: Backend) {
+    let Some(env) = Env::start(backend, "smrecdel").await else { return };
+    let Clients { mut f, mut c, .. } = env.clients("acme").await;
+    set_throttle(&mut f, ms(0)).await;
+    let nps = new_survey(&mut f, "Pulse", "", |s| s.recurrence = Some(ms(1500))).await;
+    let ana = new_contact(&mut c, "ana@example.com", cpb::ConsentPurpose::Feedback).await;
+    let bob = new_contact(&mut c, "bob@example.com", cpb::ConsentPurpose::Feedback).await;
+    invite(&mut f, &nps.id, &ana).await.invitation.unwrap();
+    invite(&mut f, &nps.id, &bob).await.invitation.unwrap();
+    c.delete_contact(cpb::DeleteContactRequest { id: bob.clone(), ..Default::default() }).await.unwrap();
+    // Ana's rounds go on; by her third invitation Bob's second round is long past due.
+    wait_for("ana's third round", async || (invitations(&mut f, &nps.id, &ana).await.len() >= 3).then_some(())).await;
+    let bobs = invitations(&mut f, &nps.id, &bob).await;
+    assert_eq!(bobs.len(), 1, "no round after the contact was deleted: {bobs:?}");
+    env.done().await;
+}
+
 async fn the_throttle_window_caps_invitations_across_surveys(backend: Backend) {
     let Some(env) = Env::start(backend, "smthrottle").await else { return };
     let Clients { mut f, mut c, mut l } = env.clients("acme").await;
@@ -581,6 +598,7 @@ clm_testkit::backend_tests!(
     a_stage_entry_emails_the_invitation_with_one_click_scores,
     unanswered_invitations_are_reminded_once_answered_ones_never,
     recurring_surveys_invite_again_after_the_interval,
+    a_deleted_contact_gets_no_further_rounds,
     the_throttle_window_caps_invitations_across_surveys,
     without_feedback_consent_the_invitation_is_skipped,
     delivery_settings_are_validated,

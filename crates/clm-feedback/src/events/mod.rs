@@ -357,6 +357,7 @@ impl EventHandler for FeedbackHandler {
                 }
             }
             Some(Payload::ContactErased(x)) => store::erase_contact(txn, &tenant, &x.contact_id).await?,
+            Some(Payload::ContactDeleted(x)) if !x.restored => store::stop_asking(txn, &tenant, &x.contact_id).await?,
             Some(Payload::ContactMerged(m)) => {
                 for merged in &m.merged_ids {
                     store::reassign_contact(txn, &tenant, merged, &m.survivor_id).await?;

@@ -92,6 +92,21 @@ pub async fn stage_of(db: &impl ConnectionTrait, tenant: &TenantId, contact: Uui
         .unwrap_or_default())
 }
 
+/// A deleted contact is asked nothing more: no reminder and no next round of a recurring survey
+/// (an open invitation's link still takes an answer). Restoring the contact does not bring the
+/// schedule back: the next invitation comes from the next trigger (a stage entry, an automation,
+/// an invitation by hand).
+pub async fn stop_asking(db: &impl ConnectionTrait, tenant: &TenantId, contact: &str) -> Result<()> {
+    invitation::Entity::update_many()
+        .col_expr(invitation::Column::NextReminderTime, Expr::value(Option::<i64>::None))
+        .col_expr(invitation::Column::NextRecurrenceTime, Expr::value(Option::<i64>::None))
+        .filter(invitation::Column::TenantId.eq(tenant.as_str()))
+        .filter(invitation::Column::ContactId.eq(contact))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
 /// Erasure: keep what the numbers need (scores, counts), drop what a person wrote or could be
 /// identified by: free-text and choice answers, follow-up notes, review texts and links;
 /// pending invitations are cancelled.
@@ -104,13 +119,7 @@ pub async fn erase_contact(db: &impl ConnectionTrait, tenant: &TenantId, contact
         .exec(db)
         .await?;
     // Nothing more goes to an erased contact: no reminder, no next round of a recurring survey.
-    invitation::Entity::update_many()
-        .col_expr(invitation::Column::NextReminderTime, Expr::value(Option::<i64>::None))
-        .col_expr(invitation::Column::NextRecurrenceTime, Expr::value(Option::<i64>::None))
-        .filter(invitation::Column::TenantId.eq(tenant.as_str()))
-        .filter(invitation::Column::ContactId.eq(contact))
-        .exec(db)
-        .await?;
+    stop_asking(db, tenant, contact).await?;
     let rows = response::Entity::find()
         .filter(response::Column::TenantId.eq(tenant.as_str()))
         .filter(response::Column::ContactId.eq(contact))

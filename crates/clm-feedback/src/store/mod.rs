@@ -21,7 +21,7 @@ use sea_orm::ColumnTrait;
 use sea_orm::sea_query::{Expr, ExprTrait, SimpleExpr};
 
 pub use crate::domain::values::DAY_MICROS;
-pub use contacts::{erase_contact, reassign_contact, set_stage, stage_of, unset_stage};
+pub use contacts::{erase_contact, reassign_contact, set_stage, stage_of, stop_asking, unset_stage};
 pub use follow_ups::{FOLLOW_UP_FILTER, get_follow_up, insert_follow_up, list_follow_ups, update_follow_up};
 pub use invitations::{
     claim_ask, claim_recurrence, claim_reminder, clear_reminder, count_invitations, due_recurrences, due_reminders,

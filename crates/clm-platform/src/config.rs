@@ -275,6 +275,9 @@ pub struct MessagingSettings {
     /// `smtp://user:pass@host:587?tls=required` (STARTTLS), or `smtp://host:25` (no TLS: local
     /// development only). Empty: email deliveries wait and are retried, saying so.
     pub smtp_url: String,
+    /// PEM file of CA certificates trusted for the relay's TLS besides the system's (a relay
+    /// whose certificate a private CA issued). Empty: the system's roots only.
+    pub smtp_ca_file: String,
     /// The sender address of every email (`From`); templates set the display name.
     pub from_address: String,
     pub smtp_timeout_ms: u64,

@@ -76,8 +76,16 @@ impl Sender {
         let mailer = if m.smtp_url.is_empty() {
             None
         } else {
-            let config = super::transport::smtp::SmtpConfig { url: m.smtp_url.clone(), timeout: ms(m.smtp_timeout_ms) };
-            Some(Arc::new(Mailer::new(&config).map_err(|e| anyhow::anyhow!("key `messaging.smtp_url`: {e}"))?))
+            let config = super::transport::smtp::SmtpConfig {
+                url: m.smtp_url.clone(),
+                timeout: ms(m.smtp_timeout_ms),
+                ca_file: (!m.smtp_ca_file.is_empty()).then(|| m.smtp_ca_file.clone().into()),
+            };
+            let mailer = Mailer::new(&config).map_err(|e| {
+                let key = if e.to_string().starts_with("CA file") { "smtp_ca_file" } else { "smtp_url" };
+                anyhow::anyhow!("key `messaging.{key}`: {e}")
+            })?;
+            Some(Arc::new(mailer))
         };
         let webhooks = Webhooks::new(super::transport::webhook::WebhookConfig {
             timeout: ms(m.webhook_timeout_ms),

@@ -296,7 +296,8 @@ pub struct MessagingSettings {
     pub poll_interval_ms: u64,
     /// How long a sender holds a delivery it took (longer than any send can take).
     pub lease_ms: u64,
-    /// Deliveries one replica sends at once.
+    /// Deliveries one replica sends at once per lane (email, webhooks); one tenant at most all
+    /// but one of them.
     pub concurrency: usize,
     /// Base URL of the hosted pages (unsubscribe), as contacts reach it, e.g.
     /// `https://clm.example.com`.

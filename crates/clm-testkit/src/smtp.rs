@@ -72,7 +72,7 @@ enum Tls {
     /// TLS from the first byte (port 465, `smtps://`).
     Implicit,
     /// Plain, offering STARTTLS and refusing mail before it (port 587, `?tls=required`).
-    StartTls,
+    Starttls,
 }
 
 /// How to start an [`SmtpSink`]: plain and open to all by default.
@@ -140,7 +140,7 @@ impl SmtpSinkBuilder {
 
     /// Offer STARTTLS with `cert` and refuse mail until the client used it (`?tls=required`).
     pub fn starttls(mut self, cert: &ServerCert) -> Self {
-        self.tls = Tls::StartTls;
+        self.tls = Tls::Starttls;
         self.cert = Some(cert.clone());
         self
     }
@@ -168,7 +168,7 @@ impl SmtpSinkBuilder {
                 cert.key_file.clone().into(),
             ]);
         }
-        if self.tls == Tls::StartTls {
+        if self.tls == Tls::Starttls {
             args.push("--starttls".into());
         }
         if let Some((user, password)) = &self.auth {
@@ -241,7 +241,7 @@ impl SmtpSink {
         match self.tls {
             Tls::None => format!("smtp://{at}127.0.0.1:{port}"),
             Tls::Implicit => format!("smtps://{at}127.0.0.1:{port}"),
-            Tls::StartTls => format!("smtp://{at}127.0.0.1:{port}?tls=required"),
+            Tls::Starttls => format!("smtp://{at}127.0.0.1:{port}?tls=required"),
         }
     }
 

@@ -328,8 +328,8 @@ impl Drop for SmtpSink {
     }
 }
 
-/// An SMTP server that accepts TCP connections and never answers (a hung relay): every
-/// connection is held open, unread, until this is dropped.
+/// A server that accepts TCP connections and never answers — a hung SMTP relay, or (by its
+/// port) a hung webhook endpoint: every connection is held open, unread, until this is dropped.
 pub struct Unresponsive {
     pub port: u16,
     accepted: Arc<AtomicUsize>,

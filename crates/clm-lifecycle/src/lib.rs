@@ -91,7 +91,7 @@ impl clm_platform::runtime::Service for LifecycleService {
         ));
         let m = &shared.settings.messaging;
         let links = messaging::links::Links::new(&m.link_secret, &m.public_url);
-        shared.track(messaging::sender::spawn(
+        shared.track(messaging::lanes::spawn(
             messaging::sender::Sender::from_settings(db.clone(), automator.contacts.clone(), links.clone(), m)?,
             shared.stopping(),
         ));

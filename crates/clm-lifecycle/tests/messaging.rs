@@ -1,7 +1,8 @@
 //! Messages over real gRPC, to a real SMTP server (aiosmtpd, `clm_testkit::smtp`) and a real
 //! HTTP receiver, with the contacts service in the same process, on SQLite and PostgreSQL:
 //! templates checked when saved, previews, consent at send time, unsubscribe headers, signed
-//! webhooks, retries with backoff then the dead letter, automations that send.
+//! webhooks, retries with backoff then the dead letter, automations that send, and a hung relay
+//! or endpoint holding up nobody else.
 
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use clm_proto::contacts::v1::contacts_service_client::ContactsServiceClient;
 use clm_proto::lifecycle::v1 as pb;
 use clm_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
 use clm_testkit::http::Receiver;
-use clm_testkit::smtp::SmtpSink;
+use clm_testkit::smtp::{SmtpSink, Unresponsive};
 use clm_testkit::{self as testing, Backend, BearerInterceptor, TestDb, TestServer, violated_fields};
 use tonic::Code;
 use tonic::service::interceptor::InterceptedService;
@@ -555,7 +556,105 @@ async fn each_tenant_is_held_to_its_rate(backend: Backend) {
     assert_eq!(sink.messages().len(), 4);
 }
 
+fn webhook_template(url: &str) -> pb::MessageTemplate {
+    pb::MessageTemplate {
+        display_name: "CRM".into(),
+        channel: pb::MessageChannel::Webhook as i32,
+        purpose: pb::MessagePurpose::Transactional as i32,
+        webhook: Some(pb::WebhookContent { url: url.into(), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+/// How long `id` took to be SENT, counted from `since`.
+async fn time_to_sent(lc: &mut Lc, id: &str, since: std::time::Instant) -> Duration {
+    settled(lc, id, pb::DeliveryState::Sent).await;
+    since.elapsed()
+}
+
+/// The "a failing SMTP server never blocks other tenants or other channels": the relay
+/// accepts connections and never answers, each email attempt takes the whole SMTP timeout (5 s
+/// here), and more emails are queued than the sender sends at once. Webhooks queued meanwhile,
+/// another tenant's and the same tenant's, arrive at once, not after the timeouts; the emails
+/// end as transient failures (RETRYING), nothing lost.
+async fn a_hung_smtp_relay_holds_up_no_webhook(backend: Backend) {
+    let relay = Unresponsive::start().await;
+    let receiver = Receiver::start(&[]).await;
+    let slow = [("CLM_MESSAGING__SMTP_TIMEOUT_MS", "5000"), ("CLM_MESSAGING__CONCURRENCY", "4")];
+    let Some(env) = Env::start(backend, "msghung", &relay.url(), &slow).await else { return };
+    let (mut ct, mut lc) = env.clients("acme").await;
+    let (mut ct2, mut lc2) = env.clients("globex").await;
+    let granted = vec![consent(cpb::ConsentPurpose::Marketing, cpb::ConsentStatus::Granted)];
+    let t = create_template(&mut lc, email_template("Hi", "<p>hi</p>", "hi")).await.message_template.unwrap();
+    let t2 = create_template(&mut lc2, email_template("Hi", "<p>hi</p>", "hi")).await.message_template.unwrap();
+    let mut emails = Vec::new();
+    for i in 0..6 {
+        let c = contact(&mut ct, &format!("a{i}@example.com"), "A", granted.clone()).await;
+        emails.push(send(&mut lc, &t.id, &c).await.id);
+    }
+    for i in 0..2 {
+        let c = contact(&mut ct2, &format!("g{i}@example.com"), "G", granted.clone()).await;
+        send(&mut lc2, &t2.id, &c).await;
+    }
+    // The sender is busy with the relay: every slot it has for email (4) holds a silent
+    // connection, both tenants' emails.
+    testing::wait_for("the emails to reach the silent relay", async || (relay.accepted() >= 4).then_some(())).await;
+
+    let hook = format!("{}/hooks", receiver.url());
+    let theirs = create_template(&mut lc2, webhook_template(&hook)).await.message_template.unwrap();
+    let ours = create_template(&mut lc, webhook_template(&hook)).await.message_template.unwrap();
+    let g = contact(&mut ct2, "g@example.com", "G", vec![]).await;
+    let a = contact(&mut ct, "hook@example.com", "H", vec![]).await;
+    let start = std::time::Instant::now();
+    let other_tenant = send(&mut lc2, &theirs.id, &g).await;
+    let same_tenant = send(&mut lc, &ours.id, &a).await;
+    let took = time_to_sent(&mut lc2, &other_tenant.id, start).await;
+    assert!(took < Duration::from_millis(2500), "another tenant's webhook took {took:?} behind the hung relay");
+    let took = time_to_sent(&mut lc, &same_tenant.id, start).await;
+    assert!(took < Duration::from_millis(2500), "the same tenant's webhook took {took:?} behind the hung relay");
+    assert_eq!(receiver.requests().len(), 2);
+
+    // The emails were not sent and are not lost: each attempt timed out, a transient failure.
+    let d = settled(&mut lc, &emails[0], pb::DeliveryState::Retrying).await;
+    assert!(!d.attempts[0].accepted && d.attempts[0].detail.contains("127.0.0.1"), "{d:?}");
+    assert!(d.reason.contains("timed out") || d.reason.contains("timeout"), "{}", d.reason);
+}
+
+/// A webhook endpoint that accepts connections and never answers (webhook timeout 5 s) takes at
+/// most all but one of the sender's webhook slots (3 of 4): another tenant's webhook goes at once.
+async fn a_hung_webhook_endpoint_holds_up_no_other_tenant(backend: Backend) {
+    let hung = Unresponsive::start().await;
+    let receiver = Receiver::start(&[]).await;
+    let slow = [("CLM_MESSAGING__WEBHOOK_TIMEOUT_MS", "5000"), ("CLM_MESSAGING__CONCURRENCY", "4")];
+    let Some(env) = Env::start(backend, "msghunghook", "", &slow).await else { return };
+    let (mut ct, mut lc) = env.clients("acme").await;
+    let (mut ct2, mut lc2) = env.clients("globex").await;
+    let stuck = create_template(&mut lc, webhook_template(&format!("http://127.0.0.1:{}/hooks", hung.port)))
+        .await
+        .message_template
+        .unwrap();
+    for i in 0..6 {
+        let c = contact(&mut ct, &format!("a{i}@example.com"), "A", vec![]).await;
+        send(&mut lc, &stuck.id, &c).await;
+    }
+    testing::wait_for("acme's webhooks to reach the silent endpoint", async || (hung.accepted() >= 3).then_some(()))
+        .await;
+    let theirs = create_template(&mut lc2, webhook_template(&format!("{}/hooks", receiver.url())))
+        .await
+        .message_template
+        .unwrap();
+    let g = contact(&mut ct2, "g@example.com", "G", vec![]).await;
+    let start = std::time::Instant::now();
+    let d = send(&mut lc2, &theirs.id, &g).await;
+    let took = time_to_sent(&mut lc2, &d.id, start).await;
+    assert!(took < Duration::from_millis(2500), "globex's webhook took {took:?} behind acme's hung endpoint");
+    assert_eq!(receiver.requests().len(), 1);
+    assert_eq!(hung.accepted(), 3, "acme's three webhooks still hang, holding three of the four slots");
+}
+
 clm_testkit::backend_tests!(
+    a_hung_smtp_relay_holds_up_no_webhook,
+    a_hung_webhook_endpoint_holds_up_no_other_tenant,
     each_tenant_is_held_to_its_rate,
     templates_are_checked_when_saved,
     an_email_arrives_personalised_with_an_unsubscribe_header,

@@ -1,18 +1,30 @@
 //! The messaging transports against real servers: email through an SMTP server (aiosmtpd,
-//! `make test-deps`) and webhooks through an HTTP server, each answering as told.
+//! `make test-deps`: plain, implicit TLS or STARTTLS, with AUTH, certificates from a CA made
+//! per test) and webhooks through an HTTP server, each answering as told.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clm_lifecycle::messaging::transport::webhook::{self, Webhook, WebhookConfig, Webhooks};
 use clm_lifecycle::messaging::transport::{Email, Mailer, SmtpConfig};
+use clm_testkit::certs::TestCa;
 use clm_testkit::http::Receiver;
-use clm_testkit::smtp::{SmtpSink, Stage};
+use clm_testkit::smtp::{SmtpSink, Stage, Unresponsive};
 
 const WAIT: Duration = Duration::from_secs(10);
 
 fn mailer(url: String) -> Mailer {
-    Mailer::new(&SmtpConfig { url, timeout: Duration::from_secs(5) }).expect("mailer")
+    Mailer::new(&SmtpConfig { url, timeout: Duration::from_secs(5), ca_file: None }).expect("mailer")
 }
+
+/// A mailer that trusts `ca` besides the system's roots (`messaging.smtp_ca_file`).
+fn trusting(url: String, ca: &TestCa) -> Mailer {
+    Mailer::new(&SmtpConfig { url, timeout: Duration::from_secs(5), ca_file: Some(ca.ca_file()) }).expect("mailer")
+}
+
+const USER: &str = "clm-relay";
+/// In the URL percent-encoded: `s3cret%20p%40ss%3Aword`.
+const PASSWORD: &str = "s3cret p@ss:word";
+const USERINFO: &str = "clm-relay:s3cret%20p%40ss%3Aword";
 
 fn email() -> Email {
     Email {
@@ -117,6 +129,131 @@ async fn no_smtp_server_is_transient() {
     let port = clm_testkit::free_port();
     let e = mailer(format!("smtp://127.0.0.1:{port}")).send(&email()).await.unwrap_err();
     assert!(!e.permanent, "{e}");
+}
+
+/// Implicit TLS (`smtps://`), AUTH PLAIN; STARTTLS required (`?tls=required`), AUTH LOGIN (the
+/// only mechanism that server offers): the message arrives encrypted, sent by the user of the
+/// URL with its percent-encoded password, and no AUTH went in the clear.
+#[tokio::test]
+async fn email_goes_over_tls_with_auth() {
+    let ca = TestCa::new("CLM test CA");
+    let cert = ca.server_cert();
+    for (sink, mechanism) in [
+        (
+            SmtpSink::builder().implicit_tls(&cert).auth(USER, PASSWORD).auth_mechanisms(&["PLAIN"]).start().await,
+            "PLAIN",
+        ),
+        (SmtpSink::builder().starttls(&cert).auth(USER, PASSWORD).auth_mechanisms(&["LOGIN"]).start().await, "LOGIN"),
+    ] {
+        let url = sink.url_as(USERINFO);
+        let reply = trusting(url.clone(), &ca).send(&email()).await.unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert!(reply.starts_with("250 "), "{url}: {reply}");
+        let got = sink.wait_for_messages(1, WAIT).await;
+        let m = &got[0];
+        assert!(m.tls.as_deref().is_some_and(|v| v.starts_with("TLSv1.")), "{url}: {m:?}");
+        assert_eq!(m.auth, Some((mechanism.to_owned(), USER.to_owned())), "{url}");
+        assert_eq!(m.rcpt_to, ["ann@example.test"]);
+        assert_eq!(m.header("Message-ID").as_deref(), Some("<0193a5b2-7c1d-7e00-8000-000000000001@clm>"));
+        let tries = sink.auth_attempts();
+        assert_eq!(tries.len(), 1, "{url}: {tries:?}");
+        assert!(tries[0].ok && tries[0].tls.is_some(), "{url}: {tries:?}");
+    }
+}
+
+/// A wrong password (535), or none where the relay requires one (530), is the relay's
+/// configuration, not the message: every email would fail alike until an operator fixes
+/// `messaging.smtp_url`, so it is transient (retried with backoff, not dead-lettered), says
+/// what to fix, and never shows the password. Fixed, the same email goes.
+#[tokio::test]
+async fn refused_credentials_are_transient_and_name_the_setting() {
+    let ca = TestCa::new("CLM test CA");
+    let cert = ca.server_cert();
+    for sink in [
+        SmtpSink::builder().implicit_tls(&cert).auth(USER, PASSWORD).start().await,
+        SmtpSink::builder().starttls(&cert).auth(USER, PASSWORD).start().await,
+    ] {
+        let wrong = sink.url_as("clm-relay:hunter2");
+        let e = trusting(wrong.clone(), &ca).send(&email()).await.unwrap_err();
+        assert!(!e.permanent, "{wrong}: {e}");
+        assert!(e.detail.contains("535") && e.detail.contains("messaging.smtp_url"), "{wrong}: {e}");
+        assert!(!e.detail.contains("hunter2"), "{e}");
+        assert!(sink.auth_attempts().iter().all(|a| !a.ok && a.tls.is_some()), "{:?}", sink.auth_attempts());
+
+        let anonymous = sink.url();
+        let e = trusting(anonymous.clone(), &ca).send(&email()).await.unwrap_err();
+        assert!(!e.permanent && e.detail.contains("530"), "{anonymous}: {e}");
+        assert!(sink.messages().is_empty());
+
+        trusting(sink.url_as(USERINFO), &ca).send(&email()).await.expect("sent once the password is right");
+        assert_eq!(sink.wait_for_messages(1, WAIT).await.len(), 1);
+    }
+}
+
+/// A server whose certificate does not verify — issued by a CA the mailer does not trust (not
+/// in the system's roots, nor `smtp_ca_file`) — is refused, over implicit TLS and STARTTLS:
+/// nothing is sent, no AUTH is tried, and the failure is transient (the relay's configuration).
+#[tokio::test]
+async fn an_untrusted_certificate_is_refused() {
+    let ca = TestCa::new("CLM test CA");
+    let stranger = TestCa::new("Some other CA");
+    let cert = stranger.server_cert();
+    for sink in [
+        SmtpSink::builder().implicit_tls(&cert).auth(USER, PASSWORD).start().await,
+        SmtpSink::builder().starttls(&cert).auth(USER, PASSWORD).start().await,
+    ] {
+        let url = sink.url_as(USERINFO);
+        for mailer in [trusting(url.clone(), &ca), mailer(url.clone())] {
+            let e = mailer.send(&email()).await.unwrap_err();
+            assert!(!e.permanent, "{url}: {e}");
+            assert!(!e.detail.contains("s3cret"), "{e}");
+        }
+        // Trusting the right CA, the same server is fine: the refusal was the certificate's.
+        trusting(url.clone(), &stranger).send(&email()).await.unwrap_or_else(|e| panic!("{url}: {e}"));
+        let got = sink.wait_for_messages(1, WAIT).await;
+        assert_eq!(got.len(), 1, "only the trusted attempt arrived");
+        assert_eq!(sink.auth_attempts().len(), 1, "{:?}", sink.auth_attempts());
+    }
+}
+
+/// `?tls=required` against a server that does not offer STARTTLS (and would take AUTH and mail
+/// in the clear) fails: no credentials and no message go unencrypted. Likewise `smtps://`
+/// against a plain server. Both transient (the relay's configuration).
+#[tokio::test]
+async fn required_tls_is_never_skipped() {
+    let ca = TestCa::new("CLM test CA");
+    let plain = SmtpSink::builder().auth(USER, PASSWORD).start().await;
+    let port = plain.port;
+    for url in
+        [format!("smtp://{USERINFO}@127.0.0.1:{port}?tls=required"), format!("smtps://{USERINFO}@127.0.0.1:{port}")]
+    {
+        for mailer in [mailer(url.clone()), trusting(url.clone(), &ca)] {
+            let e = mailer.send(&email()).await.unwrap_err();
+            assert!(!e.permanent, "{url}: {e}");
+        }
+    }
+    assert!(plain.auth_attempts().is_empty(), "credentials went in the clear: {:?}", plain.auth_attempts());
+    assert!(plain.messages().is_empty(), "a message went in the clear");
+    // The same server, asked for no TLS, takes the message (the sink works).
+    mailer(plain.url_as(USERINFO)).send(&email()).await.expect("plain SMTP, as asked");
+    assert_eq!(plain.wait_for_messages(1, WAIT).await[0].tls, None);
+}
+
+/// A relay that accepts the connection and never answers: the attempt ends at the timeout
+/// (lettre bounds only the connect; the mailer bounds the whole attempt), as a transient
+/// failure; the next attempt does not inherit a connection left mid-conversation.
+#[tokio::test]
+async fn a_silent_relay_is_a_transient_failure_at_the_timeout() {
+    let relay = Unresponsive::start().await;
+    let mailer = Mailer::new(&SmtpConfig { url: relay.url(), timeout: Duration::from_millis(1500), ca_file: None })
+        .expect("mailer");
+    for _ in 0..2 {
+        let start = Instant::now();
+        let e = mailer.send(&email()).await.unwrap_err();
+        let took = start.elapsed();
+        assert!(!e.permanent && e.detail.contains("timed out"), "{e}");
+        assert!(took >= Duration::from_millis(1400) && took < Duration::from_secs(4), "{took:?}");
+    }
+    assert_eq!(relay.accepted(), 2);
 }
 
 fn hook(url: String, body: &str) -> Webhook {

@@ -282,6 +282,9 @@ pub struct MessagingSettings {
     /// server). Refused in a deployed environment without an `smtp_url` (mail would stay on
     /// one pod's disk).
     pub mailbox_dir: String,
+    /// PEM file of CA certificates trusted for the relay's TLS besides the system's (a relay
+    /// whose certificate a private CA issued). Empty: the system's roots only.
+    pub smtp_ca_file: String,
     /// The sender address of every email (`From`); templates set the display name.
     pub from_address: String,
     pub smtp_timeout_ms: u64,
@@ -300,7 +303,8 @@ pub struct MessagingSettings {
     pub poll_interval_ms: u64,
     /// How long a sender holds a delivery it took (longer than any send can take).
     pub lease_ms: u64,
-    /// Deliveries one replica sends at once.
+    /// Deliveries one replica sends at once per lane (email, webhooks); one tenant at most all
+    /// but one of them.
     pub concurrency: usize,
     /// Base URL of the hosted pages (unsubscribe), as contacts reach it, e.g.
     /// `https://clm.example.com`.

@@ -4,12 +4,14 @@
 //! asynchronous effects ([`wait_for`]), publish an event as another service would
 //! ([`publish_event`]), and run a test on both backends ([`backend_tests!`]). For what CLM sends
 //! out: a real SMTP server keeping every message ([`smtp::SmtpSink`], Python's aiosmtpd from
-//! `make test-deps`) and a real HTTP server recording every request ([`http::Receiver`]).
+//! `make test-deps`; with TLS from [`certs::TestCa`] and AUTH on demand) and a real HTTP server
+//! recording every request ([`http::Receiver`]).
 //!
 //! PostgreSQL tests run when `CLM_TEST_DATABASE_URL` points at a server where the role may
 //! create databases; without it they print that they were skipped.
 
 pub mod arch;
+pub mod certs;
 mod db;
 pub mod http;
 mod server;

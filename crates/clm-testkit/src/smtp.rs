@@ -1,12 +1,18 @@
 //! [`SmtpSink`]: a real SMTP server (Python's aiosmtpd, `tests/support/smtp_sink.py`) as a child
-//! process on 127.0.0.1, keeping every message it accepts, and failing on demand.
+//! process on 127.0.0.1, keeping every message it accepts, and failing on demand; with TLS
+//! (implicit, or STARTTLS required) and AUTH when built so ([`SmtpSink::builder`]). And
+//! [`Unresponsive`]: a server that accepts connections and never says a word.
 //!
 //! The interpreter is `CLM_TEST_PYTHON`, else `<workspace>/.venv-test/bin/python`, which
 //! `make test-deps` creates (`make test` runs it first).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use crate::certs::ServerCert;
 
 /// One message as the server received it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -17,6 +23,21 @@ pub struct Received {
     pub rcpt_to: Vec<String>,
     /// The DATA section exactly as sent (dot-unstuffed, without the final `.`).
     pub raw: Vec<u8>,
+    /// The TLS protocol the message came over (`"TLSv1.3"`), `None` in the clear.
+    pub tls: Option<String>,
+    /// The AUTH mechanism and user the client authenticated with, if it did.
+    pub auth: Option<(String, String)>,
+}
+
+/// One AUTH command as the server saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthAttempt {
+    pub mechanism: String,
+    pub user: String,
+    /// The user and password were right.
+    pub ok: bool,
+    /// The TLS protocol of the connection, `None` in the clear.
+    pub tls: Option<String>,
 }
 
 impl Received {
@@ -41,6 +62,26 @@ pub struct SmtpSink {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Child,
+    tls: Tls,
+}
+
+/// How a sink speaks TLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tls {
+    None,
+    /// TLS from the first byte (port 465, `smtps://`).
+    Implicit,
+    /// Plain, offering STARTTLS and refusing mail before it (port 587, `?tls=required`).
+    Starttls,
+}
+
+/// How to start an [`SmtpSink`]: plain and open to all by default.
+#[derive(Clone, Debug)]
+pub struct SmtpSinkBuilder {
+    tls: Tls,
+    cert: Option<ServerCert>,
+    auth: Option<(String, String)>,
+    mechanisms: Vec<String>,
 }
 
 impl std::fmt::Debug for SmtpSink {
@@ -77,8 +118,68 @@ pub fn python() -> PathBuf {
 }
 
 impl SmtpSink {
-    /// Start the server on a free port and wait until it accepts connections.
+    /// Start a plain server (no TLS, no AUTH) on a free port and wait until it accepts
+    /// connections.
     pub async fn start() -> Self {
+        Self::builder().start().await
+    }
+
+    /// A sink with TLS or AUTH.
+    pub fn builder() -> SmtpSinkBuilder {
+        SmtpSinkBuilder { tls: Tls::None, cert: None, auth: None, mechanisms: vec!["PLAIN".into(), "LOGIN".into()] }
+    }
+}
+
+impl SmtpSinkBuilder {
+    /// Speak TLS from the first byte with `cert` (`smtps://`).
+    pub fn implicit_tls(mut self, cert: &ServerCert) -> Self {
+        self.tls = Tls::Implicit;
+        self.cert = Some(cert.clone());
+        self
+    }
+
+    /// Offer STARTTLS with `cert` and refuse mail until the client used it (`?tls=required`).
+    pub fn starttls(mut self, cert: &ServerCert) -> Self {
+        self.tls = Tls::Starttls;
+        self.cert = Some(cert.clone());
+        self
+    }
+
+    /// Require AUTH as `user` with `password` before mail (over TLS when the sink has TLS; in
+    /// the clear otherwise).
+    pub fn auth(mut self, user: &str, password: &str) -> Self {
+        self.auth = Some((user.to_owned(), password.to_owned()));
+        self
+    }
+
+    /// Offer only these AUTH mechanisms (of `PLAIN`, `LOGIN`; both by default).
+    pub fn auth_mechanisms(mut self, mechanisms: &[&str]) -> Self {
+        self.mechanisms = mechanisms.iter().map(|m| (*m).to_owned()).collect();
+        self
+    }
+
+    fn args(&self) -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(cert) = &self.cert {
+            args.extend([
+                "--tls-cert".into(),
+                cert.cert_file.clone().into(),
+                "--tls-key".into(),
+                cert.key_file.clone().into(),
+            ]);
+        }
+        if self.tls == Tls::Starttls {
+            args.push("--starttls".into());
+        }
+        if let Some((user, password)) = &self.auth {
+            args.extend(["--auth-user".into(), user.into(), "--auth-pass".into(), password.into()]);
+            args.extend(["--auth-mechanisms".into(), self.mechanisms.join(",").into()]);
+        }
+        args
+    }
+
+    /// Start the server on a free port and wait until it accepts connections.
+    pub async fn start(self) -> SmtpSink {
         let python = python();
         let script = workspace_root().join("tests/support/smtp_sink.py");
         let mut last = String::new();
@@ -90,6 +191,7 @@ impl SmtpSink {
                 .arg(&script)
                 .args(["--port", &port.to_string(), "--dir"])
                 .arg(dir.path())
+                .args(self.args())
                 .stdin(Stdio::piped())
                 .stdout(Stdio::null())
                 .stderr(stderr)
@@ -97,7 +199,7 @@ impl SmtpSink {
                 .unwrap_or_else(|e| {
                     panic!("cannot run {} (run `make test-deps`, or set CLM_TEST_PYTHON): {e}", python.display())
                 });
-            let mut sink = Self { port, dir, child };
+            let mut sink = SmtpSink { port, dir, child, tls: self.tls };
             let deadline = Instant::now() + Duration::from_secs(15);
             while Instant::now() < deadline {
                 if sink.dir.path().join("ready").exists() {
@@ -123,10 +225,40 @@ impl SmtpSink {
         }
         panic!("the SMTP sink did not start: {last}");
     }
+}
 
-    /// `smtp://127.0.0.1:PORT` (plain SMTP).
+impl SmtpSink {
+    /// The URL that reaches it the way it speaks: `smtp://127.0.0.1:PORT` (plain),
+    /// `smtps://127.0.0.1:PORT` (implicit TLS), `smtp://127.0.0.1:PORT?tls=required` (STARTTLS).
     pub fn url(&self) -> String {
-        format!("smtp://127.0.0.1:{}", self.port)
+        self.url_as("")
+    }
+
+    /// [`Self::url`] with `userinfo` (`"user:password"`, percent-encoded as needed) before the host.
+    pub fn url_as(&self, userinfo: &str) -> String {
+        let at = if userinfo.is_empty() { String::new() } else { format!("{userinfo}@") };
+        let port = self.port;
+        match self.tls {
+            Tls::None => format!("smtp://{at}127.0.0.1:{port}"),
+            Tls::Implicit => format!("smtps://{at}127.0.0.1:{port}"),
+            Tls::Starttls => format!("smtp://{at}127.0.0.1:{port}?tls=required"),
+        }
+    }
+
+    /// Every AUTH command so far, in order.
+    pub fn auth_attempts(&self) -> Vec<AuthAttempt> {
+        let log = std::fs::read_to_string(self.dir.path().join("auth.log")).unwrap_or_default();
+        log.lines()
+            .map(|line| {
+                let v: serde_json::Value = serde_json::from_str(line).expect("auth.log JSON");
+                AuthAttempt {
+                    mechanism: v["mechanism"].as_str().unwrap_or_default().to_owned(),
+                    user: v["user"].as_str().unwrap_or_default().to_owned(),
+                    ok: v["ok"].as_bool().unwrap_or_default(),
+                    tls: v["tls"].as_str().map(str::to_owned),
+                }
+            })
+            .collect()
     }
 
     /// Every message accepted so far, in order.
@@ -149,6 +281,11 @@ impl SmtpSink {
                         .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
                         .unwrap_or_default(),
                     raw: std::fs::read(meta.with_extension("eml")).expect("message"),
+                    tls: v["tls"].as_str().map(str::to_owned),
+                    auth: v["auth"].as_object().map(|a| {
+                        let field = |k: &str| a.get(k).and_then(|x| x.as_str()).unwrap_or_default().to_owned();
+                        (field("mechanism"), field("user"))
+                    }),
                 }
             })
             .collect()
@@ -188,5 +325,53 @@ impl Drop for SmtpSink {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A server that accepts TCP connections and never answers — a hung SMTP relay, or (by its
+/// port) a hung webhook endpoint: every connection is held open, unread, until this is dropped.
+pub struct Unresponsive {
+    pub port: u16,
+    accepted: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Unresponsive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Unresponsive").field("port", &self.port).field("accepted", &self.accepted()).finish()
+    }
+}
+
+impl Unresponsive {
+    /// Listen on a free port of 127.0.0.1.
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                held.push(socket);
+            }
+        });
+        Self { port, accepted, task }
+    }
+
+    /// `smtp://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.port)
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Unresponsive {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

@@ -1,14 +1,16 @@
 //! Messages to contacts: templates rendered per contact, queued as deliveries in the caller's
-//! transaction ([`enqueue`]), and sent after commit by the [`sender`] through a
+//! transaction ([`enqueue`]), and sent after commit by the [`sender`] (in [`lanes`]) through a
 //! [`transport`] (SMTP, signed webhooks), only while the contact's consent allows.
 //!
-//! Modules, top to bottom: `sender` (the queue worker) ▸ `compose` (consent, address,
+//! Modules, top to bottom: `lanes` (what is sent when: one lane per channel) ▸ `sender` (one
+//! delivery: lease, consent, render, send, record) ▸ `compose` (consent, address,
 //! variables, rendering for one contact) ▸ `contact` (the contact as messages see it) ▸
 //! `unsubscribe` (recording a link's use: suppression + event) ▸ `links` (signed unsubscribe
 //! links) ▸ `transport` (SMTP, webhooks, backoff).
 
 pub mod compose;
 pub mod contact;
+pub mod lanes;
 pub mod links;
 pub mod sender;
 pub mod transport;

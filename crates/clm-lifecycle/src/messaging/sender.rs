@@ -1,4 +1,5 @@
-//! The sender: works the delivery queue after commit. Every replica runs one; a delivery is
+//! The sender: works the delivery queue after commit. Every replica runs one, in two lanes
+//! (email, webhooks: `super::lanes::spawn` runs it and picks what to send when); a delivery is
 //! sent by whichever leases it (`store::messaging::lease`). For each due delivery: the tenant's
 //! rate limit, the template, the contact *as the contacts service knows it now* (asked with no
 //! transaction open), consent at send time, render, send, then the outcome and the attempt in
@@ -11,10 +12,9 @@ use std::time::Duration;
 use clm_platform::events::UnitOfWork;
 use clm_platform::{Error, TenantId};
 use clm_proto::lifecycle::v1 as pb;
-use futures::StreamExt as _;
 use prost::Message as _;
 use sea_orm::DatabaseConnection;
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::compose::{Composition, Mode, compose_with};
@@ -80,8 +80,16 @@ impl Sender {
         let mailer = if m.smtp_url.is_empty() {
             None
         } else {
-            let config = super::transport::smtp::SmtpConfig { url: m.smtp_url.clone(), timeout: ms(m.smtp_timeout_ms) };
-            Some(Arc::new(Mailer::new(&config).map_err(|e| anyhow::anyhow!("key `messaging.smtp_url`: {e}"))?))
+            let config = super::transport::smtp::SmtpConfig {
+                url: m.smtp_url.clone(),
+                timeout: ms(m.smtp_timeout_ms),
+                ca_file: (!m.smtp_ca_file.is_empty()).then(|| m.smtp_ca_file.clone().into()),
+            };
+            let mailer = Mailer::new(&config).map_err(|e| {
+                let key = if e.to_string().starts_with("CA file") { "smtp_ca_file" } else { "smtp_url" };
+                anyhow::anyhow!("key `messaging.{key}`: {e}")
+            })?;
+            Some(Arc::new(mailer))
         };
         let webhooks = Webhooks::new(super::transport::webhook::WebhookConfig {
             timeout: ms(m.webhook_timeout_ms),
@@ -112,71 +120,10 @@ impl Sender {
     }
 }
 
-/// Run the sender until `stop`.
-pub fn spawn(sender: Sender, mut stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            let wait = match sender.turn().await {
-                Ok(wait) => wait,
-                Err(e) => {
-                    tracing::warn!(error = %e, "delivery queue unreadable");
-                    sender.config.poll
-                }
-            };
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {},
-                () = sender.wake.notified() => {},
-                _ = stop.changed() => return,
-            }
-        }
-    })
-}
-
 impl Sender {
-    /// Send what is due; how long to wait before looking again.
-    async fn turn(&self) -> Result<Duration, Error> {
-        let now = now_micros();
-        let due = q::due(&self.db, now, 100).await?;
-        let full = due.len() == 100;
-        // Each tenant's budget for this turn: its per-minute limit less its attempts in the last
-        // minute (exact within a replica; replicas may together overshoot by one turn each).
-        let mut budgets: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
-        let mut turn = Vec::with_capacity(due.len());
-        for d in due {
-            let allowed = if self.config.tenant_per_minute == 0 {
-                true
-            } else {
-                if !budgets.contains_key(&d.tenant_id) {
-                    let Ok(tenant) = TenantId::parse(&d.tenant_id) else { continue };
-                    let used = q::attempts_since(&self.db, &tenant, now - 60_000_000).await?;
-                    budgets.insert(d.tenant_id.clone(), self.config.tenant_per_minute.saturating_sub(used));
-                }
-                let budget = budgets.get_mut(&d.tenant_id).expect("just inserted");
-                let ok = *budget > 0;
-                *budget = budget.saturating_sub(1);
-                ok
-            };
-            turn.push((d, allowed));
-        }
-        futures::stream::iter(turn)
-            .for_each_concurrent(self.config.concurrency.max(1), |(d, allowed)| async move {
-                if let Err(e) = self.take(d.clone(), allowed).await {
-                    tracing::warn!(error = %e, delivery = %d.id, "delivery not processed; it stays queued");
-                }
-            })
-            .await;
-        if full {
-            return Ok(Duration::ZERO);
-        }
-        let next = q::next_due(&self.db).await?.map_or(self.config.poll, |t| {
-            Duration::from_micros(u64::try_from(t - now_micros()).unwrap_or(0)).min(self.config.poll)
-        });
-        Ok(next)
-    }
-
     /// Lease `d` and process it (or, over its tenant's rate, put it back for a second later);
     /// nothing when another sender holds it.
-    async fn take(&self, d: delivery::Model, allowed: bool) -> Result<(), Error> {
+    pub(super) async fn take(&self, d: delivery::Model, allowed: bool) -> Result<(), Error> {
         let Ok(tenant) = TenantId::parse(&d.tenant_id) else { return Ok(()) };
         let now = now_micros();
         let until = now + i64::try_from(self.config.lease.as_micros()).unwrap_or(i64::MAX / 2);

@@ -201,13 +201,46 @@ pub async fn list_deliveries(
     Ok(clm_platform::pagination::split_page(rows, limit, |m| (m.create_time, m.id.clone())))
 }
 
-/// Deliveries of any tenant due at `now` and not held by a sender, soonest first (the
-/// sender's scan).
-pub async fn due(db: &impl ConnectionTrait, now: i64, limit: u64) -> Result<Vec<delivery::Model>> {
-    Ok(delivery::Entity::find()
-        .filter(delivery::Column::State.is_in(PENDING))
+/// Which deliveries one lane of the sender looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct DueFilter<'a> {
+    /// Email deliveries (`true`) or all the others (webhooks).
+    pub email: bool,
+    /// Deliveries this lane has in flight (not leased yet, a moment after they were picked).
+    pub skip_ids: &'a [String],
+    /// Tenants holding all the lane's slots a tenant may hold.
+    pub skip_tenants: &'a [String],
+}
+
+impl DueFilter<'_> {
+    fn apply(&self, q: sea_orm::Select<delivery::Entity>, now: i64) -> sea_orm::Select<delivery::Entity> {
+        let channel =
+            if self.email { delivery::Column::Channel.eq("email") } else { delivery::Column::Channel.ne("email") };
+        let mut q = q
+            .filter(delivery::Column::State.is_in(PENDING))
+            .filter(delivery::Column::LeaseUntil.lt(now))
+            .filter(channel);
+        if !self.skip_ids.is_empty() {
+            q = q.filter(delivery::Column::Id.is_not_in(self.skip_ids.iter().cloned()));
+        }
+        if !self.skip_tenants.is_empty() {
+            q = q.filter(delivery::Column::TenantId.is_not_in(self.skip_tenants.iter().cloned()));
+        }
+        q
+    }
+}
+
+/// Deliveries of any tenant due at `now`, not held by a sender, that `filter` lets through,
+/// soonest first (a sender lane's scan).
+pub async fn due(
+    db: &impl ConnectionTrait,
+    filter: DueFilter<'_>,
+    now: i64,
+    limit: u64,
+) -> Result<Vec<delivery::Model>> {
+    Ok(filter
+        .apply(delivery::Entity::find(), now)
         .filter(delivery::Column::NextAttemptTime.lte(now))
-        .filter(delivery::Column::LeaseUntil.lt(now))
         .order_by_asc(delivery::Column::NextAttemptTime)
         .order_by_asc(delivery::Column::Id)
         .limit(limit)
@@ -215,12 +248,13 @@ pub async fn due(db: &impl ConnectionTrait, now: i64, limit: u64) -> Result<Vec<
         .await?)
 }
 
-/// The earliest time a pending delivery falls due (the sender sleeps until then at most).
-pub async fn next_due(db: &impl ConnectionTrait) -> Result<Option<i64>> {
-    let row: Option<i64> = delivery::Entity::find()
+/// The earliest time a delivery `filter` lets through falls due (the lane sleeps until then at
+/// most).
+pub async fn next_due(db: &impl ConnectionTrait, filter: DueFilter<'_>, now: i64) -> Result<Option<i64>> {
+    let row: Option<i64> = filter
+        .apply(delivery::Entity::find(), now)
         .select_only()
         .column_as(Expr::col(delivery::Column::NextAttemptTime).min(), "t")
-        .filter(delivery::Column::State.is_in(PENDING))
         .into_tuple::<Option<i64>>()
         .one(db)
         .await?

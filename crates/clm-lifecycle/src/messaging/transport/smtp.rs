@@ -1,12 +1,15 @@
-//! Email over SMTP (lettre, async on Tokio; TLS by rustls with the system's roots).
+//! Email over SMTP (lettre, async on Tokio; TLS by rustls with the system's roots, plus the CAs
+//! of [`SmtpConfig::ca_file`] for a relay with a private CA).
 //!
 //! The server is named by one URL, lettre's form:
 //! - `smtp://host:25`: plain SMTP, no TLS at all (a relay on the same host or network);
 //! - `smtp://host:587?tls=required`: STARTTLS, refused if the server does not offer it
 //!   (`tls=opportunistic`: STARTTLS when offered);
 //! - `smtps://host:465`: TLS from the first byte;
-//! - credentials as `smtp://user:password@host…` (percent-encoded), sent only with TLS by lettre
-//!   unless the server is plain and says it takes them.
+//! - credentials as `smtp://user:password@host…` (percent-encoded), sent with PLAIN or LOGIN,
+//!   whichever the server offers. With `smtps://` or `tls=required` nothing (not even EHLO's
+//!   answer is trusted) goes before TLS is up with a certificate that verifies: an untrusted
+//!   certificate, or a server without STARTTLS, fails the attempt with nothing sent.
 //!
 //! A message is built from an [`Email`]: `multipart/alternative` when it has both an HTML and a
 //! text body; its `Message-ID` is the delivery's (so a receiver drops a resent copy of one it
@@ -16,13 +19,22 @@
 //!
 //! Outcome: the server's final reply on success; a 5xx reply is permanent (the address or the
 //! message is refused), as is a message that cannot be built (a bad address, an unusable
-//! header); a 4xx reply, no connection, a TLS failure or a timeout is transient.
+//! header); a 4xx reply, no connection, a TLS failure or a timeout is transient. So is what is
+//! wrong with the *relay* rather than the message, though the server says 5xx: refused
+//! credentials (530, 534, 535, 538) and a server without STARTTLS when it is required. They
+//! fail every email alike until an operator fixes `messaging.smtp_url`; dead-lettering each
+//! would lose the whole queue to one wrong password, so they are retried with backoff (and
+//! logged on every attempt) like an outage.
 
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::anyhow;
 use lettre::message::header::{HeaderName, HeaderValue, MessageId};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
+use lettre::transport::smtp::AsyncSmtpTransportBuilder;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport as _, Message, Tokio1Executor};
 
 use super::{SendError, without_credentials};
@@ -33,8 +45,13 @@ pub struct SmtpConfig {
     /// `smtp://host:port`, `smtp://host:587?tls=required`, `smtps://host:465`, with optional
     /// `user:password@` (module header).
     pub url: String,
-    /// For each step of the SMTP conversation (connect, each command's reply).
+    /// The longest one attempt may take, all of it: connect, TLS, AUTH and the message (lettre's
+    /// own timeout bounds only the connect; a relay that accepts and then says nothing would
+    /// hold a send for ever).
     pub timeout: Duration,
+    /// PEM file of CA certificates trusted besides the system's (a relay whose certificate a
+    /// private CA issued); used only when the URL asks for TLS.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// One email to send.
@@ -78,7 +95,10 @@ const RESERVED: &[&str] = &[
 /// Sends [`Email`]s through one SMTP server; connections are pooled and reused.
 #[derive(Clone)]
 pub struct Mailer {
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    /// The pool in use; replaced after a timed-out attempt (see [`Mailer::send`]).
+    transport: Arc<Mutex<Arc<AsyncSmtpTransport<Tokio1Executor>>>>,
+    builder: AsyncSmtpTransportBuilder,
+    timeout: Duration,
     url: String,
 }
 
@@ -95,24 +115,85 @@ impl Mailer {
     pub fn new(cfg: &SmtpConfig) -> anyhow::Result<Self> {
         let url = without_credentials(&cfg.url);
         tokio::runtime::Handle::try_current().map_err(|_| anyhow!("SMTP {url:?}: the mailer needs a Tokio runtime"))?;
-        let builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(&cfg.url).map_err(|e| {
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(&cfg.url).map_err(|e| {
             anyhow!(
                 "SMTP URL {url:?}: {e} (expected smtp://host:port, smtp://host:587?tls=required or smtps://host:465)"
             )
         })?;
-        Ok(Self { transport: builder.timeout(Some(cfg.timeout)).build(), url })
+        if let Some(file) = &cfg.ca_file {
+            builder = builder.tls(tls_with_ca(&cfg.url, file)?);
+        }
+        let builder = builder.timeout(Some(cfg.timeout));
+        let transport = Arc::new(Mutex::new(Arc::new(builder.clone().build())));
+        Ok(Self { transport, builder, timeout: cfg.timeout, url })
     }
 
     /// Send `email`; `Ok` with the server's reply to the message (code and text, e.g.
     /// `"250 2.0.0 Ok: queued as 4BC2D"`).
     pub async fn send(&self, email: &Email) -> Result<String, SendError> {
         let message = message(email)?;
-        match self.transport.send(message).await {
-            Ok(reply) => Ok(format!("{} {}", reply.code(), reply.message().collect::<Vec<_>>().join(" "))),
-            Err(e) if e.is_permanent() || e.is_client() => Err(SendError::permanent(format!("{}: {e}", self.url))),
-            Err(e) => Err(SendError::transient(format!("{}: {e}", self.url))),
+        let transport = self.transport.lock().expect("mailer lock").clone();
+        match tokio::time::timeout(self.timeout, transport.send(message)).await {
+            Ok(Ok(reply)) => Ok(format!("{} {}", reply.code(), reply.message().collect::<Vec<_>>().join(" "))),
+            Ok(Err(e)) => Err(classify(&self.url, &e)),
+            Err(_) => {
+                // The attempt was cut off, maybe in the middle of a conversation whose
+                // connection lettre would put back in its pool, out of step (the next message
+                // would read this one's late replies). Start a new pool; shutting the old one
+                // closes its idle connections and every one given back to it from now on.
+                let fresh = Arc::new(self.builder.clone().build());
+                let old = std::mem::replace(&mut *self.transport.lock().expect("mailer lock"), fresh);
+                tokio::spawn(async move { old.shutdown().await });
+                Err(SendError::transient(format!("{}: no answer within {:?} (timed out)", self.url, self.timeout)))
+            }
         }
     }
+}
+
+/// The TLS mode `url` asks for, trusting the CAs in `file` besides the system's; `Tls::None`
+/// for plain `smtp://` (the URL already decided: no TLS).
+fn tls_with_ca(url: &str, file: &std::path::Path) -> anyhow::Result<Tls> {
+    let shown = file.display();
+    let pem = std::fs::read(file).map_err(|e| anyhow!("CA file {shown}: {e}"))?;
+    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+        return Err(anyhow!("CA file {shown}: no PEM certificate in it"));
+    }
+    let ca = Certificate::from_pem(&pem).map_err(|e| anyhow!("CA file {shown}: {e}"))?;
+    let parsed = url::Url::parse(url).map_err(|e| anyhow!("SMTP URL {:?}: {e}", without_credentials(url)))?;
+    let host = parsed.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
+    let tls = parsed.query_pairs().find(|(k, _)| k == "tls").map(|(_, v)| v.into_owned());
+    let params = || {
+        TlsParameters::builder(host.clone())
+            .add_root_certificate(ca.clone())
+            .build_rustls()
+            .map_err(|e| anyhow!("CA file {shown}: {e}"))
+    };
+    Ok(match (parsed.scheme(), tls.as_deref()) {
+        ("smtps", _) => Tls::Wrapper(params()?),
+        (_, Some("required")) => Tls::Required(params()?),
+        (_, Some("opportunistic")) => Tls::Opportunistic(params()?),
+        _ => Tls::None,
+    })
+}
+
+/// What a failed send means for the delivery (module header): permanent when the message or
+/// its recipient is refused; transient when a later attempt may pass, including every fault of
+/// the relay's configuration (credentials, TLS), which an operator fixes for all mail at once.
+fn classify(url: &str, e: &lettre::transport::smtp::Error) -> SendError {
+    let code = e.status().map(u16::from);
+    let text = e.to_string();
+    if matches!(code, Some(530 | 534 | 535 | 538)) {
+        return SendError::transient(format!("{url}: the relay refused the credentials (messaging.smtp_url): {e}"));
+    }
+    if e.is_client() && (text.contains("STARTTLS") || text.contains("authentication mechanism")) {
+        return SendError::transient(format!(
+            "{url}: the relay cannot be used as configured (messaging.smtp_url): {e}"
+        ));
+    }
+    if e.is_permanent() || e.is_client() {
+        return SendError::permanent(format!("{url}: {e}"));
+    }
+    SendError::transient(format!("{url}: {e}"))
 }
 
 /// The MIME message of `email` (headers, bodies, envelope From → To).
@@ -234,11 +315,28 @@ mod tests {
 
     #[tokio::test]
     async fn a_bad_url_is_an_error_naming_it_without_the_password() {
-        let cfg = SmtpConfig { url: "smtpx://u:hunter2@mail.test:25".into(), timeout: Duration::from_secs(1) };
+        let cfg =
+            SmtpConfig { url: "smtpx://u:hunter2@mail.test:25".into(), timeout: Duration::from_secs(1), ca_file: None };
         let e = Mailer::new(&cfg).unwrap_err().to_string();
         assert!(e.contains("smtpx://") && e.contains("mail.test") && !e.contains("hunter2"), "{e}");
         for ok in ["smtp://127.0.0.1:2525", "smtp://mail.test:587?tls=required", "smtps://u:p@mail.test:465"] {
-            Mailer::new(&SmtpConfig { url: ok.into(), timeout: Duration::from_secs(1) }).unwrap();
+            Mailer::new(&SmtpConfig { url: ok.into(), timeout: Duration::from_secs(1), ca_file: None }).unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unusable_ca_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate").unwrap();
+        for file in [dir.path().join("missing.pem"), empty] {
+            let cfg = SmtpConfig {
+                url: "smtps://u:hunter2@mail.test:465".into(),
+                timeout: Duration::from_secs(1),
+                ca_file: Some(file.clone()),
+            };
+            let e = Mailer::new(&cfg).unwrap_err().to_string();
+            assert!(e.contains(&file.display().to_string()) && !e.contains("hunter2"), "{e}");
         }
     }
 }

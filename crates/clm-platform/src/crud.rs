@@ -75,7 +75,9 @@ impl ExpectedVersion {
 /// A create that may carry a request id (AIP-155). With one, the new resource's id is derived
 /// from it, so a retry of the same request finds what the first call made ([`Self::replay`])
 /// instead of creating twice; the same id sent with another request is refused. In the
-/// create's transaction: [`Self::replay`], then the insert, then [`Self::record`].
+/// create's transaction: [`Self::replay`], then the insert and [`Self::record`] (recorded
+/// first, a concurrent call with the same id waits on its row and is then ABORTED before it
+/// does any work).
 #[derive(Debug)]
 pub struct CreateOnce {
     method: &'static str,

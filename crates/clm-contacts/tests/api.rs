@@ -862,6 +862,17 @@ async fn segments_are_live(backend: Backend) {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Aborted);
+    let stale = pb::DeleteSegmentRequest { id: seg.id.clone(), etag: seg.etag.clone() };
+    assert_eq!(c.delete_segment(stale).await.unwrap_err().code(), Code::Aborted);
+    let err = c
+        .update_segment(pb::UpdateSegmentRequest {
+            segment: Some(pb::Segment { id: seg.id.clone(), ..Default::default() }),
+            update_mask: mask(&["owner"]),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&err), ["update_mask"], "{err:?}");
+    assert!(err.message().contains("unknown path \"owner\"; one of display_name, description, filter"), "{err:?}");
     let err = c
         .create_segment(pb::CreateSegmentRequest {
             segment: Some(pb::Segment {

@@ -232,6 +232,117 @@ async fn campaigns_are_checked_when_saved(backend: Backend) {
     assert_eq!(ok.status, pb::CampaignStatus::Draft as i32);
 }
 
+fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
+    (!paths.is_empty()).then(|| prost_types::FieldMask { paths: paths.iter().map(|p| (*p).to_owned()).collect() })
+}
+
+/// The CRUD every resource shares, on templates, campaigns and automations: a create retried
+/// with its request id returns the first result, the id reused for another request is refused;
+/// an update mask names known paths only; a stale etag is ABORTED.
+async fn creates_retry_and_writes_check_etags_and_masks(backend: Backend) {
+    let sink = SmtpSink::start().await;
+    let Some(env) = Env::start(backend, "cmpcrud", &sink.url()).await else { return };
+    let (_, mut lc) = env.clients("acme").await;
+    let is_reuse = |err: tonic::Status| {
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert_eq!(violated_fields(&err), ["request_id"], "{err:?}");
+        assert!(err.message().contains("different request"), "{err:?}");
+    };
+    let is_stale = |err: tonic::Status, what: &str| {
+        assert_eq!(err.code(), Code::Aborted, "{err:?}");
+        assert!(err.message().contains(&format!("the {what} changed")), "{err:?}");
+    };
+    let rid = uuid::Uuid::new_v4().to_string();
+
+    // Templates: a retry gets the first template, without the generated secret again.
+    let hook = |url: &str| pb::CreateMessageTemplateRequest {
+        message_template: Some(pb::MessageTemplate {
+            display_name: "Hook".into(),
+            channel: pb::MessageChannel::Webhook as i32,
+            purpose: pb::MessagePurpose::Transactional as i32,
+            webhook: Some(pb::WebhookContent { url: url.into(), body: "{}".into(), ..Default::default() }),
+            ..Default::default()
+        }),
+        request_id: rid.clone(),
+    };
+    let first = lc.create_message_template(hook("https://a.example.com/")).await.unwrap().into_inner();
+    assert!(!first.signing_secret.is_empty(), "a generated secret, returned once");
+    let again = lc.create_message_template(hook("https://a.example.com/")).await.unwrap().into_inner();
+    assert_eq!(again.message_template, first.message_template, "the retry gets the first template");
+    assert_eq!(again.signing_secret, "", "and not the secret again");
+    is_reuse(lc.create_message_template(hook("https://b.example.com/")).await.unwrap_err());
+    let all = lc.list_message_templates(pb::ListMessageTemplatesRequest::default()).await.unwrap().into_inner();
+    assert_eq!(all.message_templates.len(), 1);
+    let t = first.message_template.unwrap();
+    let renamed = pb::MessageTemplate { display_name: "Hook 2".into(), ..t.clone() };
+    let update = |paths: &[&str]| pb::UpdateMessageTemplateRequest {
+        message_template: Some(renamed.clone()),
+        update_mask: mask(paths),
+    };
+    let err = lc.update_message_template(update(&["channel"])).await.unwrap_err();
+    assert_eq!(violated_fields(&err), ["update_mask"], "{err:?}");
+    assert!(err.message().contains("one of display_name, purpose, email, webhook"), "{err:?}");
+    let t2 = lc.update_message_template(update(&[])).await.unwrap().into_inner().message_template.unwrap();
+    assert_eq!(t2.display_name, "Hook 2");
+    is_stale(lc.update_message_template(update(&[])).await.unwrap_err(), "message template");
+    let stale = pb::DeleteMessageTemplateRequest { id: t.id.clone(), etag: t.etag.clone() };
+    is_stale(lc.delete_message_template(stale).await.unwrap_err(), "message template");
+
+    // Campaigns.
+    let hello = template(&mut lc, "Hello").await;
+    let campaign = |name: &str| pb::CreateCampaignRequest {
+        campaign: Some(pb::Campaign {
+            display_name: name.into(),
+            trigger: on_entering("acquisition"),
+            steps: vec![step("a", pb::campaign_step::Kind::SendMessage(hello.clone()), "")],
+            ..Default::default()
+        }),
+        request_id: rid.clone(),
+    };
+    let c1 = lc.create_campaign(campaign("Once")).await.unwrap().into_inner().campaign.unwrap();
+    let c2 = lc.create_campaign(campaign("Once")).await.unwrap().into_inner().campaign.unwrap();
+    assert_eq!((c2.id.as_str(), c2.etag.as_str()), (c1.id.as_str(), c1.etag.as_str()));
+    is_reuse(lc.create_campaign(campaign("Twice")).await.unwrap_err());
+    let update = |paths: &[&str], c: &pb::Campaign| pb::UpdateCampaignRequest {
+        campaign: Some(c.clone()),
+        update_mask: mask(paths),
+    };
+    let err = lc.update_campaign(update(&["allow_reentry", "model_id"], &c1)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert_eq!(violated_fields(&err), ["update_mask"], "{err:?}");
+    assert!(err.message().contains("unknown path \"model_id\""), "{err:?}");
+    // A named bool is set, and only what is named changes.
+    let reenter = pb::Campaign { allow_reentry: true, display_name: String::new(), ..c1.clone() };
+    let c3 = lc.update_campaign(update(&["allow_reentry"], &reenter)).await.unwrap().into_inner().campaign.unwrap();
+    assert!(c3.allow_reentry && c3.display_name == "Once" && c3.etag != c1.etag, "{c3:?}");
+    is_stale(lc.update_campaign(update(&["display_name"], &c1)).await.unwrap_err(), "campaign");
+    let delete = |etag: &str| pb::DeleteCampaignRequest { id: c1.id.clone(), etag: etag.into() };
+    is_stale(lc.delete_campaign(delete(&c1.etag)).await.unwrap_err(), "campaign");
+    lc.delete_campaign(delete(&c3.etag)).await.unwrap();
+
+    // Automations: with no mask a bool is left as it is.
+    let tag = pb::Automation {
+        display_name: "Tag".into(),
+        enabled: true,
+        trigger: on_entering("acquisition"),
+        actions: vec![pb::Action { kind: Some(pb::action::Kind::AddTag("new".into())) }],
+        ..Default::default()
+    };
+    let created =
+        lc.create_automation(pb::CreateAutomationRequest { automation: Some(tag), request_id: String::new() });
+    let a = created.await.unwrap().into_inner().automation.unwrap();
+    let off = pb::Automation { enabled: false, ..a.clone() };
+    let update =
+        |paths: &[&str]| pb::UpdateAutomationRequest { automation: Some(off.clone()), update_mask: mask(paths) };
+    let unmasked = lc.update_automation(update(&[])).await.unwrap().into_inner().automation.unwrap();
+    assert!(unmasked.enabled, "a bool changes only when the mask names it");
+    is_stale(lc.update_automation(update(&["enabled"])).await.unwrap_err(), "automation");
+    let delete = |etag: &str| pb::DeleteAutomationRequest { id: a.id.clone(), etag: etag.into() };
+    let err = lc.delete_automation(delete("7")).await.unwrap_err();
+    assert_eq!(violated_fields(&err), ["etag"], "{err:?}");
+    lc.delete_automation(delete(&unmasked.etag)).await.unwrap();
+}
+
 async fn a_welcome_series_waits_for_a_purchase_and_nudges_the_rest(backend: Backend) {
     let sink = SmtpSink::start().await;
     let Some(env) = Env::start(backend, "cmpwelcome", &sink.url()).await else { return };
@@ -401,6 +512,7 @@ async fn timers_survive_a_restart_and_fire_once_with_two_runners(backend: Backen
 
 clm_testkit::backend_tests!(
     campaigns_are_checked_when_saved,
+    creates_retry_and_writes_check_etags_and_masks,
     a_welcome_series_waits_for_a_purchase_and_nudges_the_rest,
     timers_survive_a_restart_and_fire_once_with_two_runners,
 );

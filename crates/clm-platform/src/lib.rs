@@ -7,6 +7,7 @@ pub mod client;
 pub mod config;
 pub mod contacts;
 pub mod convert;
+pub mod crud;
 pub mod db;
 pub mod deadline;
 pub mod error;

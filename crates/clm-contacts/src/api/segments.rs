@@ -1,6 +1,7 @@
 //! Segments: saved filters over contacts (create, read, list, update, delete), their members
 //! and counts. A segment's filter is validated when saved and compiled when read.
 
+use clm_platform::crud::{ExpectedVersion, UpdateMask};
 use clm_platform::events::UnitOfWork;
 use clm_platform::pagination::page_size;
 use clm_platform::{Error, Violations};
@@ -8,7 +9,7 @@ use clm_proto::contacts::v1 as pb;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::convert::{etag_version, timestamp, to_pb, uuid};
+use super::convert::{timestamp, to_pb, uuid};
 use super::request_key::RequestKey;
 use super::{ContactsApi, ctx, first_violation, parse_order_by};
 use crate::domain::filter::{self as cfilter, Cond};
@@ -90,40 +91,20 @@ pub(super) async fn update_segment(
     };
     let mut v = Violations::new();
     let id = v.check(uuid("segment.id", &s.id));
-    let expected = v.check(etag_version("segment.etag", &s.etag)).flatten();
-    let paths: Vec<String> = req.update_mask.map(|m| m.paths).unwrap_or_default();
-    let paths: Vec<&str> = if paths.is_empty() {
-        let mut p = Vec::new();
-        if !s.display_name.is_empty() {
-            p.push("display_name");
-        }
-        if !s.description.is_empty() {
-            p.push("description");
-        }
-        if !s.filter.is_empty() {
-            p.push("filter");
-        }
-        p
-    } else {
-        paths
-            .iter()
-            .filter_map(|p| match p.as_str() {
-                "display_name" | "description" | "filter" => Some(p.as_str()),
-                other => {
-                    v.add("update_mask", format!("unknown path {other:?}; one of display_name, description, filter"));
-                    None
-                }
-            })
-            .collect()
-    };
+    let expected = ExpectedVersion::parse(&mut v, "segment.etag", &s.etag);
+    let mask = UpdateMask::parse(&mut v, req.update_mask, &["display_name", "description", "filter"]);
+    let given = [
+        ("display_name", !s.display_name.is_empty()),
+        ("description", !s.description.is_empty()),
+        ("filter", !s.filter.is_empty()),
+    ];
+    let paths: Vec<&str> = given.into_iter().filter(|(p, given)| mask.sets(p, *given)).map(|(p, _)| p).collect();
     let (display_name, description, filter) = segment_fields(&s, &paths, &mut v);
     v.finish()?;
     let id = id.expect("checked");
     let txn = UnitOfWork::begin(&api.db).await?;
     let current = store::get_segment(&txn, &ctx.tenant, id).await?;
-    if expected.is_some_and(|e| e != current.version) {
-        return Err(Error::Aborted("etag mismatch: the segment changed; re-read and retry".into()).into());
-    }
+    expected.check(current.version, "segment")?;
     let updated = store::Segment {
         display_name: display_name.unwrap_or_else(|| current.display_name.clone()),
         description: description.unwrap_or_else(|| current.description.clone()),
@@ -145,14 +126,12 @@ pub(super) async fn delete_segment(
     let req = req.into_inner();
     let mut v = Violations::new();
     let id = v.check(uuid("id", &req.id));
-    let expected = v.check(etag_version("etag", &req.etag)).flatten();
+    let expected = ExpectedVersion::parse(&mut v, "etag", &req.etag);
     v.finish()?;
     let id = id.expect("checked");
     let txn = UnitOfWork::begin(&api.db).await?;
     let current = store::get_segment(&txn, &ctx.tenant, id).await?;
-    if expected.is_some_and(|e| e != current.version) {
-        return Err(Error::Aborted("etag mismatch: the segment changed; re-read and retry".into()).into());
-    }
+    expected.check(current.version, "segment")?;
     store::delete_segment(&txn, &ctx.tenant, id).await?;
     txn.commit().await?;
     Ok(Response::new(pb::DeleteSegmentResponse {}))

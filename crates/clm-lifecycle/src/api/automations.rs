@@ -1,6 +1,7 @@
 //! Automation CRUD and the run log (the engine is `journeys::automations`).
 
-use clm_platform::convert::{etag, etag_version, timestamp, uuid};
+use clm_platform::convert::{etag, timestamp, uuid};
+use clm_platform::crud::{CreateOnce, ExpectedVersion, UpdateMask};
 use clm_platform::pagination::page_size;
 use clm_platform::{Error, TenantId, Violations};
 use clm_proto::lifecycle::v1 as pb;
@@ -144,24 +145,14 @@ pub async fn create(
     let a = req.automation.ok_or_else(|| Error::invalid("automation", "is required"))?;
     let mut v = Violations::new();
     check(&a, &mut v);
-    let rid = if req.request_id.is_empty() { None } else { v.check(uuid("request_id", &req.request_id)) };
+    let mut once = CreateOnce::new(&mut v, &ctx.tenant, "CreateAutomation", "automation", &req.request_id, fingerprint);
     v.finish()?;
+    let id = once.id();
     let txn = clm_platform::db::begin_write(&api.db).await?;
     let model =
         store::get_model(&txn, &ctx.tenant, if a.model_id.is_empty() { "default" } else { &a.model_id }).await?;
-    let id = rid.map_or_else(Uuid::now_v7, |r| {
-        Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("{}/automation/{r}", ctx.tenant).as_bytes())
-    });
-    const METHOD: &str = "CreateAutomation";
-    let mut known = false;
-    if let Some(r) = rid {
-        // Refused when the id served another request; else the automation it made (for ids
-        // served before fingerprints were kept, found by its id alone).
-        known =
-            clm_platform::idempotency::find(&txn, &ctx.tenant, METHOD, &r.to_string(), &fingerprint).await?.is_some();
-        if let Ok(existing) = find(&txn, &ctx.tenant, id).await {
-            return Ok(Response::new(pb::CreateAutomationResponse { automation: Some(to_pb(&existing)) }));
-        }
+    if let Some(existing) = once.replay(&txn, &ctx.tenant, find(&txn, &ctx.tenant, id)).await? {
+        return Ok(Response::new(pb::CreateAutomationResponse { automation: Some(to_pb(&existing)) }));
     }
     let count = store::automations::count(&txn, &ctx.tenant).await?;
     if count >= MAX_AUTOMATIONS {
@@ -188,9 +179,7 @@ pub async fn create(
         update_time: now,
     };
     store::automations::insert(&txn, row.clone()).await?;
-    if let Some(r) = rid.filter(|_| !known) {
-        clm_platform::idempotency::record(&txn, &ctx.tenant, METHOD, &r.to_string(), &fingerprint, &row.id).await?;
-    }
+    once.record(&txn, &ctx.tenant, &row.id).await?;
     txn.commit().await.map_err(Error::from)?;
     Ok(Response::new(pb::CreateAutomationResponse { automation: Some(to_pb(&row)) }))
 }
@@ -229,35 +218,28 @@ pub async fn update(
     let a = req.automation.ok_or_else(|| Error::invalid("automation", "is required"))?;
     let mut v = Violations::new();
     let id = v.check(uuid("automation.id", &a.id));
-    let expected = v.check(etag_version("automation.etag", &a.etag)).flatten();
-    let paths: Vec<String> = req.update_mask.map(|m| m.paths).unwrap_or_default();
-    const PATHS: [&str; 5] = ["display_name", "enabled", "trigger", "conditions", "actions"];
-    for p in &paths {
-        if !PATHS.contains(&p.as_str()) {
-            v.add("update_mask", format!("unknown path {p:?}; one of {}", PATHS.join(", ")));
-        }
-    }
+    let expected = ExpectedVersion::parse(&mut v, "automation.etag", &a.etag);
+    let mask =
+        UpdateMask::parse(&mut v, req.update_mask, &["display_name", "enabled", "trigger", "conditions", "actions"]);
     v.finish()?;
     let txn = clm_platform::db::begin_write(&api.db).await?;
     let current = find(&txn, &ctx.tenant, id.expect("checked")).await?;
-    if expected.is_some_and(|e| e != current.version) {
-        return Err(Error::Aborted("etag mismatch: the automation changed; re-read and retry".into()).into());
-    }
+    expected.check(current.version, "automation")?;
     let mut next = to_pb(&current);
-    let has = |p: &str| paths.is_empty() || paths.iter().any(|x| x == p);
-    if has("display_name") && (!paths.is_empty() || !a.display_name.is_empty()) {
+    if mask.sets("display_name", !a.display_name.is_empty()) {
         next.display_name.clone_from(&a.display_name);
     }
-    if has("enabled") && !paths.is_empty() {
+    // A bool has no "not given": only a mask naming it changes it.
+    if mask.sets("enabled", false) {
         next.enabled = a.enabled;
     }
-    if has("trigger") && (!paths.is_empty() || a.trigger.is_some()) {
+    if mask.sets("trigger", a.trigger.is_some()) {
         next.trigger.clone_from(&a.trigger);
     }
-    if has("conditions") && (!paths.is_empty() || !a.conditions.is_empty()) {
+    if mask.sets("conditions", !a.conditions.is_empty()) {
         next.conditions.clone_from(&a.conditions);
     }
-    if has("actions") && (!paths.is_empty() || !a.actions.is_empty()) {
+    if mask.sets("actions", !a.actions.is_empty()) {
         next.actions.clone_from(&a.actions);
     }
     let mut v = Violations::new();
@@ -285,13 +267,11 @@ pub async fn delete(
     let req = req.into_inner();
     let mut v = Violations::new();
     let id = v.check(uuid("id", &req.id));
-    let expected = v.check(etag_version("etag", &req.etag)).flatten();
+    let expected = ExpectedVersion::parse(&mut v, "etag", &req.etag);
     v.finish()?;
     let txn = clm_platform::db::begin_write(&api.db).await?;
     let current = find(&txn, &ctx.tenant, id.expect("checked")).await?;
-    if expected.is_some_and(|e| e != current.version) {
-        return Err(Error::Aborted("etag mismatch: the automation changed; re-read and retry".into()).into());
-    }
+    expected.check(current.version, "automation")?;
     store::automations::delete(&txn, &ctx.tenant, &current.id).await?;
     txn.commit().await.map_err(Error::from)?;
     Ok(Response::new(pb::DeleteAutomationResponse {}))

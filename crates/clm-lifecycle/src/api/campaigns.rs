@@ -3,7 +3,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use clm_platform::convert::{etag, etag_version, timestamp, uuid};
+use clm_platform::convert::{etag, timestamp, uuid};
+use clm_platform::crud::{CreateOnce, ExpectedVersion, UpdateMask};
 use clm_platform::pagination::page_size;
 use clm_platform::{Error, TenantId, Violations};
 use clm_proto::lifecycle::v1 as pb;
@@ -345,22 +346,14 @@ pub async fn create(
     let c = req.campaign.ok_or_else(|| Error::invalid("campaign", "is required"))?;
     let mut v = Violations::new();
     check(&c, &mut v);
-    let rid = if req.request_id.is_empty() { None } else { v.check(uuid("request_id", &req.request_id)) };
+    let mut once = CreateOnce::new(&mut v, &ctx.tenant, "CreateCampaign", "campaign", &req.request_id, fingerprint);
     v.finish()?;
-    const METHOD: &str = "CreateCampaign";
-    let id = rid.map_or_else(Uuid::now_v7, |r| {
-        Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("{}/campaign/{r}", ctx.tenant).as_bytes())
-    });
+    let id = once.id();
     let txn = clm_platform::db::begin_write(&api.db).await?;
     let model =
         store::get_model(&txn, &ctx.tenant, if c.model_id.is_empty() { "default" } else { &c.model_id }).await?;
-    let mut known = false;
-    if let Some(r) = rid {
-        known =
-            clm_platform::idempotency::find(&txn, &ctx.tenant, METHOD, &r.to_string(), &fingerprint).await?.is_some();
-        if let Ok(existing) = store::campaigns::find(&txn, &ctx.tenant, id).await {
-            return Ok(Response::new(pb::CreateCampaignResponse { campaign: Some(to_pb(&existing)) }));
-        }
+    if let Some(existing) = once.replay(&txn, &ctx.tenant, store::campaigns::find(&txn, &ctx.tenant, id)).await? {
+        return Ok(Response::new(pb::CreateCampaignResponse { campaign: Some(to_pb(&existing)) }));
     }
     if store::campaigns::count(&txn, &ctx.tenant).await? >= MAX_CAMPAIGNS {
         return Err(Error::ResourceExhausted(format!("at most {MAX_CAMPAIGNS} campaigns per tenant")).into());
@@ -379,9 +372,7 @@ pub async fn create(
         update_time: now,
     };
     store::campaigns::insert(&txn, row.clone()).await?;
-    if let Some(r) = rid.filter(|_| !known) {
-        clm_platform::idempotency::record(&txn, &ctx.tenant, METHOD, &r.to_string(), &fingerprint, &row.id).await?;
-    }
+    once.record(&txn, &ctx.tenant, &row.id).await?;
     txn.commit().await.map_err(Error::from)?;
     Ok(Response::new(pb::CreateCampaignResponse { campaign: Some(to_pb(&row)) }))
 }
@@ -420,43 +411,35 @@ pub async fn update(
     let c = req.campaign.ok_or_else(|| Error::invalid("campaign", "is required"))?;
     let mut v = Violations::new();
     let id = v.check(uuid("campaign.id", &c.id));
-    let expected = v.check(etag_version("campaign.etag", &c.etag)).flatten();
-    let paths: Vec<String> = req.update_mask.map(|m| m.paths).unwrap_or_default();
+    let expected = ExpectedVersion::parse(&mut v, "campaign.etag", &c.etag);
     const PATHS: [&str; 7] =
         ["display_name", "status", "trigger", "entry_conditions", "steps", "exit_rules", "allow_reentry"];
-    for p in &paths {
-        if !PATHS.contains(&p.as_str()) {
-            v.add("update_mask", format!("unknown path {p:?}; one of {}", PATHS.join(", ")));
-        }
-    }
+    let mask = UpdateMask::parse(&mut v, req.update_mask, &PATHS);
     v.finish()?;
     let txn = clm_platform::db::begin_write(&api.db).await?;
     let current = store::campaigns::find(&txn, &ctx.tenant, id.expect("checked")).await?;
-    if expected.is_some_and(|e| e != current.version) {
-        return Err(Error::Aborted("etag mismatch: the campaign changed; re-read and retry".into()).into());
-    }
+    expected.check(current.version, "campaign")?;
     let mut next = to_pb(&current);
-    let has = |p: &str| paths.is_empty() || paths.iter().any(|x| x == p);
-    let explicit = !paths.is_empty();
-    if has("display_name") && (explicit || !c.display_name.is_empty()) {
+    if mask.sets("display_name", !c.display_name.is_empty()) {
         next.display_name.clone_from(&c.display_name);
     }
-    if has("status") && (explicit || c.status != 0) {
+    if mask.sets("status", c.status != 0) {
         next.status = c.status;
     }
-    if has("trigger") && (explicit || c.trigger.is_some()) {
+    if mask.sets("trigger", c.trigger.is_some()) {
         next.trigger.clone_from(&c.trigger);
     }
-    if has("entry_conditions") && (explicit || !c.entry_conditions.is_empty()) {
+    if mask.sets("entry_conditions", !c.entry_conditions.is_empty()) {
         next.entry_conditions.clone_from(&c.entry_conditions);
     }
-    if has("steps") && (explicit || !c.steps.is_empty()) {
+    if mask.sets("steps", !c.steps.is_empty()) {
         next.steps.clone_from(&c.steps);
     }
-    if has("exit_rules") && (explicit || !c.exit_rules.is_empty()) {
+    if mask.sets("exit_rules", !c.exit_rules.is_empty()) {
         next.exit_rules.clone_from(&c.exit_rules);
     }
-    if has("allow_reentry") && explicit {
+    // A bool has no "not given": only a mask naming it changes it.
+    if mask.sets("allow_reentry", false) {
         next.allow_reentry = c.allow_reentry;
     }
     let mut v = Violations::new();
@@ -486,13 +469,11 @@ pub async fn delete(
     let req = req.into_inner();
     let mut v = Violations::new();
     let id = v.check(uuid("id", &req.id));
-    let expected = v.check(etag_version("etag", &req.etag)).flatten();
+    let expected = ExpectedVersion::parse(&mut v, "etag", &req.etag);
     v.finish()?;
     let txn = clm_platform::db::begin_write(&api.db).await?;
     let current = store::campaigns::find(&txn, &ctx.tenant, id.expect("checked")).await?;
-    if expected.is_some_and(|e| e != current.version) {
-        return Err(Error::Aborted("etag mismatch: the campaign changed; re-read and retry".into()).into());
-    }
+    expected.check(current.version, "campaign")?;
     if store::campaigns::has_active(&txn, &ctx.tenant, &current.id).await? {
         return Err(Error::FailedPrecondition(
             "the campaign has contacts in it; pause it and wait for them to finish, or remove its steps".into(),

@@ -4,11 +4,11 @@
 use std::collections::HashMap;
 
 use clm_platform::convert::{timestamp, uuid};
+use clm_platform::crud::CreateOnce;
 use clm_platform::pagination::page_size;
 use clm_platform::{Error, Violations};
 use clm_proto::lifecycle::v1 as pb;
 use tonic::{Request, Response, Status};
-use uuid::Uuid;
 
 use super::LifecycleApi;
 use crate::messaging::{self, Source};
@@ -79,28 +79,21 @@ pub async fn send(
     let mut v = Violations::new();
     let template = v.check(uuid("template_id", &req.template_id));
     let contact = v.check(uuid("contact_id", &req.contact_id));
-    let rid = if req.request_id.is_empty() { None } else { v.check(uuid("request_id", &req.request_id)) };
+    let mut once = CreateOnce::new(&mut v, &ctx.tenant, "SendMessage", "delivery", &req.request_id, fingerprint);
     v.finish()?;
     let (template, contact) = (template.expect("checked"), contact.expect("checked"));
     // The contact must exist now (asked before the transaction); consent is checked at send time.
     if api.automator.contacts.get(&ctx.tenant, contact).await?.is_none() {
         return Err(Error::not_found("contact", contact.to_string()).into());
     }
-    const METHOD: &str = "SendMessage";
-    let id = rid.map_or_else(Uuid::now_v7, |r| {
-        Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("{}/delivery/{r}", ctx.tenant).as_bytes())
-    });
+    let id = once.id();
     let work = clm_platform::events::UnitOfWork::begin(&api.db).await?;
-    if let Some(r) = rid {
-        let known = clm_platform::idempotency::find(&work, &ctx.tenant, METHOD, &r.to_string(), &fingerprint).await?;
-        if known.is_some()
-            && let Ok(existing) = store::messaging::find_delivery(&work, &ctx.tenant, id).await
-        {
-            let attempts =
-                store::messaging::attempts_of(&work, &ctx.tenant, std::slice::from_ref(&existing.id)).await?;
-            let a = attempts.get(&existing.id).map_or(&[][..], Vec::as_slice);
-            return Ok(Response::new(pb::SendMessageResponse { delivery: Some(to_pb(&existing, a)) }));
-        }
+    if let Some(existing) =
+        once.replay(&work, &ctx.tenant, store::messaging::find_delivery(&work, &ctx.tenant, id)).await?
+    {
+        let attempts = store::messaging::attempts_of(&work, &ctx.tenant, std::slice::from_ref(&existing.id)).await?;
+        let a = attempts.get(&existing.id).map_or(&[][..], Vec::as_slice);
+        return Ok(Response::new(pb::SendMessageResponse { delivery: Some(to_pb(&existing, a)) }));
     }
     let row = match messaging::enqueue(&work, &ctx.tenant, id, contact, template, Source::Api).await {
         Err(Error::NotFound { .. }) => {
@@ -108,9 +101,7 @@ pub async fn send(
         }
         other => other?,
     };
-    if let Some(r) = rid {
-        clm_platform::idempotency::record(&work, &ctx.tenant, METHOD, &r.to_string(), &fingerprint, &row.id).await?;
-    }
+    once.record(&work, &ctx.tenant, &row.id).await?;
     work.commit().await?;
     messaging::wake();
     Ok(Response::new(pb::SendMessageResponse { delivery: Some(to_pb(&row, &[])) }))

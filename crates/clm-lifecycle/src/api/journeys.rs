@@ -4,6 +4,7 @@
 //! (`journeys::automations::run_owed`), before the answer.
 
 use clm_platform::convert::{TimeBounds, duration, parse_time, timestamp, uuid};
+use clm_platform::crud::CreateOnce;
 use clm_platform::events::UnitOfWork;
 use clm_platform::idempotency;
 use clm_platform::pagination::page_size;
@@ -334,7 +335,7 @@ pub(super) async fn transition_stage(
     if reason.is_empty() {
         v.add("reason", "is required for a manual move");
     }
-    let rid = if req.request_id.is_empty() { None } else { v.check(uuid("request_id", &req.request_id)) };
+    let mut once = CreateOnce::new(&mut v, &ctx.tenant, "TransitionStage", "move", &req.request_id, fingerprint);
     let now = now_micros();
     let at = match &req.transition_time {
         None => Some(now),
@@ -348,22 +349,21 @@ pub(super) async fn transition_stage(
     if model.model.stage(&to).is_none() {
         return Err(Error::invalid("to_stage", "no such stage in the model").into());
     }
-    let move_id = rid.map_or_else(Uuid::now_v7, |r| {
-        Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("{}/move/{r}", ctx.tenant).as_bytes())
-    });
-    const METHOD: &str = "TransitionStage";
-    let known = match rid {
-        Some(r) => idempotency::find(&txn, &ctx.tenant, METHOD, &r.to_string(), &fingerprint).await?.is_some(),
-        None => false,
+    let move_id = once.id();
+    let made = async {
+        let moves = store::moves_of(&txn, &ctx.tenant, contact, model.id).await?;
+        moves
+            .into_iter()
+            .find(|m| m.id == move_id.to_string())
+            .ok_or_else(|| Error::not_found("move", move_id.to_string()))
     };
-    let already =
-        store::moves_of(&txn, &ctx.tenant, contact, model.id).await?.iter().any(|m| m.id == move_id.to_string());
-    if let Some(r) = rid.filter(|_| !known && !already) {
-        idempotency::record(&txn, &ctx.tenant, METHOD, &r.to_string(), &fingerprint, &move_id.to_string()).await?;
-    }
     // A retry of a move already made changes nothing.
+    let already = once.replay(&txn, &ctx.tenant, made).await?.is_some();
     let mut owed = false;
     if !already {
+        // Kept before the move is made: a concurrent call with the same id waits on this row,
+        // then is ABORTED before doing any work.
+        once.record(&txn, &ctx.tenant, &move_id.to_string()).await?;
         // The stage the contact was in at the move's time (a backdated move is checked against
         // the history then, not against where later events took the contact since).
         let history = store::transitions_of(&txn, &ctx.tenant, contact, model.id).await?;

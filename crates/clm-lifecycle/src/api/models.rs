@@ -2,14 +2,14 @@
 //! delete (not the default, not one in use). Create and update publish LifecycleModelChanged
 //! in their transaction.
 
-use clm_platform::convert::{etag_version, uuid};
+use clm_platform::convert::uuid;
+use clm_platform::crud::{CreateOnce, ExpectedVersion, UpdateMask};
 use clm_platform::events::UnitOfWork;
 use clm_platform::idempotency;
 use clm_platform::pagination::page_size;
 use clm_platform::{Error, Violations};
 use clm_proto::lifecycle::v1 as pb;
 use tonic::{Request, Response, Status};
-use uuid::Uuid;
 
 use super::{LifecycleApi, ctx, model_uuid_or_default, text};
 use crate::convert::{model_from_pb, model_to_pb};
@@ -30,7 +30,7 @@ pub(super) async fn create_lifecycle_model(
         v.add("lifecycle_model.display_name", "is required");
     }
     let description = text("lifecycle_model.description", &m.description, 2048, &mut v);
-    let rid = if req.request_id.is_empty() { None } else { v.check(uuid("request_id", &req.request_id)) };
+    let mut once = CreateOnce::new(&mut v, &ctx.tenant, "CreateLifecycleModel", "model", &req.request_id, fingerprint);
     let model = match model_from_pb(&m.stages, &m.allowed_transitions, "lifecycle_model.") {
         Ok(model) => Some(model),
         Err(list) => {
@@ -42,21 +42,11 @@ pub(super) async fn create_lifecycle_model(
     };
     v.finish()?;
     // A retry with the same request id maps to the same model id.
-    let id = rid.map_or_else(Uuid::now_v7, |r| {
-        Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("{}/model/{r}", ctx.tenant).as_bytes())
-    });
-    const METHOD: &str = "CreateLifecycleModel";
+    let id = once.id();
     let txn = UnitOfWork::begin(&api.db).await?;
-    let mut known = false;
-    if let Some(r) = rid {
-        // Refused when the id served another request; else the model it made (for ids
-        // served before fingerprints were kept, the model is found by its id alone).
-        known = idempotency::find(&txn, &ctx.tenant, METHOD, &r.to_string(), &fingerprint).await?.is_some();
-        if let Ok(existing) = store::get_model(&txn, &ctx.tenant, &id.to_string()).await {
-            return Ok(Response::new(pb::CreateLifecycleModelResponse {
-                lifecycle_model: Some(model_to_pb(&existing)),
-            }));
-        }
+    if let Some(existing) = once.replay(&txn, &ctx.tenant, store::get_model(&txn, &ctx.tenant, &id.to_string())).await?
+    {
+        return Ok(Response::new(pb::CreateLifecycleModelResponse { lifecycle_model: Some(model_to_pb(&existing)) }));
     }
     store::default_model(&txn, &ctx.tenant).await?;
     let now = now_micros();
@@ -72,9 +62,7 @@ pub(super) async fn create_lifecycle_model(
         churn_excludes_dormancy: m.churn_excludes_dormancy,
     };
     store::insert_model(&txn, &ctx.tenant, &rec).await?;
-    if let Some(r) = rid.filter(|_| !known) {
-        idempotency::record(&txn, &ctx.tenant, METHOD, &r.to_string(), &fingerprint, &id.to_string()).await?;
-    }
+    once.record(&txn, &ctx.tenant, &id.to_string()).await?;
     if rec.is_default {
         store::set_default(&txn, &ctx.tenant, rec.id).await?;
     }
@@ -117,39 +105,30 @@ pub(super) async fn update_lifecycle_model(
     let req = req.into_inner();
     let m = req.lifecycle_model.ok_or_else(|| Error::invalid("lifecycle_model", "is required"))?;
     let mut v = Violations::new();
-    let expected = v.check(etag_version("lifecycle_model.etag", &m.etag)).flatten();
-    let paths: Vec<String> = req.update_mask.map(|x| x.paths).unwrap_or_default();
+    let expected = ExpectedVersion::parse(&mut v, "lifecycle_model.etag", &m.etag);
     const PATHS: [&str; 6] =
         ["display_name", "description", "stages", "allowed_transitions", "is_default", "churn_excludes_dormancy"];
-    for p in &paths {
-        if !PATHS.contains(&p.as_str()) {
-            v.add("update_mask", format!("unknown path {p:?}; one of {}", PATHS.join(", ")));
-        }
-    }
+    let mask = UpdateMask::parse(&mut v, req.update_mask, &PATHS);
     v.finish()?;
-    let has = |p: &str| paths.is_empty() || paths.iter().any(|x| x == p);
     let txn = UnitOfWork::begin(&api.db).await?;
     let current = store::get_model(&txn, &ctx.tenant, model_uuid_or_default(&m.id)).await?;
-    if expected.is_some_and(|e| e != current.version) {
-        return Err(Error::Aborted("etag mismatch: the model changed; re-read and retry".into()).into());
-    }
+    expected.check(current.version, "model")?;
     let mut next = current.clone();
     let mut v = Violations::new();
-    if has("display_name") && (!paths.is_empty() || !m.display_name.is_empty()) {
+    if mask.sets("display_name", !m.display_name.is_empty()) {
         next.display_name = text("lifecycle_model.display_name", &m.display_name, 128, &mut v);
         if next.display_name.is_empty() {
             v.add("lifecycle_model.display_name", "is required");
         }
     }
-    if has("description") && (!paths.is_empty() || !m.description.is_empty()) {
+    if mask.sets("description", !m.description.is_empty()) {
         next.description = text("lifecycle_model.description", &m.description, 2048, &mut v);
     }
-    let stages_given = !paths.is_empty() && (has("stages") || has("allowed_transitions"))
-        || (paths.is_empty() && !m.stages.is_empty());
+    let stages_given = mask.sets("stages", !m.stages.is_empty()) || mask.sets("allowed_transitions", false);
     if stages_given {
         let stages =
-            if has("stages") && !m.stages.is_empty() { m.stages.clone() } else { model_to_pb(&current).stages };
-        let moves = if has("allowed_transitions") {
+            if mask.has("stages") && !m.stages.is_empty() { m.stages.clone() } else { model_to_pb(&current).stages };
+        let moves = if mask.has("allowed_transitions") {
             m.allowed_transitions.clone()
         } else {
             model_to_pb(&current).allowed_transitions
@@ -163,10 +142,10 @@ pub(super) async fn update_lifecycle_model(
             }
         }
     }
-    if has("churn_excludes_dormancy") && (!paths.is_empty() || m.churn_excludes_dormancy) {
+    if mask.sets("churn_excludes_dormancy", m.churn_excludes_dormancy) {
         next.churn_excludes_dormancy = m.churn_excludes_dormancy;
     }
-    if has("is_default") && !paths.is_empty() {
+    if mask.sets("is_default", false) {
         next.is_default = m.is_default;
     }
     v.finish()?;
@@ -202,13 +181,11 @@ pub(super) async fn delete_lifecycle_model(
     let req = req.into_inner();
     let mut v = Violations::new();
     let id = v.check(uuid("id", &req.id));
-    let expected = v.check(etag_version("etag", &req.etag)).flatten();
+    let expected = ExpectedVersion::parse(&mut v, "etag", &req.etag);
     v.finish()?;
     let txn = clm_platform::db::begin_write(&api.db).await?;
     let current = store::get_model(&txn, &ctx.tenant, &id.expect("checked").to_string()).await?;
-    if expected.is_some_and(|e| e != current.version) {
-        return Err(Error::Aborted("etag mismatch: the model changed; re-read and retry".into()).into());
-    }
+    expected.check(current.version, "model")?;
     if current.is_default {
         return Err(Error::FailedPrecondition(
             "the default model cannot be deleted; make another model the default first".into(),

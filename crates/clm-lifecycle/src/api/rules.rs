@@ -1,6 +1,7 @@
 //! Rule settings handlers: which built-in rules run for the tenant.
 
-use clm_platform::convert::{duration, duration_micros, etag, etag_version};
+use clm_platform::convert::{duration, duration_micros, etag};
+use clm_platform::crud::{ExpectedVersion, UpdateMask};
 use clm_platform::{Error, Violations};
 use clm_proto::lifecycle::v1 as pb;
 use tonic::{Request, Response, Status};
@@ -40,8 +41,7 @@ pub(super) async fn update_rule_settings(
     let req = req.into_inner();
     let s = req.rule_settings.ok_or_else(|| Error::invalid("rule_settings", "is required"))?;
     let mut v = Violations::new();
-    let expected = v.check(etag_version("rule_settings.etag", &s.etag)).flatten();
-    let paths: Vec<String> = req.update_mask.map(|m| m.paths).unwrap_or_default();
+    let expected = ExpectedVersion::parse(&mut v, "rule_settings.etag", &s.etag);
     const PATHS: [&str; 9] = [
         "first_touchpoint_awareness",
         "lead_captured_acquisition",
@@ -53,11 +53,7 @@ pub(super) async fn update_rule_settings(
         "reactivation",
         "detractor_at_risk",
     ];
-    for p in &paths {
-        if !PATHS.contains(&p.as_str()) {
-            v.add("update_mask", format!("unknown path {p:?}"));
-        }
-    }
+    let mask = UpdateMask::parse(&mut v, req.update_mask, &PATHS);
     let tenure = match &s.customer_tenure_retention {
         None => None,
         Some(d) => match duration_micros(d) {
@@ -69,15 +65,12 @@ pub(super) async fn update_rule_settings(
         },
     };
     v.finish()?;
-    let all = paths.is_empty();
-    let has = |p: &str| all || paths.iter().any(|x| x == p);
     let txn = clm_platform::db::begin_write(&api.db).await?;
     let (mut r, version) = store::rules(&txn, &ctx.tenant).await?;
-    if expected.is_some_and(|e| e != version) {
-        return Err(Error::Aborted("etag mismatch: the settings changed; re-read and retry".into()).into());
-    }
+    expected.check(version, "settings")?;
+    // No mask: every setting is replaced (bools, which cannot be "not given").
     macro_rules! set {
-        ($($f:ident),+) => { $( if has(stringify!($f)) { r.$f = s.$f; } )+ };
+        ($($f:ident),+) => { $( if mask.has(stringify!($f)) { r.$f = s.$f; } )+ };
     }
     set!(
         first_touchpoint_awareness,
@@ -89,7 +82,7 @@ pub(super) async fn update_rule_settings(
         reactivation,
         detractor_at_risk
     );
-    if has("customer_tenure_retention") {
+    if mask.has("customer_tenure_retention") {
         r.customer_tenure_retention_micros = tenure;
     }
     let new_version = store::save_rules(&txn, &ctx.tenant, &r, version).await?;

@@ -2,7 +2,8 @@
 //! when saved (`domain::message::check`): syntax, known variables, valid JSON for webhooks.
 
 use base64::Engine as _;
-use clm_platform::convert::{etag, etag_version, timestamp, uuid};
+use clm_platform::convert::{etag, timestamp, uuid};
+use clm_platform::crud::{CreateOnce, ExpectedVersion, UpdateMask};
 use clm_platform::pagination::page_size;
 use clm_platform::{Error, Violations};
 use clm_proto::lifecycle::v1 as pb;
@@ -130,24 +131,19 @@ pub async fn create(
     let t = req.message_template.ok_or_else(|| Error::invalid("message_template", "is required"))?;
     let mut v = Violations::new();
     check(&t, "message_template", &mut v);
-    let rid = if req.request_id.is_empty() { None } else { v.check(uuid("request_id", &req.request_id)) };
+    let mut once =
+        CreateOnce::new(&mut v, &ctx.tenant, "CreateMessageTemplate", "message_template", &req.request_id, fingerprint);
     v.finish()?;
-    const METHOD: &str = "CreateMessageTemplate";
-    let id = rid.map_or_else(Uuid::now_v7, |r| {
-        Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("{}/message_template/{r}", ctx.tenant).as_bytes())
-    });
+    let id = once.id();
     let txn = clm_platform::db::begin_write(&api.db).await?;
-    let mut known = false;
-    if let Some(r) = rid {
-        known =
-            clm_platform::idempotency::find(&txn, &ctx.tenant, METHOD, &r.to_string(), &fingerprint).await?.is_some();
-        if let Ok(existing) = store::messaging::find_template(&txn, &ctx.tenant, id).await {
-            // A retry: the secret was returned by the first call only.
-            return Ok(Response::new(pb::CreateMessageTemplateResponse {
-                message_template: Some(to_pb(&existing)),
-                signing_secret: String::new(),
-            }));
-        }
+    if let Some(existing) =
+        once.replay(&txn, &ctx.tenant, store::messaging::find_template(&txn, &ctx.tenant, id)).await?
+    {
+        // A retry: the secret was returned by the first call only.
+        return Ok(Response::new(pb::CreateMessageTemplateResponse {
+            message_template: Some(to_pb(&existing)),
+            signing_secret: String::new(),
+        }));
     }
     if store::messaging::count_templates(&txn, &ctx.tenant).await? >= MAX_TEMPLATES {
         return Err(Error::ResourceExhausted(format!("at most {MAX_TEMPLATES} message templates per tenant")).into());
@@ -167,9 +163,7 @@ pub async fn create(
         update_time: now,
     };
     store::messaging::insert_template(&txn, row.clone()).await?;
-    if let Some(r) = rid.filter(|_| !known) {
-        clm_platform::idempotency::record(&txn, &ctx.tenant, METHOD, &r.to_string(), &fingerprint, &row.id).await?;
-    }
+    once.record(&txn, &ctx.tenant, &row.id).await?;
     txn.commit().await.map_err(Error::from)?;
     Ok(Response::new(pb::CreateMessageTemplateResponse {
         message_template: Some(to_pb(&row)),
@@ -211,33 +205,24 @@ pub async fn update(
     let t = req.message_template.ok_or_else(|| Error::invalid("message_template", "is required"))?;
     let mut v = Violations::new();
     let id = v.check(uuid("message_template.id", &t.id));
-    let expected = v.check(etag_version("message_template.etag", &t.etag)).flatten();
-    let paths: Vec<String> = req.update_mask.map(|m| m.paths).unwrap_or_default();
-    const PATHS: [&str; 4] = ["display_name", "purpose", "email", "webhook"];
-    for p in &paths {
-        if !PATHS.contains(&p.as_str()) {
-            v.add("update_mask", format!("unknown path {p:?}; one of {}", PATHS.join(", ")));
-        }
-    }
+    let expected = ExpectedVersion::parse(&mut v, "message_template.etag", &t.etag);
+    let mask = UpdateMask::parse(&mut v, req.update_mask, &["display_name", "purpose", "email", "webhook"]);
     v.finish()?;
     let txn = clm_platform::db::begin_write(&api.db).await?;
     let current = store::messaging::find_template(&txn, &ctx.tenant, id.expect("checked")).await?;
-    if expected.is_some_and(|e| e != current.version) {
-        return Err(Error::Aborted("etag mismatch: the message template changed; re-read and retry".into()).into());
-    }
+    expected.check(current.version, "message template")?;
     let mut next = to_pb(&current);
-    let has = |p: &str| paths.is_empty() || paths.iter().any(|x| x == p);
-    if has("display_name") && (!paths.is_empty() || !t.display_name.is_empty()) {
+    if mask.sets("display_name", !t.display_name.is_empty()) {
         next.display_name.clone_from(&t.display_name);
     }
-    if has("purpose") && (!paths.is_empty() || t.purpose != 0) {
+    if mask.sets("purpose", t.purpose != 0) {
         next.purpose = t.purpose;
     }
-    if has("email") && (!paths.is_empty() || t.email.is_some()) {
+    if mask.sets("email", t.email.is_some()) {
         next.email.clone_from(&t.email);
     }
     let mut secret = current.signing_secret.clone();
-    if has("webhook") && (!paths.is_empty() || t.webhook.is_some()) {
+    if mask.sets("webhook", t.webhook.is_some()) {
         next.webhook.clone_from(&t.webhook);
         if let Some(given) = t.webhook.as_ref().map(|w| w.signing_secret.clone()).filter(|s| !s.is_empty()) {
             secret = given;
@@ -270,13 +255,11 @@ pub async fn delete(
     let req = req.into_inner();
     let mut v = Violations::new();
     let id = v.check(uuid("id", &req.id));
-    let expected = v.check(etag_version("etag", &req.etag)).flatten();
+    let expected = ExpectedVersion::parse(&mut v, "etag", &req.etag);
     v.finish()?;
     let txn = clm_platform::db::begin_write(&api.db).await?;
     let current = store::messaging::find_template(&txn, &ctx.tenant, id.expect("checked")).await?;
-    if expected.is_some_and(|e| e != current.version) {
-        return Err(Error::Aborted("etag mismatch: the message template changed; re-read and retry".into()).into());
-    }
+    expected.check(current.version, "message template")?;
     let pending = store::messaging::pending_of_template(&txn, &ctx.tenant, &current.id).await?;
     if pending > 0 {
         return Err(Error::FailedPrecondition(format!(

@@ -64,10 +64,10 @@ struct Args {
     skip_contacts: bool,
     /// Messages of the delivery workload: queued with SendMessage and sent to a local SMTP
     /// server (aiosmtpd, `make test-deps`) (0 skips it).
-    #[arg(long, env = "BENCH_DELIVERIES", default_value_t = 2000)]
+    #[arg(long, env = "BENCH_DELIVERIES", default_value_t = 600)]
     deliveries: usize,
     /// Contacts the delivery workload's messages go to (round robin).
-    #[arg(long, env = "BENCH_DELIVERY_CONTACTS", default_value_t = 1000)]
+    #[arg(long, env = "BENCH_DELIVERY_CONTACTS", default_value_t = 300)]
     delivery_contacts: usize,
     /// The sender's `messaging.concurrency` in the delivery workload (default: the shipped
     /// default).

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `make bench`: start what the benchmarks need (PostgreSQL, pgbench), build in release, run.
+# `make bench`: start what the benchmarks need (PostgreSQL, pgbench, the SMTP sink's Python),
+# build in release, run.
 # Without PostgreSQL available (and no CLM_TEST_DATABASE_URL), only the SQLite workloads run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,12 @@ if [ -z "${CLM_TEST_DATABASE_URL:-}" ]; then
   else
     echo "PostgreSQL is not available: running the SQLite workloads only" >&2
   fi
+fi
+
+# The delivery workload's SMTP server is the tests' (aiosmtpd in .venv-test); without it that
+# workload is skipped, the others run.
+if [ "${BENCH_DELIVERIES:-1}" != 0 ]; then
+  make -s test-deps || echo "make test-deps failed: the delivery workload will be skipped" >&2
 fi
 
 "$CARGO" build --release --workspace --bins

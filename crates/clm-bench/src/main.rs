@@ -7,6 +7,7 @@
 //! `GetContact ÷ health` is the cost of our layers and the database read. Results go to
 //! `bench/results/latest.json` and `latest.md`. Benchmarks never fail a test run.
 
+mod delivery;
 mod metrics_bench;
 mod mixed;
 mod resources;
@@ -61,6 +62,17 @@ struct Args {
     /// Without the contacts workloads (CreateContact, GetContact, health, import, pgbench).
     #[arg(long)]
     skip_contacts: bool,
+    /// Messages of the delivery workload: queued with SendMessage and sent to a local SMTP
+    /// server (aiosmtpd, `make test-deps`) (0 skips it).
+    #[arg(long, env = "BENCH_DELIVERIES", default_value_t = 600)]
+    deliveries: usize,
+    /// Contacts the delivery workload's messages go to (round robin).
+    #[arg(long, env = "BENCH_DELIVERY_CONTACTS", default_value_t = 300)]
+    delivery_contacts: usize,
+    /// The sender's `messaging.concurrency` in the delivery workload (default: the shipped
+    /// default).
+    #[arg(long, env = "BENCH_DELIVERY_CONCURRENCY")]
+    delivery_concurrency: Option<usize>,
     /// Seconds of load for the resource figures (0 skips them).
     #[arg(long, env = "BENCH_RESOURCE_SECONDS", default_value_t = 5)]
     resource_seconds: u64,
@@ -424,6 +436,33 @@ async fn main() -> anyhow::Result<()> {
             mixed::run(mixed::Setup::PostgresNats { nats_url }, &rates, args.duration, &mut figures).await?;
         }
     }
+    let mut deliveries = Vec::new();
+    if args.deliveries > 0 {
+        let opts = delivery::Options {
+            messages: args.deliveries,
+            contacts: args.delivery_contacts,
+            clients: args.concurrency,
+            sender_concurrency: args.delivery_concurrency,
+        };
+        let mut backends = Vec::new();
+        if !args.skip_sqlite {
+            backends.push((Backend::Sqlite, "sqlite"));
+        }
+        if args.postgres.is_some() {
+            backends.push((Backend::Postgres, "postgres"));
+        }
+        for (backend, label) in backends {
+            // A failure here is reported, and the other workloads' figures are still written.
+            match delivery::run(backend, label, opts).await {
+                Ok(Some(d)) => {
+                    figures.extend(delivery::figures(&d));
+                    deliveries.push(d);
+                }
+                Ok(None) => {}
+                Err(e) => eprintln!("delivery workload on {label} failed: {e:#}"),
+            }
+        }
+    }
     // Before the metrics-at-scale workload: its gigabytes of writes and their clean-up would
     // slow the processes timed here.
     let resources = if args.resource_seconds > 0 { resources::run(args.resource_seconds).await? } else { Vec::new() };
@@ -442,6 +481,12 @@ async fn main() -> anyhow::Result<()> {
     if let Some(r) = ratio(&figures, "GetContact", "pgbench SELECT", "postgres") {
         ratios.push(("GetContact ÷ pgbench SELECT (postgres); target ≥ 0.5".into(), r));
     }
+    for d in &deliveries {
+        let r = d.per_s / d.raw_per_s.max(f64::MIN_POSITIVE);
+        ratios.push((format!("delivery ÷ raw SMTP through the same Mailer ({})", d.backend), r));
+        let r = d.per_s / d.nodelay_per_s.max(f64::MIN_POSITIVE);
+        ratios.push((format!("delivery ÷ raw SMTP, TCP_NODELAY: the server's ceiling ({})", d.backend), r));
+    }
     if let Some(r) = ratio(&figures, "ImportContacts", "COPY (psql)", "postgres") {
         ratios.push(("ImportContacts ÷ COPY (postgres)".into(), r));
     }
@@ -458,6 +503,7 @@ async fn main() -> anyhow::Result<()> {
         "figures": figures,
         "ratios": ratios.iter().map(|(k, v)| serde_json::json!({"name": k, "value": v})).collect::<Vec<_>>(),
         "resources": resources,
+        "deliveries": deliveries,
     });
     std::fs::write(args.out.join("latest.json"), serde_json::to_string_pretty(&json)?)?;
     let mut md = format!(
@@ -475,6 +521,9 @@ async fn main() -> anyhow::Result<()> {
     md.push_str("\n| ratio | value |\n|---|---:|\n");
     for (k, v) in &ratios {
         let _ = writeln!(md, "| {k} | {v:.2} |");
+    }
+    if !deliveries.is_empty() {
+        md.push_str(&delivery::table(&deliveries));
     }
     if !resources.is_empty() {
         md.push_str(

@@ -432,7 +432,8 @@ async fn raw_smtp(
     tasks: usize,
     nodelay: bool,
 ) -> anyhow::Result<(f64, Histogram<u64>)> {
-    let mailer = Arc::new(Mailer::new(&SmtpConfig { url: url.into(), timeout: Duration::from_secs(15) })?);
+    let mailer =
+        Arc::new(Mailer::new(&SmtpConfig { url: url.into(), timeout: Duration::from_secs(15), ca_file: None })?);
     let addr = url.trim_start_matches("smtp://").to_owned();
     let run = uuid::Uuid::new_v4().simple().to_string();
     let next = Arc::new(AtomicUsize::new(0));

@@ -150,7 +150,7 @@ fn contacts_is_asked_in_one_place_with_no_transaction_open() {
     before("api/deliveries.rs", "contacts.get(", "UnitOfWork::begin");
     // The sender asks contacts in `process`, which is given no transaction; `take` opens one
     // only after `process` has returned.
-    before("messaging/sender.rs", "let outcome = self.process(", "UnitOfWork::begin");
+    before("messaging/sender.rs", "self.process(&tenant, &d)", "UnitOfWork::begin");
     let sender = std::fs::read_to_string(src().join("messaging/sender.rs")).unwrap();
     let process = &sender[sender.find("async fn process(").unwrap()..];
     let signature = &process[..process.find('{').unwrap()];

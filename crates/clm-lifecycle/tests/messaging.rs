@@ -381,6 +381,29 @@ async fn consent_is_checked_at_send_time(backend: Backend) {
     assert!(sink.messages().is_empty());
 }
 
+/// A relay outage (here: nothing listens) fails every email alike: retried past max_attempts
+/// for as long as it lasts, each attempt recorded, never dead-lettered.
+async fn a_relay_outage_never_dead_letters(backend: Backend) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let relay = format!("smtp://127.0.0.1:{port}");
+    let Some(env) = Env::start(backend, "msgoutage", &relay, &[("CLM_MESSAGING__MAX_ATTEMPTS", "2")]).await else {
+        return;
+    };
+    let (mut ct, mut lc) = env.clients("acme").await;
+    let granted = vec![consent(cpb::ConsentPurpose::Marketing, cpb::ConsentStatus::Granted)];
+    let ana = contact(&mut ct, "ana@example.com", "Ana", granted).await;
+    let t = create_template(&mut lc, email_template("Hi", "<p>hi</p>", "hi")).await.message_template.unwrap();
+    let d = send(&mut lc, &t.id, &ana).await;
+    let d = testing::wait_for("four attempts", async || {
+        let d = lc.get_delivery(pb::GetDeliveryRequest { id: d.id.clone() }).await.unwrap().into_inner().delivery?;
+        (d.attempt_count >= 4 || d.state == pb::DeliveryState::Dead as i32).then_some(d)
+    })
+    .await;
+    assert_eq!(d.state, pb::DeliveryState::Retrying as i32, "twice max_attempts and still queued: {d:?}");
+    assert!(d.reason.contains("messaging.smtp_url"), "the reason says what to fix: {}", d.reason);
+    assert!(d.attempts.iter().all(|a| !a.accepted), "{d:?}");
+}
+
 async fn failures_are_retried_then_dead_lettered(backend: Backend) {
     let sink = SmtpSink::start().await;
     let Some(env) = Env::start(backend, "msgretry", &sink.url(), &[]).await else { return };
@@ -662,4 +685,5 @@ clm_testkit::backend_tests!(
     failures_are_retried_then_dead_lettered,
     webhooks_are_signed_and_retried,
     automations_send_messages,
+    a_relay_outage_never_dead_letters,
 );

@@ -105,7 +105,7 @@ async fn smtp_4xx_is_transient_and_5xx_permanent() {
 
     sink.fail_next(1, 451);
     let e = mailer.send(&email()).await.unwrap_err();
-    assert!(!e.permanent && e.detail.contains("451"), "{e}");
+    assert!(!e.permanent && !e.relay && e.detail.contains("451"), "a 4xx to the message: {e}");
 
     sink.fail_next(1, 550);
     let e = mailer.send(&email()).await.unwrap_err();
@@ -128,7 +128,7 @@ async fn smtp_4xx_is_transient_and_5xx_permanent() {
 async fn no_smtp_server_is_transient() {
     let port = clm_testkit::free_port();
     let e = mailer(format!("smtp://127.0.0.1:{port}")).send(&email()).await.unwrap_err();
-    assert!(!e.permanent, "{e}");
+    assert!(!e.permanent && e.relay && e.detail.contains("messaging.smtp_url"), "{e}");
 }
 
 /// Implicit TLS (`smtps://`), AUTH PLAIN; STARTTLS required (`?tls=required`), AUTH LOGIN (the
@@ -174,14 +174,14 @@ async fn refused_credentials_are_transient_and_name_the_setting() {
     ] {
         let wrong = sink.url_as("clm-relay:hunter2");
         let e = trusting(wrong.clone(), &ca).send(&email()).await.unwrap_err();
-        assert!(!e.permanent, "{wrong}: {e}");
+        assert!(!e.permanent && e.relay, "{wrong}: {e}");
         assert!(e.detail.contains("535") && e.detail.contains("messaging.smtp_url"), "{wrong}: {e}");
         assert!(!e.detail.contains("hunter2"), "{e}");
         assert!(sink.auth_attempts().iter().all(|a| !a.ok && a.tls.is_some()), "{:?}", sink.auth_attempts());
 
         let anonymous = sink.url();
         let e = trusting(anonymous.clone(), &ca).send(&email()).await.unwrap_err();
-        assert!(!e.permanent && e.detail.contains("530"), "{anonymous}: {e}");
+        assert!(!e.permanent && e.relay && e.detail.contains("530"), "{anonymous}: {e}");
         assert!(sink.messages().is_empty());
 
         trusting(sink.url_as(USERINFO), &ca).send(&email()).await.expect("sent once the password is right");
@@ -204,7 +204,7 @@ async fn an_untrusted_certificate_is_refused() {
         let url = sink.url_as(USERINFO);
         for mailer in [trusting(url.clone(), &ca), mailer(url.clone())] {
             let e = mailer.send(&email()).await.unwrap_err();
-            assert!(!e.permanent, "{url}: {e}");
+            assert!(!e.permanent && e.relay && e.detail.contains("messaging.smtp_url"), "{url}: {e}");
             assert!(!e.detail.contains("s3cret"), "{e}");
         }
         // Trusting the right CA, the same server is fine: the refusal was the certificate's.
@@ -228,7 +228,7 @@ async fn required_tls_is_never_skipped() {
     {
         for mailer in [mailer(url.clone()), trusting(url.clone(), &ca)] {
             let e = mailer.send(&email()).await.unwrap_err();
-            assert!(!e.permanent, "{url}: {e}");
+            assert!(!e.permanent && e.relay && e.detail.contains("messaging.smtp_url"), "{url}: {e}");
         }
     }
     assert!(plain.auth_attempts().is_empty(), "credentials went in the clear: {:?}", plain.auth_attempts());
@@ -250,7 +250,7 @@ async fn a_silent_relay_is_a_transient_failure_at_the_timeout() {
         let start = Instant::now();
         let e = mailer.send(&email()).await.unwrap_err();
         let took = start.elapsed();
-        assert!(!e.permanent && e.detail.contains("timed out"), "{e}");
+        assert!(!e.permanent && e.relay && e.detail.contains("timed out"), "{e}");
         assert!(took >= Duration::from_millis(1400) && took < Duration::from_secs(4), "{took:?}");
     }
     assert_eq!(relay.accepted(), 2);
@@ -319,7 +319,7 @@ async fn webhook_answers_are_classified() {
 async fn no_webhook_receiver_is_transient() {
     let port = clm_testkit::free_port();
     let e = local().post(&hook(format!("http://127.0.0.1:{port}/"), "{}")).await.unwrap_err();
-    assert!(!e.permanent, "{e}");
+    assert!(!e.permanent && !e.relay, "a webhook endpoint is the destination, not a relay: {e}");
 }
 
 #[tokio::test]

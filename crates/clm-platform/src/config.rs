@@ -326,6 +326,17 @@ impl std::fmt::Debug for MessagingSettings {
     }
 }
 
+/// Whether an SMTP URL carries `user[:password]@`.
+fn smtp_has_credentials(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else { return false };
+    rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())].contains('@')
+}
+
+/// Whether an SMTP URL never sends in the clear: implicit TLS, or STARTTLS required.
+fn smtp_tls_required(url: &str) -> bool {
+    url.starts_with("smtps://") || url.split_once('?').is_some_and(|(_, q)| q.split('&').any(|p| p == "tls=required"))
+}
+
 /// A URL without its password.
 fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -626,6 +637,15 @@ impl Settings {
                     "writes email to local files: development only; in a deployed environment set messaging.smtp_url (or leave mailbox_dir empty)",
                 );
             }
+            if smtp_has_credentials(url) && !smtp_tls_required(url) {
+                return bad(
+                    "smtp_url",
+                    "credentials only over TLS in a deployed environment: smtps://… or smtp://…?tls=required (never plain smtp:// or tls=opportunistic)",
+                );
+            }
+        }
+        if !(m.smtp_ca_file.is_empty() || url.starts_with("smtps://") || url.contains("tls=")) {
+            return bad("smtp_ca_file", "is for a TLS relay: smtp_url must be smtps://… or use ?tls=required");
         }
         Ok(())
     }
@@ -843,6 +863,17 @@ mod tests {
         load(&[secret, url]).unwrap();
         let bad_smtp = ("CLM_MESSAGING__SMTP_URL", "mailto:x@y");
         assert!(load(&[secret, url, bad_smtp]).unwrap_err().contains("messaging.smtp_url"));
+        // Credentials never in the clear when deployed; a relay without them may be plain.
+        for clear in ["smtp://me:pw@relay:587", "smtp://me:pw@relay:587?tls=opportunistic"] {
+            let err = load(&[secret, url, ("CLM_MESSAGING__SMTP_URL", clear)]).unwrap_err();
+            assert!(err.contains("messaging.smtp_url") && err.contains("TLS"), "{clear}: {err}");
+        }
+        for fine in ["smtps://me:pw@relay:465", "smtp://me:pw@relay:587?tls=required", "smtp://mailpit:1025"] {
+            load(&[secret, url, ("CLM_MESSAGING__SMTP_URL", fine)]).unwrap();
+        }
+        let ca = ("CLM_MESSAGING__SMTP_CA_FILE", "/etc/ssl/relay-ca.pem");
+        let plain = ("CLM_MESSAGING__SMTP_URL", "smtp://mailpit:1025");
+        assert!(load(&[secret, url, plain, ca]).unwrap_err().contains("messaging.smtp_ca_file"));
         // Email to local files is for development only (its profile sets the directory).
         let mailbox = ("CLM_MESSAGING__MAILBOX_DIR", "/tmp/mail");
         let err = load(&[secret, url, mailbox]).unwrap_err();

@@ -200,7 +200,11 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 s.events,
                 s.customers,
                 s.responses,
-                if s.campaigns { "3 campaigns" } else { "its campaigns kept" },
+                match s.campaigns {
+                    0 => "its demo campaigns kept".to_owned(),
+                    1 => "1 campaign".to_owned(),
+                    n => format!("{n} campaigns"),
+                },
                 started.elapsed().as_secs_f64()
             );
             Ok(())

@@ -87,8 +87,8 @@ pub struct Summary {
     pub events: usize,
     pub customers: usize,
     pub responses: usize,
-    /// Whether the demo campaigns were created (else the tenant had them).
-    pub campaigns: bool,
+    /// Demo campaigns created (the tenant may have had some).
+    pub campaigns: usize,
 }
 
 #[allow(clippy::too_many_lines)]

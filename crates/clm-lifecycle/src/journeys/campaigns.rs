@@ -200,9 +200,17 @@ pub async fn on_triggers(
     }
     let current =
         store::get_journey(txn, tenant, contact, model.id).await?.and_then(|j| j.current_stage).unwrap_or_default();
+    // A stage trigger enrols only a contact still in (or still out of) that stage: a history
+    // replayed at once (an import, a backdated event) enrols by where the contact is now, not
+    // by every stage it passed through on the way.
+    let still = |t: &&Trigger| match t {
+        Trigger::Entered { stage, .. } => *stage == current,
+        Trigger::Exited { stage, .. } => *stage != current,
+        _ => true,
+    };
     for row in store::campaigns::active(txn, tenant, model.id).await? {
         let c = body(&row);
-        if !triggers.iter().any(|t| fires(t, &c)) || c.steps.is_empty() {
+        if !triggers.iter().filter(still).any(|t| fires(t, &c)) || c.steps.is_empty() {
             continue;
         }
         if evaluate(txn, tenant, contact, &c.entry_conditions, &current, facts).await? != Ok(true) {

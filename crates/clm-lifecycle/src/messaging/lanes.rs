@@ -3,8 +3,8 @@
 //! own loop and its own `messaging.concurrency` slots. A lane starts a due delivery whenever a
 //! slot is free and never waits for a batch: a send that hangs until its timeout holds one slot,
 //! not the lane, and never the other lane. Within a lane one tenant holds at most all slots but
-//! one (with two or more), so another tenant's delivery always finds a slot even while a
-//! tenant's endpoint hangs.
+//! one (with two or more), so another tenant's delivery finds a slot while one tenant's
+//! endpoint hangs (several tenants hanging at once can fill a lane until their timeouts).
 //!
 //! The tenant's per-minute budget (`messaging.tenant_messages_per_minute`) is shared by the
 //! lanes: its attempts in the last minute (in the database, every replica's) plus what this
@@ -151,8 +151,8 @@ impl Lane {
         let due = q::due(&self.sender.db, filter, now, SCAN).await?;
         let limit = self.sender.config.tenant_per_minute;
         // Each tenant's budget: its per-minute limit less its attempts in the last minute and
-        // what this replica has in flight for it (exact within a replica; replicas may together
-        // overshoot by what they have in flight at the same instant).
+        // what this replica has in flight for it (the other lane and other replicas may together
+        // overshoot by what they start at the same instant).
         let mut budgets: HashMap<String, u64> = HashMap::new();
         let mut capped = false;
         for d in due {

@@ -28,6 +28,10 @@ use crate::store::entities::delivery;
 use crate::store::messaging::{self as q, Outcome};
 use crate::store::now_micros;
 
+/// What an attempt leaves of its lease unused: time to record the outcome before another
+/// sender may take the delivery.
+const LEASE_MARGIN: Duration = Duration::from_secs(3);
+
 /// How the sender behaves (from `[messaging]`).
 #[derive(Debug, Clone)]
 pub struct SenderConfig {
@@ -135,11 +139,25 @@ impl Sender {
             let why = format!("rate limited: {} messages per minute for the tenant", self.config.tenant_per_minute);
             return q::defer(&self.db, &tenant, &d.id, at, &why).await;
         }
-        let outcome = self.process(&tenant, &d).await?;
+        // The whole attempt (contacts, render, send) ends well inside the lease, so no other
+        // sender can take the delivery while this one may still be sending it: past that, the
+        // attempt is abandoned (a send cut off before the relay's final answer is not accepted)
+        // and the delivery given back.
+        let budget = self.config.lease.saturating_sub(LEASE_MARGIN);
+        let Ok(outcome) = tokio::time::timeout(budget, self.process(&tenant, &d)).await else {
+            let why = format!("the attempt took longer than messaging.lease_ms allows ({budget:?}); tried again");
+            tracing::warn!(delivery = %d.id, "{why}");
+            return q::defer(&self.db, &tenant, &d.id, now_micros(), &why).await;
+        };
+        let outcome = outcome?;
         let txn = UnitOfWork::begin(&self.db).await?;
-        q::finish(&txn, &tenant, &d, &outcome).await?;
+        let held = q::finish(&txn, &tenant, &d, until, &outcome).await?;
         txn.commit().await?;
-        tracing::info!(delivery = %d.id, state = outcome.state, reason = %outcome.reason, "delivery processed");
+        if held {
+            tracing::info!(delivery = %d.id, state = outcome.state, reason = %outcome.reason, "delivery processed");
+        } else {
+            tracing::warn!(delivery = %d.id, state = outcome.state, "delivery lease lost before its outcome was recorded");
+        }
         Ok(())
     }
 
@@ -227,7 +245,7 @@ impl Sender {
             match (&self.mailer, &self.mailbox) {
                 (Some(m), _) => m.send(&message).await.map(|reply| format!("accepted: {reply}")),
                 (None, Some(dir)) => dir.write(&d.id, &message).await,
-                (None, None) => Err(SendError::transient("no SMTP relay configured (messaging.smtp_url)")),
+                (None, None) => Err(SendError::relay("no SMTP relay configured (messaging.smtp_url)")),
             }
         };
         let (recipient, subject) = (composed.recipient, composed.subject);
@@ -246,7 +264,7 @@ impl Sender {
                 let last = attempt >= self.config.max_attempts;
                 let (state, reason) = if e.permanent {
                     ("dead", format!("permanent failure: {}", e.detail))
-                } else if last {
+                } else if last && !e.relay {
                     ("dead", format!("gave up after {attempt} attempts: {}", e.detail))
                 } else {
                     ("retrying", e.detail.clone())

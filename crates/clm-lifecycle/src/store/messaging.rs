@@ -305,16 +305,18 @@ pub struct Outcome {
     pub at: i64,
 }
 
-/// Record `outcome` for a delivery this sender leased: its state and, if it tried, the attempt.
+/// Record `outcome` for a delivery this sender leased until `lease_until`: its state and, if it
+/// tried, the attempt. `false` (nothing written) when the lease was lost meanwhile.
 pub async fn finish(
     db: &impl ConnectionTrait,
     tenant: &TenantId,
     d: &delivery::Model,
+    lease_until: i64,
     outcome: &Outcome,
-) -> Result<()> {
+) -> Result<bool> {
     let tried = i64::from(outcome.attempt.is_some());
     let finished = matches!(outcome.state, "sent" | "skipped" | "dead").then_some(outcome.at);
-    delivery::Entity::update_many()
+    let res = delivery::Entity::update_many()
         .col_expr(delivery::Column::State, Expr::val(outcome.state))
         .col_expr(delivery::Column::Reason, Expr::val(outcome.reason.clone()))
         .col_expr(delivery::Column::Recipient, Expr::val(outcome.recipient.clone()))
@@ -325,8 +327,13 @@ pub async fn finish(
         .col_expr(delivery::Column::FinishTime, Expr::val(finished))
         .filter(delivery::Column::TenantId.eq(tenant.as_str()))
         .filter(delivery::Column::Id.eq(d.id.clone()))
+        // Only while this sender's lease holds: after it, another sender owns the delivery.
+        .filter(delivery::Column::LeaseUntil.eq(lease_until))
         .exec(db)
         .await?;
+    if res.rows_affected == 0 {
+        return Ok(false);
+    }
     if let Some((accepted, detail)) = &outcome.attempt {
         let row = delivery_attempt::Model {
             id: Uuid::now_v7().to_string(),
@@ -338,7 +345,7 @@ pub async fn finish(
         };
         delivery_attempt::Entity::insert(row.into_active_model()).exec_without_returning(db).await?;
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Attempts the tenant made since `since` (µs) — the per-tenant rate limit.

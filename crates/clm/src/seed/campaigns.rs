@@ -41,8 +41,15 @@ fn email(name: &str, subject: &str, paragraphs: &[&str]) -> lpb::MessageTemplate
     }
 }
 
+/// The same request id for the same demo resource on every run: a seed that failed half way
+/// and runs again finds what it made (CLM replays the first answer) instead of making twice.
+fn request_id(kind: &str, name: &str) -> String {
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, format!("urn:clm:seed:{kind}:{name}").as_bytes()).to_string()
+}
+
 async fn template(l: &mut LifecycleServiceClient<Authed>, t: lpb::MessageTemplate) -> anyhow::Result<String> {
-    let req = lpb::CreateMessageTemplateRequest { message_template: Some(t), request_id: String::new() };
+    let request_id = request_id("template", &t.display_name);
+    let req = lpb::CreateMessageTemplateRequest { message_template: Some(t), request_id };
     let created = l.create_message_template(req).await?.into_inner().message_template;
     created.map(|t| t.id).ok_or_else(|| anyhow::anyhow!("CreateMessageTemplate answered no template"))
 }
@@ -63,13 +70,18 @@ fn exit(converted: bool) -> Step {
     Step::Exit(lpb::ExitStep { converted })
 }
 
+/// Create campaign `name` unless the tenant has one by that name; whether it was created.
 async fn campaign(
     l: &mut LifecycleServiceClient<Authed>,
+    existing: &[String],
     name: &str,
     trigger: lpb::trigger::Kind,
     steps: Vec<lpb::CampaignStep>,
     exit_rules: Vec<lpb::ExitRule>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<usize> {
+    if existing.iter().any(|e| e == name) {
+        return Ok(0);
+    }
     let campaign = lpb::Campaign {
         display_name: name.into(),
         status: lpb::CampaignStatus::Active as i32,
@@ -78,23 +90,26 @@ async fn campaign(
         exit_rules,
         ..Default::default()
     };
-    l.create_campaign(lpb::CreateCampaignRequest { campaign: Some(campaign), request_id: String::new() }).await?;
-    Ok(())
+    let request_id = request_id("campaign", name);
+    l.create_campaign(lpb::CreateCampaignRequest { campaign: Some(campaign), request_id }).await?;
+    Ok(1)
 }
 
-/// Create the templates and the three active campaigns; `false` when the tenant has them
-/// already (a second seed of the same tenant adds contacts, not a second set of campaigns).
-pub async fn create(l: &mut LifecycleServiceClient<Authed>) -> anyhow::Result<bool> {
+/// Create the templates and those of the three active campaigns the tenant has not got (by
+/// name: a second seed of the same tenant adds contacts, not a second set); how many were made.
+pub async fn create(l: &mut LifecycleServiceClient<Authed>) -> anyhow::Result<usize> {
+    let mut existing = Vec::new();
     let mut page_token = String::new();
     loop {
         let page = l.list_campaigns(lpb::ListCampaignsRequest { page_size: 100, page_token }).await?.into_inner();
-        if page.campaigns.iter().any(|c| CAMPAIGNS.contains(&c.display_name.as_str())) {
-            return Ok(false);
-        }
+        existing.extend(page.campaigns.into_iter().map(|c| c.display_name));
         if page.next_page_token.is_empty() {
             break;
         }
         page_token = page.next_page_token;
+    }
+    if CAMPAIGNS.iter().all(|name| existing.iter().any(|e| e == name)) {
+        return Ok(0);
     }
     let hello = r#"Hi {{ contact.first_name | default("there") }},"#;
     let welcome = template(
@@ -134,9 +149,11 @@ pub async fn create(l: &mut LifecycleServiceClient<Authed>) -> anyhow::Result<bo
     )
     .await?;
 
+    let mut made = 0;
     // Welcome: the offer; three days for a first purchase, else the tips; done when they buy.
-    campaign(
+    made += campaign(
         l,
+        &existing,
         CAMPAIGNS[0],
         lpb::trigger::Kind::StageEntered("acquisition".into()),
         vec![
@@ -149,8 +166,9 @@ pub async fn create(l: &mut LifecycleServiceClient<Authed>) -> anyhow::Result<bo
     )
     .await?;
     // Win-back: an offer on going dormant; two weeks to come back; tagged if they do not.
-    campaign(
+    made += campaign(
         l,
+        &existing,
         CAMPAIGNS[1],
         lpb::trigger::Kind::StageEntered("dormant".into()),
         vec![
@@ -159,12 +177,21 @@ pub async fn create(l: &mut LifecycleServiceClient<Authed>) -> anyhow::Result<bo
             step("unanswered", Step::AddTag("win-back-unanswered".into()), ""),
             step("won_back", exit(true), ""),
         ],
-        vec![lpb::ExitRule { kind: Some(lpb::exit_rule::Kind::LeftStage("dormant".into())), converted: true }],
+        // Back in any live stage (a reactivation) is a win; churned is not.
+        ["acquisition", "conversion", "retention", "loyalty"]
+            .into_iter()
+            .map(|s| lpb::ExitRule { kind: Some(lpb::exit_rule::Kind::EnteredStage(s.into())), converted: true })
+            .chain([lpb::ExitRule {
+                kind: Some(lpb::exit_rule::Kind::EnteredStage("churned".into())),
+                converted: false,
+            }])
+            .collect(),
     )
     .await?;
     // Promoters (NPS 9-10): a thank-you and the referral offer, once per contact.
-    campaign(
+    made += campaign(
         l,
+        &existing,
         CAMPAIGNS[2],
         lpb::trigger::Kind::SurveyResponse(lpb::SurveyResponseTrigger {
             survey_kind: "nps".into(),
@@ -175,5 +202,5 @@ pub async fn create(l: &mut LifecycleServiceClient<Authed>) -> anyhow::Result<bo
         Vec::new(),
     )
     .await?;
-    Ok(true)
+    Ok(made)
 }

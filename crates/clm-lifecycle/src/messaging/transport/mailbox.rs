@@ -3,8 +3,8 @@
 //! an SMTP relay would have been given (the same [`super::smtp::message`]), readable by any mail
 //! client. The file is written under a temporary name, flushed to disk and renamed, so a reader
 //! never sees half a message; a delivery sent again after a crash rewrites its own file rather
-//! than adding a second one. A write that fails (a full disk, no permission) is transient: the
-//! delivery is retried.
+//! than adding a second one. A write that fails (a full disk, no permission) is a fault of the
+//! way out ([`SendError::relay`]): the delivery is retried until it is fixed, never given up.
 
 use std::path::{Path, PathBuf};
 
@@ -38,14 +38,14 @@ impl MailboxDir {
         let name = name.to_owned();
         tokio::task::spawn_blocking(move || write_atomically(&dir, &name, &bytes))
             .await
-            .map_err(|e| SendError::transient(format!("mailbox: {e}")))?
+            .map_err(|e| SendError::relay(format!("mailbox: {e}")))?
     }
 }
 
 fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<String, SendError> {
     use std::io::Write as _;
     let failed = |what: &str, path: &Path, e: std::io::Error| {
-        SendError::transient(format!("mailbox: {what} {}: {e}", path.display()))
+        SendError::relay(format!("mailbox: {what} {}: {e}", path.display()))
     };
     std::fs::create_dir_all(dir).map_err(|e| failed("cannot create", dir, e))?;
     let path = dir.join(format!("{name}.eml"));
@@ -108,6 +108,6 @@ mod tests {
         std::fs::write(tmp.path().join("blocked"), b"").unwrap();
         let blocked = MailboxDir::new(tmp.path().join("blocked").join("mail"));
         let err = blocked.write("0191-abc", &email()).await.unwrap_err();
-        assert!(!err.permanent && err.detail.contains("cannot create"), "{err}");
+        assert!(!err.permanent && err.relay && err.detail.contains("cannot create"), "{err}");
     }
 }

@@ -17,27 +17,41 @@ pub use webhook::{Webhook, WebhookConfig, Webhooks};
 
 /// One attempt failed. `permanent`: the same message will fail again (a 5xx SMTP reply, a 4xx
 /// webhook answer, a refused destination), so it is not retried; otherwise (a 4xx SMTP reply,
-/// a 5xx/408/429 answer, no connection, a timeout) a later attempt may succeed.
+/// a 5xx/408/429 answer, no connection, a timeout) a later attempt may succeed. `relay`: the
+/// fault is CLM's own way out for every email — the relay unreachable, silent or refusing the
+/// credentials, TLS failing, no relay configured, the local mailbox unwritable — not this
+/// message's: it is retried until that is fixed and never dead-letters (as an MTA's queue keeps
+/// mail while its next hop is down), so a misconfigured or failing relay loses nothing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SendError {
     pub permanent: bool,
+    pub relay: bool,
     /// What happened, for the delivery's record and the log (never secrets).
     pub detail: String,
 }
 
 impl SendError {
     pub fn permanent(detail: impl Into<String>) -> Self {
-        Self { permanent: true, detail: detail.into() }
+        Self { permanent: true, relay: false, detail: detail.into() }
     }
 
     pub fn transient(detail: impl Into<String>) -> Self {
-        Self { permanent: false, detail: detail.into() }
+        Self { permanent: false, relay: false, detail: detail.into() }
+    }
+
+    /// The way out is at fault, not the message (above).
+    pub fn relay(detail: impl Into<String>) -> Self {
+        Self { permanent: false, relay: true, detail: detail.into() }
     }
 }
 
 impl fmt::Display for SendError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = if self.permanent { "permanent" } else { "transient" };
+        let kind = match (self.permanent, self.relay) {
+            (true, _) => "permanent",
+            (false, true) => "relay",
+            (false, false) => "transient",
+        };
         write!(f, "{kind} failure: {}", self.detail)
     }
 }

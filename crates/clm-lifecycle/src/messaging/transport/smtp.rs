@@ -19,12 +19,13 @@
 //!
 //! Outcome: the server's final reply on success; a 5xx reply is permanent (the address or the
 //! message is refused), as is a message that cannot be built (a bad address, an unusable
-//! header); a 4xx reply, no connection, a TLS failure or a timeout is transient. So is what is
-//! wrong with the *relay* rather than the message, though the server says 5xx: refused
-//! credentials (530, 534, 535, 538) and a server without STARTTLS when it is required. They
-//! fail every email alike until an operator fixes `messaging.smtp_url`; dead-lettering each
-//! would lose the whole queue to one wrong password, so they are retried with backoff (and
-//! logged on every attempt) like an outage.
+//! header); a 4xx reply to the message is transient. What is wrong with the *relay* rather than
+//! the message is a relay fault ([`SendError::relay`]), even when the server says 5xx: no
+//! connection, a lost connection, 421, a timeout, a TLS failure, refused credentials (530, 534,
+//! 535, 538), no STARTTLS when it is required. They fail every email alike until the relay or
+//! `messaging.smtp_url` is fixed; dead-lettering each would lose the whole queue to one outage
+//! or one wrong password, so they are retried with backoff (capped at `retry_max_ms`, each
+//! attempt recorded and logged) for as long as it takes, never given up.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -144,7 +145,10 @@ impl Mailer {
                 let fresh = Arc::new(self.builder.clone().build());
                 let old = std::mem::replace(&mut *self.transport.lock().expect("mailer lock"), fresh);
                 tokio::spawn(async move { old.shutdown().await });
-                Err(SendError::transient(format!("{}: no answer within {:?} (timed out)", self.url, self.timeout)))
+                Err(SendError::relay(format!(
+                    "{}: no answer within {:?} (timed out; messaging.smtp_url)",
+                    self.url, self.timeout
+                )))
             }
         }
     }
@@ -177,18 +181,26 @@ fn tls_with_ca(url: &str, file: &std::path::Path) -> anyhow::Result<Tls> {
 }
 
 /// What a failed send means for the delivery (module header): permanent when the message or
-/// its recipient is refused; transient when a later attempt may pass, including every fault of
-/// the relay's configuration (credentials, TLS), which an operator fixes for all mail at once.
+/// its recipient is refused; a relay fault when the relay (or its configuration: credentials,
+/// TLS) fails every email alike; transient when a later attempt may pass.
 fn classify(url: &str, e: &lettre::transport::smtp::Error) -> SendError {
     let code = e.status().map(u16::from);
     let text = e.to_string();
     if matches!(code, Some(530 | 534 | 535 | 538)) {
-        return SendError::transient(format!("{url}: the relay refused the credentials (messaging.smtp_url): {e}"));
+        return SendError::relay(format!("{url}: the relay refused the credentials (messaging.smtp_url): {e}"));
     }
     if e.is_client() && (text.contains("STARTTLS") || text.contains("authentication mechanism")) {
-        return SendError::transient(format!(
-            "{url}: the relay cannot be used as configured (messaging.smtp_url): {e}"
+        return SendError::relay(format!("{url}: the relay cannot be used as configured (messaging.smtp_url): {e}"));
+    }
+    if e.is_tls() {
+        return SendError::relay(format!(
+            "{url}: TLS with the relay failed (messaging.smtp_url, messaging.smtp_ca_file): {e}"
         ));
+    }
+    let answered = e.is_transient() || e.is_permanent() || e.is_response() || e.is_client();
+    if e.is_timeout() || code == Some(421) || !answered {
+        // No connection, the connection lost, the relay closing down: the relay, not the message.
+        return SendError::relay(format!("{url}: the relay is unavailable (messaging.smtp_url): {e}"));
     }
     if e.is_permanent() || e.is_client() {
         return SendError::permanent(format!("{url}: {e}"));

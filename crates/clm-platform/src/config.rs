@@ -1,5 +1,5 @@
-//! Typed settings, layered with the `config` crate: one cohesive thing — the settings schema,
-//! its sources and its validation — kept in one file so every key and its check read together.
+//! Typed settings, layered with the `config` crate: the settings schema, its sources and its
+//! validation; the larger sections (`auth`, `events`, `messaging`) in modules of their own.
 //!
 //! Order (later wins): built-in defaults (`defaults.toml`, compiled in) → the built-in profile of
 //! the environment (`production.toml`, compiled in, for `env = "production"`) → `<dir>/default.toml`
@@ -19,6 +19,13 @@ use std::path::{Path, PathBuf};
 
 use config::{Config, Environment, File, FileFormat};
 use serde::Deserialize;
+
+mod auth;
+mod events;
+mod messaging;
+pub use auth::{AuthMode, AuthSettings};
+pub use events::{EventSettings, EventTransport};
+pub use messaging::MessagingSettings;
 
 const DEFAULTS: &str = include_str!("defaults.toml");
 
@@ -118,82 +125,6 @@ pub struct TelemetrySettings {
     pub sample_ratio: f64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AuthMode {
-    Dev,
-    Jwt,
-}
-
-/// `[auth]`: how callers prove who they are (see `crate::auth` and docs/operations.md).
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuthSettings {
-    pub mode: AuthMode,
-    pub dev_tenant: String,
-    /// Expected `iss` and `aud` claims; required in deployed environments.
-    pub jwt_issuer: String,
-    pub jwt_audience: String,
-    /// HS256 shared secret (≥ [`MIN_HS256_SECRET_BYTES`]); also signs the short-lived tokens a
-    /// service sends to the contacts service at a `contacts_url`, and `clm token`'s.
-    pub jwt_hs256_secret: String,
-    /// Public keys in PEM (RSA → RS256, EC P-256 → ES256, P-384 → ES384, Ed25519 → EdDSA):
-    /// inline, or in a file. Several keys may follow each other (key rotation).
-    pub jwt_public_key_pem: String,
-    pub jwt_public_key_file: String,
-    /// A JWKS document (RFC 7517) in a file, or at a URL fetched at start and every
-    /// `jwks_refresh_secs` (and soon after a token names an unknown `kid`).
-    pub jwks_file: String,
-    pub jwks_url: String,
-    pub jwks_refresh_secs: u64,
-    /// Clock skew tolerated on `exp`/`nbf`, in seconds.
-    pub leeway_secs: u64,
-    /// The verification keys, loaded and checked by [`Settings::prepare`] (not a setting).
-    #[serde(skip)]
-    pub keys: Option<crate::jwt_keys::KeySet>,
-}
-
-impl AuthSettings {
-    /// The keys' settings, for `crate::jwt_keys` (which reads no settings itself).
-    pub fn key_sources(&self) -> crate::jwt_keys::KeySources<'_> {
-        crate::jwt_keys::KeySources {
-            jwt_hs256_secret: &self.jwt_hs256_secret,
-            jwt_public_key_pem: &self.jwt_public_key_pem,
-            jwt_public_key_file: &self.jwt_public_key_file,
-            jwks_file: &self.jwks_file,
-            jwks_url: &self.jwks_url,
-            jwks_refresh_secs: self.jwks_refresh_secs,
-        }
-    }
-
-    /// Whether any verification key is configured (not whether it loads: see `prepare`).
-    pub fn has_key(&self) -> bool {
-        [&self.jwt_hs256_secret, &self.jwt_public_key_pem, &self.jwt_public_key_file, &self.jwks_file, &self.jwks_url]
-            .iter()
-            .any(|v| !v.trim().is_empty())
-    }
-}
-
-/// Secrets stay out of logs and panic messages.
-impl std::fmt::Debug for AuthSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let secret = if self.jwt_hs256_secret.is_empty() { "" } else { "[redacted]" };
-        f.debug_struct("AuthSettings")
-            .field("mode", &self.mode)
-            .field("dev_tenant", &self.dev_tenant)
-            .field("jwt_issuer", &self.jwt_issuer)
-            .field("jwt_audience", &self.jwt_audience)
-            .field("jwt_hs256_secret", &secret)
-            .field("jwt_public_key_pem", &format_args!("{} bytes", self.jwt_public_key_pem.len()))
-            .field("jwt_public_key_file", &self.jwt_public_key_file)
-            .field("jwks_file", &self.jwks_file)
-            .field("jwks_url", &self.jwks_url)
-            .field("jwks_refresh_secs", &self.jwks_refresh_secs)
-            .field("leeway_secs", &self.leeway_secs)
-            .finish_non_exhaustive()
-    }
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
@@ -208,46 +139,6 @@ pub struct DatabaseSettings {
     /// SQLite: writes are refused (RESOURCE_EXHAUSTED) and readiness is NOT_SERVING while the
     /// file system holding a database has less than this many bytes free; 0 turns it off.
     pub min_free_bytes: u64,
-}
-
-/// Which bus carries events between services.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EventTransport {
-    /// A durable log in a database (the single binary).
-    Log,
-    /// NATS JetStream (the distributed mode).
-    Nats,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EventSettings {
-    pub transport: EventTransport,
-    pub log_database_url: String,
-    pub nats_url: String,
-    pub nats_namespace: String,
-    pub stream_prefix: String,
-    pub consumer_prefix: String,
-    /// Retention in whole hours, 0 = keep forever (see `crate::events::prune`): published
-    /// outbox rows, inbox keys, the durable log's entries, and JetStream's `max_age`.
-    #[serde(deserialize_with = "whole_hours")]
-    pub outbox_retention_hours: u64,
-    #[serde(deserialize_with = "whole_hours")]
-    pub inbox_retention_hours: u64,
-    #[serde(deserialize_with = "whole_hours")]
-    pub log_retention_hours: u64,
-    #[serde(deserialize_with = "whole_hours")]
-    pub stream_max_age_hours: u64,
-    /// JetStream replicas of each stream (1 to 5; 3 on a clustered NATS).
-    pub stream_replicas: usize,
-    /// How often the pruner runs (its first pass one interval after start).
-    pub prune_interval_ms: u64,
-    pub relay_batch: u64,
-    pub relay_poll_ms: u64,
-    pub relay_linger_ms: u64,
-    pub consumer_batch: usize,
-    pub order_wait_ms: u64,
 }
 
 /// TLS of the gRPC port and of calls to other CLM services: kept with the code that reads it.
@@ -266,108 +157,6 @@ pub struct ServiceSettings {
     /// Empty: the contacts service in the same process.
     #[serde(default)]
     pub contacts_url: String,
-}
-
-/// `[messaging]`: how lifecycle sends messages (docs/messaging.md).
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MessagingSettings {
-    /// SMTP relay, lettre's URL form: `smtps://user:pass@host:465`,
-    /// `smtp://user:pass@host:587?tls=required` (STARTTLS), or `smtp://host:25` (no TLS: local
-    /// development only). Empty: email goes to `mailbox_dir`, or, with that empty too, email
-    /// deliveries wait and are retried, saying so.
-    pub smtp_url: String,
-    /// With no `smtp_url`: write each email to this directory as `<delivery id>.eml` instead of
-    /// sending it (the development profile sets `data/mailbox`: `make run` needs no mail
-    /// server). Refused in a deployed environment without an `smtp_url` (mail would stay on
-    /// one pod's disk).
-    pub mailbox_dir: String,
-    /// PEM file of CA certificates trusted for the relay's TLS besides the system's (a relay
-    /// whose certificate a private CA issued). Empty: the system's roots only.
-    pub smtp_ca_file: String,
-    /// The sender address of every email (`From`); templates set the display name.
-    pub from_address: String,
-    pub smtp_timeout_ms: u64,
-    pub webhook_timeout_ms: u64,
-    /// Let webhooks go to loopback, private and link-local addresses, and over plain http
-    /// (development and tests only: SSRF).
-    pub allow_private_webhooks: bool,
-    /// Attempts before a delivery is given up (dead).
-    pub max_attempts: u32,
-    /// Backoff: base·2^(attempt-1) with full jitter, at most `retry_max_ms`.
-    pub retry_base_ms: u64,
-    pub retry_max_ms: u64,
-    /// Attempts per tenant per minute across replicas (0: no limit).
-    pub tenant_messages_per_minute: u64,
-    /// How often an idle sender looks for due deliveries.
-    pub poll_interval_ms: u64,
-    /// How long a sender holds a delivery it took (longer than any send can take).
-    pub lease_ms: u64,
-    /// Deliveries one replica sends at once per lane (email, webhooks); one tenant at most all
-    /// but one of them.
-    pub concurrency: usize,
-    /// Base URL of the hosted pages (unsubscribe), as contacts reach it, e.g.
-    /// `https://clm.example.com`.
-    pub public_url: String,
-    /// Key that signs links in messages (≥ 32 bytes in deployed environments; empty in
-    /// development: a random key per process).
-    pub link_secret: String,
-}
-
-impl std::fmt::Debug for MessagingSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MessagingSettings")
-            .field("smtp_url", &redact_url(&self.smtp_url))
-            .field("mailbox_dir", &self.mailbox_dir)
-            .field("from_address", &self.from_address)
-            .field("max_attempts", &self.max_attempts)
-            .field("public_url", &self.public_url)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Whether an SMTP URL carries `user[:password]@`.
-fn smtp_has_credentials(url: &str) -> bool {
-    let Some((_, rest)) = url.split_once("://") else { return false };
-    rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())].contains('@')
-}
-
-/// Whether an SMTP URL never sends in the clear: implicit TLS, or STARTTLS required.
-fn smtp_tls_required(url: &str) -> bool {
-    url.starts_with("smtps://") || url.split_once('?').is_some_and(|(_, q)| q.split('&').any(|p| p == "tls=required"))
-}
-
-/// A URL without its password.
-fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}://***{}", &url[..scheme], &url[at..]),
-        _ => url.to_owned(),
-    }
-}
-
-/// A whole number of hours. The `config` crate rounds a float given for an integer, which
-/// would turn `0.25` (meant: 15 minutes) into 0, "keep forever": refuse fractions instead.
-fn whole_hours<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    struct Hours;
-    impl serde::de::Visitor<'_> for Hours {
-        type Value = u64;
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a whole number of hours (0: keep forever)")
-        }
-        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<u64, E> {
-            Ok(v)
-        }
-        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<u64, E> {
-            u64::try_from(v).map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
-        }
-        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<u64, E> {
-            Err(E::invalid_value(serde::de::Unexpected::Float(v), &self))
-        }
-        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<u64, E> {
-            v.trim().parse().map_err(|_| E::invalid_value(serde::de::Unexpected::Str(v), &self))
-        }
-    }
-    d.deserialize_any(Hours)
 }
 
 fn default_scheduler_interval() -> u64 {
@@ -560,7 +349,7 @@ impl Settings {
             return bad("events.relay_poll_ms", "must be at least 10 (ms); lower only spins a core");
         }
         self.validate_retention()?;
-        self.validate_messaging()?;
+        self.messaging.validate(self.is_local_env())?;
         if self.events.stream_prefix.is_empty()
             || !self.events.stream_prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         {
@@ -594,62 +383,6 @@ impl Settings {
 
     /// Retention: the inbox outlives what the bus can still deliver (else an event delivered
     /// again after its key was pruned would be applied twice); sane pruning and replicas.
-    /// The `[messaging]` rules: sane numbers; in a deployed environment a signing key for links,
-    /// an https public URL, and no webhooks to private addresses.
-    fn validate_messaging(&self) -> Result<(), ConfigError> {
-        let bad = |key: &str, why: &str| Err(ConfigError(format!("key `messaging.{key}`: {why}")));
-        let m = &self.messaging;
-        let url = &m.smtp_url;
-        if !(url.is_empty() || url.starts_with("smtp://") || url.starts_with("smtps://")) {
-            return bad("smtp_url", "must start with smtp:// or smtps://, or be empty");
-        }
-        if m.max_attempts == 0 || m.max_attempts > 50 {
-            return bad("max_attempts", "must be 1 to 50");
-        }
-        if m.retry_base_ms == 0 || m.retry_max_ms < m.retry_base_ms {
-            return bad("retry_base_ms", "must be at least 1 and at most retry_max_ms");
-        }
-        if m.poll_interval_ms < 10 || m.lease_ms < 1000 || m.concurrency == 0 {
-            return bad("poll_interval_ms", "poll_interval_ms ≥ 10, lease_ms ≥ 1000, concurrency ≥ 1");
-        }
-        if m.lease_ms <= m.smtp_timeout_ms.max(m.webhook_timeout_ms) + 5_000 {
-            return bad(
-                "lease_ms",
-                "must exceed the SMTP and webhook timeouts by 5 s (a send must end before its lease)",
-            );
-        }
-        if !(m.public_url.is_empty() || m.public_url.starts_with("http://") || m.public_url.starts_with("https://")) {
-            return bad("public_url", "must be an http:// or https:// URL");
-        }
-        if !self.is_local_env() {
-            if m.link_secret.len() < MIN_HS256_SECRET_BYTES {
-                return bad("link_secret", "at least 32 bytes in a deployed environment (it signs unsubscribe links)");
-            }
-            if !m.public_url.starts_with("https://") {
-                return bad("public_url", "an https:// URL in a deployed environment (links in messages open it)");
-            }
-            if m.allow_private_webhooks {
-                return bad("allow_private_webhooks", "must be false in a deployed environment (SSRF)");
-            }
-            if m.smtp_url.is_empty() && !m.mailbox_dir.is_empty() {
-                return bad(
-                    "mailbox_dir",
-                    "writes email to local files: development only; in a deployed environment set messaging.smtp_url (or leave mailbox_dir empty)",
-                );
-            }
-            if smtp_has_credentials(url) && !smtp_tls_required(url) {
-                return bad(
-                    "smtp_url",
-                    "credentials only over TLS in a deployed environment: smtps://… or smtp://…?tls=required (never plain smtp:// or tls=opportunistic)",
-                );
-            }
-        }
-        if !(m.smtp_ca_file.is_empty() || url.starts_with("smtps://") || url.contains("tls=")) {
-            return bad("smtp_ca_file", "is for a TLS relay: smtp_url must be smtps://… or use ?tls=required");
-        }
-        Ok(())
-    }
-
     fn validate_retention(&self) -> Result<(), ConfigError> {
         let e = &self.events;
         let bad = |key: &str, why: String| Err(ConfigError(format!("key `{key}`: {why}")));

@@ -239,6 +239,42 @@ fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
 /// The CRUD every resource shares, on templates, campaigns and automations: a create retried
 /// with its request id returns the first result, the id reused for another request is refused;
 /// an update mask names known paths only; a stale etag is ABORTED.
+/// Retries of one create racing each other (a client that timed out and retried at once): each
+/// gets the one template or ABORTED ("in progress; retry"), never INTERNAL, and one is made.
+async fn concurrent_retries_of_a_create_make_one(backend: Backend) {
+    let sink = SmtpSink::start().await;
+    let Some(env) = Env::start(backend, "cmprace", &sink.url()).await else { return };
+    let (_, lc) = env.clients("acme").await;
+    let rid = uuid::Uuid::new_v4().to_string();
+    let req = pb::CreateMessageTemplateRequest {
+        message_template: Some(pb::MessageTemplate {
+            display_name: "Raced".into(),
+            channel: pb::MessageChannel::Email as i32,
+            purpose: pb::MessagePurpose::Marketing as i32,
+            email: Some(pb::EmailContent { subject: "Hi".into(), text_body: "hi".into(), ..Default::default() }),
+            ..Default::default()
+        }),
+        request_id: rid,
+    };
+    let calls = (0..8).map(|_| {
+        let (mut lc, req) = (lc.clone(), req.clone());
+        tokio::spawn(async move { lc.create_message_template(req).await })
+    });
+    let mut made = std::collections::HashSet::new();
+    for call in futures::future::join_all(calls).await {
+        match call.unwrap() {
+            Ok(r) => {
+                made.insert(r.into_inner().message_template.unwrap().id);
+            }
+            Err(e) => assert_eq!(e.code(), Code::Aborted, "{e:?}"),
+        }
+    }
+    assert_eq!(made.len(), 1, "one template: {made:?}");
+    let mut lc = lc;
+    let listed = lc.list_message_templates(pb::ListMessageTemplatesRequest::default()).await.unwrap().into_inner();
+    assert_eq!(listed.message_templates.len(), 1, "{listed:?}");
+}
+
 async fn creates_retry_and_writes_check_etags_and_masks(backend: Backend) {
     let sink = SmtpSink::start().await;
     let Some(env) = Env::start(backend, "cmpcrud", &sink.url()).await else { return };
@@ -513,6 +549,7 @@ async fn timers_survive_a_restart_and_fire_once_with_two_runners(backend: Backen
 clm_testkit::backend_tests!(
     campaigns_are_checked_when_saved,
     creates_retry_and_writes_check_etags_and_masks,
+    concurrent_retries_of_a_create_make_one,
     a_welcome_series_waits_for_a_purchase_and_nudges_the_rest,
     timers_survive_a_restart_and_fire_once_with_two_runners,
 );

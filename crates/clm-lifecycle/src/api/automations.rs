@@ -178,8 +178,8 @@ pub async fn create(
         create_time: now,
         update_time: now,
     };
-    store::automations::insert(&txn, row.clone()).await?;
     once.record(&txn, &ctx.tenant, &row.id).await?;
+    store::automations::insert(&txn, row.clone()).await?;
     txn.commit().await.map_err(Error::from)?;
     Ok(Response::new(pb::CreateAutomationResponse { automation: Some(to_pb(&row)) }))
 }

@@ -371,8 +371,8 @@ pub async fn create(
         create_time: now,
         update_time: now,
     };
-    store::campaigns::insert(&txn, row.clone()).await?;
     once.record(&txn, &ctx.tenant, &row.id).await?;
+    store::campaigns::insert(&txn, row.clone()).await?;
     txn.commit().await.map_err(Error::from)?;
     Ok(Response::new(pb::CreateCampaignResponse { campaign: Some(to_pb(&row)) }))
 }

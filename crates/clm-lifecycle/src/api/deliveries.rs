@@ -95,13 +95,13 @@ pub async fn send(
         let a = attempts.get(&existing.id).map_or(&[][..], Vec::as_slice);
         return Ok(Response::new(pb::SendMessageResponse { delivery: Some(to_pb(&existing, a)) }));
     }
+    once.record(&work, &ctx.tenant, &id.to_string()).await?;
     let row = match messaging::enqueue(&work, &ctx.tenant, id, contact, template, Source::Api).await {
         Err(Error::NotFound { .. }) => {
             return Err(Error::invalid("template_id", format!("no message template {template}")).into());
         }
         other => other?,
     };
-    once.record(&work, &ctx.tenant, &row.id).await?;
     work.commit().await?;
     messaging::wake();
     Ok(Response::new(pb::SendMessageResponse { delivery: Some(to_pb(&row, &[])) }))

@@ -61,8 +61,8 @@ pub(super) async fn create_lifecycle_model(
         update_time: now,
         churn_excludes_dormancy: m.churn_excludes_dormancy,
     };
-    store::insert_model(&txn, &ctx.tenant, &rec).await?;
     once.record(&txn, &ctx.tenant, &id.to_string()).await?;
+    store::insert_model(&txn, &ctx.tenant, &rec).await?;
     if rec.is_default {
         store::set_default(&txn, &ctx.tenant, rec.id).await?;
     }

@@ -162,8 +162,8 @@ pub async fn create(
         create_time: now,
         update_time: now,
     };
-    store::messaging::insert_template(&txn, row.clone()).await?;
     once.record(&txn, &ctx.tenant, &row.id).await?;
+    store::messaging::insert_template(&txn, row.clone()).await?;
     txn.commit().await.map_err(Error::from)?;
     Ok(Response::new(pb::CreateMessageTemplateResponse {
         message_template: Some(to_pb(&row)),
